@@ -1,0 +1,79 @@
+"""The single registration point of the plugin.
+
+BenchMARL looks algorithms, models and tasks up in three module-level dicts
+(``algorithm_config_registry``, ``model_config_registry``,
+``task_config_registry``) and hydra validates each YAML against a ConfigStore
+schema named in its ``defaults`` list (``defaults: [decpg_config, _self_]``).
+:func:`register` fills all of them; calling it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+#: Folder holding our YAML (shipped inside the wheel as ``benchmarl_decentral.conf``).
+CONF_DIR = pathlib.Path(__file__).parent / "conf"  # symlink to the top-level conf/ in a checkout
+
+
+def algorithm_configs() -> dict:
+    """Hydra name -> AlgorithmConfig class for every algorithm this plugin adds."""
+    from benchmarl_decentral.algorithms import DecpgConfig
+
+    return {"decpg": DecpgConfig}
+
+
+def model_configs() -> dict:
+    """Hydra ``name`` field -> ModelConfig class for every model this plugin adds."""
+    return {}
+
+
+def task_configs() -> dict:
+    """``"family/task"`` -> task enum member for every task this plugin adds."""
+    return {}
+
+
+def task_schemas() -> dict:
+    """``"family_task"`` -> TaskConfig dataclass, for hydra type checking."""
+    return {}
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Add our algorithms, models and tasks to BenchMARL and hydra (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from benchmarl.algorithms import algorithm_config_registry
+    from benchmarl.environments import task_config_registry
+    from benchmarl.models import model_config_registry
+
+    algorithms = algorithm_configs()
+    models = model_configs()
+    tasks = task_configs()
+    for registry, ours, kind in (
+        (algorithm_config_registry, algorithms, "algorithm"),
+        (model_config_registry, models, "model"),
+        (task_config_registry, tasks, "task"),
+    ):
+        for name, value in ours.items():
+            if name in registry and registry[name] is not value:
+                raise RuntimeError(
+                    f"benchmarl-decentral: {kind} name '{name}' is already taken in "
+                    "BenchMARL's registry by another package; uninstall the "
+                    "conflicting plugin or rename ours."
+                )
+            registry[name] = value
+
+    try:
+        from hydra.core.config_store import ConfigStore
+    except ImportError:  # hydra is optional in BenchMARL's python API
+        pass
+    else:
+        cs = ConfigStore.instance()
+        for name, config in algorithms.items():
+            cs.store(name=f"{name}_config", group="algorithm", node=config)
+        for name, schema in task_schemas().items():
+            cs.store(name=f"{name}_config", group="task", node=schema)
+    _REGISTERED = True

@@ -1,0 +1,603 @@
+"""DecPG: Decentralized Policy Gradients (paper 002_4f291ba56d03e11d.txt).
+
+MAPPO backbone where every agent keeps its own actor and critic (stacked on a
+leading agent dim, never shared) and, at every optimizer step, the DSGD update
+of sec. 3 is applied per network::
+
+    theta_i <- sum_j P_ij theta_j - eta * grad L_i(theta_i)
+
+with P the doubly stochastic kNN-ring matrix of Fig. 1 (``P_ij = 1/(k+1)``).
+``k = 0`` is no sharing at all, ``k = n - 1`` is parameter sharing.
+
+How it sits in BenchMARL (1.5.2) without a fork:
+
+* the networks are MAPPO's, built with ``share_params=False`` whatever
+  ``experiment.share_policy_params`` says, and all agents start from agent 0's
+  initial parameters (the paper's common ``theta_0``);
+* ``L_i`` is the mean over agent ``i``'s own samples: BenchMARL's PPO loss
+  averages over agents too, so :meth:`Decpg.process_loss_vals` multiplies it by
+  ``n`` to give each agent exactly ``grad L_i`` (this matters with SGD);
+* BenchMARL builds one Adam per loss; the algorithm's callback
+  (:class:`_DecpgCallback`, attached by the algorithm itself since hydra runs
+  pass no callbacks) swaps in SGD when asked, sets the linearly decaying
+  learning rate each iteration, clips each agent's gradient norm on its own
+  (BenchMARL's clip is over all agents jointly, a cross-agent statistic), and
+  registers the consensus mixing as an optimizer step hook;
+* evaluation is routed through the averaged model ``theta_avg = mean_i theta_i``
+  (sec. 3, "In evaluation, the average model [...] is used"), or the local or
+  individual models (Table 3), and optionally repeated in the perturbed test
+  environment of sec. 4 to log the generalization gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, MISSING
+from typing import Any, Dict, Iterator, List, Optional, Type
+
+import torch
+from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
+from benchmarl.algorithms.mappo import Mappo
+from benchmarl.experiment.callback import Callback
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torchrl.data import Composite, Unbounded
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from benchmarl_decentral.algorithms._common import config_error
+from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
+from benchmarl_decentral.consensus import (
+    build_mixing_matrix,
+    build_topology,
+    ConsensusMixer,
+    consensus_distance,
+    from_adjacency,
+    gradient_disagreement,
+    MIXING_RULES,
+    snapshot,
+    spectral_gap,
+    TOPOLOGIES,
+    update_variance,
+)
+from benchmarl_decentral.environments.perturbation import PerturbedPolicy
+
+OPTIMIZERS = ("sgd", "adam")
+EVALUATION_MODES = ("average", "local", "individual")
+MIX_ORDERS = ("mix_then_step", "step_then_mix")
+
+
+def _n_agents_leading(leaves: List[torch.Tensor], n: int, what: str) -> None:
+    bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != n]
+    if bad:
+        raise ValueError(
+            f"decpg needs every {what} parameter stacked on a leading agent dim of "
+            f"size {n}, but found shapes {bad[:3]}. Use a model that stacks "
+            "per-agent parameters (model=layers/mlp, or a sequence of mlp layers)."
+        )
+
+
+class Decpg(Mappo):
+    """Decentralized Policy Gradients (paper 002, sec. 3).
+
+    Args:
+        k: neighbours of each agent on the kNN ring (Fig. 1); ``0 <= k <= n-1``.
+        topology: ``knn_ring`` (uses ``k``), ``ring``, ``full`` or ``custom``.
+        adjacency: the n x n 0/1 matrix for ``topology=custom``.
+        mixing: mixing rule: ``uniform`` (1/(deg+1), the paper's 1/(k+1)),
+            ``metropolis`` or ``row``.
+        mix_order: ``mix_then_step`` is the paper's update
+            ``theta_i <- sum_j P_ij theta_j - eta g_i(theta_i)``;
+            ``step_then_mix`` mixes after the local step (adapt then combine).
+        link_failure: probability that each link is down at a given step.
+        optimizer: ``sgd`` (the paper) or ``adam``.
+        lr: initial learning rate (replaces ``experiment.lr``).
+        min_lr: learning rate reached at the end of training (linear decay).
+        max_grad_norm: per-agent gradient norm clip, ``None`` to disable; when
+            set, BenchMARL's joint clip (``experiment.clip_grad_val``) is off.
+        evaluation_mode: ``average``, ``local`` or ``individual`` (Table 3).
+        perturbed_evaluation: also evaluate in the perturbed test env (sec. 4).
+        perturbation_c: observation noise scale c (Table 1).
+        perturbation_eps: random action probability eps (Table 1).
+        The remaining arguments are MAPPO's.
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int,
+        topology: str,
+        adjacency: Optional[List[List[int]]],
+        mixing: str,
+        mix_order: str,
+        link_failure: float,
+        optimizer: str,
+        lr: float,
+        min_lr: float,
+        max_grad_norm: Optional[float],
+        evaluation_mode: str,
+        perturbed_evaluation: bool,
+        perturbation_c: float,
+        perturbation_eps: float,
+        **kwargs,
+    ):
+        super().__init__(share_param_critic=False, **kwargs)
+        self.k = k
+        self.topology = topology
+        self.adjacency = adjacency
+        self.mixing = mixing
+        self.mix_order = mix_order
+        self.link_failure = link_failure
+        self.optimizer = optimizer
+        self.lr = lr
+        self.min_lr = min_lr
+        self.max_grad_norm = max_grad_norm
+        self.evaluation_mode = evaluation_mode
+        self.perturbed_evaluation = perturbed_evaluation
+        self.perturbation_c = perturbation_c
+        self.perturbation_eps = perturbation_eps
+
+        # Validate everything that depends on the task before any training.
+        self.mixing_matrices: Dict[str, torch.Tensor] = {}
+        self.adjacencies: Dict[str, torch.Tensor] = {}
+        for group, agents in self.group_map.items():
+            n = len(agents)
+            try:
+                adj = build_topology(topology, n, k=k, adjacency=adjacency)
+                if topology == "custom":  # DSGD reaches consensus only on a connected graph
+                    adj = from_adjacency(adj, n=n, require_connected=True)
+                self.mixing_matrices[group] = build_mixing_matrix(mixing, adj)
+            except ValueError as err:
+                raise config_error(
+                    self.experiment,
+                    f"decpg: the topology does not fit group '{group}' of task "
+                    f"{self.experiment.task.name.lower()} ({n} agents): {err}. "
+                    f"Set algorithm.k / algorithm.adjacency / algorithm.mixing accordingly.",
+                ) from None
+            self.adjacencies[group] = adj
+
+        if max_grad_norm is not None and self.experiment_config.clip_grad_val is not None:
+            # BenchMARL clips the norm over all agents' parameters at once; DecPG
+            # clips each agent's gradient on its own (no cross-agent statistic).
+            self.experiment_config.clip_grad_val = None
+
+        self.callback = _DecpgCallback(self)
+        # hydra runs pass callbacks=() (a tuple): rebind rather than append
+        self.experiment.callbacks = [*self.experiment.callbacks, self.callback]
+        self.callback.experiment = self.experiment
+
+    # ------------------------------------------------------------------ networks
+    def _get_policy_for_loss(self, group, model_config, continuous) -> TensorDictModule:
+        shared = self.experiment_config.share_policy_params
+        self.experiment_config.share_policy_params = False  # one actor per agent
+        try:
+            return super()._get_policy_for_loss(
+                group=group, model_config=model_config, continuous=continuous
+            )
+        finally:
+            self.experiment_config.share_policy_params = shared
+
+    def _get_loss(self, group, policy_for_loss, continuous):
+        loss, use_target = super()._get_loss(group, policy_for_loss, continuous)
+        n = len(self.group_map[group])
+        actor = list(loss.actor_network_params.flatten_keys().values())
+        critic = list(loss.critic_network_params.flatten_keys().values())
+        try:
+            _n_agents_leading(actor, n, "actor")
+            _n_agents_leading(critic, n, "critic")
+        except ValueError as err:
+            raise config_error(self.experiment, str(err)) from None
+        with torch.no_grad():  # every agent starts from the same theta_0 (sec. 3)
+            for p in actor + critic:
+                p.copy_(p[:1].expand_as(p))
+        return loss, use_target
+
+    def get_critic(self, group: str) -> TensorDictModule:
+        """One centralized critic per agent, stacked on the agent dim.
+
+        On all agents' observations MAPPO's per-agent critic is already stacked.
+        On a global state BenchMARL would build n separate MLPs (a ModuleList),
+        which cannot be mixed as one tensor per leaf: instead the state is
+        broadcast to every agent and read by a per-agent (stacked) model.
+        """
+        if self.state_spec is None:
+            return super().get_critic(group)
+        n = len(self.group_map[group])
+        (state_key, state_leaf), = self.state_spec.items(True, True)
+        feature_dims = len(state_leaf.shape)
+        expand = TensorDictModule(
+            lambda state: state.unsqueeze(-feature_dims - 1).expand(
+                *state.shape[:-feature_dims], n, *state.shape[-feature_dims:]
+            ),
+            in_keys=[state_key],
+            out_keys=[(group, "decpg_state")],
+        )
+        input_spec = Composite(
+            {group: Composite({"decpg_state": state_leaf.expand(n, *state_leaf.shape)}, shape=(n,))}
+        )
+        output_spec = Composite(
+            {group: Composite({"state_value": Unbounded(shape=(n, 1))}, shape=(n,))}
+        )
+        value = self.critic_model_config.get_model(
+            input_spec=input_spec.to(self.device),
+            output_spec=output_spec,
+            n_agents=n,
+            centralised=False,  # each agent's copy reads the (already global) state
+            input_has_agent_dim=True,
+            agent_group=group,
+            share_params=False,
+            device=self.device,
+            action_spec=self.action_spec,
+        )
+        return TensorDictSequential(expand, value)
+
+    def process_loss_vals(self, group: str, loss_vals: TensorDictBase) -> TensorDictBase:
+        loss_vals = super().process_loss_vals(group, loss_vals)
+        # PPO's loss is a mean over agents too; L_i (sec. 3) is the mean over
+        # agent i's samples only, so scale by n: d/d theta_i gives grad L_i.
+        n = len(self.group_map[group])
+        for key in ("loss_objective", "loss_critic"):
+            loss_vals.set(key, loss_vals.get(key) * n)
+        return loss_vals
+
+    # ---------------------------------------------------------------- parameters
+    def actor_leaves(self, group: str) -> List[torch.Tensor]:
+        loss = self.get_loss_and_updater(group)[0]
+        return list(loss.actor_network_params.flatten_keys().values())
+
+    def critic_leaves(self, group: str) -> List[torch.Tensor]:
+        loss = self.get_loss_and_updater(group)[0]
+        return list(loss.critic_network_params.flatten_keys().values())
+
+    def lr_at(self, iteration: int) -> float:
+        """Linear decay from ``lr`` to ``min_lr`` over training (Table 1)."""
+        total = self.experiment_config.get_max_n_iters(self.on_policy)
+        progress = min(1.0, iteration / max(1, total - 1))
+        return self.lr + (self.min_lr - self.lr) * progress
+
+    @contextlib.contextmanager
+    def evaluation_parameters(self, mode: str | None = None, agent: int | None = None) -> Iterator[None]:
+        """Temporarily replace every actor's parameters for evaluation.
+
+        ``average``: every agent runs ``theta_avg = mean_i theta_i`` (sec. 3);
+        ``local``: each agent its own ``theta_i``; ``agent=i``: every agent runs
+        ``theta_i`` (one "individual local model", Table 3).
+        """
+        mode = self.evaluation_mode if mode is None else mode
+        if mode == "local" and agent is None:
+            yield
+            return
+        saved = {g: snapshot(self.actor_leaves(g)) for g in self.group_map}
+        try:
+            with torch.no_grad():
+                for group in self.group_map:
+                    for p in self.actor_leaves(group):
+                        src = p.mean(0, keepdim=True) if agent is None else p[agent : agent + 1]
+                        p.copy_(src.expand_as(p))
+            yield
+        finally:
+            with torch.no_grad():
+                for group in self.group_map:
+                    for p, old in zip(self.actor_leaves(group), saved[group]):
+                        p.copy_(old)
+
+
+class _DecpgCallback(Callback):
+    """Optimizer, learning-rate schedule, mixing hooks, metrics and evaluation routing."""
+
+    def __init__(self, algorithm: Decpg):
+        super().__init__()
+        self.algorithm = algorithm
+        self.mixers: Dict[tuple, ConsensusMixer] = {}
+        self._measure: Dict[tuple, bool] = {}
+        self._before: Dict[tuple, List[torch.Tensor]] = {}
+        self._metrics: Dict[str, float] = {}
+        self._clean_return: float | None = None
+
+    # ------------------------------------------------------------------- setup
+    def on_setup(self):
+        algo, exp = self.algorithm, self.experiment
+        seed_gen = torch.Generator().manual_seed(int(exp.seed))
+        for group in exp.group_map:
+            for loss_name, leaves, net in (
+                ("loss_objective", algo.actor_leaves(group), "actor"),
+                ("loss_critic", algo.critic_leaves(group), "critic"),
+            ):
+                optimizer = exp.optimizers[group][loss_name]
+                if algo.optimizer == "sgd":
+                    optimizer = torch.optim.SGD(leaves, lr=algo.lr_at(getattr(exp, "n_iters_performed", 0)))
+                    exp.optimizers[group][loss_name] = optimizer
+                key = (group, net)
+                mixer = ConsensusMixer(
+                    leaves,
+                    adjacency=algo.adjacencies[group],
+                    rule=algo.mixing,
+                    link_failure=algo.link_failure,
+                    generator=torch.Generator().manual_seed(
+                        int(torch.randint(2**31 - 1, (1,), generator=seed_gen))
+                    ),
+                )
+                self.mixers[key] = mixer
+                self._measure[key] = False
+                optimizer.register_step_pre_hook(self._pre_step(key, leaves))
+                mixer.attach(optimizer, when="pre" if algo.mix_order == "mix_then_step" else "post")
+                optimizer.register_step_post_hook(self._post_step(key, leaves))
+        self._set_lr(getattr(exp, "n_iters_performed", 0))  # set after setup
+        self._route_evaluation()
+
+    def _set_lr(self, iteration: int) -> None:
+        lr = self.algorithm.lr_at(iteration)
+        for group_optimizers in self.experiment.optimizers.values():
+            for optimizer in group_optimizers.values():
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = lr
+        self._metrics["decpg/lr"] = lr
+
+    # ------------------------------------------------------------ step hooks
+    def _pre_step(self, key, leaves):
+        max_norm = self.algorithm.max_grad_norm
+
+        def hook(optimizer, args, kwargs):
+            grads = [p.grad for p in leaves if p.grad is not None]
+            if max_norm is not None and grads:
+                # per-agent norm over all of that agent's leaves, one op per leaf
+                sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
+                scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+                for g in grads:
+                    g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+            if self._measure[key]:
+                self._metrics[f"decpg/{key[0]}/{key[1]}/gradient_disagreement"] = float(
+                    gradient_disagreement(leaves)
+                )
+                self._before[key] = snapshot(leaves)
+
+        return hook
+
+    def _post_step(self, key, leaves):
+        def hook(optimizer, args, kwargs):
+            if self._measure[key]:
+                self._metrics[f"decpg/{key[0]}/{key[1]}/update_variance"] = float(
+                    update_variance(self._before.pop(key), leaves)
+                )
+                self._measure[key] = False
+
+        return hook
+
+    # --------------------------------------------------------- training events
+    def on_batch_collected(self, batch: TensorDictBase):
+        self._set_lr(self.experiment.n_iters_performed)
+        for key in self._measure:  # measure A.5 metrics on the first step of the iteration
+            self._measure[key] = True
+
+    def on_train_end(self, training_td: TensorDictBase, group: str):
+        for net in ("actor", "critic"):
+            mixer = self.mixers[(group, net)]
+            self._metrics[f"decpg/{group}/{net}/consensus_distance"] = float(
+                consensus_distance(mixer.leaves)
+            )
+        self._metrics[f"decpg/{group}/spectral_gap"] = float(
+            self.mixers[(group, "actor")].spectral_gap
+        )
+        metrics = {k: v for k, v in self._metrics.items() if k.startswith(f"decpg/{group}/") or k == "decpg/lr"}
+        self.experiment.logger.log(metrics, step=self.experiment.n_iters_performed)
+
+    # -------------------------------------------------------------- evaluation
+    def _route_evaluation(self) -> None:
+        """Evaluate with the averaged model (sec. 3) and the perturbed env (sec. 4).
+
+        BenchMARL evaluates with the collection policy and has no pre-evaluation
+        hook, so the experiment's evaluation loop is wrapped on this instance.
+        """
+        exp, algo = self.experiment, self.algorithm
+        clean_loop = exp._evaluation_loop
+
+        def evaluation_loop():
+            with algo.evaluation_parameters():
+                clean_loop()
+            if algo.evaluation_mode == "individual":
+                self._individual_evaluation()
+            if algo.perturbed_evaluation:
+                with algo.evaluation_parameters():
+                    self._perturbed_evaluation()
+
+        exp._evaluation_loop = evaluation_loop
+
+    def on_evaluation_end(self, rollouts: List[TensorDictBase]):
+        self._clean_return = float(self._mean_return(rollouts))
+
+    def _mean_return(self, rollouts: List[TensorDictBase]) -> torch.Tensor:
+        """Mean episode return as BenchMARL's logger computes it (mean over groups)."""
+        logger = self.experiment.logger
+        per_group = []
+        for group in self.experiment.group_map:
+            per_group.append(
+                torch.stack([logger._get_reward(group, td).sum(0).mean() for td in rollouts])
+            )
+        return torch.stack(per_group).mean()
+
+    @torch.no_grad()
+    def _rollouts(self, policy) -> List[TensorDictBase]:
+        exp = self.experiment
+        env = exp.test_env
+        exploration = (
+            ExplorationType.DETERMINISTIC
+            if exp.config.evaluation_deterministic_actions
+            else ExplorationType.RANDOM
+        )
+        with set_exploration_type(exploration):
+            if env.batch_size == ():
+                rollouts = [
+                    env.rollout(
+                        max_steps=exp.max_steps,
+                        policy=policy,
+                        auto_cast_to_device=True,
+                        break_when_any_done=True,
+                    )
+                    for _ in range(exp.config.evaluation_episodes)
+                ]
+            else:
+                rollouts = list(
+                    env.rollout(
+                        max_steps=exp.max_steps,
+                        policy=policy,
+                        auto_cast_to_device=True,
+                        break_when_any_done=False,
+                    ).unbind(0)
+                )
+        cut = []
+        for r in rollouts:  # stop each episode at its first done, as the logger does
+            done = exp.logger._get_global_done(r).squeeze(-1).nonzero(as_tuple=True)[0]
+            cut.append(r[: int(done[0]) + 1] if done.numel() else r)
+        return cut
+
+    def _perturbed_policy(self) -> PerturbedPolicy:
+        exp, algo = self.experiment, self.algorithm
+        obs_keys, action_keys, specs, masks = [], [], [], []
+        for group in exp.group_map:
+            obs_keys += [(group, *((k,) if isinstance(k, str) else k)) for k in exp.observation_spec[group].keys(True, True)]
+            action_keys.append((group, "action"))
+            specs.append(exp.action_spec[group, "action"])
+            has_mask = exp.action_mask_spec is not None and group in exp.action_mask_spec.keys()
+            masks.append((group, "action_mask") if has_mask else None)
+        return PerturbedPolicy(
+            exp.policy,
+            observation_keys=obs_keys,
+            action_keys=action_keys,
+            action_specs=specs,
+            mask_keys=masks,
+            c=algo.perturbation_c,
+            eps=algo.perturbation_eps,
+            generator=torch.Generator().manual_seed(int(exp.seed) + 1),
+        )
+
+    def _perturbed_evaluation(self) -> None:
+        exp = self.experiment
+        test_return = float(self._mean_return(self._rollouts(self._perturbed_policy())))
+        to_log = {"eval/perturbed/reward/episode_reward_mean": test_return}
+        if self._clean_return is not None:
+            # generalization gap = test (perturbed) return - train (clean) return
+            to_log["eval/generalization_gap"] = test_return - self._clean_return
+        exp.logger.log(to_log, step=exp.n_iters_performed)
+
+    def _individual_evaluation(self) -> None:
+        exp = self.experiment
+        n = min(len(agents) for agents in exp.group_map.values())
+        returns = []
+        for i in range(n):  # n separate evaluations, as Table 3 does
+            with self.algorithm.evaluation_parameters(agent=i):
+                returns.append(self._mean_return(self._rollouts(exp.policy)))
+        returns = torch.stack(returns)
+        exp.logger.log(
+            {
+                "eval/individual/reward/episode_reward_mean": float(returns.mean()),
+                "eval/individual/reward/episode_reward_std": float(returns.std(correction=0)),
+            },
+            step=exp.n_iters_performed,
+        )
+
+    # ----------------------------------------------------------- checkpointing
+    def on_state_dict(self, state_dict: Dict[str, Any]):
+        state_dict["decpg"] = {
+            f"{g}/{net}": mixer.generator.get_state() if mixer.generator is not None else None
+            for (g, net), mixer in self.mixers.items()
+        }
+
+    def on_load_state_dict(self, state_dict: Dict[str, Any]):
+        for name, state in state_dict.get("decpg", {}).items():
+            group, net = name.split("/")
+            mixer = self.mixers.get((group, net))
+            if mixer is not None and state is not None and mixer.generator is not None:
+                mixer.generator.set_state(state)
+        self._set_lr(self.experiment.n_iters_performed)
+
+
+@dataclass
+class DecpgConfig(AlgorithmConfig):
+    """Configuration of :class:`Decpg` (defaults: ``conf/algorithm/decpg.yaml``, paper 002 Table 1)."""
+
+    # DecPG
+    k: int = MISSING
+    topology: str = MISSING
+    adjacency: Optional[List[List[int]]] = MISSING
+    mixing: str = MISSING
+    mix_order: str = MISSING
+    link_failure: float = MISSING
+    optimizer: str = MISSING
+    lr: float = MISSING
+    min_lr: float = MISSING
+    max_grad_norm: Optional[float] = MISSING
+    evaluation_mode: str = MISSING
+    perturbed_evaluation: bool = MISSING
+    perturbation_c: float = MISSING
+    perturbation_eps: float = MISSING
+    # MAPPO backbone
+    clip_epsilon: float = MISSING
+    entropy_coef: float = MISSING
+    critic_coef: float = MISSING
+    loss_critic_type: str = MISSING
+    lmbda: float = MISSING
+    scale_mapping: str = MISSING
+    use_tanh_normal: bool = MISSING
+    minibatch_advantage: bool = MISSING
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that need no task; the task-dependent ones run when the algorithm is built."""
+        if isinstance(self.k, int) and self.k < 0:
+            raise ValueError(f"decpg: k must be >= 0 (got k={self.k}); set algorithm.k=2 for a ring.")
+        if isinstance(self.topology, str) and self.topology not in TOPOLOGIES:
+            raise ValueError(
+                f"decpg: unknown topology '{self.topology}'; choose one of {list(TOPOLOGIES)}."
+            )
+        if self.topology == "custom" and self.adjacency is None:
+            raise ValueError("decpg: topology=custom needs algorithm.adjacency, an n x n 0/1 matrix.")
+        if isinstance(self.mixing, str) and self.mixing not in MIXING_RULES:
+            raise ValueError(f"decpg: unknown mixing rule '{self.mixing}'; choose one of {list(MIXING_RULES)}.")
+        if isinstance(self.mix_order, str) and self.mix_order not in MIX_ORDERS:
+            raise ValueError(f"decpg: unknown mix_order '{self.mix_order}'; choose one of {list(MIX_ORDERS)}.")
+        if isinstance(self.optimizer, str) and self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"decpg: unknown optimizer '{self.optimizer}'; choose one of {list(OPTIMIZERS)}."
+            )
+        if isinstance(self.evaluation_mode, str) and self.evaluation_mode not in EVALUATION_MODES:
+            raise ValueError(
+                f"decpg: unknown evaluation_mode '{self.evaluation_mode}'; choose one of {list(EVALUATION_MODES)}."
+            )
+        if isinstance(self.lr, (int, float)) and isinstance(self.min_lr, (int, float)):
+            if self.lr <= 0 or self.min_lr < 0:
+                raise ValueError(f"decpg: need lr > 0 and min_lr >= 0 (got lr={self.lr}, min_lr={self.min_lr}).")
+            if self.min_lr > self.lr:
+                raise ValueError(
+                    f"decpg: min_lr ({self.min_lr}) > lr ({self.lr}); the learning rate decays "
+                    "linearly from lr to min_lr, so set min_lr <= lr."
+                )
+        if isinstance(self.link_failure, (int, float)) and not 0 <= self.link_failure < 1:
+            raise ValueError(f"decpg: link_failure must be in [0, 1), got {self.link_failure}.")
+        if isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm <= 0:
+            raise ValueError(f"decpg: max_grad_norm must be > 0 or null, got {self.max_grad_norm}.")
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return Decpg
+
+    @classmethod
+    def get_from_yaml(cls, path: Optional[str] = None) -> "DecpgConfig":
+        """Load our ``conf/algorithm/decpg.yaml`` (BenchMARL's loader only reads its own folder)."""
+        return cls(**load_algorithm_yaml("decpg", path))
+
+    @staticmethod
+    def supports_continuous_actions() -> bool:
+        return True
+
+    @staticmethod
+    def supports_discrete_actions() -> bool:
+        return True
+
+    @staticmethod
+    def on_policy() -> bool:
+        return True
+
+    @staticmethod
+    def has_centralized_critic() -> bool:
+        return True

@@ -1,0 +1,154 @@
+"""The DSGD mixing step on stacked per-agent parameters, and an optimizer hook for it.
+
+Every leaf is stacked along a leading agent dim ``(n, ...)`` (as torchrl's
+``MultiAgentMLP`` / ``TensorDict.from_modules`` store them), so one step is one
+matrix product per leaf, never a loop over agents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+
+from benchmarl_decentral.consensus.mixing import (
+    MIXING_RULES,
+    build_mixing_matrix,
+    drop_links,
+    spectral_gap,
+)
+from benchmarl_decentral.consensus.topology import from_adjacency
+
+
+def _check_leaves(leaves: list[Tensor], n: int) -> None:
+    for idx, p in enumerate(leaves):
+        if p.dim() == 0 or p.shape[0] != n:
+            raise ValueError(
+                f"leaf {idx} has shape {tuple(p.shape)} but the mixing matrix is {n} x {n}; "
+                f"every leaf must be stacked along a leading agent dim of size {n}"
+            )
+
+
+def mix_(leaves: Iterable[Tensor], W: Tensor) -> None:
+    """002_4f291ba56d03e11d.txt sec. 3 (DSGD mixing): ``theta_i <- sum_j W_ij theta_j`` in place.
+
+    Each leaf is read once (one snapshot) and then overwritten, so no agent sees
+    a neighbour's already-mixed value. Runs under ``torch.no_grad``; works for
+    ``nn.Parameter`` and tensordict leaves alike. All leaves are checked before
+    any is written.
+
+    Args:
+        leaves: tensors of shape ``(n, ...)``.
+        W: mixing matrix ``(n, n)``; cast to each leaf's dtype and device.
+    """
+    if W.dim() != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"mixing matrix must be square (n, n), got shape {tuple(W.shape)}")
+    leaves = list(leaves)
+    n = W.shape[0]
+    _check_leaves(leaves, n)
+    with torch.no_grad():
+        for p in leaves:
+            p.copy_((W.to(p) @ p.reshape(n, -1)).reshape_as(p))
+
+
+class ConsensusMixer:
+    """002_4f291ba56d03e11d.txt sec. 3 / 000_ef718962e1e8f612.txt eq. (9): DSGD mixing of stacked leaves.
+
+    Holds the leaves, the topology and its mixing matrix ``W``; :meth:`step`
+    applies ``theta <- W theta``. With ``link_failure > 0`` every step drops
+    each link with that probability and rebuilds ``W`` with the same rule
+    (``"uniform"``/``"row"`` renormalise rows so ``W`` stays row stochastic,
+    ``"metropolis"`` stays doubly stochastic).
+
+    Args:
+        leaves: per-agent stacked tensors ``(n, ...)`` to keep in consensus.
+        adjacency: bool ``(n, n)`` adjacency (or nested 0/1 lists).
+        rule: one of :data:`MIXING_RULES`. (default: "uniform")
+        link_failure: per-step probability of losing each link, in ``[0, 1)``. (default: 0.0)
+        generator: random generator for link failures. (default: None)
+
+    Attributes:
+        n_agents: number of agents ``n``.
+        enabled: when False, :meth:`step` and the attached hooks do nothing.
+    """
+
+    def __init__(
+        self,
+        leaves: Iterable[Tensor],
+        *,
+        adjacency: Tensor,
+        rule: str = "uniform",
+        link_failure: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if rule not in MIXING_RULES:
+            raise ValueError(f"unknown mixing rule {rule!r}; choose one of {MIXING_RULES}")
+        if not 0.0 <= link_failure < 1.0:
+            raise ValueError(f"link_failure must be in [0, 1), got {link_failure}")
+        self.leaves = list(leaves)
+        self.rule = rule
+        self.link_failure = link_failure
+        self.generator = generator
+        self.enabled = True
+        self.set_adjacency(adjacency)
+
+    def set_adjacency(self, adjacency: Tensor) -> None:
+        """Replace the topology (dynamic graphs) and recompute the base ``W``."""
+        adj = from_adjacency(adjacency, n=getattr(self, "n_agents", None))
+        self.n_agents = adj.shape[0]
+        _check_leaves(self.leaves, self.n_agents)
+        self.adjacency = adj
+        self._base_W = self._build(adj)
+        self._W = self._base_W
+
+    def _build(self, adj: Tensor) -> Tensor:
+        # built on the adjacency's device (CPU generators), then moved to the leaves once
+        W = build_mixing_matrix(self.rule, adj)
+        return W.to(self.leaves[0].device) if self.leaves else W
+
+    def matrix(self) -> Tensor:
+        """``W`` used by the last step (before any step: the link-failure-free ``W``)."""
+        return self._W
+
+    @property
+    def spectral_gap(self) -> float:
+        """002_4f291ba56d03e11d.txt A.2: spectral gap of the link-failure-free ``W``."""
+        return spectral_gap(self._base_W)
+
+    def step(self) -> Tensor | None:
+        """Mix the leaves in place; returns the ``W`` used (None when disabled)."""
+        if not self.enabled:
+            return None
+        if self.link_failure > 0:
+            adj = drop_links(self.adjacency, self.link_failure, generator=self.generator)
+            self._W = self._build(adj)
+        mix_(self.leaves, self._W)
+        return self._W
+
+    def attach(self, optimizer: torch.optim.Optimizer, *, when: str = "pre") -> RemovableHandle:
+        """Run :meth:`step` on every ``optimizer.step()``.
+
+        ``when="pre"`` (combine, then the local step; DecPG sec. 3, D-PSGD):
+        mixing happens after the gradients are computed and before the
+        optimizer applies them, giving for plain SGD
+        ``theta_i <- sum_j P_ij theta_j - eta g_i(theta_i)``.
+
+        ``when="post"`` (adapt-then-combine; DG-MAPPO eq. (9)): mixing after
+        the optimizer step, ``theta_i <- sum_j P_ij (theta_j - eta g_j(theta_j))``.
+
+        Returns:
+            Handle whose ``remove()`` detaches the hook.
+        """
+
+        def hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            self.step()
+
+        if when == "pre":
+            return optimizer.register_step_pre_hook(hook)
+        if when == "post":
+            return optimizer.register_step_post_hook(hook)
+        raise ValueError(
+            f"when must be 'pre' (DecPG: mix, then step) or 'post' (mix after the step), got {when!r}"
+        )

@@ -1,0 +1,1 @@
+"""nn of benchmarl-decentral."""

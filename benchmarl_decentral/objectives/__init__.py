@@ -1,0 +1,1 @@
+"""objectives of benchmarl-decentral."""

@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny BenchMARL experiments on real VMAS / PettingZoo tasks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import benchmarl_decentral  # noqa: F401  (registers our algorithms)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_experiment_config(tmp_path, **overrides):
+    """A BenchMARL ExperimentConfig small enough for CPU unit tests."""
+    from benchmarl.experiment import ExperimentConfig
+
+    config = ExperimentConfig.get_from_yaml()
+    config.max_n_iters = 2
+    config.max_n_frames = None
+    config.on_policy_collected_frames_per_batch = 60
+    config.on_policy_n_envs_per_worker = 2
+    config.on_policy_minibatch_size = 30
+    config.on_policy_n_minibatch_iters = 1
+    config.evaluation = False
+    config.evaluation_interval = 60
+    config.evaluation_episodes = 2
+    config.loggers = []
+    config.create_json = False
+    config.render = False
+    config.save_folder = str(tmp_path)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def make_experiment(tmp_path, *, algorithm="decpg", task="vmas/balance", task_overrides=None,
+                    algorithm_overrides=None, seed=0, callbacks=None, **experiment_overrides):
+    from benchmarl.algorithms import algorithm_config_registry
+    from benchmarl.environments import task_config_registry
+    from benchmarl.experiment import Experiment
+    from benchmarl.models import MlpConfig
+
+    task_cfg = task_config_registry[task].get_from_yaml()
+    if task_overrides:
+        task_cfg.config.update(task_overrides)
+    algo_cfg = algorithm_config_registry[algorithm].get_from_yaml()
+    for key, value in (algorithm_overrides or {}).items():
+        setattr(algo_cfg, key, value)
+    model = MlpConfig(num_cells=[16], layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
+    return Experiment(
+        task=task_cfg,
+        algorithm_config=algo_cfg,
+        model_config=model,
+        critic_model_config=model,
+        seed=seed,
+        config=tiny_experiment_config(tmp_path, **experiment_overrides),
+        callbacks=callbacks,
+    )
+
+
+def run_cli(args, cwd, timeout=600, module=None):
+    """Run the `benchmarl` console script (or `python -m module`) in a subprocess."""
+    env = dict(os.environ, HYDRA_FULL_ERROR="1", PYTHONWARNINGS="ignore")
+    if module is None:
+        exe = Path(sys.executable).parent / "benchmarl"
+        cmd = [str(exe), *args]
+    else:
+        cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# Tiny experiment overrides for CLI runs (hydra syntax).
+TINY = [
+    "experiment.max_n_iters=2",
+    "experiment.max_n_frames=null",
+    "experiment.on_policy_collected_frames_per_batch=100",
+    "experiment.on_policy_n_envs_per_worker=2",
+    "experiment.on_policy_minibatch_size=50",
+    "experiment.on_policy_n_minibatch_iters=1",
+    "experiment.evaluation_interval=100",
+    "experiment.evaluation_episodes=2",
+    "experiment.loggers=[csv]",
+    "experiment.render=false",
+    "model.num_cells=[16]",
+    "critic_model.num_cells=[16]",
+]
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
