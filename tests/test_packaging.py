@@ -37,3 +37,27 @@ def test_installed_package_finds_its_conf():
     from benchmarl_decentral._registry import CONF_DIR
 
     assert (CONF_DIR / "algorithm" / "decpg.yaml").is_file()
+
+
+def test_plain_install_composes_with_benchmarl(tmp_path):
+    """`pip install .` (not editable): hydra finds our plugin and conf from site-packages."""
+    import os
+
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+         "--target", str(target), str(REPO)],
+        check=True, capture_output=True,
+    )
+    env = dict(os.environ, PYTHONPATH=str(target))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import benchmarl_decentral, hydra_plugins; print(benchmarl_decentral.__file__); print(list(hydra_plugins.__path__))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )
+    assert probe.stdout.splitlines()[0].startswith(str(target))
+    composed = subprocess.run(
+        [sys.executable, "-m", "benchmarl.run", "algorithm=decpg", "task=vmas/balance", "--cfg", "job"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert composed.returncode == 0, composed.stderr[-3000:]
+    assert "mix_order: mix_then_step" in composed.stdout

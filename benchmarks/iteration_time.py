@@ -1,0 +1,292 @@
+"""Wall time per training iteration of decpg vs BenchMARL's mappo.
+
+What is measured: BenchMARL's own per-iteration timers
+(``timers/collection_time``, ``timers/training_time``,
+``timers/iteration_time``), read from ``experiment.logger.log`` while
+``experiment.run()`` trains, for three algorithms on the same task, batch,
+model and seed:
+
+* ``mappo (shared)``     BenchMARL's default: ``share_policy_params=True``,
+                         ``share_param_critic=True`` (what a user runs);
+* ``mappo (per-agent)``  ``share_policy_params=False``,
+                         ``share_param_critic=False``: the same per-agent
+                         (stacked) actor and critic sizes as decpg;
+* ``decpg``              ``DecpgConfig.get_from_yaml()`` unchanged (SGD, kNN
+                         ring k=2, mixing of actor and critic at every step,
+                         per-agent gradient clip, consensus metrics).
+
+Training iterations run with evaluation off (``experiment.evaluation=False``,
+``loggers=[]``, ``create_json=False``); the first ``--warmup`` iterations of
+every experiment are dropped, and experiments are run in ``--rounds`` rounds
+with the algorithm order rotated, so that a slow spell of the machine does
+not hit one algorithm only. Reported: medians, and decpg / mappo ratios.
+
+Separately, the evaluation cost (``experiment.evaluate()``, i.e. BenchMARL's
+evaluation loop, which decpg wraps): decpg with its default
+``perturbed_evaluation: true`` runs a clean evaluation with the averaged
+model plus a perturbed one, against mappo's single evaluation. decpg with
+``perturbed_evaluation: false`` is shown too.
+
+Usage::
+
+    python benchmarks/iteration_time.py                       # full (vmas/navigation)
+    python benchmarks/iteration_time.py --task balance --iters 2 --rounds 2
+    python benchmarks/iteration_time.py --quick               # smoke test, < 60 s
+
+Writes a markdown table to stdout and JSON to ``benchmarks/out/iteration_time.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import benchmarl_decentral  # noqa: F401  (registers decpg with BenchMARL)
+from benchmarl.algorithms import MappoConfig
+from benchmarl.environments import VmasTask
+from benchmarl.experiment import Experiment, ExperimentConfig
+from benchmarl.models import MlpConfig
+from benchmarl_decentral.algorithms import DecpgConfig
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+TIMERS = ("collection_time", "training_time", "iteration_time")
+MAPPO_VARIANTS = ("mappo (shared)", "mappo (per-agent)")
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# --------------------------------------------------------------------- configs
+def experiment_config(args: argparse.Namespace, save_folder: str, *, evaluation: bool) -> ExperimentConfig:
+    """A fresh ExperimentConfig per experiment (an algorithm may edit the one it gets)."""
+    cfg = ExperimentConfig.get_from_yaml()
+    cfg.max_n_frames = None
+    cfg.max_n_iters = args.warmup + args.iters
+    cfg.on_policy_collected_frames_per_batch = args.frames
+    cfg.on_policy_n_envs_per_worker = args.n_envs
+    cfg.on_policy_minibatch_size = args.minibatch
+    cfg.on_policy_n_minibatch_iters = args.minibatch_iters
+    cfg.evaluation = evaluation
+    cfg.evaluation_episodes = args.eval_episodes
+    cfg.evaluation_interval = args.frames
+    cfg.render = False
+    cfg.loggers = []
+    cfg.create_json = False
+    cfg.checkpoint_interval = 0
+    cfg.checkpoint_at_end = False
+    cfg.save_folder = save_folder
+    cfg.sampling_device = cfg.train_device = cfg.buffer_device = "cpu"
+    return cfg
+
+
+def algorithm_setup(name: str):
+    """(algorithm config, experiment share_policy_params) for a variant name."""
+    if name == "mappo (shared)":
+        algo = MappoConfig.get_from_yaml()
+        algo.share_param_critic = True
+        return algo, True
+    if name == "mappo (per-agent)":
+        algo = MappoConfig.get_from_yaml()
+        algo.share_param_critic = False
+        return algo, False
+    if name.startswith("decpg"):
+        algo = DecpgConfig.get_from_yaml()
+        if "no perturbed" in name:
+            algo.perturbed_evaluation = False
+        return algo, False  # decpg keeps per-agent params whatever this says
+    raise ValueError(name)
+
+
+def build(name: str, args: argparse.Namespace, save_folder: str, *, evaluation: bool) -> Experiment:
+    algo, share_policy = algorithm_setup(name)
+    cfg = experiment_config(args, save_folder, evaluation=evaluation)
+    cfg.share_policy_params = share_policy
+    model = MlpConfig.get_from_yaml()
+    if args.num_cells:
+        model.num_cells = list(args.num_cells)
+    critic = MlpConfig.get_from_yaml()
+    critic.num_cells = list(model.num_cells)
+    return Experiment(
+        task=VmasTask[args.task.upper()].get_from_yaml(),
+        algorithm_config=algo,
+        model_config=model,
+        critic_model_config=critic,
+        seed=args.seed,
+        config=cfg,
+    )
+
+
+# ------------------------------------------------------------------- measuring
+def time_training(name: str, args: argparse.Namespace, save_folder: str) -> list[dict]:
+    """Per-iteration BenchMARL timers of one experiment, warm-up iterations dropped."""
+    exp = build(name, args, save_folder, evaluation=False)
+    records: list[dict] = []
+    log = exp.logger.log
+
+    def recording_log(values: dict, step: int | None = None):
+        if "timers/iteration_time" in values:
+            records.append({t: float(values[f"timers/{t}"]) for t in TIMERS})
+        return log(values, step=step)
+
+    exp.logger.log = recording_log
+    with contextlib.redirect_stderr(io.StringIO()):  # tqdm progress bar
+        exp.run()
+    return records[args.warmup :]
+
+
+def time_evaluation(name: str, args: argparse.Namespace, save_folder: str) -> list[float]:
+    """Wall time of ``experiment.evaluate()`` (first call untimed)."""
+    exp = build(name, args, save_folder, evaluation=True)
+    times = []
+    try:
+        for i in range(1 + args.eval_repeats):
+            t = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                exp.evaluate()
+            if i:
+                times.append(time.perf_counter() - t)
+    finally:
+        exp.close()
+    return times
+
+
+# ------------------------------------------------------------------- reporting
+def train_table(summary: dict) -> str:
+    lines = [
+        "| algorithm | collection (s) | training (s) | iteration (s) "
+        "| decpg/this training | decpg/this iteration |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    d = summary["decpg"]
+    for name, s in summary.items():
+        lines.append(
+            f"| {name} | {s['collection_time']:.2f} | {s['training_time']:.2f} | "
+            f"{s['iteration_time']:.2f} | {d['training_time'] / s['training_time']:.2f}x "
+            f"| {d['iteration_time'] / s['iteration_time']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def eval_table(summary: dict) -> str:
+    base = summary["mappo (shared)"]
+    lines = ["| evaluation run | time (s) | ratio to mappo (shared) |", "|---|---:|---:|"]
+    for name, t in summary.items():
+        lines.append(f"| {name} | {t:.2f} | {t / base:.2f}x |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="navigation", help="VMAS task name, e.g. navigation, balance")
+    p.add_argument("--iters", type=int, default=2, help="timed iterations per experiment")
+    p.add_argument("--warmup", type=int, default=1, help="untimed first iterations per experiment")
+    p.add_argument("--rounds", type=int, default=2, help="experiments per algorithm, order rotated")
+    p.add_argument("--frames", type=int, default=6000, help="on_policy_collected_frames_per_batch")
+    p.add_argument("--n-envs", type=int, default=60, help="on_policy_n_envs_per_worker")
+    p.add_argument("--minibatch", type=int, default=400, help="on_policy_minibatch_size")
+    p.add_argument("--minibatch-iters", type=int, default=45, help="on_policy_n_minibatch_iters")
+    p.add_argument("--num-cells", type=int, nargs="+", default=None, help="MLP sizes (default: BenchMARL's 256 256)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="experiment.evaluation_episodes")
+    p.add_argument("--eval-repeats", type=int, default=3, help="timed evaluate() calls per algorithm")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation-cost part")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch.set_num_threads (1 by default: stable on a small shared machine)",
+    )
+    p.add_argument("--out", type=Path, default=OUT_DIR / "iteration_time.json")
+    p.add_argument("--quick", action="store_true", help="tiny run for tests (< 60 s)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.iters, args.warmup, args.rounds = 1, 1, 1
+        args.frames, args.n_envs, args.minibatch, args.minibatch_iters = 300, 6, 100, 2
+        args.num_cells = args.num_cells or [32, 32]
+        args.eval_episodes, args.eval_repeats = 2, 1
+        if args.out == OUT_DIR / "iteration_time.json":
+            args.out = OUT_DIR / "iteration_time_quick.json"
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    info = machine_info()
+    print(
+        f"# iteration time on vmas/{args.task}: torch {info['torch']}, torch threads = "
+        f"{info['torch_threads']}, nproc = {info['nproc']}, CPU = {info['cpu']}"
+    )
+    print(
+        f"# {args.frames} frames/iter from {args.n_envs} envs, {args.minibatch_iters} minibatches "
+        f"of {args.minibatch}, MLP {args.num_cells or [256, 256]}; {args.rounds} round(s) x "
+        f"({args.warmup} warm-up + {args.iters} timed) iterations per algorithm; medians\n",
+        flush=True,
+    )
+    names = [*MAPPO_VARIANTS, "decpg"]
+    samples: dict[str, list[dict]] = {n: [] for n in names}
+    eval_samples: dict[str, list[float]] = {}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="benchmarl_iteration_time_") as folder:
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                samples[name] += time_training(name, args, folder)
+                print(f"  round {r + 1}: {name} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+        if not args.no_eval:
+            eval_names = ["mappo (shared)", "mappo (per-agent)", "decpg", "decpg (no perturbed eval)"]
+            for name in eval_names:
+                eval_samples[name] = time_evaluation(name, args, folder)
+
+    med = statistics.median
+    summary = {n: {t: med(s[t] for s in samples[n]) for t in TIMERS} for n in names}
+    print("\n## Training iteration (evaluation off)\n")
+    print(train_table(summary))
+    result = {
+        "machine": info,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "training": {"median": summary, "samples": samples},
+        "target_decpg_over_mappo": 1.2,
+        "ratios": {
+            m: {t: summary["decpg"][t] / summary[m][t] for t in TIMERS} for m in MAPPO_VARIANTS
+        },
+    }
+    if eval_samples:
+        eval_summary = {n: med(v) for n, v in eval_samples.items()}
+        print(
+            f"\n## Evaluation cost (experiment.evaluate(), {args.eval_episodes} episodes; "
+            "decpg = averaged-model evaluation + perturbed evaluation)\n"
+        )
+        print(eval_table(eval_summary))
+        result["evaluation"] = {"median": eval_summary, "samples": eval_samples}
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"JSON written to {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
