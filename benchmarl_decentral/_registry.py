@@ -29,12 +29,22 @@ def model_configs() -> dict:
 
 def task_configs() -> dict:
     """``"family/task"`` -> task enum member for every task this plugin adds."""
-    return {}
+    from benchmarl_decentral.environments.coordsum import CoordSumTask
+
+    tasks = {}
+    for member in CoordSumTask:
+        tasks[f"{member.env_name()}/{member.name.lower()}"] = member
+    return tasks
 
 
 def task_schemas() -> dict:
     """``"family_task"`` -> TaskConfig dataclass, for hydra type checking."""
-    return {}
+    from benchmarl_decentral.environments.coordsum import CoordSumTask, CoordSumTaskConfig
+
+    schemas = {}
+    for member in CoordSumTask:
+        schemas[f"{member.env_name()}_{member.name.lower()}"] = CoordSumTaskConfig
+    return schemas
 
 
 _REGISTERED = False
