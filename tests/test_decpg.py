@@ -65,6 +65,25 @@ def test_gradient_of_agent_i_is_grad_of_its_own_loss(tmp_path):
     exp.close()
 
 
+def test_advantage_normalisation_is_per_agent(tmp_path):
+    """No cross-agent statistic: changing agent 1's advantages leaves the others' gradients unchanged."""
+    # entropy_coef 0: TanhNormal's entropy is a sampled estimate, which would add noise
+    exp = make_experiment(
+        tmp_path, task_overrides={"n_agents": 3}, algorithm_overrides={"max_grad_norm": None, "entropy_coef": 0.0}
+    )
+    assert exp.losses[GROUP].normalize_advantage
+    batch = _batch(exp)
+    _, grads = _grads(exp, batch)
+    shifted = batch.clone()
+    advantage = shifted.get((GROUP, "advantage"))
+    advantage[:, 1] = 100.0 * advantage[:, 1].flip(0) + 3.0  # new mean, std and order
+    _, grads_shifted = _grads(exp, shifted)
+    for g, h in zip(grads, grads_shifted):
+        torch.testing.assert_close(g[0], h[0])
+        torch.testing.assert_close(g[2], h[2])
+    assert any(not torch.allclose(g[1], h[1]) for g, h in zip(grads, grads_shifted))
+
+
 def _one_sgd_step(exp, batch):
     """One BenchMARL optimizer step on the actor; returns (theta_before, per-agent grads, theta_after)."""
     leaves = exp.algorithm.actor_leaves(GROUP)

@@ -98,6 +98,8 @@ class Decpg(Mappo):
         perturbed_evaluation: also evaluate in the perturbed test env (sec. 4).
         perturbation_c: observation noise scale c (Table 1).
         perturbation_eps: random action probability eps (Table 1).
+        normalize_advantage: standardise advantages per minibatch with each
+            agent's own mean and std (MAPPO's normalisation, kept local).
         The remaining arguments are MAPPO's.
     """
 
@@ -118,6 +120,7 @@ class Decpg(Mappo):
         perturbed_evaluation: bool,
         perturbation_c: float,
         perturbation_eps: float,
+        normalize_advantage: bool,
         **kwargs,
     ):
         super().__init__(share_param_critic=False, **kwargs)
@@ -135,6 +138,7 @@ class Decpg(Mappo):
         self.perturbed_evaluation = perturbed_evaluation
         self.perturbation_c = perturbation_c
         self.perturbation_eps = perturbation_eps
+        self.normalize_advantage = normalize_advantage
 
         # Validate everything that depends on the task before any training.
         self.mixing_matrices: Dict[str, torch.Tensor] = {}
@@ -178,6 +182,11 @@ class Decpg(Mappo):
 
     def _get_loss(self, group, policy_for_loss, continuous):
         loss, use_target = super()._get_loss(group, policy_for_loss, continuous)
+        if self.normalize_advantage:
+            # MAPPO's advantage normalisation, but with each agent's own
+            # statistics (its local dataset D_i): the agent dim is excluded.
+            loss.normalize_advantage = True
+            loss.normalize_advantage_exclude_dims = (-2,)
         n = len(self.group_map[group])
         actor = list(loss.actor_network_params.flatten_keys().values())
         critic = list(loss.critic_network_params.flatten_keys().values())
@@ -530,6 +539,7 @@ class DecpgConfig(AlgorithmConfig):
     perturbation_c: float = MISSING
     perturbation_eps: float = MISSING
     # MAPPO backbone
+    normalize_advantage: bool = MISSING
     clip_epsilon: float = MISSING
     entropy_coef: float = MISSING
     critic_coef: float = MISSING
