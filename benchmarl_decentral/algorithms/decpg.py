@@ -269,7 +269,9 @@ class Decpg(Mappo):
 
         ``average``: every agent runs ``theta_avg = mean_i theta_i`` (sec. 3);
         ``local``: each agent its own ``theta_i``; ``agent=i``: every agent runs
-        ``theta_i`` (one "individual local model", Table 3).
+        ``theta_i`` (one "individual local model", Table 3). In ``individual``
+        mode the logged evaluation uses the averaged model and the individual
+        models are evaluated in addition (``eval/individual/...``).
         """
         mode = self.evaluation_mode if mode is None else mode
         if mode == "local" and agent is None:
