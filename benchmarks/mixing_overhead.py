@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -73,8 +74,6 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    import os
-
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
@@ -225,7 +224,8 @@ def main(argv=None) -> dict:
                 rows.append(bench_one(n, net, opt_name, args))
     table = markdown(rows)
     print(table)
-    result = {"machine": info, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "rows": rows}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result = {"machine": info, "settings": settings, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\nJSON written to {args.out}")

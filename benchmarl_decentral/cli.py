@@ -24,12 +24,14 @@ commands:
   evaluate  evaluate a checkpoint: as `python -m benchmarl.evaluate`
   resume    resume training from a checkpoint: as `python -m benchmarl.resume`
   list      list the algorithms, tasks and models available (* = benchmarl-decentral)
+  report    compare algorithms from result folders: IQM, CIs, probability of improvement, curves
 
 examples:
   benchmarl run algorithm=decpg task=vmas/balance
   benchmarl run -m algorithm=decpg,mappo task=vmas/navigation seed=0,1,2
   benchmarl evaluate outputs/<date>/<time>/<run>/checkpoints/checkpoint_300.pt
   benchmarl list
+  benchmarl report multirun/<date>/<time> --out report
 
 `benchmarl <command> --help` tells more about a command.
 """
@@ -66,6 +68,31 @@ usage: benchmarl list [algorithms|tasks|models]
 
 List what can be passed as algorithm=, task= and model= (all three by
 default). Entries added by benchmarl-decentral are marked with *.
+"""
+
+REPORT_HELP = """\
+usage: benchmarl report FOLDER [FOLDER ...] [--out DIR] [--metric NAME] [--reps N]
+
+Compare algorithms on the results BenchMARL writes (<run>/<run>.json, written
+when experiment.create_json=true, the default). Every FOLDER is searched at any
+depth (single runs, multirun folders, JSON files); all runs found are merged.
+
+Writes into DIR: report.md (tables + plots), the tables as CSV, and PNG plots:
+  - per task: mean metric vs frames, 95% bootstrap CI over seeds
+  - aggregate IQM / mean / median / optimality gap of min-max normalised final
+    scores (per task), 95% stratified bootstrap CIs (rliable)
+  - probability of improvement for every pair of algorithms, performance profiles
+  - final consensus distance, generalization gap, perturbed-env return (and the
+    other decentralised metrics), when the runs logged them with loggers=[csv]
+
+  --out DIR       output folder (default: report)
+  --metric NAME   metric of the JSON files (default: return; per group: <group>_return)
+  --reps N        bootstrap replications (default: 2000)
+
+Runs are scored at the last evaluation common to all runs of a task; with one
+seed, confidence intervals are reported as unavailable. Exit status 2 when there
+is nothing to report on (no results, unknown metric), with the reason.
+Needs the report extra: pip install "benchmarl-decentral[report]".
 """
 
 
@@ -108,6 +135,46 @@ def _list(what: Optional[str]) -> int:
     return 0
 
 
+def _report(args: List[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="benchmarl report", add_help=False, usage=REPORT_HELP.splitlines()[0][7:])
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("--out", default="report")
+    parser.add_argument("--metric", default="return")
+    parser.add_argument("--reps", type=int, default=2000)
+    try:
+        options = parser.parse_args(args)
+    except SystemExit as exit_:  # argparse has printed the usage and the error
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        import matplotlib  # noqa: F401
+        import rliable  # noqa: F401
+
+        from benchmarl_decentral.reporting import ReportInputError, make_report
+    except ImportError as error:
+        print(f"benchmarl report: {error}. Install the report extra: "
+              'pip install "benchmarl-decentral[report]"', file=sys.stderr)
+        return 2
+    command = " ".join(["benchmarl", "report", *args])
+    try:
+        report = make_report(options.folders, out=options.out, metric=options.metric, reps=options.reps,
+                             command=command)
+    except ReportInputError as error:
+        print(f"benchmarl report: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"benchmarl report: cannot write the report: {error}", file=sys.stderr)
+        return 2
+    scores = report.scores
+    print(f"benchmarl report: {len(report.loaded.runs)} run(s), {len(scores.tasks)} task(s), "
+          f"{len(scores.algorithms)} algorithm(s) ({', '.join(scores.algorithms)}); metric '{scores.metric}'.")
+    for note in report.notes:
+        print(f"  note: {note}")
+    print(f"written: {report.markdown} (+ {len(report.files) - 1} CSV/PNG files in {report.out})")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -140,6 +207,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(LIST_HELP)
             return 0
         return _list(args[0] if args else None)
+    if command == "report":
+        if wants_help:
+            print(REPORT_HELP)
+            return 0
+        return _report(args)
     print(f"benchmarl: unknown command '{command}'.\n", file=sys.stderr)
     print(USAGE, file=sys.stderr)
     return 2

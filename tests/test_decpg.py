@@ -9,7 +9,7 @@ from benchmarl.experiment.callback import Callback
 from benchmarl_decentral.algorithms import DecpgConfig
 from benchmarl_decentral.consensus import consensus_distance, uniform_knn
 
-from conftest import make_experiment
+from conftest import make_experiment, tiny_experiment_config
 
 GROUP = "agents"
 
@@ -139,7 +139,22 @@ def test_full_topology_is_parameter_sharing(tmp_path):
 
 def test_per_agent_gradient_clipping(tmp_path):
     exp = make_experiment(tmp_path, task_overrides={"n_agents": 3}, algorithm_overrides={"k": 0, "max_grad_norm": 1e-3})
-    assert exp.config.clip_grad_val is None  # BenchMARL's joint clip is replaced
+    assert exp.config.clip_grad_val is None  # BenchMARL's joint clip is replaced ...
+    assert exp.algorithm.experiment_config is exp.config
+    # ... on this experiment only: a config shared with other runs keeps its clip
+    from benchmarl.algorithms import MappoConfig
+    from benchmarl.experiment import Experiment
+    shared = tiny_experiment_config(tmp_path / "shared")
+    (tmp_path / "shared").mkdir()
+    task = exp.task
+    decpg_run = Experiment(task=task, algorithm_config=DecpgConfig.get_from_yaml(), model_config=exp.model_config,
+                           seed=0, config=shared)
+    assert decpg_run.config.clip_grad_val is None and shared.clip_grad_val == 5
+    mappo_run = Experiment(task=task, algorithm_config=MappoConfig.get_from_yaml(), model_config=exp.model_config,
+                           seed=0, config=shared)
+    assert mappo_run.config.clip_grad_val == 5
+    decpg_run.close()
+    mappo_run.close()
     before, grads, after, lr = _one_sgd_step(exp, _batch(exp))
     step_norm = torch.stack(
         [((b - a) / lr).reshape(3, -1).pow(2).sum(-1) for b, a in zip(before, after)]

@@ -32,6 +32,7 @@ How it sits in BenchMARL (1.5.2) without a fork:
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, MISSING
 from typing import Any, Dict, Iterator, List, Optional, Type
 
@@ -162,7 +163,10 @@ class Decpg(Mappo):
         if max_grad_norm is not None and self.experiment_config.clip_grad_val is not None:
             # BenchMARL clips the norm over all agents' parameters at once; DecPG
             # clips each agent's gradient on its own (no cross-agent statistic).
-            self.experiment_config.clip_grad_val = None
+            # Work on a copy: the caller's ExperimentConfig may serve other runs.
+            self.experiment.config = copy.copy(self.experiment.config)
+            self.experiment.config.clip_grad_val = None
+            self.experiment_config = self.experiment.config
 
         self.callback = _DecpgCallback(self)
         # hydra runs pass callbacks=() (a tuple): rebind rather than append

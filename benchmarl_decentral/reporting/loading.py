@@ -1,0 +1,308 @@
+"""Reading BenchMARL's results: the per-run JSON files and the CSV scalars.
+
+Pure Python + numpy (no torch, no BenchMARL import), so it is cheap to test.
+
+BenchMARL's ``JsonWriter`` (``benchmarl/experiment/logger.py``) writes one file
+per run, ``<save_folder>/<run>/<run>.json``, in marl-eval's format::
+
+    {env: {task: {algorithm: {"seed_N": {
+        "absolute_metrics": {metric: [max over all episodes so far]},
+        "step_K": {"step_count": frames, metric: [value per evaluation episode], ...},
+        ...}}}}}
+
+with ``K = frames // evaluation_interval`` and metrics ``return`` (mean over
+groups) and ``<group>_return``. ``benchmarl.eval_results`` merges the files of a
+multirun by walking it for ``*.json`` (names with ``wandb`` skipped); this module
+does the same walk, but keeps every run apart (with its source file), checks
+the format and says what it skipped instead of failing.
+
+The csv logger (``experiment.loggers=[csv]``) writes
+``<save_folder>/<run>/<run>/scalars/<key>.csv`` with ``step,value`` lines (``/``
+in the key replaced by ``_``): :func:`read_scalar` reads one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+_SEED_RE = re.compile(r"^seed_(-?\d+)$")
+
+
+class ReportInputError(ValueError):
+    """Input that cannot give a report (empty or foreign folder, missing metric...).
+
+    The message is meant for the user as is; the CLI prints it and exits with 2.
+    """
+
+
+@dataclass
+class Run:
+    """One training run (one env/task/algorithm/seed) as read from a JSON file."""
+
+    env: str
+    task: str
+    algorithm: str
+    seed: str  # "seed_N" as in the JSON
+    # frames (step_count) -> {metric: [value per evaluation episode]}
+    evaluations: Dict[int, Dict[str, List[float]]]
+    source: Path
+    scalars_dir: Optional[Path] = None
+
+    @property
+    def task_id(self) -> str:
+        return f"{self.env}/{self.task}"
+
+    @property
+    def key(self) -> Tuple[str, str, str, str]:
+        return (self.env, self.task, self.algorithm, self.seed)
+
+    @property
+    def seed_number(self) -> Optional[int]:
+        match = _SEED_RE.match(self.seed)
+        return int(match.group(1)) if match else None
+
+    def metrics(self) -> List[str]:
+        names = set()
+        for values in self.evaluations.values():
+            names.update(values)
+        return sorted(names)
+
+    def curve(self, metric: str) -> Tuple[np.ndarray, np.ndarray]:
+        """(frames, mean over evaluation episodes) for the evaluations that have ``metric``.
+
+        Evaluations where the metric is absent, empty or all NaN are skipped.
+        """
+        frames, values = [], []
+        for frame in sorted(self.evaluations):
+            episodes = self.evaluations[frame].get(metric)
+            if not episodes:
+                continue
+            array = np.asarray(episodes, dtype=float)
+            finite = array[np.isfinite(array)]
+            if finite.size == 0:
+                continue
+            frames.append(frame)
+            values.append(float(finite.mean()))
+        return np.asarray(frames, dtype=np.int64), np.asarray(values, dtype=float)
+
+
+@dataclass
+class LoadResult:
+    runs: List[Run]
+    json_files: List[Path]
+    notes: List[str] = field(default_factory=list)
+    ignored: List[Tuple[Path, str]] = field(default_factory=list)
+
+
+def seed_sort_key(seed: str):
+    match = _SEED_RE.match(seed)
+    return (0, int(match.group(1)), "") if match else (1, 0, seed)
+
+
+def find_json_files(paths: Sequence[PathLike]) -> List[Path]:
+    """The ``*.json`` files under ``paths`` (recursively; files may be given directly).
+
+    Mirrors ``benchmarl.eval_results._get_json_files_from_multirun``: names
+    containing ``wandb`` are skipped. Each file appears once, even when folders
+    overlap. Raises :class:`ReportInputError` for a path that does not exist.
+    """
+    if not paths:
+        raise ReportInputError("no folder given.")
+    found: Dict[Path, Path] = {}
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ReportInputError(f"not found: {raw}")
+        if path.is_file():
+            candidates: Iterable[Path] = [path]
+        else:
+            candidates = (
+                Path(dirpath) / name
+                for dirpath, _, filenames in os.walk(path)
+                for name in filenames
+                if name.endswith(".json") and "wandb" not in name
+            )
+        for candidate in candidates:
+            found.setdefault(candidate.resolve(), candidate)
+    return sorted(found.values())
+
+
+def _number_list(value) -> Optional[List[float]]:
+    if not isinstance(value, list):
+        return None
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            if item is None:  # json has no NaN; tolerate nulls
+                out.append(math.nan)
+                continue
+            return None
+        out.append(float(item))
+    return out
+
+
+def parse_results(data, source: Path) -> Tuple[List[Run], List[str]]:
+    """The runs held by one marl-eval-format dict (one file: usually one run).
+
+    Returns (runs, problems); ``problems`` says why nothing (or not everything)
+    could be read. Entries that do not fit the format are skipped, never guessed.
+    """
+    runs: List[Run] = []
+    problems: List[str] = []
+    if not isinstance(data, dict) or not data:
+        return runs, ["not a JSON object of env -> task -> algorithm -> seed_N"]
+    for env, tasks in data.items():
+        if not isinstance(tasks, dict):
+            problems.append(f"'{env}' is not an object of tasks")
+            continue
+        for task, algorithms in tasks.items():
+            if not isinstance(algorithms, dict):
+                problems.append(f"'{env}/{task}' is not an object of algorithms")
+                continue
+            for algorithm, seeds in algorithms.items():
+                if not isinstance(seeds, dict):
+                    problems.append(f"'{env}/{task}/{algorithm}' is not an object of seeds")
+                    continue
+                for seed, run_data in seeds.items():
+                    where = f"{env}/{task}/{algorithm}/{seed}"
+                    if not _SEED_RE.match(str(seed)) or not isinstance(run_data, dict):
+                        problems.append(f"'{where}': expected seed_N -> {{step_K: ...}}")
+                        continue
+                    evaluations: Dict[int, Dict[str, List[float]]] = {}
+                    for step, step_data in run_data.items():
+                        if step == "absolute_metrics":
+                            continue
+                        if not _STEP_RE.match(step) or not isinstance(step_data, dict):
+                            continue
+                        frames = step_data.get("step_count")
+                        if isinstance(frames, bool) or not isinstance(frames, (int, float)):
+                            continue
+                        metrics = {}
+                        for name, values in step_data.items():
+                            if name == "step_count":
+                                continue
+                            numbers = _number_list(values)
+                            if numbers is not None:
+                                metrics[name] = numbers
+                        evaluations.setdefault(int(frames), {}).update(metrics)
+                    if not evaluations:
+                        problems.append(f"'{where}' has no evaluation (step_K with step_count)")
+                        continue
+                    runs.append(Run(str(env), str(task), str(algorithm), str(seed), evaluations, source))
+    return runs, problems
+
+
+def load_runs(paths: Sequence[PathLike]) -> LoadResult:
+    """Every run in BenchMARL's JSON files under ``paths``, merged.
+
+    Raises :class:`ReportInputError` when there is nothing to report on: no JSON
+    file at all, or none in BenchMARL's format (the message gives the reasons).
+    The same env/task/algorithm/seed found in two files (a rerun, a copy) is
+    kept once: the most recently modified file wins, and a note says so.
+    """
+    files = find_json_files(paths)
+    where = ", ".join(str(p) for p in paths)
+    if not files:
+        raise ReportInputError(
+            f"no JSON results under {where}. BenchMARL writes <run>/<run>.json when "
+            "experiment.create_json=true (its default); point this at a run or multirun folder."
+        )
+    result = LoadResult(runs=[], json_files=files)
+    by_key: Dict[Tuple[str, str, str, str], Run] = {}
+    duplicates: List[str] = []
+    for file in files:
+        try:
+            with open(file, "r") as f:
+                data = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            result.ignored.append((file, f"unreadable JSON ({error.__class__.__name__}: {error})"))
+            continue
+        runs, problems = parse_results(data, file)
+        if not runs:
+            result.ignored.append((file, "; ".join(problems[:3]) or "no run in it"))
+            continue
+        if problems:
+            result.notes.append(f"{file}: parts skipped: {'; '.join(problems[:3])}")
+        single = len(runs) == 1
+        for run in runs:
+            if single:
+                scalars = file.parent / file.stem / "scalars"
+                run.scalars_dir = scalars if scalars.is_dir() else None
+            previous = by_key.get(run.key)
+            if previous is not None:
+                newer = run if _mtime(run.source) >= _mtime(previous.source) else previous
+                older = previous if newer is run else run
+                duplicates.append(f"{'/'.join(run.key)} in {older.source} and {newer.source} (kept the newer)")
+                run = newer
+            by_key[run.key] = run
+    if duplicates:
+        result.notes.append(
+            f"{len(duplicates)} run(s) found twice, kept once: " + "; ".join(duplicates[:5])
+            + (" ..." if len(duplicates) > 5 else "")
+        )
+    if not by_key:
+        reasons = "; ".join(f"{path}: {why}" for path, why in result.ignored[:3])
+        raise ReportInputError(
+            f"{len(files)} JSON file(s) under {where}, none in BenchMARL's results format "
+            f"(env -> task -> algorithm -> seed_N -> step_K -> {{step_count, metric: [...]}}): {reasons}"
+        )
+    if result.ignored:
+        shown = "; ".join(f"{path.name}: {why}" for path, why in result.ignored[:5])
+        result.notes.append(
+            f"{len(result.ignored)} JSON file(s) ignored (not BenchMARL results): {shown}"
+            + (" ..." if len(result.ignored) > 5 else "")
+        )
+    result.runs = sorted(by_key.values(), key=lambda r: (r.task_id, r.algorithm, seed_sort_key(r.seed)))
+    return result
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def read_scalar(path: PathLike) -> Optional[Tuple[int, float]]:
+    """The last ``(step, value)`` of a torchrl CSV scalar file (``step,value`` lines).
+
+    "Last" is the largest step (a resumed run appends; a repeated step keeps its
+    latest line). Lines that do not parse and non-finite values are skipped;
+    returns None when nothing is left.
+    """
+    best: Optional[Tuple[int, float]] = None
+    try:
+        with open(path, "r") as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) != 2:
+                    continue
+                try:
+                    step, value = int(float(parts[0])), float(parts[1])
+                except ValueError:
+                    continue
+                if not math.isfinite(value):
+                    continue
+                if best is None or step >= best[0]:
+                    best = (step, value)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return best
+
+
+def available_metrics(runs: Sequence[Run]) -> List[str]:
+    names = set()
+    for run in runs:
+        names.update(run.metrics())
+    return sorted(names)
