@@ -1,1 +1,90 @@
-"""objectives of benchmarl-decentral."""
+"""Pure loss / trust-region / ADMM math, unit-testable without BenchMARL.
+
+* :mod:`.trust_region` — matrix-free J x (jvp), J^T u (vjp), true-KL
+  Fisher-vector products, batched conjugate gradient, MATRPO's closed-form
+  natural step and the KL backtracking line search (001_8ff130c17487d6e3.txt
+  eqs. 13-14, 20, 22, 51), all batched over stacked per-agent parameters.
+* :mod:`.admm` — MATRPO's asynchronous (random / round-robin) and synchronous
+  ADMM over communication links on per-sample log-ratios (eqs. 21-22, 40,
+  Algorithm 1).
+"""
+
+from __future__ import annotations
+
+from benchmarl_decentral.objectives.admm import (
+    ADMM_MODES,
+    AdmmState,
+    activate_link,
+    canonical_links,
+    consensus_gradient,
+    dual_update,
+    init_state,
+    link_signs,
+    links_from_adjacency,
+    per_agent_residuals,
+    primal_residual,
+    primal_step,
+    run_admm,
+    select_link,
+    synchronous_iteration,
+)
+from benchmarl_decentral.objectives.trust_region import (
+    LineSearchResult,
+    Linearisation,
+    NaturalStep,
+    PolicyFn,
+    add_step,
+    backtracking_line_search,
+    check_agent_dims,
+    conjugate_gradient,
+    fisher_vector_product,
+    flat_params,
+    jvp_logratio,
+    log_prob,
+    make_fvp,
+    mean_kl,
+    natural_step,
+    stacked_policy,
+    surrogate,
+    trpo_step,
+    unflatten,
+    vjp_logratio,
+)
+
+__all__ = [
+    "ADMM_MODES",
+    "AdmmState",
+    "LineSearchResult",
+    "Linearisation",
+    "NaturalStep",
+    "PolicyFn",
+    "activate_link",
+    "add_step",
+    "backtracking_line_search",
+    "canonical_links",
+    "check_agent_dims",
+    "conjugate_gradient",
+    "consensus_gradient",
+    "dual_update",
+    "fisher_vector_product",
+    "flat_params",
+    "init_state",
+    "jvp_logratio",
+    "link_signs",
+    "links_from_adjacency",
+    "log_prob",
+    "make_fvp",
+    "mean_kl",
+    "natural_step",
+    "per_agent_residuals",
+    "primal_residual",
+    "primal_step",
+    "run_admm",
+    "select_link",
+    "stacked_policy",
+    "surrogate",
+    "synchronous_iteration",
+    "trpo_step",
+    "unflatten",
+    "vjp_logratio",
+]

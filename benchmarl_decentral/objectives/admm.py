@@ -1,0 +1,599 @@
+"""Asynchronous ADMM consensus on per-sample log policy ratios (MATRPO).
+
+001_8ff130c17487d6e3.txt (MATRPO) sec. IV-B/C eqs. (9)-(17), sec. V eqs.
+(20)-(22), Algorithm 1, Appendix B eqs. (39)-(63).
+
+Each undirected communication link ``e = (i, j)`` carries, for both endpoints
+``q in N(e) = {i, j}`` and every policy component ``n``, an estimator
+``z_e^{qn}`` and a dual ``y_e^{qn}`` (one value per sample, ``R^M``). The
+linearised consensus constraints of eq. (15) with log-ratios (eq. 20) are
+
+.. math::
+
+    C_e^q J^{qn} (\\theta^q - \\theta^q_{old}) = z_e^{qn}, \\qquad
+    z_e^{in} + z_e^{jn} = 0,
+
+i.e. ``J^{in} x^i = J^{jn} x^j``: both ends agree on every sampled log-ratio.
+Activating a link (eq. 22 = eq. 40) updates, for ``q in {i, j}``:
+
+.. math::
+
+    V^q &= \\tfrac1M \\sum_n J^{qnT} \\big(A^q - \\sum_{e \\in E(q)} C_e^q y_e^{qn}
+           + \\beta \\sum_{e \\in E(q)} C_e^q z_e^{qn}\\big), \\\\
+    \\theta^q &\\leftarrow \\theta^q_{old}
+           + \\sqrt{\\tfrac{2\\delta/N}{V^T \\bar H^{q-1} V}}\\, \\bar H^{q-1} V, \\\\
+    \\nu_e^n &= \\tfrac12 \\sum_{q \\in N(e)} [y_e^{qn} + \\beta C_e^q J^{qn} x^q], \\quad
+    z_e^{qn} \\leftarrow \\tfrac1\\beta (y_e^{qn} - \\nu_e^n) + C_e^q J^{qn} x^q, \\quad
+    y_e^{qn} \\leftarrow \\nu_e^n.
+
+Decisions where the paper leaves room (each repeated where it applies):
+
+* ``C_e^q``: ``+1`` for the lower agent id of a link, ``-1`` for the higher one.
+* Initial ``z = y = 0`` (Algorithm 1 only says "initial"): ``x = 0`` gives
+  zero log-ratios, so ``z = 0`` satisfies the constraints at ``theta_old``; and
+  both are per-sample variables of *this* batch, so they restart every
+  policy iteration (nothing to checkpoint).
+* The primal step uses the true-KL Hessian ``H`` both for the trust region and
+  in place of ``1/M sum_n J^{qnT} J^{qn}`` in the penalty (eq. 46, exact only
+  as ``M -> inf``). With finite samples the ADMM fixed point is therefore the
+  centralised step only where that empirical Fisher equals ``H``.
+* The closed form (eq. 50-51) always lands on the trust-region boundary; it
+  silently assumes ``lambda* = sqrt(V^T H^-1 V / (2 delta/N)) - |E(q)| beta >= 0``.
+  ``exact_kkt=True`` clips ``lambda*`` at 0 (step ``H^-1 V / (|E(q)| beta)``
+  when that is inside the region), which is the exact minimiser of eq. (42)
+  under the same ``H`` substitution. Default: the paper's formula.
+* z and y updates and the residuals use the linearised log-ratios
+  ``J x`` (as eq. 22 does), not re-evaluated policies.
+* Synchronous mode is Jacobi: every agent's primal step from the same
+  ``z^(k), y^(k)``, then every link's z/y update.
+* A failed link (``link_failure_prob``) makes its activation a no-op that
+  still counts as an iteration (asynchronous), or skips its z/y update
+  (synchronous).
+* Residuals, per link: primal ``RMS_{m,n}(J^{in} x^i - J^{jn} x^j)``, the
+  disagreement of the two ends' log-ratios; dual ``beta * RMS(z_e^{new} -
+  z_e^{old})`` at the link's last update (Boyd et al.'s ``s = beta A^T B dz``
+  measured in log-ratio space, which keeps it matrix free).
+
+Shapes: ``n`` agents, ``L`` links, ``M`` samples, ``K`` policy components,
+``D`` parameters per agent; ``z, y`` are ``(L, 2, M, K)`` (endpoint 0 = ``i``,
+endpoint 1 = ``j``). No BenchMARL or TorchRL import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from benchmarl_decentral.objectives.trust_region import (
+    Linearisation,
+    NaturalStep,
+    _check_delta,
+    natural_step,
+)
+
+__all__ = [
+    "ADMM_MODES",
+    "AdmmState",
+    "activate_link",
+    "canonical_links",
+    "consensus_gradient",
+    "dual_update",
+    "init_state",
+    "link_signs",
+    "links_from_adjacency",
+    "per_agent_residuals",
+    "primal_residual",
+    "primal_step",
+    "run_admm",
+    "select_link",
+    "synchronous_iteration",
+]
+
+ADMM_MODES: tuple[str, ...] = ("random", "round_robin", "synchronous")
+
+
+# ------------------------------------------------------------------------- links
+
+
+def _check_beta(beta: float) -> None:
+    if not beta > 0:
+        raise ValueError(
+            f"beta must be > 0, got beta={beta}; it is the ADMM penalty parameter of eq. (11) "
+            "(Table III uses 1.0 or 5.0)"
+        )
+
+
+def canonical_links(edges: Tensor | Sequence[Sequence[int]], n_agents: int | None = None) -> Tensor:
+    """001 sec. IV-B: undirected links ``e = (i, j)`` as a ``(L, 2)`` long tensor with ``i < j``.
+
+    Accepts pairs in any order and direction (``(i, j)`` and ``(j, i)`` are one
+    link), removes duplicates and sorts. Self loops are rejected.
+
+    Args:
+        edges: ``(L, 2)`` pairs (tensor or list); use :func:`links_from_adjacency`
+            for the package's ``(n, n)`` bool adjacency.
+        n_agents: if given, ids must lie in ``[0, n_agents)``. (default: None)
+
+    Returns:
+        ``(L, 2)`` long tensor.
+    """
+    e = torch.as_tensor(edges, dtype=torch.long)
+    if e.numel() == 0:
+        return torch.zeros(0, 2, dtype=torch.long)
+    if e.dim() != 2 or e.shape[1] != 2:
+        raise ValueError(
+            f"edges must be (L, 2) pairs (i, j), got shape {tuple(e.shape)}; for a (2, E) "
+            "edge_index pass edge_index.T, for an adjacency use links_from_adjacency"
+        )
+    if (e[:, 0] == e[:, 1]).any():
+        raise ValueError("edges contain a self loop (i, i); a communication link joins two different agents")
+    if (e < 0).any() or (n_agents is not None and (e >= n_agents).any()):
+        raise ValueError(f"edges have agent ids outside [0, {n_agents}); pass links between existing agents")
+    e, _ = torch.sort(e, dim=1)
+    return torch.unique(e, dim=0)
+
+
+def links_from_adjacency(adj: Tensor) -> Tensor:
+    """Undirected links of a ``(n, n)`` adjacency (``consensus.topology`` convention): ``(L, 2)``.
+
+    A pair is linked if either direction is present (ADMM links are two-way).
+    """
+    if adj.dim() != 2 or adj.shape[0] != adj.shape[1]:
+        raise ValueError(f"adjacency must be (n, n), got shape {tuple(adj.shape)}")
+    a = adj.bool()
+    a = (a | a.T).triu(1)
+    return canonical_links(a.nonzero(), adj.shape[0])
+
+
+def link_signs(dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
+    """001 eq. (10): ``C_e^q`` for the two ends ``(i, j)`` of a link, ``(+1, -1)`` (``C^i + C^j = 0``)."""
+    return torch.tensor([1.0, -1.0], dtype=dtype, device=device)
+
+
+# ------------------------------------------------------------------------- state
+
+
+@dataclass
+class AdmmState:
+    """ADMM variables of one policy iteration (001 eq. 21), batched over links and agents.
+
+    Attributes:
+        links: ``(L, 2)`` undirected links ``(i, j)``, ``i < j``.
+        z: estimators ``z_e^{qn}``, ``(L, 2, M, K)``.
+        y: duals ``y_e^{qn}``, ``(L, 2, M, K)``.
+        x: primal ``theta^q - theta^q_old``, ``(n, D)``.
+        Jx: linearised log-ratios ``J^{qn} x^q``, ``(n, M, K)``.
+        direction: last CG solution ``H^{-1} V`` per agent (warm start), ``(n, D)``.
+        scale: last step scale ``sqrt(2 delta/N / V^T H^-1 V)`` per agent, ``(n,)``.
+        dual_residual: per link, at its last update, ``(L,)``.
+        agent_updates: primal updates per agent, ``(n,)``.
+        link_updates: z/y updates per link, ``(L,)``.
+        iteration: ADMM iterations done (failed activations included).
+        history: ``max_e`` primal residual after every iteration.
+    """
+
+    links: Tensor
+    z: Tensor
+    y: Tensor
+    x: Tensor
+    Jx: Tensor
+    direction: Tensor
+    scale: Tensor
+    dual_residual: Tensor
+    agent_updates: Tensor
+    link_updates: Tensor
+    iteration: int = 0
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def n_agents(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def n_links(self) -> int:
+        return self.links.shape[0]
+
+
+def init_state(
+    edges: Tensor | Sequence[Sequence[int]],
+    n_samples: int,
+    *,
+    n_params: int,
+    n_agents: int | None = None,
+    n_components: int = 1,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> AdmmState:
+    """001 Algorithm 1 ("initial estimators z^(0) and dual variables y^(0)"): all zeros.
+
+    ``z = 0`` is the log-ratio of ``theta_old`` itself, so the constraints of
+    eq. (15) hold at the start; ``y = 0`` is the usual ADMM start.
+
+    Args:
+        edges: ``(L, 2)`` link pairs (see :func:`canonical_links`).
+        n_samples: ``M``.
+        n_params: ``D``, parameters per agent.
+        n_agents: ``n``; inferred as ``max id + 1`` when omitted. (default: None)
+        n_components: ``K``, policy components per sample. (default: 1)
+        dtype: floating dtype. (default: torch default)
+        device: device. (default: None)
+
+    Returns:
+        A fresh :class:`AdmmState`.
+    """
+    links = canonical_links(edges, n_agents)
+    if n_agents is None:
+        n_agents = int(links.max()) + 1 if links.numel() else 1
+    if n_samples < 1 or n_params < 1 or n_components < 1 or n_agents < 1:
+        raise ValueError(
+            f"need n_samples, n_params, n_components, n_agents >= 1, got {n_samples}, {n_params}, "
+            f"{n_components}, {n_agents}"
+        )
+    dtype = dtype or torch.get_default_dtype()
+    links = links.to(device)
+    L = links.shape[0]
+    zeros = dict(dtype=dtype, device=device)
+    return AdmmState(
+        links=links,
+        z=torch.zeros(L, 2, n_samples, n_components, **zeros),
+        y=torch.zeros(L, 2, n_samples, n_components, **zeros),
+        x=torch.zeros(n_agents, n_params, **zeros),
+        Jx=torch.zeros(n_agents, n_samples, n_components, **zeros),
+        direction=torch.zeros(n_agents, n_params, **zeros),
+        scale=torch.zeros(n_agents, **zeros),
+        dual_residual=torch.zeros(L, **zeros),
+        agent_updates=torch.zeros(n_agents, dtype=torch.long, device=device),
+        link_updates=torch.zeros(L, dtype=torch.long, device=device),
+    )
+
+
+def _check_state(lin: Linearisation, state: AdmmState, advantages: Tensor) -> None:
+    want = (lin.n_agents, lin.n_params)
+    if tuple(state.x.shape) != want or tuple(state.z.shape[2:]) != (lin.n_samples, lin.n_components):
+        raise ValueError(
+            f"ADMM state (x {tuple(state.x.shape)}, z {tuple(state.z.shape)}) does not match the "
+            f"linearisation (n={lin.n_agents}, D={lin.n_params}, M={lin.n_samples}, "
+            f"K={lin.n_components}); build it with init_state(..., n_params=lin.n_params, "
+            "n_agents=lin.n_agents, n_components=lin.n_components)"
+        )
+    if tuple(advantages.shape) != (lin.n_agents, lin.n_samples):
+        raise ValueError(
+            f"advantages must be (n, M) = ({lin.n_agents}, {lin.n_samples}) (one private advantage "
+            f"per agent and sample), got {tuple(advantages.shape)}"
+        )
+
+
+# ---------------------------------------------------------------------- updates
+
+
+def consensus_gradient(
+    lin: Linearisation,
+    state: AdmmState,
+    advantages: Tensor,
+    *,
+    beta: float,
+    agents: Tensor | None = None,
+) -> Tensor:
+    """001 eq. (22) / (40): the ``V^q`` of the closed-form primal step, for the requested agents.
+
+    ``V^q = 1/M sum_n J^{qnT} (A^q - sum_e C_e^q y_e^{qn} + beta sum_e C_e^q z_e^{qn})``.
+
+    The sums run over the links ``E(q)`` at agent ``q``; they are one
+    ``index_add`` over all links, then one vjp for the requested agents.
+
+    Args:
+        lin: the agents' linearisation at ``theta_old``.
+        state: current ADMM variables.
+        advantages: private advantages ``A^q``, ``(n, M)``.
+        beta: ADMM penalty, > 0.
+        agents: agent ids to compute ``V`` for. (default: all)
+
+    Returns:
+        ``V`` of shape ``(|agents|, D)``.
+    """
+    _check_beta(beta)
+    C = link_signs(state.z.dtype, state.z.device)[None, :, None, None]
+    contrib = C * (beta * state.z - state.y)  # (L, 2, M, K)
+    u = advantages.to(state.z)[..., None].expand_as(state.Jx).clone()
+    if state.n_links:
+        u.index_add_(0, state.links.reshape(-1), contrib.reshape(-1, *contrib.shape[2:]))
+    if agents is not None:
+        u = u[agents]
+    return lin.vjp(u, agents) / lin.n_samples
+
+
+def primal_step(
+    lin: Linearisation,
+    state: AdmmState,
+    advantages: Tensor,
+    agents: Tensor | None = None,
+    *,
+    delta: float,
+    beta: float,
+    cg_iters: int = 10,
+    residual_tol: float = 1e-10,
+    exact_kkt: bool = False,
+) -> NaturalStep:
+    """001 eq. (22) / (40), (52): the closed-form ``theta^q`` update of the activated agents.
+
+    ``theta^q = theta^q_old + sqrt(2 delta/N / (V^T H^{q-1} V)) H^{q-1} V`` with
+    ``V`` from :func:`consensus_gradient`, ``H^{-1} V`` by CG on the true-KL
+    Fisher (warm-started from the agent's previous solution), batched over
+    ``agents``. Writes ``x``, ``J x``, ``direction`` and ``scale`` of those
+    agents into ``state``; ``z`` and ``y`` are left to :func:`dual_update`.
+
+    Args:
+        lin: linearisation at ``theta_old``.
+        state: ADMM variables (updated in place).
+        advantages: ``(n, M)``.
+        agents: ids of the activated agents. (default: all)
+        delta: per-agent KL bound ``delta/N`` (> 0).
+        beta: ADMM penalty (> 0).
+        cg_iters: CG iterations. (default: 10)
+        residual_tol: CG squared-residual tolerance. (default: 1e-10)
+        exact_kkt: clip the trust-region multiplier at 0 (module docstring);
+            ``False`` is the paper's always-on-the-boundary step. (default: False)
+
+    Returns:
+        The :class:`~benchmarl_decentral.objectives.trust_region.NaturalStep` of ``agents``.
+    """
+    _check_delta(delta)
+    _check_beta(beta)
+    _check_state(lin, state, advantages)
+    with torch.no_grad():
+        V = consensus_gradient(lin, state, advantages, beta=beta, agents=agents)
+        x0 = state.direction if agents is None else state.direction[agents]
+        max_scale = None
+        if exact_kkt:
+            degree = torch.bincount(state.links.reshape(-1), minlength=state.n_agents).to(V)
+            if agents is not None:
+                degree = degree[agents]
+            # lambda* + |E(q)| beta >= |E(q)| beta  <=>  scale <= 1 / (|E(q)| beta)
+            max_scale = torch.where(degree > 0, 1.0 / (beta * degree.clamp(min=1)),
+                                    torch.full_like(degree, float("inf")))
+        nat = natural_step(lin.fvp(agents), V, delta=delta, cg_iters=cg_iters,
+                           residual_tol=residual_tol, x0=x0, max_scale=max_scale)
+        Jx = lin.jvp(nat.step, agents)
+        idx = slice(None) if agents is None else agents
+        state.x[idx] = nat.step
+        state.direction[idx] = nat.direction
+        state.scale[idx] = nat.scale
+        state.Jx[idx] = Jx
+        state.agent_updates[idx] += 1
+    return nat
+
+
+def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float) -> AdmmState:
+    """001 eq. (22) / (40), (60)-(63): z and y of the links ``link_ids`` from the agents' current ``J x``.
+
+    ``nu_e^n = 1/2 sum_q [y_e^{qn} + beta C_e^q J^{qn} x^q]``,
+    ``z_e^{qn} = (y_e^{qn} - nu_e^n) / beta + C_e^q J^{qn} x^q``, ``y_e^{qn} = nu_e^n``.
+    Equivalently ``z_e^{in} = -z_e^{jn}`` is the link's average log-ratio (when
+    the two ends' duals agree) and ``y`` ascends on the disagreement,
+    ``y + beta/2 (J^i x^i - J^j x^j)``. Updates ``state`` in place and returns it.
+    """
+    _check_beta(beta)
+    if link_ids.numel() == 0:
+        return state
+    with torch.no_grad():
+        ends = state.links[link_ids]  # (l, 2)
+        C = link_signs(state.z.dtype, state.z.device)[None, :, None, None]
+        CJx = C * state.Jx[ends]  # (l, 2, M, K)
+        y = state.y[link_ids]
+        nu = 0.5 * (y + beta * CJx).sum(1, keepdim=True)
+        z_new = (y - nu) / beta + CJx
+        dz = z_new - state.z[link_ids]
+        state.dual_residual[link_ids] = beta * dz.pow(2).flatten(1).mean(1).sqrt()
+        state.z[link_ids] = z_new
+        state.y[link_ids] = nu.expand_as(y)
+        state.link_updates[link_ids] += 1
+    return state
+
+
+def activate_link(
+    lin: Linearisation,
+    state: AdmmState,
+    advantages: Tensor,
+    link: int,
+    *,
+    delta: float,
+    beta: float,
+    cg_iters: int = 10,
+    residual_tol: float = 1e-10,
+    exact_kkt: bool = False,
+) -> AdmmState:
+    """001 Algorithm 1 inner loop, eq. (22): activate link ``e``; its two agents step, then z, y of ``e``.
+
+    The endpoints ``q in N(e)`` take the closed-form primal step together (one
+    batched 2-agent call), then ``z_e^{qn}`` and ``y_e^{qn}`` of that link only
+    are updated. Other links' variables and other agents' ``theta`` are
+    untouched. Updates ``state`` in place and returns it.
+    """
+    if not 0 <= link < state.n_links:
+        raise ValueError(f"link must be in [0, {state.n_links}), got {link}")
+    agents = state.links[link]
+    primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
+                residual_tol=residual_tol, exact_kkt=exact_kkt)
+    return dual_update(state, torch.tensor([link], device=state.links.device), beta=beta)
+
+
+def synchronous_iteration(
+    lin: Linearisation,
+    state: AdmmState,
+    advantages: Tensor,
+    *,
+    delta: float,
+    beta: float,
+    working: Tensor | None = None,
+    cg_iters: int = 10,
+    residual_tol: float = 1e-10,
+    exact_kkt: bool = False,
+) -> AdmmState:
+    """001 eq. (5) / (22), synchronous variant: all agents step (Jacobi), then every working link's z, y.
+
+    Args:
+        working: bool mask ``(L,)`` of links that did not fail. (default: all)
+    """
+    primal_step(lin, state, advantages, None, delta=delta, beta=beta, cg_iters=cg_iters,
+                residual_tol=residual_tol, exact_kkt=exact_kkt)
+    ids = torch.arange(state.n_links, device=state.links.device)
+    if working is not None:
+        ids = ids[working]
+    return dual_update(state, ids, beta=beta)
+
+
+# -------------------------------------------------------------------- residuals
+
+
+def primal_residual(state: AdmmState) -> Tensor:
+    """Per-link disagreement of the linearised log-ratios, ``RMS_{m,n}(J^{in}x^i - J^{jn}x^j)``, ``(L,)``.
+
+    Zero iff the consensus constraint of eq. (15) (with eq. 20) holds on the link.
+    """
+    if state.n_links == 0:
+        return state.Jx.new_zeros(0)
+    diff = state.Jx[state.links[:, 0]] - state.Jx[state.links[:, 1]]
+    return diff.pow(2).flatten(1).mean(1).sqrt()
+
+
+def per_agent_residuals(state: AdmmState) -> tuple[Tensor, Tensor]:
+    """Primal and dual residuals per agent: the mean over the agent's links, each ``(n,)``.
+
+    An agent's statistic uses only its own links (what it can measure locally).
+    """
+    n = state.n_agents
+    flat = state.links.reshape(-1)
+    deg = torch.bincount(flat, minlength=n).to(state.x).clamp(min=1)
+    out = []
+    for per_link in (primal_residual(state), state.dual_residual):
+        acc = state.x.new_zeros(n)
+        if state.n_links:
+            acc.index_add_(0, flat, per_link.repeat_interleave(2))
+        out.append(acc / deg)
+    return out[0], out[1]
+
+
+# -------------------------------------------------------------------------- driver
+
+
+def select_link(
+    state: AdmmState, mode: str, *, generator: torch.Generator | None = None
+) -> int:
+    """001 Algorithm 1 ("randomly select a communication link e"): the next link to activate.
+
+    ``random``: uniform over links; ``round_robin``: link ``iteration mod L`` in
+    canonical (sorted) order.
+    """
+    if state.n_links == 0:
+        raise ValueError("there are no links to activate")
+    if mode == "random":
+        return int(torch.randint(state.n_links, (1,), generator=generator))
+    if mode == "round_robin":
+        return state.iteration % state.n_links
+    raise ValueError(f"select_link mode must be 'random' or 'round_robin', got {mode!r}")
+
+
+def run_admm(
+    lin: Linearisation,
+    advantages: Tensor,
+    edges: Tensor | Sequence[Sequence[int]],
+    *,
+    delta: float,
+    beta: float,
+    iterations: int,
+    mode: str = "random",
+    link_failure_prob: float = 0.0,
+    generator: torch.Generator | None = None,
+    tol: float | None = None,
+    exact_kkt: bool = False,
+    cg_iters: int = 10,
+    residual_tol: float = 1e-10,
+    state: AdmmState | None = None,
+) -> AdmmState:
+    """001 Algorithm 1: ``iterations`` ADMM iterations of one policy update; returns the final state.
+
+    ``theta^q_new = theta^q_old + state.x[q]`` (before the KL line search of
+    :func:`~benchmarl_decentral.objectives.trust_region.backtracking_line_search`).
+    With one agent and no links the result is the natural-gradient TRPO step
+    (``V = g``). More than one agent with an agent that has no link is an
+    error: that agent could never join the consensus.
+
+    Args:
+        lin: linearisation at ``theta_old`` of all agents.
+        advantages: private advantages ``(n, M)``.
+        edges: ``(L, 2)`` links (see :func:`canonical_links`).
+        delta: per-agent KL bound ``delta/N`` (> 0); Table III: 0.003 / 0.001.
+        beta: ADMM penalty (> 0); Table III: 1.0 / 5.0.
+        iterations: ADMM iterations (>= 1); Table III: 100 to 500.
+        mode: ``random`` or ``round_robin`` (asynchronous, one link per
+            iteration) or ``synchronous`` (all links). (default: "random")
+        link_failure_prob: probability that an activated link fails, in ``[0, 1)``. (default: 0.0)
+        generator: random generator for link choice and failures. (default: None)
+        tol: stop early once every link was updated and all primal and dual
+            residuals are below ``tol``. (default: None, run all iterations)
+        exact_kkt: see :func:`primal_step`. (default: False)
+        cg_iters: CG iterations per primal step. (default: 10)
+        residual_tol: CG squared-residual tolerance. (default: 1e-10)
+        state: continue from this state. (default: fresh :func:`init_state`)
+
+    Returns:
+        The :class:`AdmmState`; ``state.iteration`` is the number of iterations used.
+    """
+    _check_delta(delta)
+    _check_beta(beta)
+    if iterations < 1:
+        raise ValueError(
+            f"iterations must be >= 1 (ADMM iterations per policy update, e.g. 100), got {iterations}"
+        )
+    if mode not in ADMM_MODES:
+        raise ValueError(f"mode must be one of {ADMM_MODES}, got {mode!r}")
+    if not 0.0 <= link_failure_prob < 1.0:
+        raise ValueError(f"link_failure_prob must be in [0, 1), got {link_failure_prob}")
+    links = canonical_links(edges, lin.n_agents)
+    if state is None:
+        state = init_state(links, lin.n_samples, n_params=lin.n_params, n_agents=lin.n_agents,
+                           n_components=lin.n_components, dtype=lin.dtype, device=lin.device)
+    elif not torch.equal(state.links.cpu(), links):
+        raise ValueError("state.links differ from edges; continue a state with the same links")
+    _check_state(lin, state, advantages)
+    kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, exact_kkt=exact_kkt)
+
+    degree = torch.bincount(links.reshape(-1), minlength=lin.n_agents)
+    if lin.n_agents > 1 and (degree == 0).any():
+        isolated = (degree == 0).nonzero().flatten().tolist()
+        raise ValueError(
+            f"agents {isolated} have no communication link, so they can never reach consensus; "
+            "use a connected topology (e.g. ring) or a single agent"
+        )
+    if state.n_links == 0:  # a single agent: plain TRPO, one step is the answer
+        primal_step(lin, state, advantages, None, **kw)
+        state.iteration += 1
+        state.history.append(0.0)
+        return state
+
+    for _ in range(iterations):
+        if mode == "synchronous":
+            working = None
+            if link_failure_prob > 0:
+                working = torch.rand(state.n_links, generator=generator) >= link_failure_prob
+                working = working.to(state.links.device)
+            synchronous_iteration(lin, state, advantages, working=working, **kw)
+        else:
+            link = select_link(state, mode, generator=generator)
+            failed = link_failure_prob > 0 and float(torch.rand((), generator=generator)) < link_failure_prob
+            if not failed:
+                activate_link(lin, state, advantages, link, **kw)
+        state.iteration += 1
+        r_primal = primal_residual(state)
+        state.history.append(float(r_primal.max()))
+        if (
+            tol is not None
+            and bool((state.link_updates > 0).all())
+            and float(r_primal.max()) < tol
+            and float(state.dual_residual.max()) < tol
+        ):
+            break
+    return state

@@ -1,0 +1,339 @@
+"""Tests for objectives/admm.py: MATRPO's asynchronous ADMM (001_8ff130c17487d6e3.txt eqs. 21-22, 40, Alg. 1).
+
+Oracles: dense Jacobians / KL Hessians built with torch.autograd.functional, and
+problems whose consensus optimum is known in closed form.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Categorical, Independent, Normal, kl_divergence
+from torch.func import functional_call, stack_module_state
+
+from benchmarl_decentral.consensus.topology import ring
+from benchmarl_decentral.objectives.admm import (
+    ADMM_MODES,
+    activate_link,
+    canonical_links,
+    consensus_gradient,
+    dual_update,
+    init_state,
+    links_from_adjacency,
+    per_agent_residuals,
+    primal_residual,
+    primal_step,
+    run_admm,
+)
+from benchmarl_decentral.objectives.trust_region import Linearisation, flat_params, stacked_policy, unflatten
+
+
+@pytest.fixture(autouse=True)
+def _float64_one_thread():
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ tiny policies
+
+
+class MlpPolicy(nn.Module):
+    def __init__(self, obs_dim: int, k: int, n_act: int) -> None:
+        super().__init__()
+        self.k, self.n_act = k, n_act
+        self.body = nn.Sequential(nn.Linear(obs_dim, 4), nn.Tanh(), nn.Linear(4, k * n_act))
+
+    def forward(self, o):
+        return self.body(o).unflatten(-1, (self.k, self.n_act))
+
+
+class GaussianPolicy(nn.Module):
+    def __init__(self, obs_dim: int, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.mu = nn.Linear(obs_dim, k * 2)
+        self.log_std = nn.Parameter(0.2 * torch.randn(k, 2))
+
+    def forward(self, o):
+        loc = self.mu(o).unflatten(-1, (self.k, 2))
+        return loc, self.log_std.exp().expand_as(loc)
+
+
+class Logits(nn.Module):
+    """Observation-free categorical joint policy: one logit table (K heads x A actions)."""
+
+    def __init__(self, k: int, n_act: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(k, n_act))
+
+    def forward(self, o):
+        return self.logits.expand(*o.shape[:-1], *self.logits.shape)
+
+
+def categorical(out):
+    return Categorical(logits=out)
+
+
+def gaussian(out):
+    return Independent(Normal(out[0], out[1]), 1)
+
+
+def random_problem(n, *, kind="categorical", m=6, k=2, seed=0, identical=False):
+    torch.manual_seed(seed)
+    if kind == "categorical":
+        nets, make_dist = [MlpPolicy(3, k, 3) for _ in range(n)], categorical
+    else:
+        nets, make_dist = [GaussianPolicy(3, k) for _ in range(n)], gaussian
+    if identical:
+        nets = [nets[0]] * n
+    params = {key: v.detach() for key, v in stack_module_state(nets)[0].items()}
+    policy = stacked_policy(nets[0], make_dist)
+    obs = torch.randn(m, 3).expand(n, m, 3) if identical else torch.randn(n, m, 3)
+    with torch.no_grad():
+        actions = policy(params, obs).sample()[0]
+    return nets[0], make_dist, policy, params, obs, actions.expand(n, *actions.shape), torch.randn(n, m)
+
+
+def dense(net, make_dist, params, obs, actions, i):
+    """Agent i's dense J (M, K, D) and true-KL Hessian H (D, D), agent by agent (the oracle)."""
+    like = {key: v[i : i + 1] for key, v in params.items()}
+    theta = flat_params(like)[0]
+
+    def unflat(t):
+        return {key: v[0] for key, v in unflatten(t[None], like).items()}
+
+    with torch.no_grad():
+        old = make_dist(functional_call(net, unflat(theta), (obs[i],)))
+    J = torch.autograd.functional.jacobian(
+        lambda t: make_dist(functional_call(net, unflat(t), (obs[i],))).log_prob(actions[i]), theta)
+    def kl(t):
+        return kl_divergence(old, make_dist(functional_call(net, unflat(t), (obs[i],)))).sum(-1).mean()
+
+    H = torch.autograd.functional.hessian(kl, theta)
+    return J, H
+
+
+def trpo_oracle(g, H, delta, damping):
+    d = torch.linalg.solve(H + damping * torch.eye(H.shape[0]), g)
+    return math.sqrt(2 * delta / float(g @ d)) * d
+
+
+def exact_fisher_problem(n, advantages):
+    """Identical agents and data on which 1/M sum_n J^nT J^n equals the KL Hessian (eq. 46 exactly).
+
+    pi_old = (1/2, 1/4, 1/4) for every head and every head's sampled actions
+    have exactly those frequencies, so the paper's M -> inf substitution is
+    exact and the consensus optimum is the centralised TRPO step on sum_q A^q.
+    """
+    k, m = n, 8
+    net = Logits(k, 3)
+    probs = torch.tensor([0.5, 0.25, 0.25])
+    params = {"logits": probs.log().expand(n, k, 3).clone()}
+    column = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    actions = torch.stack([column.roll(3 * c) for c in range(k)], dim=1)  # (M, K)
+    obs = torch.zeros(n, m, 1)
+    policy = stacked_policy(net, categorical)
+    return net, policy, params, obs, actions.expand(n, m, k), advantages
+
+
+# ----------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("kind", ["categorical", "gaussian"])
+def test_single_agent_is_the_natural_gradient_trpo_step(kind):
+    """No links: V = g and the primal step of eq. (22) is TRPO's step (CG on the Fisher, same bound)."""
+    net, make_dist, policy, params, obs, actions, adv = random_problem(1, kind=kind)
+    delta, damping = 0.003, 1e-3
+    lin = Linearisation(policy, params, obs, actions, damping=damping)
+    J, H = dense(net, make_dist, params, obs, actions, 0)
+    g = torch.einsum("mkd,m->d", J, adv[0]) / lin.n_samples
+    expected = trpo_oracle(g, H, delta, damping)
+    for mode in ADMM_MODES:
+        state = run_admm(lin, adv, [], delta=delta, beta=1.0, iterations=5, mode=mode,
+                         cg_iters=4 * lin.n_params, residual_tol=1e-24)
+        x = state.x[0]
+        assert torch.nn.functional.cosine_similarity(x, expected, dim=0) > 1 - 1e-10
+        torch.testing.assert_close(x.norm(), expected.norm())
+        assert state.iteration == 1 and state.n_links == 0
+
+
+@pytest.mark.parametrize("mode", ADMM_MODES)
+@pytest.mark.parametrize("private", [False, True], ids=["shared_advantage", "private_advantages"])
+def test_consensus_reaches_the_centralised_step(mode, private):
+    # beta = 3 (between Table III's 1 and 5): async ADMM on a 4-ring converges linearly, in
+    # ~250 activations here; with beta = 1 it needs ~700 (measured), too slow for a unit test
+    n, delta, beta, damping = 4, 0.01, 3.0, 1e-9
+    torch.manual_seed(7)
+    adv = torch.randn(n, 8) if private else torch.randn(1, 8).expand(n, 8)
+    net, policy, params, obs, actions, adv = exact_fisher_problem(n, adv)
+    lin = Linearisation(policy, params, obs, actions, damping=damping)
+    edges = links_from_adjacency(ring(n))  # 4 links: a ring, not the full graph
+    state = run_admm(lin, adv, edges, delta=delta, beta=beta, iterations=400, mode=mode, tol=1e-11,
+                     generator=torch.Generator().manual_seed(0), cg_iters=20, residual_tol=1e-26)
+    assert state.history[-1] < 1e-10, state.history[-5:]
+    assert bool((state.link_updates > 0).all())
+    J, H = dense(net, categorical, params, obs, actions, 0)
+    G = torch.einsum("mkd,m->d", J, adv.sum(0)) / lin.n_samples  # the centralised objective, eq. (6)
+    x_central = trpo_oracle(G, H, delta, damping)
+    for q in range(n):
+        torch.testing.assert_close(state.x[q], x_central, rtol=1e-6, atol=1e-8)
+    primal, dual = per_agent_residuals(state)
+    assert float(primal.max()) < 1e-10 and float(dual.max()) < 1e-10
+
+
+def test_finite_samples_disagreement_still_shrinks():
+    """Generic nets and sampled actions (eq. 46 only approximate): the log-ratio disagreement falls."""
+    net, make_dist, policy, params, obs, actions, adv = random_problem(3, m=16, seed=1, identical=True)
+    lin = Linearisation(policy, params, obs, actions, damping=1e-3)
+    state = run_admm(lin, adv, [(0, 1), (1, 2), (0, 2)], delta=0.01, beta=1.0, iterations=30,
+                     mode="synchronous")
+    assert state.history[-1] < 0.05 * state.history[0]
+
+
+def test_activate_link_follows_eq_22():
+    net, make_dist, policy, params, obs, actions, adv = random_problem(3, seed=2)
+    beta = 2.0
+    lin = Linearisation(policy, params, obs, actions)
+    state = init_state([(0, 1), (1, 2)], lin.n_samples, n_params=lin.n_params, n_agents=3,
+                       n_components=lin.n_components)
+    torch.manual_seed(3)
+    state.z.normal_()
+    state.y.normal_()
+    before = copy.deepcopy(state)
+    activate_link(lin, state, adv, 1, delta=0.01, beta=beta)  # link (1, 2)
+    i, j = 1, 2
+    C = torch.tensor([1.0, -1.0])[:, None, None]
+    CJx = C * state.Jx[[i, j]]
+    # z-constraint of eq. (9b) and y = nu for both ends
+    torch.testing.assert_close(state.z[1, 0] + state.z[1, 1], torch.zeros_like(state.z[1, 0]))
+    nu = 0.5 * (before.y[1] + beta * CJx).sum(0)
+    torch.testing.assert_close(state.y[1, 0], nu)
+    torch.testing.assert_close(state.y[1, 1], nu)
+    torch.testing.assert_close(state.z[1], (before.y[1] - nu) / beta + CJx)
+    # the standard dual ascent (eq. 39 / 63) gives the same y
+    torch.testing.assert_close(state.y[1], before.y[1] + beta * (CJx - state.z[1]))
+    # the other link and the inactive agent are untouched
+    assert torch.equal(state.z[0], before.z[0]) and torch.equal(state.y[0], before.y[0])
+    assert torch.equal(state.x[0], before.x[0]) and torch.equal(state.Jx[0], before.Jx[0])
+    # the stored J x is J applied to the stored x
+    torch.testing.assert_close(state.Jx, lin.jvp(state.x))
+    assert state.agent_updates.tolist() == [0, 1, 1] and state.link_updates.tolist() == [0, 1]
+
+
+def test_consensus_gradient_matches_dense_sums_over_links():
+    net, make_dist, policy, params, obs, actions, adv = random_problem(3, seed=4)
+    beta = 1.5
+    lin = Linearisation(policy, params, obs, actions)
+    links = [(0, 1), (1, 2), (0, 2)]
+    state = init_state(links, lin.n_samples, n_params=lin.n_params, n_agents=3, n_components=lin.n_components)
+    torch.manual_seed(5)
+    state.z.normal_()
+    state.y.normal_()
+    V = consensus_gradient(lin, state, adv, beta=beta)
+    for q in range(3):
+        u = adv[q][:, None].expand(lin.n_samples, lin.n_components).clone()
+        for e, (a, b) in enumerate(state.links.tolist()):
+            for end, (agent, c) in enumerate(((a, 1.0), (b, -1.0))):
+                if agent == q:
+                    u += -c * state.y[e, end] + beta * c * state.z[e, end]
+        J, _ = dense(net, make_dist, params, obs, actions, q)
+        torch.testing.assert_close(V[q], torch.einsum("mkd,mk->d", J, u) / lin.n_samples)
+    # the two-agent (asynchronous) call equals the all-agent (vmapped) one
+    torch.testing.assert_close(consensus_gradient(lin, state, adv, beta=beta, agents=torch.tensor([2, 0])),
+                               V[[2, 0]])
+
+
+def test_subset_primal_step_equals_rows_of_the_batched_step():
+    net, make_dist, policy, params, obs, actions, adv = random_problem(3, kind="gaussian", seed=6)
+    lin = Linearisation(policy, params, obs, actions)
+    state = init_state([(0, 1), (1, 2)], lin.n_samples, n_params=lin.n_params, n_agents=3,
+                       n_components=lin.n_components)
+    state.z.normal_()
+    s_all, s_sub = copy.deepcopy(state), copy.deepcopy(state)
+    kw = dict(delta=0.01, beta=1.0, cg_iters=50, residual_tol=1e-24)
+    primal_step(lin, s_all, adv, None, **kw)
+    primal_step(lin, s_sub, adv, torch.tensor([1, 2]), **kw)
+    torch.testing.assert_close(s_sub.x[1:], s_all.x[1:])
+    torch.testing.assert_close(s_sub.Jx[1:], s_all.Jx[1:])
+    assert torch.equal(s_sub.x[0], torch.zeros(lin.n_params))
+
+
+def test_exact_kkt_caps_the_scale_and_paper_step_stays_on_the_boundary():
+    net, make_dist, policy, params, obs, actions, adv = random_problem(3, seed=8)
+    lin = Linearisation(policy, params, obs, actions)
+    links, beta, delta = [(0, 1), (1, 2)], 50.0, 0.01
+    make = lambda: init_state(links, lin.n_samples, n_params=lin.n_params, n_agents=3,  # noqa: E731
+                              n_components=lin.n_components)
+    paper, kkt = make(), make()
+    nat_p = primal_step(lin, paper, adv, None, delta=delta, beta=beta)
+    nat_k = primal_step(lin, kkt, adv, None, delta=delta, beta=beta, exact_kkt=True)
+    degree = torch.tensor([1.0, 2.0, 1.0])
+    assert bool((nat_k.scale <= 1 / (beta * degree) + 1e-12).all())
+    assert bool((nat_k.scale < nat_p.scale).all())
+    # the paper's step: 1/2 x^T (H + damping) x = delta/N for every agent
+    Hx = lin.fvp()(paper.x)
+    torch.testing.assert_close(0.5 * (paper.x * Hx).sum(-1), torch.full((3,), delta))
+
+
+def test_residuals_and_link_failures():
+    net, make_dist, policy, params, obs, actions, adv = random_problem(3, seed=9)
+    lin = Linearisation(policy, params, obs, actions)
+    links = [(0, 1), (1, 2)]
+    state = init_state(links, lin.n_samples, n_params=lin.n_params, n_agents=3, n_components=lin.n_components)
+    state.Jx.normal_()
+    r = primal_residual(state)
+    torch.testing.assert_close(r[1], (state.Jx[1] - state.Jx[2]).pow(2).mean().sqrt())
+    primal, dual = per_agent_residuals(state)
+    torch.testing.assert_close(primal, torch.stack([r[0], r.mean(), r[1]]))
+    dual_update(state, torch.tensor([0]), beta=1.0)
+    assert float(state.dual_residual[0]) > 0 and float(state.dual_residual[1]) == 0
+    gen = torch.Generator().manual_seed(0)
+    s = run_admm(lin, adv, links, delta=0.01, beta=1.0, iterations=12, mode="round_robin",
+                 link_failure_prob=0.5, generator=gen, cg_iters=3)
+    assert s.iteration == 12 and 0 < int(s.link_updates.sum()) < 12
+    s = run_admm(lin, adv, links, delta=0.01, beta=1.0, iterations=4, mode="synchronous",
+                 link_failure_prob=0.5, generator=gen, cg_iters=3)
+    assert int(s.agent_updates.sum()) == 12 and int(s.link_updates.sum()) < 8
+
+
+def test_links_are_canonical_undirected_pairs():
+    assert canonical_links([(2, 1), (1, 2), (0, 1)]).tolist() == [[0, 1], [1, 2]]
+    assert links_from_adjacency(ring(4)).tolist() == [[0, 1], [0, 3], [1, 2], [2, 3]]
+    assert canonical_links([]).shape == (0, 2)
+
+
+def test_clear_errors():
+    net, make_dist, policy, params, obs, actions, adv = random_problem(3, seed=10)
+    lin = Linearisation(policy, params, obs, actions)
+    links = [(0, 1), (1, 2)]
+    kw = dict(delta=0.01, beta=1.0, iterations=2)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="beta"):
+            run_admm(lin, adv, links, **{**kw, "beta": bad})
+        with pytest.raises(ValueError, match="delta"):
+            run_admm(lin, adv, links, **{**kw, "delta": bad})
+    with pytest.raises(ValueError, match="iterations"):
+        run_admm(lin, adv, links, **{**kw, "iterations": 0})
+    with pytest.raises(ValueError, match=r"agents \[2\] have no communication link"):
+        run_admm(lin, adv, [(0, 1)], **kw)
+    with pytest.raises(ValueError, match="mode"):
+        run_admm(lin, adv, links, mode="gossip", **kw)
+    with pytest.raises(ValueError, match="link_failure_prob"):
+        run_admm(lin, adv, links, link_failure_prob=1.0, **kw)
+    with pytest.raises(ValueError, match="self loop"):
+        run_admm(lin, adv, [(0, 0), (1, 2)], **kw)
+    with pytest.raises(ValueError, match="outside"):
+        run_admm(lin, adv, [(0, 1), (1, 3)], **kw)
+    with pytest.raises(ValueError, match="advantages"):
+        run_admm(lin, adv[:2], links, **kw)
+    with pytest.raises(ValueError, match="does not match"):
+        run_admm(lin, adv, links, state=init_state(links, lin.n_samples + 1, n_params=lin.n_params,
+                                                    n_components=lin.n_components), **kw)
