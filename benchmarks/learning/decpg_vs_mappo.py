@@ -19,7 +19,9 @@ batch, envs, full-batch minibatch, 10 PPO epochs, frames, gamma), networks
 (MLP [64, 64], tanh, separate centralised critic) and PPO loss settings (clip
 0.2, entropy 1e-3, Huber critic loss, GAE lambda 0.95, max grad norm 10: the
 values paper 002 Table 1 shares across PS and DecPG, which are also decpg.yaml's
-MAPPO backbone). What differs is only the algorithm: DecPG uses its paper
+MAPPO backbone; advantage normalisation follows decpg.yaml's ``normalize_advantage``
+unless ``--mappo-normalize-advantage`` says otherwise). decpg.yaml is read once
+per sweep and the sha256 of decpg.py / decpg.yaml is stored with every run. What differs is only the algorithm: DecPG uses its paper
 defaults (per-agent actors/critics with kNN-ring DSGD mixing, SGD with lr
 1e-2 -> 1e-3 linear decay, per-agent grad clipping, averaged model at
 evaluation); MAPPO shares one actor (and one critic) across agents and uses
@@ -118,6 +120,40 @@ def make_experiment_config(args, save_folder: pathlib.Path) -> ExperimentConfig:
     return cfg
 
 
+_DECPG_BASE: Optional[DecpgConfig] = None
+
+
+def decpg_base() -> DecpgConfig:
+    """decpg.yaml read once per sweep, so every run of a sweep uses the same defaults."""
+    global _DECPG_BASE
+    if _DECPG_BASE is None:
+        _DECPG_BASE = DecpgConfig.get_from_yaml()
+    return _DECPG_BASE
+
+
+def mappo_normalizes_advantage(args) -> bool:
+    if args.mappo_normalize_advantage == "auto":  # same as decpg's backbone
+        return bool(getattr(decpg_base(), "normalize_advantage", False))
+    return args.mappo_normalize_advantage == "on"
+
+
+def code_fingerprint() -> dict:
+    """sha256 of the decpg code and yaml (others edit the repo while sweeps run)."""
+    import hashlib
+
+    import benchmarl_decentral.algorithms.decpg as decpg_module
+    from benchmarl_decentral._registry import CONF_DIR
+
+    out = {}
+    for name, path in (
+        ("decpg.py", pathlib.Path(decpg_module.__file__)),
+        ("decpg.yaml", CONF_DIR / "algorithm" / "decpg.yaml"),
+        ("perturbation.py", pathlib.Path(sys.modules[PerturbedPolicy.__module__].__file__)),
+    ):
+        out[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return out
+
+
 def make_algorithm_config(algo: str, k: Optional[int], args):
     if algo == "mappo":
         cfg = MappoConfig.get_from_yaml()
@@ -125,8 +161,14 @@ def make_algorithm_config(algo: str, k: Optional[int], args):
         for key, value in SHARED_PPO.items():
             setattr(cfg, key, value)
         return cfg
-    cfg = DecpgConfig.get_from_yaml()  # paper defaults (Table 1)
+    import copy
+
+    cfg = copy.deepcopy(decpg_base())  # paper defaults (Table 1)
     cfg.k = k
+    if args.decpg_optimizer is not None:  # optimiser-matched control (not the paper's setting)
+        cfg.optimizer = args.decpg_optimizer
+    if args.decpg_lr is not None:
+        cfg.lr = cfg.min_lr = args.decpg_lr
     cfg.perturbation_c = args.c
     cfg.perturbation_eps = args.eps
     for key, value in SHARED_PPO.items():  # already the yaml values; asserted equal
@@ -253,6 +295,10 @@ def read_scalars(folder: pathlib.Path, frames_per_batch: int) -> Dict[str, List[
     out: Dict[str, List[List[float]]] = {}
     for path in folder.rglob("*.csv"):
         name = wanted.get(path.stem)
+        if name is None and path.stem.startswith("train_"):
+            for metric in ("entropy", "kl_approx", "explained_variance", "grad_norm_loss_objective"):
+                if path.stem.endswith("_" + metric):
+                    name = metric
         if name is None:
             continue
         rows = []
@@ -273,8 +319,11 @@ def run_one(algo: str, k: Optional[int], seed: int, args, out: pathlib.Path) -> 
     folder = out / tag
     result_file = folder / "result.json"
     if result_file.exists() and not args.force:
-        print(f"[skip] {tag}: {result_file} exists", flush=True)
-        return json.loads(result_file.read_text())
+        old = json.loads(result_file.read_text())
+        if old.get("code") == args.code:
+            print(f"[skip] {tag}: {result_file} exists (same code)", flush=True)
+            return old
+        print(f"[redo] {tag}: decpg code/yaml changed since {result_file}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.iterdir():  # a stale, unfinished run of the same tag
         if old.is_dir():
@@ -291,6 +340,12 @@ def run_one(algo: str, k: Optional[int], seed: int, args, out: pathlib.Path) -> 
         seed=seed,
         config=make_experiment_config(args, folder),
     )
+    if algo == "mappo" and mappo_normalizes_advantage(args):
+        # BenchMARL's Mappo hard-codes normalize_advantage=False; Yu et al.'s MAPPO
+        # (and decpg's backbone, decpg.yaml) standardise advantages. Under parameter
+        # sharing the statistics are over all agents' samples of the minibatch.
+        for group in exp.group_map:
+            exp.losses[group].normalize_advantage = True
     t0 = time.time()
     exp.run()  # closes the experiment's envs/loggers at the end; policy stays usable
     train_s = time.time() - t0
@@ -298,11 +353,17 @@ def run_one(algo: str, k: Optional[int], seed: int, args, out: pathlib.Path) -> 
     final = final_evaluation(exp, args, seed)
     eval_s = time.time() - t1
     curves = read_scalars(folder, args.frames_per_batch)
-    nan_seen = any(
-        not math.isfinite(v) for series in curves.values() for _, v in series
+    nan_seen = any(  # "collection" is NaN when no episode ended in a batch: not a failure
+        not math.isfinite(v) for name, series in curves.items() if name != "collection" for _, v in series
     ) or not all(math.isfinite(final[x]) for x in ("train_return", "test_return"))
     result = {
+        "code": args.code,
+        "normalize_advantage": (
+            mappo_normalizes_advantage(args) if algo == "mappo"
+            else bool(getattr(exp.algorithm, "normalize_advantage", False))
+        ),
         "algorithm": algo,
+        "optimizer": getattr(exp.algorithm, "optimizer", "adam"),
         "k": k,
         "seed": seed,
         "spectral_gap": gap_of(algo, k, args.n_agents),
@@ -358,6 +419,7 @@ def summarise(results: List[dict], args, wall_s: float) -> dict:
         rs = [r for r in results if r["algorithm"] == algo and r["k"] == k]
         row = {
             "algorithm": algo,
+            "optimizer": rs[0].get("optimizer", "sgd" if algo == "decpg" else "adam"),
             "k": k,
             "spectral_gap": rs[0]["spectral_gap"],
             "seeds": [r["seed"] for r in rs],
@@ -368,6 +430,13 @@ def summarise(results: List[dict], args, wall_s: float) -> dict:
             row[metric] = {"mean": m, "std": s, "per_seed": [r["final"][metric] for r in rs]}
         m, s = mean_std([value_at(r["curves"].get("eval_clean", []), 10**18) for r in rs])
         row["last_benchmarl_eval"] = {"mean": m, "std": s}
+        m, s = mean_std([value_at(r["curves"].get("entropy", []), 10**18) for r in rs])
+        row["final_policy_entropy"] = {"mean": m, "std": s}
+        m, s = mean_std([
+            statistics.fmean(v for _, v in r["curves"]["kl_approx"]) if r["curves"].get("kl_approx") else None
+            for r in rs
+        ])
+        row["mean_kl_approx"] = {"mean": m, "std": s}
         row["curve"] = []
         for f in curve_frames:
             m, s = mean_std([value_at(r["curves"].get("eval_clean", []), f) for r in rs])
@@ -426,6 +495,11 @@ def write_markdown(summary: dict, path: pathlib.Path) -> None:
         f"PPO epochs, {s['n_envs']} envs, MLP {s['hidden']}, seeds {s['seeds']}. "
         f"Final evaluation: {s['final_eval_episodes']} deterministic episodes per policy, clean "
         f"and perturbed (c = {s['c']}, eps = {s['eps']}), same initial states. "
+        f"MAPPO: Adam lr {s['mappo_lr']}, advantage normalisation "
+        f"{'on' if any(r['normalize_advantage'] for r in summary['runs'] if r['algorithm'] == 'mappo') else 'off'}; "
+        f"decpg: decpg.yaml defaults (SGD, lr 1e-2 -> 1e-3), advantage normalisation "
+        f"{'on' if any(r['normalize_advantage'] for r in summary['runs'] if r['algorithm'] == 'decpg') else 'off'}. "
+        f"Code: {', '.join(f'{k} {v}' for k, v in s['code'].items())} (sha256 prefixes). "
         f"Sweep wall time {summary['sweep_wall_s'] / 60:.1f} min.",
         "",
         "Mean ± std over seeds (higher return is better; gap = perturbed - clean).",
@@ -435,13 +509,26 @@ def write_markdown(summary: dict, path: pathlib.Path) -> None:
     ]
     for row in summary["summary"]:
         k = "-" if row["k"] is None else str(row["k"])
-        name = row["algorithm"] + (" (PS, Adam)" if row["algorithm"] == "mappo" else " (SGD)")
+        name = row["algorithm"] + (" (PS, Adam)" if row["algorithm"] == "mappo" else f" ({row.get('optimizer', 'sgd').upper()})")
         lines.append(
             f"| {name} | {k} | {row['spectral_gap']:.3f} | {fmt(row['train_return'])} | "
             f"{fmt(row['test_return'])} | {fmt(row['generalization_gap'])} | "
             f"{fmt(row['last_benchmarl_eval'])} |"
             + (" NaN!" if row["nan_seen"] else "")
         )
+    lines += [
+        "",
+        "Training diagnostics (BenchMARL train scalars, mean ± std over seeds): policy entropy "
+        "at the last iteration (uniform over the actions = ln |A|) and PPO's approximate KL per "
+        "update averaged over training.",
+        "",
+        "| algorithm | k | final policy entropy | mean approx. KL |",
+        "|---|---|---|---|",
+    ]
+    for row in summary["summary"]:
+        k = "-" if row["k"] is None else str(row["k"])
+        e, kl = row["final_policy_entropy"], row["mean_kl_approx"]
+        lines.append(f"| {row['algorithm']} | {k} | {e['mean']:.3f} ± {e['std']:.3f} | {kl['mean']:.2e} ± {kl['std']:.1e} |")
     lines += ["", "Per seed (clean / perturbed):", ""]
     for row in summary["summary"]:
         k = "" if row["k"] is None else f" k={row['k']}"
@@ -498,9 +585,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny smoke test (< 2 min)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--frames", type=int, default=None, help="max frames per run")
-    p.add_argument("--task", choices=sorted(TASKS), default="vmas/simple_spread")
+    p.add_argument("--task", choices=sorted(TASKS), default="vmas/navigation")
     p.add_argument("--n-agents", type=int, default=6)
-    p.add_argument("--max-steps", type=int, default=25, help="episode length (MPE: 25)")
+    p.add_argument("--max-steps", type=int, default=100, help="episode length (BenchMARL VMAS default 100)")
     p.add_argument("--ks", nargs="+", default=["2", "n-2"], help="decpg k values ('n-2' allowed)")
     p.add_argument("--algorithms", nargs="+", default=["decpg", "mappo"], choices=["decpg", "mappo"])
     p.add_argument("--frames-per-batch", type=int, default=None)
@@ -508,6 +595,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     p.add_argument("--mappo-lr", type=float, default=5e-4)
+    p.add_argument("--mappo-normalize-advantage", choices=["auto", "on", "off"], default="auto",
+                   help="auto: same as decpg.yaml's normalize_advantage")
     p.add_argument("--eval-interval", type=int, default=None, help="frames between BenchMARL evals")
     p.add_argument("--train-eval-episodes", type=int, default=32, help="paper: 32")
     p.add_argument("--final-eval-episodes", type=int, default=200)
@@ -516,6 +605,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", type=pathlib.Path, default=REPO / "benchmarks" / "out" / "learning")
     p.add_argument("--results-dir", type=pathlib.Path, default=HERE)
+    p.add_argument("--decpg-optimizer", choices=["sgd", "adam"], default=None,
+                   help="override decpg.yaml's optimizer (control run; default: yaml, SGD)")
+    p.add_argument("--decpg-lr", type=float, default=None,
+                   help="constant decpg learning rate (sets lr = min_lr; control run)")
     p.add_argument("--force", action="store_true", help="redo runs that already have result.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -529,9 +622,9 @@ def parse_args(argv=None):
             args.out = REPO / "benchmarks" / "out" / "learning_quick"
         if args.results_dir == HERE:
             args.results_dir = args.out
-    args.frames = args.frames or 600_000
+    args.frames = args.frames or 240_000
     args.frames_per_batch = args.frames_per_batch or 3_000
-    args.n_envs = args.n_envs or 60
+    args.n_envs = args.n_envs or 30
     if args.frames_per_batch % (args.n_envs * 1) or args.frames % args.frames_per_batch:
         p.error("frames must be a multiple of frames-per-batch, itself a multiple of n-envs")
     args.eval_interval = args.eval_interval or max(
@@ -543,6 +636,7 @@ def parse_args(argv=None):
         if k not in ks:
             ks.append(k)
     args.ks = ks
+    args.code = code_fingerprint()
     return args
 
 
