@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -49,26 +47,11 @@ from torch_geometric.nn.conv import GATv2Conv
 
 from benchmarl_decentral.consensus.topology import radius
 from benchmarl_decentral.nn import DGATConv
+from _common import machine_info  # noqa: E402  (benchmarks/ is the script's folder)
 
 METHODS = ("gatv2", "dgat", "dgat-id", "bm-gnn")
 
 
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def block_edge_index(adj: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -73,26 +72,13 @@ from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models import MlpConfig
 from benchmarl_decentral.algorithms import DecpgConfig
+from _common import machine_info  # noqa: E402  (benchmarks/ is the script's folder)
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TIMERS = ("collection_time", "training_time", "iteration_time")
 MAPPO_VARIANTS = ("mappo (shared)", "mappo (per-agent)")
 
 
-def machine_info() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 # --------------------------------------------------------------------- configs

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -51,6 +49,7 @@ from torch import nn
 from torchrl.modules import MultiAgentMLP
 
 from benchmarl_decentral.consensus import ConsensusMixer, knn_ring
+from _common import machine_info  # noqa: E402  (benchmarks/ is the script's folder)
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
@@ -65,22 +64,6 @@ OPTIMIZERS = {
 }
 
 
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def ms(seconds: float) -> float:
