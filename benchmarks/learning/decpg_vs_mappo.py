@@ -204,27 +204,8 @@ def make_eval_env(exp: Experiment, n_episodes: int, seed: int):
 
 
 def perturbed_policy(exp: Experiment, c: float, eps: float, seed: int) -> PerturbedPolicy:
-    """Same construction as decpg.py ``_DecpgCallback._perturbed_policy``."""
-    obs_keys, action_keys, specs, masks = [], [], [], []
-    for group in exp.group_map:
-        obs_keys += [
-            (group, *((k,) if isinstance(k, str) else k))
-            for k in exp.observation_spec[group].keys(True, True)
-        ]
-        action_keys.append((group, "action"))
-        specs.append(exp.action_spec[group, "action"])
-        has_mask = exp.action_mask_spec is not None and group in exp.action_mask_spec.keys()
-        masks.append((group, "action_mask") if has_mask else None)
-    return PerturbedPolicy(
-        exp.policy,
-        observation_keys=obs_keys,
-        action_keys=action_keys,
-        action_specs=specs,
-        mask_keys=masks,
-        c=c,
-        eps=eps,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    """The same construction decpg's own perturbed evaluation uses."""
+    return PerturbedPolicy.from_experiment(exp, c=c, eps=eps, generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()

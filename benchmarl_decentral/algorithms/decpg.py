@@ -466,19 +466,8 @@ class _DecpgCallback(Callback):
 
     def _perturbed_policy(self) -> PerturbedPolicy:
         exp, algo = self.experiment, self.algorithm
-        obs_keys, action_keys, specs, masks = [], [], [], []
-        for group in exp.group_map:
-            obs_keys += [(group, *((k,) if isinstance(k, str) else k)) for k in exp.observation_spec[group].keys(True, True)]
-            action_keys.append((group, "action"))
-            specs.append(exp.action_spec[group, "action"])
-            has_mask = exp.action_mask_spec is not None and group in exp.action_mask_spec.keys()
-            masks.append((group, "action_mask") if has_mask else None)
-        return PerturbedPolicy(
-            exp.policy,
-            observation_keys=obs_keys,
-            action_keys=action_keys,
-            action_specs=specs,
-            mask_keys=masks,
+        return PerturbedPolicy.from_experiment(
+            exp,
             c=algo.perturbation_c,
             eps=algo.perturbation_eps,
             generator=torch.Generator().manual_seed(int(exp.seed) + 1),

@@ -70,6 +70,33 @@ class PerturbedPolicy(TensorDictModuleBase):
         self.in_keys = list(policy.in_keys)
         self.out_keys = list(policy.out_keys)
 
+    @classmethod
+    def from_experiment(
+        cls, experiment, *, c: float, eps: float, generator: torch.Generator | None = None
+    ) -> "PerturbedPolicy":
+        """Perturb ``experiment.policy``: every group's observations, actions and masks."""
+        obs_keys, action_keys, specs, masks = [], [], [], []
+        for group in experiment.group_map:
+            obs_keys += [
+                (group, *((k,) if isinstance(k, str) else k))
+                for k in experiment.observation_spec[group].keys(True, True)
+            ]
+            action_keys.append((group, "action"))
+            specs.append(experiment.action_spec[group, "action"])
+            mask_spec = experiment.action_mask_spec
+            has_mask = mask_spec is not None and group in mask_spec.keys()
+            masks.append((group, "action_mask") if has_mask else None)
+        return cls(
+            experiment.policy,
+            observation_keys=obs_keys,
+            action_keys=action_keys,
+            action_specs=specs,
+            mask_keys=masks,
+            c=c,
+            eps=eps,
+            generator=generator,
+        )
+
     def _randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
 
