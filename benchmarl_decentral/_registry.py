@@ -17,33 +17,45 @@ CONF_DIR = pathlib.Path(__file__).parent / "conf"  # symlink to the top-level co
 
 def algorithm_configs() -> dict:
     """Hydra name -> AlgorithmConfig class for every algorithm this plugin adds."""
-    from benchmarl_decentral.algorithms import DecpgConfig
+    from benchmarl_decentral.algorithms import DecpgConfig, DgMappoConfig, MagpoConfig, MatrpoConfig
 
-    return {"decpg": DecpgConfig}
+    return {"decpg": DecpgConfig, "dg_mappo": DgMappoConfig, "magpo": MagpoConfig, "matrpo": MatrpoConfig}
 
 
 def model_configs() -> dict:
     """Hydra ``name`` field -> ModelConfig class for every model this plugin adds."""
-    return {}
+    from benchmarl_decentral.models.dgat import DgatConfig
+
+    return {"dgat": DgatConfig}
 
 
 def task_configs() -> dict:
     """``"family/task"`` -> task enum member for every task this plugin adds."""
     from benchmarl_decentral.environments.coordsum import CoordSumTask
+    from benchmarl_decentral.environments.smax import SmaxTask
 
     tasks = {}
-    for member in CoordSumTask:
+    for member in (*CoordSumTask, *SmaxTask):
         tasks[f"{member.env_name()}/{member.name.lower()}"] = member
+    from benchmarl_decentral.environments.reward_modes import private_task_configs
+
+    tasks.update(private_task_configs())
     return tasks
 
 
 def task_schemas() -> dict:
     """``"family_task"`` -> TaskConfig dataclass, for hydra type checking."""
     from benchmarl_decentral.environments.coordsum import CoordSumTask, CoordSumTaskConfig
+    from benchmarl_decentral.environments.smax import SmaxTask, SmaxTaskConfig
 
     schemas = {}
     for member in CoordSumTask:
         schemas[f"{member.env_name()}_{member.name.lower()}"] = CoordSumTaskConfig
+    for member in SmaxTask:
+        schemas[f"{member.env_name()}_{member.name.lower()}"] = SmaxTaskConfig
+    from benchmarl_decentral.environments.reward_modes import private_task_schemas
+
+    schemas.update(private_task_schemas())
     return schemas
 
 

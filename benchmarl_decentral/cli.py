@@ -24,6 +24,7 @@ commands:
   evaluate  evaluate a checkpoint: as `python -m benchmarl.evaluate`
   resume    resume training from a checkpoint: as `python -m benchmarl.resume`
   list      list the algorithms, tasks and models available (* = benchmarl-decentral)
+  benchmark sweep algorithms x tasks x seeds on a launcher; failed runs do not stop it, reruns resume it
   report    compare algorithms from result folders: IQM, CIs, probability of improvement, curves
 
 examples:
@@ -31,6 +32,7 @@ examples:
   benchmarl run -m algorithm=decpg,mappo task=vmas/navigation seed=0,1,2
   benchmarl evaluate outputs/<date>/<time>/<run>/checkpoints/checkpoint_300.pt
   benchmarl list
+  benchmarl benchmark algorithm=decpg,mappo task=vmas/balance seed=0,1 --launcher joblib --jobs 2 --out bench
   benchmarl report multirun/<date>/<time> --out report
 
 `benchmarl <command> --help` tells more about a command.
@@ -93,6 +95,45 @@ Runs are scored at the last evaluation common to all runs of a task; with one
 seed, confidence intervals are reported as unavailable. Exit status 2 when there
 is nothing to report on (no results, unknown metric), with the reason.
 Needs the report extra: pip install "benchmarl-decentral[report]".
+"""
+
+BENCHMARK_HELP = """\
+usage: benchmarl benchmark [--launcher NAME] [--jobs N] [--out DIR] [--dry-run] OVERRIDES ...
+
+Run every combination of the comma-separated values (algorithms x tasks x seeds
+x any other swept key, ours and BenchMARL's mixed freely) as one hydra multirun
+of BenchMARL's run app, on the launcher chosen here. Then compare with
+`benchmarl report DIR`.
+
+  algorithm=A,B,...     required (see `benchmarl list algorithms`)
+  task=F/T,...          required (see `benchmarl list tasks`)
+  seed=0,1,2            default seed=0
+  any other override    as for `benchmarl run`, e.g. experiment.max_n_frames=300000,
+                        algorithm.k=1,2 (swept), hydra.launcher.partition=gpu
+
+  --launcher NAME       sequential (default: one run after the other, in this process)
+                        joblib          local parallel runs (loky processes)
+                        submitit_local  local submitit jobs, all at once
+                        submitit_slurm  a Slurm job array (hydra.launcher.* sets partition, time ...)
+                        ray             a Ray cluster (pip install hydra-ray-launcher)
+                        joblib and submitit: pip install "benchmarl-decentral[launchers]"
+  --jobs N              runs at a time (joblib: n_jobs, default all cores; submitit_slurm: array_parallelism)
+  --out DIR             sweep folder (default: benchmark); run the same command again to resume
+  --dry-run             print the runs (to run / already finished) and exit
+
+Layout: DIR/benchmark.yaml (the plan), DIR/<env>/<task>/<algorithm>/<swept overrides,seed=N>/
+with hydra's .hydra/ and log, status.yaml (running / finished / failed, overrides, timings),
+error.txt for a failed run, and BenchMARL's experiment folder (<run>/<run>.json).
+
+A run is finished when status.yaml says so and its BenchMARL JSON exists. A
+failed run is reported with its error and the others go on; running the same
+command again skips finished runs and runs the others (the JSON of an
+unfinished attempt is renamed *.json.incomplete, so reports read finished runs
+only). Defaults that differ from `benchmarl run`: experiment.loggers=[csv],
+experiment.render=false (override them if you want), experiment.create_json=true.
+Progress: BenchMARL's tqdm bar per run and a "[benchmark] k/N runs done" line
+after each run. Exit status: 0 when every run finished, 1 when some failed or
+did not run, 2 on bad input (nothing is run).
 """
 
 
@@ -175,6 +216,49 @@ def _report(args: List[str]) -> int:
     return 0
 
 
+def _benchmark(args: List[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="benchmarl benchmark", add_help=False,
+                                     usage=BENCHMARK_HELP.splitlines()[0][7:])
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--launcher", default="sequential")
+    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--out", default="benchmark")
+    parser.add_argument("--dry-run", action="store_true")
+    try:
+        options, unknown = parser.parse_known_intermixed_args(args)
+    except SystemExit as exit_:  # argparse has printed the usage and the error
+        return exit_.code if isinstance(exit_.code, int) else 2
+    from benchmarl_decentral import benchmark
+
+    command = " ".join(["benchmarl", "benchmark", *args])
+    try:
+        unknown = [u for u in unknown if u not in ("-m", "--multirun")]  # a benchmark is always a multirun
+        if unknown:
+            raise benchmark.BenchmarkError(f"unknown option(s) {' '.join(unknown)}; see `benchmarl benchmark --help`.")
+        plan = benchmark.plan_benchmark(options.overrides, out=options.out, launcher=options.launcher,
+                                        jobs=options.jobs, command=command)
+    except benchmark.BenchmarkError as error:
+        print(f"benchmarl benchmark: {error}", file=sys.stderr)
+        return 2
+    print(benchmark.describe(plan), flush=True)
+    if options.dry_run:
+        return 0
+    if not plan.to_run:
+        print(f"benchmark: every run is finished; compare them with: benchmarl report {plan.out}")
+        return 0
+    benchmark.write_plan(plan)
+    code = benchmark.launch(plan)
+    result = benchmark.outcome(plan)
+    print(benchmark.summarise(plan, result), flush=True)
+    if code != 0:
+        print(f"benchmarl benchmark: hydra stopped the sweep (exit status {code}); see the messages above.",
+              file=sys.stderr)
+        return 1
+    return 0 if result.ok else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -207,6 +291,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(LIST_HELP)
             return 0
         return _list(args[0] if args else None)
+    if command == "benchmark":
+        if wants_help:
+            print(BENCHMARK_HELP)
+            return 0
+        return _benchmark(args)
     if command == "report":
         if wants_help:
             print(REPORT_HELP)

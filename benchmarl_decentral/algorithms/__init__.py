@@ -1,5 +1,8 @@
 """The algorithms this plugin adds to BenchMARL."""
 
 from benchmarl_decentral.algorithms.decpg import Decpg, DecpgConfig
+from benchmarl_decentral.algorithms.dg_mappo import DgMappo, DgMappoConfig
+from benchmarl_decentral.algorithms.magpo import Magpo, MagpoConfig
+from benchmarl_decentral.algorithms.matrpo import Matrpo, MatrpoConfig
 
-__all__ = ["Decpg", "DecpgConfig"]
+__all__ = ["Decpg", "DecpgConfig", "DgMappo", "DgMappoConfig", "Magpo", "MagpoConfig", "Matrpo", "MatrpoConfig"]

@@ -1,0 +1,586 @@
+"""DG-MAPPO: distributed graph-attention MAPPO (paper 000_ef718962e1e8f612.txt, sec. 3.2, Algorithm 1).
+
+Every agent ``i`` has its own D-GAT ``psi_i``, actor ``theta_i`` and critic
+``phi_i`` (stacked on a leading agent dim, never shared). At every step agent
+``i`` infers ``ô_i`` with K D-GAT hops over the communication graph and acts
+on ``õ_i = [o_i || ô_i]`` (eq. 13); its critic ``V_i(õ_i)`` sees no global
+state and no other agent's raw observation, only what arrives through D-GAT
+messages. The losses of Algorithm 1, line 17, summed over agents::
+
+    L_i = L_PPO_i(theta_i) (eq. 15) + L_critic_i(phi_i) (eq. 14, Huber)
+          + alpha_consensus / |N_i| sum_{j in N_i} MSE(ĥ_i, ĥ_j) (eq. 11)
+
+and after every optimizer step the D-GAT parameters only (sec. 4.1) are
+averaged with the neighbours, ``psi_i <- sum_j c(i, j) psi_j`` with
+``c(i, j) = 1/|N_i|`` (eqs. 9-10, the ``row`` rule of
+:mod:`benchmarl_decentral.consensus.mixing`). The reward is the team reward,
+or the mean of the agents' rewards when the task gives one per agent (sec. 2.1:
+what average consensus converges to).
+
+How it sits in BenchMARL (1.5.2) without a fork:
+
+* **one D-GAT per agent, shared by actor and critic** (as Algorithm 1: one
+  ``psi_i``). The actor is ``D-GAT -> model_config`` (the user's network on
+  ``õ``), the critic is ``critic_model_config`` reading ``õ`` from the
+  tensordict. Inside the loss (:class:`DgMappoLoss`) the ``õ`` stored at
+  collection is dropped, the actor recomputes D-GAT from the stored
+  observations and the critic reads that fresh ``õ`` (were the critic ever run
+  first it would fail on the missing key, never read stale features). So one
+  D-GAT forward per minibatch feeds the PPO, critic and consensus losses, and
+  all three send gradients to ``psi`` (the public code of the paper stores
+  D-GAT features detached, so its D-GAT never trains);
+* **one optimizer**: BenchMARL makes one Adam per loss key and calls
+  ``backward()`` once per key, which a D-GAT shared by two keys cannot survive
+  (the first step changes ``psi`` under the second graph). DG-MAPPO has a
+  single key, ``loss_total`` (the sum above, Algorithm 1 line 17), over all of
+  a group's parameters; Table 2 gives actor, critic and D-GAT the same lr;
+* BenchMARL's PPO loss is a mean over agents; the sum is multiplied by ``n``
+  so that agent ``i``'s networks get ``grad L_i`` (the gradient reaching
+  ``psi_i`` also carries the other agents' losses back along the
+  communication links, as backpropagation through the messages does);
+* GAE: :meth:`DgMappo.process_batch` first averages per-agent rewards, then
+  computes ``õ`` of the batch and of its next observations without gradient,
+  then runs MAPPO's GAE with the per-agent critics;
+* the algorithm's callback (:class:`_DgMappoCallback`, attached by the
+  algorithm itself: hydra runs pass no callbacks) sets lr and Adam's eps
+  (Table 2), clips each agent's gradient per network (actor, critic, D-GAT;
+  BenchMARL's joint clip is a cross-agent statistic and is switched off),
+  mixes the D-GAT parameters after every step and logs the average node
+  degree (A.4, over all steps and at episode ends), the fraction of
+  disconnected communication graphs (Assumption 1) and the consensus distance
+  of the D-GAT parameters.
+
+Dynamic graphs and D-SGD: a minibatch holds samples from many steps and
+environments, each with its own graph ``A_b``, but an optimizer step mixes
+once. ``mixing_graph`` chooses the mixing matrix of a step (a static topology
+gives eq. 10 on it either way):
+
+* ``mean`` (default): ``W = mean_b C(A_b)``, the average over the minibatch of
+  the eq. 10 matrices ``C(A_b)[i, j] = 1/|N_i(b)|``, as the minibatch gradient
+  is the average of the samples' gradients. Row stochastic; a link present in
+  a fraction of the samples gets that share of its weight;
+* ``majority``: eq. 10 on one graph, the links present in at least half of the
+  samples (:func:`~benchmarl_decentral.models.dgat.majority_graph`). On sparse,
+  fast-changing graphs (a radius graph where most links are up less than half
+  the time) this often mixes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, MISSING
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
+
+import torch
+from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
+from benchmarl.algorithms.mappo import Mappo
+from benchmarl.experiment.callback import Callback
+from benchmarl.models.common import ModelConfig
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torchrl.data import Composite, Unbounded
+from torchrl.objectives import ClipPPOLoss, LossModule, ValueEstimators
+
+from benchmarl_decentral.algorithms._common import config_error
+from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
+from benchmarl_decentral.consensus import average_degree, consensus_distance, mix_, row
+from benchmarl_decentral.models.dgat import (
+    check_dgat_options,
+    DGAT_OPTIONS,
+    Dgat,
+    DgatConfig,
+    majority_graph,
+    strongly_connected,
+)
+from benchmarl_decentral.nn.dgat_conv import consensus_loss
+
+#: Key (inside the agent group) of õ_i = [o_i || ô_i] (eq. 13).
+DGAT_KEY = "dgat_observation"
+#: BenchMARL optimizer / loss key of the summed loss (Algorithm 1, line 17).
+LOSS_KEY = "loss_total"
+LOSS_CRITIC_TYPES = ("smooth_l1", "l2", "l1")
+#: How one D-SGD step turns a minibatch of graphs into a mixing matrix (module docstring).
+MIXING_GRAPHS = ("mean", "majority")
+
+
+def dsgd_matrix(adj: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """000_ef718962e1e8f612.txt eq. 10 for a minibatch of graphs: the ``(n, n)`` matrix of one D-SGD step.
+
+    Args:
+        adj: bool adjacency ``(..., n, n)`` (one graph per sample) or ``(n, n)``.
+        mode: ``"mean"``: ``mean_b C(A_b)`` with ``C(A)[i, j] = 1/|N_i|`` on
+            ``N_i = {i} + neighbours`` (eq. 10); ``"majority"``: ``C`` of the
+            links present in at least half of the samples.
+
+    Returns:
+        Row-stochastic ``W`` of shape ``(n, n)``.
+    """
+    if mode not in MIXING_GRAPHS:
+        raise ValueError(f"unknown mixing_graph {mode!r}; choose one of {MIXING_GRAPHS}")
+    if adj.dim() == 2:
+        return row(adj)
+    if mode == "majority":
+        return row(majority_graph(adj))
+    return row(adj).reshape(-1, *adj.shape[-2:]).mean(0)
+
+
+def _unique(params: Iterable[torch.Tensor]) -> List[torch.Tensor]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+class _OnCommunication:
+    """Model-config adapter: the group's D-GAT module, then the user's network reading ``õ``.
+
+    MAPPO builds its actor (distribution heads included) from a model config;
+    handing it this adapter puts D-GAT in front without copying MAPPO's code.
+    """
+
+    def __init__(self, inner: ModelConfig, communication: Dgat):
+        self.inner = inner
+        self.communication = communication
+
+    def get_model(self, *, output_spec, agent_group, n_agents, device, action_spec, model_index=0, **_):
+        network = self.inner.get_model(
+            input_spec=self.communication.output_spec,
+            output_spec=output_spec,
+            agent_group=agent_group,
+            input_has_agent_dim=True,
+            n_agents=n_agents,
+            centralised=False,  # agent i reads only õ_i
+            share_params=False,  # no parameter sharing (sec. 3.2)
+            device=device,
+            action_spec=action_spec,
+            model_index=model_index,
+        )
+        return TensorDictSequential(self.communication, network)
+
+
+class DgMappoLoss(ClipPPOLoss):
+    """000_ef718962e1e8f612.txt eqs. 11, 14, 15: clipped PPO + critic + D-GAT consensus, D-GAT recomputed.
+
+    A :class:`~torchrl.objectives.ClipPPOLoss` whose actor starts with the
+    group's D-GAT module and whose critic reads ``õ`` (``dgat_key``). The
+    stored ``õ`` is removed from the input, so the actor recomputes it from the
+    stored observations (with gradient) and the critic reads that one. Adds
+    ``loss_consensus = alpha_consensus * mean_i (1/|N_i|) sum_j MSE(ĥ_i, ĥ_j)``
+    (eq. 11, ĥ = ô, the D-GAT output, over each sample's graph) and keeps the
+    minibatch's D-SGD matrix (:func:`dsgd_matrix`) in :attr:`mixing_matrix`.
+
+    Args:
+        communication: the group's :class:`~benchmarl_decentral.models.dgat.Dgat`
+            module (no head), first module of the actor.
+        alpha_consensus: weight of eq. 11 (A.3: 20).
+        dgat_key: key of ``õ`` in the tensordict.
+        mixing_graph: ``"mean"`` or ``"majority"`` (:func:`dsgd_matrix`).
+        The others: :class:`~torchrl.objectives.ClipPPOLoss`'s.
+    """
+
+    # LossModule.convert_to_functional checks these names against the class annotations
+    __annotations__ = {**ClipPPOLoss.__annotations__}
+
+    def __init__(
+        self, *args, communication: Dgat, alpha_consensus: float, dgat_key, mixing_graph: str = "mean", **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.__dict__["communication"] = communication  # not a submodule: its parameters are the actor's
+        self.alpha_consensus = alpha_consensus
+        self.dgat_key = dgat_key
+        self.mixing_graph = mixing_graph
+        self.mixing_matrix: Optional[torch.Tensor] = None
+        self._consensus: Optional[torch.Tensor] = None
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        # the stored õ carries no gradient (and is stale after an update): drop it
+        tensordict = tensordict.exclude(self.dgat_key)
+        self._consensus = None
+        out = super().forward(tensordict)
+        if self._consensus is None:
+            raise RuntimeError("DG-MAPPO: the actor did not run D-GAT inside the loss; no consensus term")
+        out.set("loss_consensus", self._consensus)
+        self._consensus = None
+        return out
+
+    def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
+        result = super()._log_weight(tensordict, adv_shape)  # runs the actor: D-GAT writes õ
+        comm = self.communication
+        h = tensordict.get(self.dgat_key)[..., comm.input_features :]  # ĥ = ô (eq. 13: õ = [o || ô])
+        adj = comm.communication_graph(tensordict)
+        self._consensus = self.alpha_consensus * consensus_loss(h, adj)  # eq. 11
+        self.mixing_matrix = dsgd_matrix(adj, self.mixing_graph)
+        return result
+
+
+class DgMappo(Mappo):
+    """DG-MAPPO (paper 000, sec. 3.2, Algorithm 1).
+
+    Args:
+        alpha_consensus: weight of the consensus loss (eq. 11; A.3: 20).
+        mixing_graph: D-SGD matrix of a minibatch of dynamic graphs, ``"mean"``
+            or ``"majority"`` (:func:`dsgd_matrix`).
+        num_hops, hidden_channels, heads, value, dgat_activation,
+        negative_slope, dropout, add_self_loops, topology, radius, k,
+        adjacency, position_key, position_dims, graph_kwargs: the D-GAT and
+            its communication graph, as in :class:`~benchmarl_decentral.models.dgat.Dgat`.
+        lr: Adam learning rate of actor, critic and D-GAT (Table 2; replaces
+            ``experiment.lr``).
+        adam_eps: Adam's epsilon (Table 2; replaces ``experiment.adam_eps``).
+        max_grad_norm: per-agent gradient norm clip of each network (actor,
+            critic, D-GAT); ``None`` to disable. Replaces BenchMARL's joint clip.
+        normalize_advantage: standardise advantages per minibatch with each
+            agent's own statistics.
+        The remaining arguments are MAPPO's.
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha_consensus: float,
+        mixing_graph: str,
+        lr: float,
+        adam_eps: float,
+        max_grad_norm: Optional[float],
+        normalize_advantage: bool,
+        **kwargs,
+    ):
+        dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS}
+        super().__init__(share_param_critic=False, **kwargs)
+        self.alpha_consensus = alpha_consensus
+        self.mixing_graph = mixing_graph
+        self.lr = lr
+        self.adam_eps = adam_eps
+        self.max_grad_norm = max_grad_norm
+        self.normalize_advantage = normalize_advantage
+        self.dgat_options = dgat_options
+
+        # Build (and so validate against the task) every group's D-GAT before any training.
+        self.communication: Dict[str, Dgat] = {}
+        for group in self.group_map:
+            try:
+                self.communication[group] = self._build_communication(group)
+            except (ValueError, KeyError) as err:
+                raise config_error(
+                    self.experiment,
+                    f"dg_mappo: the D-GAT does not fit group '{group}' of task "
+                    f"{self.experiment.task.name.lower()}: {err} (options under algorithm.*)",
+                ) from None
+
+        if max_grad_norm is not None and self.experiment_config.clip_grad_val is not None:
+            # BenchMARL clips the norm over all agents at once; DG-MAPPO clips each agent
+            # on its own. Work on a copy: the caller's ExperimentConfig may serve other runs.
+            self.experiment.config = copy.copy(self.experiment.config)
+            self.experiment.config.clip_grad_val = None
+            self.experiment_config = self.experiment.config
+
+        self.callback = _DgMappoCallback(self)
+        # hydra runs pass callbacks=() (a tuple): rebind rather than append
+        self.experiment.callbacks = [*self.experiment.callbacks, self.callback]
+        self.callback.experiment = self.experiment
+
+    # ------------------------------------------------------------------ networks
+    def _build_communication(self, group: str) -> Dgat:
+        n = len(self.group_map[group])
+        obs_spec = self.observation_spec[group]
+        features = sum(spec.shape[-1] for spec in obs_spec.values(True, True))
+        opts = self.dgat_options
+        tilde = features + (features if opts["value"] == "identity" else opts["hidden_channels"])
+        config = DgatConfig(**opts, num_cells=None, activation_class=None)
+        comm = config.get_model(
+            input_spec=Composite({group: obs_spec.clone().to(self.device)}),
+            output_spec=Composite(
+                {group: Composite({DGAT_KEY: Unbounded(shape=(n, tilde))}, shape=(n,))}
+            ),
+            agent_group=group,
+            input_has_agent_dim=True,
+            n_agents=n,
+            centralised=False,
+            share_params=False,
+            device=self.device,
+            action_spec=self.action_spec,
+        )
+        with torch.no_grad():  # D-SGD from a common psi_0 (sec. 3.1, eq. 9)
+            for p in comm.dgat.parameters():
+                p.copy_(p[:1].expand_as(p))
+        return comm
+
+    def _get_policy_for_loss(self, group, model_config, continuous) -> TensorDictModule:
+        return super()._get_policy_for_loss(
+            group=group,
+            model_config=_OnCommunication(model_config, self.communication[group]),
+            continuous=continuous,
+        )
+
+    def get_critic(self, group: str) -> TensorDictModule:
+        """Agent i's critic ``V_i(õ_i)`` (eq. 14): per agent, on ``õ_i`` only, never a global state."""
+        n = len(self.group_map[group])
+        return self.critic_model_config.get_model(
+            input_spec=self.communication[group].output_spec,
+            output_spec=Composite(
+                {group: Composite({"state_value": Unbounded(shape=(n, 1))}, shape=(n,))}
+            ),
+            agent_group=group,
+            input_has_agent_dim=True,
+            n_agents=n,
+            centralised=False,
+            share_params=False,
+            device=self.device,
+            action_spec=self.action_spec,
+        )
+
+    def _get_loss(self, group: str, policy_for_loss: TensorDictModule, continuous: bool) -> Tuple[LossModule, bool]:
+        loss = DgMappoLoss(
+            actor_network=policy_for_loss,
+            critic_network=self.get_critic(group),
+            communication=self.communication[group],
+            alpha_consensus=self.alpha_consensus,
+            dgat_key=(group, DGAT_KEY),
+            mixing_graph=self.mixing_graph,
+            clip_epsilon=self.clip_epsilon,
+            entropy_coeff=self.entropy_coef,
+            critic_coeff=self.critic_coef,
+            loss_critic_type=self.loss_critic_type,
+            normalize_advantage=self.normalize_advantage,
+            normalize_advantage_exclude_dims=(-2,),  # each agent's own statistics
+        )
+        loss.set_keys(  # MAPPO's keys (benchmarl.algorithms.mappo)
+            reward=(group, "reward"),
+            action=(group, "action"),
+            done=(group, "done"),
+            terminated=(group, "terminated"),
+            advantage=(group, "advantage"),
+            value_target=(group, "value_target"),
+            value=(group, "state_value"),
+            sample_log_prob=(group, "log_prob"),
+        )
+        loss.make_value_estimator(ValueEstimators.GAE, gamma=self.experiment_config.gamma, lmbda=self.lmbda)
+        n = len(self.group_map[group])
+        for name, leaves in self.network_leaves(group, loss).items():
+            bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != n]
+            if bad:
+                raise config_error(
+                    self.experiment,
+                    f"dg_mappo needs every {name} parameter stacked on a leading agent dim of size {n} "
+                    f"(no sharing, per-agent clipping), but found shapes {bad[:3]}. Use a model that stacks "
+                    "per-agent parameters (model=layers/mlp, or a sequence of mlp layers).",
+                )
+        return loss, False
+
+    def network_leaves(self, group: str, loss: Optional[DgMappoLoss] = None) -> Dict[str, List[torch.Tensor]]:
+        """The group's parameters by network: ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi)."""
+        loss = self.get_loss_and_updater(group)[0] if loss is None else loss
+        dgat = list(self.communication[group].dgat.parameters())
+        ids = {id(p) for p in dgat}
+        actor = [p for p in loss.actor_network_params.flatten_keys().values() if id(p) not in ids]
+        critic = [p for p in loss.critic_network_params.flatten_keys().values() if id(p) not in ids]
+        return {"dgat": dgat, "actor": _unique(actor), "critic": _unique(critic)}
+
+    def dgat_leaves(self, group: str) -> List[torch.Tensor]:
+        """The D-GAT parameters psi of a group, every leaf ``(n_agents, ...)``."""
+        return list(self.communication[group].dgat.parameters())
+
+    def _get_parameters(self, group: str, loss: ClipPPOLoss) -> Dict[str, Iterable]:
+        leaves = self.network_leaves(group, loss)
+        return {LOSS_KEY: _unique(leaves["dgat"] + leaves["actor"] + leaves["critic"])}
+
+    # ------------------------------------------------------------------ training
+    def process_batch(self, group: str, batch: TensorDictBase) -> TensorDictBase:
+        reward_key = ("next", group, "reward")
+        if reward_key in batch.keys(True, True):  # per-agent rewards: their mean (sec. 2.1)
+            reward = batch.get(reward_key)
+            batch.set(reward_key, reward.mean(-2, keepdim=True).expand_as(reward).clone())
+        comm = self.communication[group]
+        with torch.no_grad():  # õ of the batch and of its next observations, for GAE only
+            comm(batch)
+            comm(batch.get("next"))
+        return super().process_batch(group, batch)
+
+    def process_loss_vals(self, group: str, loss_vals: TensorDictBase) -> TensorDictBase:
+        """Algorithm 1, line 17: ``sum_i L_PPO_i + L_critic_i + L_consensus_i`` as one key."""
+        n = len(self.group_map[group])
+        total = sum(loss_vals.get(k) for k in ("loss_objective", "loss_entropy", "loss_critic", "loss_consensus"))
+        return TensorDict({LOSS_KEY: n * total}, batch_size=[])
+
+
+class _DgMappoCallback(Callback):
+    """Optimizer settings, per-agent clipping, D-SGD mixing of D-GAT and the graph metrics."""
+
+    def __init__(self, algorithm: DgMappo):
+        super().__init__()
+        self.algorithm = algorithm
+        self.mixing = True  # False: the D-SGD averaging step is skipped (tests, ablations)
+        self._metrics: Dict[str, Dict[str, Any]] = {}
+
+    def on_setup(self):
+        algo, exp = self.algorithm, self.experiment
+        for group in exp.group_map:
+            optimizer = exp.optimizers[group][LOSS_KEY]
+            for param_group in optimizer.param_groups:  # Table 2: lr 5e-4, eps 1e-5
+                param_group["lr"] = algo.lr
+                param_group["eps"] = algo.adam_eps
+            leaves = algo.network_leaves(group)
+            if algo.max_grad_norm is not None:
+                optimizer.register_step_pre_hook(self._clip(list(leaves.values()), algo.max_grad_norm))
+            optimizer.register_step_post_hook(self._mix(group, leaves["dgat"]))
+
+    @staticmethod
+    def _clip(networks: List[List[torch.Tensor]], max_norm: float):
+        """Each agent's gradient of each network clipped on its own (no cross-agent statistic)."""
+
+        def hook(optimizer, args, kwargs):
+            for leaves in networks:
+                grads = [p.grad for p in leaves if p.grad is not None]
+                if not grads:
+                    continue
+                sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
+                scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+                for g in grads:
+                    g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+
+        return hook
+
+    def _mix(self, group: str, leaves: List[torch.Tensor]):
+        """Eqs. 9-10: after the local step, psi_i <- sum_j c(i, j) psi_j with c(i, j) = 1/|N_i|."""
+        loss = self.algorithm.get_loss_and_updater(group)[0]
+
+        def hook(optimizer, args, kwargs):
+            if not self.mixing:
+                return
+            W = loss.mixing_matrix
+            if W is None:
+                raise RuntimeError("DG-MAPPO: optimizer step without a loss forward; no graph to mix over")
+            mix_(leaves, W)
+            # weight an agent keeps for itself: 1 = no mixing, 1/n = full averaging
+            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(
+                float(W.diagonal().mean())
+            )
+
+        return hook
+
+    def on_batch_collected(self, batch: TensorDictBase):
+        """A.4 and Assumption 1 on the collected steps: node degree, at episode ends too, connectivity."""
+        algo = self.algorithm
+        done = batch.get(("next", "done"), None)
+        for group in self.experiment.train_group_map:
+            comm = algo.communication[group]
+            with torch.no_grad():
+                adj = comm.communication_graph(batch)
+                if adj.dim() == 2:
+                    adj = adj.expand(*batch.shape, *adj.shape)
+                metrics = self._metrics.setdefault(group, {})
+                metrics["average_degree"] = float(average_degree(adj).mean())
+                metrics["disconnected_fraction"] = float((~strongly_connected(adj)).float().mean())
+                group_done = done if done is not None else batch.get(("next", group, "done")).any(-2)
+                ended = group_done.reshape(batch.shape)
+                metrics.pop("average_degree_episode_end", None)
+                if bool(ended.any()):
+                    final = comm.communication_graph(batch.get("next"))
+                    if final.dim() == 2:
+                        final = final.expand(*batch.shape, *final.shape)
+                    metrics["average_degree_episode_end"] = float(average_degree(final[ended]).mean())
+
+    def on_train_end(self, training_td: TensorDictBase, group: str):
+        metrics = self._metrics.setdefault(group, {})
+        to_log = {
+            f"dg_mappo/{group}/{name}": value
+            for name, value in metrics.items()
+            if name != "mixing_self_weights"
+        }
+        mixing = metrics.pop("mixing_self_weights", [])
+        if mixing:
+            to_log[f"dg_mappo/{group}/mixing_self_weight"] = sum(mixing) / len(mixing)
+        to_log[f"dg_mappo/{group}/dgat_consensus_distance"] = float(
+            consensus_distance(self.algorithm.dgat_leaves(group))
+        )
+        self.experiment.logger.log(to_log, step=self.experiment.n_iters_performed)
+
+
+@dataclass
+class DgMappoConfig(AlgorithmConfig):
+    """Configuration of :class:`DgMappo` (defaults: ``conf/algorithm/dg_mappo.yaml``, paper 000 Tables 2-3)."""
+
+    # consensus regulariser (eq. 11) and D-SGD (eqs. 9-10)
+    alpha_consensus: float = MISSING
+    mixing_graph: str = MISSING
+    # D-GAT and communication graph (sec. 3.1)
+    num_hops: Optional[int] = MISSING
+    hidden_channels: int = MISSING
+    heads: int = MISSING
+    value: str = MISSING
+    dgat_activation: Optional[str] = MISSING
+    negative_slope: float = MISSING
+    dropout: float = MISSING
+    add_self_loops: bool = MISSING
+    topology: str = MISSING
+    radius: Optional[float] = MISSING
+    k: Optional[int] = MISSING
+    adjacency: Optional[List[List[int]]] = MISSING
+    position_key: Optional[str] = MISSING
+    position_dims: Optional[List[int]] = MISSING
+    graph_kwargs: Optional[Dict[str, Any]] = MISSING
+    # optimisation (Table 2)
+    lr: float = MISSING
+    adam_eps: float = MISSING
+    max_grad_norm: Optional[float] = MISSING
+    # PPO (Tables 2-3)
+    normalize_advantage: bool = MISSING
+    clip_epsilon: float = MISSING
+    entropy_coef: float = MISSING
+    critic_coef: float = MISSING
+    loss_critic_type: str = MISSING
+    lmbda: float = MISSING
+    scale_mapping: str = MISSING
+    use_tanh_normal: bool = MISSING
+    minibatch_advantage: bool = MISSING
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that need no task; the task-dependent ones run when the algorithm is built."""
+        check_dgat_options(prefix="algorithm", **self.__dict__)
+        if self.alpha_consensus < 0:
+            raise ValueError(f"dg_mappo: alpha_consensus must be >= 0 (A.3: 20), got {self.alpha_consensus}")
+        if self.mixing_graph not in MIXING_GRAPHS:
+            raise ValueError(
+                f"dg_mappo: unknown mixing_graph {self.mixing_graph!r}; choose one of {MIXING_GRAPHS}"
+            )
+        if self.lr <= 0 or self.adam_eps <= 0:
+            raise ValueError(f"dg_mappo: need lr > 0 and adam_eps > 0 (got lr={self.lr}, adam_eps={self.adam_eps})")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"dg_mappo: max_grad_norm must be > 0 or null, got {self.max_grad_norm}")
+        if self.loss_critic_type not in LOSS_CRITIC_TYPES:
+            raise ValueError(
+                f"dg_mappo: unknown loss_critic_type {self.loss_critic_type!r}; choose one of "
+                f"{LOSS_CRITIC_TYPES} (smooth_l1 is the Huber loss of Table 2)"
+            )
+        if not 0 < self.clip_epsilon < 1:
+            raise ValueError(f"dg_mappo: clip_epsilon must be in (0, 1) (Table 3: 0.05), got {self.clip_epsilon}")
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return DgMappo
+
+    @classmethod
+    def get_from_yaml(cls, path: Optional[str] = None) -> "DgMappoConfig":
+        """Load our ``conf/algorithm/dg_mappo.yaml`` (BenchMARL's loader only reads its own folder)."""
+        return cls(**load_algorithm_yaml("dg_mappo", path))
+
+    @staticmethod
+    def supports_continuous_actions() -> bool:
+        return True
+
+    @staticmethod
+    def supports_discrete_actions() -> bool:
+        return True
+
+    @staticmethod
+    def on_policy() -> bool:
+        return True
+
+    @staticmethod
+    def has_independent_critic() -> bool:
+        return True  # one decentralized critic per agent, on õ_i (no global state)

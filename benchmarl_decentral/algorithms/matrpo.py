@@ -1,0 +1,1249 @@
+"""MATRPO: fully decentralised trust-region policy optimisation (paper 001_8ff130c17487d6e3.txt).
+
+Multi-Agent TRPO (Li & He), sec. IV-V, eqs. (8)-(22), Algorithm 1, Appendix B,
+Table III. Every agent ``i`` of a group owns
+
+* a policy network on its own observation that models the *joint* policy of
+  the group, ``pi^i(a | o^i) = prod_n pi^i(a^n | o^i)`` (eq. 8): one head per
+  agent ``n`` of the group, all heads in one output layer. Agent ``i``
+  executes only its own component ``pi^i(a^i | o^i)``; the other heads are
+  there for the consensus;
+* a value network ``V^i(o^i)`` trained on its own (private) reward ``r^i``.
+
+Nothing is shared: no parameters, no global state, no statistic computed over
+agents (advantages are standardised with each agent's own mean and std). One
+policy iteration (Algorithm 1) on a collected batch of ``M`` samples:
+
+1. per-agent GAE (eqs. 18-19) with the agent's own critic and reward;
+2. the per-sample, per-component log-ratios ``log Upsilon^n(theta^i)`` of
+   every agent, linearised around ``theta_old`` (eqs. 13, 20) and the
+   true-KL Fisher ``H^i`` (eq. 14), all matrix free;
+3. ``admm_iterations`` iterations of ADMM over the links of the
+   communication graph (eqs. 21-22, Appendix B eq. 40): asynchronous (one
+   random or round-robin link per iteration, the paper) or synchronous (all
+   links), with an optional link failure probability;
+4. a backtracking line search per agent on the true mean KL, so that
+   ``D_KL(pi^i_old || pi^i_new) <= delta/N`` holds for every agent (eq. 8).
+
+The math lives in :mod:`benchmarl_decentral.objectives` (``run_admm``,
+``backtracking_line_search``, ``Linearisation``); this module builds the
+networks, feeds the batch, and adds :class:`CachedLinearisation`, which
+evaluates the same operators as ``Linearisation`` with one cached forward
+per agent subset (Gauss-Newton form of the true-KL Hessian, exact at
+``theta_old``), optionally on a Fisher subsample.
+
+How it sits in BenchMARL (1.5.2) without a fork:
+
+* **Where the policy update runs.** BenchMARL calls
+  :meth:`Algorithm.process_batch` exactly once per collected batch and group,
+  before the batch enters the replay buffer (MAPPO computes its GAE there).
+  :meth:`Matrpo.process_batch` computes the GAE and then runs the whole MATRPO
+  policy update (all ADMM iterations) on the full batch. The policy is never
+  touched by an optimizer: the only loss key is ``loss_critic``, so
+  BenchMARL's minibatch loop (``on_policy_n_minibatch_iters`` x minibatches,
+  Adam) trains the value networks as usual.
+* **Networks.** The policy is BenchMARL's ``Mlp`` (``model=layers/mlp``) with
+  ``share_params=False`` (torchrl ``MultiAgentMLP``, parameters stacked on a
+  leading agent dim) and ``n * F`` outputs per agent; ``num_cells`` /
+  ``activation`` of this config (default 2 x 128 SELU, sec. VI) replace those
+  of ``model`` and ``critic_model`` (``null`` keeps them). The critic is an
+  independent per-agent critic on ``o^i``.
+* **Collection and evaluation** use only each agent's own head (decentralised
+  execution). Continuous actions use a diagonal Gaussian per head (the
+  paper's TRPO head, ``IndependentNormal``); the action is clipped to the
+  action bounds only on its way into the environment, so the stored action
+  is the sampled one.
+* **Gradient clipping.** BenchMARL clips the norm over all agents' critic
+  parameters at once (a cross-agent statistic); ``critic_max_grad_norm``
+  replaces it with a clip of each agent's own gradient norm.
+* **Resume.** ADMM estimators and duals (z, y) are per-sample variables of one
+  batch that Algorithm 1 re-initialises every policy iteration, so nothing of
+  them outlives an update. What does (the link-selection / link-failure RNG
+  and the round-robin position) is saved through the loss module's
+  ``get_extra_state`` and so travels in BenchMARL's checkpoints.
+* **Logging.** Per agent, every iteration, through ``experiment.logger``:
+  ``matrpo/<group>/<agent>/{kl, primal_residual, dual_residual,
+  admm_updates, step_fraction}``; group means also go to the training
+  TensorDict (``train/<group>/matrpo_*``) as BenchMARL logs loss entries.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, MISSING
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
+
+import torch
+from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
+from benchmarl.experiment.callback import Callback
+from benchmarl.models import MlpConfig
+from benchmarl.models.common import ModelConfig
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from tensordict.nn.distributions import NormalParamExtractor
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, kl_divergence, Normal
+from torchrl.data import Composite, Unbounded
+from torchrl.envs import Transform, TransformedEnv
+from torchrl.modules import IndependentNormal, ProbabilisticActor
+from torchrl.objectives import LossModule
+from torchrl.objectives.utils import distance_loss
+from torchrl.objectives.value import GAE
+
+from benchmarl_decentral.algorithms._common import config_error
+from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
+from benchmarl_decentral.consensus.topology import build_topology, is_connected, TOPOLOGIES
+from benchmarl_decentral.objectives import (
+    ADMM_MODES,
+    backtracking_line_search,
+    flat_params,
+    init_state,
+    Linearisation,
+    links_from_adjacency,
+    per_agent_residuals,
+    run_admm,
+    unflatten,
+)
+
+__all__ = [
+    "CachedLinearisation",
+    "Matrpo",
+    "MatrpoConfig",
+    "MatrpoLoss",
+    "MatrpoStats",
+    "joint_distribution",
+    "matrpo_update",
+    "normalise_per_agent",
+    "own_component",
+]
+
+ACTIVATIONS: Dict[str, Type[nn.Module]] = {
+    "selu": nn.SELU,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+}
+CRITIC_LOSSES = ("l1", "l2", "smooth_l1")
+JOINT_KEY = "matrpo_joint"
+
+
+# =========================================================================== math glue
+# (no BenchMARL / TorchRL in the functions below: torch and tensordict only)
+
+
+def joint_distribution(
+    out: Tensor, *, n_components: int, continuous: bool, scale_mapping: str = "biased_softplus_1.0"
+) -> Distribution:
+    """001 eq. (8): the factored joint policy ``prod_n pi^i(a^n | o^i)`` from one agent's network output.
+
+    Args:
+        out: network output ``(..., K * F)``; block ``n`` (``F`` values) is head ``n``.
+        n_components: ``K``, the number of heads (agents of the group).
+        continuous: ``F = 2 d`` Gaussian parameters (loc, raw scale) per head,
+            else ``F`` categorical logits.
+        scale_mapping: positive map of the raw scale (BenchMARL's ``NormalParamExtractor``).
+
+    Returns:
+        A distribution with batch shape ``(..., K)``: ``Categorical`` or
+        ``Independent(Normal, 1)`` (a diagonal Gaussian per head).
+    """
+    blocks = out.unflatten(-1, (n_components, -1))
+    if continuous:
+        loc, scale = NormalParamExtractor(scale_mapping=scale_mapping)(blocks)
+        return Independent(Normal(loc, scale), 1)
+    return Categorical(logits=blocks)
+
+
+def own_component(joint: Tensor, n_agents: int) -> Tensor:
+    """Decentralised execution: agent ``i`` keeps head ``i`` of its joint output.
+
+    ``joint`` is ``(..., n, n * F)`` (agent ``i``'s output in row ``i``);
+    returns ``(..., n, F)`` with row ``i`` = block ``i`` of row ``i``.
+    """
+    blocks = joint.unflatten(-1, (n_agents, -1))  # (..., i, n, F)
+    return torch.diagonal(blocks, dim1=-3, dim2=-2).movedim(-1, -2)
+
+
+def normalise_per_agent(advantages: Tensor, eps: float = 1e-8) -> Tensor:
+    """Standardise ``(n, M)`` advantages with each agent's *own* mean and std (no cross-agent statistic)."""
+    mean = advantages.mean(-1, keepdim=True)
+    std = advantages.std(-1, keepdim=True, correction=0)
+    return (advantages - mean) / (std + eps)
+
+
+def stacked_network(template: nn.Module) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
+    """``(params {name: (n, ...)}, obs (n, M, d)) -> out (n, M, O)``: vmap of ``functional_call``.
+
+    ``template`` is one agent's network (torchrl ``MultiAgentMLP._empty_net``,
+    a meta-device copy); each agent runs its own parameter slice on its own
+    observations.
+    """
+
+    def one(p, o):
+        return torch.func.functional_call(template, p, (o,))
+
+    batched = torch.func.vmap(one)
+
+    def network(params: Mapping[str, Tensor], obs: Tensor) -> Tensor:
+        return batched(dict(params), obs)
+
+    return network
+
+
+class _SubsetOperators:
+    """Cached network Jacobian products of one agent subset at ``theta_old`` (any network).
+
+    ``J_f x`` by :func:`torch.func.linearize` (the primal pass is done once,
+    each product is one tangent pass) and ``J_f^T w`` by a retained autograd
+    graph (one backward per product), on the full batch and on the Fisher
+    subsample.
+    """
+
+    def __init__(self, network, params: Dict[str, Tensor], obs: Tensor, fisher_subsample: int) -> None:
+        self.like = params
+        obs_f = obs if fisher_subsample == 1 else obs[:, ::fisher_subsample]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # make_fx chatter inside linearize
+            _, jvp_full = torch.func.linearize(lambda p: network(p, obs), params)
+            jvp_f = jvp_full if fisher_subsample == 1 else torch.func.linearize(lambda p: network(p, obs_f), params)[1]
+        self._jvp = {False: jvp_full, True: jvp_f}
+        with torch.enable_grad():
+            self.leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            out_full = network(self.leaves, obs)
+            out_f = out_full if fisher_subsample == 1 else network(self.leaves, obs_f)
+        self._out = {False: out_full, True: out_f}
+
+    def jvp(self, tangent: Dict[str, Tensor], fisher: bool) -> Tensor:
+        return self._jvp[fisher](tangent)
+
+    def vjp(self, w: Tensor, fisher: bool) -> Tensor:
+        grads = torch.autograd.grad(self._out[fisher], list(self.leaves.values()), w, retain_graph=True)
+        return flat_params(dict(zip(self.leaves, grads)))
+
+
+_ELEMENTWISE = (nn.SELU, nn.Tanh, nn.ReLU, nn.ELU, nn.CELU, nn.GELU, nn.LeakyReLU, nn.Sigmoid,
+                nn.SiLU, nn.Softplus, nn.Mish, nn.Identity)
+
+
+def _mlp_layers(template: nn.Module) -> Optional[List[Tuple[str, bool, Optional[nn.Module]]]]:
+    """``[(linear name, has bias, activation or None), ...]`` if ``template`` is a plain MLP, else ``None``.
+
+    A plain MLP is an ``nn.Sequential`` of ``nn.Linear`` layers, each followed
+    by at most one elementwise activation (torchrl's ``MLP`` without norm or dropout).
+    """
+    if not isinstance(template, nn.Sequential):
+        return None
+    layers: List[List[Any]] = []
+    for name, module in template.named_children():
+        if isinstance(module, nn.Linear):
+            layers.append([name, module.bias is not None, None])
+        elif isinstance(module, _ELEMENTWISE) and layers and layers[-1][2] is None:
+            layers[-1][2] = module
+        else:
+            return None
+    return [tuple(layer) for layer in layers] or None
+
+
+class _MlpOperators:
+    """The operators of :class:`_SubsetOperators` for a plain MLP, by explicit forward/back-propagation.
+
+    One forward stores every layer's input ``h`` and activation derivative
+    ``D = sigma'(z)`` (elementwise), then
+    ``J_f x``: ``dz_l = h_{l-1} dW_l^T + db_l + dh_{l-1} W_l^T``, ``dh_l = D_l dz_l``;
+    ``J_f^T w``: ``dz_l = D_l dh_l``, ``gW_l = dz_l^T h_{l-1}``, ``gb_l = sum_m dz_l``,
+    ``dh_{l-1} = dz_l W_l``. Same numbers as autograd, without re-deriving the
+    activation at every product; the Fisher subsample is a slice of the cache.
+    """
+
+    def __init__(self, layers, params: Dict[str, Tensor], obs: Tensor, fisher_subsample: int) -> None:
+        self.layers = layers
+        self.like = params
+        self.step = fisher_subsample
+        self.weights = [params[f"{name}.weight"] for name, _, _ in layers]
+        self.h: List[Tensor] = []  # input of every layer
+        self.D: List[Optional[Tensor]] = []
+        h = obs
+        for (name, has_bias, act), W in zip(layers, self.weights):
+            self.h.append(h)
+            z = torch.bmm(h, W.transpose(1, 2))
+            if has_bias:
+                z = z + params[f"{name}.bias"][:, None]
+            if act is None:
+                self.D.append(None)
+                h = z
+            else:
+                with torch.enable_grad():
+                    zz = z.detach().requires_grad_(True)
+                    y = act(zz)
+                    (D,) = torch.autograd.grad(y.sum(), zz)
+                self.D.append(D)
+                h = y.detach()
+
+        # contiguous copies of the Fisher subsample, so that no product re-slices
+        sub = (lambda t: t) if self.step == 1 else (lambda t: None if t is None else t[:, :: self.step].contiguous())
+        self._h = {False: self.h, True: [sub(t) for t in self.h]}
+        self._D = {False: self.D, True: [sub(t) for t in self.D]}
+
+    def jvp(self, tangent: Dict[str, Tensor], fisher: bool) -> Tensor:
+        dh = None
+        for (name, has_bias, _), W, h, D in zip(self.layers, self.weights, self._h[fisher], self._D[fisher]):
+            # in place where possible: large temporaries are page-faulted afresh on every allocation
+            dz = torch.bmm(h, tangent[f"{name}.weight"].transpose(1, 2))
+            if has_bias:
+                dz.add_(tangent[f"{name}.bias"][:, None])
+            if dh is not None:
+                dz.baddbmm_(dh, W.transpose(1, 2))
+            dh = dz if D is None else dz.mul_(D)
+        return dh
+
+    def vjp(self, w: Tensor, fisher: bool) -> Tensor:
+        grads: Dict[str, Tensor] = {}
+        delta = w
+        hs, Ds = self._h[fisher], self._D[fisher]
+        for i in reversed(range(len(self.layers))):
+            name, has_bias, _ = self.layers[i]
+            if Ds[i] is not None:
+                delta = delta * Ds[i] if delta is w else delta.mul_(Ds[i])
+            grads[f"{name}.weight"] = torch.bmm(delta.transpose(1, 2), hs[i])
+            if has_bias:
+                grads[f"{name}.bias"] = delta.sum(1)
+            if i > 0:
+                delta = torch.bmm(delta, self.weights[i])
+        return flat_params({k: grads[k] for k in self.like})
+
+
+class CachedLinearisation(Linearisation):
+    """001 eqs. (13), (14), (20): :class:`Linearisation`'s operators with cached forwards.
+
+    Same operators as the base class, in the Gauss-Newton form of the
+    network output ``f(theta)`` (``(n, M, O)``, ``K`` blocks of ``F``):
+
+    * ``J x = G . (J_f x)`` with ``G = d log pi / d f`` at ``theta_old`` (each
+      component's log-probability depends on its own block only);
+    * ``J^T u = J_f^T (G u)``;
+    * ``H v = 1/M_F J_f^T (H_f (J_f v)) + damping v``, with ``H_f`` the exact
+      per-sample, per-head Hessian of the true KL
+      ``kl_divergence(pi(f_old) detached, pi(f))`` w.r.t. ``f`` at ``f_old``.
+      At ``theta_old`` this *is* the Hessian of the mean KL (the first-order
+      term vanishes because the KL is minimal there), so it equals
+      :func:`~benchmarl_decentral.objectives.make_fvp`, at about a third of
+      the cost of its double backward.
+
+    The network's primal pass for an agent subset (a link's two agents, or
+    all agents) is done once and reused by every product
+    (:class:`_SubsetOperators`). ``fisher_subsample = k > 1`` evaluates the
+    Fisher on every ``k``-th sample only (``M_F = ceil(M / k)``), as OpenAI
+    Baselines' TRPO (the paper's code base) does; ``J`` and the KL bound of
+    the line search still use all samples.
+
+    Args:
+        network: ``(params, obs (n, M, d)) -> out (n, M, O)``, e.g. :func:`stacked_network`.
+        template: the single-agent network behind ``network``; when it is a
+            plain MLP the products use explicit back-propagation
+            (:class:`_MlpOperators`), otherwise ``torch.func``. (default: None)
+        make_dist: ``out (..., O) -> Distribution`` with batch ``(..., K)``.
+        params_old: stacked ``theta_old``.
+        obs: ``(n, M, d)``.
+        actions: joint actions ``(n, M, K, ...)``.
+        damping: Fisher damping (> 0).
+        fisher_subsample: Fisher on every k-th sample (>= 1). (default: 1)
+    """
+
+    def __init__(
+        self,
+        network: Callable[[Mapping[str, Tensor], Tensor], Tensor],
+        make_dist: Callable[[Tensor], Distribution],
+        params_old: Mapping[str, Tensor],
+        obs: Tensor,
+        actions: Tensor,
+        *,
+        damping: float,
+        fisher_subsample: int = 1,
+        template: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__(lambda p, o: make_dist(network(p, o)), params_old, obs, actions, damping=damping)
+        self._mlp = None if template is None else _mlp_layers(template)
+        if fisher_subsample < 1:
+            raise ValueError(f"fisher_subsample must be >= 1, got {fisher_subsample}")
+        self.network = network
+        self.make_dist = make_dist
+        self.fisher_subsample = int(fisher_subsample)
+        n, M, K = self.n_agents, self.n_samples, self.n_components
+        with torch.no_grad():
+            out_old = network(self.params_old, self.obs)
+        if out_old.shape[:2] != (n, M) or out_old.shape[-1] % K:
+            raise ValueError(
+                f"network output {tuple(out_old.shape)} must be (n, M, K * F) with K={K} heads"
+            )
+        self.head_size = out_old.shape[-1] // K
+        with torch.enable_grad():
+            f = out_old.clone().requires_grad_(True)
+            (G,) = torch.autograd.grad(make_dist(f).log_prob(self.actions).sum(), f)
+        self._G = G.unflatten(-1, (K, self.head_size))  # (n, M, K, F)
+        self.obs_fisher = self.obs if self.fisher_subsample == 1 else self.obs[:, :: self.fisher_subsample]
+        out_fisher = out_old if self.fisher_subsample == 1 else out_old[:, :: self.fisher_subsample]
+        self._H_out = self._output_hessian(out_fisher)  # (n, M_F, K, F, F)
+        self._ops: Dict[Any, _SubsetOperators] = {}
+
+    @property
+    def n_fisher_samples(self) -> int:
+        return self.obs_fisher.shape[1]
+
+    def _output_hessian(self, out_old: Tensor) -> Tensor:
+        """Per sample and head, the ``F x F`` Hessian of the true KL w.r.t. the head's outputs at ``f_old``."""
+        old = out_old.detach()
+
+        def kl_sum(f: Tensor) -> Tensor:
+            # the old distribution is built inside (its lazy attributes must not escape
+            # the transform); ``old`` carries no tangent, so it is held fixed
+            return kl_divergence(self.make_dist(old), self.make_dist(f)).sum()
+
+        grad = torch.func.grad(kl_sum)
+        K, F = self.n_components, self.head_size
+        columns = []
+        for j in range(F):  # one forward-over-reverse product per output coordinate of a head
+            e = torch.zeros(*old.shape[:-1], K, F, dtype=old.dtype, device=old.device)
+            e[..., j] = 1.0
+            _, col = torch.func.jvp(grad, (old,), (e.flatten(-2),))
+            columns.append(col.unflatten(-1, (K, F)))
+        return torch.stack(columns, dim=-1)
+
+    def _sel_key(self, agents: Tensor | None):
+        return None if agents is None else tuple(int(a) for a in agents.tolist())
+
+    def operators(self, agents: Tensor | None):
+        """The cached operators of ``agents`` (built on first use)."""
+        key = self._sel_key(agents)
+        ops = self._ops.get(key)
+        if ops is None:
+            if agents is None:
+                params, obs = self.params_old, self.obs
+            else:
+                params = {k: v[agents] for k, v in self.params_old.items()}
+                obs = self.obs[agents]
+            if self._mlp is not None:
+                ops = _MlpOperators(self._mlp, params, obs, self.fisher_subsample)
+            else:
+                ops = _SubsetOperators(self.network, params, obs, self.fisher_subsample)
+            self._ops[key] = ops
+        return ops
+
+    def _part(self, t: Tensor, agents: Tensor | None) -> Tensor:
+        return t if agents is None else t[agents]
+
+    def jvp(self, x: Tensor, agents: Tensor | None = None) -> Tensor:
+        ops = self.operators(agents)
+        tangent = ops.jvp(unflatten(x.detach().to(self.dtype), ops.like), False)
+        return (tangent.unflatten(-1, (self.n_components, self.head_size)) * self._part(self._G, agents)).sum(-1)
+
+    def vjp(self, u: Tensor, agents: Tensor | None = None) -> Tensor:
+        ops = self.operators(agents)
+        w = (u.detach().to(self.dtype)[..., None] * self._part(self._G, agents)).flatten(-2)
+        return ops.vjp(w, False)
+
+    def fvp(self, agents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        ops = self.operators(agents)
+        H = self._part(self._H_out, agents)
+        m = self.n_fisher_samples
+        damping = self.damping
+
+        def fvp(v: Tensor) -> Tensor:
+            t = ops.jvp(unflatten(v.detach().to(self.dtype), ops.like), True)
+            t = t.unflatten(-1, (self.n_components, self.head_size))
+            w = torch.einsum("amkfg,amkg->amkf", H, t).flatten(-2) / m
+            return ops.vjp(w, True) + damping * v
+
+        return fvp
+
+    def release(self) -> None:
+        """Free the cached graphs."""
+        self._ops.clear()
+
+
+@dataclass
+class MatrpoStats:
+    """One MATRPO policy update, per agent (``(n,)`` tensors) unless noted.
+
+    Attributes:
+        kl: mean true ``D_KL(pi_old || pi_new)`` after the line search.
+        step_fraction: accepted fraction of the ADMM step (1 = full, 0 = reverted).
+        primal_residual: mean over the agent's links of the log-ratio disagreement ``RMS(J^i x^i - J^j x^j)``.
+        dual_residual: mean over the agent's links of ``beta RMS(dz)`` at their last update.
+        admm_updates: primal updates the agent took.
+        iterations: ADMM iterations used (scalar int; early stop with ``admm_tol``).
+        history: max primal residual after every iteration.
+    """
+
+    kl: Tensor
+    step_fraction: Tensor
+    primal_residual: Tensor
+    dual_residual: Tensor
+    admm_updates: Tensor
+    iterations: int
+    history: List[float]
+
+
+def matrpo_update(
+    lin: Linearisation,
+    advantages: Tensor,
+    links: Tensor,
+    *,
+    delta: float,
+    beta: float,
+    iterations: int,
+    mode: str,
+    link_failure: float = 0.0,
+    generator: torch.Generator | None = None,
+    round_robin_offset: int = 0,
+    tol: float | None = None,
+    exact_kkt: bool = False,
+    cg_iters: int = 10,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 10,
+) -> Tuple[Dict[str, Tensor], MatrpoStats, int]:
+    """001 Algorithm 1 (one policy iteration): ADMM (eqs. 21-22, 40) then the per-agent KL line search.
+
+    Args:
+        lin: every agent's linearisation at ``theta_old`` (eqs. 13-14, 20).
+        advantages: private advantages ``(n, M)`` (already standardised per agent if wanted).
+        links: ``(L, 2)`` communication links (CPU; the ADMM state lives on ``lin.device``).
+        delta: per-agent KL bound ``delta/N`` (eq. 8).
+        beta: ADMM penalty (eq. 11).
+        iterations: ADMM iterations.
+        mode: ``random`` / ``round_robin`` (asynchronous, one link per
+            iteration) or ``synchronous`` (all links).
+        link_failure: probability that an activated link fails. (default: 0)
+        generator: RNG for link selection and failures. (default: None)
+        round_robin_offset: link to start the round robin at (continues across updates). (default: 0)
+        tol: early stop on primal and dual residuals. (default: None)
+        exact_kkt: see :func:`~benchmarl_decentral.objectives.primal_step`. (default: False)
+        cg_iters: CG iterations per primal step. (default: 10)
+        backtrack_ratio: line-search shrink factor. (default: 0.8)
+        max_backtracks: line-search shrinks. (default: 10)
+
+    Returns:
+        ``(params_new, stats, next_round_robin_offset)``.
+    """
+    state = init_state(links, lin.n_samples, n_params=lin.n_params, n_agents=lin.n_agents,
+                       n_components=lin.n_components, dtype=lin.dtype, device=lin.device)
+    state.iteration = int(round_robin_offset)  # only read by the round-robin link choice
+    state = run_admm(
+        lin, advantages, links, delta=delta, beta=beta, iterations=iterations, mode=mode,
+        link_failure_prob=link_failure, generator=generator, tol=tol, exact_kkt=exact_kkt,
+        cg_iters=cg_iters, state=state,
+    )
+    used = state.iteration - int(round_robin_offset)
+    # eq. (8): the linearised model puts each step on the quadratic KL boundary;
+    # the true KL is only second-order close, so enforce it by backtracking.
+    ls = backtracking_line_search(
+        lin.policy, lin.params_old, state.x, lin.obs, bound=delta,
+        backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
+    )
+    primal, dual = per_agent_residuals(state)
+    stats = MatrpoStats(
+        kl=ls.kl, step_fraction=ls.fraction, primal_residual=primal, dual_residual=dual,
+        admm_updates=state.agent_updates.clone(), iterations=used, history=list(state.history),
+    )
+    next_offset = state.iteration % max(state.n_links, 1)
+    return ls.params, stats, next_offset
+
+
+# =========================================================================== BenchMARL glue
+
+
+class _OwnComponent(nn.Module):
+    """TensorDictModule body: ``(..., n, n F)`` joint output -> ``(..., n, F)`` own head."""
+
+    def __init__(self, n_agents: int) -> None:
+        super().__init__()
+        self.n_agents = n_agents
+
+    def forward(self, joint: Tensor) -> Tensor:
+        return own_component(joint, self.n_agents)
+
+
+class _ClipActions(Transform):
+    """Clip continuous actions to the action bounds on their way *into* the env only.
+
+    An inverse-only transform: the rollout keeps the sampled Gaussian action
+    (whose probability ratios MATRPO uses), the environment receives it
+    clipped (as VMAS's ``clamp_actions`` does; PettingZoo would clip with a warning).
+    """
+
+    def __init__(self, bounds: Dict[Any, Tuple[Tensor, Tensor]]) -> None:
+        keys = list(bounds)
+        super().__init__(in_keys=[], out_keys=[], in_keys_inv=keys, out_keys_inv=keys)
+        self._bounds = bounds
+
+    def _inv_call(self, tensordict: TensorDictBase) -> TensorDictBase:
+        for key, (low, high) in self._bounds.items():
+            action = tensordict.get(key, None)
+            if action is not None:
+                tensordict.set(key, torch.maximum(torch.minimum(action, high.to(action)), low.to(action)))
+        return tensordict
+
+
+class MatrpoLoss(LossModule):
+    """Value loss of MATRPO's per-agent critics; holds the actor and the ADMM RNG for checkpoints.
+
+    BenchMARL optimises every key of this loss that has an optimizer: only
+    ``loss_critic`` (each agent's value net regressed on its own GAE target,
+    eq. 19). The actor is a submodule so that its parameters travel in the
+    loss ``state_dict`` (BenchMARL's checkpoint), and
+    :meth:`get_extra_state` adds the link-selection RNG and the round-robin
+    position. ``stats`` (group means of the last policy update) are returned
+    with the loss so that BenchMARL logs them as ``train/<group>/matrpo_*``.
+    """
+
+    def __init__(
+        self,
+        actor_network: TensorDictModule,
+        critic_network: TensorDictModule,
+        *,
+        group: str,
+        loss_critic_type: str,
+        critic_coef: float,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.actor_network = actor_network
+        self.critic_network = critic_network
+        self.group = group
+        self.loss_critic_type = loss_critic_type
+        self.critic_coef = critic_coef
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.round_robin_offset = 0
+        self.stats: Dict[str, float] = {}
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        value_key, target_key = (self.group, "state_value"), (self.group, "value_target")
+        td = self.critic_network(tensordict.select(*self.critic_network.in_keys).clone())
+        value = td.get(value_key)
+        target = tensordict.get(target_key).to(value)
+        loss = distance_loss(value, target, self.loss_critic_type).mean() * self.critic_coef
+        out = TensorDict({"loss_critic": loss}, batch_size=[], device=loss.device)
+        for key, val in self.stats.items():
+            out.set(f"matrpo_{key}", torch.tensor(val, device=loss.device))
+        return out
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        return {"generator": self.generator.get_state(), "round_robin_offset": self.round_robin_offset}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.round_robin_offset = int(state["round_robin_offset"])
+
+
+def _stacked_leaves(module: nn.Module, n: int) -> bool:
+    leaves = [p for p in module.parameters()]
+    return bool(leaves) and all(p.dim() > 0 and p.shape[0] == n for p in leaves)
+
+
+class Matrpo(Algorithm):
+    """Multi-Agent TRPO with asynchronous ADMM consensus (paper 001, Algorithm 1).
+
+    Args:
+        delta: per-agent KL bound ``delta/N`` (eq. 8; Table III "Stepsize", 0.003).
+        beta: ADMM penalty (eq. 11; Table III, 1.0).
+        admm_iterations: ADMM iterations per policy update (Table III, 100).
+        admm_mode: ``random`` (Algorithm 1), ``round_robin`` or ``synchronous``.
+        admm_tol: stop ADMM early once all primal and dual residuals are below it (``None``: never).
+        exact_kkt: clip the trust-region multiplier at 0 in the primal step
+            (see :mod:`benchmarl_decentral.objectives.admm`); ``False`` is the paper's formula.
+        topology: communication graph: ``ring`` (sec. VI), ``knn_ring`` (``k``),
+            ``full`` or ``custom`` (``adjacency``); links are undirected.
+        k: neighbours per agent for ``knn_ring``.
+        adjacency: n x n 0/1 matrix for ``custom``.
+        link_failure: probability that an activated link fails (the
+            asynchronous ADMM's robustness, sec. IV-B).
+        gamma: discount (Table III, 0.995); replaces ``experiment.gamma`` (``None`` keeps it).
+        lmbda: GAE lambda (Table III, 0.95).
+        normalize_advantage: standardise each agent's advantages with its own statistics.
+        cg_iters: conjugate-gradient iterations for ``H^-1 V``.
+        cg_damping: Fisher damping.
+        fisher_subsample: Fisher-vector products on every k-th sample (OpenAI Baselines' TRPO: 5).
+        backtrack_ratio: line-search shrink factor.
+        max_backtracks: line-search shrinks before an agent's step is reverted.
+        num_cells: hidden layers of every policy and value net (sec. VI: [128, 128]); ``None`` keeps the model's.
+        activation: their activation (sec. VI: ``selu``); ``None`` keeps the model's.
+        scale_mapping: map of the raw Gaussian scale (continuous actions).
+        loss_critic_type: ``l2`` (Baselines' value loss), ``l1`` or ``smooth_l1``.
+        critic_coef: value loss weight.
+        critic_lr: critic learning rate (``None``: ``experiment.lr``).
+        critic_max_grad_norm: clip of each agent's own critic gradient norm
+            (``None``: no clip); BenchMARL's ``experiment.clip_grad_val`` (a clip
+            of the norm over all agents at once) is always turned off.
+    """
+
+    def __init__(
+        self,
+        *,
+        delta: float,
+        beta: float,
+        admm_iterations: int,
+        admm_mode: str,
+        admm_tol: Optional[float],
+        exact_kkt: bool,
+        topology: str,
+        k: int,
+        adjacency: Optional[List[List[int]]],
+        link_failure: float,
+        gamma: Optional[float],
+        lmbda: float,
+        normalize_advantage: bool,
+        cg_iters: int,
+        cg_damping: float,
+        fisher_subsample: int,
+        backtrack_ratio: float,
+        max_backtracks: int,
+        num_cells: Optional[List[int]],
+        activation: Optional[str],
+        scale_mapping: str,
+        loss_critic_type: str,
+        critic_coef: float,
+        critic_lr: Optional[float],
+        critic_max_grad_norm: Optional[float],
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.delta = delta
+        self.beta = beta
+        self.admm_iterations = admm_iterations
+        self.admm_mode = admm_mode
+        self.admm_tol = admm_tol
+        self.exact_kkt = exact_kkt
+        self.topology = topology
+        self.k = k
+        self.adjacency = adjacency
+        self.link_failure = link_failure
+        self.gamma = self.experiment_config.gamma if gamma is None else gamma
+        self.lmbda = lmbda
+        self.normalize_advantage = normalize_advantage
+        self.cg_iters = cg_iters
+        self.cg_damping = cg_damping
+        self.fisher_subsample = fisher_subsample
+        self.backtrack_ratio = backtrack_ratio
+        self.max_backtracks = max_backtracks
+        self.num_cells = num_cells
+        self.activation = activation
+        self.scale_mapping = scale_mapping
+        self.loss_critic_type = loss_critic_type
+        self.critic_coef = critic_coef
+        self.critic_lr = critic_lr
+        self.critic_max_grad_norm = critic_max_grad_norm
+
+        # ---- everything that depends on the task, checked before training
+        task = self.experiment.task.name.lower()
+        if self.action_mask_spec is not None:
+            raise config_error(
+                self.experiment,
+                f"matrpo: task {task} has action masks, which matrpo does not support yet "
+                "(each agent's joint model would need the other agents' masks). Use a task "
+                "without action masks (e.g. vmas/*, pettingzoo/simple_spread).",
+            )
+        self.links: Dict[str, Tensor] = {}
+        for group, agents in self.group_map.items():
+            n = len(agents)
+            try:
+                adj = build_topology(topology, n, k=k, adjacency=adjacency)
+            except ValueError as err:
+                raise config_error(
+                    self.experiment,
+                    f"matrpo: the topology does not fit group '{group}' of task {task} ({n} agents): "
+                    f"{err}. Set algorithm.topology / algorithm.k / algorithm.adjacency accordingly.",
+                ) from None
+            undirected = adj | adj.T
+            isolated = (~undirected.any(-1)).nonzero().flatten().tolist() if n > 1 else []
+            if isolated:
+                raise config_error(
+                    self.experiment,
+                    f"matrpo: in group '{group}' ({n} agents) agents {isolated} have no communication "
+                    "link, so they can never reach consensus on the log-ratios. Use a connected "
+                    "topology, e.g. algorithm.topology=ring, or give them links in algorithm.adjacency.",
+                )
+            if n > 1 and not is_connected(undirected):
+                raise config_error(
+                    self.experiment,
+                    f"matrpo: the communication graph of group '{group}' ({n} agents) is not "
+                    "connected, so its parts can never agree. Add links between the parts "
+                    "(algorithm.adjacency) or use algorithm.topology=ring.",
+                )
+            self.links[group] = links_from_adjacency(undirected)
+
+        if not isinstance(self.model_config, MlpConfig):
+            raise config_error(
+                self.experiment,
+                f"matrpo needs model=layers/mlp for its policies (per-agent parameters stacked on "
+                f"the agent dim), got {type(self.model_config).__name__}.",
+            )
+
+        self._joint_models: Dict[str, nn.Module] = {}
+        self._critics: Dict[str, nn.Module] = {}
+        self._gae: Dict[str, GAE] = {}
+        self.last_stats: Dict[str, MatrpoStats] = {}
+
+        if self.experiment_config.clip_grad_val is not None:
+            # BenchMARL clips the norm over all agents' critics at once (a
+            # cross-agent statistic); MATRPO clips each agent's own gradient
+            # (critic_max_grad_norm) or not at all.
+            # Work on a copy: the caller's ExperimentConfig may serve other runs.
+            self.experiment.config = copy.copy(self.experiment.config)
+            self.experiment.config.clip_grad_val = None
+            self.experiment_config = self.experiment.config
+
+        self.callback = _MatrpoCallback(self)
+        # hydra runs pass callbacks=() (a tuple): rebind rather than append
+        self.experiment.callbacks = [*self.experiment.callbacks, self.callback]
+        self.callback.experiment = self.experiment
+
+    # ------------------------------------------------------------------ networks
+    def _mlp_config(self, config: ModelConfig) -> ModelConfig:
+        """``config`` with this algorithm's hidden layers and activation (sec. VI), if set and an MLP."""
+        if not isinstance(config, MlpConfig):
+            return config
+        changes: Dict[str, Any] = {}
+        if self.num_cells is not None:
+            changes["num_cells"] = list(self.num_cells)
+        if self.activation is not None:
+            changes["activation_class"] = _activation_class(self.activation)
+        return dataclasses.replace(config, **changes) if changes else config
+
+    def _head_size(self, group: str, continuous: bool) -> int:
+        spec = self.action_spec[group, "action"]
+        return 2 * spec.shape[-1] if continuous else spec.space.n
+
+    def _get_policy_for_loss(self, group: str, model_config: ModelConfig, continuous: bool) -> TensorDictModule:
+        n = len(self.group_map[group])
+        F = self._head_size(group, continuous)
+        joint_spec = Composite(
+            {group: Composite({JOINT_KEY: Unbounded(shape=(n, n * F))}, shape=(n,))}
+        )
+        joint_model = self._mlp_config(model_config).get_model(
+            input_spec=Composite({group: self.observation_spec[group].clone().to(self.device)}),
+            output_spec=joint_spec,
+            agent_group=group,
+            input_has_agent_dim=True,
+            n_agents=n,
+            centralised=False,
+            share_params=False,  # one joint model per agent, never shared
+            device=self.device,
+            action_spec=self.action_spec,
+        )
+        mlp = getattr(joint_model, "mlp", None)
+        if mlp is None or not hasattr(mlp, "_empty_net") or not _stacked_leaves(mlp, n):
+            raise config_error(
+                self.experiment,
+                "matrpo needs each agent's policy parameters stacked on a leading agent dim "
+                "(torchrl MultiAgentMLP); use model=layers/mlp.",
+            )
+        self._joint_models[group] = joint_model
+        own = TensorDictModule(_OwnComponent(n), in_keys=[(group, JOINT_KEY)], out_keys=[(group, "logits")])
+        if continuous:
+            extractor = TensorDictModule(
+                NormalParamExtractor(scale_mapping=self.scale_mapping),
+                in_keys=[(group, "logits")],
+                out_keys=[(group, "loc"), (group, "scale")],
+            )
+            return ProbabilisticActor(
+                module=TensorDictSequential(joint_model, own, extractor),
+                spec=self.action_spec[group, "action"],
+                in_keys=[(group, "loc"), (group, "scale")],
+                out_keys=[(group, "action")],
+                distribution_class=IndependentNormal,
+                return_log_prob=True,
+                log_prob_key=(group, "log_prob"),
+            )
+        return ProbabilisticActor(
+            module=TensorDictSequential(joint_model, own),
+            spec=self.action_spec[group, "action"],
+            in_keys=[(group, "logits")],
+            out_keys=[(group, "action")],
+            distribution_class=Categorical,
+            return_log_prob=True,
+            log_prob_key=(group, "log_prob"),
+        )
+
+    def _get_policy_for_collection(self, policy_for_loss, group, continuous) -> TensorDictModule:
+        # executes each agent's own head only; evaluation uses this policy too
+        return policy_for_loss
+
+    def get_critic(self, group: str) -> TensorDictModule:
+        """Agent i's value net ``V^i(o^i)`` (eq. 19): per-agent, own observation only."""
+        n = len(self.group_map[group])
+        return self._mlp_config(self.critic_model_config).get_model(
+            input_spec=Composite({group: self.observation_spec[group].clone().to(self.device)}),
+            output_spec=Composite(
+                {group: Composite({"state_value": Unbounded(shape=(n, 1))}, shape=(n,))}
+            ),
+            n_agents=n,
+            centralised=False,
+            input_has_agent_dim=True,
+            agent_group=group,
+            share_params=False,
+            device=self.device,
+            action_spec=self.action_spec,
+        )
+
+    def _get_loss(self, group: str, policy_for_loss: TensorDictModule, continuous: bool) -> Tuple[LossModule, bool]:
+        critic = self.get_critic(group)
+        n = len(self.group_map[group])
+        if self.critic_max_grad_norm is not None and not _stacked_leaves(critic, n):
+            raise config_error(
+                self.experiment,
+                "matrpo: critic_max_grad_norm clips each agent's critic gradient, which needs the "
+                "critic parameters stacked on the agent dim (critic_model=layers/mlp); or set "
+                "algorithm.critic_max_grad_norm=null.",
+            )
+        self._critics[group] = critic
+        gae = GAE(gamma=self.gamma, lmbda=self.lmbda, value_network=critic, average_gae=False)
+        gae.set_keys(
+            advantage=(group, "advantage"),
+            value_target=(group, "value_target"),
+            value=(group, "state_value"),
+            reward=(group, "reward"),
+            done=(group, "done"),
+            terminated=(group, "terminated"),
+        )
+        self._gae[group] = gae
+        group_index = list(self.group_map).index(group)
+        loss = MatrpoLoss(
+            policy_for_loss, critic, group=group, loss_critic_type=self.loss_critic_type,
+            critic_coef=self.critic_coef, seed=int(self.experiment.seed) * 1000 + group_index,
+        )
+        return loss, False
+
+    def _get_parameters(self, group: str, loss: MatrpoLoss) -> Dict[str, Iterable]:
+        # the policy is updated by MATRPO in process_batch, never by an optimizer
+        return {"loss_critic": list(loss.critic_network.parameters())}
+
+    def process_env_fun(self, env_fun: Callable) -> Callable:
+        bounds = {}
+        for group in self.group_map:
+            spec = self.action_spec[group, "action"]
+            low, high = getattr(spec.space, "low", None), getattr(spec.space, "high", None)
+            if low is not None and high is not None and torch.is_floating_point(low):
+                bounds[(group, "action")] = (low, high)
+        if not bounds:
+            return env_fun
+
+        def make():
+            return TransformedEnv(env_fun(), _ClipActions(bounds))
+
+        return make
+
+    # ------------------------------------------------------------ the iteration
+    def process_batch(self, group: str, batch: TensorDictBase) -> TensorDictBase:
+        """Per collected batch: per-agent GAE (eqs. 18-19), then the MATRPO policy update (Algorithm 1).
+
+        BenchMARL calls this once per batch and group before the batch goes to
+        the replay buffer, which makes it the one place where the whole batch
+        and each agent's advantages are available together: the policy update
+        is done here (not minibatch SGD); the critics then train on the buffer.
+        """
+        batch = self._complete_group_keys(group, batch)
+        batch = self.compute_advantages(group, batch)
+        self.policy_update(group, batch)
+        return batch
+
+    def _complete_group_keys(self, group: str, batch: TensorDictBase) -> TensorDictBase:
+        """Per-agent reward/done/terminated, broadcast from the shared ones where the task has no per-agent key."""
+        keys = set(batch.keys(True, True))
+        group_shape = batch.get(group).shape
+        for name in ("done", "terminated", "reward"):
+            if ("next", group, name) not in keys:
+                batch.set(("next", group, name), batch.get(("next", name)).unsqueeze(-1).expand((*group_shape, 1)))
+        return batch
+
+    @torch.no_grad()
+    def compute_advantages(self, group: str, batch: TensorDictBase) -> TensorDictBase:
+        """001 eqs. (18)-(19): GAE of every agent with its own critic and reward.
+
+        Writes ``(group, "advantage")`` (raw, the critic's target is
+        ``(group, "value_target")``) and ``(group, "matrpo_advantage")`` (what
+        the policy update uses: standardised per agent when ``normalize_advantage``).
+        TorchRL's GAE bootstraps with ``V(o_{t+1})`` unless ``terminated_t``
+        and cuts the trace at ``done_t`` (flags of the transition's *next* state).
+        """
+        self._gae[group](batch)
+        adv = batch.get((group, "advantage"))  # (..., n, 1)
+        if self.normalize_advantage:
+            n = adv.shape[-2]
+            flat = adv.reshape(-1, n).T  # (n, M): each agent its own statistics
+            flat = normalise_per_agent(flat)
+            adv = flat.T.reshape(adv.shape)
+        batch.set((group, "matrpo_advantage"), adv)
+        return batch
+
+    def policy_inputs(self, group: str, batch: TensorDictBase) -> Tuple[Dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """``(params {name: (n, ...)}, obs (n, M, d), joint actions (n, M, K, ...), advantages (n, M))``."""
+        model = self._joint_models[group]
+        td = batch.reshape(-1)
+        feats = torch.cat(
+            [td.get(key).flatten(start_dim=-model.num_feature_dims) for key in model.in_keys], dim=-1
+        )  # (M, n, d), as BenchMARL's Mlp builds its input
+        obs = feats.transpose(0, 1)
+        n, M = obs.shape[:2]
+        action = td.get((group, "action"))  # (M, n, ...): the joint action
+        actions = action.unsqueeze(0).expand(n, *action.shape)  # every agent scores all heads
+        advantages = td.get((group, "matrpo_advantage")).reshape(M, n).T
+        return self.policy_parameters(group), obs, actions, advantages
+
+    def policy_parameters(self, group: str) -> Dict[str, Tensor]:
+        """The live stacked policy parameters of ``group``, ``{name: (n, ...)}``."""
+        params = self._joint_models[group].mlp.params
+        return {".".join(k) if isinstance(k, tuple) else k: v for k, v in params.items(True, True)}
+
+    def joint_network(self, group: str) -> Tuple[Callable, Callable, nn.Module]:
+        """``(network, make_dist, template)`` of ``group``'s joint policies.
+
+        ``make_dist(network(params, obs))`` is every agent's joint policy
+        ``prod_n pi^i(a^n | o^i)`` (eq. 8) with batch ``(n, M, K)`` for stacked
+        ``params`` and ``obs (n, M, d)``: the policy function of
+        :mod:`benchmarl_decentral.objectives`.
+        """
+        template = self._joint_models[group].mlp._empty_net
+        make_dist = _JointDist(len(self.group_map[group]), self.experiment.continuous_actions, self.scale_mapping)
+        return stacked_network(template), make_dist, template
+
+    def linearisation(self, group: str, batch: TensorDictBase) -> CachedLinearisation:
+        """Every agent's local model of ``group`` around ``theta_old`` on ``batch`` (eqs. 13-14, 20)."""
+        params, obs, actions, _ = self.policy_inputs(group, batch)
+        network, make_dist, template = self.joint_network(group)
+        return CachedLinearisation(
+            network, make_dist, {k: v.detach() for k, v in params.items()}, obs, actions,
+            damping=self.cg_damping, fisher_subsample=self.fisher_subsample, template=template,
+        )
+
+    def policy_update(self, group: str, batch: TensorDictBase) -> MatrpoStats:
+        """001 Algorithm 1, one policy iteration on ``batch`` (which has ``matrpo_advantage``)."""
+        loss: MatrpoLoss = self.get_loss_and_updater(group)[0]
+        lin = self.linearisation(group, batch)
+        _, _, _, advantages = self.policy_inputs(group, batch)
+        params_new, stats, loss.round_robin_offset = matrpo_update(
+            lin, advantages, self.links[group], delta=self.delta, beta=self.beta,
+            iterations=self.admm_iterations, mode=self.admm_mode, link_failure=self.link_failure,
+            generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol,
+            exact_kkt=self.exact_kkt, cg_iters=self.cg_iters, backtrack_ratio=self.backtrack_ratio,
+            max_backtracks=self.max_backtracks,
+        )
+        lin.release()
+        with torch.no_grad():
+            live = self.policy_parameters(group)
+            for name, value in params_new.items():
+                live[name].copy_(value)
+        self.last_stats[group] = stats
+        self._log(group, stats, loss)
+        return stats
+
+    def _log(self, group: str, stats: MatrpoStats, loss: MatrpoLoss) -> None:
+        per_agent = {
+            "kl": stats.kl,
+            "primal_residual": stats.primal_residual,
+            "dual_residual": stats.dual_residual,
+            "admm_updates": stats.admm_updates.float(),
+            "step_fraction": stats.step_fraction,
+        }
+        loss.stats = {name: float(v.mean()) for name, v in per_agent.items()}
+        loss.stats["admm_iterations"] = float(stats.iterations)
+        loss.stats["kl_max"] = float(stats.kl.max())
+        to_log = {}
+        for i, agent in enumerate(self.group_map[group]):
+            for name, v in per_agent.items():
+                to_log[f"matrpo/{group}/{agent}/{name}"] = float(v[i])
+        to_log[f"matrpo/{group}/admm_iterations"] = float(stats.iterations)
+        logger = getattr(self.experiment, "logger", None)
+        if logger is not None:
+            logger.log(to_log, step=self.experiment.n_iters_performed)
+
+
+class _JointDist:
+    """Picklable ``out -> joint distribution`` for one group (see :func:`joint_distribution`)."""
+
+    def __init__(self, n_components: int, continuous: bool, scale_mapping: str) -> None:
+        self.n_components = n_components
+        self.continuous = continuous
+        self.scale_mapping = scale_mapping
+
+    def __call__(self, out: Tensor) -> Distribution:
+        return joint_distribution(out, n_components=self.n_components, continuous=self.continuous,
+                                  scale_mapping=self.scale_mapping)
+
+
+def _activation_class(name: str) -> Type[nn.Module]:
+    if name.lower() in ACTIVATIONS:
+        return ACTIVATIONS[name.lower()]
+    module, _, attr = name.rpartition(".")
+    if module:
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            pass
+    raise ValueError(
+        f"matrpo: unknown activation '{name}'; use one of {sorted(ACTIVATIONS)} or a class path "
+        "such as torch.nn.SELU (or null to keep the model's)."
+    )
+
+
+class _MatrpoCallback(Callback):
+    """Per-agent critic gradient clip and critic learning rate, set once the optimizers exist."""
+
+    def __init__(self, algorithm: Matrpo):
+        super().__init__()
+        self.algorithm = algorithm
+
+    def on_setup(self):
+        algo, exp = self.algorithm, self.experiment
+        for group in exp.group_map:
+            optimizer = exp.optimizers[group]["loss_critic"]
+            if algo.critic_lr is not None:
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = algo.critic_lr
+            if algo.critic_max_grad_norm is not None:
+                leaves = list(algo._critics[group].parameters())
+                optimizer.register_step_pre_hook(_per_agent_clip(leaves, algo.critic_max_grad_norm))
+
+
+def _per_agent_clip(leaves: List[Tensor], max_norm: float):
+    def hook(optimizer, args, kwargs):
+        grads = [p.grad for p in leaves if p.grad is not None]
+        if not grads:
+            return
+        # each agent's norm over all of its own leaves, one op per leaf
+        sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
+        scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+
+    return hook
+
+
+@dataclass
+class MatrpoConfig(AlgorithmConfig):
+    """Configuration of :class:`Matrpo` (defaults: ``conf/algorithm/matrpo.yaml``, paper 001 Table III)."""
+
+    delta: float = MISSING
+    beta: float = MISSING
+    admm_iterations: int = MISSING
+    admm_mode: str = MISSING
+    admm_tol: Optional[float] = MISSING
+    exact_kkt: bool = MISSING
+    topology: str = MISSING
+    k: int = MISSING
+    adjacency: Optional[List[List[int]]] = MISSING
+    link_failure: float = MISSING
+    gamma: Optional[float] = MISSING
+    lmbda: float = MISSING
+    normalize_advantage: bool = MISSING
+    cg_iters: int = MISSING
+    cg_damping: float = MISSING
+    fisher_subsample: int = MISSING
+    backtrack_ratio: float = MISSING
+    max_backtracks: int = MISSING
+    num_cells: Optional[List[int]] = MISSING
+    activation: Optional[str] = MISSING
+    scale_mapping: str = MISSING
+    loss_critic_type: str = MISSING
+    critic_coef: float = MISSING
+    critic_lr: Optional[float] = MISSING
+    critic_max_grad_norm: Optional[float] = MISSING
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that need no task; the task-dependent ones run when the algorithm is built."""
+
+        def num(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        if num(self.delta) and not self.delta > 0:
+            raise ValueError(
+                f"matrpo: delta must be > 0 (the per-agent KL bound delta/N of eq. 8), got "
+                f"{self.delta}; Table III uses algorithm.delta=0.003."
+            )
+        if num(self.beta) and not self.beta > 0:
+            raise ValueError(
+                f"matrpo: beta must be > 0 (the ADMM penalty of eq. 11), got {self.beta}; "
+                "Table III uses algorithm.beta=1.0 (3 or 6 agents) or 5.0."
+            )
+        if num(self.admm_iterations) and self.admm_iterations < 1:
+            raise ValueError(
+                f"matrpo: admm_iterations must be >= 1, got {self.admm_iterations}; Table III uses "
+                "algorithm.admm_iterations=100 (3 agents) to 500."
+            )
+        if isinstance(self.admm_mode, str) and self.admm_mode not in ADMM_MODES:
+            raise ValueError(f"matrpo: unknown admm_mode '{self.admm_mode}'; choose one of {list(ADMM_MODES)}.")
+        if num(self.admm_tol) and not self.admm_tol > 0:
+            raise ValueError(f"matrpo: admm_tol must be > 0 or null, got {self.admm_tol}.")
+        if isinstance(self.topology, str) and self.topology not in TOPOLOGIES:
+            raise ValueError(f"matrpo: unknown topology '{self.topology}'; choose one of {list(TOPOLOGIES)}.")
+        if self.topology == "custom" and self.adjacency is None:
+            raise ValueError("matrpo: topology=custom needs algorithm.adjacency, an n x n 0/1 matrix.")
+        if num(self.k) and self.k < 0:
+            raise ValueError(f"matrpo: k must be >= 0 (neighbours on the knn_ring), got {self.k}.")
+        if num(self.link_failure) and not 0 <= self.link_failure < 1:
+            raise ValueError(f"matrpo: link_failure must be in [0, 1), got {self.link_failure}.")
+        if num(self.gamma) and not 0 < self.gamma <= 1:
+            raise ValueError(f"matrpo: gamma must be in (0, 1] or null, got {self.gamma}.")
+        if num(self.lmbda) and not 0 <= self.lmbda <= 1:
+            raise ValueError(f"matrpo: lmbda must be in [0, 1], got {self.lmbda}.")
+        if num(self.cg_iters) and self.cg_iters < 1:
+            raise ValueError(f"matrpo: cg_iters must be >= 1, got {self.cg_iters}.")
+        if num(self.cg_damping) and not self.cg_damping > 0:
+            raise ValueError(
+                f"matrpo: cg_damping must be > 0 (the Fisher of a network is singular), got {self.cg_damping}."
+            )
+        if num(self.fisher_subsample) and self.fisher_subsample < 1:
+            raise ValueError(f"matrpo: fisher_subsample must be >= 1 (1 = every sample), got {self.fisher_subsample}.")
+        if num(self.backtrack_ratio) and not 0 < self.backtrack_ratio < 1:
+            raise ValueError(f"matrpo: backtrack_ratio must be in (0, 1), got {self.backtrack_ratio}.")
+        if num(self.max_backtracks) and self.max_backtracks < 0:
+            raise ValueError(f"matrpo: max_backtracks must be >= 0, got {self.max_backtracks}.")
+        if isinstance(self.num_cells, (list, tuple)) and (
+            not self.num_cells or any(not isinstance(c, int) or c < 1 for c in self.num_cells)
+        ):
+            raise ValueError(
+                f"matrpo: num_cells must be a non-empty list of positive ints or null, got {self.num_cells}."
+            )
+        if isinstance(self.activation, str):
+            _activation_class(self.activation)
+        if isinstance(self.loss_critic_type, str) and self.loss_critic_type not in CRITIC_LOSSES:
+            raise ValueError(
+                f"matrpo: unknown loss_critic_type '{self.loss_critic_type}'; choose one of {list(CRITIC_LOSSES)}."
+            )
+        for name in ("critic_lr", "critic_max_grad_norm"):
+            value = getattr(self, name)
+            if num(value) and not value > 0:
+                raise ValueError(f"matrpo: {name} must be > 0 or null, got {value}.")
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return Matrpo
+
+    @classmethod
+    def get_from_yaml(cls, path: Optional[str] = None) -> "MatrpoConfig":
+        """Load our ``conf/algorithm/matrpo.yaml`` (BenchMARL's loader only reads its own folder)."""
+        return cls(**load_algorithm_yaml("matrpo", path))
+
+    @staticmethod
+    def supports_continuous_actions() -> bool:
+        return True
+
+    @staticmethod
+    def supports_discrete_actions() -> bool:
+        return True
+
+    @staticmethod
+    def on_policy() -> bool:
+        return True
+
+    @staticmethod
+    def has_independent_critic() -> bool:
+        return True

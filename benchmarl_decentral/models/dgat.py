@@ -1,0 +1,555 @@
+"""000_ef718962e1e8f612.txt sec. 3.1-3.2 (eqs. 7-8, 13): the D-GAT model for BenchMARL (``model=layers/dgat``).
+
+Every agent ``i`` runs ``K`` D-GAT hops (:class:`~benchmarl_decentral.nn.DGAT`,
+eqs. 7-8, per-agent parameters stacked on a leading agent dim) over the
+communication graph to infer ``ô_i``, concatenates it to its own input
+``õ_i = [x_i || ô_i]`` (eq. 13) and maps ``õ_i`` to the requested output with a
+per-agent (stacked) MLP head; ``num_cells: null`` removes the head, so the
+model outputs ``õ_i`` itself (DG-MAPPO uses it that way).
+
+The communication graph ``A`` (bool ``(..., n, n)``, ``A[i, j]`` iff ``i``
+receives from ``j``, as in :mod:`benchmarl_decentral.consensus.topology`) comes
+from a topology of the consensus core, looked up by name in
+:data:`GRAPH_BUILDERS`:
+
+* ``radius``: agents within ``radius`` of each other, from positions read out
+  of the observation (``position_dims``, optionally under ``position_key``),
+  recomputed at every step (dynamic graph, paper sec. 2.1);
+* ``knn_ring``, ``ring``, ``full``, ``custom``: a fixed graph;
+* ``visibility``: SMAC-family ally visibility, the extension point: one
+  entry in :data:`GRAPH_BUILDERS` (see there for a builder's signature).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, MISSING
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+
+import torch
+import torch.nn.functional as F
+from benchmarl.models.common import Model, ModelConfig, parse_model_config
+from benchmarl.utils import _read_yaml_config
+from tensordict import TensorDictBase
+from torch import nn, Tensor
+from torchrl.modules import MultiAgentMLP
+
+from benchmarl_decentral._registry import CONF_DIR
+from benchmarl_decentral.consensus.topology import build_topology, radius
+from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES
+
+__all__ = [
+    "DGAT_TOPOLOGIES",
+    "GRAPH_BUILDERS",
+    "Dgat",
+    "DgatConfig",
+    "check_dgat_options",
+    "dense_dgat_conv",
+    "majority_graph",
+    "strongly_connected",
+]
+
+#: Topologies of the communication graph (``topology`` option).
+DGAT_TOPOLOGIES: tuple[str, ...] = ("radius", "knn_ring", "ring", "full", "custom", "visibility")
+_STATIC = ("knn_ring", "ring", "full", "custom")
+#: Graphs built by these topologies never contain self loops (consensus/topology.py convention).
+_NO_SELF_LOOPS = (*_STATIC, "radius")
+
+#: Options of the D-GAT part shared by ``model=layers/dgat`` and ``algorithm=dg_mappo``.
+DGAT_OPTIONS: tuple[str, ...] = (
+    "num_hops",
+    "hidden_channels",
+    "heads",
+    "value",
+    "dgat_activation",
+    "negative_slope",
+    "dropout",
+    "add_self_loops",
+    "topology",
+    "radius",
+    "k",
+    "adjacency",
+    "position_key",
+    "position_dims",
+    "graph_kwargs",
+)
+
+
+# ----------------------------------------------------------------- validation
+def check_dgat_options(
+    *,
+    prefix: str,
+    num_hops: Optional[int],
+    hidden_channels: int,
+    heads: int,
+    value: str,
+    dgat_activation: Optional[str],
+    dropout: float,
+    add_self_loops: bool,
+    topology: str,
+    radius: Optional[float],
+    k: Optional[int],
+    adjacency: Optional[List[List[int]]],
+    position_dims: Optional[List[int]],
+    **_: Any,
+) -> None:
+    """Checks of the D-GAT options that need no task, raised as one clear ValueError.
+
+    Args:
+        prefix: where the options live on the command line (``"model"`` or
+            ``"algorithm"``), so that each message names the key to set.
+        The others: the options of :class:`DgatConfig`.
+    """
+
+    def fail(message: str) -> None:
+        raise ValueError(f"D-GAT ({prefix}): {message}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if num_hops is not None and (not is_int(num_hops) or num_hops < 1):
+        fail(
+            f"num_hops (K, eq. 8) must be an int >= 1 or null (= number of agents), got {num_hops!r}; "
+            f"set {prefix}.num_hops"
+        )
+    if not is_int(heads) or heads < 1:
+        fail(f"heads must be an int >= 1 (the paper uses 1, Table 2), got {heads!r}; set {prefix}.heads=1")
+    if not is_int(hidden_channels) or hidden_channels < 1:
+        fail(f"hidden_channels (attention size d', eq. 7) must be an int >= 1, got {hidden_channels!r}")
+    if value not in VALUE_MODES:
+        fail(f"unknown value mode {value!r}; choose one of {VALUE_MODES} ({prefix}.value)")
+    if dgat_activation is not None and dgat_activation not in _ACTIVATIONS:
+        fail(f"unknown dgat_activation {dgat_activation!r}; choose one of {tuple(_ACTIVATIONS)} or null")
+    if not 0.0 <= dropout < 1.0:
+        fail(f"dropout must be in [0, 1), got {dropout}")
+    if topology not in DGAT_TOPOLOGIES:
+        fail(f"unknown topology {topology!r}; choose one of {DGAT_TOPOLOGIES} ({prefix}.topology)")
+    if topology == "radius":
+        if position_dims is None:
+            fail(
+                "topology 'radius' needs each agent's position: set "
+                f"{prefix}.position_dims=[start,stop] (the observation dims holding the position, "
+                "e.g. [0,2] for vmas/navigation, [2,4] for pettingzoo/simple_spread)"
+            )
+        if radius is None or radius < 0:
+            fail(f"topology 'radius' needs a communication radius >= 0: set {prefix}.radius (got {radius!r})")
+    if position_dims is not None:
+        dims = list(position_dims)
+        if len(dims) != 2 or not all(is_int(d) for d in dims) or not 0 <= dims[0] < dims[1]:
+            fail(
+                f"position_dims must be [start, stop] with 0 <= start < stop (a slice of the "
+                f"observation), got {position_dims!r}; set {prefix}.position_dims"
+            )
+    if topology == "knn_ring" and (not is_int(k) or k < 0):
+        fail(f"topology 'knn_ring' needs k >= 0 neighbours per agent: set {prefix}.k (got {k!r})")
+    if topology == "custom" and adjacency is None:
+        fail(f"topology 'custom' needs an n x n 0/1 matrix: set {prefix}.adjacency")
+    if not add_self_loops and topology in _NO_SELF_LOOPS:
+        fail(
+            "eq. 8 aggregates over N^i including agent i itself, but topology "
+            f"{topology!r} gives no self loops and add_self_loops is false; set {prefix}.add_self_loops=true"
+        )
+
+
+# ------------------------------------------------------------- graph helpers
+def strongly_connected(adj: Tensor) -> Tensor:
+    """000_ef718962e1e8f612.txt Assumption 1: whether each graph of a batch is (strongly) connected.
+
+    Reachability by repeated squaring of ``A + I`` (``ceil(log2 n)`` batched
+    boolean matrix products).
+
+    Args:
+        adj: bool adjacency ``(..., n, n)``.
+
+    Returns:
+        Bool tensor ``(...)``.
+    """
+    n = adj.shape[-1]
+    reach = (adj.bool() | torch.eye(n, dtype=torch.bool, device=adj.device)).float()
+    for _ in range(max(n - 1, 1).bit_length()):
+        reach = (reach @ reach > 0).float()
+    return reach.bool().flatten(-2).all(-1)
+
+
+def majority_graph(adj: Tensor) -> Tensor:
+    """The graph of a batch of dynamic graphs: links up in at least half of them.
+
+    Used for the D-SGD mixing step of DG-MAPPO (eq. 10) when the graph changes
+    from step to step: one minibatch mixes over one graph, the links that were
+    present in the majority of its samples. A static ``(n, n)`` graph is
+    returned unchanged.
+
+    Args:
+        adj: bool adjacency ``(..., n, n)``.
+
+    Returns:
+        Bool adjacency ``(n, n)``.
+    """
+    if adj.dim() == 2:
+        return adj.bool()
+    flat = adj.reshape(-1, *adj.shape[-2:]).float()
+    return flat.mean(0) >= 0.5
+
+
+def _static_graph(model: "Dgat", tensordict: TensorDictBase, features: Optional[Tensor]) -> Tensor:
+    """Fixed topology (``knn_ring``, ``ring``, ``full``, ``custom``): one ``(n, n)`` graph for all samples."""
+    return model.static_adjacency
+
+
+def _radius_graph(model: "Dgat", tensordict: TensorDictBase, features: Optional[Tensor]) -> Tensor:
+    """000_ef718962e1e8f612.txt sec. 2.1: dynamic graph, agents within ``radius``, recomputed every step."""
+    return radius(model.positions(tensordict, features), model.radius)
+
+
+GraphBuilder = Callable[["Dgat", TensorDictBase, Optional[Tensor]], Tensor]
+
+#: topology name -> ``fn(model, tensordict, features) -> bool adjacency (..., n, n) or (n, n)``.
+#:
+#: A builder receives the :class:`Dgat` model (``model.agent_group``,
+#: ``model.n_agents``, ``model.position_key``, ``model.graph_kwargs`` with the
+#: builder's own options), the tensordict the model is called on (or a
+#: collected batch, or its ``"next"``) and the model's input features
+#: ``(..., n, F)`` (``None`` when called on a batch), and returns
+#: ``A[..., i, j]`` = agent ``i`` receives from ``j``. SMAC-family ally
+#: visibility (``consensus/visibility.py``) plugs in as one more entry,
+#: ``"visibility": <its builder>``; until then ``topology=visibility`` is
+#: refused when the model is built.
+GRAPH_BUILDERS: Dict[str, GraphBuilder] = {
+    "radius": _radius_graph,
+    "knn_ring": _static_graph,
+    "ring": _static_graph,
+    "full": _static_graph,
+    "custom": _static_graph,
+}
+
+
+# ------------------------------------------------------------ dense fallback
+def _is_batched(t: Tensor) -> bool:
+    """Whether ``t`` is a functorch BatchedTensor, i.e. we are inside ``torch.vmap`` over it."""
+    return bool(torch._C._functorch.is_batchedtensor(t))
+
+
+def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
+    r"""000_ef718962e1e8f612.txt eqs. 7-8 on dense masks: :class:`DGATConv`'s output without its edge list.
+
+    Same parameters and same result as ``conv(x, adj)``, computed for all
+    ``n x n`` pairs and masked, so that it runs inside ``torch.vmap`` where the
+    edge list of a batched graph cannot be built (``nonzero`` has no batching
+    rule). TorchRL's GAE calls critics under ``vmap``; elsewhere the sparse
+    layer is used (it is faster). A layer with one parameter set (shared
+    parameters) is applied to every agent.
+
+    Args:
+        conv: the layer whose parameters are used.
+        x: node features ``(*B, n, F)``.
+        adj: bool adjacency ``(*B, n, n)`` or ``(n, n)``.
+
+    Returns:
+        ``(*B, n, conv.out_dim)``, with ``conv.activation`` applied as in ``forward``.
+    """
+    n, heads, c = x.shape[-2], conv.heads, conv.out_channels
+
+    def agents(p: Tensor | None) -> Tensor | None:  # shared parameters: one set for every agent
+        return None if p is None else p.expand(n, *p.shape[1:])
+
+    w_l, b_l = agents(conv.lin_l_weight), agents(conv.lin_l_bias)
+    w_r, b_r = (w_l, b_l) if conv.share_weights else (agents(conv.lin_r_weight), agents(conv.lin_r_bias))
+    query = torch.einsum("...if,iof->...io", x, w_r)  # Theta_r^i h_i
+    key = torch.einsum("...jf,iof->...ijo", x, w_l)  # Theta_l^i h_j, receiver-specific
+    if b_r is not None:
+        query = query + b_r
+    if b_l is not None:
+        key = key + b_l[:, None, :]
+    z = F.leaky_relu(query.unsqueeze(-2) + key, conv.negative_slope).unflatten(-1, (heads, c))
+    e = (z * agents(conv.att)[:, None]).sum(-1)  # eq. 7: (..., i, j, H)
+    mask = adj.bool()
+    if conv.add_self_loops:
+        mask = mask | torch.eye(n, dtype=torch.bool, device=adj.device)
+    mask = mask.unsqueeze(-1)
+    alpha = torch.softmax(e.masked_fill(~mask, float("-inf")), dim=-2)  # eq. 8, over N(i)
+    alpha = torch.where(mask, alpha, alpha.new_zeros(()))  # no neighbour at all: sum over the empty set
+    alpha = F.dropout(alpha, p=conv.dropout, training=conv.training)
+    if conv.value == "linear":
+        out = torch.einsum("...ijh,...ijhc->...ihc", alpha, key.unflatten(-1, (heads, c)))
+    else:
+        out = torch.einsum("...ijh,...jf->...ihf", alpha, x)
+    out = out.flatten(-2) if conv.concat else out.mean(-2)
+    if conv.bias is not None:
+        out = out + agents(conv.bias)
+    if conv.activation is not None:
+        out = conv.activation(out)
+    return out
+
+
+# --------------------------------------------------------------------- model
+class Dgat(Model):
+    r"""000_ef718962e1e8f612.txt sec. 3.1-3.2: K D-GAT hops, ``õ_i = [x_i || ô_i]`` (eq. 13), per-agent head.
+
+    With ``share_params=False`` every agent has its own D-GAT (and head)
+    parameters, stacked on a leading agent dim and run in one call (never
+    ``n`` separate networks); with ``share_params=True`` one parameter set
+    serves all agents.
+
+    Args:
+        num_hops: ``K``; ``None`` means the number of agents (eq. 8).
+        hidden_channels: attention size ``d'`` of eq. 7.
+        heads: attention heads (Table 2: 1); averaged.
+        value: ``"identity"`` (eq. 8: ô_i in the input space) or ``"linear"``.
+        dgat_activation: ``sigma`` of eq. 8 (``"elu"``, ``"relu"``, ``"tanh"``
+            or ``None``).
+        negative_slope: LeakyReLU slope of eq. 7.
+        dropout: dropout on the attention coefficients (training only).
+        add_self_loops: ``i`` in ``N^i`` (eq. 8); must be true for every
+            topology whose graph has no self loops.
+        topology: one of :data:`DGAT_TOPOLOGIES`.
+        radius: communication radius of ``topology="radius"``.
+        k: neighbours per agent of ``topology="knn_ring"``.
+        adjacency: ``n x n`` 0/1 matrix of ``topology="custom"``
+            (``adjacency[i][j] = 1`` iff i receives from j).
+        position_key: key (inside the agent group) to read positions from;
+            ``None`` reads them from this model's own input features.
+        position_dims: ``[start, stop]``: the position is
+            ``source[..., start:stop]``.
+        graph_kwargs: extra options for topology builders (``visibility``).
+        num_cells: hidden sizes of the per-agent head on ``õ_i`` (``[]``: one
+            linear layer); ``None``: no head, the output is ``õ_i``.
+        activation_class: activation of the head.
+        The remaining arguments are BenchMARL's (:class:`~benchmarl.models.Model`).
+
+    Shapes:
+        - **input:** the input keys ``(*B, n, F_k)``, concatenated into
+          ``x`` ``(*B, n, F)``
+        - **output:** ``(*B, n, out)`` (``(*B, out)`` for a centralised model
+          with shared parameters)
+    """
+
+    def __init__(
+        self,
+        *,
+        num_hops: Optional[int],
+        hidden_channels: int,
+        heads: int,
+        value: str,
+        dgat_activation: Optional[str],
+        negative_slope: float,
+        dropout: float,
+        add_self_loops: bool,
+        topology: str,
+        radius: Optional[float],
+        k: Optional[int],
+        adjacency: Optional[List[List[int]]],
+        position_key: Optional[str],
+        position_dims: Optional[List[int]],
+        graph_kwargs: Optional[Dict[str, Any]],
+        num_cells: Optional[Sequence[int]],
+        activation_class: Optional[Type[nn.Module]],
+        **kwargs,
+    ):
+        self.topology = topology
+        self.radius = radius
+        self.position_key = position_key
+        self.position_dims = None if position_dims is None else tuple(position_dims)
+        self.graph_kwargs = dict(graph_kwargs or {})
+        self.add_self_loops = add_self_loops
+        super().__init__(**kwargs)
+
+        n = self.n_agents
+        self.feature_keys = list(self.in_keys)
+        self.input_features = sum(spec.shape[-1] for spec in self.input_spec.values(True, True))
+        if position_key is not None:
+            key = (self.agent_group, position_key)
+            if key not in self.in_keys:
+                self.in_keys = [*self.in_keys, key]
+            self._check_position_dims(self.input_spec.get(key, None))
+        else:
+            self._check_position_dims(self.input_features)
+
+        if topology not in GRAPH_BUILDERS:
+            raise ValueError(
+                f"D-GAT: topology {topology!r} has no graph builder in this installation "
+                f"(ally visibility comes with benchmarl_decentral.consensus.visibility); choose one of "
+                f"{tuple(GRAPH_BUILDERS)}"
+            )
+        if topology in _STATIC:
+            try:
+                adj = build_topology(topology, n, k=k, adjacency=adjacency)
+            except ValueError as err:
+                raise ValueError(f"D-GAT: topology {topology!r} does not fit {n} agents: {err}") from None
+            self.register_buffer("static_adjacency", adj.to(self.device))
+        else:
+            self.static_adjacency = None
+
+        # one parameter set per agent (stacked), or one for all with share_params
+        self.dgat = DGAT(
+            self.input_features,
+            hidden_channels,
+            1 if self.share_params else n,
+            num_hops=n if num_hops is None else num_hops,
+            heads=heads,
+            value=value,
+            activation=dgat_activation,
+            negative_slope=negative_slope,
+            dropout=dropout,
+            add_self_loops=add_self_loops,
+        ).to(self.device)
+        self.tilde_features = self.input_features + self.dgat.out_dim  # |õ_i| (eq. 13)
+
+        self.output_features = self.output_leaf_spec.shape[-1]
+        if num_cells is None:
+            if self.output_features != self.tilde_features or not self.output_has_agent_dim:
+                raise ValueError(
+                    f"D-GAT with num_cells=null outputs õ_i = [x_i || ô_i] of size {self.tilde_features} per "
+                    f"agent, but this model must output {tuple(self.output_leaf_spec.shape)}; set "
+                    "num_cells to a list of hidden sizes ([] for one linear layer)"
+                )
+            self.head = None
+        else:
+            self.head = MultiAgentMLP(
+                n_agent_inputs=self.tilde_features,
+                n_agent_outputs=self.output_features,
+                n_agents=n,
+                centralized=self.centralised,
+                share_params=self.share_params,
+                device=self.device,
+                depth=len(num_cells),
+                num_cells=list(num_cells),
+                activation_class=activation_class,
+            )
+
+    # ------------------------------------------------------------- checks
+    def _perform_checks(self):
+        super()._perform_checks()
+        if not self.input_has_agent_dim:
+            raise ValueError(
+                "D-GAT needs inputs with the agent dimension (one observation per agent); it cannot "
+                "read a global state. Use it on observations (first in a sequence for a critic)."
+            )
+        for key, spec in self.input_spec.items(True, True):
+            if len(spec.shape) != 2 or spec.shape[0] != self.n_agents:
+                raise ValueError(
+                    f"D-GAT input {key} must have shape (n_agents={self.n_agents}, features), got {tuple(spec.shape)}"
+                )
+        if self.output_has_agent_dim and self.output_leaf_spec.shape[-2] != self.n_agents:
+            raise ValueError("D-GAT output with the agent dimension must have n_agents as second to last dim")
+
+    def _check_position_dims(self, source: Any) -> None:
+        if self.position_dims is None:
+            return
+        width = source if isinstance(source, int) else (None if source is None else source.shape[-1])
+        if width is not None and self.position_dims[1] > width:
+            where = "the model input" if self.position_key is None else f"'{self.position_key}'"
+            raise ValueError(
+                f"D-GAT: position_dims={list(self.position_dims)} is outside {where}, which has {width} "
+                "features per agent; set position_dims to the dims holding the agent position"
+            )
+
+    # ------------------------------------------------------------- graph
+    def features(self, tensordict: TensorDictBase) -> Tensor:
+        """``x`` ``(*B, n, F)``: the input keys concatenated."""
+        return torch.cat([tensordict.get(key) for key in self.feature_keys], dim=-1)
+
+    def positions(self, tensordict: TensorDictBase, features: Optional[Tensor] = None) -> Tensor:
+        """Agent positions ``(*B, n, d)`` = ``source[..., start:stop]`` (``position_dims``)."""
+        if self.position_dims is None:
+            raise ValueError(
+                f"D-GAT: topology {self.topology!r} reads agent positions, but position_dims is not set; "
+                "set position_dims=[start,stop]"
+            )
+        if self.position_key is None:
+            source = self.features(tensordict) if features is None else features
+        else:
+            source = tensordict.get((self.agent_group, self.position_key))
+        start, stop = self.position_dims
+        if stop > source.shape[-1]:
+            self._check_position_dims(source.shape[-1])
+        return source[..., start:stop]
+
+    def communication_graph(self, tensordict: TensorDictBase, features: Optional[Tensor] = None) -> Tensor:
+        """The graph D-GAT communicates over: bool ``(*B, n, n)`` or ``(n, n)`` (static), no self loops needed.
+
+        Args:
+            tensordict: holds the input keys (and ``position_key``) of a batch,
+                e.g. a collected batch or its ``"next"`` sub-tensordict.
+            features: ``x`` if already gathered. (default: None)
+        """
+        adj = GRAPH_BUILDERS[self.topology](self, tensordict, features)
+        if not self.add_self_loops and not bool(adj.diagonal(dim1=-2, dim2=-1).all()):
+            raise ValueError(
+                f"D-GAT: eq. 8 aggregates over N^i including agent i, but the {self.topology!r} graph "
+                "lacks self loops and add_self_loops is false; set add_self_loops=true"
+            )
+        return adj
+
+    # ------------------------------------------------------------- forward
+    def embed(self, x: Tensor, adj: Tensor) -> Tensor:
+        """``ô`` ``(*B, n, out_dim)``: K D-GAT hops over ``adj`` (eqs. 7-8)."""
+        dgat, n = self.dgat, self.n_agents
+        dense = _is_batched(adj)  # inside torch.vmap: no edge list for a batched graph
+        if not dense and self.share_params:
+            batch = x.shape[:-2]
+            b = math.prod(batch)
+            graphs = adj.expand(b, n, n) if adj.dim() == 2 else adj.reshape(b, n, n)
+            g, tgt, src = graphs.nonzero(as_tuple=True)
+            edge_index = torch.stack([g * n + src, g * n + tgt])
+            agent = torch.zeros(b * n, dtype=torch.long, device=x.device)
+            h = x.reshape(b * n, x.shape[-1])
+        else:
+            h = x
+        for hop, conv in enumerate(dgat.convs):
+            if dense:
+                h = dense_dgat_conv(conv, h, adj)
+            elif self.share_params:
+                h = conv.forward_sparse(h, edge_index, agent)
+            else:
+                h = conv(h, adj)
+            if dgat.act_last or hop < dgat.num_hops - 1:
+                h = dgat.act(h)
+        return h.reshape(*x.shape[:-1], dgat.out_dim)
+
+    def _forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        x = self.features(tensordict)
+        adj = self.communication_graph(tensordict, x)
+        out = torch.cat([x, self.embed(x, adj)], dim=-1)  # õ_i = [x_i || ô_i], eq. 13
+        if self.head is not None:
+            out = self.head(out)
+            if not self.output_has_agent_dim:  # centralised with shared parameters: all rows equal
+                out = out[..., 0, :]
+        tensordict.set(self.out_key, out)
+        return tensordict
+
+
+@dataclass
+class DgatConfig(ModelConfig):
+    """Configuration of :class:`Dgat` (defaults: ``conf/model/layers/dgat.yaml``)."""
+
+    num_hops: Optional[int] = MISSING
+    hidden_channels: int = MISSING
+    heads: int = MISSING
+    value: str = MISSING
+    dgat_activation: Optional[str] = MISSING
+    negative_slope: float = MISSING
+    dropout: float = MISSING
+    add_self_loops: bool = MISSING
+    topology: str = MISSING
+    radius: Optional[float] = MISSING
+    k: Optional[int] = MISSING
+    adjacency: Optional[List[List[int]]] = MISSING
+    position_key: Optional[str] = MISSING
+    position_dims: Optional[List[int]] = MISSING
+    graph_kwargs: Optional[Dict[str, Any]] = MISSING
+    num_cells: Optional[List[int]] = MISSING
+    activation_class: Optional[Type[nn.Module]] = MISSING
+
+    def __post_init__(self):
+        check_dgat_options(prefix="model", **self.__dict__)
+
+    @staticmethod
+    def associated_class():
+        return Dgat
+
+    @classmethod
+    def get_from_yaml(cls, path: Optional[str] = None) -> "DgatConfig":
+        """Load ``conf/model/layers/dgat.yaml`` (or ``path``); BenchMARL's loader reads only its own folder."""
+        if path is None:
+            path = str(CONF_DIR / "model" / "layers" / "dgat.yaml")
+        return cls(**parse_model_config(_read_yaml_config(path)))
