@@ -554,3 +554,19 @@ def test_benchmarl_run_on_smax_3m(algorithm, tmp_path):
         rows = _scalars(tmp_path, name).read_text().strip().splitlines()
         values = [float(row.split(",")[-1]) for row in rows if row and row[0].isdigit()]
         assert values and all(0.0 <= v <= 1.0 for v in values), (name, rows)
+
+
+@needs_jaxmarl
+@pytest.mark.slow
+def test_dg_mappo_on_smax_with_visibility_graph(tmp_path):
+    """dg_mappo's D-GAT communicates over ally visibility (consensus/visibility.py) on SMAX."""
+    proc = run_cli(
+        ["run", "algorithm=dg_mappo", "task=smax/3m", "algorithm.topology=visibility",
+         *TINY],  # the observation layout (smax) is inferred from the task
+        cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _scalars(tmp_path, "dg_mappo_agents_average_degree").read_text().strip().splitlines()
+    degrees = [float(row.split(",")[-1]) for row in rows if row and row[0].isdigit()]
+    # 3 allies start within sight of each other: a visibility graph has links (degree > 0), at most n - 1
+    assert degrees and all(0.0 < d <= 2.0 for d in degrees), rows

@@ -215,6 +215,25 @@ class DgMappoLoss(ClipPPOLoss):
         return result
 
 
+def _with_visibility_layout(graph_kwargs: Optional[Dict[str, Any]], task: Any) -> Dict[str, Any]:
+    """``graph_kwargs`` with the observation layout of ally visibility filled in from the task.
+
+    ``topology=visibility`` reads sight ranges and ally positions out of the
+    observation (``consensus/visibility.py``), whose layout depends on the task:
+    ``smax`` for every SMAX map, ``smacv2/<task>`` for BenchMARL's SMACv2 tasks.
+    An explicit ``graph_kwargs.layout`` wins.
+    """
+    kwargs = dict(graph_kwargs or {})
+    if kwargs.get("layout"):
+        return kwargs
+    family = task.env_name() if hasattr(task, "env_name") else ""
+    if family == "smax":
+        kwargs["layout"] = "smax"
+    elif family == "smacv2":
+        kwargs["layout"] = f"smacv2/{task.name.lower()}"
+    return kwargs
+
+
 class DgMappo(Mappo):
     """DG-MAPPO (paper 000, sec. 3.2, Algorithm 1).
 
@@ -256,6 +275,10 @@ class DgMappo(Mappo):
         self.max_grad_norm = max_grad_norm
         self.normalize_advantage = normalize_advantage
         self.dgat_options = dgat_options
+        if dgat_options.get("topology") == "visibility":
+            self.dgat_options["graph_kwargs"] = _with_visibility_layout(
+                dgat_options.get("graph_kwargs"), self.experiment.task
+            )
 
         # Build (and so validate against the task) every group's D-GAT before any training.
         self.communication: Dict[str, Dgat] = {}

@@ -36,6 +36,7 @@ from torchrl.modules import MultiAgentMLP
 
 from benchmarl_decentral._registry import CONF_DIR
 from benchmarl_decentral.consensus.topology import build_topology, radius
+from benchmarl_decentral.consensus.visibility import visibility_graph_builder
 from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES
 
 __all__ = [
@@ -211,15 +212,17 @@ GraphBuilder = Callable[["Dgat", TensorDictBase, Optional[Tensor]], Tensor]
 #: collected batch, or its ``"next"``) and the model's input features
 #: ``(..., n, F)`` (``None`` when called on a batch), and returns
 #: ``A[..., i, j]`` = agent ``i`` receives from ``j``. SMAC-family ally
-#: visibility (``consensus/visibility.py``) plugs in as one more entry,
-#: ``"visibility": <its builder>``; until then ``topology=visibility`` is
-#: refused when the model is built.
+#: visibility is the entry ``"visibility"``
+#: (:func:`benchmarl_decentral.consensus.visibility.visibility_graph_builder`,
+#: options in ``graph_kwargs``, e.g. ``{layout: smax}``); a topology with no
+#: entry is refused when the model is built.
 GRAPH_BUILDERS: Dict[str, GraphBuilder] = {
     "radius": _radius_graph,
     "knn_ring": _static_graph,
     "ring": _static_graph,
     "full": _static_graph,
     "custom": _static_graph,
+    "visibility": visibility_graph_builder,
 }
 
 
