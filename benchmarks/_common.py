@@ -26,3 +26,35 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def experiment_config(args, save_folder: str, *, max_n_iters: int | None = None, **overrides):
+    """A fresh BenchMARL ExperimentConfig for a timing run (an algorithm may edit the one it gets).
+
+    The batch comes from ``args`` (``frames``, ``n_envs``, ``minibatch``,
+    ``minibatch_iters``); ``max_n_iters`` defaults to ``args.warmup + args.iters``.
+    No evaluation, logging, JSON, rendering or checkpoints, everything on CPU;
+    ``overrides`` set any other field (e.g. ``evaluation=True``).
+    """
+    from benchmarl.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.get_from_yaml()
+    cfg.max_n_frames = None
+    cfg.max_n_iters = args.warmup + args.iters if max_n_iters is None else max_n_iters
+    cfg.on_policy_collected_frames_per_batch = args.frames
+    cfg.on_policy_n_envs_per_worker = args.n_envs
+    cfg.on_policy_minibatch_size = args.minibatch
+    cfg.on_policy_n_minibatch_iters = args.minibatch_iters
+    cfg.evaluation = False
+    cfg.render = False
+    cfg.loggers = []
+    cfg.create_json = False
+    cfg.checkpoint_interval = 0
+    cfg.checkpoint_at_end = False
+    cfg.save_folder = save_folder
+    cfg.sampling_device = cfg.train_device = cfg.buffer_device = "cpu"
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise AttributeError(f"ExperimentConfig has no field '{key}'")
+        setattr(cfg, key, value)
+    return cfg

@@ -59,7 +59,7 @@ from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models import MlpConfig
 from benchmarl_decentral.algorithms import DgMappoConfig
-from _common import machine_info  # noqa: E402  (benchmarks/ is the script's folder)
+from _common import experiment_config as timing_config, machine_info  # noqa: E402  (benchmarks/ is the script's folder)
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TIMERS = ("collection_time", "training_time", "iteration_time")
@@ -70,22 +70,7 @@ BASES = NAMES[:2]
 # --------------------------------------------------------------------- configs
 def experiment_config(args: argparse.Namespace, save_folder: str) -> ExperimentConfig:
     """A fresh ExperimentConfig per experiment (an algorithm may edit the one it gets)."""
-    cfg = ExperimentConfig.get_from_yaml()
-    cfg.max_n_frames = None
-    cfg.max_n_iters = args.warmup + args.iters
-    cfg.on_policy_collected_frames_per_batch = args.frames
-    cfg.on_policy_n_envs_per_worker = args.n_envs
-    cfg.on_policy_minibatch_size = args.minibatch
-    cfg.on_policy_n_minibatch_iters = args.minibatch_iters
-    cfg.evaluation = False
-    cfg.render = False
-    cfg.loggers = []
-    cfg.create_json = False
-    cfg.checkpoint_interval = 0
-    cfg.checkpoint_at_end = False
-    cfg.save_folder = save_folder
-    cfg.sampling_device = cfg.train_device = cfg.buffer_device = "cpu"
-    return cfg
+    return timing_config(args, save_folder)
 
 
 def build(name: str, args: argparse.Namespace, save_folder: str) -> Experiment:

@@ -54,28 +54,15 @@ from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models import MlpConfig
 from benchmarl_decentral.algorithms import MatrpoConfig
-from _common import machine_info  # noqa: E402  (benchmarks/ is the script's folder)
+from _common import experiment_config as timing_config, machine_info  # noqa: E402  (benchmarks/ is the script's folder)
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 GROUP = "agents"
 
 
 def experiment_config(args, save_folder: str) -> ExperimentConfig:
-    cfg = ExperimentConfig.get_from_yaml()
-    cfg.max_n_frames = None
-    cfg.max_n_iters = 1
-    cfg.on_policy_collected_frames_per_batch = args.frames
-    cfg.on_policy_n_envs_per_worker = args.n_envs
-    cfg.on_policy_minibatch_size = args.minibatch
-    cfg.on_policy_n_minibatch_iters = args.minibatch_iters
-    cfg.evaluation = False
-    cfg.render = False
-    cfg.loggers = []
-    cfg.create_json = False
-    cfg.prefer_continuous_actions = False
-    cfg.save_folder = save_folder
-    cfg.sampling_device = cfg.train_device = cfg.buffer_device = "cpu"
-    return cfg
+    """One iteration's config: the benchmark collects and times the update phases itself."""
+    return timing_config(args, save_folder, max_n_iters=1, prefer_continuous_actions=False)
 
 
 def build(algorithm: str, n: int, args, save_folder: str, **algo_changes) -> Experiment:
