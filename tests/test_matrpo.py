@@ -19,6 +19,8 @@ from benchmarl_decentral.algorithms import MatrpoConfig
 from benchmarl_decentral.algorithms.matrpo import (
     CachedLinearisation,
     joint_distribution,
+    mask_joint_output,
+    MASKED_LOGIT,
     normalise_per_agent,
     own_component,
     stacked_network,
@@ -30,9 +32,12 @@ from benchmarl_decentral.objectives import (
     mean_kl,
     trpo_step,
 )
+from benchmarl_decentral.environments.smax import jaxmarl_available
 from conftest import make_experiment, run_cli, TINY
 
 GROUP = "agents"
+needs_jaxmarl = pytest.mark.skipif(not jaxmarl_available(),
+                                   reason="jax/jaxmarl not installed: pip install 'benchmarl-decentral[smax]'")
 SMALL = {"num_cells": None, "activation": None, "admm_iterations": 12}  # the test model ([16] Tanh), few iterations
 
 
@@ -103,9 +108,89 @@ def test_bad_topology_is_refused_before_training(tmp_path, algo, n_agents, match
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no half-written run folder
 
 
-def test_action_masked_task_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="action masks"):
-        make_experiment(tmp_path, algorithm="matrpo", task="coordsum/3x10-30", algorithm_overrides=SMALL)
+def test_mask_joint_output_masks_head_n_with_agent_n():
+    n, F = 3, 4
+    out = torch.randn(2, n, n * F)  # (samples, agent i, K * F)
+    mask = torch.ones(2, n, F, dtype=torch.bool)  # (samples, agent n, F)
+    mask[0, 1, 2:] = False  # agent 1 may not take actions 2, 3 at sample 0
+    masked = mask_joint_output(out, mask.unsqueeze(1)).unflatten(-1, (n, F))  # every agent i, head n
+    assert (masked[0, :, 1, 2:] == MASKED_LOGIT).all()  # head 1 of every agent
+    torch.testing.assert_close(masked[0, :, 1, :2], out[0].unflatten(-1, (n, F))[:, 1, :2])
+    torch.testing.assert_close(masked[1], out[1].unflatten(-1, (n, F)))
+    probs = joint_distribution(masked.flatten(-2), n_components=n, continuous=False).probs
+    assert (probs[0, :, 1, 2:] == 0).all() and torch.isfinite(probs).all()
+
+
+@pytest.mark.parametrize("mlp_path", [False, True])
+def test_masked_cached_operators_match_the_objectives_layer(mlp_path):
+    """With action masks: CachedLinearisation == Linearisation of the masked joint policy, all finite."""
+    torch.manual_seed(1)
+    n, M, d, F = 3, 30, 5, 4
+    net = MultiAgentMLP(n_agent_inputs=d, n_agent_outputs=n * F, n_agents=n, centralised=False,
+                        share_params=False, num_cells=[8], activation_class=torch.nn.Tanh)
+    params = {k: v.detach().double() for k, v in net.params.flatten_keys(".").items()}
+    network = stacked_network(net._empty_net)
+
+    def make_dist(out):
+        return joint_distribution(out, n_components=n, continuous=False)
+
+    mask = torch.rand(M, n, F) > 0.4
+    mask[..., 0] = True  # at least one legal action (SMAC's no-op / stop)
+    a = torch.multinomial(mask.float().reshape(-1, F), 1).reshape(M, n)  # legal joint actions
+    actions = a.unsqueeze(0).expand(n, M, n)
+    obs = torch.randn(n, M, d, dtype=torch.float64)
+
+    def masked_policy(p, o):
+        return make_dist(mask_joint_output(network(p, o), mask.expand(o.shape[0], M, n, F)))
+
+    ref = Linearisation(masked_policy, params, obs, actions, damping=0.1)
+    fast = CachedLinearisation(network, make_dist, params, obs, actions, damping=0.1,
+                               template=net._empty_net.double() if mlp_path else None, mask=mask)
+    torch.testing.assert_close(fast.logp_old, ref.logp_old)
+    assert torch.isfinite(fast.logp_old).all()
+    for agents in (None, torch.tensor([0, 2])):
+        k = n if agents is None else agents.numel()
+        x = torch.randn(k, ref.n_params, dtype=torch.float64)
+        u = torch.randn(k, M, n, dtype=torch.float64)
+        torch.testing.assert_close(fast.jvp(x, agents), ref.jvp(x, agents))
+        torch.testing.assert_close(fast.vjp(u, agents), ref.vjp(u, agents))
+        torch.testing.assert_close(fast.fvp(agents)(x), ref.fvp(agents)(x))
+    sub = CachedLinearisation(network, make_dist, params, obs, actions, damping=0.1, fisher_subsample=3, mask=mask)
+    x = torch.randn(n, ref.n_params, dtype=torch.float64)
+    mask3 = mask[::3]
+
+    def masked_policy3(p, o):
+        return make_dist(mask_joint_output(network(p, o), mask3.expand(o.shape[0], *mask3.shape)))
+
+    torch.testing.assert_close(sub.fvp()(x), make_fvp(masked_policy3, params, obs[:, ::3], damping=0.1)(x))
+    # the unmasked operators differ: the mask is not a no-op here
+    plain = CachedLinearisation(network, make_dist, params, obs, actions, damping=0.1)
+    assert not torch.allclose(plain.fvp()(x), fast.fvp()(x))
+
+
+@needs_jaxmarl
+def test_masked_update_on_smax_keeps_illegal_actions_at_zero(tmp_path):
+    """smax/3m (action masks, dead agents may only stop): a real update, KL bound, masked execution."""
+    exp = make_experiment(tmp_path, algorithm="matrpo", task="smax/3m", algorithm_overrides={**SMALL, "delta": 0.003})
+    alg = exp.algorithm
+    batch = _group_batch(exp)
+    mask = batch.get((GROUP, "action_mask"))
+    assert (~mask).any()  # the map has illegal actions (out-of-range attacks)
+    # collection executed the own head with the own mask: no illegal action was taken
+    assert mask.gather(-1, batch.get((GROUP, "action")).unsqueeze(-1)).all()
+    old = _snapshot(alg)
+    batch = alg.process_batch(GROUP, batch)
+    new = _snapshot(alg)
+    _, obs, actions, _ = alg.policy_inputs(GROUP, batch)
+    joint_mask = alg.joint_masks(GROUP, batch)
+    network, make_dist, _ = alg.joint_network(GROUP)
+    policy = CachedLinearisation(network, make_dist, old, obs, actions, damping=0.1, mask=joint_mask).policy
+    kl = mean_kl(policy, new, old, obs)
+    assert torch.isfinite(kl).all() and torch.all(kl <= 0.003 * (1 + 1e-4)) and torch.all(kl > 0), kl
+    torch.testing.assert_close(alg.last_stats[GROUP].kl, kl, rtol=1e-4, atol=1e-7)
+    probs = policy(new, obs).probs  # (n, M, K, F): every agent's joint heads
+    assert (probs[~joint_mask.expand_as(probs)] == 0).all()
+    exp.close()
 
 
 def test_networks_default_to_two_selu_layers_of_128(tmp_path):

@@ -335,12 +335,7 @@ def _csv_values(root: Path, name: str) -> list:
 @pytest.mark.parametrize("algorithm", OUR_ALGORITHMS)
 def test_algorithm_trains_on_smacv2_specs(algorithm, tmp_path):
     _require_algorithm(algorithm)
-    try:
-        experiment = _experiment(tmp_path, algorithm, "smacv2/protoss_5_vs_5")
-    except ValueError as err:
-        if "action masks" in str(err) and "does not support" in str(err):
-            pytest.xfail(f"{algorithm} refuses action masks: {err}")
-        raise
+    experiment = _experiment(tmp_path, algorithm, "smacv2/protoss_5_vs_5")
     # the specs BenchMARL hands to the algorithm are SMACv2's
     assert experiment.action_mask_spec is not None and experiment.state_spec is not None
     assert experiment.observation_spec["agents", "observation"].shape == (5, 92)

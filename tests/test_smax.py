@@ -545,9 +545,6 @@ def test_benchmarl_run_on_smax_3m(algorithm, tmp_path):
     if algorithm not in algorithm_config_registry:
         pytest.skip(f"algorithm '{algorithm}' is not registered yet")
     proc = run_cli(["run", f"algorithm={algorithm}", "task=smax/3m", *TINY], cwd=tmp_path, timeout=300)
-    if proc.returncode and "does not support yet" in proc.stderr and "action masks" in proc.stderr:
-        # SMAC-family tasks have action masks; an algorithm that refuses them says so clearly
-        pytest.xfail(f"{algorithm} refuses action masks: " + proc.stderr.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # win rates logged at collection and at evaluation (random policies rarely win: values in [0, 1])
     for name in ("collection_info_win_rate", "eval_info_win_rate", "eval_info_episode_limit_rate"):

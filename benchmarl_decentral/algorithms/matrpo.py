@@ -53,6 +53,12 @@ How it sits in BenchMARL (1.5.2) without a fork:
   paper's TRPO head, ``IndependentNormal``); the action is clipped to the
   action bounds only on its way into the environment, so the stored action
   is the sampled one.
+* **Action masks** (SMAC family): agent ``i`` executes its own head with
+  its own mask (``MaskedCategorical``). In the update, head ``n`` of every
+  agent's joint policy is masked with agent ``n``'s mask at that sample
+  (:func:`mask_joint_output`), so every agent's model of ``pi^n`` is the
+  masked policy agent ``n`` executes; illegal actions get probability 0 in
+  every log-ratio, Fisher and KL term.
 * **Gradient clipping.** BenchMARL clips the norm over all agents' critic
   parameters at once (a cross-agent statistic); ``critic_max_grad_norm``
   replaces it with a clip of each agent's own gradient norm.
@@ -88,7 +94,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, kl_divergence, Normal
 from torchrl.data import Composite, Unbounded
 from torchrl.envs import Transform, TransformedEnv
-from torchrl.modules import IndependentNormal, ProbabilisticActor
+from torchrl.modules import IndependentNormal, MaskedCategorical, ProbabilisticActor
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import distance_loss
 from torchrl.objectives.value import GAE
@@ -115,6 +121,7 @@ __all__ = [
     "MatrpoLoss",
     "MatrpoStats",
     "joint_distribution",
+    "mask_joint_output",
     "matrpo_update",
     "normalise_per_agent",
     "own_component",
@@ -167,6 +174,24 @@ def own_component(joint: Tensor, n_agents: int) -> Tensor:
     """
     blocks = joint.unflatten(-1, (n_agents, -1))  # (..., i, n, F)
     return torch.diagonal(blocks, dim1=-3, dim2=-2).movedim(-1, -2)
+
+
+#: Logit given to illegal actions: finite, so that ``exp`` underflows to exactly 0 in float32/64
+#: and every KL, gradient and Hessian term of an illegal action is 0 (never ``inf * 0``).
+MASKED_LOGIT = -1e9
+
+
+def mask_joint_output(out: Tensor, mask: Tensor) -> Tensor:
+    """Action masks on a joint output: head ``n`` of every agent gets agent ``n``'s mask.
+
+    ``out`` is ``(..., K * F)`` categorical logits (``K`` heads of ``F``) and
+    ``mask`` a bool tensor broadcastable to ``(..., K, F)``: agent ``n``'s legal
+    actions at that sample. Illegal logits become :data:`MASKED_LOGIT`, so the
+    joint policy ``prod_n pi^i(a^n | o^i)`` puts no mass on illegal actions of
+    any agent, like the executed (masked) policy of agent ``n``.
+    """
+    blocks = out.unflatten(-1, (mask.shape[-2], mask.shape[-1]))
+    return blocks.masked_fill(~mask, MASKED_LOGIT).flatten(-2)
 
 
 def normalise_per_agent(advantages: Tensor, eps: float = 1e-8) -> Tensor:
@@ -352,6 +377,13 @@ class CachedLinearisation(Linearisation):
         actions: joint actions ``(n, M, K, ...)``.
         damping: Fisher damping (> 0).
         fisher_subsample: Fisher on every k-th sample (>= 1). (default: 1)
+        mask: action masks, bool, broadcastable to ``(n, M, K, F)`` (head ``n``
+            of every agent masked with agent ``n``'s legal actions, see
+            :func:`mask_joint_output`), or ``None``. The network's Jacobian
+            products stay those of the unmasked output: ``G`` and ``H_f`` are
+            taken at the masked output, where they are exactly 0 on illegal
+            actions, so the chain rule through the mask changes nothing.
+            (default: None)
     """
 
     def __init__(
@@ -365,8 +397,11 @@ class CachedLinearisation(Linearisation):
         damping: float,
         fisher_subsample: int = 1,
         template: Optional[nn.Module] = None,
+        mask: Optional[Tensor] = None,
     ) -> None:
-        super().__init__(lambda p, o: make_dist(network(p, o)), params_old, obs, actions, damping=damping)
+        policy = _MaskedJointPolicy(network, make_dist, mask) if mask is not None else (
+            lambda p, o: make_dist(network(p, o)))
+        super().__init__(policy, params_old, obs, actions, damping=damping)
         self._mlp = None if template is None else _mlp_layers(template)
         if fisher_subsample < 1:
             raise ValueError(f"fisher_subsample must be >= 1, got {fisher_subsample}")
@@ -381,6 +416,8 @@ class CachedLinearisation(Linearisation):
                 f"network output {tuple(out_old.shape)} must be (n, M, K * F) with K={K} heads"
             )
         self.head_size = out_old.shape[-1] // K
+        if mask is not None:
+            out_old = mask_joint_output(out_old, mask.expand(n, M, K, self.head_size))
         with torch.enable_grad():
             f = out_old.clone().requires_grad_(True)
             (G,) = torch.autograd.grad(make_dist(f).log_prob(self.actions).sum(), f)
@@ -463,6 +500,23 @@ class CachedLinearisation(Linearisation):
     def release(self) -> None:
         """Free the cached graphs."""
         self._ops.clear()
+
+
+class _MaskedJointPolicy:
+    """``policy(params, obs)`` of :mod:`~benchmarl_decentral.objectives` with action masks (all ``M`` samples)."""
+
+    def __init__(self, network, make_dist, mask: Tensor) -> None:
+        self.network, self.make_dist, self.mask = network, make_dist, mask
+
+    def __call__(self, params: Mapping[str, Tensor], obs: Tensor) -> Distribution:
+        out = self.network(params, obs)
+        K, F = self.mask.shape[-2:]
+        if out.shape[-2] != self.mask.shape[-3] and self.mask.shape[-3] != 1:
+            raise ValueError(
+                f"masked joint policy: output {tuple(out.shape)} has another sample count than the "
+                f"masks {tuple(self.mask.shape)}; call it on the samples the masks were given for"
+            )
+        return self.make_dist(mask_joint_output(out, self.mask.expand(*out.shape[:-1], K, F)))
 
 
 @dataclass
@@ -739,13 +793,6 @@ class Matrpo(Algorithm):
 
         # ---- everything that depends on the task, checked before training
         task = self.experiment.task.name.lower()
-        if self.action_mask_spec is not None:
-            raise config_error(
-                self.experiment,
-                f"matrpo: task {task} has action masks, which matrpo does not support yet "
-                "(each agent's joint model would need the other agents' masks). Use a task "
-                "without action masks (e.g. vmas/*, pettingzoo/simple_spread).",
-            )
         self.links: Dict[str, Tensor] = {}
         for group, agents in self.group_map.items():
             n = len(agents)
@@ -855,6 +902,17 @@ class Matrpo(Algorithm):
                 in_keys=[(group, "loc"), (group, "scale")],
                 out_keys=[(group, "action")],
                 distribution_class=IndependentNormal,
+                return_log_prob=True,
+                log_prob_key=(group, "log_prob"),
+            )
+        if self.action_mask_spec is not None:
+            # executes its own head masked with its own legal actions (decentralised)
+            return ProbabilisticActor(
+                module=TensorDictSequential(joint_model, own),
+                spec=self.action_spec[group, "action"],
+                in_keys={"logits": (group, "logits"), "mask": (group, "action_mask")},
+                out_keys=[(group, "action")],
+                distribution_class=MaskedCategorical,
                 return_log_prob=True,
                 log_prob_key=(group, "log_prob"),
             )
@@ -993,6 +1051,19 @@ class Matrpo(Algorithm):
         advantages = td.get((group, "matrpo_advantage")).reshape(M, n).T
         return self.policy_parameters(group), obs, actions, advantages
 
+    def joint_masks(self, group: str, batch: TensorDictBase) -> Optional[Tensor]:
+        """The batch's action masks as the joint heads need them, ``(M, K, F)`` bool, or ``None``.
+
+        Head ``n`` of every agent's joint policy is masked with agent ``n``'s
+        legal actions at that sample (:func:`mask_joint_output`): the masks are
+        data of the batch, like the joint action every agent scores. At
+        execution agent ``i`` uses its own mask only.
+        """
+        if self.action_mask_spec is None or (group, "action_mask") not in batch.keys(True, True):
+            return None
+        td = batch.reshape(-1)
+        return td.get((group, "action_mask")).to(torch.bool)  # (M, n, F): row n is agent n's mask
+
     def policy_parameters(self, group: str) -> Dict[str, Tensor]:
         """The live stacked policy parameters of ``group``, ``{name: (n, ...)}``."""
         params = self._joint_models[group].mlp.params
@@ -1017,6 +1088,7 @@ class Matrpo(Algorithm):
         return CachedLinearisation(
             network, make_dist, {k: v.detach() for k, v in params.items()}, obs, actions,
             damping=self.cg_damping, fisher_subsample=self.fisher_subsample, template=template,
+            mask=self.joint_masks(group, batch),
         )
 
     def policy_update(self, group: str, batch: TensorDictBase) -> MatrpoStats:
