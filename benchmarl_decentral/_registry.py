@@ -4,7 +4,9 @@ BenchMARL looks algorithms, models and tasks up in three module-level dicts
 (``algorithm_config_registry``, ``model_config_registry``,
 ``task_config_registry``) and hydra validates each YAML against a ConfigStore
 schema named in its ``defaults`` list (``defaults: [decpg_config, _self_]``).
-:func:`register` fills all of them; calling it again changes nothing.
+:func:`register` fills all of them, and installs the experiment hook of
+:mod:`benchmarl_decentral.experiment_hooks` (callbacks the tasks need);
+calling it again changes nothing.
 """
 
 from __future__ import annotations
@@ -98,4 +100,7 @@ def register() -> None:
             cs.store(name=f"{name}_config", group="algorithm", node=config)
         for name, schema in task_schemas().items():
             cs.store(name=f"{name}_config", group="task", node=schema)
+    from benchmarl_decentral.experiment_hooks import install
+
+    install()  # callbacks the tasks need (SMAC-family evaluation win rate), any entry point
     _REGISTERED = True

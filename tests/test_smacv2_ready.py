@@ -320,8 +320,7 @@ def _experiment(tmp_path, algorithm, task, model=None, **overrides):
         model_config=model or mlp,
         critic_model_config=mlp,
         seed=0,
-        config=config,
-        callbacks=[SmacWinRateCallback()],
+        config=config,  # no callbacks: the experiment hook adds the win-rate callback (SMACv2 info)
     )
 
 
@@ -338,6 +337,7 @@ def test_algorithm_trains_on_smacv2_specs(algorithm, tmp_path):
     experiment = _experiment(tmp_path, algorithm, "smacv2/protoss_5_vs_5")
     # the specs BenchMARL hands to the algorithm are SMACv2's
     assert experiment.action_mask_spec is not None and experiment.state_spec is not None
+    assert sum(isinstance(cb, SmacWinRateCallback) for cb in experiment.callbacks) == 1
     assert experiment.observation_spec["agents", "observation"].shape == (5, 92)
     assert experiment.action_spec["agents", "action"].space.n == 11
     experiment.run()  # the stand-in raises on any action outside the mask

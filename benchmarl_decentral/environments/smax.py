@@ -51,8 +51,9 @@ removed / n_enemies per step, +1 on a win), ``"done"`` / ``"terminated"`` /
 batch (the keys of BenchMARL's SMACv2 task), and :class:`SmacWinRateCallback`
 logs ``eval/info/win_rate`` and ``eval/info/episode_limit_rate`` after every
 evaluation (it works on SMACv2 rollouts too). BenchMARL gives tasks no hook
-into evaluation, so :meth:`SmaxClass.get_env_fun` attaches the callback to the
-BenchMARL ``Experiment`` that calls it (hydra runs pass no callbacks).
+into evaluation; :mod:`benchmarl_decentral.experiment_hooks` attaches the
+callback to every ``Experiment`` whose task has ``battle_won`` in its info
+(SMAX and SMACv2), whatever the entry point and algorithm.
 
 **GPU memory.** Importing this module sets ``XLA_PYTHON_CLIENT_PREALLOCATE=false``
 (unless already set), so a CUDA jax does not reserve 75% of the GPU that torch
@@ -680,29 +681,6 @@ class SmacWinRateCallback(Callback):
         )
 
 
-def _attach_win_rate_callback(frame_depth: int = 2) -> None:
-    """Add a :class:`SmacWinRateCallback` to the BenchMARL Experiment calling us, once.
-
-    ``Experiment._setup_task`` calls ``task.get_env_fun``; a task has no other
-    way to reach the experiment, and hydra runs pass no callbacks. Anything
-    else calling ``get_env_fun`` is left alone.
-    """
-    from benchmarl.experiment import Experiment
-
-    try:
-        caller = sys._getframe(frame_depth).f_locals.get("self")
-    except ValueError:  # call stack shallower than expected
-        return
-    if not isinstance(caller, Experiment):
-        return
-    if any(isinstance(cb, SmacWinRateCallback) for cb in caller.callbacks):
-        return
-    callback = SmacWinRateCallback()
-    callback.experiment = caller
-    # hydra runs pass callbacks=() (a tuple): rebind rather than append
-    caller.callbacks = [*caller.callbacks, callback]
-
-
 @dataclass
 class SmaxTaskConfig:
     """Hydra schema of a SMAX task YAML (same fields for every map)."""
@@ -751,7 +729,6 @@ class SmaxClass(TaskClass):
                 "actions (e.g. mappo, ippo, qmix, decpg, dg_mappo)."
             )
         config = _check_task_config(copy.deepcopy(self.config))
-        _attach_win_rate_callback()
         return lambda: SmaxEnv(num_envs=num_envs, seed=seed, device=device, **config)
 
     def supports_continuous_actions(self) -> bool:

@@ -1,0 +1,86 @@
+"""Callbacks that a task needs, attached to every BenchMARL ``Experiment``.
+
+BenchMARL's evaluation logs rewards only, and a task has no way to add a
+metric to it: a task never sees the ``Experiment``, and the hydra apps
+(``python -m benchmarl.run``, ``benchmarl run``, multiruns, ``benchmarl
+benchmark``) build every ``Experiment`` with no callbacks. So that the SMAC
+family logs its evaluation win rate whatever the entry point and algorithm,
+:func:`install` (called once by :func:`benchmarl_decentral.register`) wraps
+``Experiment._setup_task``: right after BenchMARL has built the task's envs
+and specs, :func:`task_callbacks` says which callbacks the task needs and
+those not already given by the user are appended.
+
+Today one rule: a task whose info spec carries ``battle_won`` (our
+``smax/*`` and BenchMARL's own ``smacv2/*``) gets
+:class:`~benchmarl_decentral.environments.smax.SmacWinRateCallback`
+(``eval/info/win_rate``, ``eval/info/episode_limit_rate``).
+
+The wrapper only appends to ``experiment.callbacks``; it changes nothing
+else, and :func:`uninstall` restores BenchMARL's method.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import List
+
+from benchmarl.experiment.callback import Callback
+
+__all__ = ["install", "installed", "task_callbacks", "uninstall"]
+
+_MARK = "_benchmarl_decentral_hook"
+
+
+def task_callbacks(experiment) -> List[Callback]:
+    """The callbacks ``experiment``'s task needs (its envs and specs are built)."""
+    from benchmarl_decentral.environments.smax import SmacWinRateCallback
+
+    callbacks: List[Callback] = []
+    info = getattr(experiment, "info_spec", None)
+    if info is not None and ("info", "battle_won") in info.keys(True, True):
+        callbacks.append(SmacWinRateCallback())
+    return callbacks
+
+
+def _attach(experiment) -> None:
+    present = {type(cb) for cb in experiment.callbacks}
+    new = [cb for cb in task_callbacks(experiment) if type(cb) not in present]
+    for cb in new:
+        cb.experiment = experiment
+    if new:
+        # hydra runs pass callbacks=() (a tuple): rebind rather than append
+        experiment.callbacks = [*experiment.callbacks, *new]
+
+
+def installed() -> bool:
+    """Whether ``Experiment._setup_task`` is wrapped."""
+    from benchmarl.experiment import Experiment
+
+    return getattr(Experiment._setup_task, _MARK, False)
+
+
+def install() -> None:
+    """Wrap ``Experiment._setup_task`` so that :func:`task_callbacks` are attached (idempotent)."""
+    from benchmarl.experiment import Experiment
+
+    if installed():
+        return
+    original = Experiment._setup_task
+
+    @functools.wraps(original)
+    def _setup_task(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        _attach(self)
+        return result
+
+    setattr(_setup_task, _MARK, True)
+    _setup_task.__wrapped_original__ = original
+    Experiment._setup_task = _setup_task
+
+
+def uninstall() -> None:
+    """Restore BenchMARL's ``Experiment._setup_task``."""
+    from benchmarl.experiment import Experiment
+
+    if installed():
+        Experiment._setup_task = Experiment._setup_task.__wrapped_original__
