@@ -40,9 +40,10 @@ removed / n_enemies per step, +1 on a win), ``"done"`` / ``"terminated"`` /
   state under ``"next"``; the new episode starts only when TorchRL calls
   ``reset`` for that env (``step_and_maybe_reset`` / collectors do), so the
   final observation is never replaced by the reset one. To make that reset
-  free, every step also draws a fresh start state for every env inside the
-  same compiled call (as JaxMARL's own auto-reset does) and ``reset`` of the
-  envs that just finished only swaps it in.
+  free, every step also draws a fresh start state for every env with a second
+  compiled function, dispatched one step ahead (JAX computes it asynchronously
+  while TorchRL and the policy run; JaxMARL's own auto-reset computes it inside
+  every step), and ``reset`` of the envs that just finished only swaps it in.
 * A dead agent's mask allows only ``stop`` (action 4), SMAX's rule; actions
   outside the mask raise a ValueError, as SMACv2 does.
 
@@ -295,9 +296,9 @@ def _compiled(
         return states, pack(jax.vmap(views)(states))
 
     def reset_all(key):
-        key, sub = jax.random.split(key)
+        key, sub, k_fresh = jax.random.split(key, 3)
         states, packed = fresh(sub)
-        return key, states, packed
+        return key, states, packed, k_fresh
 
     def reset_masked(key, state, pending_state, pending, mask):
         key, sub = jax.random.split(key)
@@ -307,18 +308,18 @@ def _compiled(
         return key, state, pack(jax.vmap(views)(state))
 
     def step(key, state, pending_state, pending, action):
-        # Envs reset since the last step start from the fresh states drawn then.
+        # Envs reset since the last step start from the fresh states they were given.
         state = where(pending, pending_state, state)
         key, k_step, k_fresh = jax.random.split(key, 3)
         state, v, reward, flags = jax.vmap(step_one)(jax.random.split(k_step, n_envs), state, action)
-        fresh_states, fresh_packed = fresh(k_fresh)
-        return key, state, pack(v, reward, flags), fresh_states, fresh_packed
+        return key, state, pack(v, reward, flags), k_fresh
 
     return SimpleNamespace(
         game=game,
         reset_all=jax.jit(reset_all),
         reset_masked=jax.jit(reset_masked),
         step=jax.jit(step),
+        fresh=jax.jit(fresh),
         views=jax.jit(lambda state: pack(jax.vmap(views)(state))),
         select=jax.jit(where),
     )
@@ -377,8 +378,9 @@ class SmaxEnv(EnvBase):
 
         self._state = None  # batched game state (jax pytree), None until the first reset
         self._views = None  # torch (obs, mask, state) of the current step
-        self._fresh = None  # (jax start states, packed views) drawn by the last step
+        self._fresh = None  # (jax start states, packed views) for the envs reset since the last step
         self._fresh_views = None  # their torch views, converted on first use
+        self._fresh_next = None  # the next draw, dispatched one step ahead (computes asynchronously)
         self._fresh_used = torch.zeros(num_envs, dtype=torch.bool)
         self._pending = torch.zeros(num_envs, dtype=torch.bool)  # envs to swap to fresh at next step
         self._set_seed(seed)
@@ -465,6 +467,7 @@ class SmaxEnv(EnvBase):
             self._apply_pending()
         self._fresh = None
         self._fresh_views = None
+        self._fresh_next = None
 
     def _output(self, obs, mask, state, info: Dict[str, torch.Tensor], flags=None, reward=None) -> TensorDict:
         n_envs = self.num_envs
@@ -507,11 +510,12 @@ class SmaxEnv(EnvBase):
             mask = mask.reshape(self.num_envs).to(device="cpu", dtype=torch.bool)
         if mask is None or self._state is None:
             # Full reset: every env starts a new episode from the current key.
-            self._key, self._state, packed = self._fns.reset_all(self._key)
+            self._key, self._state, packed, k_fresh = self._fns.reset_all(self._key)
             self._views = self._unpack(packed)
             self._pending.zero_()
             self._fresh = None
             self._fresh_views = None
+            self._fresh_next = self._fns.fresh(k_fresh)  # asynchronous: ready by the first partial reset
         elif self._fresh is not None and not (mask & self._fresh_used).any():
             # The envs that just finished take the start states drawn by the last step.
             if self._fresh_views is None:
@@ -551,11 +555,15 @@ class SmaxEnv(EnvBase):
                 "with the ('agents', 'action_mask') applied (dead agents may only stop, action 4)."
             )
         pending_state = self._fresh[0] if self._fresh is not None else self._state
-        (self._key, self._state, packed, fresh_states, fresh_packed) = self._fns.step(
+        self._key, self._state, packed, k_fresh = self._fns.step(
             self._key, self._state, pending_state, self._to_jax(self._pending), self._to_jax(action.to(torch.int32))
         )
         self._pending.zero_()
-        self._fresh = (fresh_states, fresh_packed)
+        # Start states for the envs that finish at this step: the draw dispatched one
+        # step ago, which JAX computed asynchronously while TorchRL and the policy ran;
+        # the next draw is dispatched now (JAX runs it after this step, off its path).
+        self._fresh = self._fresh_next
+        self._fresh_next = self._fns.fresh(k_fresh)
         self._fresh_views = None
         self._fresh_used.zero_()
         obs, action_mask, state, reward, flags = self._unpack(packed, with_step=True)
