@@ -130,7 +130,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "DG-MAPPO (paper 000) on SMAX 2s3z (2 stalkers + 3 zealots, heterogeneous units, heuristic enemy): "
          "win rate and return against MAPPO",
          ("dg_mappo", "mappo"), "smax/2s3z", (),
-         frames=180_000, evaluation_interval=30_000, est_minutes=20, requires_modules=("jax", "jaxmarl")),
+         frames=180_000, evaluation_interval=30_000, est_minutes=30, requires_modules=("jax", "jaxmarl")),
 )}
 
 
