@@ -349,6 +349,27 @@ def test_deterministic_with_a_seed(env8):
 
 
 @needs_jaxmarl
+def test_every_reset_gets_a_start_state_of_its_own(env8):
+    """Start states come from draws dispatched one step ahead: no env ever restarts from a state used before,
+    and a reset env continues from exactly the observation its reset returned."""
+    gen = torch.Generator().manual_seed(2)
+    td = env8.reset()
+    starts = [td["agents", "observation"].clone()]  # (8, n, d) each
+    for _ in range(150):
+        td["agents", "action"] = _masked_random(td["agents", "action_mask"], gen)
+        out, td = env8.step_and_maybe_reset(td)
+        done = out["next", "done"].squeeze(-1)
+        if done.any():
+            starts.append(td["agents", "observation"][done].clone())
+            steps = env8.unit_state()["step"]
+            assert (steps[done] == 0).all()  # the reset envs are at their start state
+            torch.testing.assert_close(env8._views[0][done], td["agents", "observation"][done])
+    start_obs = torch.cat(starts).flatten(1)
+    assert len(start_obs) > 16  # many resets in the window
+    assert len(torch.unique(start_obs, dim=0)) == len(start_obs)  # all different
+
+
+@needs_jaxmarl
 def test_reseeding_right_after_a_partial_reset_keeps_the_new_episodes(env8):
     gen = torch.Generator().manual_seed(5)
     td = env8.reset()
