@@ -148,13 +148,7 @@ def test_masked_cached_operators_match_the_objectives_layer(mlp_path):
                                template=net._empty_net.double() if mlp_path else None, mask=mask)
     torch.testing.assert_close(fast.logp_old, ref.logp_old)
     assert torch.isfinite(fast.logp_old).all()
-    for agents in (None, torch.tensor([0, 2])):
-        k = n if agents is None else agents.numel()
-        x = torch.randn(k, ref.n_params, dtype=torch.float64)
-        u = torch.randn(k, M, n, dtype=torch.float64)
-        torch.testing.assert_close(fast.jvp(x, agents), ref.jvp(x, agents))
-        torch.testing.assert_close(fast.vjp(u, agents), ref.vjp(u, agents))
-        torch.testing.assert_close(fast.fvp(agents)(x), ref.fvp(agents)(x))
+    _assert_same_operators(fast, ref, (None, torch.tensor([0, 2])))
     sub = CachedLinearisation(network, make_dist, params, obs, actions, damping=0.1, fisher_subsample=3, mask=mask)
     x = torch.randn(n, ref.n_params, dtype=torch.float64)
     mask3 = mask[::3]
@@ -235,6 +229,18 @@ def test_critic_learning_rate_and_per_agent_gradient_clip(tmp_path):
 # ------------------------------------------------------- operators vs objectives layer
 
 
+def _assert_same_operators(fast, ref, subsets):
+    """jvp / vjp / FVP of ``fast`` equal those of ``ref`` for every agent subset (random probes)."""
+    n, M, K = ref.n_agents, ref.n_samples, ref.n_components
+    for agents in subsets:
+        k = n if agents is None else agents.numel()
+        x = torch.randn(k, ref.n_params, dtype=torch.float64)
+        u = torch.randn(k, M, K, dtype=torch.float64)
+        torch.testing.assert_close(fast.jvp(x, agents), ref.jvp(x, agents))
+        torch.testing.assert_close(fast.vjp(u, agents), ref.vjp(u, agents))
+        torch.testing.assert_close(fast.fvp(agents)(x), ref.fvp(agents)(x))
+
+
 @pytest.mark.parametrize("continuous", [False, True])
 @pytest.mark.parametrize("mlp_path", [False, True])
 def test_cached_operators_match_the_objectives_layer(continuous, mlp_path):
@@ -257,13 +263,7 @@ def test_cached_operators_match_the_objectives_layer(continuous, mlp_path):
     ref = Linearisation(lambda p, o: make_dist(network(p, o)), params, obs, actions, damping=0.1)
     fast = CachedLinearisation(network, make_dist, params, obs, actions, damping=0.1, template=template)
     assert (fast._mlp is not None) == mlp_path
-    for agents in (None, torch.tensor([0, 2]), torch.tensor([1])):
-        k = n if agents is None else agents.numel()
-        x = torch.randn(k, ref.n_params, dtype=torch.float64)
-        u = torch.randn(k, M, n, dtype=torch.float64)
-        torch.testing.assert_close(fast.jvp(x, agents), ref.jvp(x, agents))
-        torch.testing.assert_close(fast.vjp(u, agents), ref.vjp(u, agents))
-        torch.testing.assert_close(fast.fvp(agents)(x), ref.fvp(agents)(x))
+    _assert_same_operators(fast, ref, (None, torch.tensor([0, 2]), torch.tensor([1])))
     # Fisher subsample: the FVP of the every-3rd-sample KL, J still on all samples
     sub = CachedLinearisation(network, make_dist, params, obs, actions, damping=0.1, fisher_subsample=3,
                               template=template)
