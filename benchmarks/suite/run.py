@@ -310,6 +310,14 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
                              f"{_fmt(row.get('mean'))} ± {_fmt(row.get('std'))} | {ci} | "
                              f"{_fmt(row.get('normalised_mean'))} |")
             lines.append("")
+        win = [r for r in _read_csv(part_docs / "decentralised_metrics.csv")
+               if r.get("metric") in ("eval_info_win_rate", "collection_info_win_rate")]
+        if win:
+            lines.append("Win rate at the last logged iteration (mean ± std over seeds): " + "; ".join(
+                f"{r['algorithm']} {'evaluation' if r['metric'].startswith('eval') else 'collection'} "
+                f"{_fmt(r.get('mean'))} ± {_fmt(r.get('std'))}"
+                for r in sorted(win, key=lambda r: (r["metric"] != "eval_info_win_rate", r["algorithm"]))) + ".")
+            lines.append("")
         stats = run_stats(out_root / part.name)
         if stats["seconds"]:
             lines.append("Wall time per run (min, mean over seeds): " + ", ".join(

@@ -1,0 +1,48 @@
+"""benchmarks/suite/run.py: the results suite runs end to end (tiny --smoke budgets) and writes its reports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SUITE = REPO / "benchmarks" / "suite" / "run.py"
+
+
+def _run(args, cwd, timeout=900):
+    return subprocess.run([sys.executable, str(SUITE), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_list_names_every_part_and_its_budget(tmp_path):
+    proc = _run(["--list"], tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for part, task in (("decpg", "pettingzoo/simple_spread"), ("magpo_5x20", "coordsum/5x20-80"),
+                       ("smax_2s3z", "smax/2s3z")):
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(part + " "))
+        assert task in line and "frames/run" in line
+
+
+def test_unknown_part_is_refused(tmp_path):
+    proc = _run(["--part", "nope"], tmp_path, timeout=300)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.slow
+def test_smoke_part_runs_and_writes_the_index(tmp_path):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    proc = _run(["--smoke", "--part", "magpo", "--jobs", "1", "--out", str(out), "--docs", str(docs),
+                 "--reps", "50"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    index = (docs / "report.md").read_text()
+    assert "SMOKE RUN" in index and "## magpo: coordsum/3x10-30" in index
+    assert (docs / "magpo" / "report.md").is_file() and (docs / "magpo" / "task_scores.csv").is_file()
+    scores = (docs / "magpo" / "task_scores.csv").read_text()
+    for algorithm in ("magpo", "mappo", "ippo"):
+        assert f",{algorithm}," in scores or f"{algorithm}," in scores
+    # the runs are in benchmarl benchmark's layout, all finished
+    statuses = list(out.rglob("status.yaml"))
+    assert len(statuses) == 3 and all("state: finished" in s.read_text() for s in statuses)
