@@ -13,10 +13,10 @@ from benchmarl_decentral.nn.mat import ActionDist, fixed_rank, MultiAgentTransfo
 N, OBS, ACTIONS = 4, 7, 5
 
 
-def _discrete(**kw):
+def _discrete(n_heads=2, **kw):
     torch.manual_seed(0)
     return MultiAgentTransformer(n_agents=N, input_dim=OBS, action_dim=ACTIONS, discrete=True, embed_dim=16,
-                                 n_heads=2, n_blocks=2, **kw)
+                                 n_heads=n_heads, n_blocks=2, **kw)
 
 
 def _continuous():
@@ -32,12 +32,43 @@ def _mask(batch, generator):
     return mask
 
 
+@pytest.mark.parametrize("n_heads", [1, 2])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_matches_torch_multihead_attention(n_heads, causal):
+    """_Attention (fused projections; a no-copy path for one head) == nn.MultiheadAttention, same weights."""
+    from benchmarl_decentral.nn.mat import _Attention
+
+    torch.manual_seed(3)
+    d, L = 16, 5
+    ours, cross = _Attention(d, n_heads), _Attention(d, n_heads, cross=True)
+    ref = torch.nn.MultiheadAttention(d, n_heads, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.qkv.weight)
+        ref.in_proj_bias.copy_(ours.qkv.bias)
+        ref.out_proj.weight.copy_(ours.out.weight)
+        ref.out_proj.bias.copy_(ours.out.bias)
+    x = torch.randn(3, 2, L, d)  # extra batch dims
+    mask = torch.ones(L, L, dtype=torch.bool).triu(1) if causal else None
+    expected = ref(*(x.reshape(6, L, d),) * 3, attn_mask=mask, need_weights=False)[0].reshape(3, 2, L, d)
+    torch.testing.assert_close(ours(x, causal=causal), expected, rtol=1e-5, atol=1e-5)
+    # cross-attention: queries from x, keys and values from a context of another length
+    context = torch.randn(3, 2, L + 2, d)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([cross.q.weight, cross.kv.weight]))
+        ref.in_proj_bias.copy_(torch.cat([cross.q.bias, cross.kv.bias]))
+        ref.out_proj.weight.copy_(cross.out.weight)
+        ref.out_proj.bias.copy_(cross.out.bias)
+    expected = ref(x.reshape(6, L, d), *(context.reshape(6, L + 2, d),) * 2, need_weights=False)[0]
+    torch.testing.assert_close(cross(x, context), expected.reshape(3, 2, L, d), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [(), (2,), (3, 2)])
 @pytest.mark.parametrize("order", ["random", "fixed"])
-def test_teacher_forced_log_prob_equals_sampled_log_probs_discrete(batch, order):
+@pytest.mark.parametrize("n_heads", [1, 2])
+def test_teacher_forced_log_prob_equals_sampled_log_probs_discrete(batch, order, n_heads):
     """Autoregressive consistency: one teacher-forced pass == the per-step log-probs of sampling."""
     g = torch.Generator().manual_seed(1)
-    model = _discrete()
+    model = _discrete(n_heads)
     x = torch.randn(*batch, N, OBS, generator=g)
     rank = random_rank(batch, N, generator=g) if order == "random" else fixed_rank(batch, N)
     mask = _mask(batch, g)

@@ -203,9 +203,13 @@ class _Attention(nn.Module):
         self.out = nn.Linear(embed_dim, embed_dim)
 
     def _split(self, t: Tensor) -> Tensor:  # (*B, L, d) -> (*B, heads, L, d / heads)
+        if self.n_heads == 1:  # a view: no transpose, so no copy before and after the attention
+            return t.unsqueeze(-3)
         return t.unflatten(-1, (self.n_heads, -1)).transpose(-3, -2)
 
     def _merge(self, y: Tensor) -> Tensor:  # (*B, heads, L, d / heads) -> (*B, L, d)
+        if self.n_heads == 1:
+            return self.out(y.squeeze(-3))
         return self.out(y.transpose(-3, -2).flatten(-2))
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, *, causal: bool = False) -> Tensor:
