@@ -416,13 +416,20 @@ class MultiAgentTransformer(nn.Module):
         """
         batch, (x, action, rank, mask) = self._flatten(x, action, rank, mask)
         e, value = self.encode(x)
-        order = rank.argsort(-1)  # order[:, j] = agent decided at position j
-        e_ord = _gather_agents(e, order)
-        a_ord = _gather_agents(action, order)
+        if rank.shape[0] and torch.equal(rank, rank[:1].expand_as(rank)):
+            # one order for the whole batch (agent_order=shuffle/fixed): permute with index_select,
+            # much cheaper than a per-sample gather (and its scatter-add backward)
+            order, back = rank[0].argsort(), rank[0]
+            permute = lambda t, index: t.index_select(1, index)  # noqa: E731
+        else:
+            order, back = rank.argsort(-1), rank  # order[:, j] = agent decided at position j
+            permute = _gather_agents
+        e_ord = permute(e, order)
+        a_ord = permute(action, order)
         previous = self._embed_action(a_ord[:, :-1])
         start = self.start.expand(e.shape[0], 1, -1)
         tokens = torch.cat([start, previous], dim=1) + e_ord
-        out = _gather_agents(self._decode(tokens, e), rank)  # back to agent index order
+        out = permute(self._decode(tokens, e), back)  # back to agent index order
         if mask is not None:
             mask = mask.reshape(*batch, *mask.shape[1:])
         dist = self._dist(out.reshape(*batch, *out.shape[1:]), mask)
