@@ -417,7 +417,7 @@ class CachedLinearisation(Linearisation):
             )
         self.head_size = out_old.shape[-1] // K
         if mask is not None:
-            out_old = mask_joint_output(out_old, mask.expand(n, M, K, self.head_size))
+            out_old = policy.masked(out_old)
         with torch.enable_grad():
             f = out_old.clone().requires_grad_(True)
             (G,) = torch.autograd.grad(make_dist(f).log_prob(self.actions).sum(), f)
@@ -508,15 +508,18 @@ class _MaskedJointPolicy:
     def __init__(self, network, make_dist, mask: Tensor) -> None:
         self.network, self.make_dist, self.mask = network, make_dist, mask
 
-    def __call__(self, params: Mapping[str, Tensor], obs: Tensor) -> Distribution:
-        out = self.network(params, obs)
+    def masked(self, out: Tensor) -> Tensor:
+        """The network output ``(n, M, K * F)`` with the masks applied (:func:`mask_joint_output`)."""
         K, F = self.mask.shape[-2:]
         if out.shape[-2] != self.mask.shape[-3] and self.mask.shape[-3] != 1:
             raise ValueError(
                 f"masked joint policy: output {tuple(out.shape)} has another sample count than the "
                 f"masks {tuple(self.mask.shape)}; call it on the samples the masks were given for"
             )
-        return self.make_dist(mask_joint_output(out, self.mask.expand(*out.shape[:-1], K, F)))
+        return mask_joint_output(out, self.mask.expand(*out.shape[:-1], K, F))
+
+    def __call__(self, params: Mapping[str, Tensor], obs: Tensor) -> Distribution:
+        return self.make_dist(self.masked(self.network(params, obs)))
 
 
 @dataclass
@@ -896,32 +899,22 @@ class Matrpo(Algorithm):
                 in_keys=[(group, "logits")],
                 out_keys=[(group, "loc"), (group, "scale")],
             )
-            return ProbabilisticActor(
-                module=TensorDictSequential(joint_model, own, extractor),
-                spec=self.action_spec[group, "action"],
-                in_keys=[(group, "loc"), (group, "scale")],
-                out_keys=[(group, "action")],
-                distribution_class=IndependentNormal,
-                return_log_prob=True,
-                log_prob_key=(group, "log_prob"),
-            )
-        if self.action_mask_spec is not None:
+            module = TensorDictSequential(joint_model, own, extractor)
+            in_keys, distribution_class = [(group, "loc"), (group, "scale")], IndependentNormal
+        elif self.action_mask_spec is not None:
             # executes its own head masked with its own legal actions (decentralised)
-            return ProbabilisticActor(
-                module=TensorDictSequential(joint_model, own),
-                spec=self.action_spec[group, "action"],
-                in_keys={"logits": (group, "logits"), "mask": (group, "action_mask")},
-                out_keys=[(group, "action")],
-                distribution_class=MaskedCategorical,
-                return_log_prob=True,
-                log_prob_key=(group, "log_prob"),
-            )
+            module = TensorDictSequential(joint_model, own)
+            in_keys = {"logits": (group, "logits"), "mask": (group, "action_mask")}
+            distribution_class = MaskedCategorical
+        else:
+            module = TensorDictSequential(joint_model, own)
+            in_keys, distribution_class = [(group, "logits")], Categorical
         return ProbabilisticActor(
-            module=TensorDictSequential(joint_model, own),
+            module=module,
             spec=self.action_spec[group, "action"],
-            in_keys=[(group, "logits")],
+            in_keys=in_keys,
             out_keys=[(group, "action")],
-            distribution_class=Categorical,
+            distribution_class=distribution_class,
             return_log_prob=True,
             log_prob_key=(group, "log_prob"),
         )
@@ -1059,10 +1052,11 @@ class Matrpo(Algorithm):
         data of the batch, like the joint action every agent scores. At
         execution agent ``i`` uses its own mask only.
         """
-        if self.action_mask_spec is None or (group, "action_mask") not in batch.keys(True, True):
+        if self.action_mask_spec is None:
             return None
-        td = batch.reshape(-1)
-        return td.get((group, "action_mask")).to(torch.bool)  # (M, n, F): row n is agent n's mask
+        # the collection policy masked the own head with it, so every batch has it
+        mask = batch.get((group, "action_mask"))
+        return mask.reshape(-1, *mask.shape[-2:]).to(torch.bool)  # (M, n, F): row n is agent n's mask
 
     def policy_parameters(self, group: str) -> Dict[str, Tensor]:
         """The live stacked policy parameters of ``group``, ``{name: (n, ...)}``."""
