@@ -305,7 +305,7 @@ def test_headline_command_composes():
 
 
 # ------------------------------------------------------------------ build and train against SMACv2's specs
-def _experiment(tmp_path, algorithm, task, model=None, **overrides):
+def _experiment(tmp_path, algorithm, task, model=None, algorithm_overrides=None, **overrides):
     from benchmarl.algorithms import algorithm_config_registry
     from benchmarl.experiment import Experiment
     from benchmarl.models import MlpConfig
@@ -314,9 +314,12 @@ def _experiment(tmp_path, algorithm, task, model=None, **overrides):
     config = tiny_experiment_config(
         tmp_path, evaluation=True, evaluation_interval=60, loggers=["csv"], checkpoint_at_end=False, **overrides
     )
+    algorithm_config = algorithm_config_registry[algorithm].get_from_yaml()
+    for key, value in (algorithm_overrides or {}).items():
+        setattr(algorithm_config, key, value)
     return Experiment(
         task=_sc2_free_task(task),
-        algorithm_config=algorithm_config_registry[algorithm].get_from_yaml(),
+        algorithm_config=algorithm_config,
         model_config=model or mlp,
         critic_model_config=mlp,
         seed=0,
@@ -368,6 +371,27 @@ def test_decpg_and_dgat_on_larger_smacv2_teams(task, tmp_path):
     experiment = _experiment(tmp_path / "dgat", "mappo", task, model=dgat, max_n_iters=1)
     experiment.run()
     assert experiment.n_iters_performed == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "algorithm, metric, low, high",
+    [
+        ("dg_mappo", "dg_mappo_agents_average_degree", 0.0, 4.0),
+        ("decpg", "decpg_agents_average_degree", 0.0, 4.0),
+        ("matrpo", "matrpo_agents_links", 0.0, 10.0),
+    ],
+)
+def test_visibility_topology_on_smacv2_specs(algorithm, metric, low, high, tmp_path):
+    """topology=visibility reads the ally_visible flags of SMACv2's observation layout (from the task name)."""
+    _require_algorithm(algorithm)
+    experiment = _experiment(tmp_path, algorithm, "smacv2/protoss_5_vs_5",
+                             algorithm_overrides={"topology": "visibility"})
+    experiment.run()
+    assert experiment.n_iters_performed == 2
+    values = _csv_values(tmp_path, metric)
+    assert values and all(low <= v <= high for v in values), values
+    assert any(v > 0 for v in values)  # allies in sight of each other: the graph has links
 
 
 # ------------------------------------------------------------------ the real game, where installed

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import shutil
 
+import torch
+
+from benchmarl_decentral.consensus.visibility import task_layout, visibility_adjacency
+
 
 def config_error(experiment, message: str) -> ValueError:
     """A ValueError for a config that does not fit the task, raised before training.
@@ -20,3 +24,36 @@ def config_error(experiment, message: str) -> ValueError:
     ):
         shutil.rmtree(folder, ignore_errors=True)
     return ValueError(message)
+
+
+def visibility_layout(algorithm, name: str) -> str:
+    """The ally-visibility layout of the algorithm's task, checked on every group's observation.
+
+    For ``topology=visibility`` of ``decpg`` and ``matrpo``: the graph is read
+    from the group's ``observation`` (:mod:`benchmarl_decentral.consensus.visibility`),
+    so the task must be SMAC-family and the observation must have that
+    layout. Either failure is a :func:`config_error` before training.
+    """
+    experiment = algorithm.experiment
+    task = experiment.task.name.lower()
+    layout = task_layout(experiment.task)
+    if layout is None:
+        raise config_error(
+            experiment,
+            f"{name}: topology=visibility builds the communication graph from SMAC ally visibility, "
+            f"but task {task} is not a SMAC-family task (smax/*, smacv2/*). Use a static topology "
+            "(algorithm.topology=ring, knn_ring, full or custom).",
+        )
+    for group, agents in algorithm.group_map.items():
+        key = (group, "observation")
+        if key not in algorithm.observation_spec.keys(True, True):
+            raise config_error(experiment, f"{name}: topology=visibility needs {key} in task {task}'s observations.")
+        shape = algorithm.observation_spec[key].shape
+        try:
+            visibility_adjacency(torch.zeros(shape), layout=layout, n_agents=len(agents))
+        except ValueError as err:
+            raise config_error(
+                experiment,
+                f"{name}: topology=visibility cannot read group '{group}' of task {task}: {err}",
+            ) from None
+    return layout

@@ -9,6 +9,28 @@ of sec. 3 is applied per network::
 with P the doubly stochastic kNN-ring matrix of Fig. 1 (``P_ij = 1/(k+1)``).
 ``k = 0`` is no sharing at all, ``k = n - 1`` is parameter sharing.
 
+On SMAC-family tasks (``smax/*``, ``smacv2/*``) ``topology=visibility``
+replaces the static ring by the allies' visibility graph (agent ``i`` mixes
+with the live allies inside its sight range, read from its observation,
+:mod:`benchmarl_decentral.consensus.visibility`). The graph changes with
+every sample, so each optimizer step mixes with the ``P`` of the minibatch it
+stepped on (:func:`~benchmarl_decentral.consensus.batch_mixing_matrix`):
+``mixing_graph=mean`` averages the per-sample matrices of the ``mixing``
+rule, ``majority`` uses the links up in at least half of the samples. This is
+DSGD on a time-varying graph; a step whose graph has no link leaves every
+agent's parameters unmixed.
+
+On SMAC-family tasks (``smax/*``, ``smacv2/*``) ``topology=visibility``
+replaces the static ring by the allies' visibility graph (agent ``i`` mixes
+with the live allies inside its sight range, read from its observation,
+:mod:`benchmarl_decentral.consensus.visibility`). The graph changes with
+every sample, so each optimizer step mixes with the ``P`` of the minibatch it
+stepped on (:func:`~benchmarl_decentral.consensus.batch_mixing_matrix`):
+``mixing_graph=mean`` averages the per-sample matrices of the ``mixing``
+rule, ``majority`` uses the links up in at least half of the samples. Mixing
+with a different connected-in-union graph at each step is the time-varying
+DSGD setting; a step whose graph has no link leaves every agent alone.
+
 How it sits in BenchMARL (1.5.2) without a fork:
 
 * the networks are MAPPO's, built with ``share_params=False`` whatever
@@ -45,9 +67,11 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.data import Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from benchmarl_decentral.algorithms._common import config_error
+from benchmarl_decentral.algorithms._common import config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 from benchmarl_decentral.consensus import (
+    average_degree,
+    BATCH_GRAPH_MODES,
     build_mixing_matrix,
     build_topology,
     ConsensusMixer,
@@ -60,11 +84,14 @@ from benchmarl_decentral.consensus import (
     TOPOLOGIES,
     update_variance,
 )
+from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.environments.perturbation import PerturbedPolicy
 
 OPTIMIZERS = ("sgd", "adam")
 EVALUATION_MODES = ("average", "local", "individual")
 MIX_ORDERS = ("mix_then_step", "step_then_mix")
+#: Static topologies plus the SMAC-family ally-visibility graph (dynamic).
+DECPG_TOPOLOGIES = (*TOPOLOGIES, "visibility")
 
 
 def _n_agents_leading(leaves: List[torch.Tensor], n: int, what: str) -> None:
@@ -82,8 +109,11 @@ class Decpg(Mappo):
 
     Args:
         k: neighbours of each agent on the kNN ring (Fig. 1); ``0 <= k <= n-1``.
-        topology: ``knn_ring`` (uses ``k``), ``ring``, ``full`` or ``custom``.
+        topology: ``knn_ring`` (uses ``k``), ``ring``, ``full``, ``custom`` or
+            ``visibility`` (SMAC-family ally visibility, per minibatch).
         adjacency: the n x n 0/1 matrix for ``topology=custom``.
+        mixing_graph: ``topology=visibility`` only: ``mean`` of the
+            minibatch's per-sample mixing matrices or the ``majority`` graph.
         mixing: mixing rule: ``uniform`` (1/(deg+1), the paper's 1/(k+1)),
             ``metropolis`` or ``row``.
         mix_order: ``mix_then_step`` is the paper's update
@@ -110,6 +140,7 @@ class Decpg(Mappo):
         k: int,
         topology: str,
         adjacency: Optional[List[List[int]]],
+        mixing_graph: str,
         mixing: str,
         mix_order: str,
         link_failure: float,
@@ -128,6 +159,7 @@ class Decpg(Mappo):
         self.k = k
         self.topology = topology
         self.adjacency = adjacency
+        self.mixing_graph = mixing_graph
         self.mixing = mixing
         self.mix_order = mix_order
         self.link_failure = link_failure
@@ -144,8 +176,16 @@ class Decpg(Mappo):
         # Validate everything that depends on the task before any training.
         self.mixing_matrices: Dict[str, torch.Tensor] = {}
         self.adjacencies: Dict[str, torch.Tensor] = {}
+        self.visibility_layout: Optional[str] = None
+        if topology == "visibility":
+            self.visibility_layout = visibility_layout(self, "decpg")
         for group, agents in self.group_map.items():
             n = len(agents)
+            if self.visibility_layout is not None:
+                # no link until the first minibatch brings its graphs (W = I)
+                self.adjacencies[group] = torch.zeros(n, n, dtype=torch.bool)
+                self.mixing_matrices[group] = build_mixing_matrix(mixing, self.adjacencies[group])
+                continue
             try:
                 adj = build_topology(topology, n, k=k, adjacency=adjacency)
                 if topology == "custom":  # DSGD reaches consensus only on a connected graph
@@ -202,7 +242,35 @@ class Decpg(Mappo):
         with torch.no_grad():  # every agent starts from the same theta_0 (sec. 3)
             for p in actor + critic:
                 p.copy_(p[:1].expand_as(p))
+        if self.visibility_layout is not None:
+            loss.register_forward_pre_hook(self._use_minibatch_graph(group))
         return loss, use_target
+
+    def minibatch_graph(self, group: str, tensordict: TensorDictBase) -> torch.Tensor:
+        """``topology=visibility``: the ally-visibility graph of every sample, ``(..., n, n)`` bool.
+
+        No self loops (the mixing rules add the self weight); undirected
+        (``A | A^T``) for ``metropolis``, which needs a symmetric graph.
+        """
+        return visibility_adjacency(
+            tensordict.get((group, "observation")),
+            layout=self.visibility_layout,
+            n_agents=len(self.group_map[group]),
+            self_loops=False,
+            symmetric=self.mixing == "metropolis",
+        )
+
+    def _use_minibatch_graph(self, group: str):
+        """Forward pre-hook of the loss: the next optimizer steps mix over this minibatch's graphs."""
+
+        def hook(loss, args):
+            adj = self.minibatch_graph(group, args[0])
+            for net in ("actor", "critic"):
+                mixer = self.callback.mixers.get((group, net))
+                if mixer is not None:
+                    mixer.set_adjacency(adj)
+
+        return hook
 
     def get_critic(self, group: str) -> TensorDictModule:
         """One centralized critic per agent, stacked on the agent dim.
@@ -327,6 +395,7 @@ class _DecpgCallback(Callback):
                     adjacency=algo.adjacencies[group],
                     rule=algo.mixing,
                     link_failure=algo.link_failure,
+                    graph_mode=algo.mixing_graph,
                     generator=torch.Generator().manual_seed(
                         int(torch.randint(2**31 - 1, (1,), generator=seed_gen))
                     ),
@@ -392,6 +461,10 @@ class _DecpgCallback(Callback):
         self._metrics[f"decpg/{group}/spectral_gap"] = float(
             self.mixers[(group, "actor")].spectral_gap
         )
+        if self.algorithm.visibility_layout is not None:  # the last minibatch's graphs
+            self._metrics[f"decpg/{group}/average_degree"] = float(
+                average_degree(self.mixers[(group, "actor")].adjacency).mean()
+            )
         metrics = {k: v for k, v in self._metrics.items() if k.startswith(f"decpg/{group}/") or k == "decpg/lr"}
         self.experiment.logger.log(metrics, step=self.experiment.n_iters_performed)
 
@@ -522,6 +595,7 @@ class DecpgConfig(AlgorithmConfig):
     k: int = MISSING
     topology: str = MISSING
     adjacency: Optional[List[List[int]]] = MISSING
+    mixing_graph: str = MISSING
     mixing: str = MISSING
     mix_order: str = MISSING
     link_failure: float = MISSING
@@ -551,9 +625,13 @@ class DecpgConfig(AlgorithmConfig):
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
         if isinstance(self.k, int) and self.k < 0:
             raise ValueError(f"decpg: k must be >= 0 (got k={self.k}); set algorithm.k=2 for a ring.")
-        if isinstance(self.topology, str) and self.topology not in TOPOLOGIES:
+        if isinstance(self.topology, str) and self.topology not in DECPG_TOPOLOGIES:
             raise ValueError(
-                f"decpg: unknown topology '{self.topology}'; choose one of {list(TOPOLOGIES)}."
+                f"decpg: unknown topology '{self.topology}'; choose one of {list(DECPG_TOPOLOGIES)}."
+            )
+        if isinstance(self.mixing_graph, str) and self.mixing_graph not in BATCH_GRAPH_MODES:
+            raise ValueError(
+                f"decpg: unknown mixing_graph '{self.mixing_graph}'; choose one of {list(BATCH_GRAPH_MODES)}."
             )
         if self.topology == "custom" and self.adjacency is None:
             raise ValueError("decpg: topology=custom needs algorithm.adjacency, an n x n 0/1 matrix.")

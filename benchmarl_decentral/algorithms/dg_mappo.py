@@ -60,7 +60,7 @@ gives eq. 10 on it either way):
   is the average of the samples' gradients. Row stochastic; a link present in
   a fraction of the samples gets that share of its weight;
 * ``majority``: eq. 10 on one graph, the links present in at least half of the
-  samples (:func:`~benchmarl_decentral.models.dgat.majority_graph`). On sparse,
+  samples (:func:`~benchmarl_decentral.consensus.majority_graph`). On sparse,
   fast-changing graphs (a radius graph where most links are up less than half
   the time) this often mixes nothing.
 """
@@ -83,13 +83,19 @@ from torchrl.objectives import ClipPPOLoss, LossModule, ValueEstimators
 
 from benchmarl_decentral.algorithms._common import config_error
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
-from benchmarl_decentral.consensus import average_degree, consensus_distance, mix_, row
+from benchmarl_decentral.consensus import (
+    average_degree,
+    BATCH_GRAPH_MODES,
+    batch_mixing_matrix,
+    consensus_distance,
+    mix_,
+)
+from benchmarl_decentral.consensus.visibility import task_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
     DGAT_OPTIONS,
     Dgat,
     DgatConfig,
-    majority_graph,
     strongly_connected,
 )
 from benchmarl_decentral.nn.dgat_conv import consensus_loss
@@ -100,28 +106,18 @@ DGAT_KEY = "dgat_observation"
 LOSS_KEY = "loss_total"
 LOSS_CRITIC_TYPES = ("smooth_l1", "l2", "l1")
 #: How one D-SGD step turns a minibatch of graphs into a mixing matrix (module docstring).
-MIXING_GRAPHS = ("mean", "majority")
+MIXING_GRAPHS = BATCH_GRAPH_MODES
 
 
 def dsgd_matrix(adj: torch.Tensor, mode: str = "mean") -> torch.Tensor:
     """000_ef718962e1e8f612.txt eq. 10 for a minibatch of graphs: the ``(n, n)`` matrix of one D-SGD step.
 
-    Args:
-        adj: bool adjacency ``(..., n, n)`` (one graph per sample) or ``(n, n)``.
-        mode: ``"mean"``: ``mean_b C(A_b)`` with ``C(A)[i, j] = 1/|N_i|`` on
-            ``N_i = {i} + neighbours`` (eq. 10); ``"majority"``: ``C`` of the
-            links present in at least half of the samples.
-
-    Returns:
-        Row-stochastic ``W`` of shape ``(n, n)``.
+    :func:`~benchmarl_decentral.consensus.batch_mixing_matrix` with the eq. 10
+    rule ``C(A)[i, j] = 1/|N_i|`` on ``N_i = {i} + neighbours`` (``row``):
+    ``"mean"`` gives ``mean_b C(A_b)``, ``"majority"`` ``C`` of the links
+    present in at least half of the samples. Row stochastic.
     """
-    if mode not in MIXING_GRAPHS:
-        raise ValueError(f"unknown mixing_graph {mode!r}; choose one of {MIXING_GRAPHS}")
-    if adj.dim() == 2:
-        return row(adj)
-    if mode == "majority":
-        return row(majority_graph(adj))
-    return row(adj).reshape(-1, *adj.shape[-2:]).mean(0)
+    return batch_mixing_matrix(adj, "row", mode)
 
 
 def _unique(params: Iterable[torch.Tensor]) -> List[torch.Tensor]:
@@ -219,18 +215,16 @@ def _with_visibility_layout(graph_kwargs: Optional[Dict[str, Any]], task: Any) -
     """``graph_kwargs`` with the observation layout of ally visibility filled in from the task.
 
     ``topology=visibility`` reads sight ranges and ally positions out of the
-    observation (``consensus/visibility.py``), whose layout depends on the task:
-    ``smax`` for every SMAX map, ``smacv2/<task>`` for BenchMARL's SMACv2 tasks.
-    An explicit ``graph_kwargs.layout`` wins.
+    observation (``consensus/visibility.py``), whose layout depends on the task
+    (:func:`~benchmarl_decentral.consensus.visibility.task_layout`). An
+    explicit ``graph_kwargs.layout`` wins.
     """
     kwargs = dict(graph_kwargs or {})
     if kwargs.get("layout"):
         return kwargs
-    family = task.env_name() if hasattr(task, "env_name") else ""
-    if family == "smax":
-        kwargs["layout"] = "smax"
-    elif family == "smacv2":
-        kwargs["layout"] = f"smacv2/{task.name.lower()}"
+    layout = task_layout(task)
+    if layout is not None:
+        kwargs["layout"] = layout
     return kwargs
 
 

@@ -21,7 +21,12 @@ policy iteration (Algorithm 1) on a collected batch of ``M`` samples:
 3. ``admm_iterations`` iterations of ADMM over the links of the
    communication graph (eqs. 21-22, Appendix B eq. 40): asynchronous (one
    random or round-robin link per iteration, the paper) or synchronous (all
-   links), with an optional link failure probability;
+   links), with an optional link failure probability. On SMAC-family tasks
+   ``topology=visibility`` takes the links of each update from the batch:
+   two agents are linked when they saw each other (SMAC ally visibility, read
+   from their observations) in more than ``visibility_min_fraction`` of its
+   samples. A component of that graph reaches consensus within itself; an
+   agent that saw no ally takes its own TRPO step (eq. 22 without links);
 4. a backtracking line search per agent on the true mean KL, so that
    ``D_KL(pi^i_old || pi^i_new) <= delta/N`` holds for every agent (eq. 8).
 
@@ -99,9 +104,10 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.utils import distance_loss
 from torchrl.objectives.value import GAE
 
-from benchmarl_decentral.algorithms._common import config_error
+from benchmarl_decentral.algorithms._common import config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
-from benchmarl_decentral.consensus.topology import build_topology, is_connected, TOPOLOGIES
+from benchmarl_decentral.consensus.topology import build_topology, component_labels, is_connected, TOPOLOGIES
+from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.objectives import (
     ADMM_MODES,
     backtracking_line_search,
@@ -136,6 +142,8 @@ ACTIVATIONS: Dict[str, Type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
 }
 CRITIC_LOSSES = ("l1", "l2", "smooth_l1")
+#: Static topologies plus the SMAC-family ally-visibility graph (rebuilt from every batch).
+MATRPO_TOPOLOGIES = (*TOPOLOGIES, "visibility")
 JOINT_KEY = "matrpo_joint"
 
 
@@ -562,6 +570,7 @@ def matrpo_update(
     cg_iters: int = 10,
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 10,
+    isolated: str = "error",
 ) -> Tuple[Dict[str, Tensor], MatrpoStats, int]:
     """001 Algorithm 1 (one policy iteration): ADMM (eqs. 21-22, 40) then the per-agent KL line search.
 
@@ -582,6 +591,8 @@ def matrpo_update(
         cg_iters: CG iterations per primal step. (default: 10)
         backtrack_ratio: line-search shrink factor. (default: 0.8)
         max_backtracks: line-search shrinks. (default: 10)
+        isolated: an agent without a link: ``"error"`` or ``"local"`` (its own
+            TRPO step; :func:`~benchmarl_decentral.objectives.run_admm`). (default: "error")
 
     Returns:
         ``(params_new, stats, next_round_robin_offset)``.
@@ -592,7 +603,7 @@ def matrpo_update(
     state = run_admm(
         lin, advantages, links, delta=delta, beta=beta, iterations=iterations, mode=mode,
         link_failure_prob=link_failure, generator=generator, tol=tol, exact_kkt=exact_kkt,
-        cg_iters=cg_iters, state=state,
+        cg_iters=cg_iters, state=state, isolated=isolated,
     )
     used = state.iteration - int(round_robin_offset)
     # eq. (8): the linearised model puts each step on the quadratic KL boundary;
@@ -713,7 +724,11 @@ class Matrpo(Algorithm):
         exact_kkt: clip the trust-region multiplier at 0 in the primal step
             (see :mod:`benchmarl_decentral.objectives.admm`); ``False`` is the paper's formula.
         topology: communication graph: ``ring`` (sec. VI), ``knn_ring`` (``k``),
-            ``full`` or ``custom`` (``adjacency``); links are undirected.
+            ``full``, ``custom`` (``adjacency``) or ``visibility`` (SMAC-family
+            tasks: rebuilt from every batch); links are undirected.
+        visibility_min_fraction: ``topology=visibility``: link two agents that
+            saw each other (either way) in more than this fraction of the
+            batch's samples; 0 is the union over the batch.
         k: neighbours per agent for ``knn_ring``.
         adjacency: n x n 0/1 matrix for ``custom``.
         link_failure: probability that an activated link fails (the
@@ -749,6 +764,7 @@ class Matrpo(Algorithm):
         topology: str,
         k: int,
         adjacency: Optional[List[List[int]]],
+        visibility_min_fraction: float,
         link_failure: float,
         gamma: Optional[float],
         lmbda: float,
@@ -777,6 +793,7 @@ class Matrpo(Algorithm):
         self.topology = topology
         self.k = k
         self.adjacency = adjacency
+        self.visibility_min_fraction = visibility_min_fraction
         self.link_failure = link_failure
         self.gamma = self.experiment_config.gamma if gamma is None else gamma
         self.lmbda = lmbda
@@ -796,9 +813,15 @@ class Matrpo(Algorithm):
 
         # ---- everything that depends on the task, checked before training
         task = self.experiment.task.name.lower()
-        self.links: Dict[str, Tensor] = {}
+        self.links: Dict[str, Optional[Tensor]] = {}  # None: rebuilt from every batch (visibility)
+        self.visibility_layout: Optional[str] = None
+        if topology == "visibility":
+            self.visibility_layout = visibility_layout(self, "matrpo")
         for group, agents in self.group_map.items():
             n = len(agents)
+            if self.visibility_layout is not None:
+                self.links[group] = None
+                continue
             try:
                 adj = build_topology(topology, n, k=k, adjacency=adjacency)
             except ValueError as err:
@@ -836,6 +859,7 @@ class Matrpo(Algorithm):
         self._critics: Dict[str, nn.Module] = {}
         self._gae: Dict[str, GAE] = {}
         self.last_stats: Dict[str, MatrpoStats] = {}
+        self.link_stats: Dict[str, Dict[str, float]] = {}  # topology=visibility: links, components
 
         if self.experiment_config.clip_grad_val is not None:
             # BenchMARL clips the norm over all agents' critics at once (a
@@ -1085,13 +1109,37 @@ class Matrpo(Algorithm):
             mask=self.joint_masks(group, batch),
         )
 
+    def batch_links(self, group: str, batch: TensorDictBase) -> Tensor:
+        """``topology=visibility``: the ``(L, 2)`` links of one update, from the batch's visibility.
+
+        Agents ``i`` and ``j`` are linked when either saw the other in more
+        than ``visibility_min_fraction`` of the samples (ally visibility of
+        their observations, :func:`~benchmarl_decentral.consensus.visibility.visibility_adjacency`).
+        """
+        obs = batch.get((group, "observation"))
+        n = len(self.group_map[group])
+        seen = visibility_adjacency(obs, layout=self.visibility_layout, n_agents=n, self_loops=False, symmetric=True)
+        fraction = seen.reshape(-1, n, n).float().mean(0)
+        return links_from_adjacency(fraction > self.visibility_min_fraction)
+
     def policy_update(self, group: str, batch: TensorDictBase) -> MatrpoStats:
         """001 Algorithm 1, one policy iteration on ``batch`` (which has ``matrpo_advantage``)."""
         loss: MatrpoLoss = self.get_loss_and_updater(group)[0]
+        links = self.links[group]
+        if links is None:
+            links = self.batch_links(group, batch)
+            n = len(self.group_map[group])
+            adj = torch.zeros(n, n, dtype=torch.bool)
+            adj[links[:, 0], links[:, 1]] = True
+            self.link_stats[group] = {
+                "links": float(links.shape[0]),
+                "components": float(component_labels(adj).unique().numel()),
+            }
         lin = self.linearisation(group, batch)
         _, _, _, advantages = self.policy_inputs(group, batch)
         params_new, stats, loss.round_robin_offset = matrpo_update(
-            lin, advantages, self.links[group], delta=self.delta, beta=self.beta,
+            lin, advantages, links, isolated="error" if self.links[group] is not None else "local",
+            delta=self.delta, beta=self.beta,
             iterations=self.admm_iterations, mode=self.admm_mode, link_failure=self.link_failure,
             generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol,
             exact_kkt=self.exact_kkt, cg_iters=self.cg_iters, backtrack_ratio=self.backtrack_ratio,
@@ -1117,11 +1165,14 @@ class Matrpo(Algorithm):
         loss.stats = {name: float(v.mean()) for name, v in per_agent.items()}
         loss.stats["admm_iterations"] = float(stats.iterations)
         loss.stats["kl_max"] = float(stats.kl.max())
+        loss.stats.update(self.link_stats.get(group, {}))
         to_log = {}
         for i, agent in enumerate(self.group_map[group]):
             for name, v in per_agent.items():
                 to_log[f"matrpo/{group}/{agent}/{name}"] = float(v[i])
         to_log[f"matrpo/{group}/admm_iterations"] = float(stats.iterations)
+        for name, value in self.link_stats.get(group, {}).items():  # topology=visibility
+            to_log[f"matrpo/{group}/{name}"] = value
         logger = getattr(self.experiment, "logger", None)
         if logger is not None:
             logger.log(to_log, step=self.experiment.n_iters_performed)
@@ -1203,6 +1254,7 @@ class MatrpoConfig(AlgorithmConfig):
     topology: str = MISSING
     k: int = MISSING
     adjacency: Optional[List[List[int]]] = MISSING
+    visibility_min_fraction: float = MISSING
     link_failure: float = MISSING
     gamma: Optional[float] = MISSING
     lmbda: float = MISSING
@@ -1248,8 +1300,15 @@ class MatrpoConfig(AlgorithmConfig):
             raise ValueError(f"matrpo: unknown admm_mode '{self.admm_mode}'; choose one of {list(ADMM_MODES)}.")
         if num(self.admm_tol) and not self.admm_tol > 0:
             raise ValueError(f"matrpo: admm_tol must be > 0 or null, got {self.admm_tol}.")
-        if isinstance(self.topology, str) and self.topology not in TOPOLOGIES:
-            raise ValueError(f"matrpo: unknown topology '{self.topology}'; choose one of {list(TOPOLOGIES)}.")
+        if isinstance(self.topology, str) and self.topology not in MATRPO_TOPOLOGIES:
+            raise ValueError(
+                f"matrpo: unknown topology '{self.topology}'; choose one of {list(MATRPO_TOPOLOGIES)}."
+            )
+        if num(self.visibility_min_fraction) and not 0 <= self.visibility_min_fraction < 1:
+            raise ValueError(
+                f"matrpo: visibility_min_fraction must be in [0, 1) (0: linked if seen in any sample), "
+                f"got {self.visibility_min_fraction}."
+            )
         if self.topology == "custom" and self.adjacency is None:
             raise ValueError("matrpo: topology=custom needs algorithm.adjacency, an n x n 0/1 matrix.")
         if num(self.k) and self.k < 0:

@@ -14,8 +14,9 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
 from benchmarl_decentral.consensus.mixing import (
+    BATCH_GRAPH_MODES,
     MIXING_RULES,
-    build_mixing_matrix,
+    batch_mixing_matrix,
     drop_links,
     spectral_gap,
 )
@@ -62,12 +63,21 @@ class ConsensusMixer:
     (``"uniform"``/``"row"`` renormalise rows so ``W`` stays row stochastic,
     ``"metropolis"`` stays doubly stochastic).
 
+    Dynamic graphs: :meth:`set_adjacency` also takes a batch ``(..., n, n)``
+    of graphs, one per sample of the minibatch about to be stepped on (SMAC
+    ally visibility); ``W`` is then
+    :func:`~benchmarl_decentral.consensus.batch_mixing_matrix` of the batch
+    (``graph_mode``: ``"mean"`` of the per-sample matrices or the
+    ``"majority"`` graph), and a failed link is down in every sample.
+
     Args:
         leaves: per-agent stacked tensors ``(n, ...)`` to keep in consensus.
         adjacency: bool ``(n, n)`` adjacency (or nested 0/1 lists).
         rule: one of :data:`MIXING_RULES`. (default: "uniform")
         link_failure: per-step probability of losing each link, in ``[0, 1)``. (default: 0.0)
         generator: random generator for link failures. (default: None)
+        graph_mode: how a batch of graphs gives one ``W``, one of
+            :data:`~benchmarl_decentral.consensus.BATCH_GRAPH_MODES`. (default: "mean")
 
     Attributes:
         n_agents: number of agents ``n``.
@@ -82,11 +92,15 @@ class ConsensusMixer:
         rule: str = "uniform",
         link_failure: float = 0.0,
         generator: torch.Generator | None = None,
+        graph_mode: str = "mean",
     ) -> None:
         if rule not in MIXING_RULES:
             raise ValueError(f"unknown mixing rule {rule!r}; choose one of {MIXING_RULES}")
         if not 0.0 <= link_failure < 1.0:
             raise ValueError(f"link_failure must be in [0, 1), got {link_failure}")
+        if graph_mode not in BATCH_GRAPH_MODES:
+            raise ValueError(f"unknown graph_mode {graph_mode!r}; choose one of {BATCH_GRAPH_MODES}")
+        self.graph_mode = graph_mode
         self.leaves = list(leaves)
         self.rule = rule
         self.link_failure = link_failure
@@ -95,9 +109,24 @@ class ConsensusMixer:
         self.set_adjacency(adjacency)
 
     def set_adjacency(self, adjacency: Tensor) -> None:
-        """Replace the topology (dynamic graphs) and recompute the base ``W``."""
-        adj = from_adjacency(adjacency, n=getattr(self, "n_agents", None))
-        self.n_agents = adj.shape[0]
+        """Replace the topology (dynamic graphs) and recompute the base ``W``.
+
+        Args:
+            adjacency: one ``(n, n)`` graph (bool tensor or nested 0/1 lists),
+                or a bool batch ``(..., n, n)`` of graphs combined by ``graph_mode``.
+        """
+        n = getattr(self, "n_agents", None)
+        if isinstance(adjacency, Tensor) and adjacency.dim() > 2:
+            if adjacency.dtype != torch.bool or (n is not None and adjacency.shape[-1] != n):
+                raise ValueError(
+                    f"a batch of graphs must be a bool tensor (..., {n}, {n}), got "
+                    f"{adjacency.dtype} of shape {tuple(adjacency.shape)}"
+                )
+            k = adjacency.shape[-1]
+            adj = adjacency & ~torch.eye(k, dtype=torch.bool, device=adjacency.device)
+        else:
+            adj = from_adjacency(adjacency, n=n)
+        self.n_agents = adj.shape[-1]
         _check_leaves(self.leaves, self.n_agents)
         self.adjacency = adj
         self._base_W = self._build(adj)
@@ -105,7 +134,7 @@ class ConsensusMixer:
 
     def _build(self, adj: Tensor) -> Tensor:
         # built on the adjacency's device (CPU generators), then moved to the leaves once
-        W = build_mixing_matrix(self.rule, adj)
+        W = batch_mixing_matrix(adj, self.rule, self.graph_mode)
         return W.to(self.leaves[0].device) if self.leaves else W
 
     def matrix(self) -> Tensor:
@@ -122,8 +151,9 @@ class ConsensusMixer:
         if not self.enabled:
             return None
         if self.link_failure > 0:
-            adj = drop_links(self.adjacency, self.link_failure, generator=self.generator)
-            self._W = self._build(adj)
+            union = self.adjacency.reshape(-1, self.n_agents, self.n_agents).any(0)
+            up = drop_links(union, self.link_failure, generator=self.generator)
+            self._W = self._build(self.adjacency & up)
         mix_(self.leaves, self._W)
         return self._W
 

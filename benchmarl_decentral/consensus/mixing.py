@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from benchmarl_decentral.consensus.topology import degrees, is_symmetric, knn_ring
+from benchmarl_decentral.consensus.topology import degrees, is_symmetric, knn_ring, majority_graph
 
 MIXING_RULES: tuple[str, ...] = ("uniform", "metropolis", "row")
+#: How one mixing step turns a minibatch of dynamic graphs into one matrix (:func:`batch_mixing_matrix`).
+BATCH_GRAPH_MODES: tuple[str, ...] = ("mean", "majority")
 
 
 def _with_self_loops(adj: Tensor) -> Tensor:
@@ -81,6 +83,40 @@ def build_mixing_matrix(name: str, adj: Tensor) -> Tensor:
     if name not in rules:
         raise ValueError(f"unknown mixing rule {name!r}; choose one of {MIXING_RULES}")
     return rules[name](adj)
+
+
+def batch_mixing_matrix(adj: Tensor, rule: str = "row", mode: str = "mean") -> Tensor:
+    """The ``(n, n)`` matrix of one mixing step over a minibatch of dynamic graphs.
+
+    A minibatch holds samples from many steps and environments, each with its
+    own graph ``A_b`` (e.g. SMAC ally visibility), but an optimizer step mixes
+    once:
+
+    * ``mean``: ``W = mean_b R(A_b)``, the average of the per-sample matrices of
+      ``rule`` ``R``, as the minibatch gradient is the average of the samples'
+      gradients. Row stochastic (``row``/``uniform``) or doubly stochastic
+      (``metropolis``) whenever every ``R(A_b)`` is; a link up in a fraction of
+      the samples gets that share of its weight. With ``rule="row"`` this is
+      000_ef718962e1e8f612.txt eq. 10 averaged over the minibatch (DG-MAPPO).
+    * ``majority``: ``R`` of one graph, the links up in at least half of the
+      samples (:func:`~benchmarl_decentral.consensus.topology.majority_graph`).
+      On sparse, fast-changing graphs this often mixes nothing.
+
+    Args:
+        adj: bool adjacency ``(..., n, n)`` (one graph per sample) or ``(n, n)``.
+        rule: one of :data:`MIXING_RULES`. (default: "row")
+        mode: one of :data:`BATCH_GRAPH_MODES`. (default: "mean")
+
+    Returns:
+        ``W`` of shape ``(n, n)``.
+    """
+    if mode not in BATCH_GRAPH_MODES:
+        raise ValueError(f"unknown mixing_graph {mode!r}; choose one of {BATCH_GRAPH_MODES}")
+    if adj.dim() == 2:
+        return build_mixing_matrix(rule, adj)
+    if mode == "majority":
+        return build_mixing_matrix(rule, majority_graph(adj))
+    return build_mixing_matrix(rule, adj).reshape(-1, *adj.shape[-2:]).mean(0)
 
 
 def spectral_gap(W: Tensor) -> float:

@@ -131,6 +131,46 @@ def is_connected(adj: Tensor) -> bool:
     return bool(reach.bool().all())
 
 
+def component_labels(adj: Tensor) -> Tensor:
+    """Connected components of the undirected version ``A | A^T`` of one ``(n, n)`` graph.
+
+    Reachability by repeated squaring, as :func:`is_connected`.
+
+    Returns:
+        Long tensor ``(n,)``: the label of each agent, the smallest agent id of
+        its component (so ``labels.unique().numel()`` counts the components and
+        an agent with ``labels[i] == i`` and no link is an isolated agent).
+    """
+    if adj.dim() != 2 or adj.shape[0] != adj.shape[1]:
+        raise ValueError(f"component_labels needs one (n, n) adjacency, got shape {tuple(adj.shape)}")
+    n = adj.shape[-1]
+    a = adj.bool()
+    reach = (a | a.T | _eye(n, adj.device)).float()
+    for _ in range(max(n - 1, 1).bit_length()):
+        reach = ((reach @ reach) > 0).float()
+    return reach.bool().int().argmax(-1)  # first True of each row: the smallest reachable id
+
+
+def majority_graph(adj: Tensor) -> Tensor:
+    """The graph of a batch of dynamic graphs: links up in at least half of them.
+
+    One mixing step over a minibatch whose samples each have their own graph
+    (DG-MAPPO eq. 10, DecPG with ``topology=visibility``) can mix over one
+    graph: the links present in the majority of the samples. A static
+    ``(n, n)`` graph is returned unchanged.
+
+    Args:
+        adj: bool adjacency ``(..., n, n)``.
+
+    Returns:
+        Bool adjacency ``(n, n)``.
+    """
+    if adj.dim() == 2:
+        return adj.bool()
+    flat = adj.reshape(-1, *adj.shape[-2:]).float()
+    return flat.mean(0) >= 0.5
+
+
 def degrees(adj: Tensor) -> Tensor:
     """000_ef718962e1e8f612.txt A.4: in-degree ``|N_i|`` of each agent, self excluded.
 

@@ -273,6 +273,21 @@ def _smacv2_task_layout(task: str) -> SmacObsLayout:
     return SmacObsLayout.smacv2(task_config_registry[task].get_from_yaml().config)
 
 
+def task_layout(task: Any) -> str | None:
+    """The :func:`visibility_adjacency` layout of a BenchMARL task, ``None`` if it has none.
+
+    ``"smax"`` for every SMAX map, ``"smacv2/<task>"`` for BenchMARL's SMACv2
+    tasks (the layout then follows from the task's YAML); any other task has
+    no ally-visibility features in its observations.
+    """
+    family = task.env_name() if hasattr(task, "env_name") else ""
+    if family == "smax":
+        return "smax"
+    if family == "smacv2":
+        return f"smacv2/{task.name.lower()}"
+    return None
+
+
 def _others_index(n: int, device: torch.device) -> Tensor:
     """``(n, n - 1)``: the agent index of each ally slot, allies in order, self skipped."""
     slot = torch.arange(n - 1, device=device)

@@ -35,7 +35,7 @@ from torch import nn, Tensor
 from torchrl.modules import MultiAgentMLP
 
 from benchmarl_decentral._registry import CONF_DIR
-from benchmarl_decentral.consensus.topology import build_topology, radius
+from benchmarl_decentral.consensus.topology import build_topology, majority_graph, radius
 from benchmarl_decentral.consensus.visibility import visibility_graph_builder
 from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES
 
@@ -170,26 +170,6 @@ def strongly_connected(adj: Tensor) -> Tensor:
     for _ in range(max(n - 1, 1).bit_length()):
         reach = (reach @ reach > 0).float()
     return reach.bool().flatten(-2).all(-1)
-
-
-def majority_graph(adj: Tensor) -> Tensor:
-    """The graph of a batch of dynamic graphs: links up in at least half of them.
-
-    Used for the D-SGD mixing step of DG-MAPPO (eq. 10) when the graph changes
-    from step to step: one minibatch mixes over one graph, the links that were
-    present in the majority of its samples. A static ``(n, n)`` graph is
-    returned unchanged.
-
-    Args:
-        adj: bool adjacency ``(..., n, n)``.
-
-    Returns:
-        Bool adjacency ``(n, n)``.
-    """
-    if adj.dim() == 2:
-        return adj.bool()
-    flat = adj.reshape(-1, *adj.shape[-2:]).float()
-    return flat.mean(0) >= 0.5
 
 
 def _static_graph(model: "Dgat", tensordict: TensorDictBase, features: Optional[Tensor]) -> Tensor:

@@ -512,6 +512,7 @@ def run_admm(
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
     state: AdmmState | None = None,
+    isolated: str = "error",
 ) -> AdmmState:
     """001 Algorithm 1: ``iterations`` ADMM iterations of one policy update; returns the final state.
 
@@ -519,7 +520,12 @@ def run_admm(
     :func:`~benchmarl_decentral.objectives.trust_region.backtracking_line_search`).
     With one agent and no links the result is the natural-gradient TRPO step
     (``V = g``). More than one agent with an agent that has no link is an
-    error: that agent could never join the consensus.
+    error (``isolated="error"``): that agent could never join the consensus.
+    With ``isolated="local"`` (graphs that change between updates, e.g. SMAC
+    ally visibility) such an agent takes the eq. (22) step with no link term,
+    ``V^q = 1/M sum_n J^{qnT} A^q``, its own natural-gradient TRPO step, once
+    (nothing it depends on changes); the linked agents run ADMM as usual, each
+    connected component reaching consensus within itself.
 
     Args:
         lin: linearisation at ``theta_old`` of all agents.
@@ -538,6 +544,8 @@ def run_admm(
         cg_iters: CG iterations per primal step. (default: 10)
         residual_tol: CG squared-residual tolerance. (default: 1e-10)
         state: continue from this state. (default: fresh :func:`init_state`)
+        isolated: ``"error"`` or ``"local"``: what an agent without a link
+            does when there are several agents (see above). (default: "error")
 
     Returns:
         The :class:`AdmmState`; ``state.iteration`` is the number of iterations used.
@@ -552,6 +560,8 @@ def run_admm(
         raise ValueError(f"mode must be one of {ADMM_MODES}, got {mode!r}")
     if not 0.0 <= link_failure_prob < 1.0:
         raise ValueError(f"link_failure_prob must be in [0, 1), got {link_failure_prob}")
+    if isolated not in ("error", "local"):
+        raise ValueError(f"isolated must be 'error' or 'local', got {isolated!r}")
     links = canonical_links(edges, lin.n_agents)
     if state is None:
         state = init_state(links, lin.n_samples, n_params=lin.n_params, n_agents=lin.n_agents,
@@ -562,17 +572,19 @@ def run_admm(
     kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, exact_kkt=exact_kkt)
 
     degree = torch.bincount(links.reshape(-1), minlength=lin.n_agents)
-    if lin.n_agents > 1 and (degree == 0).any():
-        isolated = (degree == 0).nonzero().flatten().tolist()
+    alone = (degree == 0).nonzero().flatten()
+    if lin.n_agents > 1 and alone.numel() and isolated == "error":
         raise ValueError(
-            f"agents {isolated} have no communication link, so they can never reach consensus; "
+            f"agents {alone.tolist()} have no communication link, so they can never reach consensus; "
             "use a connected topology (e.g. ring) or a single agent"
         )
-    if state.n_links == 0:  # a single agent: plain TRPO, one step is the answer
+    if state.n_links == 0:  # a single agent (or no link at all): plain TRPO, one step is the answer
         primal_step(lin, state, advantages, None, **kw)
         state.iteration += 1
         state.history.append(0.0)
         return state
+    if alone.numel():  # isolated="local": V^q has no link term and never changes
+        primal_step(lin, state, advantages, alone.to(state.x.device), **kw)
 
     for _ in range(iterations):
         if mode == "synchronous":
