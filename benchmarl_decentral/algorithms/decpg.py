@@ -20,17 +20,6 @@ rule, ``majority`` uses the links up in at least half of the samples. This is
 DSGD on a time-varying graph; a step whose graph has no link leaves every
 agent's parameters unmixed.
 
-On SMAC-family tasks (``smax/*``, ``smacv2/*``) ``topology=visibility``
-replaces the static ring by the allies' visibility graph (agent ``i`` mixes
-with the live allies inside its sight range, read from its observation,
-:mod:`benchmarl_decentral.consensus.visibility`). The graph changes with
-every sample, so each optimizer step mixes with the ``P`` of the minibatch it
-stepped on (:func:`~benchmarl_decentral.consensus.batch_mixing_matrix`):
-``mixing_graph=mean`` averages the per-sample matrices of the ``mixing``
-rule, ``majority`` uses the links up in at least half of the samples. Mixing
-with a different connected-in-union graph at each step is the time-varying
-DSGD setting; a step whose graph has no link leaves every agent alone.
-
 How it sits in BenchMARL (1.5.2) without a fork:
 
 * the networks are MAPPO's, built with ``share_params=False`` whatever
