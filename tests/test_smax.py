@@ -350,7 +350,7 @@ def test_deterministic_with_a_seed(env8):
 
 @needs_jaxmarl
 def test_every_reset_gets_a_start_state_of_its_own(env8):
-    """Start states come from draws dispatched one step ahead: no env ever restarts from a state used before,
+    """Start states come from pools drawn ahead: no env ever restarts from a state used before,
     and a reset env continues from exactly the observation its reset returned."""
     gen = torch.Generator().manual_seed(2)
     td = env8.reset()
@@ -367,6 +367,41 @@ def test_every_reset_gets_a_start_state_of_its_own(env8):
     start_obs = torch.cat(starts).flatten(1)
     assert len(start_obs) > 16  # many resets in the window
     assert len(torch.unique(start_obs, dim=0)) == len(start_obs)  # all different
+
+
+@needs_jaxmarl
+def test_start_state_pools_equal_explicit_swaps():
+    """Start states come from pools of num_envs states, swapped in by the next step. Partial resets
+    that cross pool boundaries or reset an env twice before a step give the same episodes as an
+    env whose reset states are swapped in at once (``unit_state`` does that)."""
+    a, b = SmaxEnv("3m", num_envs=8, seed=3), SmaxEnv("3m", num_envs=8, seed=3)
+    ta, tb = a.reset(), b.reset()
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[:5] = True
+    reset = TensorDict({"_reset": mask}, batch_size=(8,))
+    seen = [ta["agents", "observation"][mask]]
+    for _ in range(3):  # 15 reset states from pools of 8, envs 0-4 reset three times before a step
+        ra, rb = a._reset(reset), b._reset(reset)
+        b.unit_state()
+        torch.testing.assert_close(ra["agents", "observation"], rb["agents", "observation"])
+        torch.testing.assert_close(ra["agents", "observation"][~mask], ta["agents", "observation"][~mask])
+        seen.append(ra["agents", "observation"][mask])
+    assert len(torch.unique(torch.cat(seen).flatten(1), dim=0)) == 4 * 5  # every reset: a new start state
+    assert int(a.unit_state()["step"][mask].max()) == 0
+    a.reset(), b.reset()  # same key chain on both sides from here on
+    ta, tb = a.reset(), b.reset()
+    gen = torch.Generator().manual_seed(4)
+    resets = 0
+    for _ in range(120):
+        action = _masked_random(ta["agents", "action_mask"], gen)
+        ta["agents", "action"], tb["agents", "action"] = action, action.clone()
+        oa, ta = a.step_and_maybe_reset(ta)
+        ob, tb = b.step_and_maybe_reset(tb)
+        b.unit_state()  # b swaps every reset state in before its next step
+        torch.testing.assert_close(oa["next", "agents", "observation"], ob["next", "agents", "observation"])
+        torch.testing.assert_close(ta["agents", "observation"], tb["agents", "observation"])
+        resets += int(oa["next", "done"].sum())
+    assert resets > 8  # crossed at least one pool boundary inside step_and_maybe_reset
 
 
 @needs_jaxmarl

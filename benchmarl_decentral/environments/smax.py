@@ -40,10 +40,12 @@ removed / n_enemies per step, +1 on a win), ``"done"`` / ``"terminated"`` /
   state under ``"next"``; the new episode starts only when TorchRL calls
   ``reset`` for that env (``step_and_maybe_reset`` / collectors do), so the
   final observation is never replaced by the reset one. To make that reset
-  free, every step also draws a fresh start state for every env with a second
-  compiled function, dispatched one step ahead (JAX computes it asynchronously
-  while TorchRL and the policy run; JaxMARL's own auto-reset computes it inside
-  every step), and ``reset`` of the envs that just finished only swaps it in.
+  cheap, start states come from a pool: one compiled call draws ``num_envs``
+  independent start states, each handed to exactly one reset (the reset
+  returns its observation at once; the next step swaps the state in), and the
+  next pool is drawn ahead, asynchronously, while the current one is used.
+  JaxMARL's own auto-reset instead draws a start state for every env inside
+  every step, though only a few envs finish per step.
 * A dead agent's mask allows only ``stop`` (action 4), SMAX's rule; actions
   outside the mask raise a ValueError, as SMACv2 does.
 
@@ -291,37 +293,38 @@ def _compiled(
         ints = [mask.ravel().astype(jnp.int8)] + ([] if flags is None else [flags.ravel().astype(jnp.int8)])
         return jnp.concatenate(floats), jnp.concatenate(ints)
 
-    def fresh(key):
+    def fresh(key):  # a pool of n_envs start states and their views
         states = jax.vmap(reset_one)(jax.random.split(key, n_envs))
         return states, pack(jax.vmap(views)(states))
 
-    def reset_all(key):
-        key, sub, k_fresh = jax.random.split(key, 3)
-        states, packed = fresh(sub)
-        return key, states, packed, k_fresh
-
-    def reset_masked(key, state, pending_state, pending, mask):
+    def draw_pool(key):
         key, sub = jax.random.split(key)
-        state = where(pending, pending_state, state)
-        new_states, _ = fresh(sub)
-        state = where(mask, new_states, state)
-        return key, state, pack(jax.vmap(views)(state))
+        return (key, *fresh(sub))
 
-    def step(key, state, pending_state, pending, action):
-        # Envs reset since the last step start from the fresh states they were given.
-        state = where(pending, pending_state, state)
-        key, k_step, k_fresh = jax.random.split(key, 3)
+    def swap_in(state, pool, take):
+        # take (n_envs,) int32: the pool state each env starts from, -1 to keep its state
+        chosen = jax.tree.map(lambda x: x[jnp.maximum(take, 0)], pool)
+        return where(take >= 0, chosen, state)
+
+    def reset_all(key):
+        key, sub = jax.random.split(key)
+        states, packed = fresh(sub)
+        return key, states, packed
+
+    def step(key, state, pool, take, action):
+        # Envs reset since the last step start from the pool states they were given.
+        state = swap_in(state, pool, take)
+        key, k_step = jax.random.split(key)
         state, v, reward, flags = jax.vmap(step_one)(jax.random.split(k_step, n_envs), state, action)
-        return key, state, pack(v, reward, flags), k_fresh
+        return key, state, pack(v, reward, flags)
 
     return SimpleNamespace(
         game=game,
         reset_all=jax.jit(reset_all),
-        reset_masked=jax.jit(reset_masked),
+        draw_pool=jax.jit(draw_pool),
+        swap_in=jax.jit(swap_in),
         step=jax.jit(step),
-        fresh=jax.jit(fresh),
         views=jax.jit(lambda state: pack(jax.vmap(views)(state))),
-        select=jax.jit(where),
     )
 
 
@@ -378,11 +381,14 @@ class SmaxEnv(EnvBase):
 
         self._state = None  # batched game state (jax pytree), None until the first reset
         self._views = None  # torch (obs, mask, state) of the current step
-        self._fresh = None  # (jax start states, packed views) for the envs reset since the last step
-        self._fresh_views = None  # their torch views, converted on first use
-        self._fresh_next = None  # the next draw, dispatched one step ahead (computes asynchronously)
-        self._fresh_used = torch.zeros(num_envs, dtype=torch.bool)
-        self._pending = torch.zeros(num_envs, dtype=torch.bool)  # envs to swap to fresh at next step
+        # Start states for partial resets (module docstring): a pool of num_envs
+        # fresh states, each handed to one reset, and the next pool, drawn ahead.
+        self._pool = None  # (jax states, packed views) being handed out
+        self._pool_views = None  # its torch views, converted on first use
+        self._pool_used = 0  # pool states handed out so far
+        self._pool_next = None  # the next pool, dispatched when this one was taken
+        # per env: the pool state it starts from at the next step, -1 for none
+        self._take = torch.full((num_envs,), -1, dtype=torch.int32)
         self._set_seed(seed)
 
     def _to_torch(self, x) -> torch.Tensor:
@@ -461,13 +467,24 @@ class SmaxEnv(EnvBase):
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
         key = self._jax.random.PRNGKey(int(seed) % (2**32))
         self._key = self._jax.device_put(key, self._jax_dev)
-        # Start states drawn with the old key are not used after reseeding; envs
-        # already reset onto one keep it.
+        # Pools drawn with the old key are not used after reseeding; envs already
+        # reset onto one of their states keep it.
         if self._state is not None:
             self._apply_pending()
-        self._fresh = None
-        self._fresh_views = None
-        self._fresh_next = None
+        self._pool = self._pool_views = self._pool_next = None
+
+    def _next_pool(self) -> None:
+        """Hand out the prefetched pool (drawn now if there is none) and dispatch the next draw.
+
+        JAX computes a dispatched draw asynchronously, while TorchRL, the policy
+        and the steps run; a pool lasts about ``num_envs`` resets.
+        """
+        if self._pool_next is None:
+            self._key, *pool = self._fns.draw_pool(self._key)
+            self._pool_next = tuple(pool)
+        self._pool, self._pool_views, self._pool_used = self._pool_next, None, 0
+        self._key, *pool = self._fns.draw_pool(self._key)
+        self._pool_next = tuple(pool)
 
     def _output(self, obs, mask, state, info: Dict[str, torch.Tensor], flags=None, reward=None) -> TensorDict:
         n_envs = self.num_envs
@@ -510,33 +527,28 @@ class SmaxEnv(EnvBase):
             mask = mask.reshape(self.num_envs).to(device="cpu", dtype=torch.bool)
         if mask is None or self._state is None:
             # Full reset: every env starts a new episode from the current key.
-            self._key, self._state, packed, k_fresh = self._fns.reset_all(self._key)
+            self._key, self._state, packed = self._fns.reset_all(self._key)
             self._views = self._unpack(packed)
-            self._pending.zero_()
-            self._fresh = None
-            self._fresh_views = None
-            self._fresh_next = self._fns.fresh(k_fresh)  # asynchronous: ready by the first partial reset
-        elif self._fresh is not None and not (mask & self._fresh_used).any():
-            # The envs that just finished take the start states drawn by the last step.
-            if self._fresh_views is None:
-                self._fresh_views = self._unpack(self._fresh[1])
-            sel = mask.to(self.device)
-            self._views = tuple(
-                torch.where(sel.view(-1, *([1] * (cur.dim() - 1))), new, cur)
-                for new, cur in zip(self._fresh_views, self._views)
-            )
-            self._pending |= mask
-            self._fresh_used |= mask
+            self._take.fill_(-1)
+            self._pool = self._pool_views = self._pool_next = None
+            self._next_pool()  # asynchronous: ready by the first partial reset
         else:
-            # Rare path (a second reset of the same env before any step, or reset after reseeding).
-            pending_state = self._fresh[0] if self._fresh is not None else self._state
-            self._key, self._state, packed = self._fns.reset_masked(
-                self._key, self._state, pending_state, self._to_jax(self._pending), self._to_jax(mask)
+            envs = mask.nonzero().flatten()
+            k = envs.numel()
+            if self._pool is None or self._pool_used + k > self.num_envs:
+                self._apply_pending()  # envs still waiting on the old pool take its states now
+                self._next_pool()
+            # Each env that finished takes the next unused pool state: no two
+            # resets share one, and an env reset twice before a step keeps the last.
+            take = torch.arange(self._pool_used, self._pool_used + k, dtype=torch.int32)
+            self._pool_used += k
+            self._take[envs] = take
+            if self._pool_views is None:
+                self._pool_views = self._unpack(self._pool[1])
+            rows, at = envs.to(self.device), take.to(device=self.device, dtype=torch.int64)
+            self._views = tuple(
+                cur.index_copy(0, rows, new.index_select(0, at)) for new, cur in zip(self._pool_views, self._views)
             )
-            self._views = self._unpack(packed)
-            self._pending.zero_()
-            self._fresh = None
-            self._fresh_views = None
         obs, action_mask, state = self._views
         return self._output(obs, action_mask, state, self._zero_info())
 
@@ -554,18 +566,11 @@ class SmaxEnv(EnvBase):
                 f"{self._views[1][env, agent].nonzero().flatten().tolist()}); sample actions "
                 "with the ('agents', 'action_mask') applied (dead agents may only stop, action 4)."
             )
-        pending_state = self._fresh[0] if self._fresh is not None else self._state
-        self._key, self._state, packed, k_fresh = self._fns.step(
-            self._key, self._state, pending_state, self._to_jax(self._pending), self._to_jax(action.to(torch.int32))
+        pool = self._pool[0] if self._pool is not None else self._state  # same shapes: one compile
+        self._key, self._state, packed = self._fns.step(
+            self._key, self._state, pool, self._to_jax(self._take), self._to_jax(action.to(torch.int32))
         )
-        self._pending.zero_()
-        # Start states for the envs that finish at this step: the draw dispatched one
-        # step ago, which JAX computed asynchronously while TorchRL and the policy ran;
-        # the next draw is dispatched now (JAX runs it after this step, off its path).
-        self._fresh = self._fresh_next
-        self._fresh_next = self._fns.fresh(k_fresh)
-        self._fresh_views = None
-        self._fresh_used.zero_()
+        self._take.fill_(-1)
         obs, action_mask, state, reward, flags = self._unpack(packed, with_step=True)
         self._views = (obs, action_mask, state)
         info = {
@@ -581,9 +586,9 @@ class SmaxEnv(EnvBase):
         """Swap in the start states of envs reset since the last step (no-op otherwise)."""
         if self._state is None:
             raise RuntimeError("SMAX env: call reset() first")
-        if self._fresh is not None and bool(self._pending.any()):
-            self._state = self._fns.select(self._to_jax(self._pending), self._fresh[0], self._state)
-        self._pending.zero_()
+        if self._pool is not None and bool((self._take >= 0).any()):
+            self._state = self._fns.swap_in(self._state, self._pool[0], self._to_jax(self._take))
+        self._take.fill_(-1)
 
     def unit_state(self) -> Dict[str, torch.Tensor]:
         """Simulator state of every unit after the last step or reset (torch copies).
@@ -631,7 +636,6 @@ class SmaxEnv(EnvBase):
                 raise ValueError(f"health must have shape {(self.num_envs, n_units)}, got {tuple(health.shape)}")
             inner = inner.replace(unit_health=self._to_jax(health), unit_alive=self._to_jax(health > 0))
         self._state = self._state.replace(state=inner)
-        self._fresh, self._fresh_views = None, None  # a later partial reset draws new start states
         self._views = self._unpack(self._fns.views(self._state))
         obs, action_mask, state = self._views
         return self._output(obs, action_mask, state, self._zero_info())
