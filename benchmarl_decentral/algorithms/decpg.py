@@ -253,7 +253,7 @@ class Decpg(Mappo):
         """Forward pre-hook of the loss: the next optimizer steps mix over this minibatch's graphs."""
 
         def hook(loss, args):
-            adj = self.minibatch_graph(group, args[0])
+            adj = self.minibatch_graph(group, args[0]).cpu()  # the mixers' link-failure generators are CPU ones
             for net in ("actor", "critic"):
                 mixer = self.callback.mixers.get((group, net))
                 if mixer is not None:

@@ -1119,7 +1119,7 @@ class Matrpo(Algorithm):
         obs = batch.get((group, "observation"))
         n = len(self.group_map[group])
         seen = visibility_adjacency(obs, layout=self.visibility_layout, n_agents=n, self_loops=False, symmetric=True)
-        fraction = seen.reshape(-1, n, n).float().mean(0)
+        fraction = seen.reshape(-1, n, n).float().mean(0).cpu()  # links live on the CPU (matrpo_update)
         return links_from_adjacency(fraction > self.visibility_min_fraction)
 
     def policy_update(self, group: str, batch: TensorDictBase) -> MatrpoStats:
