@@ -10,23 +10,35 @@ family logs its evaluation win rate whatever the entry point and algorithm,
 and specs, :func:`task_callbacks` says which callbacks the task needs and
 those not already given by the user are appended.
 
-Today one rule: a task whose info spec carries ``battle_won`` (our
-``smax/*`` and BenchMARL's own ``smacv2/*``) gets
-:class:`~benchmarl_decentral.environments.smax.SmacWinRateCallback`
-(``eval/info/win_rate``, ``eval/info/episode_limit_rate``).
+Two rules:
 
-The wrapper only appends to ``experiment.callbacks``; it changes nothing
-else, and :func:`uninstall` restores BenchMARL's method.
+* a task whose info spec carries ``battle_won`` (our ``smax/*`` and
+  BenchMARL's own ``smacv2/*``) gets
+  :class:`~benchmarl_decentral.environments.smax.SmacWinRateCallback`
+  (``eval/info/win_rate``, ``eval/info/episode_limit_rate``);
+* a D-GAT model (``model=layers/dgat``, as the model, the critic model or a
+  layer of a sequence) with ``topology: visibility`` and no
+  ``graph_kwargs.layout`` gets the observation layout of the task
+  (:func:`~benchmarl_decentral.consensus.visibility.task_layout`), as
+  ``algorithm=dg_mappo`` does for its own D-GAT. The model config is copied
+  first, never changed in place (a ``Benchmark`` shares it between tasks).
+  Models are built after the task, so the layout is there when they are.
+
+The wrapper only appends to ``experiment.callbacks`` and replaces those
+model configs; it changes nothing else, and :func:`uninstall` restores
+BenchMARL's method.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
-from typing import List
+from typing import Any, List, Optional
 
 from benchmarl.experiment.callback import Callback
 
-__all__ = ["install", "installed", "task_callbacks", "uninstall"]
+__all__ = ["install", "installed", "task_callbacks", "uninstall", "with_visibility_layout"]
 
 _MARK = "_benchmarl_decentral_hook"
 
@@ -52,6 +64,37 @@ def _attach(experiment) -> None:
         experiment.callbacks = [*experiment.callbacks, *new]
 
 
+def with_visibility_layout(model_config: Any, layout: Optional[str]) -> Any:
+    """``model_config`` with ``graph_kwargs.layout`` set on every visibility D-GAT in it (a copy if changed)."""
+    from benchmarl.models import SequenceModelConfig
+
+    from benchmarl_decentral.models.dgat import DgatConfig
+
+    if layout is None:
+        return model_config
+    if isinstance(model_config, SequenceModelConfig):
+        layers = [with_visibility_layout(c, layout) for c in model_config.model_configs]
+        if all(new is old for new, old in zip(layers, model_config.model_configs)):
+            return model_config
+        return dataclasses.replace(model_config, model_configs=layers)
+    if isinstance(model_config, DgatConfig) and model_config.topology == "visibility":
+        kwargs = dict(model_config.graph_kwargs or {})
+        if not kwargs.get("layout"):
+            model_config = copy.copy(model_config)
+            model_config.graph_kwargs = {**kwargs, "layout": layout}
+    return model_config
+
+
+def _fill_layouts(experiment) -> None:
+    from benchmarl_decentral.consensus.visibility import task_layout
+
+    layout = task_layout(experiment.task)
+    for name in ("model_config", "critic_model_config"):
+        config = getattr(experiment, name, None)
+        if config is not None:
+            setattr(experiment, name, with_visibility_layout(config, layout))
+
+
 def installed() -> bool:
     """Whether ``Experiment._setup_task`` is wrapped."""
     from benchmarl.experiment import Experiment
@@ -71,6 +114,7 @@ def install() -> None:
     def _setup_task(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
         _attach(self)
+        _fill_layouts(self)
         return result
 
     setattr(_setup_task, _MARK, True)
