@@ -614,13 +614,13 @@ def test_benchmarl_run_on_smax_3m(algorithm, tmp_path):
 @pytest.mark.parametrize(
     "algorithm, metric, low, high",
     [
+        # decpg and matrpo: the same path, through the Python API, in test_visibility_topologies.py
+        # and test_smacv2_ready.py (logged metrics included); one CLI run keeps CI short
         ("dg_mappo", "dg_mappo_agents_average_degree", 1e-6, 2.0),
-        ("decpg", "decpg_agents_average_degree", 1e-6, 2.0),
-        ("matrpo", "matrpo_agents_links", 1.0, 3.0),
     ],
 )
 def test_visibility_topology_through_benchmarl_run(algorithm, metric, low, high, tmp_path):
-    """D-GAT (dg_mappo), DecPG's mixing and MATRPO's ADMM links all follow ally visibility on SMAX."""
+    """The D-GAT of dg_mappo follows ally visibility on SMAX, the layout inferred from the task."""
     proc = run_cli(
         ["run", f"algorithm={algorithm}", "task=smax/3m", "algorithm.topology=visibility",
          *TINY],  # the observation layout (smax) is inferred from the task
