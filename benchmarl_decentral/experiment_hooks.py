@@ -68,6 +68,7 @@ def with_visibility_layout(model_config: Any, layout: Optional[str]) -> Any:
     """``model_config`` with ``graph_kwargs.layout`` set on every visibility D-GAT in it (a copy if changed)."""
     from benchmarl.models import SequenceModelConfig
 
+    from benchmarl_decentral.consensus.visibility import with_layout
     from benchmarl_decentral.models.dgat import DgatConfig
 
     if layout is None:
@@ -78,10 +79,10 @@ def with_visibility_layout(model_config: Any, layout: Optional[str]) -> Any:
             return model_config
         return dataclasses.replace(model_config, model_configs=layers)
     if isinstance(model_config, DgatConfig) and model_config.topology == "visibility":
-        kwargs = dict(model_config.graph_kwargs or {})
-        if not kwargs.get("layout"):
+        kwargs = with_layout(model_config.graph_kwargs, layout)
+        if kwargs != dict(model_config.graph_kwargs or {}):
             model_config = copy.copy(model_config)
-            model_config.graph_kwargs = {**kwargs, "layout": layout}
+            model_config.graph_kwargs = kwargs
     return model_config
 
 

@@ -28,7 +28,7 @@ from benchmarl_decentral.consensus import (
 )
 from benchmarl_decentral.consensus.visibility import SmacObsLayout, visibility_adjacency
 from benchmarl_decentral.environments.smax import jaxmarl_available
-from benchmarl_decentral.objectives.admm import run_admm
+from benchmarl_decentral.objectives.admm import links_from_adjacency, run_admm
 from benchmarl_decentral.objectives.trust_region import Linearisation
 
 from conftest import make_experiment
@@ -218,10 +218,10 @@ def test_matrpo_links_come_from_the_batch_visibility(tmp_path):
     batch.set((GROUP, "observation"), obs)
     seen = visibility_adjacency(obs, layout="smax", self_loops=False, symmetric=True).float().mean(0)
     union = sorted({(i, j) for i in range(3) for j in range(i + 1, 3) if seen[i, j] > 0})
-    assert algo.batch_links(GROUP, batch).tolist() == [list(e) for e in union]
+    assert links_from_adjacency(algo.batch_graph(GROUP, batch)).tolist() == [list(e) for e in union]
     assert seen[0, 1] > 0.6  # allies start inside each other's sight range
     algo.visibility_min_fraction = 0.6  # agent 2 is seen in at most half the samples
-    assert algo.batch_links(GROUP, batch).tolist() == [[0, 1]]
+    assert links_from_adjacency(algo.batch_graph(GROUP, batch)).tolist() == [[0, 1]]
 
     # agent 2 never seen: its own TRPO step, agents 0 and 1 run ADMM over their link
     _hide(obs, 2, slice(None))

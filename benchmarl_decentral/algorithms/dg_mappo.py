@@ -90,7 +90,7 @@ from benchmarl_decentral.consensus import (
     consensus_distance,
     mix_,
 )
-from benchmarl_decentral.consensus.visibility import task_layout
+from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
     DGAT_OPTIONS,
@@ -211,23 +211,6 @@ class DgMappoLoss(ClipPPOLoss):
         return result
 
 
-def _with_visibility_layout(graph_kwargs: Optional[Dict[str, Any]], task: Any) -> Dict[str, Any]:
-    """``graph_kwargs`` with the observation layout of ally visibility filled in from the task.
-
-    ``topology=visibility`` reads sight ranges and ally positions out of the
-    observation (``consensus/visibility.py``), whose layout depends on the task
-    (:func:`~benchmarl_decentral.consensus.visibility.task_layout`). An
-    explicit ``graph_kwargs.layout`` wins.
-    """
-    kwargs = dict(graph_kwargs or {})
-    if kwargs.get("layout"):
-        return kwargs
-    layout = task_layout(task)
-    if layout is not None:
-        kwargs["layout"] = layout
-    return kwargs
-
-
 class DgMappo(Mappo):
     """DG-MAPPO (paper 000, sec. 3.2, Algorithm 1).
 
@@ -270,8 +253,9 @@ class DgMappo(Mappo):
         self.normalize_advantage = normalize_advantage
         self.dgat_options = dgat_options
         if dgat_options.get("topology") == "visibility":
-            self.dgat_options["graph_kwargs"] = _with_visibility_layout(
-                dgat_options.get("graph_kwargs"), self.experiment.task
+            # the observation layout of ally visibility (consensus/visibility.py) comes from the task
+            self.dgat_options["graph_kwargs"] = with_layout(
+                dgat_options.get("graph_kwargs"), task_layout(self.experiment.task)
             )
 
         # Build (and so validate against the task) every group's D-GAT before any training.

@@ -1109,31 +1109,29 @@ class Matrpo(Algorithm):
             mask=self.joint_masks(group, batch),
         )
 
-    def batch_links(self, group: str, batch: TensorDictBase) -> Tensor:
-        """``topology=visibility``: the ``(L, 2)`` links of one update, from the batch's visibility.
+    def batch_graph(self, group: str, batch: TensorDictBase) -> Tensor:
+        """``topology=visibility``: the undirected ``(n, n)`` link graph of one update, from the batch.
 
         Agents ``i`` and ``j`` are linked when either saw the other in more
         than ``visibility_min_fraction`` of the samples (ally visibility of
         their observations, :func:`~benchmarl_decentral.consensus.visibility.visibility_adjacency`).
+        On the CPU, where the links live (:func:`matrpo_update`).
         """
         obs = batch.get((group, "observation"))
         n = len(self.group_map[group])
         seen = visibility_adjacency(obs, layout=self.visibility_layout, n_agents=n, self_loops=False, symmetric=True)
-        fraction = seen.reshape(-1, n, n).float().mean(0).cpu()  # links live on the CPU (matrpo_update)
-        return links_from_adjacency(fraction > self.visibility_min_fraction)
+        return seen.reshape(-1, n, n).float().mean(0).cpu() > self.visibility_min_fraction
 
     def policy_update(self, group: str, batch: TensorDictBase) -> MatrpoStats:
         """001 Algorithm 1, one policy iteration on ``batch`` (which has ``matrpo_advantage``)."""
         loss: MatrpoLoss = self.get_loss_and_updater(group)[0]
         links = self.links[group]
         if links is None:
-            links = self.batch_links(group, batch)
-            n = len(self.group_map[group])
-            adj = torch.zeros(n, n, dtype=torch.bool)
-            adj[links[:, 0], links[:, 1]] = True
+            graph = self.batch_graph(group, batch)
+            links = links_from_adjacency(graph)
             self.link_stats[group] = {
                 "links": float(links.shape[0]),
-                "components": float(component_labels(adj).unique().numel()),
+                "components": float(component_labels(graph).unique().numel()),
             }
         lin = self.linearisation(group, batch)
         _, _, _, advantages = self.policy_inputs(group, batch)

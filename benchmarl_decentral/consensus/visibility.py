@@ -288,6 +288,19 @@ def task_layout(task: Any) -> str | None:
     return None
 
 
+def with_layout(graph_kwargs: Mapping[str, Any] | None, layout: str | None) -> dict:
+    """D-GAT ``graph_kwargs`` with ``layout`` filled in; an explicit ``graph_kwargs.layout`` wins.
+
+    Used where the layout is inferred from the task (:func:`task_layout`):
+    ``algorithm=dg_mappo`` and, through the experiment hook, ``model=layers/dgat``.
+    ``layout=None`` (a task without one) leaves the options as they are.
+    """
+    kwargs = dict(graph_kwargs or {})
+    if layout is not None and not kwargs.get("layout"):
+        kwargs["layout"] = layout
+    return kwargs
+
+
 def _others_index(n: int, device: torch.device) -> Tensor:
     """``(n, n - 1)``: the agent index of each ally slot, allies in order, self skipped."""
     slot = torch.arange(n - 1, device=device)

@@ -479,12 +479,12 @@ class SmaxEnv(EnvBase):
         JAX computes a dispatched draw asynchronously, while TorchRL, the policy
         and the steps run; a pool lasts about ``num_envs`` resets.
         """
-        if self._pool_next is None:
+        def draw() -> tuple:
             self._key, *pool = self._fns.draw_pool(self._key)
-            self._pool_next = tuple(pool)
-        self._pool, self._pool_views, self._pool_used = self._pool_next, None, 0
-        self._key, *pool = self._fns.draw_pool(self._key)
-        self._pool_next = tuple(pool)
+            return tuple(pool)
+
+        self._pool, self._pool_views, self._pool_used = self._pool_next or draw(), None, 0
+        self._pool_next = draw()
 
     def _output(self, obs, mask, state, info: Dict[str, torch.Tensor], flags=None, reward=None) -> TensorDict:
         n_envs = self.num_envs
@@ -623,7 +623,7 @@ class SmaxEnv(EnvBase):
             the next step starts from it.
         """
         self._apply_pending()
-        jnp, n_units = self._jnp, self.n_agents + self.n_enemies
+        n_units = self.n_agents + self.n_enemies
         inner = self._state.state
         if positions is not None:
             positions = torch.as_tensor(positions, dtype=torch.float32)
