@@ -19,8 +19,11 @@ from benchmarl_decentral.environments.coordsum import (
     CoordSumEnv,
     CoordSumTask,
     CoordSumTaskConfig,
+    MODES,
+    SCRIPTED_POLICIES,
     TASK_NAMES,
     parse_task_name,
+    scripted_policy,
 )
 
 FULL_NAMES = [f"coordsum/{name}" for name in TASK_NAMES]
@@ -286,6 +289,185 @@ def test_hydra_schema_type_checks_overrides():
                 config_name="config",
                 overrides=["algorithm=mappo", "task=coordsum/3x10-30", "task.n_agents=many"],
             )
+
+
+# -------------------------------------------------------------------- modes
+def _oracle_rewards(targets, actions, num_actions, reference):
+    """Rewards of one episode by a plain loop over Appendix B's rules (dict histories)."""
+    counts, rewards = {}, []
+    for target, action in zip(targets, actions):
+        row = min(target, num_actions - 1) if reference else target
+        seen = counts.setdefault(row, [0] * num_actions)
+        guess = max(range(num_actions), key=lambda a: (seen[a], -a))  # majority, lowest index on ties
+        hit = sum(action) == target
+        rewards.append((1.0 if guess == action[0] else 2.0) if hit else 0.0)
+        seen[action[0]] += 1
+    return rewards
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rewards_match_a_plain_loop_oracle(mode):
+    """Random-ish picks concentrated on few values, so guesses and shared rows matter."""
+    env = CoordSumEnv(3, 6, 14, num_envs=4, seed=2, mode=mode)
+    torch.manual_seed(0)
+
+    def policy(td):
+        target = env.target  # the scored target of this step
+        a0 = torch.randint(0, 3, (4,))
+        rest = (target - a0).clamp(min=0)
+        td["agents", "action"] = torch.stack([a0, (rest // 2).clamp(max=5), (rest - rest // 2).clamp(max=5)], -1)
+        td["scored_target"] = target
+        return td
+
+    roll = env.rollout(100, policy=policy, break_when_any_done=False)
+    for e in range(4):
+        expected = _oracle_rewards(roll["scored_target"][e].tolist(), roll["agents", "action"][e].tolist(),
+                                   6, mode == "reference")
+        assert roll["next", "reward"][e].squeeze(-1).tolist() == expected
+    assert roll["next", "reward"].eq(1.0).any() and roll["next", "reward"].eq(2.0).any()
+
+
+def test_reference_mode_shares_the_last_history_row():
+    env = _env(mode="reference")  # 3x10-30: targets 9..29 share row 9
+    assert env.history.shape == (1, 10, 10)
+    env.set_target(15)
+    assert _act(env, [5, 5, 5])["reward"].item() == 2.0  # no history: the guess is 0
+    env.set_target(23)
+    out = _act(env, [5, 9, 9])  # another target, same row: agent 0's 5 is guessed
+    assert out["info", "guess"].item() == 5 and out["reward"].item() == 1.0
+    env.set_target(4)
+    assert _act(env, [4, 0, 0])["reward"].item() == 2.0  # targets below 9 keep their own rows
+    assert env.history[0, 9, 5] == 2 and env.history[0, 4, 4] == 1 and env.history.sum() == 3
+    # the appendix mode keeps one row per target: 23 has no history there
+    env = _env()
+    env.set_target(15)
+    _act(env, [5, 5, 5])
+    env.set_target(23)
+    assert _act(env, [5, 9, 9])["reward"].item() == 2.0
+
+
+def test_reference_mode_observation_and_termination():
+    env = CoordSumEnv(3, 10, 30, num_envs=2, seed=0, mode="reference")
+    td = env.reset()
+    assert td["agents", "observation"].shape == (2, 3, 1 + 3) and td["state"].shape == (2, 1)
+    for t in range(1, 101):
+        target = env.target
+        obs, state = td["agents", "observation"], td["state"]
+        assert torch.equal(obs[..., 0], target.float().unsqueeze(-1).expand(2, 3))  # raw target, no step
+        assert torch.equal(obs[0, :, 1:], torch.eye(3)) and torch.equal(state[:, 0], target.float())
+        td = _act(env, torch.zeros(2, 3))
+        assert td["done"].squeeze(-1).tolist() == [t == 100] * 2
+        assert td["terminated"].squeeze(-1).tolist() == [t == 100] * 2  # a termination, not a time limit
+        assert not td["truncated"].any()
+    bare = CoordSumEnv(3, 10, 30, num_envs=2, seed=0, obs_agent_id=False, mode="reference").reset()
+    assert bare["agents", "observation"].shape == (2, 3, 1)
+
+
+def test_reference_mode_specs():
+    from torchrl.envs.utils import check_env_specs
+
+    for n_agents, num_actions, max_target in [(3, 10, 30), (1, 4, 3), (5, 20, 80)]:
+        check_env_specs(CoordSumEnv(n_agents, num_actions, max_target, num_envs=2, seed=0, mode="reference"))
+
+
+def test_unknown_mode_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="Unknown CoordSum mode 'paper'.*task.mode=reference"):
+        CoordSumEnv(3, 10, 30, mode="paper")
+    config = {**CoordSumTask.from_name("3x10-30").get_from_yaml().config, "mode": "public"}
+    with pytest.raises(ValueError, match="Unknown CoordSum mode 'public'.*task.mode=appendix"):
+        CoordSumTask.from_name("3x10-30").get_task(config)
+    # a config saved before the field existed loads in the appendix mode
+    old = {k: v for k, v in config.items() if k != "mode"}
+    env = CoordSumTask.from_name("3x10-30").get_task(old).get_env_fun(1, False, 0, "cpu")()
+    assert env.mode == "appendix"
+
+
+def test_hydra_mode_override_and_refusal_before_any_experiment():
+    from benchmarl.hydra_config import load_task_config_from_hydra
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="benchmarl.conf", version_base=None):
+        default = compose(config_name="config", overrides=["algorithm=mappo", "task=coordsum/5x20-80"])
+        ref = compose(config_name="config",
+                      overrides=["algorithm=mappo", "task=coordsum/5x20-80", "task.mode=reference"])
+        bad = compose(config_name="config",
+                      overrides=["algorithm=mappo", "task=coordsum/5x20-80", "task.mode=refrence"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TaskConfig python dataclass not found")
+        assert load_task_config_from_hydra(default.task, "coordsum/5x20-80").config["mode"] == "appendix"
+        task = load_task_config_from_hydra(ref.task, "coordsum/5x20-80")
+        env = task.get_env_fun(2, False, 0, "cpu")()
+        assert env.mode == "reference" and env.history.shape == (2, 20, 20)
+        with pytest.raises(ValueError, match="Unknown CoordSum mode 'refrence'"):
+            load_task_config_from_hydra(bad.task, "coordsum/5x20-80")
+
+
+# ------------------------------------------------------------------ scripted teams
+def _scripted_rollout(mode, name, task="coordsum/5x20-80", episodes=400, seed=0):
+    from torchrl.envs import RewardSum, TransformedEnv
+
+    config = {**CoordSumTask.from_name(task).get_from_yaml().config, "mode": mode}
+    base = CoordSumTask.from_name(task).get_task(config).get_env_fun(episodes, False, seed, "cpu")()
+    env = TransformedEnv(base, RewardSum(in_keys=["reward"], out_keys=["episode_reward"]))  # as BenchMARL wraps
+    return env.rollout(100, policy=scripted_policy(env, name), break_when_any_done=False)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", SCRIPTED_POLICIES)
+def test_scripted_teams_hit_every_reachable_target(mode, name):
+    roll = _scripted_rollout(mode, name, task="coordsum/3x10-30", episodes=20)  # 28, 29 are unreachable
+    obs = roll["agents", "observation"]
+    target = obs[..., 0, 0].round().long() if mode == "reference" else obs[..., 0, :30].argmax(-1)
+    action = roll["agents", "action"]
+    assert action.min() >= 0 and action.max() <= 9
+    torch.testing.assert_close(roll["next", "info", "sum_hit"].squeeze(-1), target <= 27)
+    assert (target > 27).any()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_scripted_team_returns_follow_from_the_rules(mode):
+    """Expected returns on 5x20-80 derived from the rules (every target is reachable).
+
+    A target-only team hits every step (1 each) and gets 1 more on the first visit of a
+    history row when agent 0's pick is not the no-history guess 0. Appendix mode, both teams:
+    E = 100 + 79 (1 - (79/80)^100) (target 0 forces a0 = 0). Reference mode, agent0_deterministic
+    (agent 0 plays 19 on the shared row 19): E = 100 + 18 (1 - (79/80)^100) + (1 - (19/80)^100).
+    """
+    visited = 1 - (79 / 80) ** 100
+    expected = {"appendix": {"best_response": 100 + 79 * visited, "agent0_deterministic": 100 + 79 * visited},
+                "reference": {"agent0_deterministic": 100 + 18 * visited + 1 - (19 / 80) ** 100}}[mode]
+    returns, rolls = {}, {}
+    for name in SCRIPTED_POLICIES:
+        rolls[name] = roll = _scripted_rollout(mode, name, episodes=200, seed=1)
+        ret = roll["next", "reward"].sum(1).squeeze(-1)
+        torch.testing.assert_close(roll["next", "episode_reward"][:, -1].squeeze(-1), ret)
+        returns[name] = ret.mean().item()
+        if name in expected:  # within 4 standard errors of the expectation
+            assert abs(ret.mean().item() - expected[name]) < 4 * ret.std().item() / ret.numel() ** 0.5, name
+    if mode == "reference":
+        # spreading agent 0's picks over the shared row beats the fixed split by far, and
+        # beats the appendix mode's ceiling for target-only teams too
+        assert returns["best_response"] > 100 + 79 * visited + 10 > returns["agent0_deterministic"] + 50
+        roll = rolls["best_response"]
+        shared = roll["agents", "observation"][..., 0, 0] >= 19
+        guessed = roll["next", "info", "guess_correct"].squeeze(-1)
+        assert guessed[shared].float().mean() < 0.1  # the majority guess rarely matches
+
+
+def test_scripted_policy_is_decentralized_and_checks_its_input():
+    env = CoordSumEnv(3, 10, 30, num_envs=2, seed=0, mode="appendix")
+    policy = scripted_policy(env, "best_response")
+    td = env.reset()
+    base = policy(td.clone())["agents", "action"]
+    other = td.clone()
+    other["agents", "observation"][:, 1:] = torch.roll(other["agents", "observation"][:, 1:], 3, dims=-1)
+    other["state"] = torch.zeros_like(other["state"])
+    moved = policy(other)["agents", "action"]
+    assert torch.equal(moved[:, 0], base[:, 0])  # agent 0 reads only its own observation
+    with pytest.raises(ValueError, match="Unknown CoordSum scripted policy 'random'.*best_response"):
+        scripted_policy(env, "random")
+    with pytest.raises(TypeError, match="needs a CoordSum env.*got str"):
+        scripted_policy("coordsum/3x10-30", "best_response")
 
 
 # ----------------------------------------------------------------------- benchmarl
