@@ -103,6 +103,36 @@ def test_data_is_collected_by_the_guider_and_gae_uses_its_value(tmp_path):
     exp.close()
 
 
+def test_learner_entropy_and_action_agreement_are_logged(tmp_path):
+    import math
+
+    from benchmarl_decentral.nn.mat import ActionDist
+
+    exp = _magpo(tmp_path)  # coordsum/3x10-30: 3 agents, 10 actions, fresh (near-uniform) networks
+    batch = _batch(exp).reshape(-1)
+    exp.replay_buffers[GROUP].extend(batch)
+    td = exp._optimizer_loop(GROUP)  # what BenchMARL logs as train/agents/<key>
+    assert td["learner_entropy"].item() == pytest.approx(math.log(10), abs=0.1)
+    assert td["learner_action_agreement"].item() == pytest.approx(0.1, abs=0.02)  # 1/|A| for uniform picks
+    assert 0 <= td["learner_greedy_agreement"].item() <= 1
+    assert td["guider_action_agreement"].item() == pytest.approx(0.1, abs=0.1)  # sampled: noisy
+    # a symmetric deterministic team (every learner plays 7) against one that splits 3/4/5
+    loss = exp.losses[GROUP]
+    n = batch.shape[0]
+    logits = torch.full((n, 3, 10), -30.0)
+    logits[..., 7] = 30.0
+    symmetric = loss.symmetry_diagnostics(ActionDist.categorical(logits), torch.full((n, 3), 7))
+    assert symmetric["learner_entropy"].item() == pytest.approx(0.0, abs=1e-6)
+    assert symmetric["learner_action_agreement"].item() == pytest.approx(1.0)
+    assert symmetric["learner_greedy_agreement"].item() == symmetric["guider_action_agreement"].item() == 1.0
+    split = torch.full((n, 3, 10), -30.0)
+    split[:, torch.arange(3), torch.tensor([3, 4, 5])] = 30.0
+    split = loss.symmetry_diagnostics(ActionDist.categorical(split), torch.tensor([3, 4, 5]).expand(n, 3))
+    assert split["learner_action_agreement"].item() == pytest.approx(0.0, abs=1e-6)
+    assert split["learner_greedy_agreement"].item() == split["guider_action_agreement"].item() == 0.0
+    exp.close()
+
+
 # ------------------------------------------------------------------ deployment
 def test_evaluation_never_calls_the_guider_and_acts_with_the_learner(tmp_path):
     exp = _magpo(tmp_path, evaluation=True, create_json=True)
@@ -122,6 +152,34 @@ def test_evaluation_never_calls_the_guider_and_acts_with_the_learner(tmp_path):
         torch.testing.assert_close(rollout[GROUP, "action"], logits.argmax(-1))
     next(iter(exp.collector))  # collection, on the other hand, samples from the guider
     assert calls.n > 0
+    exp.close()
+
+
+def test_sampled_evaluation_samples_the_learner(tmp_path):
+    """The paper's protocol (public code: evaluation_greedy False): evaluation samples the learner."""
+    exp = _magpo(tmp_path, evaluation=True, evaluation_deterministic_actions=False, evaluation_episodes=3)
+    algo = exp.algorithm
+    calls = _GuiderCalls(algo.guider(GROUP))
+    rollouts = []
+    recorder = exp.logger.log_evaluation
+    exp.logger.log_evaluation = lambda r, **kw: (rollouts.extend(r), recorder(r, **kw))
+    exp._evaluation_loop()
+    assert calls.n == 0 and len(rollouts) == 3
+    learner = algo._learner_nets[GROUP]
+    actions, modes, probs = [], [], []
+    for rollout in rollouts:
+        with torch.no_grad():
+            logits = learner(rollout.clone())[GROUP, "logits"]
+        actions.append(rollout[GROUP, "action"].reshape(-1))
+        modes.append(logits.argmax(-1).reshape(-1))
+        probs.append(logits.softmax(-1).reshape(-1, 10))
+    actions, modes, probs = torch.cat(actions), torch.cat(modes), torch.cat(probs)
+    # 900 picks of a fresh, near-uniform learner over 10 actions: sampled, not its mode ...
+    assert (actions == modes).float().mean() < 0.3
+    # ... and drawn from it: the mean probability of the picked action matches E[p(a)] = sum_a p(a)^2
+    picked = probs.gather(-1, actions.unsqueeze(-1)).mean()
+    assert picked.item() == pytest.approx(probs.square().sum(-1).mean().item(), rel=0.05)
+    assert len(actions.unique()) == 10
     exp.close()
 
 
@@ -237,8 +295,10 @@ def test_continuous_actions_vmas_with_and_without_squashing(tmp_path):
             spec = exp.action_spec[GROUP, "action"].space
             assert torch.all(action >= spec.low) and torch.all(action <= spec.high)
         exp.replay_buffers[GROUP].extend(batch.reshape(-1))
-        for key in ("loss_guider", "loss_learner"):
-            assert torch.isfinite(exp._optimizer_loop(GROUP)[key])
+        training_td = exp._optimizer_loop(GROUP)
+        for key in ("loss_guider", "loss_learner", "learner_entropy"):
+            assert torch.isfinite(training_td[key])
+        assert "learner_action_agreement" not in training_td.keys()  # discrete actions only
         exp.close()
 
 
@@ -300,6 +360,8 @@ def test_cli_coordsum_run_and_evaluate(tmp_path, tiny):
     (json_file,) = tmp_path.rglob("magpo_*.json")
     assert "magpo" in json.dumps(json.loads(json_file.read_text()))
     for name in ("train_agents_loss_guider", "train_agents_loss_learner", "train_agents_guider_kl_mask_fraction",
+                 "train_agents_learner_entropy", "train_agents_learner_action_agreement",
+                 "train_agents_learner_greedy_agreement", "train_agents_guider_action_agreement",
                  "eval_reward_episode_reward_mean"):
         assert list(tmp_path.rglob(f"scalars/{name}.csv")), name
     (checkpoint,) = tmp_path.rglob("checkpoints/checkpoint_*.pt")

@@ -9,7 +9,9 @@ import torch
 
 from benchmarl_decentral.nn.mat import ActionDist
 from benchmarl_decentral.objectives.magpo import (
+    action_agreement,
     check_delta,
+    expected_agreement,
     check_lambda,
     double_clip_ratio,
     guider_loss,
@@ -179,3 +181,28 @@ def test_lambda_must_be_non_negative(lam):
     with pytest.raises(ValueError, match="aux_lambda .* must be >= 0"):
         check_lambda(lam)
     check_lambda(0)  # zero is allowed: it turns the auxiliary term off
+
+
+# ------------------------------------------------------------------ symmetry diagnostics
+def test_action_agreement_counts_agreeing_pairs():
+    # 3 agents: pairs (0,1), (0,2), (1,2). [4, 4, 4] -> 3/3; [4, 4, 7] -> 1/3; [1, 2, 3] -> 0
+    action = torch.tensor([[4, 4, 4], [4, 4, 7], [1, 2, 3]])
+    assert action_agreement(action).item() == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert action_agreement(action.reshape(3, 1, 3).expand(3, 5, 3)).item() == pytest.approx(4 / 9)  # any batch
+    with pytest.raises(ValueError, match="at least 2 agents"):
+        action_agreement(torch.zeros(4, 1, dtype=torch.long))
+
+
+def test_expected_agreement_is_the_chance_that_independent_picks_agree():
+    p = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [1.0, 0.0, 0.0]])  # 3 agents, 3 actions
+    # pairs: (0,1) 0.25, (0,2) 0.5, (1,2) 0.5
+    assert expected_agreement(p).item() == pytest.approx((0.25 + 0.5 + 0.5) / 3)
+    uniform = torch.full((2, 4, 10), 0.1)
+    assert expected_agreement(uniform).item() == pytest.approx(0.1)
+    same = torch.tensor([0.43, 0.16, 0.41]).expand(5, 3)  # symmetric team of identical mixed policies
+    assert expected_agreement(same).item() == pytest.approx(0.43**2 + 0.16**2 + 0.41**2)
+    # agrees with sampling
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(4, 6, generator=g), -1)
+    draws = torch.multinomial(probs, 20000, replacement=True, generator=g).T  # (20000, 4)
+    assert action_agreement(draws).item() == pytest.approx(expected_agreement(probs).item(), abs=0.01)

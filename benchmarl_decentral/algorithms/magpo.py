@@ -55,7 +55,9 @@ from benchmarl_decentral.algorithms._common import config_error
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 from benchmarl_decentral.nn.mat import ActionDist, fixed_rank, MultiAgentTransformer, random_rank
 from benchmarl_decentral.objectives.magpo import (
+    action_agreement,
     check_delta,
+    expected_agreement,
     check_lambda,
     guider_loss,
     learner_loss,
@@ -263,7 +265,30 @@ class MagpoLoss(LossModule):
         }
         if learner.surrogate is not None:
             out["learner_objective"] = learner.surrogate.mean().detach()
+        out.update(self.symmetry_diagnostics(pi, action))
         return TensorDict(out, batch_size=[])
+
+    @torch.no_grad()
+    def symmetry_diagnostics(self, pi: ActionDist, action: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Learner entropy and how often agents pick the same value (the agents' symmetry).
+
+        ``learner_entropy``: mean entropy of the learners' per-agent distributions
+        (of the Gaussian before squashing for continuous actions). Discrete actions
+        with at least 2 agents add ``learner_action_agreement`` (the chance that two
+        agents' independent samples agree, :func:`expected_agreement`: what sampled
+        evaluation sees), ``learner_greedy_agreement`` (the fraction of agent pairs
+        whose greedy picks agree: what deterministic evaluation plays) and
+        ``guider_action_agreement`` (the fraction of agent pairs whose collected,
+        guider-sampled actions agree). All are means over the minibatch.
+        """
+        out = {"learner_entropy": pi.entropy().mean()}
+        if self.continuous or action.shape[-1] < 2:
+            return out
+        logits = pi.logits.detach()
+        out["learner_action_agreement"] = expected_agreement(logits.exp())
+        out["learner_greedy_agreement"] = action_agreement(logits.argmax(-1))
+        out["guider_action_agreement"] = action_agreement(action)
+        return out
 
 
 # ------------------------------------------------------------------ the algorithm

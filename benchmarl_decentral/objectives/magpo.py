@@ -38,6 +38,8 @@ from torch import Tensor
 from benchmarl_decentral.nn.mat import ActionDist
 
 __all__ = [
+    "action_agreement",
+    "expected_agreement",
     "GuiderLoss",
     "LearnerLoss",
     "VALUE_LOSSES",
@@ -185,3 +187,43 @@ def value_loss(value: Tensor, target: Tensor, old_value: Optional[Tensor] = None
         clipped = old_value + (value - old_value).clamp(-clip, clip)
         loss = torch.max(loss, fn(clipped, target, reduction="none"))
     return loss.mean()
+
+
+# ------------------------------------------------------------------ diagnostics
+def action_agreement(action: Tensor) -> Tensor:
+    """How often two agents pick the same action: the fraction of agent pairs ``i < j``
+    with ``a^i == a^j``, averaged over the batch.
+
+    Args:
+        action: integer joint actions ``(*B, n)``, ``n >= 2``.
+
+    Returns:
+        A scalar in ``[0, 1]``: 1 when all agents always agree, ``1/|A|`` in
+        expectation for independent uniform picks over ``|A|`` actions.
+    """
+    n = action.shape[-1]
+    if n < 2:
+        raise ValueError(f"action_agreement needs at least 2 agents, got {n}.")
+    same = (action.unsqueeze(-1) == action.unsqueeze(-2)).to(torch.float32).sum((-1, -2))
+    return ((same - n) / (n * (n - 1))).mean()
+
+
+def expected_agreement(probs: Tensor) -> Tensor:
+    """The chance that two agents' *independent* picks agree, for decentralized policies:
+    the mean over pairs ``i < j`` of :math:`\sum_a \pi^i(a)\pi^j(a)`, averaged over the batch.
+
+    Args:
+        probs: per-agent action probabilities ``(*B, n, |A|)``, ``n >= 2``.
+
+    Returns:
+        A scalar in ``[0, 1]``; it is 1 only when all agents play the same action
+        deterministically, so a value near 1 with a high entropy cannot happen,
+        and a symmetric team of near-identical policies shows as the sum of its
+        squared probabilities.
+    """
+    n = probs.shape[-2]
+    if n < 2:
+        raise ValueError(f"expected_agreement needs at least 2 agents, got {n}.")
+    pair = probs @ probs.transpose(-1, -2)  # (*B, n, n): sum_a p_i(a) p_j(a)
+    off_diagonal = pair.sum((-1, -2)) - pair.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return (off_diagonal / (n * (n - 1))).mean()
