@@ -19,9 +19,12 @@ CONF_DIR = pathlib.Path(__file__).parent / "conf"  # symlink to the top-level co
 
 def algorithm_configs() -> dict:
     """Hydra name -> AlgorithmConfig class for every algorithm this plugin adds."""
-    from benchmarl_decentral.algorithms import DecpgConfig, DgMappoConfig, MagpoConfig, MatrpoConfig
+    from benchmarl_decentral.algorithms import (
+        DecpgConfig, DgMappoConfig, MagpoConfig, MagpoPaperConfig, MatrpoConfig,
+    )
 
-    return {"decpg": DecpgConfig, "dg_mappo": DgMappoConfig, "magpo": MagpoConfig, "matrpo": MatrpoConfig}
+    return {"decpg": DecpgConfig, "dg_mappo": DgMappoConfig, "magpo": MagpoConfig,
+            "magpo_paper": MagpoPaperConfig, "matrpo": MatrpoConfig}
 
 
 def model_configs() -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from benchmarl_decentral.algorithms import MagpoConfig
+from benchmarl_decentral.algorithms import Magpo, MagpoConfig
 
 from conftest import make_experiment, run_cli
 
@@ -315,6 +315,51 @@ def test_pettingzoo_discrete_and_learner_only_evaluation(tmp_path):
     assert calls.n == n_training
 
 
+# ------------------------------------------------------------------ the paper preset
+PAPER_VALUES = {"delta": 1.1, "aux_lambda": 4.0, "n_heads": 2, "n_blocks": 2, "embed_dim": 64,
+                "clip_epsilon": 0.2, "entropy_coef": 0.01, "critic_coef": 0.1, "lmbda": 0.9}
+
+
+def test_paper_preset_loads_and_runs_one_iteration(tmp_path):
+    from benchmarl_decentral.algorithms import MagpoPaperConfig
+
+    config = MagpoPaperConfig.get_from_yaml()
+    assert {k: getattr(config, k) for k in PAPER_VALUES} == PAPER_VALUES
+    exp = make_experiment(tmp_path, algorithm="magpo_paper", task="coordsum/5x20-80",
+                          task_overrides={"mode": "reference"}, max_n_iters=1, evaluation=True,
+                          evaluation_deterministic_actions=False)
+    assert exp.algorithm_name == "magpo_paper" and isinstance(exp.algorithm, Magpo)
+    guider = exp.algorithm.guider(GROUP)
+    assert len(guider.encoder) == len(guider.decoder) == 2 and guider.encoder[0].attn.n_heads == 2
+    assert exp.observation_spec[GROUP, "observation"].shape == (5, 1 + 5)  # raw target + agent id
+    calls = _GuiderCalls(guider)
+    exp.run()  # one iteration, then one sampled evaluation of the learners
+    assert exp.n_iters_performed == 1 and calls.n > 0
+    n_training = calls.n
+    exp._evaluation_loop()
+    assert calls.n == n_training
+    exp.close()
+
+
+def test_paper_experiment_preset_composes_with_the_documented_values():
+    from benchmarl.hydra_config import load_algorithm_config_from_hydra, load_experiment_config_from_hydra
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="benchmarl.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=[
+            "algorithm=magpo_paper", "experiment=magpo_paper", "task=coordsum/5x20-80", "task.mode=reference"])
+    algorithm = load_algorithm_config_from_hydra(cfg.algorithm)
+    assert {k: getattr(algorithm, k) for k in PAPER_VALUES} == PAPER_VALUES
+    experiment = load_experiment_config_from_hydra(cfg.experiment)
+    assert (experiment.on_policy_n_minibatch_iters, experiment.on_policy_collected_frames_per_batch
+            // experiment.on_policy_minibatch_size) == (15, 8)  # 15 epochs x 8 minibatches
+    assert experiment.on_policy_n_envs_per_worker == 64 and experiment.lr == 0.0005
+    assert experiment.evaluation_deterministic_actions is False and experiment.evaluation_episodes == 32
+    assert experiment.max_n_frames == 20_000_000 and experiment.max_n_iters is None
+    experiment.validate(on_policy=True)  # BenchMARL's own consistency checks (evaluation interval etc.)
+    assert cfg.task.mode == "reference"
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "overrides, match",
@@ -330,9 +375,12 @@ def test_pettingzoo_discrete_and_learner_only_evaluation(tmp_path):
     ],
 )
 def test_config_errors(overrides, match):
-    kwargs = {**MagpoConfig.get_from_yaml().__dict__, **overrides}
-    with pytest.raises(ValueError, match=match):
-        MagpoConfig(**kwargs)
+    from benchmarl_decentral.algorithms import MagpoPaperConfig
+
+    for config in (MagpoConfig, MagpoPaperConfig):  # the preset goes through the same checks
+        kwargs = {**config.get_from_yaml().__dict__, **overrides}
+        with pytest.raises(ValueError, match=match):
+            config(**kwargs)
 
 
 @pytest.mark.parametrize(

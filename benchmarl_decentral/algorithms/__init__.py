@@ -2,7 +2,10 @@
 
 from benchmarl_decentral.algorithms.decpg import Decpg, DecpgConfig
 from benchmarl_decentral.algorithms.dg_mappo import DgMappo, DgMappoConfig
-from benchmarl_decentral.algorithms.magpo import Magpo, MagpoConfig
+from benchmarl_decentral.algorithms.magpo import Magpo, MagpoConfig, MagpoPaper, MagpoPaperConfig
 from benchmarl_decentral.algorithms.matrpo import Matrpo, MatrpoConfig
 
-__all__ = ["Decpg", "DecpgConfig", "DgMappo", "DgMappoConfig", "Magpo", "MagpoConfig", "Matrpo", "MatrpoConfig"]
+__all__ = [
+    "Decpg", "DecpgConfig", "DgMappo", "DgMappoConfig", "Magpo", "MagpoConfig", "MagpoPaper", "MagpoPaperConfig",
+    "Matrpo", "MatrpoConfig",
+]
