@@ -259,8 +259,11 @@ def _evaluate_beside(experiment, original) -> Path:
 
     logger = experiment.logger
     target = evaluation_file(experiment)
-    target.parent.mkdir(exist_ok=True)
     saved_writer, saved_loggers = logger.json_writer, list(logger.loggers)
+    if saved_writer is None and not any(isinstance(item, CSVLogger) for item in saved_loggers):
+        original(experiment)  # nothing of the run's own would be written
+        return target
+    target.parent.mkdir(exist_ok=True)
     if saved_writer is not None:
         logger.json_writer = JsonWriter(
             folder=str(target.parent), name=target.name, algorithm_name=experiment.algorithm_name,
