@@ -79,5 +79,6 @@ def test_bad_input_fails_before_training(tmp_path, tiny):
     assert result.returncode != 0
     assert "k must be in [0, n-1]" in result.stderr and "algorithm.k" in result.stderr
     assert not (tmp_path / "outputs").exists()  # no run folder at all, not even hydra's
+    assert "nothing was trained; the run folder outputs/" in result.stderr
     result = run_cli(["run", "algorithm=decpg", "task=vmas/balance", "algorithm.min_lr=1.0", *tiny], tmp_path)
     assert result.returncode != 0 and "set min_lr <= lr" in result.stderr

@@ -22,7 +22,7 @@ import yaml
 
 from benchmarl_decentral import benchmark, cli, runs
 from benchmarl_decentral.reporting.loading import load_runs
-from conftest import REPO, TINY, make_experiment, run_cli
+from conftest import REPO, TINY, make_experiment
 
 
 def _run_data(json_file: Path) -> dict:
@@ -163,15 +163,6 @@ def test_concurrent_runs_get_own_folders_and_resume_reads_the_checkpoints_config
     assert experiment.algorithm_config.k == 0 and experiment.folder_name == checkpoint.parent.parent
 
 
-@pytest.mark.slow
-def test_refused_config_leaves_no_folder(tmp_path, tiny):
-    result = run_cli(["run", "algorithm=decpg", "task=vmas/balance", "task.n_agents=3", "algorithm.k=5", *tiny],
-                     tmp_path)
-    assert result.returncode != 0 and "k must be in [0, n-1]" in result.stderr
-    assert "the run folder" in result.stderr and "was removed" in result.stderr
-    assert not (tmp_path / "outputs").exists()
-
-
 # ----------------------------------------------------------------- item 7
 def _wait_for(predicate, timeout=240.0):
     end = time.monotonic() + timeout
@@ -184,48 +175,53 @@ def _wait_for(predicate, timeout=240.0):
 
 @pytest.mark.slow
 def test_sweeps_lock_running_runs_mark_killed_ones_and_report_leaves_them_out(tmp_path):
+    """One sweep: a run locked by another process is skipped, a short run finishes, a long one gets SIGTERM."""
     out = tmp_path / "sweep"
-    sweep = ["benchmark", "algorithm=mappo", "task=vmas/balance", "task.n_agents=2", *TINY, "--out", str(out)]
-    busy = out / "vmas/balance/mappo/seed=1"
-    busy.mkdir(parents=True)
-    # another sweep's process holds seed=1: this one runs seed=0, skips seed=1 and says so
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from benchmarl_decentral import benchmark; "
-                               f"benchmark.acquire_lock(__import__('pathlib').Path({str(busy)!r}), 'other'); "
+    runs_dir = out / "vmas/balance/mappo"
+    locked, short, long_ = (runs_dir / "experiment.max_n_iters=2,seed=0", runs_dir / "experiment.max_n_iters=2,seed=1",
+                            runs_dir / "experiment.max_n_iters=500,seed=0")
+    locked.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from pathlib import Path; "
+                               "from benchmarl_decentral import benchmark; "
+                               f"benchmark.acquire_lock(Path({str(locked)!r}), 'other'); "
                                "print('locked', flush=True); time.sleep(600)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
+    overrides = ["algorithm=mappo", "task=vmas/balance", "task.n_agents=2", *TINY,
+                 "experiment.max_n_iters=2,500", "seed=0,1"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = None
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = run_cli([*sweep[:-2], "seed=0,1", *sweep[-2:]], tmp_path)
-        assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-        assert "1 to run, 0 already finished (skipped), 1 running in another sweep (skipped)" in result.stdout
-        assert f"busy  vmas/balance/mappo/seed=1  (running: pid {holder.pid}" in result.stdout
-        assert "NOT RUN vmas/balance/mappo/seed=1: running in another sweep" in result.stdout
-        assert yaml.safe_load((out / "vmas/balance/mappo/seed=0/status.yaml").read_text())["state"] == "finished"
-        assert not (busy / "status.yaml").exists()
-    finally:
-        holder.kill()
-        holder.wait()
-
-    # the holder is dead: its lock is stale and taken over; SIGTERM in the run marks it interrupted
-    long_run = [*sweep[:-2], "seed=1", "experiment.max_n_iters=500", *sweep[-2:]]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "benchmarl"), *long_run], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert _wait_for(lambda: list(busy.glob("mappo_*/mappo_*.json"))), "the run never wrote its first results"
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "benchmarl"), "benchmark", *overrides,
+                                 "--out", str(out)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert _wait_for(lambda: list(long_.glob("mappo_*/mappo_*.json"))), "the long run never wrote results"
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, stdout[-2000:] + stderr[-3000:]
-    status = yaml.safe_load((busy / "status.yaml").read_text())
+        holder.kill()
+        holder.wait()
+        if proc is not None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stdout[-3000:] + stderr[-3000:]
+    assert "3 to run, 0 already finished (skipped), 1 running in another sweep (skipped)" in stdout
+    assert f"busy  vmas/balance/mappo/experiment.max_n_iters=2,seed=0  (running: pid {holder.pid}" in stdout
+    assert "NOT RUN vmas/balance/mappo/experiment.max_n_iters=2,seed=0: running in another sweep" in stdout
+    assert "experiment.max_n_iters=500,seed=0: interrupted (SIGTERM)" in stderr
+    assert yaml.safe_load((short / "status.yaml").read_text())["state"] == "finished"
+    status = yaml.safe_load((long_ / "status.yaml").read_text())
     assert status["state"] == "interrupted" and status["signal"] == "SIGTERM"
-    assert not (busy / benchmark.LOCK_FILE).exists()
-    assert "seed=1: interrupted (SIGTERM)" in stderr
+    assert not (long_ / benchmark.LOCK_FILE).exists() and not (locked / "status.yaml").exists()
+
+    # the holder is dead: its lock is stale, the next sweep runs that run
+    plan = benchmark.plan_benchmark(overrides, out=out)
+    assert {job.dir.rsplit("/", 1)[1]: job.action for job in plan.jobs} == {
+        "experiment.max_n_iters=2,seed=0": "run", "experiment.max_n_iters=2,seed=1": "skip",
+        "experiment.max_n_iters=500,seed=0": "run", "experiment.max_n_iters=500,seed=1": "run"}
 
     # report: the interrupted run is left out and counted, unless asked
     loaded = load_runs([out])
-    assert [run.seed for run in loaded.runs] == ["seed_0"]
+    assert [run.source.parent.parent for run in loaded.runs] == [short]
     assert any(note.startswith("left out 1 incomplete run(s)") and "--include-incomplete" in note
                for note in loaded.notes)
     assert [run.seed for run in load_runs([out], include_incomplete=True).runs] == ["seed_0", "seed_1"]
