@@ -225,3 +225,39 @@ def test_sweeps_lock_running_runs_mark_killed_ones_and_report_leaves_them_out(tm
     assert any(note.startswith("left out 1 incomplete run(s)") and "--include-incomplete" in note
                for note in loaded.notes)
     assert [run.seed for run in load_runs([out], include_incomplete=True).runs] == ["seed_0", "seed_1"]
+
+
+def test_report_leaves_out_a_run_whose_sweep_status_is_not_finished(tmp_path):
+    """A run killed without a word (SIGKILL) keeps ``state: running`` and its JSON: still left out."""
+    from benchmarl.experiment.logger import JsonWriter
+
+    for seed, state in ((0, "finished"), (1, "running")):
+        job = tmp_path / f"seed={seed}"
+        (job / "run").mkdir(parents=True)
+        writer = JsonWriter(folder=str(job / "run"), name="run.json", algorithm_name="mappo", task_name="balance",
+                            environment_name="vmas", seed=seed)
+        writer.write(total_frames=60, metrics={"return": torch.tensor([1.0, 2.0])}, evaluation_step=1)
+        benchmark._write_yaml(job / benchmark.STATUS_FILE, {"state": state, "pid": 1})
+    loaded = load_runs([tmp_path])
+    assert [run.seed for run in loaded.runs] == ["seed_0"]
+    assert any("left out 1 incomplete run(s)" in note and "status.yaml says 'running'" in note
+               for note in loaded.notes)
+    assert [run.seed for run in load_runs([tmp_path], include_incomplete=True).runs] == ["seed_0", "seed_1"]
+
+
+def test_hooks_are_installed_by_register_and_removable():
+    from benchmarl.experiment import Experiment
+
+    assert runs.installed()
+    wrapped = {name: getattr(Experiment, name) for name in ("_setup", "_load_experiment", "run", "evaluate")}
+    runs.uninstall()
+    try:
+        assert not runs.installed()
+        assert all(getattr(Experiment, name) is method.__wrapped_original__ for name, method in wrapped.items()
+                   if getattr(method, "_benchmarl_decentral_runs_hook", False))  # others' wrappers are theirs
+        assert Experiment.evaluate is wrapped["evaluate"].__wrapped_original__
+    finally:
+        runs.install()
+    assert runs.installed()
+    runs.install()  # idempotent: not wrapped twice
+    assert getattr(Experiment.evaluate, "__wrapped_original__") is wrapped["evaluate"].__wrapped_original__
