@@ -25,7 +25,10 @@ helpers for the ``benchmarl`` CLI:
 * **resume and evaluate read the checkpoint's own config**
   (:func:`reload_experiment`): ``config.pkl`` of the checkpoint's run
   folder, which BenchMARL pickles from the run's own objects, not hydra's
-  ``.hydra`` folder, which two runs sharing an output folder overwrite;
+  ``.hydra`` folder, which two runs sharing an output folder overwrite; and
+  any restore whose algorithm, model, task or seed differ from that
+  ``config.pkl`` (e.g. ``python -m benchmarl.resume`` after such a collision)
+  gets a warning naming the difference (:func:`warn_if_other_config`);
 * **unique run folders** (:func:`claim_run_dir`) for ``benchmarl run``:
   created atomically, ``outputs/<date>/<time>`` or, when that exists,
   ``<time>-2``, ``<time>-3`` ...;
@@ -52,6 +55,7 @@ __all__ = [
     "CheckpointError",
     "EVALUATIONS_DIR",
     "check_checkpoint",
+    "warn_if_other_config",
     "claim_run_dir",
     "evaluation_file",
     "install",
@@ -138,6 +142,57 @@ def check_checkpoint(path: os.PathLike | str, *, need_run_folder: bool = False) 
     return path
 
 
+def _run_configs(config_file: Path) -> dict:
+    """What BenchMARL pickled in a run's ``config.pkl`` (``Experiment._setup_name``), by name."""
+    names = ("task", "task_config", "algorithm_config", "model_config", "seed", "experiment_config",
+             "critic_model_config", "callbacks")
+    with open(config_file, "rb") as f:
+        return {name: pickle.load(f) for name in names}
+
+
+def _differs(a, b) -> bool:
+    try:
+        return bool(a != b)
+    except Exception:  # noqa: BLE001  (e.g. arrays inside a config: not comparable as a whole)
+        return False
+
+
+def warn_if_other_config(experiment) -> Optional[str]:
+    """Warn when a checkpoint is restored with configs other than those of the run that wrote it.
+
+    Compares the algorithm, model, critic model, task (name and config) and
+    seed given to ``experiment`` with the run's ``config.pkl`` (the experiment
+    config is not compared: it holds the restore file and a budget a user may
+    extend). A difference is either wanted (a user restoring into a changed
+    setup from Python) or the mark of a collision: a ``.hydra`` folder that
+    another run in the same output folder overwrote, read by
+    ``python -m benchmarl.resume|evaluate``. It is never silent: a
+    ``UserWarning`` names the first field that differs. Returns the message,
+    or None (also when the run has no readable ``config.pkl``).
+    """
+    import warnings
+
+    config_file = Path(experiment.config.restore_file).resolve().parent.parent / "config.pkl"
+    try:
+        saved = _run_configs(config_file)
+        saved["task"] = saved["task"].name
+    except Exception:  # noqa: BLE001  (no run folder, older format: nothing to compare with)
+        return None
+    given = {"task": experiment.task.name, "task_config": experiment.task.config or {},
+             "algorithm_config": experiment.algorithm_config, "model_config": experiment.model_config,
+             "critic_model_config": experiment.critic_model_config, "seed": experiment.seed}
+    for name, value in given.items():
+        if _differs(value, saved[name]):
+            message = (
+                f"restoring {experiment.config.restore_file} with another {name.replace('_', ' ')} than the run "
+                f"that wrote it (run: {saved[name]!r}; now: {value!r}). If you did not mean to change it, the "
+                f"config came from a .hydra folder that another run in the same output folder overwrote: "
+                f"`benchmarl resume|evaluate FILE` rebuild the run from its own {config_file}.")
+            warnings.warn(message, UserWarning, stacklevel=3)
+            return message
+    return None
+
+
 def reload_experiment(checkpoint: os.PathLike | str):
     """The experiment of ``checkpoint``, built from its own run's ``config.pkl``.
 
@@ -156,9 +211,7 @@ def reload_experiment(checkpoint: os.PathLike | str):
     path = check_checkpoint(checkpoint, need_run_folder=True)
     config = path.parent.parent / "config.pkl"
     try:
-        with open(config, "rb") as f:
-            for _ in range(8):  # task, task config, algorithm, model, seed, experiment, critic model, callbacks
-                pickle.load(f)
+        _run_configs(config)
     except Exception as error:  # noqa: BLE001
         raise CheckpointError(f"cannot read the run's config {config} ({type(error).__name__}: {error}); "
                               "it must be the config.pkl BenchMARL wrote for this run") from None
@@ -307,6 +360,7 @@ def install() -> None:
     def _setup(self, *args, **kwargs):
         if self.config.restore_file is not None:  # before config.pkl and the loggers' files are rewritten
             check_checkpoint(self.config.restore_file)
+            warn_if_other_config(self)
         if self.config.render and "csv" in (self.config.loggers or []):
             from benchmarl_decentral import video
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,15 @@ def test_concurrent_runs_get_own_folders_and_resume_reads_the_checkpoints_config
     (checkpoint,) = by_k["algorithm.k=0"].glob("decpg_*/checkpoints/checkpoint_*.pt")
     experiment = runs.reload_experiment(checkpoint)
     assert experiment.algorithm_config.k == 0 and experiment.folder_name == checkpoint.parent.parent
+    # BenchMARL's own reload (python -m benchmarl.resume) reads the overwritten .hydra: not silently
+    from benchmarl.hydra_config import reload_experiment_from_file
+
+    with pytest.warns(UserWarning, match="with another algorithm config than the run that wrote it"):
+        reload_experiment_from_file(str(checkpoint))
+    (own,) = by_k["algorithm.k=2"].glob("decpg_*/checkpoints/checkpoint_*.pt")
+    with warnings.catch_warnings():  # the run whose .hydra it is: same config, no warning
+        warnings.filterwarnings("error", message="restoring", category=UserWarning)
+        assert reload_experiment_from_file(str(own)).algorithm_config.k == 2
 
 
 # ----------------------------------------------------------------- item 7
