@@ -475,9 +475,12 @@ def lock_holder(run_dir: Path) -> Optional[dict]:
 
 
 def describe_holder(holder: dict) -> str:
-    return (f"pid {holder.get('pid')} on {holder.get('host')}"
+    text = (f"pid {holder.get('pid')} on {holder.get('host')}"
             + (f", sweep {holder['sweep_id']}" if holder.get("sweep_id") else "")
             + (f", since {holder['started']}" if holder.get("started") else ""))
+    if holder.get("host") != socket.gethostname():  # e.g. a Slurm node: its process cannot be checked from here
+        text += f"; if it no longer runs there, delete its {LOCK_FILE}"
+    return text
 
 
 def acquire_lock(run_dir: Path, sweep_id: Optional[str] = None) -> Optional[dict]:
