@@ -54,6 +54,22 @@ def test_default_render_to_csv_logger_writes_an_mp4(tmp_path):
     assert len(frames) > 1 and frames[0].ndim == 3 and frames[0].std() > 0  # a picture, not a blank file
 
 
+def test_video_writer_round_trip_and_opt_out(tmp_path, monkeypatch):
+    import av
+
+    from benchmarl_decentral import video
+
+    frames = torch.zeros(6, 32, 48, 3, dtype=torch.uint8)
+    frames[:, :, :24] = 255  # left half white
+    video.write_video(str(tmp_path / "v.mp4"), frames, fps=10)
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(decoded) == 6 and decoded[0].shape == (32, 48, 3)
+    assert decoded[0][:, :20].mean() > 200 and decoded[0][:, 28:].mean() < 50
+    monkeypatch.setenv("BENCHMARL_DECENTRAL_NO_VIDEO_SHIM", "1")
+    assert video.install() is False
+
+
 # ----------------------------------------------------------------- item 3
 @pytest.mark.slow
 def test_evaluate_writes_beside_the_run_and_resume_keeps_one_curve(tmp_path, capsys):
