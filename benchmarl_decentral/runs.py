@@ -61,11 +61,13 @@ __all__ = [
     "install",
     "installed",
     "reload_experiment",
+    "restore_curve",
     "training_started",
     "uninstall",
 ]
 
-#: Folder of a run where ``evaluate`` writes (one JSON and one CSV folder per evaluated checkpoint).
+#: Folder of a run where ``evaluate`` writes (one JSON and one CSV folder per evaluated checkpoint);
+#: ``reporting.loading.EVALUATIONS_DIR`` (skipped by the report) is the same name.
 EVALUATIONS_DIR = "evaluations"
 _MARK = "_benchmarl_decentral_runs_hook"
 _ZIP_MAGIC = b"PK\x03\x04"

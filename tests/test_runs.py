@@ -274,6 +274,10 @@ def test_report_leaves_out_a_run_whose_sweep_status_is_not_finished(tmp_path):
 def test_hooks_are_installed_by_register_and_removable():
     from benchmarl.experiment import Experiment
 
+    from benchmarl_decentral.reporting import loading
+
+    assert runs.EVALUATIONS_DIR == loading.EVALUATIONS_DIR  # what evaluate writes, the report skips
+
     assert runs.installed()
     wrapped = {name: getattr(Experiment, name) for name in ("_setup", "_load_experiment", "run", "evaluate")}
     runs.uninstall()
