@@ -5,8 +5,8 @@ BenchMARL looks algorithms, models and tasks up in three module-level dicts
 ``task_config_registry``) and hydra validates each YAML against a ConfigStore
 schema named in its ``defaults`` list (``defaults: [decpg_config, _self_]``).
 :func:`register` fills all of them, and installs the experiment hook of
-:mod:`benchmarl_decentral.experiment_hooks` (callbacks the tasks need);
-calling it again changes nothing.
+:mod:`benchmarl_decentral.experiment_hooks` (callbacks the tasks need) and
+those of :mod:`benchmarl_decentral.runs` (checkpoints, result files); calling it again changes nothing.
 """
 
 from __future__ import annotations
@@ -106,4 +106,7 @@ def register() -> None:
     from benchmarl_decentral.experiment_hooks import install
 
     install()  # callbacks the tasks need (SMAC-family evaluation win rate), any entry point
+    from benchmarl_decentral import runs
+
+    runs.install()  # checkpoints checked first, resumed curves kept, evaluate beside the run
     _REGISTERED = True

@@ -34,6 +34,7 @@ Folder layout (``--out DIR``)::
         .hydra/                    hydra's config.yaml, hydra.yaml, overrides.yaml
         benchmark.log              hydra's job log
         status.yaml                state: running | finished | failed | interrupted, overrides, timings
+        run.lock                   while the run runs: the pid, host and sweep running it
         error.txt                  traceback of a failed run
         <alg>_<task>_<model>__<id>_<date>/        BenchMARL's experiment folder
             <same name>.json       BenchMARL's evaluation results (read by ``benchmarl report``)
@@ -51,6 +52,16 @@ one again (failed, interrupted, never started). Before a run starts again, the
 JSON files of its earlier attempts are renamed ``*.json.incomplete``; a run
 that fails has its JSON renamed the same way, so ``benchmarl report DIR`` reads
 finished runs only.
+
+Concurrent and killed sweeps: a run holds ``run.lock`` (created atomically:
+pid, host, sweep id) while it runs. A second sweep on the same ``--out``
+skips a run whose lock is held by a live process and says so (planned as
+``busy``, or found locked when its turn comes); a lock left by a dead process
+on this host (a run killed with SIGKILL) is taken over. SIGTERM and SIGINT
+(Ctrl-C) during a run mark it ``interrupted`` in ``status.yaml`` (with the
+signal), hide its JSON and release the lock before the sweep stops; ``benchmarl
+report`` leaves out runs whose status is not ``finished`` unless asked
+(``--include-incomplete``).
 """
 
 from __future__ import annotations
@@ -61,8 +72,10 @@ import importlib.util
 import itertools
 import os
 import platform
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -76,6 +89,7 @@ import yaml
 STATUS_FILE = "status.yaml"
 ERROR_FILE = "error.txt"
 PLAN_FILE = "benchmark.yaml"
+LOCK_FILE = "run.lock"
 #: Suffix given to the BenchMARL JSON of a run that did not finish.
 INCOMPLETE_SUFFIX = ".incomplete"
 
@@ -141,7 +155,8 @@ class Job:
     task: str
     seed: str
     status: Optional[dict] = None  # status.yaml before this invocation
-    action: str = "run"  # "run" or "skip" (already finished)
+    action: str = "run"  # "run", "skip" (already finished) or "busy" (running in another sweep)
+    holder: Optional[dict] = None  # the lock's holder, for a busy run
 
     @property
     def label(self) -> str:
@@ -168,6 +183,10 @@ class Plan:
     @property
     def skipped(self) -> List[Job]:
         return [job for job in self.jobs if job.action == "skip"]
+
+    @property
+    def busy(self) -> List[Job]:
+        return [job for job in self.jobs if job.action == "busy"]
 
 
 @dataclass
@@ -397,6 +416,10 @@ def plan_benchmark(overrides: Sequence[str], *, out: os.PathLike | str = "benchm
                     f"  then: {' '.join(job.status.get('overrides', []))}\n  now:  {' '.join(job_lines)}\n"
                     "Use another --out folder, or delete that run folder to run it again with the new settings.")
             job.action = "skip"
+        else:
+            job.holder = lock_holder(out / subdir)
+            if job.holder is not None:
+                job.action = "busy"
         plan_jobs.append(job)
     return Plan(out=out, launcher=launcher, jobs_limit=jobs, user_overrides=run_overrides,
                 hydra_overrides=hydra_overrides, jobs=plan_jobs,
@@ -417,6 +440,99 @@ def is_finished(run_dir: Path, status: Optional[dict]) -> bool:
     """``status.yaml`` says finished and the BenchMARL JSON it names is there."""
     return bool(status) and status.get("state") == "finished" and bool(status.get("json")) \
         and (run_dir / status["json"]).is_file()
+
+
+# ------------------------------------------------------------------ run locks
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def lock_holder(run_dir: Path) -> Optional[dict]:
+    """Who holds ``run_dir``'s lock (pid, host, sweep_id, started), or None when it is free or stale.
+
+    Stale: written by a process of this host that no longer runs. A lock from
+    another host cannot be checked and counts as held.
+    """
+    try:
+        with open(Path(run_dir) / LOCK_FILE) as f:
+            holder = yaml.safe_load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError):
+        holder = None
+    if not isinstance(holder, dict):
+        return {"pid": None, "host": None, "note": "unreadable lock file"}
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+            and not _alive(holder["pid"]):
+        return None
+    return holder
+
+
+def describe_holder(holder: dict) -> str:
+    text = (f"pid {holder.get('pid')} on {holder.get('host')}"
+            + (f", sweep {holder['sweep_id']}" if holder.get("sweep_id") else "")
+            + (f", since {holder['started']}" if holder.get("started") else ""))
+    if holder.get("host") != socket.gethostname():  # e.g. a Slurm node: its process cannot be checked from here
+        text += f"; if it no longer runs there, delete its {LOCK_FILE}"
+    return text
+
+
+def acquire_lock(run_dir: Path, sweep_id: Optional[str] = None) -> Optional[dict]:
+    """Take ``run_dir``'s lock for this process; None when taken, else the live holder.
+
+    The lock file is created with ``O_EXCL`` (atomic); a stale one is first
+    renamed away (one process only can rename it), then created again.
+    """
+    path = Path(run_dir) / LOCK_FILE
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "sweep_id": sweep_id, "started": _now()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(run_dir)
+            if holder is not None:
+                return holder
+            try:  # stale: move it aside; if another process did first, try again
+                os.replace(path, path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}"))
+                path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}").unlink()
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(mine, f, sort_keys=False)
+        return None
+    return lock_holder(run_dir) or {"pid": None, "host": None, "note": "could not take the lock"}
+
+
+def release_lock(run_dir: Path) -> None:
+    """Remove ``run_dir``'s lock if this process holds it."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        with open(path) as f:
+            holder = yaml.safe_load(f)
+        if isinstance(holder, dict) and holder.get("pid") == os.getpid() \
+                and holder.get("host") == socket.gethostname():
+            path.unlink()
+    except (OSError, yaml.YAMLError):
+        pass
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Raised in a run by SIGTERM (SIGINT raises KeyboardInterrupt itself)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):  # noqa: ARG001  (signal handler signature)
+    raise RunInterrupted(signum)
 
 
 def _write_yaml(path: Path, data: dict) -> None:
@@ -455,6 +571,7 @@ def write_plan(plan: Plan) -> Path:
         "runs": len(plan.jobs),
         "to_run": [job.dir for job in plan.to_run],
         "already_finished": [job.dir for job in plan.skipped],
+        "busy": [job.dir for job in plan.busy],
         "jobs": [{"dir": job.dir, "overrides": job.overrides} for job in plan.jobs],
     }
     path = plan.out / PLAN_FILE
@@ -502,9 +619,27 @@ def run_job(cfg) -> dict:
     except (OSError, yaml.YAMLError):
         plan = None
     if plan and label not in plan.get("to_run", []):
-        print(f"[benchmark] {label}: already finished, skipped", flush=True)
+        why = "running in another sweep" if label in plan.get("busy", []) else "already finished"
+        print(f"[benchmark] {label}: {why}, skipped", flush=True)
         return {"state": "skipped", "run": label}
+    holder = acquire_lock(run_dir, plan.get("sweep_id") if plan else None)
+    if holder is not None:
+        print(f"[benchmark] {label}: running in another sweep ({describe_holder(holder)}), skipped; "
+              "run the same command again once it has ended", flush=True)
+        return {"state": "busy", "run": label}
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
+    try:
+        return _run_locked(cfg, hydra_cfg, run_dir, sweep_dir, label, overrides, plan)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_term)
+        release_lock(run_dir)
 
+
+def _run_locked(cfg, hydra_cfg, run_dir: Path, sweep_dir: Path, label: str, overrides: List[str],
+                plan: Optional[dict]) -> dict:
+    """:func:`run_job` once the run's lock is held."""
     task_name = hydra_cfg.runtime.choices.task
     algorithm_name = hydra_cfg.runtime.choices.algorithm
     hidden = _hide_results(run_dir)
@@ -524,6 +659,8 @@ def run_job(cfg) -> dict:
     }
     if hidden:
         status["earlier_attempts_hidden"] = hidden
+    if previous and previous.get("state") == "running":  # its process died without a word (SIGKILL, crash)
+        status["previous_attempt"] = f"ended without a status (pid {previous.get('pid')} on {previous.get('host')})"
     error_file = run_dir / ERROR_FILE
     if error_file.exists():
         error_file.unlink()
@@ -551,10 +688,16 @@ def run_job(cfg) -> dict:
         print(f"\n[benchmark] {label}: FAILED: {first} (traceback: {error_file})", file=sys.stderr, flush=True)
         print(f"[benchmark] {_progress(sweep_dir, plan)}", flush=True)
         return {"state": "failed", "run": label, "error": status["error"]}
-    except BaseException:  # KeyboardInterrupt, SystemExit: record, then let it stop the sweep
+    except BaseException as error:  # SIGTERM, Ctrl-C, SystemExit: record, then let it stop the sweep
         status.update(state="interrupted", ended=_now(), seconds=round(time.perf_counter() - tic, 1))
+        if isinstance(error, RunInterrupted):
+            status["signal"] = signal.Signals(error.signum).name
+        elif isinstance(error, KeyboardInterrupt):
+            status["signal"] = "SIGINT"
         _hide_results(run_dir)
         _write_yaml(run_dir / STATUS_FILE, status)
+        print(f"\n[benchmark] {label}: interrupted ({status.get('signal', type(error).__name__)}); "
+              "run the same command again to run it", file=sys.stderr, flush=True)
         raise
 
     json_file = experiment.folder_name / f"{experiment.name}.json"
@@ -591,6 +734,8 @@ def launch(plan: Plan) -> int:
         app()
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except KeyboardInterrupt as interrupt:  # SIGINT or SIGTERM (RunInterrupted) in a run of this process
+        return 128 + getattr(interrupt, "signum", signal.SIGINT)
     finally:
         sys.argv = saved
         from hydra.core.global_hydra import GlobalHydra
@@ -607,8 +752,12 @@ def outcome(plan: Plan) -> Outcome:
         status = read_status(run_dir)
         if job.action == "skip":
             result.already_finished.append(job)
+        elif job.action == "busy":
+            result.not_run.append((job, f"running in another sweep ({describe_holder(job.holder or {})})"))
         elif status is None or status.get("sweep_id") != plan.sweep_id:
-            result.not_run.append((job, "it did not start (no status from this sweep)"))
+            holder = lock_holder(run_dir)
+            result.not_run.append((job, f"running in another sweep ({describe_holder(holder)})" if holder
+                                   else "it did not start (no status from this sweep)"))
         elif is_finished(run_dir, status):
             result.finished.append(job)
         elif status.get("state") == "failed":
@@ -621,9 +770,11 @@ def outcome(plan: Plan) -> Outcome:
 def describe(plan: Plan) -> str:
     lines = [f"benchmark: {len(plan.jobs)} run(s) in {plan.out} with the {plan.launcher} launcher"
              + (f" (--jobs {plan.jobs_limit})" if plan.jobs_limit else "")
-             + f": {len(plan.to_run)} to run, {len(plan.skipped)} already finished (skipped)."]
+             + f": {len(plan.to_run)} to run, {len(plan.skipped)} already finished (skipped)"
+             + (f", {len(plan.busy)} running in another sweep (skipped)" if plan.busy else "") + "."]
     for job in plan.jobs:
-        lines.append(f"  {'run ' if job.action == 'run' else 'skip'}  {job.dir}")
+        where = f"  (running: {describe_holder(job.holder or {})})" if job.action == "busy" else ""
+        lines.append(f"  {job.action:<4}  {job.dir}{where}")
     return "\n".join(lines)
 
 

@@ -1,10 +1,14 @@
 """The ``benchmarl`` console script (BenchMARL itself ships none).
 
-``benchmarl run``, ``evaluate`` and ``resume`` execute BenchMARL's own entry
-points (``benchmarl.run``, ``benchmarl.evaluate``, ``benchmarl.resume``) in this
-process with the arguments given, so their semantics are exactly those of
-``python -m benchmarl.run ...``; the plugin is imported first, so our
-algorithms, models and tasks are available by name.
+``benchmarl run`` executes BenchMARL's own entry point (``benchmarl.run``) in
+this process with the arguments given, so overrides and hydra flags are those
+of ``python -m benchmarl.run ...``; the plugin is imported first, so our
+algorithms, models and tasks are available by name. Two differences, for runs
+that can be trusted (:mod:`benchmarl_decentral.runs`): ``run`` creates its
+output folder itself (unique per process, removed when the run is refused),
+and ``evaluate`` / ``resume`` check the checkpoint first and rebuild the run
+from its own ``config.pkl`` (BenchMARL's ``Experiment.reload_from_file``)
+instead of the ``.hydra`` folder that ``python -m benchmarl.evaluate|resume`` read.
 """
 
 from __future__ import annotations
@@ -55,14 +59,25 @@ same output folders (outputs/ for a run, multirun/ with -m).
 
 Hydra's own flags work too: --cfg job (print the composed config and exit),
 --hydra-help, hydra.run.dir=...
+
+The run folder, outputs/<date>/<time> (multirun/... with -m), is created by
+this command, atomically: <time>-2, <time>-3 ... when another run has taken
+that second. A run that fails before training starts leaves no folder (one
+given with hydra.run.dir= is kept).
 """
 
 CHECKPOINT_HELP = """\
 usage: benchmarl {cmd} CHECKPOINT_FILE
 
 {what} the experiment saved in CHECKPOINT_FILE (a checkpoints/checkpoint_*.pt
-of a run made with `benchmarl run` or `python -m benchmarl.run`; its hydra
-config is read from the run folder). Same as `python -m benchmarl.{cmd} FILE`.
+of a run made with `benchmarl run` or `python -m benchmarl.run`). As
+`python -m benchmarl.{cmd} FILE`, except that the file is checked first (one
+message, nothing written, when it is missing, empty, truncated or not a
+checkpoint) and the config is the run's own config.pkl (next to checkpoints/),
+not the .hydra folder above it, which runs sharing an output folder overwrite.
+resume keeps the run's results JSON one curve (evaluations up to the
+checkpoint kept); evaluate writes <run>/evaluations/checkpoint_<frames>.json
+(and a CSV folder beside it) and leaves the run's results unchanged.
 """
 
 LIST_HELP = """\
@@ -73,7 +88,7 @@ default). Entries added by benchmarl-decentral are marked with *.
 """
 
 REPORT_HELP = """\
-usage: benchmarl report FOLDER [FOLDER ...] [--out DIR] [--metric NAME] [--reps N]
+usage: benchmarl report FOLDER [FOLDER ...] [--out DIR] [--metric NAME] [--reps N] [--include-incomplete]
 
 Compare algorithms on the results BenchMARL writes (<run>/<run>.json, written
 when experiment.create_json=true, the default). Every FOLDER is searched at any
@@ -90,6 +105,12 @@ Writes into DIR: report.md (tables + plots), the tables as CSV, and PNG plots:
   --out DIR       output folder (default: report)
   --metric NAME   metric of the JSON files (default: return; per group: <group>_return)
   --reps N        bootstrap replications (default: 2000)
+  --include-incomplete  also read runs that did not finish (benchmark runs whose
+                  status.yaml is not finished, *.json.incomplete); by default they
+                  are left out and a note says how many
+
+A resumed run is one curve; `benchmarl evaluate`'s results (<run>/evaluations/)
+are not read.
 
 Runs are scored at the last evaluation common to all runs of a task; with one
 seed, confidence intervals are reported as unavailable. Exit status 2 when there
@@ -122,14 +143,18 @@ of BenchMARL's run app, on the launcher chosen here. Then compare with
   --dry-run             print the runs (to run / already finished) and exit
 
 Layout: DIR/benchmark.yaml (the plan), DIR/<env>/<task>/<algorithm>/<swept overrides,seed=N>/
-with hydra's .hydra/ and log, status.yaml (running / finished / failed, overrides, timings),
-error.txt for a failed run, and BenchMARL's experiment folder (<run>/<run>.json).
+with hydra's .hydra/ and log, status.yaml (running / finished / failed / interrupted, overrides,
+timings), run.lock while the run runs, error.txt for a failed run, and BenchMARL's experiment
+folder (<run>/<run>.json).
 
 A run is finished when status.yaml says so and its BenchMARL JSON exists. A
 failed run is reported with its error and the others go on; running the same
 command again skips finished runs and runs the others (the JSON of an
 unfinished attempt is renamed *.json.incomplete, so reports read finished runs
-only). Defaults that differ from `benchmarl run`: experiment.loggers=[csv],
+only). A run locked by another sweep (run.lock of a live process) is
+skipped and reported as such; SIGTERM / Ctrl-C mark the running run
+interrupted (status.yaml), and the sweep exits with 128 + the signal number.
+Defaults that differ from `benchmarl run`: experiment.loggers=[csv],
 experiment.render=false (override them if you want), experiment.create_json=true.
 Progress: BenchMARL's tqdm bar per run and a "[benchmark] k/N runs done" line
 after each run. Exit status: 0 when every run finished, 1 when some failed or
@@ -149,6 +174,93 @@ def _run_module(module: str, args: List[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
         sys.argv = saved
+    return 0
+
+
+def _given_dir(args: List[str], key: str) -> Optional[str]:
+    """The value of a ``key=...`` override in ``args`` (the last one), or None."""
+    value = None
+    for arg in args:
+        if arg.lstrip("+").startswith(key + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _run_in_own_folder(args: List[str]) -> int:
+    """``benchmarl run``: BenchMARL's run app in a run folder of its own, none left when refused.
+
+    Hydra names the folder after the second the run started
+    (``outputs/<date>/<time>``, ``multirun/<date>/<time>`` with ``-m``), so runs
+    started in the same second would share it (and its ``.hydra``). Unless
+    ``hydra.run.dir`` / ``hydra.sweep.dir`` is given, the folder is created
+    here, atomically (:func:`benchmarl_decentral.runs.claim_run_dir`), and passed
+    to hydra. A single run that fails before training starts (a refused
+    config, a task that cannot be built) leaves no folder: the one this command
+    created is removed; a run that failed during training keeps it. A folder
+    the user names (``hydra.run.dir=...``) is used as given and never removed.
+    """
+    from pathlib import Path
+
+    from benchmarl_decentral import runs
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if _given_dir(args, key) is not None:  # the user's folder: used as given, never removed
+        return _run_module("benchmarl.run", args)
+    root = Path("multirun" if multirun else "outputs")
+    new_root = not root.exists()
+    created = runs.claim_run_dir(root)
+    # next to the user's overrides: hydra's argparse takes positional overrides in one block only
+    last = max((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=-1)
+    code = 1  # also when the run raises (HYDRA_FULL_ERROR=1 makes hydra re-raise)
+    try:
+        code = _run_module("benchmarl.run", [*args[:last + 1], f"{key}={created}", *args[last + 1:]])
+    finally:
+        _remove_if_untrained(created, root, new_root, code, multirun)
+    return code
+
+
+def _remove_if_untrained(created, root, new_root: bool, code: int, multirun: bool) -> None:
+    """Remove the run folder ``created`` when it is empty, or when its single run failed before training."""
+    import shutil
+
+    from benchmarl_decentral import runs
+
+    if created.is_dir():
+        if not any(created.iterdir()) or (code != 0 and not multirun and not runs.training_started()):
+            shutil.rmtree(created, ignore_errors=True)
+            # outputs/<date> (and outputs/ when this command made it): removed when left empty
+            for parent in (created.parent, root) if new_root else (created.parent,):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+            if code != 0:
+                print(f"benchmarl run: nothing was trained; the run folder {created} was removed.", file=sys.stderr)
+
+
+def _checkpoint_command(command: str, checkpoint: str) -> int:
+    """``benchmarl resume|evaluate FILE``: the checkpoint checked, its own run's config, then BenchMARL.
+
+    Same as ``python -m benchmarl.resume|evaluate FILE`` except that (1) the
+    checkpoint is checked before anything is read or written (one message for a
+    missing, empty, truncated or foreign file) and (2) the config is the one
+    BenchMARL pickled in the checkpoint's run folder (``config.pkl``), not the
+    ``.hydra`` folder above it, which runs sharing an output folder overwrite.
+    ``evaluate`` writes to ``<run>/evaluations/`` (see :mod:`benchmarl_decentral.runs`).
+    """
+    import benchmarl_decentral  # noqa: F401  (registers our algorithms/models/tasks)
+    from benchmarl_decentral import runs
+
+    try:
+        experiment = runs.reload_experiment(checkpoint)
+    except runs.CheckpointError as error:
+        print(f"benchmarl {command}: {error}", file=sys.stderr)
+        return 2
+    if command == "resume":
+        experiment.run()
+    else:
+        experiment.evaluate()
     return 0
 
 
@@ -184,6 +296,7 @@ def _report(args: List[str]) -> int:
     parser.add_argument("--out", default="report")
     parser.add_argument("--metric", default="return")
     parser.add_argument("--reps", type=int, default=2000)
+    parser.add_argument("--include-incomplete", action="store_true")
     try:
         options = parser.parse_args(args)
     except SystemExit as exit_:  # argparse has printed the usage and the error
@@ -193,14 +306,16 @@ def _report(args: List[str]) -> int:
         import rliable  # noqa: F401
 
         from benchmarl_decentral.reporting import ReportInputError, make_report
+        from benchmarl_decentral.reporting.loading import including_incomplete
     except ImportError as error:
         print(f"benchmarl report: {error}. Install the report extra: "
               'pip install "benchmarl-decentral[report]"', file=sys.stderr)
         return 2
     command = " ".join(["benchmarl", "report", *args])
     try:
-        report = make_report(options.folders, out=options.out, metric=options.metric, reps=options.reps,
-                             command=command)
+        with including_incomplete(options.include_incomplete):
+            report = make_report(options.folders, out=options.out, metric=options.metric, reps=options.reps,
+                                 command=command)
     except ReportInputError as error:
         print(f"benchmarl report: {error}", file=sys.stderr)
         return 2
@@ -246,6 +361,10 @@ def _benchmark(args: List[str]) -> int:
     if options.dry_run:
         return 0
     if not plan.to_run:
+        if plan.busy:
+            print(f"benchmark: nothing to run here: {len(plan.busy)} run(s) are running in another sweep; "
+                  "run the same command again once it has ended.")
+            return 1
         print(f"benchmark: every run is finished; compare them with: benchmarl report {plan.out}")
         return 0
     benchmark.write_plan(plan)
@@ -255,7 +374,7 @@ def _benchmark(args: List[str]) -> int:
     if code != 0:
         print(f"benchmarl benchmark: hydra stopped the sweep (exit status {code}); see the messages above.",
               file=sys.stderr)
-        return 1
+        return code if code > 128 else 1  # 128 + signal when a run was interrupted
     return 0 if result.ok else 1
 
 
@@ -270,7 +389,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if wants_help:
             print(RUN_HELP)
             return 0
-        return _run_module("benchmarl.run", args)
+        return _run_in_own_folder(args)
     if command in ("evaluate", "resume"):
         what = "Evaluate" if command == "evaluate" else "Resume training of"
         if wants_help:
@@ -280,12 +399,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(CHECKPOINT_HELP.format(cmd=command, what=what), file=sys.stderr)
             print(f"benchmarl {command}: expected one checkpoint file, got {len(args)} arguments.", file=sys.stderr)
             return 2
-        from pathlib import Path
-
-        if not Path(args[0]).is_file():
-            print(f"benchmarl {command}: checkpoint file not found: {args[0]}", file=sys.stderr)
-            return 2
-        return _run_module(f"benchmarl.{command}", args)
+        return _checkpoint_command(command, args[0])
     if command == "list":
         if wants_help:
             print(LIST_HELP)

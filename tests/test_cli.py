@@ -78,6 +78,7 @@ def test_bad_input_fails_before_training(tmp_path, tiny):
     result = run_cli(["run", "algorithm=decpg", "task=vmas/balance", "task.n_agents=3", "algorithm.k=5", *tiny], tmp_path)
     assert result.returncode != 0
     assert "k must be in [0, n-1]" in result.stderr and "algorithm.k" in result.stderr
-    assert not list(tmp_path.glob("outputs/*/*/decpg_balance_*"))  # no half-written run folder
+    assert not (tmp_path / "outputs").exists()  # no run folder at all, not even hydra's
+    assert "nothing was trained; the run folder outputs/" in result.stderr
     result = run_cli(["run", "algorithm=decpg", "task=vmas/balance", "algorithm.min_lr=1.0", *tiny], tmp_path)
     assert result.returncode != 0 and "set min_lr <= lr" in result.stderr

@@ -16,6 +16,21 @@ multirun by walking it for ``*.json`` (names with ``wandb`` skipped); this modul
 does the same walk, but keeps every run apart (with its source file), checks
 the format and says what it skipped instead of failing.
 
+Two kinds of JSON files are not training curves and are not read as such:
+
+* ``<run>/evaluations/*.json``, written by ``benchmarl evaluate`` (one
+  evaluation of a checkpoint, beside the run; :mod:`benchmarl_decentral.runs`)
+  are skipped;
+* incomplete runs are left out unless asked (``include_incomplete``,
+  ``benchmarl report --include-incomplete``) and counted in a note: JSON files
+  renamed ``*.json.incomplete`` by ``benchmarl benchmark`` (failed or
+  interrupted attempts), and JSON files of a ``benchmarl benchmark`` run
+  whose ``status.yaml`` (in the hydra job folder above the run) does not say
+  ``finished`` (a run still going, or one killed without a chance to say so).
+
+A resumed run (``benchmarl resume``) keeps one JSON file holding the whole
+curve (the evaluations up to its checkpoint and those after), read as one run.
+
 The csv logger (``experiment.loggers=[csv]``) writes
 ``<save_folder>/<run>/<run>/scalars/<key>.csv`` with ``step,value`` lines (``/``
 in the key replaced by ``_``): :func:`read_scalar` reads one of them.
@@ -23,6 +38,8 @@ in the key replaced by ``_``): :func:`read_scalar` reads one of them.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import os
@@ -34,6 +51,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 PathLike = Union[str, os.PathLike]
+
+#: Folder of a run where ``benchmarl evaluate`` writes (skipped: not training curves).
+EVALUATIONS_DIR = "evaluations"
+#: Suffix ``benchmarl benchmark`` gives to the JSON of a failed or interrupted attempt.
+INCOMPLETE_SUFFIX = ".incomplete"
+_STATE_RE = re.compile(r"^state:\s*['\"]?([A-Za-z_]+)")
+_INCLUDE_INCOMPLETE: contextvars.ContextVar[bool] = contextvars.ContextVar("include_incomplete", default=False)
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _SEED_RE = re.compile(r"^seed_(-?\d+)$")
@@ -110,12 +134,46 @@ def seed_sort_key(seed: str):
     return (0, int(match.group(1)), "") if match else (1, 0, seed)
 
 
+@contextlib.contextmanager
+def including_incomplete(include: bool = True):
+    """Within the block, :func:`load_runs` reads incomplete runs too (unless told otherwise)."""
+    token = _INCLUDE_INCOMPLETE.set(include)
+    try:
+        yield
+    finally:
+        _INCLUDE_INCOMPLETE.reset(token)
+
+
+def incomplete_reason(file: Path) -> Optional[str]:
+    """Why the run of JSON ``file`` is incomplete, or None when nothing says so.
+
+    Incomplete: the file was renamed ``*.json.incomplete``, or it belongs to a
+    ``benchmarl benchmark`` run (``<job>/<run>/<run>.json`` with
+    ``<job>/status.yaml``) whose state is not ``finished``.
+    """
+    if file.name.endswith(INCOMPLETE_SUFFIX):
+        return "an attempt that did not finish (*.json.incomplete)"
+    status = file.parent.parent / "status.yaml"
+    if not status.is_file():
+        return None
+    try:
+        with open(status, "r") as f:
+            states = [m.group(1) for m in map(_STATE_RE.match, f) if m]
+    except (OSError, UnicodeDecodeError):
+        return None
+    if states and states[0] != "finished":
+        return f"status.yaml says '{states[0]}'"
+    return None
+
+
 def find_json_files(paths: Sequence[PathLike]) -> List[Path]:
-    """The ``*.json`` files under ``paths`` (recursively; files may be given directly).
+    """The ``*.json`` (and ``*.json.incomplete``) files under ``paths`` (recursively; files may be given directly).
 
     Mirrors ``benchmarl.eval_results._get_json_files_from_multirun``: names
-    containing ``wandb`` are skipped. Each file appears once, even when folders
-    overlap. Raises :class:`ReportInputError` for a path that does not exist.
+    containing ``wandb`` are skipped; so are the files in ``evaluations/``
+    folders (``benchmarl evaluate``'s results). Each file appears once, even
+    when folders overlap. Raises :class:`ReportInputError` for a path that
+    does not exist.
     """
     if not paths:
         raise ReportInputError("no folder given.")
@@ -131,7 +189,8 @@ def find_json_files(paths: Sequence[PathLike]) -> List[Path]:
                 Path(dirpath) / name
                 for dirpath, _, filenames in os.walk(path)
                 for name in filenames
-                if name.endswith(".json") and "wandb" not in name
+                if name.endswith((".json", ".json" + INCOMPLETE_SUFFIX)) and "wandb" not in name
+                and Path(dirpath).name != EVALUATIONS_DIR
             )
         for candidate in candidates:
             found.setdefault(candidate.resolve(), candidate)
@@ -203,22 +262,41 @@ def parse_results(data, source: Path) -> Tuple[List[Run], List[str]]:
     return runs, problems
 
 
-def load_runs(paths: Sequence[PathLike]) -> LoadResult:
+def load_runs(paths: Sequence[PathLike], include_incomplete: Optional[bool] = None) -> LoadResult:
     """Every run in BenchMARL's JSON files under ``paths``, merged.
 
     Raises :class:`ReportInputError` when there is nothing to report on: no JSON
     file at all, or none in BenchMARL's format (the message gives the reasons).
     The same env/task/algorithm/seed found in two files (a rerun, a copy) is
     kept once: the most recently modified file wins, and a note says so.
+    Incomplete runs (:func:`incomplete_reason`) are left out, with a note
+    saying how many, unless ``include_incomplete`` (default: False, or True
+    inside :func:`including_incomplete`).
     """
+    if include_incomplete is None:
+        include_incomplete = _INCLUDE_INCOMPLETE.get()
     files = find_json_files(paths)
     where = ", ".join(str(p) for p in paths)
+    left_out: List[Tuple[Path, str]] = []
+    if not include_incomplete:
+        reasons = {file: incomplete_reason(file) for file in files}
+        left_out = [(file, why) for file, why in reasons.items() if why is not None]
+        files = [file for file, why in reasons.items() if why is None]
+        if not files and left_out:
+            raise ReportInputError(
+                f"only incomplete runs under {where} ({len(left_out)}: {left_out[0][0]}: {left_out[0][1]}"
+                + (" ..." if len(left_out) > 1 else "") + "); pass --include-incomplete to report on them anyway.")
     if not files:
         raise ReportInputError(
             f"no JSON results under {where}. BenchMARL writes <run>/<run>.json when "
             "experiment.create_json=true (its default); point this at a run or multirun folder."
         )
     result = LoadResult(runs=[], json_files=files)
+    if left_out:
+        shown = "; ".join(f"{file}: {why}" for file, why in left_out[:3])
+        result.notes.append(
+            f"left out {len(left_out)} incomplete run(s) ({shown}" + (" ..." if len(left_out) > 3 else "")
+            + "); pass --include-incomplete to include them.")
     by_key: Dict[Tuple[str, str, str, str], Run] = {}
     duplicates: List[str] = []
     for file in files:
@@ -237,7 +315,7 @@ def load_runs(paths: Sequence[PathLike]) -> LoadResult:
         single = len(runs) == 1
         for run in runs:
             if single:
-                scalars = file.parent / file.stem / "scalars"
+                scalars = file.parent / file.name[: file.name.rindex(".json")] / "scalars"
                 run.scalars_dir = scalars if scalars.is_dir() else None
             previous = by_key.get(run.key)
             if previous is not None:
