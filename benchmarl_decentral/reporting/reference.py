@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -268,7 +269,9 @@ def make_env(setup: TaskSetup, num_envs: int, seed: int):
     from omegaconf import OmegaConf
     from torchrl.envs import Compose, TransformedEnv
 
-    task = load_task_config_from_hydra(OmegaConf.create(setup.task_config), setup.task_name)
+    with warnings.catch_warnings():  # BenchMARL warns for tasks without a config dataclass (ours have YAML checks)
+        warnings.filterwarnings("ignore", message="TaskConfig python dataclass not found")
+        task = load_task_config_from_hydra(OmegaConf.create(setup.task_config), setup.task_name)
     env = task.get_env_fun(num_envs=num_envs, continuous_actions=setup.continuous_actions, seed=seed,
                            device=setup.device)()
     env = TransformedEnv(env, Compose(*task.get_env_transforms(env))).to(setup.device)

@@ -115,13 +115,19 @@ def _reward_table(loaded: LoadResult, configs, metric: str, notes: List[str]) ->
     out: Dict[str, Dict[str, dict]] = {}
     for task_id, algs in table.items():
         out[task_id] = {alg: {k: "; ".join(sorted(v)) for k, v in entry.items()} for alg, entry in algs.items()}
-        trained = {alg: entry["trained_on"] for alg, entry in out[task_id].items()}
-        if len(set(trained.values())) > 1:
-            notes.append(f"{task_id}: UNEQUAL REWARDS: the algorithms trained on different reward definitions ("
-                         + "; ".join(f"{alg}: {text}" for alg, text in sorted(trained.items()))
-                         + "). Give every algorithm the same reward (a shared-reward task option) for a fair "
-                         "comparison.")
+        note = unequal_rewards(task_id, {alg: entry["trained_on"] for alg, entry in out[task_id].items()})
+        if note:
+            notes.append(note)
     return out
+
+
+def unequal_rewards(task_id: str, trained_on: Dict[str, str]) -> Optional[str]:
+    """The warning for a task whose algorithms trained on different rewards (None when all are equal)."""
+    if len(set(trained_on.values())) <= 1:
+        return None
+    return (f"{task_id}: UNEQUAL REWARDS: the algorithms trained on different reward definitions ("
+            + "; ".join(f"{alg}: {text}" for alg, text in sorted(trained_on.items()))
+            + "). Give every algorithm the same reward (a shared-reward task option) for a fair comparison.")
 
 
 def build_report(paths: Sequence[PathLike], metric: str = "return", reps: int = 2000,

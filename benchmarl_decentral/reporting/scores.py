@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -171,7 +172,9 @@ def continuous_actions(task_name: str, algorithm_name: str, config: dict) -> boo
     from benchmarl.hydra_config import load_task_config_from_hydra
     from omegaconf import OmegaConf
 
-    task = load_task_config_from_hydra(OmegaConf.create(dict(config.get("task") or {})), task_name)
+    with warnings.catch_warnings():  # BenchMARL warns for tasks without a config dataclass (ours have YAML checks)
+        warnings.filterwarnings("ignore", message="TaskConfig python dataclass not found")
+        task = load_task_config_from_hydra(OmegaConf.create(dict(config.get("task") or {})), task_name)
     algorithm = algorithm_config_registry[algorithm_name]
     prefer = bool((config.get("experiment") or {}).get("prefer_continuous_actions", True))
     if task.supports_continuous_actions() and algorithm.supports_continuous_actions() and prefer:
