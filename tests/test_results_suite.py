@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 
@@ -46,3 +47,16 @@ def test_smoke_part_runs_and_writes_the_index(tmp_path):
     # the runs are in benchmarl benchmark's layout, all finished
     statuses = list(out.rglob("status.yaml"))
     assert len(statuses) == 3 and all("state: finished" in s.read_text() for s in statuses)
+    # their files are archived beside the report, and the report reads them there, with reference rows
+    assert len(list((docs / "magpo" / "runs").rglob("*.json"))) == 3
+    with open(docs / "magpo" / "reference_scores.csv", newline="") as f:
+        assert {row["policy"] for row in csv.DictReader(f)} >= {"random", "zero"}
+    assert "| *random* (reference" in index and "above random (95%)" in index and "of the paper's budget" in index
+    # --report-only regenerates the part's report byte for byte from the archive alone (sweep folder gone)
+    before = {p.relative_to(docs): p.read_bytes() for p in (docs / "magpo").rglob("*") if p.is_file()}
+    shutil.rmtree(out)
+    proc = _run(["--smoke", "--report-only", "--out", str(out), "--docs", str(docs), "--reps", "50"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = {p.relative_to(docs): p.read_bytes() for p in (docs / "magpo").rglob("*") if p.is_file()}
+    assert after.keys() == before.keys()
+    assert [name for name in before if after[name] != before[name]] == []
