@@ -215,6 +215,10 @@ def test_discrete_vmas_and_scripted_registry():
         returns = evaluate_policy(setup, policy, seed=0, episodes=4)
         assert len(returns) == 4 and all(math.isfinite(r) for r in returns)
     assert policy_names("vmas/navigation") == ["random", "zero", "go_to_goal"]
+    # continuous: the scripted go-to-goal (with lidar repulsion) reaches goals that random actions do not
+    setup = TaskSetup("vmas/navigation", dict(config, max_steps=40), continuous_actions=True)
+    scripted = np.mean(evaluate_policy(setup, "go_to_goal", seed=1, episodes=16))
+    assert scripted > 0.5 and scripted > np.mean(evaluate_policy(setup, "random", seed=1, episodes=16))
     assert "coordsum" in SCRIPTED_POLICIES and "vmas_private/navigation_agent0" in SCRIPTED_POLICIES
     del yaml
 
@@ -237,3 +241,17 @@ def test_reward_used_and_unequal_reward_warning():
     private = {"reward_mode": "agent0", "rewarded_agent": 0, "penalty_key": "agent_collisions", "shared_rew": True}
     assert "only agent 0 rewarded" in reward_used("vmas_private/navigation_agent0", "matrpo", private, {})
     assert "not a team metric" in scored_on("return", "vmas_private/navigation_agent0", private)
+
+
+def test_coordsum_scripted_policies_join_when_the_environment_provides_them():
+    from benchmarl_decentral.environments import coordsum
+
+    names = policy_names("coordsum/3x10-30")
+    if not hasattr(coordsum, "scripted_policy"):
+        assert names == ["random", "zero"]
+        pytest.skip("benchmarl_decentral.environments.coordsum.scripted_policy is not in this checkout")
+    assert names == ["random", "zero", "agent0_deterministic", "best_response"]
+    setup = _coordsum_setup()
+    best = np.asarray(evaluate_policy(setup, "best_response", seed=0, episodes=50))
+    random = np.asarray(evaluate_policy(setup, "random", seed=0, episodes=50))
+    assert best.mean() > random.mean()  # a team that always reaches reachable targets beats random picks

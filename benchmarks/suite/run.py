@@ -372,7 +372,7 @@ def legacy_reference(part: Part, docs: Path, reps: int, seed: int = 0) -> List[d
                                     {part.task: default_last_k(episodes) * episodes}, cache, True, reps, seed)
     for note in notes:
         print(f"  note: {note}")
-    if cache.evaluated:
+    if cache.evaluated or set(cache.entries) != cache.used:
         cache.save()
     rows = []
     for policy, ref in refs.get(part.task, {}).items():
@@ -597,6 +597,8 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
                   ("Budget: 400 frames per run (smoke)." if smoke else
                    f"Budget: {part.budget(profile)[0]:,} frames per run, {_fraction(part, profile)} of the paper's "
                    f"({part.paper_budget})."), "", f"Reward: {part.reward}.", ""]
+        if part.rerun and not (part_docs / "runs").is_dir():
+            lines[-1:] = [f"The committed runs below do not follow it: {part.rerun}.", ""]
         if record.get("sweep"):
             lines += [f"Sweep: `{record['sweep']}` (last invocation {record.get('started', '?')}).", ""]
         if record.get("machine"):
