@@ -60,3 +60,26 @@ def test_smoke_part_runs_and_writes_the_index(tmp_path):
     after = {p.relative_to(docs): p.read_bytes() for p in (docs / "magpo").rglob("*") if p.is_file()}
     assert after.keys() == before.keys()
     assert [name for name in before if after[name] != before[name]] == []
+
+
+def test_profiles_scale_the_budgets_and_every_part_states_claim_reward_and_paper_fraction():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("suite_run", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("suite_run", module)  # dataclasses look their module up there
+    spec.loader.exec_module(sys.modules["suite_run"])
+    suite = sys.modules["suite_run"]
+    assert set(suite.PROFILES) == {"cpu", "gpu"}
+    for part in suite.PARTS.values():
+        cpu, gpu = part.overrides(False, "cpu"), part.overrides(False, "gpu")
+        assert f"experiment.max_n_frames={part.frames}" in cpu
+        assert f"experiment.max_n_frames={10 * part.frames}" in gpu  # >= 10x the cpu budget
+        assert f"experiment.evaluation_interval={10 * part.evaluation_interval}" in gpu
+        assert "experiment.train_device=cuda" in gpu and not any("cuda" in o for o in cpu)
+        assert ("experiment.sampling_device=cuda" in gpu) == part.torch_simulator
+        assert part.claim and part.reward and part.paper_budget
+        if part.paper_frames:
+            assert part.paper_fraction("gpu") == pytest.approx(10 * part.paper_fraction("cpu"))
+    # one reward definition per part: the dg_mappo part gives the shared reward to every algorithm
+    assert "task.shared_rew=true" in suite.PARTS["dg_mappo"].task_overrides

@@ -8,6 +8,8 @@ writing ``docs/results/`` (see benchmarks/suite/README.md)::
     python benchmarks/suite/run.py --part decpg     # one part; the results of the others are kept
     python benchmarks/suite/run.py --list           # the parts, their budgets, and what is missing
     python benchmarks/suite/run.py --smoke          # tiny budgets, written under benchmarks/out/suite-smoke/
+    python benchmarks/suite/run.py --profile gpu    # 10x the frames on CUDA: benchmarks/out/suite-gpu, docs/results-gpu
+    python benchmarks/suite/run.py --report-only    # rewrite the reports from the run files archived in docs/results
 
 Runs go to ``benchmarks/out/suite/<part>/`` (gitignored). Running the command
 again resumes: finished runs are skipped (``benchmarl benchmark``'s rule), so
@@ -16,7 +18,12 @@ is not registered in this install (or whose environment package is missing)
 is skipped with a message naming what is missing.
 
 Every algorithm of a part gets the same experiment config (:data:`COMMON`,
-the part's frame budget, its task) and its own YAML defaults, unchanged.
+the part's frame budget, its task and the same reward definition) and its own
+YAML defaults, unchanged. The finished runs' files are archived in
+``docs/results/<part>/runs/`` and every report is made from that archive, so
+``--report-only`` regenerates the reports byte for byte without the sweep
+folders; each part's report has reference policies (cached in
+``docs/results/<part>/reference.json``) and learning verdicts.
 """
 
 from __future__ import annotations
