@@ -467,7 +467,8 @@ def _fraction(part: Part, profile: str) -> str:
 def _reference_lines(rows: List[dict]) -> List[str]:
     lines = []
     for row in rows:
-        ci = f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]" if row.get("ci_low") not in (None, "") else "n/a"
+        has_ci = row.get("ci_low") not in (None, "")
+        ci = f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]" if has_ci else "n/a"
         lines.append(f"| *{row['policy']}* (reference: {row.get('description')}) | {row.get('episodes')} episodes "
                      f"| {_fmt(row.get('mean'))} ± {_fmt(row.get('std'))} | {ci} | | | | |")
     return lines

@@ -399,7 +399,8 @@ def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
     k, per_eval = scores.last_k, report.episodes_per_evaluation
     md.append(f"**Final score** of a run: the mean `{metric}` over its last {k} evaluation(s) up to the scored frame "
               f"({k} x {per_eval} = {k * per_eval} episodes per run; "
-              + (f"the default covers at least {MIN_SCORE_EPISODES} episodes" if report.default_k else "set by --last-k")
+              + (f"the default covers at least {MIN_SCORE_EPISODES} episodes" if report.default_k
+                 else "set by --last-k")
               + "). The training return (mean collection return of the iterations in the same window, stochastic "
               "policy, training reward) is shown beside it.")
     md += ["", "## Runs", ""]
@@ -473,15 +474,17 @@ def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
             rows.append([r["task"], r["algorithm"], r["n_seeds"], r["frames"],
                          f"{_num(r['mean'])} ± {_num(r['std'])}" if r["std"] is not None
                          else f"{_num(r['mean'])} (1 seed)",
-                         f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if r["ci_low"] is not None else f"{NA} (1 seed)",
+                         f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if r["ci_low"] is not None
+                         else f"{NA} (1 seed)",
                          _num(r["train_return_mean"]), _num(r["normalised_mean"]), r["above_random_95"],
                          r["trained_on"] or "unknown (no run config)"])
         task = scores.tasks[task_id]
         for policy, ref in report.references.get(task_id, {}).items():
             normalised = ((ref.mean - task.norm_min) / (task.norm_max - task.norm_min)
                           if task.norm_max > task.norm_min else None)
+            spread = float(ref.episodes().std(ddof=1)) if ref.n_episodes > 1 else None
             rows.append([task_id, f"*{policy}* (reference)", f"{len(ref.returns)} ({ref.n_episodes} episodes)", "",
-                         f"{_num(ref.mean)} ± {_num(float(ref.episodes().std(ddof=1)) if ref.n_episodes > 1 else None)}",
+                         f"{_num(ref.mean)} ± {_num(spread)}",
                          f"[{_num(ref.ci_low)}, {_num(ref.ci_high)}]" if ref.ci_low is not None else NA, "",
                          _num(normalised), "", ref.description])
     md.append(_table(["task", "algorithm / policy", "seeds", "scored at (frames)", "final score mean ± std",
