@@ -271,7 +271,8 @@ def archive_runs(out: Path, archive: Path) -> int:
     Keeps BenchMARL's layout (``<job>/.hydra/``, ``<job>/status.yaml``,
     ``<job>/<exp>/<exp>.json``, ``<job>/<exp>/<exp>/scalars/``) so that
     ``benchmarl report ARCHIVE`` reads it as it reads the sweep. Runs that did
-    not finish are left out. The archive is rebuilt from scratch.
+    not finish are left out. The archive is rebuilt from scratch, unless the
+    sweep folder has no finished run (then it is left as it is).
     """
     import fnmatch
     import shutil
@@ -280,15 +281,18 @@ def archive_runs(out: Path, archive: Path) -> int:
 
     from benchmarl_decentral.reporting.stats import EXTRA_METRICS
 
+    finished = []
+    for status_file in sorted(out.rglob("status.yaml")):
+        status = yaml.safe_load(status_file.read_text()) or {}
+        json_file = status_file.parent / str(status.get("json", ""))
+        if status.get("state") == "finished" and status.get("json") and json_file.is_file():
+            finished.append((status_file.parent, status, json_file))
+    if not finished:  # nothing to archive: an archive made earlier stays as it is
+        return 0
     if archive.exists():
         shutil.rmtree(archive)
     count = 0
-    for status_file in sorted(out.rglob("status.yaml")):
-        status = yaml.safe_load(status_file.read_text()) or {}
-        job = status_file.parent
-        json_file = job / str(status.get("json", ""))
-        if status.get("state") != "finished" or not status.get("json") or not json_file.is_file():
-            continue
+    for job, status, json_file in finished:
         target = archive / job.relative_to(out)
         (target / ".hydra").mkdir(parents=True, exist_ok=True)
         keep = {k: v for k, v in status.items() if k not in ("pid", "host")}  # nothing machine-identifying
@@ -725,10 +729,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for part in PARTS.values():  # every part with results, so parts run at different times are merged
         part_out, part_docs = out_root / part.name, docs / part.name
         archive = part_docs / "runs"
-        if part_out.is_dir() and not options.report_only:
+        if part_out.is_dir():  # (re)archive what the sweep folder holds; --report-only works from the archive
             part_docs.mkdir(parents=True, exist_ok=True)
             kept = archive_runs(part_out, archive)
-            write_part_record(part, part_out, archive, docs, options.profile, options.smoke)
+            if part.name in runs or not (part_docs / PART_RECORD).is_file():  # the machine that ran them
+                write_part_record(part, part_out, archive, docs, options.profile, options.smoke)
             print(f"=== part {part.name}: {kept} finished run(s) archived in {archive}", flush=True)
         if archive.is_dir():
             error = report_part(part, archive, docs, options.reps)
