@@ -77,7 +77,7 @@ def test_profiles_scale_the_budgets_and_every_part_states_claim_reward_and_paper
         assert f"experiment.max_n_frames={10 * part.frames}" in gpu  # >= 10x the cpu budget
         assert f"experiment.evaluation_interval={10 * part.evaluation_interval}" in gpu
         assert "experiment.train_device=cuda" in gpu and not any("cuda" in o for o in cpu)
-        assert ("experiment.sampling_device=cuda" in gpu) == part.torch_simulator
+        assert ("experiment.sampling_device=cuda" in gpu) == part.gpu_sampling
         assert part.claim and part.reward and part.paper_budget
         if part.paper_frames:
             assert part.paper_fraction("gpu") == pytest.approx(10 * part.paper_fraction("cpu"))

@@ -77,8 +77,8 @@ SMOKE = [
 
 #: Budget profiles: frames and evaluation interval of every part multiplied by ``scale`` (the
 #: number of evaluations stays the same), plus device settings. ``cpu``: the committed results,
-#: under two hours on 2 cores; ``gpu``: 10x the frames, training (and torch-native simulators)
-#: on CUDA, for a machine with a GPU.
+#: under two hours on 2 cores; ``gpu``: 10x the frames, training (and the torch-native simulators,
+#: VMAS and CoordSum) on CUDA, for a machine with a GPU (not yet run on one).
 PROFILES: Dict[str, dict] = {
     "cpu": {"scale": 1, "devices": [], "out": "suite", "docs": Path("docs") / "results"},
     "gpu": {"scale": 10, "devices": ["experiment.train_device=cuda", "experiment.buffer_device=cuda"],
@@ -101,7 +101,7 @@ class Part:
     requires_modules: Sequence[str] = field(default_factory=tuple)  # Python packages the task needs
     paper_frames: Optional[int] = None  # environment steps of the paper's runs for this claim (None: not stated)
     paper_budget: str = ""  # where paper_frames comes from
-    torch_simulator: bool = True  # the simulator runs on torch (VMAS, CoordSum, SMAX): sample on CUDA (gpu profile)
+    gpu_sampling: bool = True  # the simulator is torch-native (VMAS, CoordSum): sample on CUDA in the gpu profile
     reward: str = ""  # the reward every algorithm of the part trains on
     rerun: str = ""  # why the committed results do not match this definition ("" when they do)
     previous_task_overrides: Optional[Sequence[str]] = None  # task overrides of the committed runs, when different
@@ -123,7 +123,7 @@ class Part:
             budget = [f"experiment.max_n_frames={frames}", f"experiment.evaluation_interval={interval}"]
             common = COMMON
         devices = list(PROFILES[profile]["devices"])
-        if devices and self.torch_simulator:
+        if devices and self.gpu_sampling:
             devices.append("experiment.sampling_device=cuda")
         seeds = SMOKE_SEEDS if smoke else SEEDS
         return [f"algorithm={','.join(self.algorithms)}", f"task={self.task}", *self.task_overrides,
@@ -137,7 +137,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          ("decpg", "mappo", "ippo"), "pettingzoo/simple_spread", (),
          frames=36_000, evaluation_interval=12_000, est_minutes=16,
          paper_budget="paper 002 gives no step count for simple spread in its text",
-         torch_simulator=False,
+         gpu_sampling=False,
          reward="every agent its own simple-spread reward (PettingZoo's per-agent rewards), for all three"),
     Part("dg_mappo",
          "DG-MAPPO (paper 000): per-agent D-GAT inference of the global state, fully decentralized, "
@@ -178,6 +178,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "win rate and return against MAPPO",
          ("dg_mappo", "mappo"), "smax/3m", (),
          frames=60_000, evaluation_interval=12_000, est_minutes=12, requires_modules=("jax", "jaxmarl"),
+         gpu_sampling=False,  # JAX simulates on the CPU (jax without CUDA); training on CUDA
          paper_frames=2_000_000, paper_budget="paper 000, Table 3: 2e6 steps on SMAC 3m",
          reward="SMAX's shared team reward for both"),
     Part("smax_2s3z",
@@ -185,6 +186,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "win rate and return against MAPPO",
          ("dg_mappo", "mappo"), "smax/2s3z", (),
          frames=180_000, evaluation_interval=30_000, est_minutes=30, requires_modules=("jax", "jaxmarl"),
+         gpu_sampling=False,
          paper_frames=3_000_000,
          paper_budget="paper 000 has no 2s3z run; paper 001 trains SMAC maps (2s3z among them) for 3e6 steps",
          reward="SMAX's shared team reward for both"),
