@@ -612,7 +612,7 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
                    f"Budget: {part.budget(profile)[0]:,} frames per run, {_fraction(part, profile)} of the paper's "
                    f"({part.paper_budget})."), "", f"Reward: {part.reward}.", ""]
         if part.rerun and not (part_docs / "runs").is_dir():
-            lines[-1:] = [f"The committed runs below do not follow it: {part.rerun}.", ""]
+            lines[-2] = f"Reward, as the part is defined now (not the committed runs below, see there): {part.reward}."
         if record.get("sweep"):
             lines += [f"Sweep: `{record['sweep']}` (last invocation {record.get('started', '?')}).", ""]
         if record.get("machine"):
