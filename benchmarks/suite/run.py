@@ -396,6 +396,43 @@ def legacy_reference(part: Part, docs: Path, reps: int, seed: int = 0) -> List[d
     return rows
 
 
+def legacy_curves(part: Part, part_docs: Path, references: List[dict]) -> List[Path]:
+    """Redraw a part's committed curve plots from its curves.csv, with the reference policies as lines.
+
+    For parts whose run files were not kept: the curves (mean and 95% CI over
+    seeds per evaluation) are those of the committed CSV, unchanged; only the
+    reference lines are new.
+    """
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from benchmarl_decentral.reporting import plots
+    from benchmarl_decentral.reporting.report import _slug
+    from benchmarl_decentral.reporting.stats import Curve, TaskScores
+
+    rows = _read_csv(part_docs / "curves.csv")
+    written = []
+    for task_id in sorted({r["task"] for r in rows}):
+        curves = {}
+        for alg in sorted({r["algorithm"] for r in rows if r["task"] == task_id}):
+            points = sorted((int(r["frames"]), r) for r in rows if r["task"] == task_id and r["algorithm"] == alg)
+            frames = np.asarray([f for f, _ in points], dtype=np.int64)
+            n = int(points[0][1]["n_seeds"])
+            has_ci = all(r["ci_low"] for _, r in points)
+            curves[alg] = Curve([f"seed_{i}" for i in range(n)], frames, np.zeros((n, 0)), [],
+                                np.asarray([float(r["mean"]) for _, r in points]),
+                                np.asarray([float(r["ci_low"]) for _, r in points]) if has_ci else None,
+                                np.asarray([float(r["ci_high"]) for _, r in points]) if has_ci else None)
+        last = [int(r["score_frames"]) for r in _read_csv(part_docs / "runs.csv") if r.get("score_frames")]
+        task = TaskScores(task_id, max(last) if last else None, {}, {}, {}, 0.0, 0.0, {}, curves)
+        lines = {r["policy"]: SimpleNamespace(mean=r["mean"], ci_low=r["ci_low"], ci_high=r["ci_high"])
+                 for r in references if r["task"] == task_id}
+        path = part_docs / f"curves_{_slug(task_id)}.png"
+        written.append(plots.plot_task_curves(task, "return", sorted(curves), path, lines))
+    return written
+
+
 def _evaluation_episodes() -> int:
     return int(next(o for o in COMMON if o.startswith("experiment.evaluation_episodes=")).split("=")[1])
 
@@ -626,7 +663,8 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
                       "numbers below are its last report's (final score = the last evaluation, 10 episodes per run), "
                       "with the reference rows evaluated now on the task the runs used, the mean of the last "
                       "evaluations from the committed mean curve (no CI: per-seed curves were not kept), and the "
-                      "learning verdict on the last-evaluation scores. "
+                      "learning verdict on the last-evaluation scores; its curve plot is redrawn from the "
+                      "committed curves.csv with the reference lines. "
                       + (f"Rerun needed: {part.rerun}." if part.rerun else
                          "Rerun (`python benchmarks/suite/run.py --part " + part.name + "`) for the robust score, "
                          "its CI and the training return."), ""]
@@ -747,6 +785,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   flush=True)
             references[part.name] = legacy_reference(part, docs, options.reps)
             _write_reference_csv(part_docs, references[part.name])
+            legacy_curves(part, part_docs, references[part.name])
     index = write_index(docs, out_root, argv, runs, skipped, report_errors, options.smoke,
                         options.jobs, started, options.profile, options.reps, references)
     print(f"\nwritten: {index}")
