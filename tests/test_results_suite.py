@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,29 @@ def test_profiles_scale_the_budgets_and_every_part_states_claim_reward_and_paper
             assert part.paper_fraction("gpu") == pytest.approx(10 * part.paper_fraction("cpu"))
     # one reward definition per part: the dg_mappo part gives the shared reward to every algorithm
     assert "task.shared_rew=true" in suite.PARTS["dg_mappo"].task_overrides
+
+
+@pytest.mark.slow
+def test_report_only_on_a_committed_part_without_run_files(tmp_path):
+    """docs/results/magpo predates the run archive: reference rows (from its committed cache), a verdict on its
+    last-evaluation scores, and its curves redrawn with reference lines; nothing is evaluated again."""
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs" / "results" / "magpo", docs / "magpo")
+    cache = (docs / "magpo" / "reference.json").read_bytes()
+    proc = _run(["--report-only", "--out", str(tmp_path / "out"), "--docs", str(docs), "--reps", "100"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (docs / "magpo" / "reference.json").read_bytes() == cache  # read, not re-evaluated
+    index = (docs / "report.md").read_text()
+    section = index[index.index("## magpo: coordsum/3x10-30"):]
+    assert "run files of this part were not kept" in section and "| *random* (reference" in section
+    with open(docs / "magpo" / "reference_scores.csv", newline="") as f:
+        random = next(r for r in csv.DictReader(f) if r["policy"] == "random")
+    entries = json.loads(cache)["entries"]
+    episodes = [v for key, entry in sorted(entries.items()) if "|random|" in key for v in entry["returns"]]
+    assert float(random["mean"]) == pytest.approx(sum(episodes) / len(episodes), rel=1e-12)
+    with open(docs / "magpo" / "runs.csv", newline="") as f:  # committed last-evaluation scores
+        magpo = [float(r["score"]) for r in csv.DictReader(f) if r["algorithm"] == "magpo"]
+    row = next(line for line in section.splitlines() if line.startswith("| magpo |"))
+    difference = sum(magpo) / len(magpo) - float(random["mean"])
+    assert f"| {difference:.2f} [" in row and row.split(" | ")[5] in ("yes", "no")
+    assert (docs / "magpo" / "curves_coordsum_3x10-30.png").read_bytes()[:4] == b"\x89PNG"
