@@ -240,7 +240,7 @@ def test_reward_used_and_unequal_reward_warning():
                                                 for a in ("magpo", "mappo")}) is None
     private = {"reward_mode": "agent0", "rewarded_agent": 0, "penalty_key": "agent_collisions", "shared_rew": True}
     assert "only agent 0 rewarded" in reward_used("vmas_private/navigation_agent0", "matrpo", private, {})
-    assert "not a team metric" in scored_on("return", "vmas_private/navigation_agent0", private)
+    assert "the team metric scaled by 1/n" in scored_on("return", "vmas_private/navigation_agent0", private)
 
 
 def test_coordsum_scripted_policies_join_when_the_environment_provides_them():

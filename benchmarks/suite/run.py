@@ -157,8 +157,8 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          frames=60_000, evaluation_interval=12_000, est_minutes=10, paper_frames=5_000_000,
          paper_budget="paper 001: 5 million timesteps on MPE (sec. VI-B)",
          reward="the task's private rewards for all three (agent 0: team objective + its collisions; the "
-                "others: their collision penalty); scored on the mean of the private returns, not a team "
-                "metric (the task logs none)"),
+                "others: their collision penalty); scored on the mean of the private returns, which is the team "
+                "metric (goal shaping + bonus + every agent's collisions) divided by the number of agents"),
     Part("magpo",
          "MAGPO (paper 003): a centralized autoregressive guider lets decentralized learners coordinate "
          "on CoordSum, where independent policies struggle",

@@ -233,8 +233,11 @@ def scored_on(metric: str, task_name: str, task_config: dict) -> str:
     _, per_agent = task_reward(task_name, task_config)
     mode = (task_config or {}).get("reward_mode")
     if mode == "agent0":
-        return ("`return`: mean over agents of the private returns (not a team metric: the rewarded agent's "
-                "team objective divided by n, plus the others' penalties)")
+        penalty = (task_config or {}).get("penalty_key")
+        return ("`return`: mean over agents of the private returns = (rewarded agent's return"
+                + (f" + the others' '{penalty}' penalties" if penalty else "") + ") / n_agents: the team metric "
+                "scaled by 1/n (VMAS navigation_agent0: goal shaping + all-on-goal bonus + every agent's "
+                "collision penalty, over n)")
     if per_agent:
         return "`return`: mean over agents of their episode returns (= the team's mean reward)"
     return "`return`: episode return of the shared team reward"
