@@ -88,7 +88,7 @@ default). Entries added by benchmarl-decentral are marked with *.
 """
 
 REPORT_HELP = """\
-usage: benchmarl report FOLDER [FOLDER ...] [--out DIR] [--metric NAME] [--reps N] [--include-incomplete]
+usage: benchmarl report FOLDER [FOLDER ...] [--out DIR] [--metric NAME] [--reps N] [--last-k K] [--no-reference] [--reference-cache FILE] [--cached-reference-only] [--include-incomplete]
 
 Compare algorithms on the results BenchMARL writes (<run>/<run>.json, written
 when experiment.create_json=true, the default). Every FOLDER is searched at any
@@ -102,9 +102,21 @@ Writes into DIR: report.md (tables + plots), the tables as CSV, and PNG plots:
   - final consensus distance, generalization gap, perturbed-env return (and the
     other decentralised metrics), when the runs logged them with loggers=[csv]
 
+  - reference policies per task (uniform random, zero action, scripted ones
+    where registered) evaluated on the runs' own environment, as rows of the
+    summary table and horizontal lines on the curves; normalised scores use
+    random = 0; per algorithm and task a learning verdict ("above random with
+    95% confidence"), and the reward each algorithm trained on
+
   --out DIR       output folder (default: report)
   --metric NAME   metric of the JSON files (default: return; per group: <group>_return)
   --reps N        bootstrap replications (default: 2000)
+  --last-k K      the final score is the mean of the last K evaluations (default: the
+                  fewest covering 50 episodes; 1: the last evaluation alone)
+  --no-reference  no reference policies (nothing is evaluated)
+  --reference-cache FILE   reference results cache (default: DIR/reference.json);
+                  cached results are reused, never re-evaluated
+  --cached-reference-only  use cached reference results only, evaluate nothing
   --include-incomplete  also read runs that did not finish (benchmark runs whose
                   status.yaml is not finished, *.json.incomplete); by default they
                   are left out and a note says how many
@@ -112,8 +124,9 @@ Writes into DIR: report.md (tables + plots), the tables as CSV, and PNG plots:
 A resumed run is one curve; `benchmarl evaluate`'s results (<run>/evaluations/)
 are not read.
 
-Runs are scored at the last evaluation common to all runs of a task; with one
-seed, confidence intervals are reported as unavailable. Exit status 2 when there
+Runs are scored up to the last evaluation common to all runs of a task; with one
+seed, confidence intervals are reported as unavailable, and with fewer than 3
+seeds no learning verdict is given. Exit status 2 when there
 is nothing to report on (no results, unknown metric), with the reason.
 Needs the report extra: pip install "benchmarl-decentral[report]".
 """
@@ -296,6 +309,10 @@ def _report(args: List[str]) -> int:
     parser.add_argument("--out", default="report")
     parser.add_argument("--metric", default="return")
     parser.add_argument("--reps", type=int, default=2000)
+    parser.add_argument("--last-k", type=int, default=None)
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--reference-cache", default=None)
+    parser.add_argument("--cached-reference-only", action="store_true")
     parser.add_argument("--include-incomplete", action="store_true")
     try:
         options = parser.parse_args(args)
@@ -315,7 +332,9 @@ def _report(args: List[str]) -> int:
     try:
         with including_incomplete(options.include_incomplete):
             report = make_report(options.folders, out=options.out, metric=options.metric, reps=options.reps,
-                                 command=command)
+                                 command=command, last_k=options.last_k, reference=not options.no_reference,
+                                 reference_cache=options.reference_cache,
+                                 evaluate_reference=not options.cached_reference_only)
     except ReportInputError as error:
         print(f"benchmarl report: {error}", file=sys.stderr)
         return 2

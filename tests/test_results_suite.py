@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
 import subprocess
 import sys
 
@@ -46,3 +48,65 @@ def test_smoke_part_runs_and_writes_the_index(tmp_path):
     # the runs are in benchmarl benchmark's layout, all finished
     statuses = list(out.rglob("status.yaml"))
     assert len(statuses) == 3 and all("state: finished" in s.read_text() for s in statuses)
+    # their files are archived beside the report, and the report reads them there, with reference rows
+    assert len(list((docs / "magpo" / "runs").rglob("*.json"))) == 3
+    with open(docs / "magpo" / "reference_scores.csv", newline="") as f:
+        assert {row["policy"] for row in csv.DictReader(f)} >= {"random", "zero"}
+    assert "| *random* (reference" in index and "above random (95%)" in index and "of the paper's budget" in index
+    # --report-only regenerates the part's report byte for byte from the archive alone (sweep folder gone)
+    before = {p.relative_to(docs): p.read_bytes() for p in (docs / "magpo").rglob("*") if p.is_file()}
+    shutil.rmtree(out)
+    proc = _run(["--smoke", "--report-only", "--out", str(out), "--docs", str(docs), "--reps", "50"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = {p.relative_to(docs): p.read_bytes() for p in (docs / "magpo").rglob("*") if p.is_file()}
+    assert after.keys() == before.keys()
+    assert [name for name in before if after[name] != before[name]] == []
+
+
+def test_profiles_scale_the_budgets_and_every_part_states_claim_reward_and_paper_fraction():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("suite_run", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("suite_run", module)  # dataclasses look their module up there
+    spec.loader.exec_module(sys.modules["suite_run"])
+    suite = sys.modules["suite_run"]
+    assert set(suite.PROFILES) == {"cpu", "gpu"}
+    for part in suite.PARTS.values():
+        cpu, gpu = part.overrides(False, "cpu"), part.overrides(False, "gpu")
+        assert f"experiment.max_n_frames={part.frames}" in cpu
+        assert f"experiment.max_n_frames={10 * part.frames}" in gpu  # >= 10x the cpu budget
+        assert f"experiment.evaluation_interval={10 * part.evaluation_interval}" in gpu
+        assert "experiment.train_device=cuda" in gpu and not any("cuda" in o for o in cpu)
+        assert ("experiment.sampling_device=cuda" in gpu) == part.gpu_sampling
+        assert part.claim and part.reward and part.paper_budget
+        if part.paper_frames:
+            assert part.paper_fraction("gpu") == pytest.approx(10 * part.paper_fraction("cpu"))
+    # one reward definition per part: the dg_mappo part gives the shared reward to every algorithm
+    assert "task.shared_rew=true" in suite.PARTS["dg_mappo"].task_overrides
+
+
+@pytest.mark.slow
+def test_report_only_on_a_committed_part_without_run_files(tmp_path):
+    """docs/results/magpo predates the run archive: reference rows (from its committed cache), a verdict on its
+    last-evaluation scores, and its curves redrawn with reference lines; nothing is evaluated again."""
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs" / "results" / "magpo", docs / "magpo")
+    cache = (docs / "magpo" / "reference.json").read_bytes()
+    proc = _run(["--report-only", "--out", str(tmp_path / "out"), "--docs", str(docs), "--reps", "100"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (docs / "magpo" / "reference.json").read_bytes() == cache  # read, not re-evaluated
+    index = (docs / "report.md").read_text()
+    section = index[index.index("## magpo: coordsum/3x10-30"):]
+    assert "run files of this part were not kept" in section and "| *random* (reference" in section
+    with open(docs / "magpo" / "reference_scores.csv", newline="") as f:
+        random = next(r for r in csv.DictReader(f) if r["policy"] == "random")
+    entries = json.loads(cache)["entries"]
+    episodes = [v for key, entry in sorted(entries.items()) if "|random|" in key for v in entry["returns"]]
+    assert float(random["mean"]) == pytest.approx(sum(episodes) / len(episodes), rel=1e-12)
+    with open(docs / "magpo" / "runs.csv", newline="") as f:  # committed last-evaluation scores
+        magpo = [float(r["score"]) for r in csv.DictReader(f) if r["algorithm"] == "magpo"]
+    row = next(line for line in section.splitlines() if line.startswith("| magpo |"))
+    difference = sum(magpo) / len(magpo) - float(random["mean"])
+    assert f"| {difference:.2f} [" in row and row.split(" | ")[5] in ("yes", "no")
+    assert (docs / "magpo" / "curves_coordsum_3x10-30.png").read_bytes()[:4] == b"\x89PNG"

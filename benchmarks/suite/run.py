@@ -8,6 +8,8 @@ writing ``docs/results/`` (see benchmarks/suite/README.md)::
     python benchmarks/suite/run.py --part decpg     # one part; the results of the others are kept
     python benchmarks/suite/run.py --list           # the parts, their budgets, and what is missing
     python benchmarks/suite/run.py --smoke          # tiny budgets, written under benchmarks/out/suite-smoke/
+    python benchmarks/suite/run.py --profile gpu    # 10x the frames on CUDA: benchmarks/out/suite-gpu, docs/results-gpu
+    python benchmarks/suite/run.py --report-only    # rewrite the reports from the run files archived in docs/results
 
 Runs go to ``benchmarks/out/suite/<part>/`` (gitignored). Running the command
 again resumes: finished runs are skipped (``benchmarl benchmark``'s rule), so
@@ -16,7 +18,12 @@ is not registered in this install (or whose environment package is missing)
 is skipped with a message naming what is missing.
 
 Every algorithm of a part gets the same experiment config (:data:`COMMON`,
-the part's frame budget, its task) and its own YAML defaults, unchanged.
+the part's frame budget, its task and the same reward definition) and its own
+YAML defaults, unchanged. The finished runs' files are archived in
+``docs/results/<part>/runs/`` and every report is made from that archive, so
+``--report-only`` regenerates the reports byte for byte without the sweep
+folders; each part's report has reference policies (cached in
+``docs/results/<part>/reference.json``) and learning verdicts.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = (0, 1, 2)
@@ -68,31 +75,59 @@ SMOKE = [
 ]
 
 
+#: Budget profiles: frames and evaluation interval of every part multiplied by ``scale`` (the
+#: number of evaluations stays the same), plus device settings. ``cpu``: the committed results,
+#: under two hours on 2 cores; ``gpu``: 10x the frames, training (and the torch-native simulators,
+#: VMAS and CoordSum) on CUDA, for a machine with a GPU (not yet run on one).
+PROFILES: Dict[str, dict] = {
+    "cpu": {"scale": 1, "devices": [], "out": "suite", "docs": Path("docs") / "results"},
+    "gpu": {"scale": 10, "devices": ["experiment.train_device=cuda", "experiment.buffer_device=cuda"],
+            "out": "suite-gpu", "docs": Path("docs") / "results-gpu"},
+}
+
+
 @dataclass(frozen=True)
 class Part:
-    """One comparison: algorithms x one task x SEEDS, all with the same budget and experiment config."""
+    """One comparison: algorithms x one task x SEEDS, all with the same budget, experiment config and reward."""
 
     name: str
     claim: str  # the paper's claim this part looks at
     algorithms: Sequence[str]
     task: str
     task_overrides: Sequence[str]
-    frames: int  # training frames per run (a multiple of the batch)
-    evaluation_interval: int  # frames between evaluations (a multiple of the batch)
-    est_minutes: float  # estimated wall time of the part with --jobs 2 on 2 cores (README)
+    frames: int  # training frames per run (a multiple of the batch), cpu profile
+    evaluation_interval: int  # frames between evaluations (a multiple of the batch), cpu profile
+    est_minutes: float  # estimated wall time of the part with --jobs 2 on 2 cores (README), cpu profile
     requires_modules: Sequence[str] = field(default_factory=tuple)  # Python packages the task needs
+    paper_frames: Optional[int] = None  # environment steps of the paper's runs for this claim (None: not stated)
+    paper_budget: str = ""  # where paper_frames comes from
+    gpu_sampling: bool = True  # the simulator is torch-native (VMAS, CoordSum): sample on CUDA in the gpu profile
+    reward: str = ""  # the reward every algorithm of the part trains on
+    rerun: str = ""  # why the committed results do not match this definition ("" when they do)
+    previous_task_overrides: Optional[Sequence[str]] = None  # task overrides of the committed runs, when different
 
-    def overrides(self, smoke: bool) -> List[str]:
+    def budget(self, profile: str = "cpu") -> Tuple[int, int]:
+        """(frames per run, evaluation interval) under ``profile``."""
+        scale = PROFILES[profile]["scale"]
+        return self.frames * scale, self.evaluation_interval * scale
+
+    def paper_fraction(self, profile: str = "cpu") -> Optional[float]:
+        return None if not self.paper_frames else self.budget(profile)[0] / self.paper_frames
+
+    def overrides(self, smoke: bool, profile: str = "cpu") -> List[str]:
         if smoke:
             budget = ["experiment.max_n_frames=400", "experiment.evaluation_interval=200"]
             common = SMOKE
         else:
-            budget = [f"experiment.max_n_frames={self.frames}",
-                      f"experiment.evaluation_interval={self.evaluation_interval}"]
+            frames, interval = self.budget(profile)
+            budget = [f"experiment.max_n_frames={frames}", f"experiment.evaluation_interval={interval}"]
             common = COMMON
+        devices = list(PROFILES[profile]["devices"])
+        if devices and self.gpu_sampling:
+            devices.append("experiment.sampling_device=cuda")
         seeds = SMOKE_SEEDS if smoke else SEEDS
         return [f"algorithm={','.join(self.algorithms)}", f"task={self.task}", *self.task_overrides,
-                f"seed={','.join(str(s) for s in seeds)}", *common, *budget]
+                f"seed={','.join(str(s) for s in seeds)}", *common, *budget, *devices]
 
 
 PARTS: Dict[str, Part] = {part.name: part for part in (
@@ -100,37 +135,61 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "DecPG (paper 002): decentralized DSGD training matches centralized-critic MAPPO on MPE "
          "simple spread and generalizes better (eval_generalization_gap is logged for decpg)",
          ("decpg", "mappo", "ippo"), "pettingzoo/simple_spread", (),
-         frames=36_000, evaluation_interval=12_000, est_minutes=16),
+         frames=36_000, evaluation_interval=12_000, est_minutes=16,
+         paper_budget="paper 002 gives no step count for simple spread in its text",
+         gpu_sampling=False,
+         reward="every agent its own simple-spread reward (PettingZoo's per-agent rewards), for all three"),
     Part("dg_mappo",
          "DG-MAPPO (paper 000): per-agent D-GAT inference of the global state, fully decentralized, "
          "competitive with MAPPO's centralized critic on cooperative navigation",
-         ("dg_mappo", "mappo", "ippo"), "vmas/navigation", ("task.n_agents=4",),
-         frames=72_000, evaluation_interval=12_000, est_minutes=13),
+         ("dg_mappo", "mappo", "ippo"), "vmas/navigation", ("task.n_agents=4", "task.shared_rew=true"),
+         frames=72_000, evaluation_interval=12_000, est_minutes=13, paper_frames=2_000_000,
+         paper_budget="paper 000 has no navigation run; its smallest SMAC budget is 2e6 steps (3m, Table 3)",
+         reward="the shared team reward (task.shared_rew=true) for all three: dg_mappo's team rule "
+                "(mean over agents) leaves it unchanged",
+         rerun="the committed runs used vmas/navigation's default shared_rew=false: dg_mappo trained on the "
+               "team mean, mappo and ippo on each agent's own reward (unequal rewards)",
+         previous_task_overrides=("task.n_agents=4",)),
     Part("matrpo",
          "MATRPO (paper 001): fully decentralized trust-region learning with private rewards beats "
          "independent learning on navigation where only agent 0 is rewarded",
          ("matrpo", "mappo", "ippo"), "vmas_private/navigation_agent0", ("task.n_agents=4",),
-         frames=60_000, evaluation_interval=12_000, est_minutes=10),
+         frames=60_000, evaluation_interval=12_000, est_minutes=10, paper_frames=5_000_000,
+         paper_budget="paper 001: 5 million timesteps on MPE (sec. VI-B)",
+         reward="the task's private rewards for all three (agent 0: team objective + its collisions; the "
+                "others: their collision penalty); scored on the mean of the private returns, which is the team "
+                "metric (goal shaping + bonus + every agent's collisions) divided by the number of agents"),
     Part("magpo",
          "MAGPO (paper 003): a centralized autoregressive guider lets decentralized learners coordinate "
          "on CoordSum, where independent policies struggle",
          ("magpo", "mappo", "ippo"), "coordsum/3x10-30", (),
-         frames=180_000, evaluation_interval=30_000, est_minutes=6),
+         frames=180_000, evaluation_interval=30_000, est_minutes=6, paper_frames=20_000_000,
+         paper_budget="paper 003: 20 million environment steps (sec. 5)",
+         reward="CoordSum's shared team reward (hit reward) for all three"),
     Part("magpo_5x20",
          "MAGPO (paper 003, Table 2): ahead of MAPPO on CoordSum 5x20-80 (157.6 vs 142.5 at 20M steps; "
          "here at a few percent of that budget)",
          ("magpo", "mappo", "ippo"), "coordsum/5x20-80", (),
-         frames=600_000, evaluation_interval=60_000, est_minutes=16),
+         frames=600_000, evaluation_interval=60_000, est_minutes=16, paper_frames=20_000_000,
+         paper_budget="paper 003: 20 million environment steps (sec. 5)",
+         reward="CoordSum's shared team reward (hit reward) for all three"),
     Part("smax",
          "DG-MAPPO (paper 000) on SMAX 3m (JaxMARL's SMAC re-implementation, heuristic enemy): "
          "win rate and return against MAPPO",
          ("dg_mappo", "mappo"), "smax/3m", (),
-         frames=60_000, evaluation_interval=12_000, est_minutes=12, requires_modules=("jax", "jaxmarl")),
+         frames=60_000, evaluation_interval=12_000, est_minutes=12, requires_modules=("jax", "jaxmarl"),
+         gpu_sampling=False,  # JAX simulates on the CPU (jax without CUDA); training on CUDA
+         paper_frames=2_000_000, paper_budget="paper 000, Table 3: 2e6 steps on SMAC 3m",
+         reward="SMAX's shared team reward for both"),
     Part("smax_2s3z",
          "DG-MAPPO (paper 000) on SMAX 2s3z (2 stalkers + 3 zealots, heterogeneous units, heuristic enemy): "
          "win rate and return against MAPPO",
          ("dg_mappo", "mappo"), "smax/2s3z", (),
-         frames=180_000, evaluation_interval=30_000, est_minutes=30, requires_modules=("jax", "jaxmarl")),
+         frames=180_000, evaluation_interval=30_000, est_minutes=30, requires_modules=("jax", "jaxmarl"),
+         gpu_sampling=False,
+         paper_frames=3_000_000,
+         paper_budget="paper 000 has no 2s3z run; paper 001 trains SMAC maps (2s3z among them) for 3e6 steps",
+         reward="SMAX's shared team reward for both"),
 )}
 
 
@@ -181,13 +240,13 @@ def load_average() -> Optional[str]:
 
 
 # ------------------------------------------------------------------ running
-def benchmark_command(part: Part, out: Path, jobs: int, smoke: bool) -> List[str]:
+def benchmark_command(part: Part, out: Path, jobs: int, smoke: bool, profile: str = "cpu") -> List[str]:
     launcher = ["--launcher", "joblib", "--jobs", str(jobs)] if jobs > 1 else []
-    return ["benchmarl", "benchmark", *part.overrides(smoke), *launcher, "--out", str(out)]
+    return ["benchmarl", "benchmark", *part.overrides(smoke, profile), *launcher, "--out", str(out)]
 
 
-def run_part(part: Part, out: Path, jobs: int, smoke: bool, threads: int) -> dict:
-    command = benchmark_command(part, out, jobs, smoke)
+def run_part(part: Part, out: Path, jobs: int, smoke: bool, threads: int, profile: str = "cpu") -> dict:
+    command = benchmark_command(part, out, jobs, smoke, profile)
     exe = Path(sys.executable).parent / "benchmarl"
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -201,12 +260,181 @@ def run_part(part: Part, out: Path, jobs: int, smoke: bool, threads: int) -> dic
             "threads": env["OMP_NUM_THREADS"]}
 
 
-def report_part(part: Part, out: Path, docs: Path, reps: int) -> Optional[str]:
-    """``benchmarl report`` on one part's runs; returns the error, or None when it worked."""
+#: Files of a finished run kept in docs/results/<part>/runs/ (besides its BenchMARL JSON): enough for
+#: `benchmarl report` to give the same numbers (configs for the reward and the reference policies,
+#: the training return, the decentralised metrics), small enough to commit.
+ARCHIVED_HYDRA = ("config.yaml", "overrides.yaml")
+ARCHIVED_SCALARS = ("collection_reward_episode_reward_mean.csv", "counters_total_frames.csv")
+
+
+def archive_runs(out: Path, archive: Path) -> int:
+    """Copy the finished runs of a part's sweep folder into ``archive`` (committed); returns how many.
+
+    Keeps BenchMARL's layout (``<job>/.hydra/``, ``<job>/status.yaml``,
+    ``<job>/<exp>/<exp>.json``, ``<job>/<exp>/<exp>/scalars/``) so that
+    ``benchmarl report ARCHIVE`` reads it as it reads the sweep. Runs that did
+    not finish are left out. The archive is rebuilt from scratch, unless the
+    sweep folder has no finished run (then it is left as it is).
+    """
+    import fnmatch
+    import shutil
+
+    import yaml
+
+    from benchmarl_decentral.reporting.stats import EXTRA_METRICS
+
+    finished = []
+    for status_file in sorted(out.rglob("status.yaml")):
+        status = yaml.safe_load(status_file.read_text()) or {}
+        json_file = status_file.parent / str(status.get("json", ""))
+        if status.get("state") == "finished" and status.get("json") and json_file.is_file():
+            finished.append((status_file.parent, status, json_file))
+    if not finished:  # nothing to archive: an archive made earlier stays as it is
+        return 0
+    if archive.exists():
+        shutil.rmtree(archive)
+    count = 0
+    for job, status, json_file in finished:
+        target = archive / job.relative_to(out)
+        (target / ".hydra").mkdir(parents=True, exist_ok=True)
+        keep = {k: v for k, v in status.items() if k not in ("pid", "host")}  # nothing machine-identifying
+        (target / "status.yaml").write_text(yaml.safe_dump(keep, sort_keys=False))
+        for name in ARCHIVED_HYDRA:
+            if (job / ".hydra" / name).is_file():
+                shutil.copy2(job / ".hydra" / name, target / ".hydra" / name)
+        (target / json_file.relative_to(job)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(json_file, target / json_file.relative_to(job))
+        scalars = json_file.parent / json_file.stem / "scalars"
+        if scalars.is_dir():
+            dest = target / scalars.relative_to(job)
+            dest.mkdir(parents=True, exist_ok=True)
+            for csv_file in sorted(scalars.glob("*.csv")):
+                if csv_file.name in ARCHIVED_SCALARS or any(fnmatch.fnmatchcase(csv_file.stem, pattern)
+                                                            for pattern, _ in EXTRA_METRICS):
+                    shutil.copy2(csv_file, dest / csv_file.name)
+        count += 1
+    return count
+
+
+class _InFolder:
+    """Run a block with ``folder`` as the working directory (report paths relative to it)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.previous = folder, None
+
+    def __enter__(self):
+        self.previous = os.getcwd()
+        os.chdir(self.folder)
+
+    def __exit__(self, *exc):
+        os.chdir(self.previous)
+
+
+def report_part(part: Part, archive: Path, docs: Path, reps: int) -> Optional[str]:
+    """``benchmarl report`` on one part's archived runs; returns the error, or None when it worked.
+
+    Runs in ``docs`` with relative paths, so the report (runs.csv's sources
+    included) does not depend on where the repository is; the reference
+    policies come from ``docs/<part>/reference.json`` when it has them.
+    """
     from benchmarl_decentral import cli
 
-    code = cli.main(["report", str(out), "--out", str(docs / part.name), "--reps", str(reps)])
-    return None if code == 0 else f"benchmarl report {out} exited with status {code} (message above)"
+    with _InFolder(docs):
+        source = os.path.relpath(archive, docs)
+        code = cli.main(["report", source, "--out", part.name, "--reps", str(reps)])
+    return None if code == 0 else f"benchmarl report {archive} exited with status {code} (message above)"
+
+
+def part_setup(part: Part, legacy: bool = False):
+    """The reference policies' TaskSetup of a part, from its composed BenchMARL config (no run needed).
+
+    ``legacy``: with the task overrides of the committed runs (``previous_task_overrides``) when they differ.
+    """
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import benchmarl_decentral  # noqa: F401
+    from benchmarl_decentral.reporting.reference import TaskSetup
+    from benchmarl_decentral.reporting.scores import continuous_actions
+
+    task_overrides = part.task_overrides
+    if legacy and part.previous_task_overrides is not None:
+        task_overrides = part.previous_task_overrides
+    overrides = [f"algorithm={part.algorithms[0]}", f"task={part.task}", *task_overrides]
+    with initialize_config_module(config_module="benchmarl.conf", version_base=None):
+        cfg = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+    continuous = continuous_actions(part.task, part.algorithms[0], cfg)
+    return TaskSetup(part.task, dict(cfg["task"]), continuous)
+
+
+def legacy_reference(part: Part, docs: Path, reps: int, seed: int = 0) -> List[dict]:
+    """Reference rows for a part whose run files were not kept (its report predates the archive).
+
+    Evaluates (or reads from ``docs/<part>/reference.json``) the reference
+    policies on the part's task as defined in :data:`PARTS` with COMMON's
+    evaluation episodes: for each seed, the episodes of the default final score.
+    """
+    from benchmarl_decentral.reporting.reference import ReferenceCache, reference_results
+    from benchmarl_decentral.reporting.scores import default_last_k
+
+    setup = part_setup(part, legacy=True)
+    episodes = _evaluation_episodes()
+    cache = ReferenceCache.load(docs / part.name / "reference.json")
+    seeds = [f"seed_{s}" for s in SEEDS]
+    refs, notes = reference_results({part.task: setup}, {part.task: seeds},
+                                    {part.task: default_last_k(episodes) * episodes}, cache, True, reps, seed)
+    for note in notes:
+        print(f"  note: {note}")
+    if cache.evaluated or set(cache.entries) != cache.used:
+        cache.save()
+    rows = []
+    for policy, ref in refs.get(part.task, {}).items():
+        rows.append({"task": part.task, "policy": policy, "description": ref.description, "seeds": len(ref.returns),
+                     "episodes": ref.n_episodes, "mean": ref.mean,
+                     "std": float(ref.episodes().std(ddof=1)) if ref.n_episodes > 1 else None,
+                     "ci_low": ref.ci_low, "ci_high": ref.ci_high, "_episodes": ref.episodes()})
+    return rows
+
+
+def legacy_curves(part: Part, part_docs: Path, references: List[dict]) -> List[Path]:
+    """Redraw a part's committed curve plots from its curves.csv, with the reference policies as lines.
+
+    For parts whose run files were not kept: the curves (mean and 95% CI over
+    seeds per evaluation) are those of the committed CSV, unchanged; only the
+    reference lines are new.
+    """
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from benchmarl_decentral.reporting import plots
+    from benchmarl_decentral.reporting.report import _slug
+    from benchmarl_decentral.reporting.stats import Curve, TaskScores
+
+    rows = _read_csv(part_docs / "curves.csv")
+    written = []
+    for task_id in sorted({r["task"] for r in rows}):
+        curves = {}
+        for alg in sorted({r["algorithm"] for r in rows if r["task"] == task_id}):
+            points = sorted((int(r["frames"]), r) for r in rows if r["task"] == task_id and r["algorithm"] == alg)
+            frames = np.asarray([f for f, _ in points], dtype=np.int64)
+            n = int(points[0][1]["n_seeds"])
+            has_ci = all(r["ci_low"] for _, r in points)
+            curves[alg] = Curve([f"seed_{i}" for i in range(n)], frames, np.zeros((n, 0)), [],
+                                np.asarray([float(r["mean"]) for _, r in points]),
+                                np.asarray([float(r["ci_low"]) for _, r in points]) if has_ci else None,
+                                np.asarray([float(r["ci_high"]) for _, r in points]) if has_ci else None)
+        last = [int(r["score_frames"]) for r in _read_csv(part_docs / "runs.csv") if r.get("score_frames")]
+        task = TaskScores(task_id, max(last) if last else None, {}, {}, {}, 0.0, 0.0, {}, curves)
+        lines = {r["policy"]: SimpleNamespace(mean=r["mean"], ci_low=r["ci_low"], ci_high=r["ci_high"])
+                 for r in references if r["task"] == task_id}
+        path = part_docs / f"curves_{_slug(task_id)}.png"
+        written.append(plots.plot_task_curves(task, "return", sorted(curves), path, lines))
+    return written
+
+
+def _evaluation_episodes() -> int:
+    return int(next(o for o in COMMON if o.startswith("experiment.evaluation_episodes=")).split("=")[1])
 
 
 def run_stats(out: Path) -> dict:
@@ -238,14 +466,127 @@ def _fmt(value: Optional[str], digits: int = 2) -> str:
 
 
 # ------------------------------------------------------------------ index
-def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str, dict],
-                skipped: Dict[str, List[str]], report_errors: Dict[str, str], smoke: bool, jobs: int,
-                started: str) -> Path:
-    """docs/results/report.md: how the results were made, and one section per part."""
-    from benchmarl_decentral.benchmark import versions
+PART_RECORD = "suite.json"
+
+
+def write_part_record(part: Part, out: Path, archive: Path, docs: Path, profile: str, smoke: bool) -> Path:
+    """docs/<part>/suite.json: how the part's archived runs were made (sweep, wall times, versions, machine)."""
+    import json
 
     import yaml
 
+    from benchmarl_decentral.benchmark import versions
+
+    plan_file = out / "benchmark.yaml"
+    plan = (yaml.safe_load(plan_file.read_text()) or {}) if plan_file.is_file() else {}
+    stats = run_stats(archive)
+    record = {
+        "part": part.name, "task": part.task, "profile": "smoke" if smoke else profile,
+        "sweep": str(plan.get("command", "")).replace(str(REPO) + os.sep, ""), "started": plan.get("started"),
+        "runs": stats["states"],
+        "minutes_per_run": {alg: round(sum(v) / len(v) / 60, 1) for alg, v in sorted(stats["seconds"].items())},
+        "versions": versions(), "machine": machine(),
+    }
+    path = docs / part.name / PART_RECORD
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def _read_record(docs: Path, part: Part) -> dict:
+    import json
+
+    path = docs / part.name / PART_RECORD
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _fraction(part: Part, profile: str) -> str:
+    fraction = part.paper_fraction(profile)
+    return "n/a" if fraction is None else f"{100 * fraction:.2g}%"
+
+
+def _reference_lines(rows: List[dict]) -> List[str]:
+    lines = []
+    for row in rows:
+        has_ci = row.get("ci_low") not in (None, "")
+        ci = f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]" if has_ci else "n/a"
+        lines.append(f"| *{row['policy']}* (reference: {row.get('description')}) | {row.get('episodes')} episodes "
+                     f"| {_fmt(row.get('mean'))} ± {_fmt(row.get('std'))} | {ci} | | | | |")
+    return lines
+
+
+def _legacy_section(part: Part, part_docs: Path, references: List[dict], reps: int) -> List[str]:
+    """Tables of a part whose runs were not kept: its old final-evaluation scores + fresh reference rows."""
+    import numpy as np
+
+    from benchmarl_decentral.reporting.scores import default_last_k, difference_ci, verdict
+
+    k = default_last_k(_evaluation_episodes())
+    random = next((r for r in references if r["policy"] == "random"), None)
+    runs = _read_csv(part_docs / "runs.csv")
+    curves = _read_csv(part_docs / "curves.csv")
+    lines = ["| algorithm / policy | seeds | last evaluation: return mean ± std | 95% CI | "
+             f"mean of the last {k} evaluations (curve) | above random (95%), last evaluation | "
+             "last-evaluation minus random [95% CI] | trained on |",
+             "|---|---:|---:|---|---:|---|---|---|"]
+    for row in sorted(_read_csv(part_docs / "task_scores.csv"), key=lambda r: -float(r.get("mean") or "-inf")):
+        alg = row["algorithm"]
+        finals = np.asarray([float(r["score"]) for r in runs if r["algorithm"] == alg and r.get("score")])
+        points = [(int(r["frames"]), float(r["mean"])) for r in curves if r["algorithm"] == alg]
+        tail = [v for _, v in sorted(points)[-k:]]
+        ci = f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]" if row.get("ci_low") else "n/a"
+        if random is not None and finals.size:
+            diff, low, high = difference_ci(finals, random["_episodes"], reps, 0)
+            said, versus = verdict(finals.size, low), f"{_fmt(diff)} [{_fmt(low)}, {_fmt(high)}]"
+        else:
+            said, versus = "n/a (no reference)", "n/a"
+        trained = _legacy_trained_on(part, alg)
+        lines.append(f"| {alg} | {row.get('n_seeds')} | {_fmt(row.get('mean'))} ± {_fmt(row.get('std'))} | {ci} | "
+                     f"{_fmt(np.mean(tail)) if tail else 'n/a'} ({len(tail)} evaluations x 3 seeds) | {said} | "
+                     f"{versus} | {trained} |")
+    lines += _reference_lines(references)
+    return lines
+
+
+def _legacy_trained_on(part: Part, alg: str) -> str:
+    from benchmarl_decentral.reporting.scores import reward_used
+
+    setup = part_setup(part, legacy=True)
+    return reward_used(part.task, "dg_mappo" if alg == "dgmappo" else alg, setup.task_config, {})
+
+
+def _archived_section(part_docs: Path) -> List[str]:
+    """Tables of a part reported from its archived runs (the new report's task_scores.csv)."""
+    rows = _read_csv(part_docs / "task_scores.csv")
+    if not rows:
+        return []
+    rule = rows[0].get("score_rule", "")
+    lines = [f"Final score: {rule} (see the part's report).", "",
+             "| algorithm / policy | seeds | final score mean ± std | 95% CI | training return | normalised "
+             "| above random (95%) | trained on |", "|---|---:|---:|---|---:|---:|---|---|"]
+    for row in sorted(rows, key=lambda r: -float(r.get("mean") or "-inf")):
+        ci = f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]" if row.get("ci_low") else "n/a"
+        lines.append(f"| {row['algorithm']} | {row.get('n_seeds')} | {_fmt(row.get('mean'))} ± {_fmt(row.get('std'))} "
+                     f"| {ci} | {_fmt(row.get('train_return_mean'))} | {_fmt(row.get('normalised_mean'))} | "
+                     f"{row.get('above_random_95')} | {row.get('trained_on')} |")
+    refs = _read_csv(part_docs / "reference_scores.csv")
+    lines += _reference_lines(refs)
+    scored = sorted({r.get("scored_on") for r in rows if r.get("scored_on")})
+    if scored:
+        lines += ["", "Scored on: " + "; ".join(scored) + "."]
+    return lines
+
+
+def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str, dict],
+                skipped: Dict[str, List[str]], report_errors: Dict[str, str], smoke: bool, jobs: int,
+                started: str, profile: str = "cpu", reps: int = 2000,
+                references: Optional[Dict[str, List[dict]]] = None) -> Path:
+    """docs/results/report.md: how the results were made, and one section per part."""
+    from benchmarl_decentral.benchmark import versions
+
+    references = references or {}
     info = machine()
     lines = ["# Results suite: our algorithms vs BenchMARL's mappo and ippo", ""]
     if smoke:
@@ -254,62 +595,81 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
         "Made by `benchmarks/suite/run.py` (see benchmarks/suite/README.md); regenerate with the command below.",
         "",
         f"- Command: `python benchmarks/suite/{Path(__file__).name} {shlex.join(argv)}`".rstrip() + f" (started {started})",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}",
-        f"- Machine: {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory', '?')} RAM, "
+        f"- Profile: `{profile}` (frames x {PROFILES[profile]['scale']} of the cpu budgets)",
+        f"- Versions (this report): {', '.join(f'{k} {v}' for k, v in versions().items())}",
+        f"- Machine (this report): {info.get('cpu')}, {info.get('cores')} cores, {info.get('memory', '?')} RAM, "
         f"GPU: {info.get('gpu')}; {info.get('os')}",
         f"- Load average when the report was written (1, 5, 15 min): {load_average() or 'n/a'}"
         " (the machine may be shared: read wall times with that in mind)",
+        "- Versions and machine of each part's runs: its `suite.json` (and its section below).",
         f"- Runs at a time: {jobs}; seeds {', '.join(map(str, SMOKE_SEEDS if smoke else SEEDS))}; every algorithm "
-        "of a part has the same experiment config and budget, and its own YAML defaults:",
+        "of a part has the same experiment config, budget and reward, and its own YAML defaults:",
         "",
         "```",
         *(SMOKE if smoke else COMMON),
         "```",
         "",
-        "Result tables use BenchMARL's algorithm names (class names lowercased: `dgmappo` is `dg_mappo`).",
+        "Result tables use BenchMARL's algorithm names (class names lowercased: `dgmappo` is `dg_mappo`). Every "
+        "table has reference rows (uniform random, zero action, scripted policies where the task has one) and "
+        "answers \"did it learn?\" (above random with 95% confidence) before \"which is better?\".",
         "",
-        "| part | task | algorithms | frames per run | evaluation every | status | wall time (last invocation) |",
-        "|---|---|---|---:|---:|---|---|",
+        "| part | task | algorithms | frames per run | of the paper's budget | evaluation every | status "
+        "| wall time (last invocation) |",
+        "|---|---|---|---:|---:|---:|---|---|",
     ]
     for part in PARTS.values():
-        part_out = out_root / part.name
+        part_docs = docs / part.name
         if part.name in skipped:
             status = "skipped: " + "; ".join(skipped[part.name])
         elif part.name in report_errors:
             status = f"no report: {report_errors[part.name]}"
-        elif (docs / part.name / "report.md").is_file():
-            stats = run_stats(part_out)
+        elif (part_docs / "report.md").is_file():
+            record = _read_record(docs, part)
             status = f"[report]({part.name}/report.md); runs: " + ", ".join(
-                f"{n} {s}" for s, n in sorted(stats["states"].items()))
+                f"{n} {s}" for s, n in sorted((record.get("runs") or {}).items()))
+            if not (part_docs / "runs").is_dir():
+                status += "; **run files not kept: rerun needed**"
         else:
             status = "not run yet"
         wall = f"{runs[part.name]['minutes']} min" if part.name in runs else ""
-        frames = "400 (smoke)" if smoke else f"{part.frames:,}"
-        interval = "200 (smoke)" if smoke else f"{part.evaluation_interval:,}"
+        frames, interval = part.budget(profile)
+        frames_text = "400 (smoke)" if smoke else f"{frames:,}"
+        interval_text = "200 (smoke)" if smoke else f"{interval:,}"
         lines.append(f"| {part.name} | `{part.task}` {' '.join(part.task_overrides)} | {', '.join(part.algorithms)} "
-                     f"| {frames} | {interval} | {status} | {wall} |")
+                     f"| {frames_text} | {_fraction(part, profile)} | {interval_text} | {status} | {wall} |")
 
     for part in PARTS.values():
         part_docs = docs / part.name
         if not (part_docs / "report.md").is_file():
             continue
-        lines += ["", f"## {part.name}: {part.task}", "", f"Claim looked at: {part.claim}.", ""]
-        plan_file = out_root / part.name / "benchmark.yaml"
-        if plan_file.is_file():
-            plan = yaml.safe_load(plan_file.read_text()) or {}
-            lines.append(f"Sweep: `{plan.get('command', '')}` (last invocation {plan.get('started', '?')}).")
-            lines.append("")
-        rows = _read_csv(part_docs / "task_scores.csv")
-        if rows:
-            lines += ["| algorithm | seeds | frames | final return mean ± std | 95% CI | normalised |",
-                      "|---|---:|---:|---:|---|---:|"]
-            for row in sorted(rows, key=lambda r: -float(r.get("mean") or "-inf")):
-                ci = (f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]"
-                      if row.get("ci_low") else "n/a")
-                lines.append(f"| {row.get('algorithm')} | {row.get('n_seeds')} | {row.get('frames')} | "
-                             f"{_fmt(row.get('mean'))} ± {_fmt(row.get('std'))} | {ci} | "
-                             f"{_fmt(row.get('normalised_mean'))} |")
-            lines.append("")
+        record = _read_record(docs, part)
+        archived = (part_docs / "runs").is_dir()
+        lines += ["", f"## {part.name}: {part.task}", "", f"Claim looked at: {part.claim}.", "",
+                  ("Budget: 400 frames per run (smoke)." if smoke else
+                   f"Budget: {part.budget(profile)[0]:,} frames per run, {_fraction(part, profile)} of the paper's "
+                   f"({part.paper_budget})."), "", f"Reward: {part.reward}.", ""]
+        if part.rerun and not (part_docs / "runs").is_dir():
+            lines[-2] = f"Reward, as the part is defined now (not the committed runs below, see there): {part.reward}."
+        if record.get("sweep"):
+            lines += [f"Sweep: `{record['sweep']}` (last invocation {record.get('started', '?')}).", ""]
+        if record.get("machine"):
+            m = record["machine"]
+            lines += [f"Runs made with {', '.join(f'{k} {v}' for k, v in (record.get('versions') or {}).items())}; "
+                      f"on {m.get('cpu')}, {m.get('cores')} cores, GPU: {m.get('gpu')}.", ""]
+        if archived:
+            lines += _archived_section(part_docs)
+        else:
+            lines += [f"**The run files of this part were not kept** (they predate the committed run archive): the "
+                      "numbers below are its last report's (final score = the last evaluation, 10 episodes per run), "
+                      "with the reference rows evaluated now on the task the runs used, the mean of the last "
+                      "evaluations from the committed mean curve (no CI: per-seed curves were not kept), and the "
+                      "learning verdict on the last-evaluation scores; its curve plot is redrawn from the "
+                      "committed curves.csv with the reference lines. "
+                      + (f"Rerun needed: {part.rerun}." if part.rerun else
+                         "Rerun (`python benchmarks/suite/run.py --part " + part.name + "`) for the robust score, "
+                         "its CI and the training return."), ""]
+            lines += _legacy_section(part, part_docs, references.get(part.name, []), reps)
+        lines.append("")
         win = [r for r in _read_csv(part_docs / "decentralised_metrics.csv")
                if r.get("metric") in ("eval_info_win_rate", "collection_info_win_rate")]
         if win:
@@ -318,17 +678,17 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
                 f"{_fmt(r.get('mean'))} ± {_fmt(r.get('std'))}"
                 for r in sorted(win, key=lambda r: (r["metric"] != "eval_info_win_rate", r["algorithm"]))) + ".")
             lines.append("")
-        stats = run_stats(out_root / part.name)
-        if stats["seconds"]:
+        if record.get("minutes_per_run"):
             lines.append("Wall time per run (min, mean over seeds): " + ", ".join(
-                f"{alg} {sum(v) / len(v) / 60:.1f}" for alg, v in sorted(stats["seconds"].items())) + ".")
+                f"{alg} {v}" for alg, v in sorted(record["minutes_per_run"].items())) + ".")
             lines.append("")
         pairs = [r for r in _read_csv(part_docs / "probability_of_improvement.csv") if r.get("x") and r.get("y")]
         # each pair once, oriented so that P >= 0.5 (as report.md does)
         pairs = [r for r in pairs if float(r["probability"]) > 0.5
                  or (float(r["probability"]) == 0.5 and r["x"] < r["y"])]
         if pairs:
-            lines.append("Probability of improvement (95% CI): " + "; ".join(
+            lines.append("Probability of improvement (95% CI" + ("" if archived else ", last-evaluation scores")
+                         + "): " + "; ".join(
                 f"P({r['x']} > {r['y']}) = {_fmt(r.get('probability'))}"
                 + (f" [{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]" if r.get("ci_low") else "")
                 for r in sorted(pairs, key=lambda r: -float(r["probability"]))) + ".")
@@ -351,19 +711,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (joblib launcher when > 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per run (default: cores // jobs; OMP_NUM_THREADS wins when set)")
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu",
+                        help="budgets: cpu (the committed results, under two hours on 2 cores) or gpu (10x the "
+                             "frames, CUDA)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="sweep folders (default: benchmarks/out/suite, or benchmarks/out/suite-smoke)")
+                        help="sweep folders (default: benchmarks/out/suite[-gpu], or benchmarks/out/suite-smoke)")
     parser.add_argument("--docs", type=Path, default=None,
-                        help="report folder (default: docs/results, or <out>/docs with --smoke)")
+                        help="report folder (default: docs/results[-gpu], or <out>/docs with --smoke)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications of the reports")
     parser.add_argument("--smoke", action="store_true", help="tiny budgets: check that the parts run, not results")
     parser.add_argument("--list", action="store_true", help="print the parts and what each needs, then exit")
-    parser.add_argument("--report-only", action="store_true", help="only (re)write the reports from existing runs")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only (re)write the reports, from the run files archived in the docs folder")
     options = parser.parse_args(argv)
     if options.jobs < 1:
         parser.error("--jobs must be at least 1")
-    out_root = (options.out or REPO / "benchmarks" / "out" / ("suite-smoke" if options.smoke else "suite")).resolve()
-    docs = (options.docs or (out_root / "docs" if options.smoke else REPO / "docs" / "results")).resolve()
+    profile = PROFILES[options.profile]
+    default_out = "suite-smoke" if options.smoke else profile["out"]
+    out_root = (options.out or REPO / "benchmarks" / "out" / default_out).resolve()
+    docs = (options.docs or (out_root / "docs" if options.smoke else REPO / profile["docs"])).resolve()
     threads = options.threads or max(1, (os.cpu_count() or 1) // options.jobs)
     selected = [PARTS[name] for name in (options.part or PARTS)]
 
@@ -375,9 +741,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if options.list:
         for part in PARTS.values():
             state = "SKIPPED: " + "; ".join(skipped[part.name]) if part.name in skipped else "ready"
+            frames, _ = part.budget(options.profile)
             print(f"{part.name:10s} {part.task} x {', '.join(part.algorithms)} x seeds {SEEDS}: "
-                  f"{part.frames:,} frames/run, ~{part.est_minutes:g} min with --jobs 2  [{state}]")
-        print(f"estimated total (ready parts): ~{sum(p.est_minutes for p in PARTS.values() if p.name not in skipped):g} min")
+                  f"{frames:,} frames/run ({_fraction(part, options.profile)} of the paper's), "
+                  + (f"~{part.est_minutes:g} min with --jobs 2" if options.profile == "cpu" else "time not measured")
+                  + f"  [{state}]")
+        if options.profile == "cpu":
+            print(f"estimated total (ready parts): "
+                  f"~{sum(p.est_minutes for p in PARTS.values() if p.name not in skipped):g} min")
         return 0
 
     started = datetime.datetime.now().isoformat(timespec="seconds")
@@ -388,25 +759,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if part.name in skipped:
                 print(f"=== part {part.name}: skipped: {'; '.join(skipped[part.name])}", flush=True)
                 continue
-            runs[part.name] = run_part(part, out_root / part.name, options.jobs, options.smoke, threads)
+            runs[part.name] = run_part(part, out_root / part.name, options.jobs, options.smoke, threads,
+                                       options.profile)
             failures += runs[part.name]["returncode"] != 0
 
     docs.mkdir(parents=True, exist_ok=True)
     report_errors: Dict[str, str] = {}
+    references: Dict[str, List[dict]] = {}
     for part in PARTS.values():  # every part with results, so parts run at different times are merged
-        part_out = out_root / part.name
-        if part.name in skipped or not part_out.is_dir():
-            continue
-        error = report_part(part, part_out, docs, options.reps)
-        if error:
-            report_errors[part.name] = error
+        part_out, part_docs = out_root / part.name, docs / part.name
+        archive = part_docs / "runs"
+        if part_out.is_dir():  # (re)archive what the sweep folder holds; --report-only works from the archive
+            part_docs.mkdir(parents=True, exist_ok=True)
+            kept = archive_runs(part_out, archive)
+            if part.name in runs or not (part_docs / PART_RECORD).is_file():  # the machine that ran them
+                write_part_record(part, part_out, archive, docs, options.profile, options.smoke)
+            print(f"=== part {part.name}: {kept} finished run(s) archived in {archive}", flush=True)
+        if archive.is_dir():
+            error = report_part(part, archive, docs, options.reps)
+            if error:
+                report_errors[part.name] = error
+        elif (part_docs / "report.md").is_file() and part.name not in skipped:
+            # a part reported before run files were archived: reference rows for its index section
+            print(f"=== part {part.name}: no archived runs; reference policies for its committed results",
+                  flush=True)
+            references[part.name] = legacy_reference(part, docs, options.reps)
+            _write_reference_csv(part_docs, references[part.name])
+            legacy_curves(part, part_docs, references[part.name])
     index = write_index(docs, out_root, argv, runs, skipped, report_errors, options.smoke,
-                        options.jobs, started)
+                        options.jobs, started, options.profile, options.reps, references)
     print(f"\nwritten: {index}")
     for name, lacks in skipped.items():
         if name in {p.name for p in selected}:
             print(f"skipped part {name}: {'; '.join(lacks)}")
     return 1 if failures or report_errors else 0
+
+
+def _write_reference_csv(part_docs: Path, rows: List[dict]) -> None:
+    columns = ["task", "policy", "description", "seeds", "episodes", "mean", "std", "ci_low", "ci_high"]
+    with open(part_docs / "reference_scores.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else (repr(row[c]) if isinstance(row[c], float) else row[c])
+                             for c in columns])
 
 
 if __name__ == "__main__":

@@ -32,11 +32,21 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def plot_task_curves(task: TaskScores, metric: str, algorithms: List[str], path: Path) -> Path:
-    """Mean metric vs frames per algorithm, 95% bootstrap CI band over seeds."""
+def plot_task_curves(task: TaskScores, metric: str, algorithms: List[str], path: Path,
+                     references: Optional[Dict] = None) -> Path:
+    """Mean metric vs frames per algorithm, 95% bootstrap CI band over seeds.
+
+    ``references``: ``{policy: Reference}`` drawn as horizontal dashed lines with their CI band.
+    """
     colours = _colours(algorithms)
     figure = _figure(6.0, 4.0)
     axes = figure.add_subplot(1, 1, 1)
+    greys = ("black", "dimgrey", "darkgoldenrod", "purple", "teal")
+    for i, (policy, ref) in enumerate(sorted((references or {}).items())):
+        colour = greys[i % len(greys)]
+        axes.axhline(ref.mean, color=colour, linestyle="--", linewidth=1.0, label=f"{policy} (reference)")
+        if ref.ci_low is not None:
+            axes.axhspan(ref.ci_low, ref.ci_high, color=colour, alpha=0.12, linewidth=0)
     for alg, curve in sorted(task.curves.items()):
         colour = colours[alg]
         n = len(curve.seeds)

@@ -10,7 +10,23 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from benchmarl_decentral.reporting import plots
-from benchmarl_decentral.reporting.loading import LoadResult, PathLike, ReportInputError, load_runs
+import numpy as np
+
+from benchmarl_decentral.reporting.loading import LoadResult, PathLike, ReportInputError, load_runs, seed_sort_key
+from benchmarl_decentral.reporting.reference import Reference, ReferenceCache, TaskSetup, reference_results
+from benchmarl_decentral.reporting.scores import (
+    MIN_SCORE_EPISODES,
+    MIN_SEEDS,
+    continuous_actions,
+    default_last_k,
+    difference_ci,
+    episodes_per_evaluation,
+    reward_used,
+    run_config,
+    scored_on,
+    training_return,
+    verdict,
+)
 from benchmarl_decentral.reporting.stats import (
     AGGREGATE_TITLES,
     AGGREGATES,
@@ -22,6 +38,7 @@ from benchmarl_decentral.reporting.stats import (
     collect_scores,
     curve_intervals,
     extra_metrics,
+    normalise_to_reference,
     performance_profiles,
     probability_of_improvement,
     score_matrices,
@@ -44,21 +61,116 @@ class Report:
     extras: List[dict]
     notes: List[str]
     files: Dict[str, Path] = field(default_factory=dict)
+    references: Dict[str, Dict[str, Reference]] = field(default_factory=dict)
+    reference_cache: Optional[ReferenceCache] = None
+    episodes_per_evaluation: int = 1
+    rewards: Dict[str, Dict[str, dict]] = field(default_factory=dict)  # task -> algorithm -> trained/scored on
+    runs_extra: Dict[tuple, dict] = field(default_factory=dict)  # run key -> {train_return, train_iterations}
+    default_k: bool = True  # last_k chosen by the episode rule (not --last-k)
 
     @property
     def markdown(self) -> Path:
         return self.files["report.md"]
 
 
+def _run_setups(loaded: LoadResult, notes: List[str]):
+    """Per run its config (None without .hydra/), and per task the setup its reference policies use."""
+    configs = {run.key: run_config(run) for run in loaded.runs}
+    setups: Dict[str, TaskSetup] = {}
+    for run in loaded.runs:
+        info = configs[run.key]
+        if info is None or run.task_id in setups:
+            continue
+        config = info["config"]
+        try:
+            continuous = continuous_actions(info["task_name"], info["algorithm_name"], config)
+        except Exception as error:  # noqa: BLE001 - unknown task/algorithm in this install: no reference rows
+            notes.append(f"{run.task_id}: cannot rebuild the task '{info['task_name']}' in this install "
+                         f"({error.__class__.__name__}: {error}); no reference policies.")
+            setups[run.task_id] = None
+            continue
+        setups[run.task_id] = TaskSetup(info["task_name"], dict(config.get("task") or {}), continuous,
+                                        str((config.get("experiment") or {}).get("sampling_device", "cpu")))
+    missing = sorted({run.task_id for run in loaded.runs if configs[run.key] is None})
+    if missing:
+        notes.append(f"no run config (.hydra/config.yaml beside the run folder) for some runs of "
+                     f"{', '.join(missing)}: the reward used is unknown for those and, where no run of the task "
+                     "has one, no reference policy is evaluated.")
+    return configs, {t: s for t, s in setups.items() if s is not None}
+
+
+def _reward_table(loaded: LoadResult, configs, metric: str, notes: List[str]) -> Dict[str, Dict[str, dict]]:
+    table: Dict[str, Dict[str, dict]] = {}
+    for run in loaded.runs:
+        info = configs.get(run.key)
+        if info is None:
+            continue
+        config = info["config"]
+        trained = reward_used(info["task_name"], info["algorithm_name"], config.get("task") or {},
+                              config.get("algorithm") or {})
+        scored = scored_on(metric, info["task_name"], config.get("task") or {})
+        entry = table.setdefault(run.task_id, {}).setdefault(run.algorithm, {"trained_on": set(), "scored_on": set()})
+        entry["trained_on"].add(trained)
+        entry["scored_on"].add(scored)
+    out: Dict[str, Dict[str, dict]] = {}
+    for task_id, algs in table.items():
+        out[task_id] = {alg: {k: "; ".join(sorted(v)) for k, v in entry.items()} for alg, entry in algs.items()}
+        note = unequal_rewards(task_id, {alg: entry["trained_on"] for alg, entry in out[task_id].items()})
+        if note:
+            notes.append(note)
+    return out
+
+
+def unequal_rewards(task_id: str, trained_on: Dict[str, str]) -> Optional[str]:
+    """The warning for a task whose algorithms trained on different rewards (None when all are equal)."""
+    if len(set(trained_on.values())) <= 1:
+        return None
+    return (f"{task_id}: UNEQUAL REWARDS: the algorithms trained on different reward definitions ("
+            + "; ".join(f"{alg}: {text}" for alg, text in sorted(trained_on.items()))
+            + "). Give every algorithm the same reward (a shared-reward task option) for a fair comparison.")
+
+
 def build_report(paths: Sequence[PathLike], metric: str = "return", reps: int = 2000,
-                 seed: Optional[int] = 0, out: PathLike = "report") -> Report:
-    """Load and compute everything (no file written). Raises ReportInputError on bad input."""
+                 seed: Optional[int] = 0, out: PathLike = "report", last_k: Optional[int] = None,
+                 reference: bool = True, reference_cache: Optional[PathLike] = None,
+                 evaluate_reference: bool = True) -> Report:
+    """Load and compute everything (no file written except the reference cache). Raises ReportInputError.
+
+    ``last_k``: evaluations the final score averages (None: the fewest covering
+    :data:`~benchmarl_decentral.reporting.scores.MIN_SCORE_EPISODES` episodes).
+    ``reference``: evaluate (or read from ``reference_cache``, default
+    ``<out>/reference.json``) the reference policies of every task;
+    ``evaluate_reference=False`` uses the cache only.
+    """
     if reps < 1:
         raise ReportInputError(f"--reps must be a positive number of bootstrap replications, got {reps}.")
+    if last_k is not None and last_k < 1:
+        raise ReportInputError(f"--last-k must be at least 1 evaluation, got {last_k}.")
     loaded = load_runs(paths)
-    scores = collect_scores(loaded.runs, metric)
+    per_evaluation = episodes_per_evaluation(loaded.runs, metric)
+    k = last_k or default_last_k(per_evaluation)
+    scores = collect_scores(loaded.runs, metric, k)
+    notes = loaded.notes + scores.notes
+    configs, setups = _run_setups(loaded, notes)
+    rewards = _reward_table(loaded, configs, metric, notes)
+
+    references: Dict[str, Dict[str, Reference]] = {}
+    cache = None
+    if reference and metric != "return":
+        notes.append(f"reference policies are evaluated on BenchMARL's `return` only, not on '{metric}': none shown.")
+    elif reference and setups:
+        cache = ReferenceCache.load(Path(reference_cache) if reference_cache else Path(out) / "reference.json")
+        seeds = {t: sorted({r.seed for r in loaded.runs if r.task_id == t}, key=seed_sort_key) for t in setups}
+        episodes = {t: k * per_evaluation for t in setups}
+        references, ref_notes = reference_results(setups, seeds, episodes, cache, evaluate_reference, reps, seed)
+        notes += ref_notes
+    for task_id, task in scores.tasks.items():
+        refs = references.get(task_id, {})
+        if "random" in refs:
+            normalise_to_reference(task, refs["random"].mean, [r.mean for r in refs.values()], notes)
+
     matrices = score_matrices(scores)
-    notes = loaded.notes + scores.notes + matrices.notes
+    notes += matrices.notes
     curve_intervals(scores, reps, seed)
     aggregates = aggregate_estimates(matrices.scores, reps, seed) if matrices.tasks else []
     improvement: List[dict] = []
@@ -72,24 +184,68 @@ def build_report(paths: Sequence[PathLike], metric: str = "return", reps: int = 
             improvement = probability_of_improvement(matrices.scores, reps, seed)
         else:
             notes.append("one algorithm only: no probability of improvement.")
+    few = sorted({f"{alg} ({len(s)} on {t})" for t, task in scores.tasks.items() for alg, s in task.seeds.items()
+                  if len(s) < MIN_SEEDS})
+    if few:
+        notes.append(f"FEW SEEDS: fewer than {MIN_SEEDS} seeds for {', '.join(few)}. Bootstrap intervals over so few "
+                     "seeds mean little (with 2 seeds a probability of improvement of 1.000 [1.000, 1.000] only says "
+                     "that both runs of one beat both of the other); no learning verdict is given. Run more seeds.")
+
+    runs_extra: Dict[tuple, dict] = {}
+    for task_id, task in scores.tasks.items():
+        for alg, seed_names in task.seeds.items():
+            for i, s in enumerate(seed_names):
+                run = next(r for r in loaded.runs if r.key[:3] == (task_id.split("/")[0], task_id.split("/", 1)[1], alg)
+                           and r.seed == s)
+                start = int(task.window_from[alg][i])
+                earlier = [f for f in run.curve(metric)[0].tolist() if f < start]
+                value, n = training_return(run, earlier[-1] if earlier else 0, int(task.frames[alg][i]))
+                runs_extra[run.key] = {"train_return": value, "train_iterations": n}
+    table = task_table(scores, reps, seed)
+    for row in table:
+        task = scores.tasks[row["task"]]
+        env, name = row["task"].split("/", 1)
+        train = [runs_extra[(env, name, row["algorithm"], s)]["train_return"] for s in task.seeds[row["algorithm"]]]
+        train = [v for v in train if v is not None]
+        row["score_rule"] = f"mean of the last {k} evaluation(s)"
+        row["train_return_mean"] = float(np.mean(train)) if train else None
+        random_ref = references.get(row["task"], {}).get("random")
+        if random_ref is not None:
+            diff, low, high = difference_ci(task.raw[row["algorithm"]], random_ref.episodes(), reps, seed)
+        else:
+            diff = low = high = None
+        row.update({"minus_random": diff, "minus_random_ci_low": low, "minus_random_ci_high": high,
+                    "above_random_95": verdict(row["n_seeds"], low)})
+        reward = rewards.get(row["task"], {}).get(row["algorithm"], {})
+        row["trained_on"] = reward.get("trained_on")
+        row["scored_on"] = reward.get("scored_on")
     extras = extra_metrics(loaded.runs)
-    return Report(Path(out), loaded, scores, matrices, aggregates, improvement, profile,
-                  task_table(scores, reps, seed), extras, notes)
+    return Report(Path(out), loaded, scores, matrices, aggregates, improvement, profile, table, extras, notes,
+                  references=references, reference_cache=cache, episodes_per_evaluation=per_evaluation,
+                  rewards=rewards, runs_extra=runs_extra, default_k=last_k is None)
 
 
 def make_report(paths: Sequence[PathLike], out: PathLike = "report", metric: str = "return", reps: int = 2000,
-                seed: Optional[int] = 0, command: Optional[str] = None) -> Report:
-    """Build the report and write report.md, the CSV tables and the PNG plots into ``out``."""
-    report = build_report(paths, metric, reps, seed, out)
+                seed: Optional[int] = 0, command: Optional[str] = None, last_k: Optional[int] = None,
+                reference: bool = True, reference_cache: Optional[PathLike] = None,
+                evaluate_reference: bool = True) -> Report:
+    """Build the report and write report.md, the CSV tables, the PNG plots and reference.json into ``out``."""
+    report = build_report(paths, metric, reps, seed, out, last_k, reference, reference_cache, evaluate_reference)
     out = report.out
     out.mkdir(parents=True, exist_ok=True)
     files = report.files
+    if report.reference_cache is not None and report.references:
+        if reference_cache is None or report.reference_cache.evaluated:
+            files["reference.json"] = report.reference_cache.save()
     files["runs.csv"] = _write_csv(out / "runs.csv", _run_rows(report))
     files["task_scores.csv"] = _write_csv(out / "task_scores.csv", report.tasks)
+    if report.references:
+        files["reference_scores.csv"] = _write_csv(out / "reference_scores.csv", _reference_rows(report))
     files["curves.csv"] = _write_csv(out / "curves.csv", _curve_rows(report.scores))
     for task_id, task in report.scores.tasks.items():
         name = f"curves_{_slug(task_id)}.png"
-        files[name] = plots.plot_task_curves(task, report.scores.metric, report.scores.algorithms, out / name)
+        files[name] = plots.plot_task_curves(task, report.scores.metric, report.scores.algorithms, out / name,
+                                             report.references.get(task_id, {}))
     if report.aggregates:
         files["aggregate_scores.csv"] = _write_csv(out / "aggregate_scores.csv", report.aggregates)
         files["aggregate_scores.png"] = plots.plot_aggregates(report.aggregates, out / "aggregate_scores.png")
@@ -151,8 +307,25 @@ def _run_rows(report: Report) -> List[dict]:
             "env": run.env, "task": run.task, "algorithm": run.algorithm, "seed": run.seed,
             "evaluations": int(frames.size), "last_frames": int(frames[-1]) if frames.size else None,
             "score_frames": at, "score": score, "normalised_score": normalised,
+            "train_return": report.runs_extra.get(run.key, {}).get("train_return"),
+            "train_iterations": report.runs_extra.get(run.key, {}).get("train_iterations"),
             "csv_scalars": str(run.scalars_dir) if run.scalars_dir else None, "source": str(run.source),
         })
+    return rows
+
+
+def _reference_rows(report: Report) -> List[dict]:
+    rows = []
+    for task_id, refs in report.references.items():
+        task = report.scores.tasks.get(task_id)
+        for policy, ref in refs.items():
+            normalised = None
+            if task is not None and task.norm_max > task.norm_min:
+                normalised = float((ref.mean - task.norm_min) / (task.norm_max - task.norm_min))
+            rows.append({"task": task_id, "policy": policy, "description": ref.description,
+                         "seeds": len(ref.returns), "episodes": ref.n_episodes, "mean": ref.mean,
+                         "std": float(ref.episodes().std(ddof=1)) if ref.n_episodes >= 2 else None,
+                         "ci_low": ref.ci_low, "ci_high": ref.ci_high, "normalised_mean": normalised})
     return rows
 
 
@@ -222,6 +395,14 @@ def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
     if command:
         md.append(f"Command: `{command}`.")
     md.append(f"Statistics with rliable; {reps} bootstrap replications; {_versions()}.")
+    md.append("")
+    k, per_eval = scores.last_k, report.episodes_per_evaluation
+    md.append(f"**Final score** of a run: the mean `{metric}` over its last {k} evaluation(s) up to the scored frame "
+              f"({k} x {per_eval} = {k * per_eval} episodes per run; "
+              + (f"the default covers at least {MIN_SCORE_EPISODES} episodes" if report.default_k
+                 else "set by --last-k")
+              + "). The training return (mean collection return of the iterations in the same window, stochastic "
+              "policy, training reward) is shown beside it.")
     md += ["", "## Runs", ""]
     rows = []
     for task_id, task in scores.tasks.items():
@@ -238,7 +419,8 @@ def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
     md += ["", "## Aggregate scores", ""]
     if report.aggregates:
         md.append(
-            f"Min-max normalised final scores (per task, min and max over every evaluation of every run), "
+            f"Normalised final scores (per task: random policy = 0 and best observed = 1 where the random "
+            "reference is available, otherwise min and max over every evaluation of every run), "
             f"aggregated over {len(report.matrices.tasks)} task(s) ({', '.join(report.matrices.tasks)}) and the runs; "
             f"{ci} stratified bootstrap confidence intervals in brackets. Higher is better, except the optimality "
             "gap (1 - mean of min(score, 1))."
@@ -279,19 +461,47 @@ def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
         md.append("Not available (see the notes).")
 
     md += ["", "## Final scores per task", ""]
-    md.append(f"Raw `{metric}` at the scored frame: mean ± std over seeds, {ci} bootstrap CI of the mean, and the "
-              "normalised mean.")
+    md.append(f"Final score (`{metric}`, mean of the last {scores.last_k} evaluation(s)): mean ± std over seeds, "
+              f"{ci} bootstrap CI of the mean; the training return of the same window; the normalised mean; "
+              f"**above random**: yes when the {ci} bootstrap CI of (final score - random policy's return) is above 0 "
+              f"(needs {MIN_SEEDS}+ seeds). Reference policies (in italics) are evaluated on the same environment, "
+              f"with {scores.last_k * report.episodes_per_evaluation} episodes per seed of the task; their CI is over "
+              "episodes.")
     md.append("")
-    md.append(_table(
-        ["task", "algorithm", "seeds", "frames", "mean ± std", f"{ci} CI", "normalised"],
-        [[r["task"], r["algorithm"], r["n_seeds"], r["frames"],
-          f"{_num(r['mean'])} ± {_num(r['std'])}" if r["std"] is not None else f"{_num(r['mean'])} (1 seed)",
-          f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if r["ci_low"] is not None else f"{NA} (1 seed)",
-          _num(r["normalised_mean"])] for r in report.tasks]))
+    rows = []
+    for task_id in scores.tasks:
+        for r in [r for r in report.tasks if r["task"] == task_id]:
+            rows.append([r["task"], r["algorithm"], r["n_seeds"], r["frames"],
+                         f"{_num(r['mean'])} ± {_num(r['std'])}" if r["std"] is not None
+                         else f"{_num(r['mean'])} (1 seed)",
+                         f"[{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if r["ci_low"] is not None
+                         else f"{NA} (1 seed)",
+                         _num(r["train_return_mean"]), _num(r["normalised_mean"]), r["above_random_95"],
+                         r["trained_on"] or "unknown (no run config)"])
+        task = scores.tasks[task_id]
+        for policy, ref in report.references.get(task_id, {}).items():
+            normalised = ((ref.mean - task.norm_min) / (task.norm_max - task.norm_min)
+                          if task.norm_max > task.norm_min else None)
+            spread = float(ref.episodes().std(ddof=1)) if ref.n_episodes > 1 else None
+            rows.append([task_id, f"*{policy}* (reference)", f"{len(ref.returns)} ({ref.n_episodes} episodes)", "",
+                         f"{_num(ref.mean)} ± {_num(spread)}",
+                         f"[{_num(ref.ci_low)}, {_num(ref.ci_high)}]" if ref.ci_low is not None else NA, "",
+                         _num(normalised), "", ref.description])
+    md.append(_table(["task", "algorithm / policy", "seeds", "scored at (frames)", "final score mean ± std",
+                      f"{ci} CI", "training return", "normalised", "above random (95%)", "trained on"], rows))
+    scored = sorted({(t, v["scored_on"]) for t, algs in report.rewards.items() for v in algs.values()})
+    if scored:
+        md.append("")
+        md += [f"- Scored on ({t}): {text}." for t, text in scored]
+    md.append("")
+    md.append("Normalisation per task: " + "; ".join(f"{t}: {task.norm_rule} ([{_num(task.norm_min)}, "
+                                                     f"{_num(task.norm_max)}])" for t, task in scores.tasks.items())
+              + ".")
 
     md += ["", "## Sample-efficiency curves", ""]
     md.append(f"Mean `{metric}` over seeds vs frames, {ci} bootstrap CI over seeds (no band with one seed); the "
-              "dotted line marks the scored frame.")
+              "dotted line marks the scored frame; reference policies are horizontal dashed lines with their CI "
+              "band.")
     for task_id in scores.tasks:
         md += ["", f"### {task_id}", "", f"![{task_id}](curves_{_slug(task_id)}.png)"]
 

@@ -29,6 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from benchmarl_decentral.reporting.scores import window_mean
 from benchmarl_decentral.reporting.loading import (
     ReportInputError,
     Run,
@@ -103,6 +104,10 @@ class TaskScores:
     norm_max: float
     normalised: Dict[str, np.ndarray]
     curves: Dict[str, Curve]
+    # first frame of each run's score window (the last k evaluations up to score_frame) and its size
+    window_from: Dict[str, np.ndarray] = field(default_factory=dict)
+    window_size: Dict[str, np.ndarray] = field(default_factory=dict)
+    norm_rule: str = "min-max over every evaluation of every run"
 
 
 @dataclass
@@ -111,6 +116,7 @@ class ScoreSet:
     tasks: Dict[str, TaskScores]
     algorithms: List[str]
     notes: List[str] = field(default_factory=list)
+    last_k: int = 1  # evaluations each final score averages (up to the score frame)
 
 
 def normalise(values, low: float, high: float) -> np.ndarray:
@@ -121,11 +127,16 @@ def normalise(values, low: float, high: float) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def collect_scores(runs: Sequence[Run], metric: str = "return") -> ScoreSet:
+def collect_scores(runs: Sequence[Run], metric: str = "return", last_k: int = 1) -> ScoreSet:
     """Align the runs per task, take their final scores and normalise them.
 
-    Raises :class:`ReportInputError` when no run has ``metric``.
+    The final score of a run is the mean of its last ``last_k`` evaluations
+    (episode means) up to the task's score frame (``last_k=1``: the evaluation
+    at the score frame alone). Raises :class:`ReportInputError` when no run has
+    ``metric`` or ``last_k`` < 1.
     """
+    if last_k < 1:
+        raise ReportInputError(f"--last-k must be at least 1 evaluation, got {last_k}.")
     notes: List[str] = []
     with_metric = []
     without = []
@@ -171,25 +182,55 @@ def collect_scores(runs: Sequence[Run], metric: str = "return") -> ScoreSet:
             notes.append(f"{task_id}: every evaluation of every run has the same {metric} ({low:g}); "
                          "normalised scores are all 0 on this task.")
         raw, frames_at, seeds, normalised, curves = {}, {}, {}, {}, {}
+        window_from, window_size = {}, {}
         for alg, items in sorted(per_alg.items()):
             seeds[alg] = [run.seed for run, _, _ in items]
-            finals, at = [], []
+            finals, at, first, sizes = [], [], [], []
             for _, frames, values in items:
                 index = int(np.nonzero(frames == score_frame)[0][0]) if score_frame is not None else len(frames) - 1
-                finals.append(values[index])
+                mean, size, start = window_mean(frames[: index + 1], values[: index + 1], None, last_k)
+                finals.append(mean)
                 at.append(int(frames[index]))
+                first.append(start)
+                sizes.append(size)
             raw[alg] = np.asarray(finals)
             frames_at[alg] = np.asarray(at, dtype=np.int64)
+            window_from[alg] = np.asarray(first, dtype=np.int64)
+            window_size[alg] = np.asarray(sizes, dtype=np.int64)
+            if min(sizes) < last_k:
+                notes.append(f"{task_id} / {alg}: only {min(sizes)} evaluation(s) up to the scored frame, fewer "
+                             f"than the {last_k} the final score should average: it averages those.")
             normalised[alg] = normalise(raw[alg], low, high)
             curves[alg] = _curve(task_id, alg, items, notes)
-        tasks[task_id] = TaskScores(task_id, score_frame, seeds, raw, frames_at, low, high, normalised, curves)
+        tasks[task_id] = TaskScores(task_id, score_frame, seeds, raw, frames_at, low, high, normalised, curves,
+                                    window_from, window_size)
 
     algorithms = sorted({alg for task in tasks.values() for alg in task.raw})
     single = sorted({alg for task in tasks.values() for alg, s in task.seeds.items() if len(s) < 2})
     if single:
         notes.append(f"one seed only for {', '.join(single)} on some task(s): confidence intervals that need "
                      "several seeds are marked unavailable (n/a), not estimated.")
-    return ScoreSet(metric, tasks, algorithms, notes)
+    return ScoreSet(metric, tasks, algorithms, notes, last_k)
+
+
+def normalise_to_reference(task: TaskScores, random_mean: float, reference_means: Sequence[float],
+                           notes: List[str]) -> None:
+    """Normalise a task's scores with random = 0 and the best observed = 1 (in place).
+
+    The best is the largest of every evaluation of every run and the reference
+    policies' means (no task here has a known optimum). When nothing beats the
+    random policy, the task keeps its min-max normalisation and a note says so.
+    """
+    values = [c.values for c in task.curves.values() if c.values.size]
+    values += [per_run for alg in task.curves for _, _, per_run in task.curves[alg].per_run]
+    best = max([float(np.max(v)) for v in values if np.size(v)] + [float(m) for m in reference_means])
+    if not best > random_mean:
+        notes.append(f"{task.task_id}: nothing beats the random policy ({random_mean:.4g}); normalised scores "
+                     "stay min-max over the runs' evaluations.")
+        return
+    task.norm_min, task.norm_max = float(random_mean), best
+    task.normalised = {alg: normalise(raw, random_mean, best) for alg, raw in task.raw.items()}
+    task.norm_rule = "random policy = 0, best observed (runs' evaluations, reference policies) = 1"
 
 
 def _curve(task_id, alg, items, notes) -> Curve:
