@@ -9,9 +9,10 @@ algorithms, models and tasks are available by name.
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 USAGE = """\
 usage: benchmarl <command> [args]
@@ -23,7 +24,7 @@ commands:
   run       train: hydra overrides, exactly as `python -m benchmarl.run`
   evaluate  evaluate a checkpoint: as `python -m benchmarl.evaluate`
   resume    resume training from a checkpoint: as `python -m benchmarl.resume`
-  list      list the algorithms, tasks and models available (* = benchmarl-decentral)
+  list      what to type after algorithm=, task=, model= (* = ours; [extra] = not installed)
   benchmark sweep algorithms x tasks x seeds on a launcher; failed runs do not stop it, reruns resume it
   report    compare algorithms from result folders: IQM, CIs, probability of improvement, curves
 
@@ -46,7 +47,7 @@ same output folders (outputs/ for a run, multirun/ with -m).
 
   algorithm=NAME        required: e.g. decpg, mappo, ippo (see `benchmarl list`)
   task=FAMILY/NAME      required: e.g. vmas/balance, pettingzoo/simple_spread
-  model=layers/mlp      actor model (default), critic_model=... for the critic
+  model=layers/mlp      actor model (default); model@critic_model=layers/mlp for the critic
   seed=0                random seed
   algorithm.k=4         any field of the algorithm's YAML
   experiment.max_n_frames=120000  any field of BenchMARL's experiment config
@@ -69,7 +70,10 @@ LIST_HELP = """\
 usage: benchmarl list [algorithms|tasks|models]
 
 List what can be passed as algorithm=, task= and model= (all three by
-default). Entries added by benchmarl-decentral are marked with *.
+default), written as you type them (task=vmas/balance, model=layers/dgat).
+Entries added by benchmarl-decentral are marked with *; tasks whose packages
+are not installed here are marked [extra], and the end of the list says how
+to install each.
 """
 
 REPORT_HELP = """\
@@ -153,26 +157,43 @@ def _run_module(module: str, args: List[str]) -> int:
 
 
 def _list(what: Optional[str]) -> int:
+    """``benchmarl list``: what to type after ``algorithm=``, ``task=``, ``model=``; tasks not installed marked."""
     import benchmarl_decentral._registry as ours
     from benchmarl.algorithms import algorithm_config_registry
     from benchmarl.environments import task_config_registry
     from benchmarl.models import model_config_registry
 
+    from benchmarl_decentral.cli_checks import README_SMAC, smax_alternative, task_requirement
+
     sections = {
-        "algorithms": (algorithm_config_registry, set(ours.algorithm_configs())),
-        "tasks": (task_config_registry, set(ours.task_configs())),
-        "models": (model_config_registry, set(ours.model_configs())),
+        "algorithms": ("algorithm=", algorithm_config_registry, set(ours.algorithm_configs()), ""),
+        "tasks": ("task=", task_config_registry, set(ours.task_configs()), ""),
+        "models": ("model=layers/", model_config_registry, set(ours.model_configs()),
+                   "  (the critic: model@critic_model=layers/NAME)"),
     }
     if what is not None and what not in sections:
         print(f"benchmarl list: unknown section '{what}'; choose algorithms, tasks or models.", file=sys.stderr)
         return 2
-    for name, (registry, mine) in sections.items():
+    missing = {}  # requirement tag -> requirement
+    for name, (prefix, registry, mine, note) in sections.items():
         if what is not None and name != what:
             continue
-        print(f"{name}:")
+        print(f"{name}:{note}")
+        width = min(max((len(prefix + entry) for entry in registry), default=0), 44)
         for entry in sorted(registry):
-            print(f"  {'*' if entry in mine else ' '} {entry}")
-    print("(* = added by benchmarl-decentral)")
+            needs = task_requirement(entry) if name == "tasks" else None
+            tag = ""
+            if needs is not None:
+                missing[needs.tag] = needs
+                tag = f"[{needs.tag}]"
+            print(f"  {'*' if entry in mine else ' '} {prefix + entry:<{width}}  {tag}".rstrip())
+    print("* = added by benchmarl-decentral")
+    for tag, needs in sorted(missing.items()):
+        if tag == "starcraft":
+            print(f"[{tag}] not installed here: StarCraft II, SC2PATH and the smacv2 package ({README_SMAC}); "
+                  f"without StarCraft: task={smax_alternative('smacv2/protoss_5_vs_5')} ... (smax extra)")
+        else:
+            print(f"[{tag}] not installed here: {needs.install}")
     return 0
 
 
@@ -259,8 +280,7 @@ def _benchmark(args: List[str]) -> int:
     return 0 if result.ok else 1
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: List[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
@@ -270,6 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if wants_help:
             print(RUN_HELP)
             return 0
+        _preflight_run(args)
         return _run_module("benchmarl.run", args)
     if command in ("evaluate", "resume"):
         what = "Evaluate" if command == "evaluate" else "Resume training of"
@@ -304,6 +325,62 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"benchmarl: unknown command '{command}'.\n", file=sys.stderr)
     print(USAGE, file=sys.stderr)
     return 2
+
+
+def _preflight_run(args: List[str]) -> None:
+    """Refuse a run whose task packages (or wandb logger) are missing, before hydra writes anything."""
+    from benchmarl_decentral.cli_checks import CliError, preflight
+
+    problem = preflight([a for a in args if a not in ("-m", "--multirun")])
+    if problem is not None:
+        raise CliError(problem)
+
+
+def _guarded(command: str, args: List[str], call: Callable[[], int], *, debug: bool) -> int:
+    """Run ``call``; an error becomes one line on stderr (the traceback with ``debug``).
+
+    hydra prints an exception itself unless ``HYDRA_FULL_ERROR`` is set, so it
+    is set while ``call`` runs: hydra then re-raises and the error reaches
+    :func:`~benchmarl_decentral.cli_checks.explain`. Exit status 2 for bad
+    input (a config, a name, a missing package), 1 for any other error.
+    """
+    from benchmarl_decentral.cli_checks import CliError, explain, is_bad_input, without_hydra_job_error
+
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        if debug:
+            return call()
+        with without_hydra_job_error():
+            return call()
+    except Exception as error:  # noqa: BLE001  (every error gets one line; --debug shows the traceback)
+        if debug and not isinstance(error, CliError):  # a CliError is the whole story
+            raise
+        print(f"benchmarl {command}: {explain(error, args)}", file=sys.stderr)
+        return 2 if is_bad_input(error) else 1
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The ``benchmarl`` console script: ``benchmarl <command> [args] [--debug]``.
+
+    ``run``, ``evaluate`` and ``resume`` report an error as one line naming
+    the fix; ``--debug`` (anywhere on the line) or ``HYDRA_FULL_ERROR=1``
+    shows the traceback instead.
+    """
+    from benchmarl_decentral.cli_checks import quiet
+
+    quiet()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if argv and argv[0] in ("run", "evaluate", "resume"):
+        return _guarded(argv[0], argv[1:], lambda: _dispatch(argv), debug=debug)
+    return _dispatch(argv)
 
 
 if __name__ == "__main__":
