@@ -29,14 +29,15 @@ commands:
   report    compare algorithms from result folders: IQM, CIs, probability of improvement, curves
 
 examples:
-  benchmarl run algorithm=decpg task=vmas/balance
-  benchmarl run -m algorithm=decpg,mappo task=vmas/navigation seed=0,1,2
+  benchmarl run algorithm=decpg task=vmas/balance experiment.loggers=[csv]
+  benchmarl run -m algorithm=decpg,mappo task=vmas/navigation seed=0,1,2 experiment.loggers=[csv]
   benchmarl evaluate outputs/<date>/<time>/<run>/checkpoints/checkpoint_300.pt
   benchmarl list
   benchmarl benchmark algorithm=decpg,mappo task=vmas/balance seed=0,1 --launcher joblib --jobs 2 --out bench
   benchmarl report multirun/<date>/<time> --out report
 
-`benchmarl <command> --help` tells more about a command.
+`benchmarl <command> --help` tells more about a command. An error is one line
+naming the fix; add --debug (or set HYDRA_FULL_ERROR=1) for the traceback.
 """
 
 RUN_HELP = """\
@@ -54,8 +55,12 @@ same output folders (outputs/ for a run, multirun/ with -m).
   -m                    multirun: comma-separated values sweep, e.g.
                         -m algorithm=decpg,mappo seed=0,1,2
 
+  experiment.loggers=[csv]  BenchMARL's default [csv, wandb] needs `pip install wandb`
+  experiment.render=false   no evaluation video (faster)
+  experiment.checkpoint_at_end=true  a checkpoint for `benchmarl evaluate` / `resume`
+
 Hydra's own flags work too: --cfg job (print the composed config and exit),
---hydra-help, hydra.run.dir=...
+--hydra-help, hydra.run.dir=...  --debug: the traceback of an error.
 """
 
 CHECKPOINT_HELP = """\
@@ -327,10 +332,16 @@ def _dispatch(argv: List[str]) -> int:
     return 2
 
 
+#: hydra flags with which `benchmarl run` prints something and trains nothing.
+_HYDRA_NO_RUN_FLAGS = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc", "--resolve")
+
+
 def _preflight_run(args: List[str]) -> None:
     """Refuse a run whose task packages (or wandb logger) are missing, before hydra writes anything."""
     from benchmarl_decentral.cli_checks import CliError, preflight
 
+    if any(a.split("=", 1)[0] in _HYDRA_NO_RUN_FLAGS for a in args):
+        return  # hydra prints (config, help, info) and runs nothing: nothing is needed
     problem = preflight([a for a in args if a not in ("-m", "--multirun")])
     if problem is not None:
         raise CliError(problem)

@@ -132,7 +132,19 @@ def task_requirement(task: str) -> Optional[Requirement]:
         return None
     if family == "smacv2":
         return requirement if smacv2_missing() else None
+    if requirement.tag == "pettingzoo" and _installed("pettingzoo") and _version("pettingzoo") >= (1, 25):
+        return requirement  # 1.25 moved MPE to mpe2, which BenchMARL 1.5 does not load
     return None if _installed(requirement.module) else requirement
+
+
+def _version(distribution: str) -> tuple:
+    """``(major, minor)`` of an installed distribution, ``(0, 0)`` when unknown."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return tuple(int(p) for p in re.findall(r"\d+", version(distribution))[:2])
+    except (PackageNotFoundError, ValueError):
+        return (0, 0)
 
 
 def _task_message(task: str) -> Optional[str]:
@@ -145,6 +157,10 @@ def _task_message(task: str) -> Optional[str]:
             f"install them as in the {README_SMAC}, or run the JAX stand-in without StarCraft: "
             f'task={smax_alternative(task)} (pip install "benchmarl-decentral[smax]")'
         )
+    if requirement.tag == "pettingzoo" and _installed("pettingzoo"):
+        found = ".".join(map(str, _version("pettingzoo")))
+        return (f"task={task} needs PettingZoo <1.25 (MPE moved to mpe2 in 1.25, which BenchMARL 1.5 does not "
+                f"load), found {found}: {requirement.install}")
     return f"task={task} needs the {requirement.module} package, which is not installed: {requirement.install}"
 
 
@@ -380,11 +396,13 @@ def quiet() -> None:
     * TorchRL's PettingZoo loader: families it could not load, MPE's move to
       ``mpe2``, its tested-version note; TorchRL's collector rename;
     * SDL's "XDG_RUNTIME_DIR is invalid or not set" (PettingZoo MPE starts
-      pygame, whose audio driver looks for it): with no XDG_RUNTIME_DIR, SDL
-      gets the dummy audio driver (the environments make no sound).
+      pygame, whose video driver probes for a Wayland session): on a machine
+      without a display (no XDG_RUNTIME_DIR, DISPLAY or WAYLAND_DISPLAY) SDL
+      gets its dummy video driver, which still renders off-screen
+      (``experiment.render``); a user's own SDL_VIDEODRIVER is kept.
     """
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", module=r"torchrl\.envs\.libs\.pettingzoo")
     warnings.filterwarnings("ignore", message=r"SyncDataCollector has been deprecated", category=DeprecationWarning)
-    if not os.environ.get("XDG_RUNTIME_DIR"):
-        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    if not any(os.environ.get(v) for v in ("XDG_RUNTIME_DIR", "DISPLAY", "WAYLAND_DISPLAY")):
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")

@@ -137,13 +137,15 @@ def test_list_shows_what_to_type_and_marks_what_is_not_installed(tmp_path):
 
 @pytest.mark.slow
 def test_config_errors_are_one_line_without_noise_and_debug_shows_the_traceback(tmp_path):
-    """As a user runs it: no warning lines, no hydra line, one line naming the fix; exit status 2."""
+    """As a user runs it: no warning lines (TorchRL's import, its PettingZoo loader, SDL's XDG_RUNTIME_DIR
+    line on a machine without a display), no hydra line, one line naming the fix; exit status 2."""
     tiny = [t for t in TINY if not t.startswith(("model.", "critic_model."))]
-    result = run_cli(["run", "algorithm=decpg", "task=vmas/balance", "algorithm.k=99", *tiny], tmp_path, as_user=True)
+    result = run_cli(["run", "algorithm=decpg", "task=pettingzoo/simple_spread", "algorithm.k=99", *tiny], tmp_path,
+                     as_user=True)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "benchmarl run: decpg: the topology does not fit group 'agents' of task balance (4 agents): k must be in "
-        "[0, n-1] (neighbours per agent on the ring), got k=99 for n=4 agents; choose 0 <= k <= 3 (k=3 is the "
+        "benchmarl run: decpg: the topology does not fit group 'agent' of task simple_spread (3 agents): k must be "
+        "in [0, n-1] (neighbours per agent on the ring), got k=99 for n=3 agents; choose 0 <= k <= 2 (k=2 is the "
         "full graph). Set algorithm.k / algorithm.adjacency / algorithm.mixing accordingly."
     ]
     assert not list(tmp_path.rglob("config.pkl"))  # no BenchMARL run folder
