@@ -182,3 +182,65 @@ def test_topology_options_the_topology_does_not_read_are_refused(tmp_path):
         assert f"use {key}.topology=full, ring, knn_ring (with {key}.k)" in line
     assert "model.radius=1.0 is read only with model.topology=radius" in _one_line(results[4])
     assert not list(tmp_path.rglob("config.pkl"))  # refused before any BenchMARL run folder is kept
+
+
+# ------------------------------------------------------------------ the pieces, in this process
+def test_suggest_finds_the_closest_name_or_none():
+    from benchmarl_decentral.cli_checks import group_choices, suggest
+
+    assert suggest("decgp", group_choices("algorithm")) == "decpg"
+    assert suggest("vmas/balanse", group_choices("task")) == "vmas/balance"
+    assert suggest("balanse", ["vmas/balance", "vmas/navigation"]) == "vmas/balance"  # the task part alone
+    assert suggest("layers/mpl", group_choices("model")) == "layers/mlp"
+    assert suggest("qwertyuiop", group_choices("algorithm")) is None
+
+
+def test_preflight_checks_the_wandb_logger_only_when_it_is_used(monkeypatch):
+    from benchmarl_decentral.cli_checks import preflight
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what importlib sees when wandb is not installed
+    base = ["algorithm=decpg", "task=vmas/balance"]
+    assert "default experiment.loggers=[csv, wandb] needs wandb" in preflight(base)
+    assert preflight([*base, "experiment.loggers=[csv]"]) is None
+    assert "includes wandb" in preflight([*base, "experiment.loggers=[csv,wandb]"])
+    assert preflight([*base, "experiment=my_experiment"]) is None  # its loggers are unknown here
+    assert preflight(["algorithm=decgp", "task=vmas/balance"]) is None  # hydra names the misspelling first
+
+
+def test_smacv2_requirements_and_stand_in(monkeypatch, tmp_path):
+    from benchmarl_decentral.cli_checks import smacv2_missing, smax_alternative
+
+    assert smax_alternative("smacv2/zerg_10_vs_11") == "smax/smacv2_10_units"
+    assert smax_alternative("smacv2/protoss_20_vs_23") == "smax/smacv2_20_units"
+    monkeypatch.setitem(sys.modules, "smacv2", None)
+    monkeypatch.setenv("SC2PATH", str(tmp_path))
+    assert smacv2_missing() == ["the smacv2 package"]
+    monkeypatch.setenv("SC2PATH", str(tmp_path / "nowhere"))
+    assert smacv2_missing()[0] == f"StarCraft II (SC2PATH={tmp_path / 'nowhere'} is not a folder)"
+
+
+@pytest.mark.parametrize(
+    "config, overrides, match",
+    [
+        ("decpg", {"topology": "ring", "adjacency": [[0, 1], [1, 0]]}, r"algorithm\.adjacency=.*algorithm\.topology=custom"),
+        ("decpg", {"topology": "full", "k": 3}, r"algorithm\.k=3 is read only with algorithm\.topology=knn_ring"),
+        ("decpg", {"mixing_graph": "majority"}, r"mixing_graph=majority is read only with .*=visibility"),
+        ("matrpo", {"topology": "full", "adjacency": [[0, 1], [1, 0]]}, r"remove algorithm\.adjacency"),
+        ("dg_mappo", {"topology": "ring", "radius": 1.0}, r"algorithm\.radius=1\.0 .* algorithm\.topology=radius"),
+        ("dgat", {"topology": "ring", "graph_kwargs": {"layout": "smax"}},
+         r"model\.graph_kwargs=.* model\.topology=visibility"),
+    ],
+)
+def test_python_api_refuses_topology_options_the_topology_does_not_read(config, overrides, match):
+    from benchmarl_decentral.algorithms import DecpgConfig, DgMappoConfig, MatrpoConfig
+    from benchmarl_decentral.models.dgat import DgatConfig
+
+    cls = {"decpg": DecpgConfig, "matrpo": MatrpoConfig, "dg_mappo": DgMappoConfig, "dgat": DgatConfig}[config]
+    fields = {**cls.get_from_yaml().__dict__, **overrides}
+    with pytest.raises(ValueError, match=match):
+        cls(**fields)
+    fields.update(topology={"radius": "radius", "graph_kwargs": "visibility", "k": "knn_ring",
+                            "mixing_graph": "visibility"}.get(next(k for k in overrides if k != "topology"), "custom"))
+    if fields["topology"] == "radius":
+        fields["position_dims"] = [0, 2]
+    cls(**fields)  # the same option with the topology that reads it is accepted
