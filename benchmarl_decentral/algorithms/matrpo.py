@@ -979,7 +979,7 @@ class Matrpo(Algorithm):
             raise config_error(
                 self.experiment,
                 "matrpo: critic_max_grad_norm clips each agent's critic gradient, which needs the "
-                "critic parameters stacked on the agent dim (critic_model=layers/mlp); or set "
+                "critic parameters stacked on the agent dim (model@critic_model=layers/mlp); or set "
                 "algorithm.critic_max_grad_norm=null.",
             )
         self._critics[group] = critic
