@@ -12,6 +12,7 @@ those of :mod:`benchmarl_decentral.runs` (checkpoints, result files); calling it
 from __future__ import annotations
 
 import pathlib
+import warnings
 
 #: Folder holding our YAML (shipped inside the wheel as ``benchmarl_decentral.conf``).
 CONF_DIR = pathlib.Path(__file__).parent / "conf"  # symlink to the top-level conf/ in a checkout
@@ -72,9 +73,13 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from benchmarl.algorithms import algorithm_config_registry
-    from benchmarl.environments import task_config_registry
-    from benchmarl.models import model_config_registry
+    with warnings.catch_warnings():
+        # TorchRL's import-time torch.jit.script deprecation is no business of a BenchMARL user;
+        # only the warnings of this import are filtered, the global filters stay as they are.
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        from benchmarl.algorithms import algorithm_config_registry
+        from benchmarl.environments import task_config_registry
+        from benchmarl.models import model_config_registry
 
     algorithms = algorithm_configs()
     models = model_configs()

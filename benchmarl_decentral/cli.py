@@ -13,9 +13,10 @@ instead of the ``.hydra`` folder that ``python -m benchmarl.evaluate|resume`` re
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 USAGE = """\
 usage: benchmarl <command> [args]
@@ -27,19 +28,20 @@ commands:
   run       train: hydra overrides, exactly as `python -m benchmarl.run`
   evaluate  evaluate a checkpoint: as `python -m benchmarl.evaluate`
   resume    resume training from a checkpoint: as `python -m benchmarl.resume`
-  list      list the algorithms, tasks and models available (* = benchmarl-decentral)
+  list      what to type after algorithm=, task=, model= (* = ours; [extra] = not installed)
   benchmark sweep algorithms x tasks x seeds on a launcher; failed runs do not stop it, reruns resume it
   report    compare algorithms from result folders: IQM, CIs, probability of improvement, curves
 
 examples:
-  benchmarl run algorithm=decpg task=vmas/balance
-  benchmarl run -m algorithm=decpg,mappo task=vmas/navigation seed=0,1,2
+  benchmarl run algorithm=decpg task=vmas/balance experiment.loggers=[csv]
+  benchmarl run -m algorithm=decpg,mappo task=vmas/navigation seed=0,1,2 experiment.loggers=[csv]
   benchmarl evaluate outputs/<date>/<time>/<run>/checkpoints/checkpoint_300.pt
   benchmarl list
   benchmarl benchmark algorithm=decpg,mappo task=vmas/balance seed=0,1 --launcher joblib --jobs 2 --out bench
   benchmarl report multirun/<date>/<time> --out report
 
-`benchmarl <command> --help` tells more about a command.
+`benchmarl <command> --help` tells more about a command. An error is one line
+naming the fix; add --debug (or set HYDRA_FULL_ERROR=1) for the traceback.
 """
 
 RUN_HELP = """\
@@ -50,15 +52,19 @@ same output folders (outputs/ for a run, multirun/ with -m).
 
   algorithm=NAME        required: e.g. decpg, mappo, ippo (see `benchmarl list`)
   task=FAMILY/NAME      required: e.g. vmas/balance, pettingzoo/simple_spread
-  model=layers/mlp      actor model (default), critic_model=... for the critic
+  model=layers/mlp      actor model (default); model@critic_model=layers/mlp for the critic
   seed=0                random seed
   algorithm.k=4         any field of the algorithm's YAML
   experiment.max_n_frames=120000  any field of BenchMARL's experiment config
   -m                    multirun: comma-separated values sweep, e.g.
                         -m algorithm=decpg,mappo seed=0,1,2
 
+  experiment.loggers=[csv]  BenchMARL's default [csv, wandb] needs `pip install wandb`
+  experiment.render=false   no evaluation video (faster)
+  experiment.checkpoint_at_end=true  a checkpoint for `benchmarl evaluate` / `resume`
+
 Hydra's own flags work too: --cfg job (print the composed config and exit),
---hydra-help, hydra.run.dir=...
+--hydra-help, hydra.run.dir=...  --debug: the traceback of an error.
 
 The run folder, outputs/<date>/<time> (multirun/... with -m), is created by
 this command, atomically: <time>-2, <time>-3 ... when another run has taken
@@ -84,7 +90,10 @@ LIST_HELP = """\
 usage: benchmarl list [algorithms|tasks|models]
 
 List what can be passed as algorithm=, task= and model= (all three by
-default). Entries added by benchmarl-decentral are marked with *.
+default), written as you type them (task=vmas/balance, model=layers/dgat).
+Entries added by benchmarl-decentral are marked with *; tasks whose packages
+are not installed here are marked [extra], and the end of the list says how
+to install each.
 """
 
 REPORT_HELP = """\
@@ -225,16 +234,23 @@ def _run_in_own_folder(args: List[str]) -> int:
     created = runs.claim_run_dir(root)
     # next to the user's overrides: hydra's argparse takes positional overrides in one block only
     last = max((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), default=-1)
-    code = 1  # also when the run raises (HYDRA_FULL_ERROR=1 makes hydra re-raise)
     try:
         code = _run_module("benchmarl.run", [*args[:last + 1], f"{key}={created}", *args[last + 1:]])
-    finally:
-        _remove_if_untrained(created, root, new_root, code, multirun)
+    except BaseException as error:  # HYDRA_FULL_ERROR=1 makes hydra re-raise
+        if _remove_if_untrained(created, root, new_root, 1, multirun):
+            # told on the error's own line by `_guarded` (one line per error)
+            error.removed_run_dir = str(created)  # type: ignore[attr-defined]
+        raise
+    if _remove_if_untrained(created, root, new_root, code, multirun) and code != 0:
+        print(f"benchmarl run: nothing was trained; the run folder {created} was removed.", file=sys.stderr)
     return code
 
 
-def _remove_if_untrained(created, root, new_root: bool, code: int, multirun: bool) -> None:
-    """Remove the run folder ``created`` when it is empty, or when its single run failed before training."""
+def _remove_if_untrained(created, root, new_root: bool, code: int, multirun: bool) -> bool:
+    """Remove the run folder ``created`` when it is empty, or when its single run failed before training.
+
+    Returns whether it was removed.
+    """
     import shutil
 
     from benchmarl_decentral import runs
@@ -248,8 +264,8 @@ def _remove_if_untrained(created, root, new_root: bool, code: int, multirun: boo
                     parent.rmdir()
                 except OSError:
                     break
-            if code != 0:
-                print(f"benchmarl run: nothing was trained; the run folder {created} was removed.", file=sys.stderr)
+            return True
+    return False
 
 
 def _checkpoint_command(command: str, checkpoint: str) -> int:
@@ -278,26 +294,43 @@ def _checkpoint_command(command: str, checkpoint: str) -> int:
 
 
 def _list(what: Optional[str]) -> int:
+    """``benchmarl list``: what to type after ``algorithm=``, ``task=``, ``model=``; tasks not installed marked."""
     import benchmarl_decentral._registry as ours
     from benchmarl.algorithms import algorithm_config_registry
     from benchmarl.environments import task_config_registry
     from benchmarl.models import model_config_registry
 
+    from benchmarl_decentral.cli_checks import README_SMAC, smax_alternative, task_requirement
+
     sections = {
-        "algorithms": (algorithm_config_registry, set(ours.algorithm_configs())),
-        "tasks": (task_config_registry, set(ours.task_configs())),
-        "models": (model_config_registry, set(ours.model_configs())),
+        "algorithms": ("algorithm=", algorithm_config_registry, set(ours.algorithm_configs()), ""),
+        "tasks": ("task=", task_config_registry, set(ours.task_configs()), ""),
+        "models": ("model=layers/", model_config_registry, set(ours.model_configs()),
+                   "  (the critic: model@critic_model=layers/NAME)"),
     }
     if what is not None and what not in sections:
         print(f"benchmarl list: unknown section '{what}'; choose algorithms, tasks or models.", file=sys.stderr)
         return 2
-    for name, (registry, mine) in sections.items():
+    missing = {}  # requirement tag -> requirement
+    for name, (prefix, registry, mine, note) in sections.items():
         if what is not None and name != what:
             continue
-        print(f"{name}:")
+        print(f"{name}:{note}")
+        width = min(max((len(prefix + entry) for entry in registry), default=0), 44)
         for entry in sorted(registry):
-            print(f"  {'*' if entry in mine else ' '} {entry}")
-    print("(* = added by benchmarl-decentral)")
+            needs = task_requirement(entry) if name == "tasks" else None
+            tag = ""
+            if needs is not None:
+                missing[needs.tag] = needs
+                tag = f"[{needs.tag}]"
+            print(f"  {'*' if entry in mine else ' '} {prefix + entry:<{width}}  {tag}".rstrip())
+    print("* = added by benchmarl-decentral")
+    for tag, needs in sorted(missing.items()):
+        if tag == "starcraft":
+            print(f"[{tag}] not installed here: StarCraft II, SC2PATH and the smacv2 package ({README_SMAC}); "
+                  f"without StarCraft: task={smax_alternative('smacv2/protoss_5_vs_5')} ... (smax extra)")
+        else:
+            print(f"[{tag}] not installed here: {needs.install}")
     return 0
 
 
@@ -397,8 +430,7 @@ def _benchmark(args: List[str]) -> int:
     return 0 if result.ok else 1
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: List[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
@@ -408,6 +440,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if wants_help:
             print(RUN_HELP)
             return 0
+        _preflight_run(args)
         return _run_in_own_folder(args)
     if command in ("evaluate", "resume"):
         what = "Evaluate" if command == "evaluate" else "Resume training of"
@@ -437,6 +470,70 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"benchmarl: unknown command '{command}'.\n", file=sys.stderr)
     print(USAGE, file=sys.stderr)
     return 2
+
+
+#: hydra flags with which `benchmarl run` prints something and trains nothing.
+_HYDRA_NO_RUN_FLAGS = ("--cfg", "-c", "--info", "-i", "--hydra-help", "--shell-completion", "-sc", "--resolve")
+
+
+def _preflight_run(args: List[str]) -> None:
+    """Refuse a run whose task packages (or wandb logger) are missing, before hydra writes anything."""
+    from benchmarl_decentral.cli_checks import CliError, preflight
+
+    if any(a.split("=", 1)[0] in _HYDRA_NO_RUN_FLAGS for a in args):
+        return  # hydra prints (config, help, info) and runs nothing: nothing is needed
+    problem = preflight([a for a in args if a not in ("-m", "--multirun")])
+    if problem is not None:
+        raise CliError(problem)
+
+
+def _guarded(command: str, args: List[str], call: Callable[[], int], *, debug: bool) -> int:
+    """Run ``call``; an error becomes one line on stderr (the traceback with ``debug``).
+
+    hydra prints an exception itself unless ``HYDRA_FULL_ERROR`` is set, so it
+    is set while ``call`` runs: hydra then re-raises and the error reaches
+    :func:`~benchmarl_decentral.cli_checks.explain`. Exit status 2 for bad
+    input (a config, a name, a missing package), 1 for any other error.
+    """
+    from benchmarl_decentral.cli_checks import CliError, explain, is_bad_input, without_hydra_job_error
+
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        if debug:
+            return call()
+        with without_hydra_job_error():
+            return call()
+    except Exception as error:  # noqa: BLE001  (every error gets one line; --debug shows the traceback)
+        if debug and not isinstance(error, CliError):  # a CliError is the whole story
+            raise
+        removed = getattr(error, "removed_run_dir", None)
+        told = f" (nothing was trained; the run folder {removed} was removed)" if removed else ""
+        print(f"benchmarl {command}: {explain(error, args)}{told}", file=sys.stderr)
+        return 2 if is_bad_input(error) else 1
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The ``benchmarl`` console script: ``benchmarl <command> [args] [--debug]``.
+
+    ``run``, ``evaluate`` and ``resume`` report an error as one line naming
+    the fix; ``--debug`` (anywhere on the line) or ``HYDRA_FULL_ERROR=1``
+    shows the traceback instead.
+    """
+    from benchmarl_decentral.cli_checks import quiet
+
+    quiet()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if argv and argv[0] in ("run", "evaluate", "resume"):
+        return _guarded(argv[0], argv[1:], lambda: _dispatch(argv), debug=debug)
+    return _dispatch(argv)
 
 
 if __name__ == "__main__":

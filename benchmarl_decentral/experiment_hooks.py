@@ -23,6 +23,8 @@ Two rules:
   ``algorithm=dg_mappo`` does for its own D-GAT. The model config is copied
   first, never changed in place (a ``Benchmark`` shares it between tasks).
   Models are built after the task, so the layout is there when they are.
+  On a task without one (not SMAC-family) such a model is refused right
+  there, naming ``model.topology`` / ``critic_model.topology``.
 
 The wrapper only appends to ``experiment.callbacks`` and replaces those
 model configs; it changes nothing else, and :func:`uninstall` restores
@@ -86,14 +88,37 @@ def with_visibility_layout(model_config: Any, layout: Optional[str]) -> Any:
     return model_config
 
 
+def _visibility_without_layout(model_config: Any) -> bool:
+    """Whether ``model_config`` holds a visibility D-GAT whose ``graph_kwargs`` give no layout."""
+    from benchmarl.models import SequenceModelConfig
+
+    from benchmarl_decentral.models.dgat import DgatConfig
+
+    if isinstance(model_config, SequenceModelConfig):
+        return any(_visibility_without_layout(c) for c in model_config.model_configs)
+    return (
+        isinstance(model_config, DgatConfig)
+        and model_config.topology == "visibility"
+        and not (model_config.graph_kwargs or {}).get("layout")
+    )
+
+
 def _fill_layouts(experiment) -> None:
     from benchmarl_decentral.consensus.visibility import task_layout
 
     layout = task_layout(experiment.task)
-    for name in ("model_config", "critic_model_config"):
+    for name, prefix in (("model_config", "model"), ("critic_model_config", "critic_model")):
         config = getattr(experiment, name, None)
-        if config is not None:
-            setattr(experiment, name, with_visibility_layout(config, layout))
+        if config is None:
+            continue
+        if layout is None and _visibility_without_layout(config):
+            # refused here, before any model is built, with the key to change
+            from benchmarl_decentral.algorithms._common import config_error
+            from benchmarl_decentral.models.dgat import not_smac_message
+
+            task = f"{experiment.task.env_name()}/{experiment.task.name.lower()}"
+            raise config_error(experiment, not_smac_message("D-GAT", prefix, task))
+        setattr(experiment, name, with_visibility_layout(config, layout))
 
 
 def installed() -> bool:

@@ -63,9 +63,17 @@ def make_experiment(tmp_path, *, algorithm="decpg", task="vmas/balance", task_ov
     )
 
 
-def run_cli(args, cwd, timeout=600, module=None):
-    """Run the `benchmarl` console script (or `python -m module`) in a subprocess."""
+def run_cli(args, cwd, timeout=600, module=None, as_user=False):
+    """Run the `benchmarl` console script (or `python -m module`) in a subprocess.
+
+    By default with full tracebacks and warnings off (for debugging failures);
+    ``as_user=True`` runs it as a user would (neither HYDRA_FULL_ERROR nor
+    PYTHONWARNINGS set), to check what they see.
+    """
     env = dict(os.environ, HYDRA_FULL_ERROR="1", PYTHONWARNINGS="ignore")
+    if as_user:
+        env.pop("HYDRA_FULL_ERROR")
+        env.pop("PYTHONWARNINGS")
     if module is None:
         exe = Path(sys.executable).parent / "benchmarl"
         cmd = [str(exe), *args]

@@ -22,7 +22,7 @@ def test_help_and_list(tmp_path):
     assert "algorithm=" in _ok(run_cli(["run", "--help"], tmp_path)).stdout
     assert "CHECKPOINT_FILE" in _ok(run_cli(["evaluate", "--help"], tmp_path)).stdout
     listing = _ok(run_cli(["list"], tmp_path)).stdout
-    assert "* decpg" in listing and "  mappo" in listing and "vmas/balance" in listing
+    assert "* algorithm=decpg" in listing and "  algorithm=mappo" in listing and "task=vmas/balance" in listing
     bad = run_cli(["frobnicate"], tmp_path)
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
 

@@ -21,7 +21,9 @@ RADIUS = {"topology": "radius", "radius": 1.5, "position_dims": [0, 2]}  # vmas/
 def navigation(tmp_path, n_agents=3, **algorithm_overrides):
     return make_experiment(
         tmp_path, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": n_agents},
-        algorithm_overrides={**RADIUS, **algorithm_overrides},
+        # the radius options go with topology=radius only (other topologies refuse them)
+        algorithm_overrides={**(RADIUS if algorithm_overrides.get("topology", "radius") == "radius" else {}),
+                             **algorithm_overrides},
     )
 
 

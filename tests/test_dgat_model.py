@@ -23,6 +23,11 @@ GROUP = "agents"
 PATH5 = [[0, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 1, 0, 1, 0], [0, 0, 1, 0, 1], [0, 0, 0, 1, 0]]
 
 
+def radius_options(topology: str, **radius_kwargs) -> dict:
+    """``topology`` plus the radius options when it is ``radius`` (other topologies refuse them)."""
+    return {"topology": topology, **(radius_kwargs if topology == "radius" else {})}
+
+
 def config(**overrides) -> DgatConfig:
     kwargs = {**DgatConfig.get_from_yaml().__dict__, "hidden_channels": 8, "num_cells": [16], **overrides}
     return DgatConfig(**kwargs)
@@ -97,7 +102,7 @@ def test_per_agent_parameters_are_stacked():
 @pytest.mark.parametrize("topology", ["full", "radius"])
 def test_shared_parameters_equal_tied_per_agent_parameters(topology):
     torch.manual_seed(1)
-    cfg = config(num_cells=None, topology=topology, radius=1.0, position_dims=[0, 2])
+    cfg = config(num_cells=None, **radius_options(topology, radius=1.0, position_dims=[0, 2]))
     shared = build(cfg, n=4, f=6, out=12, share_params=True)
     per_agent = build(cfg, n=4, f=6, out=12)
     with torch.no_grad():
@@ -198,7 +203,8 @@ def test_dense_conv_equals_sparse_layer(value, heads, concat, batch):
 def test_model_runs_under_vmap(share_params, topology):
     """TorchRL's GAE vmaps critics: a batched radius graph falls back to the dense path, same result."""
     torch.manual_seed(6)
-    model = build(config(topology=topology, radius=1.0, position_dims=[0, 2]), n=3, f=4, share_params=share_params)
+    model = build(config(**radius_options(topology, radius=1.0, position_dims=[0, 2])), n=3, f=4,
+                  share_params=share_params)
     td = td_of(torch.randn(2, 5, 3, 4))
     direct = model(td.clone()).get(model.out_key)
     vmapped = torch.vmap(model)(td.clone()).get(model.out_key)

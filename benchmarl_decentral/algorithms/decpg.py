@@ -57,7 +57,7 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from benchmarl_decentral.algorithms._common import config_error, visibility_layout
-from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
+from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
 from benchmarl_decentral.consensus import (
     average_degree,
     BATCH_GRAPH_MODES,
@@ -73,6 +73,7 @@ from benchmarl_decentral.consensus import (
     TOPOLOGIES,
     update_variance,
 )
+from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.environments.perturbation import PerturbedPolicy
 
@@ -81,6 +82,8 @@ EVALUATION_MODES = ("average", "local", "individual")
 MIX_ORDERS = ("mix_then_step", "step_then_mix")
 #: Static topologies plus the SMAC-family ally-visibility graph (dynamic).
 DECPG_TOPOLOGIES = (*TOPOLOGIES, "visibility")
+#: Options read by some topologies only (refused with any other, see ``check_topology_options``).
+DECPG_TOPOLOGY_OPTIONS = {"k": ("knn_ring",), "adjacency": ("custom",), "mixing_graph": ("visibility",)}
 
 
 def _n_agents_leading(leaves: List[torch.Tensor], n: int, what: str) -> None:
@@ -648,6 +651,11 @@ class DecpgConfig(AlgorithmConfig):
             raise ValueError(f"decpg: link_failure must be in [0, 1), got {self.link_failure}.")
         if isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm <= 0:
             raise ValueError(f"decpg: max_grad_norm must be > 0 or null, got {self.max_grad_norm}.")
+        if isinstance(self.topology, str):
+            check_topology_options(
+                owner="decpg", prefix="algorithm", topology=self.topology, values=vars(self),
+                uses=DECPG_TOPOLOGY_OPTIONS, defaults=algorithm_defaults("decpg"),
+            )
 
     @staticmethod
     def associated_class() -> Type[Algorithm]:

@@ -96,6 +96,7 @@ from benchmarl_decentral.models.dgat import (
     DGAT_OPTIONS,
     Dgat,
     DgatConfig,
+    not_smac_message,
     strongly_connected,
 )
 from benchmarl_decentral.nn.dgat_conv import consensus_loss
@@ -257,6 +258,9 @@ class DgMappo(Mappo):
             self.dgat_options["graph_kwargs"] = with_layout(
                 dgat_options.get("graph_kwargs"), task_layout(self.experiment.task)
             )
+            if "layout" not in self.dgat_options["graph_kwargs"]:
+                task = f"{self.experiment.task.env_name()}/{self.experiment.task.name.lower()}"
+                raise config_error(self.experiment, not_smac_message("dg_mappo", "algorithm", task))
 
         # Build (and so validate against the task) every group's D-GAT before any training.
         self.communication: Dict[str, Dgat] = {}

@@ -105,8 +105,14 @@ from torchrl.objectives.utils import distance_loss
 from torchrl.objectives.value import GAE
 
 from benchmarl_decentral.algorithms._common import config_error, visibility_layout
-from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
-from benchmarl_decentral.consensus.topology import build_topology, component_labels, is_connected, TOPOLOGIES
+from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
+from benchmarl_decentral.consensus.topology import (
+    build_topology,
+    check_topology_options,
+    component_labels,
+    is_connected,
+    TOPOLOGIES,
+)
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.objectives import (
     ADMM_MODES,
@@ -144,6 +150,8 @@ ACTIVATIONS: Dict[str, Type[nn.Module]] = {
 CRITIC_LOSSES = ("l1", "l2", "smooth_l1")
 #: Static topologies plus the SMAC-family ally-visibility graph (rebuilt from every batch).
 MATRPO_TOPOLOGIES = (*TOPOLOGIES, "visibility")
+#: Options read by some topologies only (refused with any other, see ``check_topology_options``).
+MATRPO_TOPOLOGY_OPTIONS = {"k": ("knn_ring",), "adjacency": ("custom",), "visibility_min_fraction": ("visibility",)}
 JOINT_KEY = "matrpo_joint"
 
 
@@ -971,7 +979,7 @@ class Matrpo(Algorithm):
             raise config_error(
                 self.experiment,
                 "matrpo: critic_max_grad_norm clips each agent's critic gradient, which needs the "
-                "critic parameters stacked on the agent dim (critic_model=layers/mlp); or set "
+                "critic parameters stacked on the agent dim (model@critic_model=layers/mlp); or set "
                 "algorithm.critic_max_grad_norm=null.",
             )
         self._critics[group] = critic
@@ -1345,6 +1353,11 @@ class MatrpoConfig(AlgorithmConfig):
             value = getattr(self, name)
             if num(value) and not value > 0:
                 raise ValueError(f"matrpo: {name} must be > 0 or null, got {value}.")
+        if isinstance(self.topology, str):
+            check_topology_options(
+                owner="matrpo", prefix="algorithm", topology=self.topology, values=vars(self),
+                uses=MATRPO_TOPOLOGY_OPTIONS, defaults=algorithm_defaults("matrpo"),
+            )
 
     @staticmethod
     def associated_class() -> Type[Algorithm]:

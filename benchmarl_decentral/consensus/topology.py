@@ -10,7 +10,7 @@ Nothing here imports BenchMARL, hydra or torchrl.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -240,7 +240,8 @@ def from_adjacency(
         )
     if n is not None and t.shape[0] != n:
         raise ValueError(
-            f"topology has {t.shape[0]} rows but the group has {n} agents; give an {n} x {n} adjacency"
+            f"topology has {t.shape[0]} rows but the group has {n} agents; give an adjacency with {n} rows "
+            f"and {n} columns"
         )
     if t.dtype != torch.bool:
         if not ((t == 0) | (t == 1)).all():
@@ -283,3 +284,43 @@ def build_topology(name: str, n: int, *, k: int | None = None, adjacency: Any = 
             raise ValueError("topology 'custom' needs an adjacency (n x n list of 0/1); set adjacency")
         return from_adjacency(adjacency, n=n)
     raise ValueError(f"unknown topology {name!r}; choose one of {TOPOLOGIES} (radius graphs are dynamic)")
+
+
+def check_topology_options(
+    *,
+    owner: str,
+    prefix: str,
+    topology: str,
+    values: Mapping[str, Any],
+    uses: Mapping[str, tuple[str, ...]],
+    defaults: Mapping[str, Any],
+) -> None:
+    """Refuse an option that the chosen topology does not read, instead of ignoring it.
+
+    An option counts as set when its value differs from its default (the
+    YAML's), e.g. ``adjacency`` given with ``topology=ring`` would otherwise
+    train on the ring and drop the matrix without a word.
+
+    Args:
+        owner: who is checked, first word of the message (``"decpg"``, ``"D-GAT (model)"``).
+        prefix: where the options live on the command line (``"algorithm"``, ``"model"``).
+        topology: the chosen topology; one absent from every entry of ``uses``
+            reads none of the options.
+        values: option name -> value given.
+        uses: option name -> the topologies that read it.
+        defaults: option name -> its default value.
+
+    Raises:
+        ValueError: naming the option, the topology that reads it and both fixes.
+    """
+    for option, readers in uses.items():
+        if topology in readers or option not in values:
+            continue
+        value = values[option]
+        if value == defaults.get(option):
+            continue
+        needs = " or ".join(f"{prefix}.topology={t}" for t in readers)
+        raise ValueError(
+            f"{owner}: {prefix}.{option}={value} is read only with {needs}, but {prefix}.topology={topology} "
+            f"would ignore it; remove {prefix}.{option} or set {needs}."
+        )

@@ -35,7 +35,7 @@ from torch import nn, Tensor
 from torchrl.modules import MultiAgentMLP
 
 from benchmarl_decentral._registry import CONF_DIR
-from benchmarl_decentral.consensus.topology import build_topology, majority_graph, radius
+from benchmarl_decentral.consensus.topology import build_topology, check_topology_options, majority_graph, radius
 from benchmarl_decentral.consensus.visibility import visibility_graph_builder
 from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES
 
@@ -55,6 +55,16 @@ DGAT_TOPOLOGIES: tuple[str, ...] = ("radius", "knn_ring", "ring", "full", "custo
 _STATIC = ("knn_ring", "ring", "full", "custom")
 #: Graphs built by these topologies never contain self loops (consensus/topology.py convention).
 _NO_SELF_LOOPS = (*_STATIC, "radius")
+
+#: Options read by some topologies only (refused with any other: set, i.e. not null).
+DGAT_TOPOLOGY_OPTIONS: dict[str, tuple[str, ...]] = {
+    "radius": ("radius",),
+    "position_key": ("radius",),
+    "position_dims": ("radius",),
+    "k": ("knn_ring",),
+    "adjacency": ("custom",),
+    "graph_kwargs": ("visibility",),
+}
 
 #: Options of the D-GAT part shared by ``model=layers/dgat`` and ``algorithm=dg_mappo``.
 DGAT_OPTIONS: tuple[str, ...] = (
@@ -92,6 +102,8 @@ def check_dgat_options(
     k: Optional[int],
     adjacency: Optional[List[List[int]]],
     position_dims: Optional[List[int]],
+    position_key: Optional[str] = None,
+    graph_kwargs: Optional[Dict[str, Any]] = None,
     **_: Any,
 ) -> None:
     """Checks of the D-GAT options that need no task, raised as one clear ValueError.
@@ -150,6 +162,22 @@ def check_dgat_options(
             "eq. 8 aggregates over N^i including agent i itself, but topology "
             f"{topology!r} gives no self loops and add_self_loops is false; set {prefix}.add_self_loops=true"
         )
+    check_topology_options(
+        owner=f"D-GAT ({prefix})", prefix=prefix, topology=topology,
+        values={"radius": radius, "k": k, "adjacency": adjacency, "position_key": position_key,
+                "position_dims": position_dims, "graph_kwargs": graph_kwargs},
+        uses=DGAT_TOPOLOGY_OPTIONS, defaults={},
+    )
+
+
+def not_smac_message(owner: str, prefix: str, task: str) -> str:
+    """The refusal of ``topology=visibility`` on a task without SMAC ally visibility."""
+    return (
+        f"{owner}: {prefix}.topology=visibility builds the communication graph from SMAC ally visibility, "
+        f"but task {task} is not a SMAC-family task (smax/*, smacv2/*); use {prefix}.topology=full, ring, "
+        f"knn_ring (with {prefix}.k), radius (with {prefix}.radius and {prefix}.position_dims) or custom "
+        f"(with {prefix}.adjacency)."
+    )
 
 
 # ------------------------------------------------------------- graph helpers
