@@ -505,10 +505,12 @@ def _guarded(command: str, args: List[str], call: Callable[[], int], *, debug: b
         with without_hydra_job_error():
             return call()
     except Exception as error:  # noqa: BLE001  (every error gets one line; --debug shows the traceback)
-        if debug and not isinstance(error, CliError):  # a CliError is the whole story
-            raise
         removed = getattr(error, "removed_run_dir", None)
         told = f" (nothing was trained; the run folder {removed} was removed)" if removed else ""
+        if debug and not isinstance(error, CliError):  # a CliError is the whole story
+            if removed:
+                print(f"benchmarl {command}:{told}", file=sys.stderr)
+            raise
         print(f"benchmarl {command}: {explain(error, args)}{told}", file=sys.stderr)
         return 2 if is_bad_input(error) else 1
     finally:
