@@ -71,7 +71,9 @@ How it sits in BenchMARL (1.5.2) without a fork:
   batch that Algorithm 1 re-initialises every policy iteration, so nothing of
   them outlives an update. What does (the link-selection / link-failure RNG
   and the round-robin position) is saved through the loss module's
-  ``get_extra_state`` and so travels in BenchMARL's checkpoints.
+  ``get_extra_state`` and so travels in BenchMARL's checkpoints; the critic's
+  Adam state, the global random states and the environment state come with
+  :mod:`benchmarl_decentral.resume`, so a resumed run equals the uninterrupted one.
 * **Logging.** Per agent, every iteration, through ``experiment.logger``:
   ``matrpo/<group>/<agent>/{kl, primal_residual, dual_residual,
   admm_updates, step_fraction}``; group means also go to the training
