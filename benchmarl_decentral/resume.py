@@ -49,6 +49,7 @@ import enum
 import functools
 import random
 import warnings
+from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -171,104 +172,183 @@ def _base_env(env):
     return env
 
 
-Path = Tuple[Any, ...]
+_TreePath = Tuple[Any, ...]
 
 
 def _is_scalar(value: Any) -> bool:
     return value is None or (isinstance(value, (bool, int, float, str)) and not isinstance(value, enum.Enum))
 
 
-def _object_tree(root: Any, should_enter: Callable[[Any], bool]) -> List[Tuple[Path, Any]]:
-    """``(path, value)`` of every tensor, generator, number, bool and None reachable from ``root``.
+def _object_tree(root: Any, should_enter: Callable[[Any], bool]) -> List[Tuple[_TreePath, Any]]:
+    """``(path, value)`` of every tensor, generator, number, string, None and object reference
+    reachable from ``root``, breadth first.
 
-    A path step is ``("a", name)`` (an entry of an object's ``__dict__``) or
-    ``("i", index)`` (a list, tuple or dict item). Objects are entered once
-    (the first path wins), and only those ``should_enter`` accepts.
+    A path step is ``("a", name)`` (an entry of an object's ``__dict__``),
+    ``("i", index)`` (a list, tuple or dict item) or ``("k", home)`` (the item
+    of a dict keyed by the object whose home is ``home``, e.g. football's
+    per-agent objectives). Each list and dict is also recorded, before its
+    items, as ``{"container": "list", "len": n}`` or ``{"container": "dict"}``,
+    so that one the simulator makes later (VMAS's ``forces_dict``) is remade. Only objects ``should_enter``
+    accepts are entered, each once, at its shortest path (its home: e.g.
+    ``world._landmarks[2]``); any other path to it (e.g. an agent's randomly
+    drawn ``goal``) is recorded as ``{"ref": home}``.
     """
-    found: List[Tuple[Path, Any]] = []
-    seen = set()
-
-    def visit(value: Any, path: Path) -> None:
-        if isinstance(value, (torch.Tensor, torch.Generator)) or value is None:
-            found.append((path, value))
-        elif _is_scalar(value):
+    found: List[Tuple[_TreePath, Any]] = []
+    home: Dict[int, _TreePath] = {}
+    queue = deque([(root, ())])
+    keyed_by_object = deque()  # dict items keyed by an object: visited once every object has its home
+    while queue or keyed_by_object:
+        if not queue:
+            item, path, key = keyed_by_object.popleft()
+            if id(key) in home:
+                queue.append((item, (*path, ("k", home[id(key)]))))
+            continue
+        value, path = queue.popleft()
+        if isinstance(value, (torch.Tensor, torch.Generator)) or _is_scalar(value):
             found.append((path, value))
         elif isinstance(value, tuple) and all(_is_scalar(item) for item in value):
             found.append((path, value))  # e.g. a colour or a size: one immutable value
-        elif isinstance(value, (list, tuple)):
-            if id(value) in seen:
-                return
-            seen.add(id(value))
-            for i, item in enumerate(value):
-                visit(item, (*path, ("i", i)))
-        elif isinstance(value, dict):
-            if id(value) in seen:
-                return
-            seen.add(id(value))
-            for key, item in value.items():
-                if isinstance(key, (str, int)):
-                    visit(item, (*path, ("i", key)))
-        elif should_enter(value) and hasattr(value, "__dict__"):
-            if id(value) in seen:
-                return
-            seen.add(id(value))
-            for name, item in vars(value).items():
-                visit(item, (*path, ("a", name)))
-
-    visit(root, ())
+        elif isinstance(value, (list, tuple, dict)) or (should_enter(value) and hasattr(value, "__dict__")):
+            if id(value) in home:
+                if not isinstance(value, (list, tuple, dict)):
+                    found.append((path, {"ref": home[id(value)]}))
+                continue
+            home[id(value)] = path
+            if isinstance(value, dict):
+                found.append((path, {"container": "dict"}))
+            elif isinstance(value, list):
+                found.append((path, {"container": "list", "len": len(value)}))
+            if isinstance(value, dict):
+                items = [(("i", k), v) for k, v in value.items() if isinstance(k, (str, int))]
+                keyed_by_object.extend(
+                    (v, path, k) for k, v in value.items() if not isinstance(k, (str, int)) and should_enter(k)
+                )
+            elif isinstance(value, (list, tuple)):
+                items = [(("i", i), v) for i, v in enumerate(value)]
+            else:
+                items = [(("a", k), v) for k, v in vars(value).items()]
+            queue.extend((item, (*path, step)) for step, item in items)
     return found
 
 
-def _capture_tree(root: Any, should_enter: Callable[[Any], bool]) -> List[Tuple[Path, Any]]:
+def _capture_tree(root: Any, should_enter: Callable[[Any], bool]) -> List[Tuple[_TreePath, Any]]:
+    """:func:`_object_tree` with copies of the tensors (one per tensor object, so that two
+    attributes holding the same tensor still share one after ``torch.save``/``load``)."""
     out = []
+    copies: Dict[int, torch.Tensor] = {}
     for path, value in _object_tree(root, should_enter):
         if isinstance(value, torch.Tensor):
-            value = value.detach().clone()
+            if id(value) not in copies:
+                copies[id(value)] = value.detach().clone()
+            value = copies[id(value)]
         elif isinstance(value, torch.Generator):
             value = {"generator_state": value.get_state()}
         out.append((path, value))
     return out
 
 
-def _restore_tree(root: Any, saved: List[Tuple[Path, Any]], what: str) -> None:
-    """Write the values of :func:`_capture_tree` back into the objects at their paths."""
+def _resolve(root: Any, path: _TreePath) -> Any:
+    node = root
+    for step in path:
+        node = _child(root, node, step)
+    return node
+
+
+def _child(root: Any, node: Any, step: Tuple[str, Any]) -> Any:
+    kind, name = step
+    if kind == "a":
+        return vars(node)[name]
+    if kind == "k":  # a dict keyed by an object: the object at that home path
+        return node[_resolve(root, name)]
+    return node[name]
+
+
+def _restore_tree(root: Any, saved: List[Tuple[_TreePath, Any]], what: str) -> None:
+    """Put the values of :func:`_capture_tree` back at their paths.
+
+    Tensors are replaced, not written into: a fresh simulator may share one
+    tensor between attributes that the saved one held apart (or the reverse),
+    and the saved sharing is what the continuation needs. Each saved tensor
+    becomes one new tensor, on the device of the one it replaces.
+    """
+    placed: Dict[Tuple[int, str], torch.Tensor] = {}
     for path, value in saved:
-        parent = root
         try:
-            for kind, name in path[:-1]:
-                parent = vars(parent)[name] if kind == "a" else parent[name]
+            parent = _resolve(root, path[:-1])
             kind, name = path[-1]
             container = vars(parent) if kind == "a" else parent
+            if kind == "k":
+                name = _resolve(root, name)
             if isinstance(container, dict) and name not in container:
                 container[name] = None  # an attribute the simulator sets on its first step
             current = container[name]
+            if isinstance(value, dict) and "ref" in value:
+                value = _resolve(root, value["ref"])
         except (KeyError, IndexError, TypeError):
-            raise ValueError(
-                f"Cannot restore the {what} state: {_path_str(path)} of the checkpoint does not "
-                "exist in this environment. Resume with the task configuration the checkpoint "
-                "was written with."
-            ) from None
+            raise _Mismatch(f"{_path_str(path)} of the checkpoint does not exist here") from None
         if isinstance(value, dict) and "generator_state" in value:
             current.set_state(value["generator_state"])
-        elif isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor) and (
-            current.shape == value.shape and current.dtype == value.dtype
-        ):
-            with torch.no_grad():
-                current.copy_(value.to(current.device))
-        elif isinstance(container, tuple):
-            if not (type(current) is type(value) and current == value):
-                raise ValueError(
-                    f"Cannot restore the {what} state: {_path_str(path)} is an item of a tuple and "
-                    "differs from the checkpoint's."
-                )
+            continue
+        if isinstance(value, dict) and "container" in value:
+            # a dict or list the simulator makes on its first step (e.g. VMAS's forces_dict)
+            if value["container"] == "dict" and not isinstance(current, dict):
+                value = {}
+            elif value["container"] == "list" and not (
+                isinstance(current, list) and len(current) == value["len"]
+            ):
+                value = [None] * value["len"]
+            else:
+                continue
+        if isinstance(value, torch.Tensor):
+            device = current.device if isinstance(current, torch.Tensor) else value.device
+            key = (id(value), str(device))
+            if key not in placed:
+                placed[key] = value.to(device, copy=True)
+            value = placed[key]
+        if isinstance(container, tuple):
+            if isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor) and (
+                current.shape == value.shape and current.dtype == value.dtype
+            ):
+                with torch.no_grad():
+                    current.copy_(value)  # a tuple's item cannot be replaced
+            elif value is not current and not (type(current) is type(value) and current == value):
+                raise _Mismatch(f"{_path_str(path)} is an item of a tuple and differs")
         else:
-            if isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor):
-                value = value.to(current.device)
             container[name] = value
 
 
-def _path_str(path: Path) -> str:
-    return "".join(f".{name}" if kind == "a" else f"[{name!r}]" for kind, name in path)
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        a, b = a.cpu(), b.cpu()
+        return a.shape == b.shape and a.dtype == b.dtype and (
+            torch.equal(a, b) or (a.is_floating_point() and bool(torch.isclose(a, b, 0, 0, True).all()))
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # NaN
+    return type(a) is type(b) and a == b
+
+
+def _check_tree(root: Any, saved: List[Tuple[_TreePath, Any]], should_enter) -> None:
+    """Raise :class:`_Mismatch` unless a new capture of ``root`` equals ``saved``."""
+    now = _capture_tree(root, should_enter)
+    if len(now) != len(saved):
+        raise _Mismatch(f"{len(now)} values where the checkpoint has {len(saved)}")
+    for (path, value), (saved_path, saved_value) in zip(now, saved):
+        if path != saved_path:
+            raise _Mismatch(f"{_path_str(path)} found where the checkpoint has {_path_str(saved_path)}")
+        if not _same_value(value, saved_value):
+            raise _Mismatch(f"{_path_str(saved_path)} differs from the checkpoint's after restoring")
+
+
+class _Mismatch(ValueError):
+    """The saved state does not fit this environment (or did not come back exactly)."""
+
+
+def _path_str(path: _TreePath) -> str:
+    steps = {"a": lambda n: f".{n}", "i": lambda n: f"[{n!r}]", "k": lambda n: f"[<{_path_str(n)}>]"}
+    return "".join(steps[kind](name) for kind, name in path)
 
 
 def _vmas_should_enter(simulator) -> Callable[[Any], bool]:
@@ -279,6 +359,8 @@ def _vmas_should_enter(simulator) -> Callable[[Any], bool]:
         module = type(value).__module__ or ""
         if isinstance(value, enum.Enum) or "rendering" in module:
             return False
+        if isinstance(value, torch.distributions.Distribution):
+            return True  # e.g. sampling's Gaussians, redrawn at every reset
         return module.split(".")[0] == "vmas" or module == scenario_module
 
     return should_enter
@@ -303,7 +385,9 @@ def _vmas_capture(env) -> Any:
 
 def _vmas_restore(env, state) -> None:
     simulator = env._env
+    should_enter = _vmas_should_enter(simulator)
     _restore_tree(simulator, state["simulator"], "VMAS")
+    _check_tree(simulator, state["simulator"], should_enter)
     random_state = state["random_state"]
     type(simulator).vmas_random_state[:] = [
         random_state["torch"].clone(),
@@ -360,7 +444,12 @@ def env_state(env) -> Optional[Dict[str, Any]]:
 
 
 def load_env_state(env, state: Dict[str, Any]) -> None:
-    """Put ``env`` back in the state :func:`env_state` captured."""
+    """Put ``env`` back in the state :func:`env_state` captured.
+
+    Raises:
+        ValueError: the state is another environment's, or does not fit this one
+            (then ``env`` may be half restored: reset it).
+    """
     base, name, _, restore = _adapter(env)
     if name != state["env"]:
         raise ValueError(
@@ -406,22 +495,33 @@ def _state(experiment) -> Dict[str, Any]:
 def _load(experiment, state: Dict[str, Any]) -> None:
     env = _collector_env(experiment)
     if env is not None and state.get("train_env") is not None:
-        load_env_state(env, state["train_env"])
         collector = experiment.collector
-        carrier = _td_from_state(state["carrier"])
-        if collector._carrier.device is None:
-            carrier.clear_device_()
-        collector._carrier = carrier
-        collector._traj_pool._traj_id.fill_(state["traj_id"])
+        try:
+            load_env_state(env, state["train_env"])
+        except _Mismatch as err:
+            collector.reset()  # from a consistent start rather than a half-restored one
+            _warn_reset(env, f" exactly ({err})")
+        else:
+            carrier = _td_from_state(state["carrier"])
+            if collector._carrier.device is None:
+                carrier.clear_device_()
+            collector._carrier = carrier
+            collector._traj_pool._traj_id.fill_(state["traj_id"])
     elif env is not None or experiment.config.collect_with_grad:
-        name = type(_base_env(env if env is not None else experiment.rollout_env)).__name__
-        warnings.warn(
-            f"benchmarl-decentral cannot capture the state of {name}: the resumed run's "
-            "training environments start from a reset (parameters, optimizer state and random "
-            "streams are restored)."
-        )
+        _warn_reset(env if env is not None else experiment.rollout_env, "")
     if state.get("test_env") is not None:
-        load_env_state(experiment.test_env, state["test_env"])
+        try:
+            load_env_state(experiment.test_env, state["test_env"])
+        except _Mismatch:
+            experiment.test_env.reset()
+
+
+def _warn_reset(env, why: str) -> None:
+    warnings.warn(
+        f"benchmarl-decentral cannot restore the state of {type(_base_env(env)).__name__}{why}: "
+        "the resumed run's training environments start from a reset (parameters, optimizer "
+        "state and random streams are restored)."
+    )
 
 
 def _load_optimizers(experiment, saved: Dict[str, Dict[str, Any]]) -> None:

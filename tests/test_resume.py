@@ -141,7 +141,7 @@ def test_resume_without_env_state_restores_everything_else_and_says_so(tmp_path)
     checkpoint = first.folder_name / "checkpoints" / f"checkpoint_{FRAMES}.pt"
     saved = torch.load(checkpoint)
     assert saved[resume.KEY]["train_env"] is None and saved[resume.KEY]["carrier"] is None
-    with pytest.warns(UserWarning, match="cannot capture the state of SerialEnv"):
+    with pytest.warns(UserWarning, match="cannot restore the state of SerialEnv"):
         resumed = make_experiment(_dir(tmp_path / "resumed"), restore_file=str(checkpoint), **kwargs)
     for group, optimizers in resumed.optimizers.items():
         for name, optimizer in optimizers.items():
@@ -181,19 +181,22 @@ def test_rng_state_round_trip():
     assert [random.random() for _ in range(3)] == expected[2]
 
 
-def _vmas_env(seed):
+def _vmas_env(seed, name="BALANCE"):
     from benchmarl.environments import VmasTask
 
-    task = VmasTask.BALANCE.get_from_yaml()
+    task = getattr(VmasTask, name).get_from_yaml()
     task.config["max_steps"] = 20
     return task.get_env_fun(num_envs=2, continuous_actions=True, seed=seed, device="cpu")()
 
 
-def test_vmas_env_state_round_trip_across_episode_ends(tmp_path):
+# balance: plain; sampling: torch.distributions redrawn at reset; simple_reference: goals are
+# references to randomly drawn entities; football: per-agent state in dicts keyed by agents
+@pytest.mark.parametrize("name", ["BALANCE", "SAMPLING", "SIMPLE_REFERENCE", "FOOTBALL"])
+def test_vmas_env_state_round_trip_across_episode_ends(tmp_path, name):
     """A fresh VMAS env given the captured state (and the global random state) then steps
     exactly as the original, through episode ends and their random resets."""
     torch.manual_seed(0)
-    original = _vmas_env(0)
+    original = _vmas_env(0, name)
     td = original.reset()
     actions = [original.full_action_spec.rand() for _ in range(50)]
     for action in actions[:7]:
@@ -208,7 +211,7 @@ def test_vmas_env_state_round_trip_across_episode_ends(tmp_path):
         expected.append(out["next"].clone())
     assert any(bool(step["done"].any()) for step in expected)
 
-    other = _vmas_env(5)  # another seed, stepped a little: nothing of it may leak through
+    other = _vmas_env(5, name)  # another seed, stepped a little: nothing of it may leak through
     td_other = other.reset()
     other.step_and_maybe_reset(td_other.update(actions[0]))
     resume.load_env_state(other, loaded["env"])
@@ -217,6 +220,31 @@ def test_vmas_env_state_round_trip_across_episode_ends(tmp_path):
     for action, want in zip(actions[7:], expected):
         out, td = other.step_and_maybe_reset(td.update(action))
         assert (out["next"] == want).all()
+
+
+def test_vmas_state_that_does_not_fit_is_refused():
+    env = _vmas_env(0)
+    env.reset()
+    state = resume.env_state(env)
+    state["state"]["simulator"].append(((("a", "scenario"), ("a", "no_such_thing"), ("a", "x")), 1.0))
+    with pytest.raises(ValueError, match=r"\.scenario\.no_such_thing\.x of the checkpoint does not exist"):
+        resume.load_env_state(_vmas_env(1), state)
+
+
+@pytest.mark.slow
+def test_resume_falls_back_to_a_reset_when_the_env_state_does_not_fit(tmp_path):
+    kwargs = dict(algorithm="mappo", task="vmas/balance", max_n_iters=1, checkpoint_at_end=True)
+    first = make_experiment(_dir(tmp_path / "first"), **kwargs)
+    first.run()
+    checkpoint = first.folder_name / "checkpoints" / f"checkpoint_{FRAMES}.pt"
+    saved = torch.load(checkpoint)
+    saved[resume.KEY]["train_env"]["state"]["simulator"].append(((("a", "no_such_thing"),), 1.0))
+    torch.save(saved, checkpoint)
+    kwargs["max_n_iters"] = 2
+    with pytest.warns(UserWarning, match=r"cannot restore the state of VmasEnv exactly \(\.no_such_thing found where"):
+        resumed = make_experiment(_dir(tmp_path / "resumed"), restore_file=str(checkpoint), **kwargs)
+    resumed.run()
+    assert resumed.n_iters_performed == 2
 
 
 def test_env_state_of_another_env_is_refused():
