@@ -33,14 +33,25 @@ three ``Experiment`` methods without changing what they do:
 * ``_collection_loop``, which sets them right before the first collection,
   after ``Experiment.run``'s reseeding.
 
-Environments whose state can be captured (:func:`env_state`): VMAS (every
-tensor and number of the simulator's objects: world, entities, their states,
-scenario attributes, step counters) and CoordSum (target, step count,
-opponent history, generator). Others (SMAX, PettingZoo and other envs run in
-``SerialEnv``/``ParallelEnv``, SMACv2, MeltingPot, ...) restart from a reset on
-resume, with a warning naming the env; everything else is still restored.
-With ``experiment.collect_with_grad`` BenchMARL resets the rollout env at the
-start of ``_collection_loop``, so the training env restarts there too.
+Environments whose state can be captured (:func:`env_state`):
+
+* **VMAS**: every tensor, number, string, list, dict, generator and object
+  reference reachable from the simulator (``Environment``: scenario, world,
+  entities, their states and actions, dynamics, sensors, the scenario's own
+  objects and ``torch.distributions``), and VMAS's own random state. On
+  load the tree is written back and captured again; if the two differ (the
+  checkpoint's tree does not fit this simulator), a warning says so and the
+  training environments start from a reset. State held outside those
+  objects would not be seen: every scenario BenchMARL 1.5.2 lists was
+  checked to continue exactly through episode ends.
+* **CoordSum**: target, episode step, opponent history and generator.
+
+Others (SMAX, whose state lives in JAX; PettingZoo, SMACv2, MeltingPot,
+MAgent2, which BenchMARL runs in ``SerialEnv``/``ParallelEnv``) restart from a
+reset on resume, with a warning naming the env; everything else is still
+restored. With ``experiment.collect_with_grad`` BenchMARL resets the rollout
+env at the start of ``_collection_loop``, so the training env restarts there
+too.
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import LazyStackedTensorDict, TensorDict, TensorDictBase
 
 __all__ = [
     "KEY",
@@ -137,9 +148,9 @@ def _td_state(td: TensorDictBase) -> Optional[Dict[str, Any]]:
     """``td`` as nested dicts of tensors with their batch sizes (None if it holds anything else)."""
     entries: Dict[str, Any] = {}
     for key, value in td.items():
+        if isinstance(value, LazyStackedTensorDict):
+            return None  # heterogeneous groups: not captured, the env restarts from a reset
         if isinstance(value, TensorDictBase):
-            if value.is_lazy_stack() if hasattr(value, "is_lazy_stack") else False:
-                return None
             sub = _td_state(value)
             if sub is None:
                 return None
