@@ -191,7 +191,9 @@ def _vmas_env(seed, name="BALANCE"):
 
 # balance: plain; sampling: torch.distributions redrawn at reset; simple_reference: goals are
 # references to randomly drawn entities; football: per-agent state in dicts keyed by agents
-@pytest.mark.parametrize("name", ["BALANCE", "SAMPLING", "SIMPLE_REFERENCE", "FOOTBALL"])
+@pytest.mark.parametrize(
+    "name", ["BALANCE", pytest.param("SAMPLING", marks=pytest.mark.slow), "SIMPLE_REFERENCE", "FOOTBALL"]
+)
 def test_vmas_env_state_round_trip_across_episode_ends(tmp_path, name):
     """A fresh VMAS env given the captured state (and the global random state) then steps
     exactly as the original, through episode ends and their random resets."""
