@@ -49,7 +49,8 @@ Environments whose state can be captured (:func:`env_state`):
 Others (SMAX, whose state lives in JAX; PettingZoo, SMACv2, MeltingPot,
 MAgent2, which BenchMARL runs in ``SerialEnv``/``ParallelEnv``) restart from a
 reset on resume, with a warning naming the env; everything else is still
-restored. With ``experiment.collect_with_grad`` BenchMARL resets the rollout
+restored. Those warnings come when training resumes (not on ``benchmarl
+evaluate``). With ``experiment.collect_with_grad`` BenchMARL resets the rollout
 env at the start of ``_collection_loop``, so the training env restarts there
 too.
 """
@@ -82,6 +83,7 @@ KEY = "benchmarl_decentral_resume"
 _VERSION = 1
 _MARK = "_benchmarl_decentral_resume"
 _PENDING_RNG = "_benchmarl_decentral_pending_rng"
+_PENDING_WARNINGS = "_benchmarl_decentral_pending_warnings"
 
 
 # --------------------------------------------------------------------- random state
@@ -511,7 +513,7 @@ def _load(experiment, state: Dict[str, Any]) -> None:
             load_env_state(env, state["train_env"])
         except _Mismatch as err:
             collector.reset()  # from a consistent start rather than a half-restored one
-            _warn_reset(env, f" exactly ({err})")
+            _warn_reset(experiment, env, f" exactly ({err})")
         else:
             carrier = _td_from_state(state["carrier"])
             if collector._carrier.device is None:
@@ -519,7 +521,7 @@ def _load(experiment, state: Dict[str, Any]) -> None:
             collector._carrier = carrier
             collector._traj_pool._traj_id.fill_(state["traj_id"])
     elif env is not None or experiment.config.collect_with_grad:
-        _warn_reset(env if env is not None else experiment.rollout_env, "")
+        _warn_reset(experiment, env if env is not None else experiment.rollout_env, "")
     if state.get("test_env") is not None:
         try:
             load_env_state(experiment.test_env, state["test_env"])
@@ -527,12 +529,19 @@ def _load(experiment, state: Dict[str, Any]) -> None:
             experiment.test_env.reset()
 
 
-def _warn_reset(env, why: str) -> None:
-    warnings.warn(
+def _warn_reset(experiment, env, why: str) -> None:
+    _defer_warning(
+        experiment,
         f"benchmarl-decentral cannot restore the state of {type(_base_env(env)).__name__}{why}: "
         "the resumed run's training environments start from a reset (parameters, optimizer "
-        "state and random streams are restored)."
+        "state and random streams are restored).",
     )
+
+
+def _defer_warning(experiment, message: str) -> None:
+    # said when training resumes (``_collection_loop``), not on ``benchmarl evaluate``
+    pending = getattr(experiment, _PENDING_WARNINGS, None) or []
+    setattr(experiment, _PENDING_WARNINGS, [*pending, message])
 
 
 def _load_optimizers(experiment, saved: Dict[str, Dict[str, Any]]) -> None:
@@ -577,10 +586,11 @@ def install() -> None:
             _load_optimizers(self, state["optimizers"])
         originals["load_state_dict"](self, state_dict)
         if state is None:
-            warnings.warn(
+            _defer_warning(
+                self,
                 "The checkpoint holds no optimizer, random or environment state (written "
                 "without benchmarl-decentral's resume support): the resumed run restarts the "
-                "optimizers' moments, the random streams and the environments."
+                "optimizers' moments, the random streams and the environments.",
             )
             return
         _load(self, state)
@@ -588,6 +598,9 @@ def install() -> None:
 
     @functools.wraps(originals["_collection_loop"])
     def _collection_loop(self, *args, **kwargs):
+        for message in getattr(self, _PENDING_WARNINGS, None) or []:
+            warnings.warn(message)
+        setattr(self, _PENDING_WARNINGS, None)
         pending = getattr(self, _PENDING_RNG, None)
         if pending is not None:
             # after Experiment.run's seed_everything, before the first collection
