@@ -101,9 +101,14 @@ def _assert_exact_continuation(straight, resumed):
     )
     assert compared > 100
     assert differences == []
-    # what the plugin adds is there and not trivial: Adam/SGD state of every optimizer
+    # what the plugin adds is there and not trivial: every optimizer, Adam with its moments
     state = torch.load(resumed.folder_name / "checkpoints" / last)[resume.KEY]
     assert set(state["optimizers"]) == set(resumed.optimizers)
+    for group, optimizers in resumed.optimizers.items():
+        assert set(state["optimizers"][group]) == set(optimizers)
+        for name, optimizer in optimizers.items():
+            if isinstance(optimizer, torch.optim.Adam):
+                assert state["optimizers"][group][name]["state"], (group, name)
     assert state["carrier"] is not None and state["train_env"] is not None
     # every scalar logged after the checkpoint (iterations N, N+1 ... N+2-1), timers aside
     a, b = _scalars(straight), _scalars(resumed)
@@ -125,7 +130,8 @@ def test_resume_equals_the_uninterrupted_run_on_coordsum(tmp_path, algorithm):
 
 @pytest.mark.slow
 def test_resume_equals_the_uninterrupted_run_on_vmas(tmp_path):
-    # continuous actions, an episode end (max_steps 100 < 4 x 30 steps per env) and VMAS's own random state
+    # continuous actions, episode ends at steps 50 and 100 (30 steps per env and iteration: the second
+    # one after the checkpoint) and VMAS's own random state
     straight, resumed = _continuation(tmp_path, "decpg", "vmas/balance", task_overrides={"max_steps": 50})
     _assert_exact_continuation(straight, resumed)
 
