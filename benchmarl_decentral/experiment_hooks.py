@@ -129,9 +129,16 @@ def installed() -> bool:
 
 
 def install() -> None:
-    """Wrap ``Experiment._setup_task`` so that :func:`task_callbacks` are attached (idempotent)."""
+    """Wrap ``Experiment._setup_task`` so that :func:`task_callbacks` are attached (idempotent).
+
+    Also installs :mod:`benchmarl_decentral.resume` (optimizer, random and
+    environment state in checkpoints).
+    """
     from benchmarl.experiment import Experiment
 
+    from benchmarl_decentral import resume
+
+    resume.install()
     if installed():
         return
     original = Experiment._setup_task
@@ -149,8 +156,11 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Restore BenchMARL's ``Experiment._setup_task``."""
+    """Restore BenchMARL's ``Experiment._setup_task`` (and the methods :mod:`~benchmarl_decentral.resume` wraps)."""
     from benchmarl.experiment import Experiment
 
+    from benchmarl_decentral import resume
+
+    resume.uninstall()
     if installed():
         Experiment._setup_task = Experiment._setup_task.__wrapped_original__

@@ -288,3 +288,38 @@ def test_custom_topology_and_link_failure(tmp_path):
     )
     exp.run()
     assert exp.n_iters_performed == 2
+
+
+@pytest.mark.parametrize("link_failure", [0.0, 0.5])
+def test_logs_links_up_and_spectral_gap_of_the_matrix_each_step_used(tmp_path, link_failure):
+    """Issue 16.8: with link failures the logged graph is the one the steps mixed with."""
+    import csv
+
+    import numpy as np
+
+    exp = make_experiment(
+        tmp_path, task="coordsum/3x10-30", algorithm_overrides={"k": 2, "link_failure": link_failure},
+        max_n_iters=1, on_policy_minibatch_size=10, loggers=["csv"],
+    )
+    mixer = exp.algorithm.callback.mixers[(GROUP, "actor")]
+    used = []
+    exp.optimizers[GROUP]["loss_objective"].register_step_post_hook(
+        lambda *_: used.append(mixer.matrix().detach().clone())
+    )
+    exp.run()
+    assert len(used) == 6  # 60 frames, minibatches of 10
+
+    def logged(name):
+        with open(exp.folder_name / exp.name / "scalars" / f"decpg_{GROUP}_actor_{name}.csv") as f:
+            return float(next(csv.reader(f))[1])
+
+    # oracle: 3 agents, k = 2 is the full graph (3 links, nominal W = 1/3, spectral gap 1)
+    off = ~np.eye(3, dtype=bool)
+    links_up = [((W.numpy() != 0) & off).sum() / off.sum() for W in used]
+    gaps = [1 - sorted(np.abs(np.linalg.eigvals(W.double().numpy())))[-2] for W in used]
+    assert logged("links_up") == pytest.approx(np.mean(links_up))
+    assert logged("spectral_gap_used") == pytest.approx(np.mean(gaps), abs=1e-6)
+    if link_failure == 0.0:
+        assert logged("links_up") == 1.0 and logged("spectral_gap_used") == pytest.approx(1.0, abs=1e-6)
+    else:
+        assert 0.0 < logged("links_up") < 1.0 and logged("spectral_gap_used") < 1.0 - 1e-3

@@ -524,3 +524,22 @@ def test_benchmarl_run_matrpo(tmp_path, task, extra):
     assert f"matrpo_{group}_agent_0_kl.csv" in scalars, sorted(scalars)[:50]  # per-agent metrics
     assert "eval_reward_episode_reward_mean.csv" in scalars
     assert f"train_{group}_matrpo_kl.csv" in scalars and f"train_{group}_loss_critic.csv" in scalars
+
+
+@pytest.mark.parametrize("link_failure", [0.0, 0.5])
+def test_logs_the_fraction_of_link_activations_that_went_through(tmp_path, link_failure):
+    """Issue 16.8: ``matrpo/<group>/links_up``; each activation that went through updated both
+    ends, so it equals sum(admm_updates) / (2 x iterations) in random mode."""
+    import csv
+
+    exp = _exp(tmp_path, algo={"admm_iterations": 12, "link_failure": link_failure}, max_n_iters=1, loggers=["csv"])
+    exp.run()
+    stats = exp.algorithm.last_stats["agents"]
+    with open(exp.folder_name / exp.name / "scalars" / "matrpo_agents_links_up.csv") as f:
+        logged = float(next(csv.reader(f))[1])
+    assert logged == pytest.approx(stats.links_up)
+    assert logged == pytest.approx(float(stats.admm_updates.sum()) / (2 * stats.iterations))
+    if link_failure == 0.0:
+        assert logged == 1.0
+    else:
+        assert 0.0 < logged < 1.0

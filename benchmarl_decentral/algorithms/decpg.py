@@ -366,6 +366,7 @@ class _DecpgCallback(Callback):
         self._measure: Dict[tuple, bool] = {}
         self._before: Dict[tuple, List[torch.Tensor]] = {}
         self._metrics: Dict[str, float] = {}
+        self._used: Dict[tuple, List[tuple]] = {}  # per step: (fraction of links up, gap of the W used)
         self._clean_return: float | None = None
 
     # ------------------------------------------------------------------- setup
@@ -394,6 +395,7 @@ class _DecpgCallback(Callback):
                 )
                 self.mixers[key] = mixer
                 self._measure[key] = False
+                self._used[key] = []
                 optimizer.register_step_pre_hook(self._pre_step(key, leaves))
                 mixer.attach(optimizer, when="pre" if algo.mix_order == "mix_then_step" else "post")
                 optimizer.register_step_post_hook(self._post_step(key, leaves))
@@ -429,7 +431,16 @@ class _DecpgCallback(Callback):
         return hook
 
     def _post_step(self, key, leaves):
+        mixer = self.mixers[key]
+
         def hook(optimizer, args, kwargs):
+            if mixer.enabled:  # the W this step mixed with (after any link failure) vs its graph
+                W = mixer.matrix()
+                n = mixer.n_agents
+                links = mixer.adjacency.reshape(-1, n, n).any(0).to(W.device)
+                if bool(links.any()):
+                    up = (W.detach() != 0) & links
+                    self._used[key].append((float(up.sum() / links.sum()), spectral_gap(W)))
             if self._measure[key]:
                 self._metrics[f"decpg/{key[0]}/{key[1]}/update_variance"] = float(
                     update_variance(self._before.pop(key), leaves)
@@ -443,6 +454,8 @@ class _DecpgCallback(Callback):
         self._set_lr(self.experiment.n_iters_performed)
         for key in self._measure:  # measure A.5 metrics on the first step of the iteration
             self._measure[key] = True
+        for used in self._used.values():
+            used.clear()
 
     def on_train_end(self, training_td: TensorDictBase, group: str):
         for net in ("actor", "critic"):
@@ -453,6 +466,12 @@ class _DecpgCallback(Callback):
         self._metrics[f"decpg/{group}/spectral_gap"] = float(
             self.mixers[(group, "actor")].spectral_gap
         )
+        for net in ("actor", "critic"):  # what the steps of this iteration actually mixed with
+            used = self._used[(group, net)]
+            if used:
+                links_up, gaps = zip(*used)
+                self._metrics[f"decpg/{group}/{net}/links_up"] = sum(links_up) / len(links_up)
+                self._metrics[f"decpg/{group}/{net}/spectral_gap_used"] = sum(gaps) / len(gaps)
         if self.algorithm.visibility_layout is not None:  # the last minibatch's graphs
             self._metrics[f"decpg/{group}/average_degree"] = float(
                 average_degree(self.mixers[(group, "actor")].adjacency).mean()

@@ -71,10 +71,14 @@ How it sits in BenchMARL (1.5.2) without a fork:
   batch that Algorithm 1 re-initialises every policy iteration, so nothing of
   them outlives an update. What does (the link-selection / link-failure RNG
   and the round-robin position) is saved through the loss module's
-  ``get_extra_state`` and so travels in BenchMARL's checkpoints.
+  ``get_extra_state`` and so travels in BenchMARL's checkpoints; the critic's
+  Adam state, the global random states and the environment state come with
+  :mod:`benchmarl_decentral.resume`, so a resumed run equals the uninterrupted one.
 * **Logging.** Per agent, every iteration, through ``experiment.logger``:
   ``matrpo/<group>/<agent>/{kl, primal_residual, dual_residual,
-  admm_updates, step_fraction}``; group means also go to the training
+  admm_updates, step_fraction}`` and ``matrpo/<group>/links_up`` (the
+  fraction of link activations that went through, < 1 with
+  ``link_failure``); group means also go to the training
   TensorDict (``train/<group>/matrpo_*``) as BenchMARL logs loss entries.
 """
 
@@ -550,6 +554,8 @@ class MatrpoStats:
         admm_updates: primal updates the agent took.
         iterations: ADMM iterations used (scalar int; early stop with ``admm_tol``).
         history: max primal residual after every iteration.
+        links_up: fraction of the link activations that went through (scalar;
+            below 1 with ``link_failure``; None without links).
     """
 
     kl: Tensor
@@ -559,6 +565,7 @@ class MatrpoStats:
     admm_updates: Tensor
     iterations: int
     history: List[float]
+    links_up: Optional[float] = None
 
 
 def matrpo_update(
@@ -621,9 +628,12 @@ def matrpo_update(
         backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
     )
     primal, dual = per_agent_residuals(state)
+    # one link activated per iteration (random, round_robin), every link (synchronous)
+    attempts = used * (state.n_links if mode == "synchronous" else 1)
     stats = MatrpoStats(
         kl=ls.kl, step_fraction=ls.fraction, primal_residual=primal, dual_residual=dual,
         admm_updates=state.agent_updates.clone(), iterations=used, history=list(state.history),
+        links_up=float(state.link_updates.sum()) / attempts if state.n_links and attempts else None,
     )
     next_offset = state.iteration % max(state.n_links, 1)
     return ls.params, stats, next_offset
@@ -1177,6 +1187,8 @@ class Matrpo(Algorithm):
             for name, v in per_agent.items():
                 to_log[f"matrpo/{group}/{agent}/{name}"] = float(v[i])
         to_log[f"matrpo/{group}/admm_iterations"] = float(stats.iterations)
+        if stats.links_up is not None:
+            to_log[f"matrpo/{group}/links_up"] = stats.links_up
         for name, value in self.link_stats.get(group, {}).items():  # topology=visibility
             to_log[f"matrpo/{group}/{name}"] = value
         logger = getattr(self.experiment, "logger", None)
