@@ -79,6 +79,8 @@ def _snapshot(alg):
         ("fisher_subsample", 0, "fisher_subsample must be >= 1"),
         ("activation", "swishy", "unknown activation"),
         ("topology", "star", "unknown topology"),
+        ("admm_tol", -0.1, "admm_tol must be >= 0"),
+        ("advantage_norm", "global", "unknown advantage_norm"),
     ],
 )
 def test_bad_config_is_refused(field, value, match):
@@ -309,7 +311,9 @@ def test_kl_bound_holds_per_agent_after_a_real_update(tmp_path, continuous):
     # the loss TensorDict carries the group means that BenchMARL logs as train/agents/matrpo_*
     loss_td = exp.losses[GROUP](batch.reshape(-1))
     assert {"loss_critic", "matrpo_kl", "matrpo_primal_residual", "matrpo_dual_residual",
-            "matrpo_admm_updates", "matrpo_admm_iterations"} <= set(loss_td.keys())
+            "matrpo_admm_updates", "matrpo_admm_iterations", "matrpo_primal_residual_rel",
+            "matrpo_dual_residual_rel", "matrpo_surrogate_improvement"} <= set(loss_td.keys())
+    assert torch.all(stats.improvement[stats.step_fraction > 0] > 0)  # line_search_improvement (default)
     exp.close()
 
 
@@ -391,7 +395,7 @@ def test_advantages_use_each_agents_own_data_only(tmp_path):
 
 def test_gae_matches_eqs_18_19_with_dones(tmp_path):
     """A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}, delta_t = r_t + gamma (1 - term_t) V(o_{t+1}) - V(o_t)."""
-    exp = _exp(tmp_path, algo={"normalize_advantage": False, "gamma": 0.9, "lmbda": 0.8})
+    exp = _exp(tmp_path, algo={"advantage_norm": "none", "gamma": 0.9, "lmbda": 0.8})
     alg = exp.algorithm
     batch = alg._complete_group_keys(GROUP, _group_batch(exp))  # (envs=2, T=30)
     done = torch.zeros_like(batch.get(("next", GROUP, "done")))

@@ -115,6 +115,7 @@ from benchmarl_decentral.objectives import (
     init_state,
     Linearisation,
     links_from_adjacency,
+    per_agent_relative_residuals,
     per_agent_residuals,
     run_admm,
     unflatten,
@@ -131,6 +132,7 @@ __all__ = [
     "matrpo_update",
     "normalise_per_agent",
     "own_component",
+    "scale_advantages",
 ]
 
 ACTIVATIONS: Dict[str, Type[nn.Module]] = {
@@ -207,6 +209,33 @@ def normalise_per_agent(advantages: Tensor, eps: float = 1e-8) -> Tensor:
     mean = advantages.mean(-1, keepdim=True)
     std = advantages.std(-1, keepdim=True, correction=0)
     return (advantages - mean) / (std + eps)
+
+
+#: ``advantage_norm`` values: every statistic is the agent's own (no cross-agent statistic).
+ADVANTAGE_NORMS = ("agent_std", "center", "none")
+
+
+def scale_advantages(advantages: Tensor, mode: str, eps: float = 1e-8) -> Tensor:
+    """Scale ``(n, M)`` advantages per agent before the policy update.
+
+    * ``agent_std``: ``(A^i - mean A^i) / std A^i`` (:func:`normalise_per_agent`).
+      An agent whose private reward is almost always 0 has a small std made
+      mostly of critic noise, which this scales up to unit variance.
+    * ``center``: ``A^i - mean A^i``; the scale of ``A^i`` is kept, so such an
+      agent's noise stays as small as it is. The closed-form step of eq. (22)
+      is scale-free in the advantage when the agent has no link (it is
+      normalised to the KL boundary); with links, ``A^i`` and the consensus
+      terms ``beta z - y`` share the log-ratio scale, so the agent with the
+      larger advantages pulls harder.
+    * ``none``: ``A^i`` as GAE returns it.
+    """
+    if mode == "agent_std":
+        return normalise_per_agent(advantages, eps)
+    if mode == "center":
+        return advantages - advantages.mean(-1, keepdim=True)
+    if mode == "none":
+        return advantages
+    raise ValueError(f"advantage_norm must be one of {list(ADVANTAGE_NORMS)}, got {mode!r}")
 
 
 def stacked_network(template: nn.Module) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
@@ -542,6 +571,13 @@ class MatrpoStats:
         admm_updates: primal updates the agent took.
         iterations: ADMM iterations used (scalar int; early stop with ``admm_tol``).
         history: max primal residual after every iteration.
+        improvement: surrogate improvement ``L^i(theta_new) - L^i(theta_old)``
+            at the accepted step (zeros when the line search checks the KL only).
+        primal_residual_rel: mean over the agent's links of the *relative*
+            primal residual (:func:`~benchmarl_decentral.objectives.relative_residuals`).
+        dual_residual_rel: the same for the relative dual residual.
+        converged_links: fraction of the agent's links whose own stop test
+            (``admm_tol``) held at their last check (0 when ``admm_tol`` is off).
     """
 
     kl: Tensor
@@ -551,6 +587,10 @@ class MatrpoStats:
     admm_updates: Tensor
     iterations: int
     history: List[float]
+    improvement: Optional[Tensor] = None
+    primal_residual_rel: Optional[Tensor] = None
+    dual_residual_rel: Optional[Tensor] = None
+    converged_links: Optional[Tensor] = None
 
 
 def matrpo_update(
@@ -571,8 +611,15 @@ def matrpo_update(
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 10,
     isolated: str = "error",
+    require_improvement: bool = True,
 ) -> Tuple[Dict[str, Tensor], MatrpoStats, int]:
-    """001 Algorithm 1 (one policy iteration): ADMM (eqs. 21-22, 40) then the per-agent KL line search.
+    """001 Algorithm 1 (one policy iteration): ADMM (eqs. 21-22, 40) then the per-agent line search.
+
+    The line search gives agent ``i`` the largest fraction ``f`` in
+    ``1, r, r^2, ..., r^max_backtracks`` of its ADMM step ``x^i`` with
+    ``D_KL(pi^i_old || pi^i(theta^i_old + f x^i)) <= delta/N`` (eq. 8) and,
+    with ``require_improvement``, ``L^i(theta^i_old + f x^i) > L^i(theta^i_old)``
+    (below); an agent for which no fraction passes keeps ``theta^i_old``.
 
     Args:
         lin: every agent's linearisation at ``theta_old`` (eqs. 13-14, 20).
@@ -593,6 +640,11 @@ def matrpo_update(
         max_backtracks: line-search shrinks. (default: 10)
         isolated: an agent without a link: ``"error"`` or ``"local"`` (its own
             TRPO step; :func:`~benchmarl_decentral.objectives.run_admm`). (default: "error")
+        require_improvement: the line search also requires that agent ``i``'s
+            own surrogate (eq. 8) improved, ``L^i(theta) - L^i(theta_old) > 0``
+            with ``L^i(theta) = 1/M sum_m prod_n Upsilon^n_m(theta^i) A^i_m``
+            (``L^i(theta_old) = mean_m A^i_m``), as the public TF2 code and
+            OpenAI Baselines' TRPO do; ``False`` checks the KL bound only. (default: True)
 
     Returns:
         ``(params_new, stats, next_round_robin_offset)``.
@@ -608,14 +660,21 @@ def matrpo_update(
     used = state.iteration - int(round_robin_offset)
     # eq. (8): the linearised model puts each step on the quadratic KL boundary;
     # the true KL is only second-order close, so enforce it by backtracking.
+    # With require_improvement a fraction is accepted only if the agent's true
+    # surrogate (eq. 8, the exact ratio, not its linearisation) also went up.
     ls = backtracking_line_search(
         lin.policy, lin.params_old, state.x, lin.obs, bound=delta,
+        actions=lin.actions if require_improvement else None,
+        advantages=advantages.to(lin.dtype) if require_improvement else None,
         backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
     )
     primal, dual = per_agent_residuals(state)
+    primal_rel, dual_rel, converged = per_agent_relative_residuals(state)
     stats = MatrpoStats(
         kl=ls.kl, step_fraction=ls.fraction, primal_residual=primal, dual_residual=dual,
         admm_updates=state.agent_updates.clone(), iterations=used, history=list(state.history),
+        improvement=ls.improvement, primal_residual_rel=primal_rel, dual_residual_rel=dual_rel,
+        converged_links=converged,
     )
     next_offset = state.iteration % max(state.n_links, 1)
     return ls.params, stats, next_offset
@@ -720,7 +779,8 @@ class Matrpo(Algorithm):
         beta: ADMM penalty (eq. 11; Table III, 1.0).
         admm_iterations: ADMM iterations per policy update (Table III, 100).
         admm_mode: ``random`` (Algorithm 1), ``round_robin`` or ``synchronous``.
-        admm_tol: stop ADMM early once all primal and dual residuals are below it (``None``: never).
+        admm_tol: per-link ADMM stop on the relative residuals (``0`` or ``None``: run all
+            ``admm_iterations``; :func:`~benchmarl_decentral.objectives.run_admm`).
         exact_kkt: clip the trust-region multiplier at 0 in the primal step
             (see :mod:`benchmarl_decentral.objectives.admm`); ``False`` is the paper's formula.
         topology: communication graph: ``ring`` (sec. VI), ``knn_ring`` (``k``),
@@ -735,12 +795,16 @@ class Matrpo(Algorithm):
             asynchronous ADMM's robustness, sec. IV-B).
         gamma: discount (Table III, 0.995); replaces ``experiment.gamma`` (``None`` keeps it).
         lmbda: GAE lambda (Table III, 0.95).
-        normalize_advantage: standardise each agent's advantages with its own statistics.
+        advantage_norm: scaling of each agent's advantages before the policy
+            update, with the agent's own statistics only (:func:`scale_advantages`):
+            ``agent_std`` (standardise), ``center`` (subtract the mean) or ``none``.
         cg_iters: conjugate-gradient iterations for ``H^-1 V``.
         cg_damping: Fisher damping.
         fisher_subsample: Fisher-vector products on every k-th sample (OpenAI Baselines' TRPO: 5).
         backtrack_ratio: line-search shrink factor.
         max_backtracks: line-search shrinks before an agent's step is reverted.
+        line_search_improvement: the line search also requires the agent's
+            surrogate to improve (:func:`matrpo_update`), not only the KL bound.
         num_cells: hidden layers of every policy and value net (sec. VI: [128, 128]); ``None`` keeps the model's.
         activation: their activation (sec. VI: ``selu``); ``None`` keeps the model's.
         scale_mapping: map of the raw Gaussian scale (continuous actions).
@@ -768,12 +832,13 @@ class Matrpo(Algorithm):
         link_failure: float,
         gamma: Optional[float],
         lmbda: float,
-        normalize_advantage: bool,
+        advantage_norm: str,
         cg_iters: int,
         cg_damping: float,
         fisher_subsample: int,
         backtrack_ratio: float,
         max_backtracks: int,
+        line_search_improvement: bool,
         num_cells: Optional[List[int]],
         activation: Optional[str],
         scale_mapping: str,
@@ -797,12 +862,13 @@ class Matrpo(Algorithm):
         self.link_failure = link_failure
         self.gamma = self.experiment_config.gamma if gamma is None else gamma
         self.lmbda = lmbda
-        self.normalize_advantage = normalize_advantage
+        self.advantage_norm = advantage_norm
         self.cg_iters = cg_iters
         self.cg_damping = cg_damping
         self.fisher_subsample = fisher_subsample
         self.backtrack_ratio = backtrack_ratio
         self.max_backtracks = max_backtracks
+        self.line_search_improvement = line_search_improvement
         self.num_cells = num_cells
         self.activation = activation
         self.scale_mapping = scale_mapping
@@ -1040,16 +1106,16 @@ class Matrpo(Algorithm):
 
         Writes ``(group, "advantage")`` (raw, the critic's target is
         ``(group, "value_target")``) and ``(group, "matrpo_advantage")`` (what
-        the policy update uses: standardised per agent when ``normalize_advantage``).
+        the policy update uses: scaled per agent as ``advantage_norm`` says).
         TorchRL's GAE bootstraps with ``V(o_{t+1})`` unless ``terminated_t``
         and cuts the trace at ``done_t`` (flags of the transition's *next* state).
         """
         self._gae[group](batch)
         adv = batch.get((group, "advantage"))  # (..., n, 1)
-        if self.normalize_advantage:
+        if self.advantage_norm != "none":
             n = adv.shape[-2]
             flat = adv.reshape(-1, n).T  # (n, M): each agent its own statistics
-            flat = normalise_per_agent(flat)
+            flat = scale_advantages(flat, self.advantage_norm)
             adv = flat.T.reshape(adv.shape)
         batch.set((group, "matrpo_advantage"), adv)
         return batch
@@ -1139,9 +1205,9 @@ class Matrpo(Algorithm):
             lin, advantages, links, isolated="error" if self.links[group] is not None else "local",
             delta=self.delta, beta=self.beta,
             iterations=self.admm_iterations, mode=self.admm_mode, link_failure=self.link_failure,
-            generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol,
+            generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol or None,
             exact_kkt=self.exact_kkt, cg_iters=self.cg_iters, backtrack_ratio=self.backtrack_ratio,
-            max_backtracks=self.max_backtracks,
+            max_backtracks=self.max_backtracks, require_improvement=self.line_search_improvement,
         )
         lin.release()
         with torch.no_grad():
@@ -1159,6 +1225,10 @@ class Matrpo(Algorithm):
             "dual_residual": stats.dual_residual,
             "admm_updates": stats.admm_updates.float(),
             "step_fraction": stats.step_fraction,
+            "surrogate_improvement": stats.improvement,
+            "primal_residual_rel": stats.primal_residual_rel,
+            "dual_residual_rel": stats.dual_residual_rel,
+            "converged_links": stats.converged_links,
         }
         loss.stats = {name: float(v.mean()) for name, v in per_agent.items()}
         loss.stats["admm_iterations"] = float(stats.iterations)
@@ -1256,12 +1326,13 @@ class MatrpoConfig(AlgorithmConfig):
     link_failure: float = MISSING
     gamma: Optional[float] = MISSING
     lmbda: float = MISSING
-    normalize_advantage: bool = MISSING
+    advantage_norm: str = MISSING
     cg_iters: int = MISSING
     cg_damping: float = MISSING
     fisher_subsample: int = MISSING
     backtrack_ratio: float = MISSING
     max_backtracks: int = MISSING
+    line_search_improvement: bool = MISSING
     num_cells: Optional[List[int]] = MISSING
     activation: Optional[str] = MISSING
     scale_mapping: str = MISSING
@@ -1296,8 +1367,15 @@ class MatrpoConfig(AlgorithmConfig):
             )
         if isinstance(self.admm_mode, str) and self.admm_mode not in ADMM_MODES:
             raise ValueError(f"matrpo: unknown admm_mode '{self.admm_mode}'; choose one of {list(ADMM_MODES)}.")
-        if num(self.admm_tol) and not self.admm_tol > 0:
-            raise ValueError(f"matrpo: admm_tol must be > 0 or null, got {self.admm_tol}.")
+        if num(self.admm_tol) and not self.admm_tol >= 0:
+            raise ValueError(
+                f"matrpo: admm_tol must be >= 0 (a relative residual; 0 or null: run all admm_iterations), "
+                f"got {self.admm_tol}; e.g. algorithm.admm_tol=0.05."
+            )
+        if isinstance(self.advantage_norm, str) and self.advantage_norm not in ADVANTAGE_NORMS:
+            raise ValueError(
+                f"matrpo: unknown advantage_norm '{self.advantage_norm}'; choose one of {list(ADVANTAGE_NORMS)}."
+            )
         if isinstance(self.topology, str) and self.topology not in MATRPO_TOPOLOGIES:
             raise ValueError(
                 f"matrpo: unknown topology '{self.topology}'; choose one of {list(MATRPO_TOPOLOGIES)}."
