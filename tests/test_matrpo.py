@@ -23,6 +23,7 @@ from benchmarl_decentral.algorithms.matrpo import (
     MASKED_LOGIT,
     normalise_per_agent,
     own_component,
+    scale_advantages,
     stacked_network,
 )
 from benchmarl_decentral.objectives import (
@@ -287,6 +288,21 @@ def test_own_component_and_per_agent_normalisation_helpers():
     adv2 = adv.clone()
     adv2[1] = adv2[1] * 7 + 3  # another agent's data
     torch.testing.assert_close(normalise_per_agent(adv2)[[0, 2]], z[[0, 2]])
+
+
+def test_advantage_norm_center_keeps_a_sparse_agents_small_scale():
+    """agent_std blows a rarely rewarded agent's advantages up to unit variance; center keeps its scale."""
+    torch.manual_seed(0)
+    adv = torch.randn(2, 400) * torch.tensor([[1.0], [0.01]]) + 0.5  # agent 1: almost no signal
+    std = scale_advantages(adv, "agent_std")
+    center = scale_advantages(adv, "center")
+    torch.testing.assert_close(std, normalise_per_agent(adv))
+    torch.testing.assert_close(center.mean(-1), torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(center.std(-1), adv.std(-1))  # scale kept per agent
+    assert float(std[1].std()) > 50 * float(center[1].std())
+    assert torch.equal(scale_advantages(adv, "none"), adv)
+    with pytest.raises(ValueError, match="advantage_norm must be one of"):
+        scale_advantages(adv, "global")
 
 
 # ------------------------------------------------------------- on a real experiment
