@@ -408,7 +408,7 @@ class _PrivateTaskBase(Task):
 
     def get_from_yaml(self, path: Optional[str] = None) -> TaskClass:
         """The base task's YAML (BenchMARL's), updated with ``conf/task/<family>/<variant>.yaml`` (or ``path``)."""
-        from benchmarl_decentral._registry import CONF_DIR
+        from benchmarl_decentral._paths import CONF_DIR
 
         if path is None:
             path = CONF_DIR / "task" / self.env_name() / f"{self.name.lower()}.yaml"
