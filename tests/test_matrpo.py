@@ -544,3 +544,14 @@ def test_benchmarl_run_matrpo(tmp_path, task, extra):
     assert f"matrpo_{group}_agent_0_kl.csv" in scalars, sorted(scalars)[:50]  # per-agent metrics
     assert "eval_reward_episode_reward_mean.csv" in scalars
     assert f"train_{group}_matrpo_kl.csv" in scalars and f"train_{group}_loss_critic.csv" in scalars
+
+
+def test_admm_tol_stops_each_link_on_a_real_update(tmp_path):
+    """algorithm.admm_tol: links idle once their own relative residuals are below it, so ADMM ends early."""
+    exp = _exp(tmp_path, algo={"admm_tol": 0.5, "admm_iterations": 400, "admm_mode": "round_robin"})
+    alg = exp.algorithm
+    alg.process_batch(GROUP, _group_batch(exp))
+    stats = alg.last_stats[GROUP]
+    assert stats.iterations < 400 and bool((stats.converged_links == 1).all())
+    assert bool((stats.primal_residual_rel < 0.5).all()) and bool((stats.dual_residual_rel < 0.5).all())
+    exp.close()
