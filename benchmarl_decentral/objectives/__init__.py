@@ -6,7 +6,10 @@
   eqs. 13-14, 20, 22, 51), all batched over stacked per-agent parameters.
 * :mod:`.admm` — MATRPO's asynchronous (random / round-robin) and synchronous
   ADMM over communication links on per-sample log-ratios (eqs. 21-22, 40,
-  Algorithm 1).
+  Algorithm 1), with per-link relative residuals and a per-link stop.
+* :mod:`.matrpo` — cached linearisation operators (``CachedLinearisation``)
+  and one MATRPO policy iteration (``matrpo_update``: ADMM, then the line
+  search on the KL bound and the surrogate improvement).
 """
 
 from __future__ import annotations
