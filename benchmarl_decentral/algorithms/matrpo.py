@@ -11,7 +11,7 @@ Table III. Every agent ``i`` of a group owns
 * a value network ``V^i(o^i)`` trained on its own (private) reward ``r^i``.
 
 Nothing is shared: no parameters, no global state, no statistic computed over
-agents (advantages are standardised with each agent's own mean and std). One
+agents (advantages are scaled with each agent's own statistics, ``advantage_norm``). One
 policy iteration (Algorithm 1) on a collected batch of ``M`` samples:
 
 1. per-agent GAE (eqs. 18-19) with the agent's own critic and reward;
