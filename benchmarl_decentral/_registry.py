@@ -11,11 +11,9 @@ those of :mod:`benchmarl_decentral.runs` (checkpoints, result files); calling it
 
 from __future__ import annotations
 
-import pathlib
 import warnings
 
-#: Folder holding our YAML (shipped inside the wheel as ``benchmarl_decentral.conf``).
-CONF_DIR = pathlib.Path(__file__).parent / "conf"  # symlink to the top-level conf/ in a checkout
+from benchmarl_decentral._paths import CONF_DIR  # noqa: F401  (re-exported: the YAML folder)
 
 
 def algorithm_configs() -> dict:

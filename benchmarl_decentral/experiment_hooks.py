@@ -10,12 +10,16 @@ family logs its evaluation win rate whatever the entry point and algorithm,
 and specs, :func:`task_callbacks` says which callbacks the task needs and
 those not already given by the user are appended.
 
-Two rules:
+Three rules:
 
 * a task whose info spec carries ``battle_won`` (our ``smax/*`` and
   BenchMARL's own ``smacv2/*``) gets
   :class:`~benchmarl_decentral.environments.smax.SmacWinRateCallback`
   (``eval/info/win_rate``, ``eval/info/episode_limit_rate``);
+* a task whose info spec carries ``sum_hit`` (``coordsum/*``,
+  ``coordsum_private/*``) gets
+  :class:`~benchmarl_decentral.environments.coordsum.CoordSumHitRateCallback`
+  (``eval/info/sum_hit_rate``, the team metric);
 * a D-GAT model (``model=layers/dgat``, as the model, the critic model or a
   layer of a sequence) with ``topology: visibility`` and no
   ``graph_kwargs.layout`` gets the observation layout of the task
@@ -47,12 +51,15 @@ _MARK = "_benchmarl_decentral_hook"
 
 def task_callbacks(experiment) -> List[Callback]:
     """The callbacks ``experiment``'s task needs (its envs and specs are built)."""
+    from benchmarl_decentral.environments.coordsum import CoordSumHitRateCallback
     from benchmarl_decentral.environments.smax import SmacWinRateCallback
 
     callbacks: List[Callback] = []
     info = getattr(experiment, "info_spec", None)
     if info is not None and ("info", "battle_won") in info.keys(True, True):
         callbacks.append(SmacWinRateCallback())
+    if info is not None and ("info", "sum_hit") in info.keys(True, True):
+        callbacks.append(CoordSumHitRateCallback())
     return callbacks
 
 

@@ -23,6 +23,7 @@ from benchmarl_decentral.algorithms.matrpo import (
     MASKED_LOGIT,
     normalise_per_agent,
     own_component,
+    scale_advantages,
     stacked_network,
 )
 from benchmarl_decentral.objectives import (
@@ -79,6 +80,8 @@ def _snapshot(alg):
         ("fisher_subsample", 0, "fisher_subsample must be >= 1"),
         ("activation", "swishy", "unknown activation"),
         ("topology", "star", "unknown topology"),
+        ("admm_tol", -0.1, "admm_tol must be >= 0"),
+        ("advantage_norm", "global", "unknown advantage_norm"),
     ],
 )
 def test_bad_config_is_refused(field, value, match):
@@ -287,6 +290,21 @@ def test_own_component_and_per_agent_normalisation_helpers():
     torch.testing.assert_close(normalise_per_agent(adv2)[[0, 2]], z[[0, 2]])
 
 
+def test_advantage_norm_center_keeps_a_sparse_agents_small_scale():
+    """agent_std blows a rarely rewarded agent's advantages up to unit variance; center keeps its scale."""
+    torch.manual_seed(0)
+    adv = torch.randn(2, 400) * torch.tensor([[1.0], [0.01]]) + 0.5  # agent 1: almost no signal
+    std = scale_advantages(adv, "agent_std")
+    center = scale_advantages(adv, "center")
+    torch.testing.assert_close(std, normalise_per_agent(adv))
+    torch.testing.assert_close(center.mean(-1), torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(center.std(-1), adv.std(-1))  # scale kept per agent
+    assert float(std[1].std()) > 50 * float(center[1].std())
+    assert torch.equal(scale_advantages(adv, "none"), adv)
+    with pytest.raises(ValueError, match="advantage_norm must be one of"):
+        scale_advantages(adv, "global")
+
+
 # ------------------------------------------------------------- on a real experiment
 
 
@@ -309,7 +327,9 @@ def test_kl_bound_holds_per_agent_after_a_real_update(tmp_path, continuous):
     # the loss TensorDict carries the group means that BenchMARL logs as train/agents/matrpo_*
     loss_td = exp.losses[GROUP](batch.reshape(-1))
     assert {"loss_critic", "matrpo_kl", "matrpo_primal_residual", "matrpo_dual_residual",
-            "matrpo_admm_updates", "matrpo_admm_iterations"} <= set(loss_td.keys())
+            "matrpo_admm_updates", "matrpo_admm_iterations", "matrpo_primal_residual_rel",
+            "matrpo_dual_residual_rel", "matrpo_surrogate_improvement"} <= set(loss_td.keys())
+    assert torch.all(stats.improvement[stats.step_fraction > 0] > 0)  # line_search_improvement (default)
     exp.close()
 
 
@@ -391,7 +411,7 @@ def test_advantages_use_each_agents_own_data_only(tmp_path):
 
 def test_gae_matches_eqs_18_19_with_dones(tmp_path):
     """A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}, delta_t = r_t + gamma (1 - term_t) V(o_{t+1}) - V(o_t)."""
-    exp = _exp(tmp_path, algo={"normalize_advantage": False, "gamma": 0.9, "lmbda": 0.8})
+    exp = _exp(tmp_path, algo={"advantage_norm": "none", "gamma": 0.9, "lmbda": 0.8})
     alg = exp.algorithm
     batch = alg._complete_group_keys(GROUP, _group_batch(exp))  # (envs=2, T=30)
     done = torch.zeros_like(batch.get(("next", GROUP, "done")))
@@ -543,3 +563,14 @@ def test_logs_the_fraction_of_link_activations_that_went_through(tmp_path, link_
         assert logged == 1.0
     else:
         assert 0.0 < logged < 1.0
+
+
+def test_admm_tol_stops_each_link_on_a_real_update(tmp_path):
+    """algorithm.admm_tol: links idle once their own relative residuals are below it, so ADMM ends early."""
+    exp = _exp(tmp_path, algo={"admm_tol": 0.5, "admm_iterations": 400, "admm_mode": "round_robin"})
+    alg = exp.algorithm
+    alg.process_batch(GROUP, _group_batch(exp))
+    stats = alg.last_stats[GROUP]
+    assert stats.iterations < 400 and bool((stats.converged_links == 1).all())
+    assert bool((stats.primal_residual_rel < 0.5).all()) and bool((stats.dual_residual_rel < 0.5).all())
+    exp.close()

@@ -56,3 +56,23 @@ def test_name_clash_is_refused(monkeypatch):
     monkeypatch.setattr(_registry, "_REGISTERED", False)
     with pytest.raises(RuntimeError, match="'decpg' is already taken"):
         _registry.register()
+
+
+def test_conf_dir_lives_in_a_leaf_module():
+    """CONF_DIR comes from benchmarl_decentral._paths, which imports nothing of the package (no import circle)."""
+    import ast
+    import pathlib
+
+    import benchmarl_decentral
+    from benchmarl_decentral import _paths, _registry
+
+    assert _registry.CONF_DIR is _paths.CONF_DIR and (_paths.CONF_DIR / "algorithm" / "matrpo.yaml").is_file()
+    root = pathlib.Path(benchmarl_decentral.__file__).parent
+    tree = ast.parse((root / "_paths.py").read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("benchmarl_decentral")], imported
+    for path in root.rglob("*.py"):  # nobody reads CONF_DIR through the registry any more
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "benchmarl_decentral._registry":
+                assert "CONF_DIR" not in [a.name for a in node.names], path

@@ -164,3 +164,49 @@ def test_benchmarl_run_mappo_on_navigation_agent0(tmp_path):
     result = run_cli(["run", "algorithm=mappo", "task=vmas_private/navigation_agent0", *TINY], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.rglob("collection_agents_reward_episode_reward_mean.csv"))
+
+
+def test_coordsum_private_rewards_only_agent0_and_every_agent_sees_the_target():
+    """coordsum_private/3x5-12: agent 0 gets CoordSum's team reward, the others exactly 0 (Definition 1 holds)."""
+    task, env = _variant_env("coordsum_private/3x5-12", num_envs=64)
+    assert (task.config["n_agents"], task.config["num_actions"], task.config["max_target"]) == (3, 5, 12)
+    check_env_specs(env, seed=0)
+    _, base = _variant_env("coordsum/3x10-30", {"num_actions": 5, "max_target": 12}, num_envs=64)
+    hits = 0
+    for out, ref in _lockstep(env, base, 20, "agents", torch.Generator().manual_seed(0)):
+        reward = out.get(("next", "agents", "reward")).squeeze(-1)  # (envs, 3)
+        team = ref.get(("next", "reward")).squeeze(-1)  # the base task's shared reward
+        assert torch.equal(reward[:, 0], team) and bool((reward[:, 1:] == 0).all())
+        hit = out.get(("next", "info", "sum_hit")).squeeze(-1)
+        assert torch.equal(hit, team > 0)
+        hits += int(hit.sum())
+        obs = out.get(("agents", "observation"))
+        target_part = obs[..., : 12]  # one-hot target (appendix mode), identical for every agent
+        assert torch.equal(target_part[:, 1], target_part[:, 0]) and torch.equal(target_part[:, 2], target_part[:, 0])
+    assert hits > 0  # random picks do hit (about 1/12 of the 1280 steps)
+
+
+def test_coordsum_private_composes_in_hydra_with_type_checks():
+    from benchmarl_decentral.environments.reward_modes import CoordSumPrivateClass
+
+    with initialize_config_module(config_module="benchmarl.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=["algorithm=matrpo", "task=coordsum_private/3x5-12",
+                                                       "task.n_agents=4"])
+        with pytest.raises(Exception, match="num_actions"):
+            compose(config_name="config", overrides=["algorithm=matrpo", "task=coordsum_private/3x5-12",
+                                                     "task.num_actions=five"])
+    task = load_task_config_from_hydra(cfg.task, "coordsum_private/3x5-12")
+    assert isinstance(task, CoordSumPrivateClass)
+    assert (task.config["n_agents"], task.config["num_actions"], task.config["max_target"]) == (4, 5, 12)
+    assert task.config["reward_mode"] == "agent0" and task.config["rewarded_agent"] == 0
+
+
+@pytest.mark.slow
+def test_coordsum_private_logs_the_hit_rate(tmp_path):
+    exp = make_experiment(tmp_path, algorithm="ippo", task="coordsum_private/3x5-12", evaluation=True,
+                          loggers=["csv"], prefer_continuous_actions=False)
+    exp.run()
+    scalars = {p.stem for p in tmp_path.rglob("scalars/*.csv")}
+    assert {"eval_info_sum_hit_rate", "collection_info_sum_hit_rate"} <= scalars, sorted(scalars)
+    rows = next(tmp_path.rglob("scalars/eval_info_sum_hit_rate.csv")).read_text().strip().splitlines()
+    assert rows and all(0.0 <= float(r.split(",")[1]) <= 1.0 for r in rows)

@@ -142,7 +142,7 @@ def code_fingerprint() -> dict:
     import hashlib
 
     import benchmarl_decentral.algorithms.decpg as decpg_module
-    from benchmarl_decentral._registry import CONF_DIR
+    from benchmarl_decentral._paths import CONF_DIR
 
     out = {}
     for name, path in (

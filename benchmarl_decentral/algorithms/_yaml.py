@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 from benchmarl.utils import _read_yaml_config
 
-from benchmarl_decentral._registry import CONF_DIR
+from benchmarl_decentral._paths import CONF_DIR
 
 
 def load_algorithm_yaml(name: str, path: Optional[str] = None) -> Dict[str, Any]:

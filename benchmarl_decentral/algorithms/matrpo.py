@@ -11,7 +11,7 @@ Table III. Every agent ``i`` of a group owns
 * a value network ``V^i(o^i)`` trained on its own (private) reward ``r^i``.
 
 Nothing is shared: no parameters, no global state, no statistic computed over
-agents (advantages are standardised with each agent's own mean and std). One
+agents (advantages are scaled with each agent's own statistics, ``advantage_norm``). One
 policy iteration (Algorithm 1) on a collected batch of ``M`` samples:
 
 1. per-agent GAE (eqs. 18-19) with the agent's own critic and reward;
@@ -28,14 +28,16 @@ policy iteration (Algorithm 1) on a collected batch of ``M`` samples:
    samples. A component of that graph reaches consensus within itself; an
    agent that saw no ally takes its own TRPO step (eq. 22 without links);
 4. a backtracking line search per agent on the true mean KL, so that
-   ``D_KL(pi^i_old || pi^i_new) <= delta/N`` holds for every agent (eq. 8).
+   ``D_KL(pi^i_old || pi^i_new) <= delta/N`` holds for every agent (eq. 8),
+   and (``line_search_improvement``) the agent's own surrogate improved.
 
 The math lives in :mod:`benchmarl_decentral.objectives` (``run_admm``,
-``backtracking_line_search``, ``Linearisation``); this module builds the
-networks, feeds the batch, and adds :class:`CachedLinearisation`, which
-evaluates the same operators as ``Linearisation`` with one cached forward
-per agent subset (Gauss-Newton form of the true-KL Hessian, exact at
-``theta_old``), optionally on a Fisher subsample.
+``backtracking_line_search``, ``Linearisation``) and
+:mod:`benchmarl_decentral.objectives.matrpo` (:class:`CachedLinearisation`,
+which evaluates the same operators as ``Linearisation`` with one cached
+forward per agent subset (Gauss-Newton form of the true-KL Hessian, exact at
+``theta_old``), optionally on a Fisher subsample, and :func:`matrpo_update`);
+they are re-exported here. This module builds the networks and feeds the batch.
 
 How it sits in BenchMARL (1.5.2) without a fork:
 
@@ -76,9 +78,10 @@ How it sits in BenchMARL (1.5.2) without a fork:
   :mod:`benchmarl_decentral.resume`, so a resumed run equals the uninterrupted one.
 * **Logging.** Per agent, every iteration, through ``experiment.logger``:
   ``matrpo/<group>/<agent>/{kl, primal_residual, dual_residual,
-  admm_updates, step_fraction}`` and ``matrpo/<group>/links_up`` (the
-  fraction of link activations that went through, < 1 with
-  ``link_failure``); group means also go to the training
+  primal_residual_rel, dual_residual_rel, converged_links,
+  surrogate_improvement, admm_updates, step_fraction}`` and
+  ``matrpo/<group>/links_up`` (the fraction of link activations that went
+  through, < 1 with ``link_failure``); group means also go to the training
   TensorDict (``train/<group>/matrpo_*``) as BenchMARL logs loss entries.
 """
 
@@ -86,8 +89,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, MISSING
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
@@ -100,7 +102,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from tensordict.nn.distributions import NormalParamExtractor
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution, Independent, kl_divergence, Normal
+from torch.distributions import Categorical, Distribution, Independent, Normal
 from torchrl.data import Composite, Unbounded
 from torchrl.envs import Transform, TransformedEnv
 from torchrl.modules import IndependentNormal, MaskedCategorical, ProbabilisticActor
@@ -118,16 +120,19 @@ from benchmarl_decentral.consensus.topology import (
     TOPOLOGIES,
 )
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
-from benchmarl_decentral.objectives import (
-    ADMM_MODES,
-    backtracking_line_search,
-    flat_params,
-    init_state,
-    Linearisation,
-    links_from_adjacency,
-    per_agent_residuals,
-    run_admm,
-    unflatten,
+from benchmarl_decentral.objectives import ADMM_MODES, links_from_adjacency
+# the linearisation operators and the update live in objectives/ (math); re-exported here
+from benchmarl_decentral.objectives.matrpo import (  # noqa: F401
+    _MaskedJointPolicy,
+    _mlp_layers,
+    _MlpOperators,
+    _SubsetOperators,
+    CachedLinearisation,
+    MASKED_LOGIT,
+    mask_joint_output,
+    MatrpoStats,
+    matrpo_update,
+    stacked_network,
 )
 
 __all__ = [
@@ -141,6 +146,7 @@ __all__ = [
     "matrpo_update",
     "normalise_per_agent",
     "own_component",
+    "scale_advantages",
 ]
 
 ACTIVATIONS: Dict[str, Type[nn.Module]] = {
@@ -196,24 +202,6 @@ def own_component(joint: Tensor, n_agents: int) -> Tensor:
     return torch.diagonal(blocks, dim1=-3, dim2=-2).movedim(-1, -2)
 
 
-#: Logit given to illegal actions: finite, so that ``exp`` underflows to exactly 0 in float32/64
-#: and every KL, gradient and Hessian term of an illegal action is 0 (never ``inf * 0``).
-MASKED_LOGIT = -1e9
-
-
-def mask_joint_output(out: Tensor, mask: Tensor) -> Tensor:
-    """Action masks on a joint output: head ``n`` of every agent gets agent ``n``'s mask.
-
-    ``out`` is ``(..., K * F)`` categorical logits (``K`` heads of ``F``) and
-    ``mask`` a bool tensor broadcastable to ``(..., K, F)``: agent ``n``'s legal
-    actions at that sample. Illegal logits become :data:`MASKED_LOGIT`, so the
-    joint policy ``prod_n pi^i(a^n | o^i)`` puts no mass on illegal actions of
-    any agent, like the executed (masked) policy of agent ``n``.
-    """
-    blocks = out.unflatten(-1, (mask.shape[-2], mask.shape[-1]))
-    return blocks.masked_fill(~mask, MASKED_LOGIT).flatten(-2)
-
-
 def normalise_per_agent(advantages: Tensor, eps: float = 1e-8) -> Tensor:
     """Standardise ``(n, M)`` advantages with each agent's *own* mean and std (no cross-agent statistic)."""
     mean = advantages.mean(-1, keepdim=True)
@@ -221,422 +209,31 @@ def normalise_per_agent(advantages: Tensor, eps: float = 1e-8) -> Tensor:
     return (advantages - mean) / (std + eps)
 
 
-def stacked_network(template: nn.Module) -> Callable[[Mapping[str, Tensor], Tensor], Tensor]:
-    """``(params {name: (n, ...)}, obs (n, M, d)) -> out (n, M, O)``: vmap of ``functional_call``.
+#: ``advantage_norm`` values: every statistic is the agent's own (no cross-agent statistic).
+ADVANTAGE_NORMS = ("agent_std", "center", "none")
 
-    ``template`` is one agent's network (torchrl ``MultiAgentMLP._empty_net``,
-    a meta-device copy); each agent runs its own parameter slice on its own
-    observations.
+
+def scale_advantages(advantages: Tensor, mode: str, eps: float = 1e-8) -> Tensor:
+    """Scale ``(n, M)`` advantages per agent before the policy update.
+
+    * ``agent_std``: ``(A^i - mean A^i) / std A^i`` (:func:`normalise_per_agent`).
+      An agent whose private reward is almost always 0 has a small std made
+      mostly of critic noise, which this scales up to unit variance.
+    * ``center``: ``A^i - mean A^i``; the scale of ``A^i`` is kept, so such an
+      agent's noise stays as small as it is. The closed-form step of eq. (22)
+      is scale-free in the advantage when the agent has no link (it is
+      normalised to the KL boundary); with links, ``A^i`` and the consensus
+      terms ``beta z - y`` share the log-ratio scale, so the agent with the
+      larger advantages pulls harder.
+    * ``none``: ``A^i`` as GAE returns it.
     """
-
-    def one(p, o):
-        return torch.func.functional_call(template, p, (o,))
-
-    batched = torch.func.vmap(one)
-
-    def network(params: Mapping[str, Tensor], obs: Tensor) -> Tensor:
-        return batched(dict(params), obs)
-
-    return network
-
-
-class _SubsetOperators:
-    """Cached network Jacobian products of one agent subset at ``theta_old`` (any network).
-
-    ``J_f x`` by :func:`torch.func.linearize` (the primal pass is done once,
-    each product is one tangent pass) and ``J_f^T w`` by a retained autograd
-    graph (one backward per product), on the full batch and on the Fisher
-    subsample.
-    """
-
-    def __init__(self, network, params: Dict[str, Tensor], obs: Tensor, fisher_subsample: int) -> None:
-        self.like = params
-        obs_f = obs if fisher_subsample == 1 else obs[:, ::fisher_subsample]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # make_fx chatter inside linearize
-            _, jvp_full = torch.func.linearize(lambda p: network(p, obs), params)
-            jvp_f = jvp_full if fisher_subsample == 1 else torch.func.linearize(lambda p: network(p, obs_f), params)[1]
-        self._jvp = {False: jvp_full, True: jvp_f}
-        with torch.enable_grad():
-            self.leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            out_full = network(self.leaves, obs)
-            out_f = out_full if fisher_subsample == 1 else network(self.leaves, obs_f)
-        self._out = {False: out_full, True: out_f}
-
-    def jvp(self, tangent: Dict[str, Tensor], fisher: bool) -> Tensor:
-        return self._jvp[fisher](tangent)
-
-    def vjp(self, w: Tensor, fisher: bool) -> Tensor:
-        grads = torch.autograd.grad(self._out[fisher], list(self.leaves.values()), w, retain_graph=True)
-        return flat_params(dict(zip(self.leaves, grads)))
-
-
-_ELEMENTWISE = (nn.SELU, nn.Tanh, nn.ReLU, nn.ELU, nn.CELU, nn.GELU, nn.LeakyReLU, nn.Sigmoid,
-                nn.SiLU, nn.Softplus, nn.Mish, nn.Identity)
-
-
-def _mlp_layers(template: nn.Module) -> Optional[List[Tuple[str, bool, Optional[nn.Module]]]]:
-    """``[(linear name, has bias, activation or None), ...]`` if ``template`` is a plain MLP, else ``None``.
-
-    A plain MLP is an ``nn.Sequential`` of ``nn.Linear`` layers, each followed
-    by at most one elementwise activation (torchrl's ``MLP`` without norm or dropout).
-    """
-    if not isinstance(template, nn.Sequential):
-        return None
-    layers: List[List[Any]] = []
-    for name, module in template.named_children():
-        if isinstance(module, nn.Linear):
-            layers.append([name, module.bias is not None, None])
-        elif isinstance(module, _ELEMENTWISE) and layers and layers[-1][2] is None:
-            layers[-1][2] = module
-        else:
-            return None
-    return [tuple(layer) for layer in layers] or None
-
-
-class _MlpOperators:
-    """The operators of :class:`_SubsetOperators` for a plain MLP, by explicit forward/back-propagation.
-
-    One forward stores every layer's input ``h`` and activation derivative
-    ``D = sigma'(z)`` (elementwise), then
-    ``J_f x``: ``dz_l = h_{l-1} dW_l^T + db_l + dh_{l-1} W_l^T``, ``dh_l = D_l dz_l``;
-    ``J_f^T w``: ``dz_l = D_l dh_l``, ``gW_l = dz_l^T h_{l-1}``, ``gb_l = sum_m dz_l``,
-    ``dh_{l-1} = dz_l W_l``. Same numbers as autograd, without re-deriving the
-    activation at every product; the Fisher subsample is a slice of the cache.
-    """
-
-    def __init__(self, layers, params: Dict[str, Tensor], obs: Tensor, fisher_subsample: int) -> None:
-        self.layers = layers
-        self.like = params
-        self.step = fisher_subsample
-        self.weights = [params[f"{name}.weight"] for name, _, _ in layers]
-        self.h: List[Tensor] = []  # input of every layer
-        self.D: List[Optional[Tensor]] = []
-        h = obs
-        for (name, has_bias, act), W in zip(layers, self.weights):
-            self.h.append(h)
-            z = torch.bmm(h, W.transpose(1, 2))
-            if has_bias:
-                z = z + params[f"{name}.bias"][:, None]
-            if act is None:
-                self.D.append(None)
-                h = z
-            else:
-                with torch.enable_grad():
-                    zz = z.detach().requires_grad_(True)
-                    y = act(zz)
-                    (D,) = torch.autograd.grad(y.sum(), zz)
-                self.D.append(D)
-                h = y.detach()
-
-        # contiguous copies of the Fisher subsample, so that no product re-slices
-        sub = (lambda t: t) if self.step == 1 else (lambda t: None if t is None else t[:, :: self.step].contiguous())
-        self._h = {False: self.h, True: [sub(t) for t in self.h]}
-        self._D = {False: self.D, True: [sub(t) for t in self.D]}
-
-    def jvp(self, tangent: Dict[str, Tensor], fisher: bool) -> Tensor:
-        dh = None
-        for (name, has_bias, _), W, h, D in zip(self.layers, self.weights, self._h[fisher], self._D[fisher]):
-            # in place where possible: large temporaries are page-faulted afresh on every allocation
-            dz = torch.bmm(h, tangent[f"{name}.weight"].transpose(1, 2))
-            if has_bias:
-                dz.add_(tangent[f"{name}.bias"][:, None])
-            if dh is not None:
-                dz.baddbmm_(dh, W.transpose(1, 2))
-            dh = dz if D is None else dz.mul_(D)
-        return dh
-
-    def vjp(self, w: Tensor, fisher: bool) -> Tensor:
-        grads: Dict[str, Tensor] = {}
-        delta = w
-        hs, Ds = self._h[fisher], self._D[fisher]
-        for i in reversed(range(len(self.layers))):
-            name, has_bias, _ = self.layers[i]
-            if Ds[i] is not None:
-                delta = delta * Ds[i] if delta is w else delta.mul_(Ds[i])
-            grads[f"{name}.weight"] = torch.bmm(delta.transpose(1, 2), hs[i])
-            if has_bias:
-                grads[f"{name}.bias"] = delta.sum(1)
-            if i > 0:
-                delta = torch.bmm(delta, self.weights[i])
-        return flat_params({k: grads[k] for k in self.like})
-
-
-class CachedLinearisation(Linearisation):
-    """001 eqs. (13), (14), (20): :class:`Linearisation`'s operators with cached forwards.
-
-    Same operators as the base class, in the Gauss-Newton form of the
-    network output ``f(theta)`` (``(n, M, O)``, ``K`` blocks of ``F``):
-
-    * ``J x = G . (J_f x)`` with ``G = d log pi / d f`` at ``theta_old`` (each
-      component's log-probability depends on its own block only);
-    * ``J^T u = J_f^T (G u)``;
-    * ``H v = 1/M_F J_f^T (H_f (J_f v)) + damping v``, with ``H_f`` the exact
-      per-sample, per-head Hessian of the true KL
-      ``kl_divergence(pi(f_old) detached, pi(f))`` w.r.t. ``f`` at ``f_old``.
-      At ``theta_old`` this *is* the Hessian of the mean KL (the first-order
-      term vanishes because the KL is minimal there), so it equals
-      :func:`~benchmarl_decentral.objectives.make_fvp`, at about a third of
-      the cost of its double backward.
-
-    The network's primal pass for an agent subset (a link's two agents, or
-    all agents) is done once and reused by every product
-    (:class:`_SubsetOperators`). ``fisher_subsample = k > 1`` evaluates the
-    Fisher on every ``k``-th sample only (``M_F = ceil(M / k)``), as OpenAI
-    Baselines' TRPO (the paper's code base) does; ``J`` and the KL bound of
-    the line search still use all samples.
-
-    Args:
-        network: ``(params, obs (n, M, d)) -> out (n, M, O)``, e.g. :func:`stacked_network`.
-        template: the single-agent network behind ``network``; when it is a
-            plain MLP the products use explicit back-propagation
-            (:class:`_MlpOperators`), otherwise ``torch.func``. (default: None)
-        make_dist: ``out (..., O) -> Distribution`` with batch ``(..., K)``.
-        params_old: stacked ``theta_old``.
-        obs: ``(n, M, d)``.
-        actions: joint actions ``(n, M, K, ...)``.
-        damping: Fisher damping (> 0).
-        fisher_subsample: Fisher on every k-th sample (>= 1). (default: 1)
-        mask: action masks, bool, broadcastable to ``(n, M, K, F)`` (head ``n``
-            of every agent masked with agent ``n``'s legal actions, see
-            :func:`mask_joint_output`), or ``None``. The network's Jacobian
-            products stay those of the unmasked output: ``G`` and ``H_f`` are
-            taken at the masked output, where they are exactly 0 on illegal
-            actions, so the chain rule through the mask changes nothing.
-            (default: None)
-    """
-
-    def __init__(
-        self,
-        network: Callable[[Mapping[str, Tensor], Tensor], Tensor],
-        make_dist: Callable[[Tensor], Distribution],
-        params_old: Mapping[str, Tensor],
-        obs: Tensor,
-        actions: Tensor,
-        *,
-        damping: float,
-        fisher_subsample: int = 1,
-        template: Optional[nn.Module] = None,
-        mask: Optional[Tensor] = None,
-    ) -> None:
-        policy = _MaskedJointPolicy(network, make_dist, mask) if mask is not None else (
-            lambda p, o: make_dist(network(p, o)))
-        super().__init__(policy, params_old, obs, actions, damping=damping)
-        self._mlp = None if template is None else _mlp_layers(template)
-        if fisher_subsample < 1:
-            raise ValueError(f"fisher_subsample must be >= 1, got {fisher_subsample}")
-        self.network = network
-        self.make_dist = make_dist
-        self.fisher_subsample = int(fisher_subsample)
-        n, M, K = self.n_agents, self.n_samples, self.n_components
-        with torch.no_grad():
-            out_old = network(self.params_old, self.obs)
-        if out_old.shape[:2] != (n, M) or out_old.shape[-1] % K:
-            raise ValueError(
-                f"network output {tuple(out_old.shape)} must be (n, M, K * F) with K={K} heads"
-            )
-        self.head_size = out_old.shape[-1] // K
-        if mask is not None:
-            out_old = policy.masked(out_old)
-        with torch.enable_grad():
-            f = out_old.clone().requires_grad_(True)
-            (G,) = torch.autograd.grad(make_dist(f).log_prob(self.actions).sum(), f)
-        self._G = G.unflatten(-1, (K, self.head_size))  # (n, M, K, F)
-        self.obs_fisher = self.obs if self.fisher_subsample == 1 else self.obs[:, :: self.fisher_subsample]
-        out_fisher = out_old if self.fisher_subsample == 1 else out_old[:, :: self.fisher_subsample]
-        self._H_out = self._output_hessian(out_fisher)  # (n, M_F, K, F, F)
-        self._ops: Dict[Any, _SubsetOperators] = {}
-
-    @property
-    def n_fisher_samples(self) -> int:
-        return self.obs_fisher.shape[1]
-
-    def _output_hessian(self, out_old: Tensor) -> Tensor:
-        """Per sample and head, the ``F x F`` Hessian of the true KL w.r.t. the head's outputs at ``f_old``."""
-        old = out_old.detach()
-
-        def kl_sum(f: Tensor) -> Tensor:
-            # the old distribution is built inside (its lazy attributes must not escape
-            # the transform); ``old`` carries no tangent, so it is held fixed
-            return kl_divergence(self.make_dist(old), self.make_dist(f)).sum()
-
-        grad = torch.func.grad(kl_sum)
-        K, F = self.n_components, self.head_size
-        columns = []
-        for j in range(F):  # one forward-over-reverse product per output coordinate of a head
-            e = torch.zeros(*old.shape[:-1], K, F, dtype=old.dtype, device=old.device)
-            e[..., j] = 1.0
-            _, col = torch.func.jvp(grad, (old,), (e.flatten(-2),))
-            columns.append(col.unflatten(-1, (K, F)))
-        return torch.stack(columns, dim=-1)
-
-    def _sel_key(self, agents: Tensor | None):
-        return None if agents is None else tuple(int(a) for a in agents.tolist())
-
-    def operators(self, agents: Tensor | None):
-        """The cached operators of ``agents`` (built on first use)."""
-        key = self._sel_key(agents)
-        ops = self._ops.get(key)
-        if ops is None:
-            if agents is None:
-                params, obs = self.params_old, self.obs
-            else:
-                params = {k: v[agents] for k, v in self.params_old.items()}
-                obs = self.obs[agents]
-            if self._mlp is not None:
-                ops = _MlpOperators(self._mlp, params, obs, self.fisher_subsample)
-            else:
-                ops = _SubsetOperators(self.network, params, obs, self.fisher_subsample)
-            self._ops[key] = ops
-        return ops
-
-    def _part(self, t: Tensor, agents: Tensor | None) -> Tensor:
-        return t if agents is None else t[agents]
-
-    def jvp(self, x: Tensor, agents: Tensor | None = None) -> Tensor:
-        ops = self.operators(agents)
-        tangent = ops.jvp(unflatten(x.detach().to(self.dtype), ops.like), False)
-        return (tangent.unflatten(-1, (self.n_components, self.head_size)) * self._part(self._G, agents)).sum(-1)
-
-    def vjp(self, u: Tensor, agents: Tensor | None = None) -> Tensor:
-        ops = self.operators(agents)
-        w = (u.detach().to(self.dtype)[..., None] * self._part(self._G, agents)).flatten(-2)
-        return ops.vjp(w, False)
-
-    def fvp(self, agents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
-        ops = self.operators(agents)
-        H = self._part(self._H_out, agents)
-        m = self.n_fisher_samples
-        damping = self.damping
-
-        def fvp(v: Tensor) -> Tensor:
-            t = ops.jvp(unflatten(v.detach().to(self.dtype), ops.like), True)
-            t = t.unflatten(-1, (self.n_components, self.head_size))
-            w = torch.einsum("amkfg,amkg->amkf", H, t).flatten(-2) / m
-            return ops.vjp(w, True) + damping * v
-
-        return fvp
-
-    def release(self) -> None:
-        """Free the cached graphs."""
-        self._ops.clear()
-
-
-class _MaskedJointPolicy:
-    """``policy(params, obs)`` of :mod:`~benchmarl_decentral.objectives` with action masks (all ``M`` samples)."""
-
-    def __init__(self, network, make_dist, mask: Tensor) -> None:
-        self.network, self.make_dist, self.mask = network, make_dist, mask
-
-    def masked(self, out: Tensor) -> Tensor:
-        """The network output ``(n, M, K * F)`` with the masks applied (:func:`mask_joint_output`)."""
-        K, F = self.mask.shape[-2:]
-        if out.shape[-2] != self.mask.shape[-3] and self.mask.shape[-3] != 1:
-            raise ValueError(
-                f"masked joint policy: output {tuple(out.shape)} has another sample count than the "
-                f"masks {tuple(self.mask.shape)}; call it on the samples the masks were given for"
-            )
-        return mask_joint_output(out, self.mask.expand(*out.shape[:-1], K, F))
-
-    def __call__(self, params: Mapping[str, Tensor], obs: Tensor) -> Distribution:
-        return self.make_dist(self.masked(self.network(params, obs)))
-
-
-@dataclass
-class MatrpoStats:
-    """One MATRPO policy update, per agent (``(n,)`` tensors) unless noted.
-
-    Attributes:
-        kl: mean true ``D_KL(pi_old || pi_new)`` after the line search.
-        step_fraction: accepted fraction of the ADMM step (1 = full, 0 = reverted).
-        primal_residual: mean over the agent's links of the log-ratio disagreement ``RMS(J^i x^i - J^j x^j)``.
-        dual_residual: mean over the agent's links of ``beta RMS(dz)`` at their last update.
-        admm_updates: primal updates the agent took.
-        iterations: ADMM iterations used (scalar int; early stop with ``admm_tol``).
-        history: max primal residual after every iteration.
-        links_up: fraction of the link activations that went through (scalar;
-            below 1 with ``link_failure``; None without links).
-    """
-
-    kl: Tensor
-    step_fraction: Tensor
-    primal_residual: Tensor
-    dual_residual: Tensor
-    admm_updates: Tensor
-    iterations: int
-    history: List[float]
-    links_up: Optional[float] = None
-
-
-def matrpo_update(
-    lin: Linearisation,
-    advantages: Tensor,
-    links: Tensor,
-    *,
-    delta: float,
-    beta: float,
-    iterations: int,
-    mode: str,
-    link_failure: float = 0.0,
-    generator: torch.Generator | None = None,
-    round_robin_offset: int = 0,
-    tol: float | None = None,
-    exact_kkt: bool = False,
-    cg_iters: int = 10,
-    backtrack_ratio: float = 0.8,
-    max_backtracks: int = 10,
-    isolated: str = "error",
-) -> Tuple[Dict[str, Tensor], MatrpoStats, int]:
-    """001 Algorithm 1 (one policy iteration): ADMM (eqs. 21-22, 40) then the per-agent KL line search.
-
-    Args:
-        lin: every agent's linearisation at ``theta_old`` (eqs. 13-14, 20).
-        advantages: private advantages ``(n, M)`` (already standardised per agent if wanted).
-        links: ``(L, 2)`` communication links (CPU; the ADMM state lives on ``lin.device``).
-        delta: per-agent KL bound ``delta/N`` (eq. 8).
-        beta: ADMM penalty (eq. 11).
-        iterations: ADMM iterations.
-        mode: ``random`` / ``round_robin`` (asynchronous, one link per
-            iteration) or ``synchronous`` (all links).
-        link_failure: probability that an activated link fails. (default: 0)
-        generator: RNG for link selection and failures. (default: None)
-        round_robin_offset: link to start the round robin at (continues across updates). (default: 0)
-        tol: early stop on primal and dual residuals. (default: None)
-        exact_kkt: see :func:`~benchmarl_decentral.objectives.primal_step`. (default: False)
-        cg_iters: CG iterations per primal step. (default: 10)
-        backtrack_ratio: line-search shrink factor. (default: 0.8)
-        max_backtracks: line-search shrinks. (default: 10)
-        isolated: an agent without a link: ``"error"`` or ``"local"`` (its own
-            TRPO step; :func:`~benchmarl_decentral.objectives.run_admm`). (default: "error")
-
-    Returns:
-        ``(params_new, stats, next_round_robin_offset)``.
-    """
-    state = init_state(links, lin.n_samples, n_params=lin.n_params, n_agents=lin.n_agents,
-                       n_components=lin.n_components, dtype=lin.dtype, device=lin.device)
-    state.iteration = int(round_robin_offset)  # only read by the round-robin link choice
-    state = run_admm(
-        lin, advantages, links, delta=delta, beta=beta, iterations=iterations, mode=mode,
-        link_failure_prob=link_failure, generator=generator, tol=tol, exact_kkt=exact_kkt,
-        cg_iters=cg_iters, state=state, isolated=isolated,
-    )
-    used = state.iteration - int(round_robin_offset)
-    # eq. (8): the linearised model puts each step on the quadratic KL boundary;
-    # the true KL is only second-order close, so enforce it by backtracking.
-    ls = backtracking_line_search(
-        lin.policy, lin.params_old, state.x, lin.obs, bound=delta,
-        backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
-    )
-    primal, dual = per_agent_residuals(state)
-    # one link activated per iteration (random, round_robin), every link (synchronous)
-    attempts = used * (state.n_links if mode == "synchronous" else 1)
-    stats = MatrpoStats(
-        kl=ls.kl, step_fraction=ls.fraction, primal_residual=primal, dual_residual=dual,
-        admm_updates=state.agent_updates.clone(), iterations=used, history=list(state.history),
-        links_up=float(state.link_updates.sum()) / attempts if state.n_links and attempts else None,
-    )
-    next_offset = state.iteration % max(state.n_links, 1)
-    return ls.params, stats, next_offset
+    if mode == "agent_std":
+        return normalise_per_agent(advantages, eps)
+    if mode == "center":
+        return advantages - advantages.mean(-1, keepdim=True)
+    if mode == "none":
+        return advantages
+    raise ValueError(f"advantage_norm must be one of {list(ADVANTAGE_NORMS)}, got {mode!r}")
 
 
 # =========================================================================== BenchMARL glue
@@ -738,7 +335,8 @@ class Matrpo(Algorithm):
         beta: ADMM penalty (eq. 11; Table III, 1.0).
         admm_iterations: ADMM iterations per policy update (Table III, 100).
         admm_mode: ``random`` (Algorithm 1), ``round_robin`` or ``synchronous``.
-        admm_tol: stop ADMM early once all primal and dual residuals are below it (``None``: never).
+        admm_tol: per-link ADMM stop on the relative residuals (``0`` or ``None``: run all
+            ``admm_iterations``; :func:`~benchmarl_decentral.objectives.run_admm`).
         exact_kkt: clip the trust-region multiplier at 0 in the primal step
             (see :mod:`benchmarl_decentral.objectives.admm`); ``False`` is the paper's formula.
         topology: communication graph: ``ring`` (sec. VI), ``knn_ring`` (``k``),
@@ -753,12 +351,16 @@ class Matrpo(Algorithm):
             asynchronous ADMM's robustness, sec. IV-B).
         gamma: discount (Table III, 0.995); replaces ``experiment.gamma`` (``None`` keeps it).
         lmbda: GAE lambda (Table III, 0.95).
-        normalize_advantage: standardise each agent's advantages with its own statistics.
+        advantage_norm: scaling of each agent's advantages before the policy
+            update, with the agent's own statistics only (:func:`scale_advantages`):
+            ``agent_std`` (standardise), ``center`` (subtract the mean) or ``none``.
         cg_iters: conjugate-gradient iterations for ``H^-1 V``.
         cg_damping: Fisher damping.
         fisher_subsample: Fisher-vector products on every k-th sample (OpenAI Baselines' TRPO: 5).
         backtrack_ratio: line-search shrink factor.
         max_backtracks: line-search shrinks before an agent's step is reverted.
+        line_search_improvement: the line search also requires the agent's
+            surrogate to improve (:func:`matrpo_update`), not only the KL bound.
         num_cells: hidden layers of every policy and value net (sec. VI: [128, 128]); ``None`` keeps the model's.
         activation: their activation (sec. VI: ``selu``); ``None`` keeps the model's.
         scale_mapping: map of the raw Gaussian scale (continuous actions).
@@ -786,12 +388,13 @@ class Matrpo(Algorithm):
         link_failure: float,
         gamma: Optional[float],
         lmbda: float,
-        normalize_advantage: bool,
+        advantage_norm: str,
         cg_iters: int,
         cg_damping: float,
         fisher_subsample: int,
         backtrack_ratio: float,
         max_backtracks: int,
+        line_search_improvement: bool,
         num_cells: Optional[List[int]],
         activation: Optional[str],
         scale_mapping: str,
@@ -815,12 +418,13 @@ class Matrpo(Algorithm):
         self.link_failure = link_failure
         self.gamma = self.experiment_config.gamma if gamma is None else gamma
         self.lmbda = lmbda
-        self.normalize_advantage = normalize_advantage
+        self.advantage_norm = advantage_norm
         self.cg_iters = cg_iters
         self.cg_damping = cg_damping
         self.fisher_subsample = fisher_subsample
         self.backtrack_ratio = backtrack_ratio
         self.max_backtracks = max_backtracks
+        self.line_search_improvement = line_search_improvement
         self.num_cells = num_cells
         self.activation = activation
         self.scale_mapping = scale_mapping
@@ -1058,16 +662,16 @@ class Matrpo(Algorithm):
 
         Writes ``(group, "advantage")`` (raw, the critic's target is
         ``(group, "value_target")``) and ``(group, "matrpo_advantage")`` (what
-        the policy update uses: standardised per agent when ``normalize_advantage``).
+        the policy update uses: scaled per agent as ``advantage_norm`` says).
         TorchRL's GAE bootstraps with ``V(o_{t+1})`` unless ``terminated_t``
         and cuts the trace at ``done_t`` (flags of the transition's *next* state).
         """
         self._gae[group](batch)
         adv = batch.get((group, "advantage"))  # (..., n, 1)
-        if self.normalize_advantage:
+        if self.advantage_norm != "none":
             n = adv.shape[-2]
             flat = adv.reshape(-1, n).T  # (n, M): each agent its own statistics
-            flat = normalise_per_agent(flat)
+            flat = scale_advantages(flat, self.advantage_norm)
             adv = flat.T.reshape(adv.shape)
         batch.set((group, "matrpo_advantage"), adv)
         return batch
@@ -1157,9 +761,9 @@ class Matrpo(Algorithm):
             lin, advantages, links, isolated="error" if self.links[group] is not None else "local",
             delta=self.delta, beta=self.beta,
             iterations=self.admm_iterations, mode=self.admm_mode, link_failure=self.link_failure,
-            generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol,
+            generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol or None,
             exact_kkt=self.exact_kkt, cg_iters=self.cg_iters, backtrack_ratio=self.backtrack_ratio,
-            max_backtracks=self.max_backtracks,
+            max_backtracks=self.max_backtracks, require_improvement=self.line_search_improvement,
         )
         lin.release()
         with torch.no_grad():
@@ -1177,6 +781,10 @@ class Matrpo(Algorithm):
             "dual_residual": stats.dual_residual,
             "admm_updates": stats.admm_updates.float(),
             "step_fraction": stats.step_fraction,
+            "surrogate_improvement": stats.improvement,
+            "primal_residual_rel": stats.primal_residual_rel,
+            "dual_residual_rel": stats.dual_residual_rel,
+            "converged_links": stats.converged_links,
         }
         loss.stats = {name: float(v.mean()) for name, v in per_agent.items()}
         loss.stats["admm_iterations"] = float(stats.iterations)
@@ -1276,12 +884,13 @@ class MatrpoConfig(AlgorithmConfig):
     link_failure: float = MISSING
     gamma: Optional[float] = MISSING
     lmbda: float = MISSING
-    normalize_advantage: bool = MISSING
+    advantage_norm: str = MISSING
     cg_iters: int = MISSING
     cg_damping: float = MISSING
     fisher_subsample: int = MISSING
     backtrack_ratio: float = MISSING
     max_backtracks: int = MISSING
+    line_search_improvement: bool = MISSING
     num_cells: Optional[List[int]] = MISSING
     activation: Optional[str] = MISSING
     scale_mapping: str = MISSING
@@ -1316,8 +925,15 @@ class MatrpoConfig(AlgorithmConfig):
             )
         if isinstance(self.admm_mode, str) and self.admm_mode not in ADMM_MODES:
             raise ValueError(f"matrpo: unknown admm_mode '{self.admm_mode}'; choose one of {list(ADMM_MODES)}.")
-        if num(self.admm_tol) and not self.admm_tol > 0:
-            raise ValueError(f"matrpo: admm_tol must be > 0 or null, got {self.admm_tol}.")
+        if num(self.admm_tol) and not self.admm_tol >= 0:
+            raise ValueError(
+                f"matrpo: admm_tol must be >= 0 (a relative residual; 0 or null: run all admm_iterations), "
+                f"got {self.admm_tol}; e.g. algorithm.admm_tol=0.05."
+            )
+        if isinstance(self.advantage_norm, str) and self.advantage_norm not in ADVANTAGE_NORMS:
+            raise ValueError(
+                f"matrpo: unknown advantage_norm '{self.advantage_norm}'; choose one of {list(ADVANTAGE_NORMS)}."
+            )
         if isinstance(self.topology, str) and self.topology not in MATRPO_TOPOLOGIES:
             raise ValueError(
                 f"matrpo: unknown topology '{self.topology}'; choose one of {list(MATRPO_TOPOLOGIES)}."

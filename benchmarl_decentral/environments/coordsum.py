@@ -92,10 +92,12 @@ from torchrl.data import Binary, Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from benchmarl.environments.common import Task, TaskClass
+from benchmarl.experiment.callback import Callback
 from benchmarl.utils import _read_yaml_config, DEVICE_TYPING
 
 __all__ = [
     "CoordSumEnv",
+    "CoordSumHitRateCallback",
     "CoordSumClass",
     "CoordSumTask",
     "CoordSumTaskConfig",
@@ -561,6 +563,24 @@ def scripted_policy(env: Any, name: str) -> Callable[[TensorDictBase], TensorDic
 
 
 # ---------------------------------------------------------------------- BenchMARL
+class CoordSumHitRateCallback(Callback):
+    """Logs CoordSum's team metric after every evaluation: ``eval/info/sum_hit_rate``.
+
+    The fraction of the evaluation steps (all episodes, up to each one's
+    ``done``) whose joint pick summed to the target, read from
+    ``("next", "info", "sum_hit")``. BenchMARL's evaluation logs rewards only;
+    with private rewards (``coordsum_private/*``) no logged return is the team's.
+    """
+
+    def on_evaluation_end(self, rollouts: List[TensorDictBase]) -> None:
+        hits = [r.get(("next", "info", "sum_hit")).reshape(-1).float() for r in rollouts
+                if ("next", "info", "sum_hit") in r.keys(True)]
+        if not hits:
+            return
+        rate = torch.cat(hits).mean().item()
+        self.experiment.logger.log({"eval/info/sum_hit_rate": rate}, step=self.experiment.n_iters_performed)
+
+
 @dataclass
 class CoordSumTaskConfig:
     """Hydra schema of a CoordSum task YAML (same fields for every CoordSum task)."""
@@ -699,7 +719,7 @@ class _CoordSumTaskBase(Task):
 
     def get_from_yaml(self, path: Optional[str] = None) -> TaskClass:
         """Load ``conf/task/coordsum/<name>.yaml`` of this plugin (or ``path``)."""
-        from benchmarl_decentral._registry import CONF_DIR
+        from benchmarl_decentral._paths import CONF_DIR
 
         if path is None:
             path = CONF_DIR / "task" / ENV_NAME / f"{self.name.lower()}.yaml"

@@ -9,9 +9,25 @@ timestep."
 Both perturbations act on what the policy sees and emits, so they are applied
 by wrapping the policy (:class:`PerturbedPolicy`) rather than the environment:
 the same test environment, seeds and episode bookkeeping serve the clean and
-the perturbed evaluation. The "sample standard deviation" is taken over the
-features of each agent's observation vector at that step, which is defined for
-any batch size (one env or many).
+the perturbed evaluation.
+
+"The sample standard deviation" is read as the spread of each observation
+*feature* over the observations sampled from the test environment: each feature
+``f`` gets noise ``N(0, (c s_f)^2)``, with ``s_f`` the sample standard
+deviation of feature ``f`` over every observation of that key seen so far by
+this wrapper (all parallel envs, all agents of the group, all steps up to and
+including the current one; Welford/Chan running moments). A feature that
+hardly varies (a constant id, a one-hot that never changes) gets hardly any
+noise; a position that spans the arena gets noise on its own scale, which is
+what "c times the sample standard deviation" scales. Pooling over the agents
+of a group suits the paper's homogeneous scenarios and gives an estimate from
+the first step when a group has several agents; with one agent in one env the
+first step's std is 0 (no noise) and the estimate fills in as the episode
+runs. An earlier version used the std across the features of one agent's
+vector at one step (one scalar for all features), which mixes the scales of
+unrelated features (positions, velocities, ids) and is not a per-feature
+sample statistic. :class:`PerturbedPolicy` is built anew for every evaluation
+(DecPG), so the statistics are those of that evaluation's test episodes.
 """
 
 from __future__ import annotations
@@ -33,7 +49,7 @@ class PerturbedPolicy(TensorDictModuleBase):
         action_keys: nested action keys, one per agent group.
         action_specs: the spec of each action key (same order).
         mask_keys: the action-mask key of each group, or ``None``.
-        c: observation noise, as a multiple of the observation's sample std.
+        c: observation noise, as a multiple of each feature's sample std (module docstring).
             Default: 0.2 (paper 002 Table 1, MPE).
         eps: probability that an agent's action is replaced by a uniformly
             random available one. Default: 0.2 (Table 1, MPE).
@@ -67,6 +83,8 @@ class PerturbedPolicy(TensorDictModuleBase):
         self.c = c
         self.eps = eps
         self.generator = generator
+        #: per observation key: running (count, mean, M2) of every feature, float64
+        self._moments: dict = {}
         self.in_keys = list(policy.in_keys)
         self.out_keys = list(policy.out_keys)
 
@@ -96,6 +114,27 @@ class PerturbedPolicy(TensorDictModuleBase):
             eps=eps,
             generator=generator,
         )
+
+    def feature_std(self, key, obs: torch.Tensor) -> torch.Tensor:
+        """Add ``obs`` (``(..., F)``) to ``key``'s running moments; return the per-feature sample std ``(F,)``.
+
+        The population std (``correction=0``) of every feature over all
+        observations of ``key`` seen so far (envs x agents x steps).
+        """
+        x = obs.detach().reshape(-1, obs.shape[-1]).to(torch.float64)
+        n_b = x.shape[0]
+        mean_b = x.mean(0)
+        m2_b = (x - mean_b).pow(2).sum(0)
+        if key not in self._moments:
+            count, mean, m2 = n_b, mean_b, m2_b
+        else:  # Chan et al.'s parallel update
+            count_a, mean_a, m2_a = self._moments[key]
+            count = count_a + n_b
+            d = mean_b - mean_a
+            mean = mean_a + d * (n_b / count)
+            m2 = m2_a + m2_b + d.pow(2) * (count_a * n_b / count)
+        self._moments[key] = (count, mean, m2)
+        return (m2 / count).sqrt().to(obs.dtype)
 
     def _randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
@@ -128,7 +167,7 @@ class PerturbedPolicy(TensorDictModuleBase):
                 if not torch.is_floating_point(obs):
                     continue
                 clean[key] = obs
-                std = obs.std(dim=-1, keepdim=True, correction=0)
+                std = self.feature_std(key, obs)  # (F,): one sample std per feature
                 tensordict.set(key, obs + self.c * std * self._randn_like(obs))
         tensordict = self.policy(tensordict)
         for key, obs in clean.items():  # the env and the logs keep the clean obs

@@ -46,6 +46,12 @@ config is accepted, its defaults are BenchMARL's YAML of the base task):
     false``), ``{discovery, passage}_individual`` (``shared_reward: false``).
     An environment without per-agent rewards is refused.
 
+``coordsum_private/<n>x<actions>-<max target>`` (``3x5-12``, ``3x10-30``)
+    CoordSum (paper 003 App. B) with only agent 0 rewarded (mode ``agent0``):
+    every agent sees the target, so MATRPO's Definition 1 holds; the team
+    metric is the hit rate (``collection/info/sum_hit_rate``,
+    ``eval/info/sum_hit_rate``). Every CoordSum task key is accepted.
+
 Logged returns are those of the transformed rewards (collection and
 evaluation alike), so algorithms compared on one variant see the same signal.
 """
@@ -66,7 +72,11 @@ from benchmarl.environments.pettingzoo.common import PettingZooClass, PettingZoo
 from benchmarl.environments.vmas.common import VmasClass, VmasTask
 from benchmarl.utils import _read_yaml_config, DEVICE_TYPING
 
+from benchmarl_decentral.environments.coordsum import CoordSumClass, CoordSumTask, CoordSumTaskConfig
+
 __all__ = [
+    "CoordSumPrivateClass",
+    "CoordSumPrivateTask",
     "PettingZooPrivateClass",
     "PettingZooPrivateTask",
     "PrivateReward",
@@ -204,6 +214,12 @@ VARIANTS: Dict[str, Dict[str, Tuple[str, str, Dict[str, Any]]]] = {
     "pettingzoo_private": {
         "simple_spread_agent0": ("simple_spread", "agent0", {}),
     },
+    # CoordSum (paper 003 App. B) with only agent 0 rewarded: every agent sees the
+    # target, so MATRPO's Definition 1 holds; the team metric is the hit rate.
+    "coordsum_private": {
+        "3x5-12": ("3x10-30", "agent0", {"num_actions": 5, "max_target": 12}),
+        "3x10-30": ("3x10-30", "agent0", {}),
+    },
 }
 
 
@@ -213,6 +229,8 @@ class _PrivateRewardClass(TaskClass):
     BASE_CLASS: Type[TaskClass]
     BASE_TASK: Type[Task]
     ENV_NAME: str
+    #: the base task's TaskConfig dataclass when BenchMARL's lookup does not know it (our tasks)
+    BASE_SCHEMA: Optional[type] = None
 
     def _variant(self) -> Tuple[str, str, Dict[str, Any]]:
         try:
@@ -345,6 +363,34 @@ class PettingZooPrivateClass(_PrivateRewardClass):
         return "pettingzoo_private"
 
 
+class CoordSumPrivateClass(_PrivateRewardClass):
+    """CoordSum with only agent 0 rewarded (``task=coordsum_private/<n>x<actions>-<max target>``).
+
+    CoordSum's shared team reward (2 for a hit the opponent did not guess, 1
+    for a guessed hit) goes to agent 0 only; the others get 0. Every agent
+    observes the target, so each agent's observation suffices to model the
+    joint policy (MATRPO's Definition 1). The team metric is the hit rate:
+    ``collection/info/sum_hit_rate`` and, after every evaluation,
+    ``eval/info/sum_hit_rate``
+    (:class:`~benchmarl_decentral.environments.coordsum.CoordSumHitRateCallback`).
+    A random team hits ``1/max_target``-ish of the targets (3x5-12: 0.083);
+    agent 0 alone, with the others fixed, cannot reach every target.
+    """
+
+    BASE_CLASS = CoordSumClass
+    BASE_TASK = CoordSumTask
+    ENV_NAME = "coordsum_private"
+    BASE_SCHEMA = CoordSumTaskConfig
+
+    @staticmethod
+    def log_info(batch: TensorDictBase) -> Dict[str, float]:
+        return CoordSumClass.log_info(batch)
+
+    @staticmethod
+    def env_name() -> str:
+        return "coordsum_private"
+
+
 class _PrivateTaskBase(Task):
     """Loading for the private-reward enums (an Enum with members cannot be subclassed)."""
 
@@ -362,7 +408,7 @@ class _PrivateTaskBase(Task):
 
     def get_from_yaml(self, path: Optional[str] = None) -> TaskClass:
         """The base task's YAML (BenchMARL's), updated with ``conf/task/<family>/<variant>.yaml`` (or ``path``)."""
-        from benchmarl_decentral._registry import CONF_DIR
+        from benchmarl_decentral._paths import CONF_DIR
 
         if path is None:
             path = CONF_DIR / "task" / self.env_name() / f"{self.name.lower()}.yaml"
@@ -397,7 +443,23 @@ class PettingZooPrivateTask(_PrivateTaskBase):
         return PettingZooPrivateClass
 
 
-PRIVATE_TASKS = (VmasPrivateTask, PettingZooPrivateTask)
+class _CoordSumPrivateTaskBase(_PrivateTaskBase):
+    """Methods of :data:`CoordSumPrivateTask` (functional Enum: the names contain dashes)."""
+
+    @staticmethod
+    def associated_class():
+        return CoordSumPrivateClass
+
+
+#: Enum of the CoordSum private-reward variants; ``member.name.lower()`` is the task name.
+CoordSumPrivateTask = _CoordSumPrivateTaskBase(
+    "CoordSumPrivateTask",
+    [(name.upper(), None) for name in VARIANTS["coordsum_private"]],
+    module=__name__,
+    qualname="CoordSumPrivateTask",
+)
+
+PRIVATE_TASKS = (VmasPrivateTask, PettingZooPrivateTask, CoordSumPrivateTask)
 
 
 def private_task_configs() -> Dict[str, Task]:
@@ -408,7 +470,7 @@ def private_task_configs() -> Dict[str, Task]:
 def _schema(member: Task) -> type:
     """Hydra schema: the base task's TaskConfig fields, defaulting to the variant's config, + reward keys."""
     base = member.base_member()
-    base_cls = _get_task_config_class(base.env_name(), base.name.lower())
+    base_cls = member.associated_class().BASE_SCHEMA or _get_task_config_class(base.env_name(), base.name.lower())
     defaults = member.default_config()
     fields = []
     for f in dataclasses.fields(base_cls):

@@ -829,7 +829,7 @@ class _SmaxTaskBase(Task):
 
     def get_from_yaml(self, path: Optional[str] = None) -> TaskClass:
         """Load ``conf/task/smax/<map>.yaml`` of this plugin (or ``path``)."""
-        from benchmarl_decentral._registry import CONF_DIR
+        from benchmarl_decentral._paths import CONF_DIR
 
         if path is None:
             path = CONF_DIR / "task" / ENV_NAME / f"{self.name.lower()}.yaml"

@@ -34,7 +34,7 @@ from tensordict import TensorDictBase
 from torch import nn, Tensor
 from torchrl.modules import MultiAgentMLP
 
-from benchmarl_decentral._registry import CONF_DIR
+from benchmarl_decentral._paths import CONF_DIR
 from benchmarl_decentral.consensus.topology import build_topology, check_topology_options, majority_graph, radius
 from benchmarl_decentral.consensus.visibility import visibility_graph_builder
 from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES

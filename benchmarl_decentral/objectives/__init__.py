@@ -6,7 +6,10 @@
   eqs. 13-14, 20, 22, 51), all batched over stacked per-agent parameters.
 * :mod:`.admm` — MATRPO's asynchronous (random / round-robin) and synchronous
   ADMM over communication links on per-sample log-ratios (eqs. 21-22, 40,
-  Algorithm 1).
+  Algorithm 1), with per-link relative residuals and a per-link stop.
+* :mod:`.matrpo` — cached linearisation operators (``CachedLinearisation``)
+  and one MATRPO policy iteration (``matrpo_update``: ADMM, then the line
+  search on the KL bound and the surrogate improvement).
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from benchmarl_decentral.objectives.admm import (
     dual_update,
     init_state,
     link_signs,
+    link_converged,
     links_from_adjacency,
+    per_agent_relative_residuals,
     per_agent_residuals,
     primal_residual,
+    relative_residuals,
     primal_step,
     run_admm,
     select_link,
@@ -76,7 +82,10 @@ __all__ = [
     "make_fvp",
     "mean_kl",
     "natural_step",
+    "link_converged",
+    "per_agent_relative_residuals",
     "per_agent_residuals",
+    "relative_residuals",
     "primal_residual",
     "primal_step",
     "run_admm",

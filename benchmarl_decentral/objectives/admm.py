@@ -84,8 +84,11 @@ __all__ = [
     "init_state",
     "link_signs",
     "links_from_adjacency",
+    "link_converged",
+    "per_agent_relative_residuals",
     "per_agent_residuals",
     "primal_residual",
+    "relative_residuals",
     "primal_step",
     "run_admm",
     "select_link",
@@ -169,8 +172,15 @@ class AdmmState:
         direction: last CG solution ``H^{-1} V`` per agent (warm start), ``(n, D)``.
         scale: last step scale ``sqrt(2 delta/N / V^T H^-1 V)`` per agent, ``(n,)``.
         dual_residual: per link, at its last update, ``(L,)``.
+        dz_rms: per link, ``RMS(z_e^{new} - z_e^{old})`` at its last update
+            (the dual residual without ``beta``), ``(L,)``.
+        converged: per link, whether its own stop test (``tol`` of
+            :func:`run_admm`) held at its last check and neither endpoint has
+            moved since, ``(L,)`` bool.
         agent_updates: primal updates per agent, ``(n,)``.
         link_updates: z/y updates per link, ``(L,)``.
+        link_failures: link activations lost to ``link_failure_prob``
+            (the link was picked but did not go through).
         iteration: ADMM iterations done (failed activations included).
         history: ``max_e`` primal residual after every iteration.
     """
@@ -187,6 +197,15 @@ class AdmmState:
     link_updates: Tensor
     iteration: int = 0
     history: list[float] = field(default_factory=list)
+    dz_rms: Tensor | None = None
+    converged: Tensor | None = None
+    link_failures: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dz_rms is None:
+            self.dz_rms = torch.zeros_like(self.dual_residual)
+        if self.converged is None:
+            self.converged = torch.zeros(self.links.shape[0], dtype=torch.bool, device=self.links.device)
 
     @property
     def n_agents(self) -> int:
@@ -386,7 +405,9 @@ def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float) -> AdmmState
         nu = 0.5 * (y + beta * CJx).sum(1, keepdim=True)
         z_new = (y - nu) / beta + CJx
         dz = z_new - state.z[link_ids]
-        state.dual_residual[link_ids] = beta * dz.pow(2).flatten(1).mean(1).sqrt()
+        dz_rms = dz.pow(2).flatten(1).mean(1).sqrt()
+        state.dz_rms[link_ids] = dz_rms
+        state.dual_residual[link_ids] = beta * dz_rms
         state.z[link_ids] = z_new
         state.y[link_ids] = nu.expand_as(y)
         state.link_updates[link_ids] += 1
@@ -457,6 +478,73 @@ def primal_residual(state: AdmmState) -> Tensor:
         return state.Jx.new_zeros(0)
     diff = state.Jx[state.links[:, 0]] - state.Jx[state.links[:, 1]]
     return diff.pow(2).flatten(1).mean(1).sqrt()
+
+
+def relative_residuals(state: AdmmState, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+    """Per-link residuals relative to the link's log-ratio scale, ``(L,)`` each.
+
+    With ``s_e = sqrt((MS(J^i x^i) + MS(J^j x^j)) / 2)`` (``MS``: mean square
+    over samples and components, ``e = (i, j)``):
+
+    * primal ``r_e = RMS(J^i x^i - J^j x^j) / s_e`` (:func:`primal_residual` over
+      the scale): 0 at consensus; about 1.4 when the two ends' log-ratios are
+      uncorrelated;
+    * dual ``s_e^dual = RMS(z_e^{new} - z_e^{old}) / s_e`` at the link's last
+      update (the dual residual of :func:`dual_update` without ``beta``).
+
+    Both use only what the link's two agents hold (their own log-ratios,
+    which they exchange anyway, and the link's ``z``), so each link can test
+    them without any other agent. ``s_e = 0`` (no step yet) gives 0 / eps.
+    """
+    if state.n_links == 0:
+        empty = state.Jx.new_zeros(0)
+        return empty, empty
+    ms = state.Jx.pow(2).flatten(1).mean(1)  # (n,)
+    scale = (0.5 * (ms[state.links[:, 0]] + ms[state.links[:, 1]])).sqrt()
+    denom = scale + eps
+    return primal_residual(state) / denom, state.dz_rms / denom
+
+
+def link_converged(state: AdmmState, tol: float, links: Tensor | None = None) -> Tensor:
+    """The per-link stop test of :func:`run_admm`: ``r_e < tol`` and ``s_e^dual < tol`` after >= 1 update.
+
+    Args:
+        state: ADMM variables.
+        tol: relative tolerance (> 0).
+        links: link ids to test. (default: all)
+
+    Returns:
+        bool ``(|links|,)``.
+    """
+    primal, dual = relative_residuals(state)
+    ok = (primal < tol) & (dual < tol) & (state.link_updates > 0)
+    return ok if links is None else ok[links]
+
+
+def _invalidate(state: AdmmState, agents: Tensor) -> None:
+    """Clear the ``converged`` flag of every link at an agent that just moved."""
+    if state.n_links == 0 or agents.numel() == 0:
+        return
+    moved = torch.zeros(state.n_agents, dtype=torch.bool, device=state.links.device)
+    moved[agents.to(state.links.device)] = True
+    state.converged &= ~(moved[state.links[:, 0]] | moved[state.links[:, 1]])
+
+
+def per_agent_relative_residuals(state: AdmmState) -> tuple[Tensor, Tensor, Tensor]:
+    """Per agent, the mean over its own links of the relative primal and dual
+    residuals (:func:`relative_residuals`) and the fraction of its links flagged
+    ``converged``; each ``(n,)`` (0 for an agent without links)."""
+    n = state.n_agents
+    flat = state.links.reshape(-1)
+    deg = torch.bincount(flat, minlength=n).to(state.x).clamp(min=1)
+    primal, dual = relative_residuals(state)
+    out = []
+    for per_link in (primal, dual, state.converged.to(state.x)):
+        acc = state.x.new_zeros(n)
+        if state.n_links:
+            acc.index_add_(0, flat, per_link.to(state.x).repeat_interleave(2))
+        out.append(acc / deg)
+    return out[0], out[1], out[2]
 
 
 def per_agent_residuals(state: AdmmState) -> tuple[Tensor, Tensor]:
@@ -538,8 +626,20 @@ def run_admm(
             iteration) or ``synchronous`` (all links). (default: "random")
         link_failure_prob: probability that an activated link fails, in ``[0, 1)``. (default: 0.0)
         generator: random generator for link choice and failures. (default: None)
-        tol: stop early once every link was updated and all primal and dual
-            residuals are below ``tol``. (default: None, run all iterations)
+        tol: per-link stop on the relative residuals (:func:`relative_residuals`),
+            ``> 0``; ``None`` or ``0``: every activation steps, all ``iterations`` run.
+            Asynchronous modes: when link ``e`` is activated its two agents
+            first run :func:`link_converged` on ``e`` alone; if it holds, the
+            link stays idle (no primal step, no z/y update) and is flagged
+            ``converged``. Synchronous mode: every link runs the same test at
+            the start of an iteration; flagged links skip their z/y update and
+            an agent all of whose links are flagged skips its primal step. A
+            flag is cleared as soon as one of the link's agents moves (through
+            another link), so every test uses only the link's own two agents;
+            no residual is maximised or averaged over agents. The loop ends
+            when every link is flagged: then no activation can change
+            anything, so this equals running the remaining iterations.
+            (default: None)
         exact_kkt: see :func:`primal_step`. (default: False)
         cg_iters: CG iterations per primal step. (default: 10)
         residual_tol: CG squared-residual tolerance. (default: 1e-10)
@@ -585,27 +685,50 @@ def run_admm(
         return state
     if alone.numel():  # isolated="local": V^q has no link term and never changes
         primal_step(lin, state, advantages, alone.to(state.x.device), **kw)
+    if tol is not None and not tol >= 0:
+        raise ValueError(f"tol must be >= 0 or None (0/None: no early stop), got {tol}")
+    per_link_stop = bool(tol)
 
     for _ in range(iterations):
         if mode == "synchronous":
             working = None
             if link_failure_prob > 0:
                 working = torch.rand(state.n_links, generator=generator) >= link_failure_prob
+                state.link_failures += int((~working).sum())
                 working = working.to(state.links.device)
-            synchronous_iteration(lin, state, advantages, working=working, **kw)
+            if per_link_stop:
+                _synchronous_with_stop(lin, state, advantages, working, tol, kw)
+            else:
+                synchronous_iteration(lin, state, advantages, working=working, **kw)
         else:
             link = select_link(state, mode, generator=generator)
             failed = link_failure_prob > 0 and float(torch.rand((), generator=generator)) < link_failure_prob
+            state.link_failures += int(failed)
             if not failed:
-                activate_link(lin, state, advantages, link, **kw)
+                if per_link_stop and bool(link_converged(state, tol, torch.tensor([link]).to(state.links.device))):
+                    state.converged[link] = True  # the link idles
+                else:
+                    activate_link(lin, state, advantages, link, **kw)
+                    _invalidate(state, state.links[link])
         state.iteration += 1
         r_primal = primal_residual(state)
         state.history.append(float(r_primal.max()))
-        if (
-            tol is not None
-            and bool((state.link_updates > 0).all())
-            and float(r_primal.max()) < tol
-            and float(state.dual_residual.max()) < tol
-        ):
+        if per_link_stop and bool(state.converged.all()):
             break
     return state
+
+
+def _synchronous_with_stop(lin, state: AdmmState, advantages: Tensor, working, tol: float, kw) -> None:
+    """One synchronous iteration with the per-link stop of :func:`run_admm`."""
+    ok = link_converged(state, tol)
+    if working is not None:  # a failed link cannot run its test this iteration
+        ok = ok & working
+    state.converged = ok
+    active_links = ~ok if working is None else (~ok & working)
+    busy = torch.zeros(state.n_agents, dtype=torch.bool, device=state.links.device)
+    busy[state.links[~ok].reshape(-1)] = True  # an agent idles only when all its links are converged
+    agents = busy.nonzero().flatten()
+    if agents.numel():
+        primal_step(lin, state, advantages, agents.to(state.x.device), **kw)
+        _invalidate(state, agents)
+    dual_update(state, active_links.nonzero().flatten(), beta=kw["beta"])
