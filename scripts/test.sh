@@ -9,6 +9,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+# One intra-op thread per process: the tests run tiny networks, where a second
+# thread only adds contention (and subprocess tests run next to the main one).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 set +e
 "$VENV/bin/python" -m pytest "$@"
 rc=$?
