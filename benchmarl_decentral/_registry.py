@@ -20,10 +20,10 @@ CONF_DIR = pathlib.Path(__file__).parent / "conf"  # symlink to the top-level co
 def algorithm_configs() -> dict:
     """Hydra name -> AlgorithmConfig class for every algorithm this plugin adds."""
     from benchmarl_decentral.algorithms import (
-        DecpgConfig, DgMappoConfig, MagpoConfig, MagpoPaperConfig, MatrpoConfig,
+        DecpgConfig, DgMappoConfig, DgMappoPaperConfig, MagpoConfig, MagpoPaperConfig, MatrpoConfig,
     )
 
-    return {"decpg": DecpgConfig, "dg_mappo": DgMappoConfig, "magpo": MagpoConfig,
+    return {"decpg": DecpgConfig, "dg_mappo": DgMappoConfig, "dg_mappo_paper": DgMappoPaperConfig, "magpo": MagpoConfig,
             "magpo_paper": MagpoPaperConfig, "matrpo": MatrpoConfig}
 
 
