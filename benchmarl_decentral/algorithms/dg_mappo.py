@@ -307,6 +307,13 @@ class DgMappoLoss(ClipPPOLoss):
 class DgMappo(Mappo):
     """DG-MAPPO (paper 000, sec. 3.2, Algorithm 1).
 
+    Attributes:
+        reuse_dgat_outputs: ``True`` (default): :meth:`process_batch` reuses the
+            collected ``õ`` and runs D-GAT on the next observations only where
+            they are not the following step's (exact). ``False`` recomputes
+            both over the whole batch, as the first version did
+            (``benchmarks/dg_mappo_iteration.py`` times both).
+
     Args:
         alpha_consensus: weight of the consensus loss (eq. 11; A.3: 20).
         mixing_graph: D-SGD matrix of a minibatch of dynamic graphs, ``"mean"``
@@ -338,6 +345,8 @@ class DgMappo(Mappo):
         The remaining arguments are MAPPO's.
     """
 
+    reuse_dgat_outputs: bool = True
+
     def __init__(
         self,
         *,
@@ -347,11 +356,11 @@ class DgMappo(Mappo):
         adam_eps: float,
         max_grad_norm: Optional[float],
         normalize_advantage: bool,
-        consensus_params: Iterable[str],
-        mix_every: str,
-        mixes_per_update: int,
-        value_norm: bool,
-        actor_output_gain: Optional[float],
+        consensus_params: Iterable[str] = ("dgat",),  # defaults: configs pickled before these keys existed
+        mix_every: str = "step",
+        mixes_per_update: int = 1,
+        value_norm: bool = False,
+        actor_output_gain: Optional[float] = None,
         **kwargs,
     ):
         dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS}
@@ -569,6 +578,10 @@ class DgMappo(Mappo):
         """
         comm = self.communication[group]
         key = (group, DGAT_KEY)
+        if not self.reuse_dgat_outputs:  # the first version: D-GAT over the whole batch and its next
+            comm(batch)
+            comm(batch.get("next"))
+            return
         if key not in batch.keys(True, True):
             comm(batch)
         nxt = batch.get("next")
