@@ -88,6 +88,14 @@ def test_value_norm_normalises_each_agents_targets(tmp_path):
     stats = exp.algorithm.value_norms[GROUP]
     targets = batch.get((GROUP, "value_target")).reshape(-1, 3, 1)
     torch.testing.assert_close(stats.mean, targets.mean(0))
+    critic = exp.losses[GROUP].critic_network  # the critic of the loss and of GAE ends with these moments
+    sample = batch.reshape(-1)[:8].select((GROUP, DGAT_KEY))
+    with torch.no_grad():
+        stats.passthrough = True
+        normalised = critic(sample.clone()).get((GROUP, "state_value"))
+        stats.passthrough = False
+        value = critic(sample.clone()).get((GROUP, "state_value"))
+    torch.testing.assert_close(value, normalised * stats.var.sqrt() + stats.mean)
     out = exp.losses[GROUP](batch.reshape(-1))
     assert torch.isfinite(out["loss_critic"]) and not any(isinstance(p, ValueNorm) for p in out.values())
     exp.close()
