@@ -47,7 +47,11 @@ def test_consensus_over_the_chosen_networks(tmp_path, consensus_params, mix_ever
                      mixes_per_update=mixes_per_update)
     algo = exp.algorithm
     nets = algo.network_leaves(GROUP)
-    assert not _agents_equal(nets["actor"]) and not _agents_equal(nets["critic"])  # own initialisations
+    for name in ("dgat", "actor", "critic"):  # D-SGD starts the mixed networks from a common point (eq. 9)
+        assert _agents_equal(nets[name]) == (name in consensus_params), name
+    with torch.no_grad():  # then the agents' networks differ, so that mixing is visible
+        for p in [p for leaves in nets.values() for p in leaves]:
+            p.add_(0.1 * torch.randn_like(p))
     batch = _batch(exp)
     _train_step(exp, batch.reshape(-1))
     if mix_every == "update":  # nothing mixed yet: the update's mixings come after its optimizer steps

@@ -512,7 +512,8 @@ class DgMappo(Mappo):
         loss.make_value_estimator(ValueEstimators.GAE, gamma=self.experiment_config.gamma, lmbda=self.lmbda)
         loss.__dict__["value_norm"] = self.value_norms.get(group)
         n = len(self.group_map[group])
-        for name, leaves in self.network_leaves(group, loss).items():
+        networks = self.network_leaves(group, loss)
+        for name, leaves in networks.items():
             bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != n]
             if bad:
                 raise config_error(
@@ -521,6 +522,10 @@ class DgMappo(Mappo):
                     f"(no sharing, per-agent clipping), but found shapes {bad[:3]}. Use a model that stacks "
                     "per-agent parameters (model=layers/mlp, or a sequence of mlp layers).",
                 )
+        with torch.no_grad():  # D-SGD starts every mixed network from a common point (eq. 9), as the D-GAT
+            for name in self.consensus_params:
+                for p in networks[name]:
+                    p.copy_(p[:1].expand_as(p))
         return loss, False
 
     def network_leaves(self, group: str, loss: Optional[DgMappoLoss] = None) -> Dict[str, List[torch.Tensor]]:
