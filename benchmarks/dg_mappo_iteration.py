@@ -11,14 +11,15 @@ MLP and seed:
 * ``dg_mappo``           ``DgMappoConfig.get_from_yaml()`` as shipped: its
                          default graph (``full``) and ``K`` (1 hop), D-GAT in
                          the actor and critic, consensus loss, per-agent
-                         clipping, D-SGD mixing after every step, the
+                         clipping, D-SGD mixing of D-GAT, actor and critic
+                         after every step, the
                          collected ``õ`` reused in ``process_batch``;
                          ``--graph radius`` uses a radius graph from the
                          agents' positions (``--radius``, ``obs[..., 0:2]``,
                          rebuilt every step) instead;
 * ``dg_mappo (before)``  the first version's defaults, for the before/after
                          ratio in one run: ``K = n_agents`` hops on the same
-                         graph and D-GAT recomputed over the whole batch and
+                         graph, D-GAT-only mixing, and D-GAT recomputed over the whole batch and
                          its next observations in ``process_batch``
                          (``DgMappo.reuse_dgat_outputs = False``); left out
                          with ``--no-before``.
@@ -89,6 +90,7 @@ def build(name: str, args: argparse.Namespace, save_folder: str) -> Experiment:
             algo.topology, algo.radius, algo.position_dims = "radius", args.radius, [0, 2]
         if name == "dg_mappo (before)":
             algo.num_hops = None  # K = n_agents, the first version's default
+            algo.consensus_params = ["dgat"]  # the first version mixed the D-GAT only
         if args.hidden_channels is not None:
             algo.hidden_channels = args.hidden_channels
         cfg.share_policy_params = False  # dg_mappo never shares, whatever this says

@@ -356,7 +356,7 @@ class DgMappo(Mappo):
         adam_eps: float,
         max_grad_norm: Optional[float],
         normalize_advantage: bool,
-        consensus_params: Iterable[str] = ("dgat",),  # defaults: configs pickled before these keys existed
+        consensus_params: Iterable[str] = ("dgat",),  # defaults: configs pickled before these keys existed (first version)
         mix_every: str = "step",
         mixes_per_update: int = 1,
         value_norm: bool = False,
