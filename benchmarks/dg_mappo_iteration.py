@@ -8,12 +8,21 @@ MLP and seed:
 * ``mappo (per-agent)``  ``share_policy_params=False``,
                          ``share_param_critic=False``: per-agent (stacked)
                          actor and critic, as dg_mappo has;
-* ``dg_mappo``           ``DgMappoConfig.get_from_yaml()`` with a radius
-                         communication graph from the agents' positions
-                         (``--radius``, positions ``obs[..., 0:2]``, rebuilt
-                         every step), ``K = n_agents`` D-GAT hops in the actor
-                         and critic, consensus loss, per-agent clipping and
-                         D-SGD mixing of the D-GAT parameters after every step.
+* ``dg_mappo``           ``DgMappoConfig.get_from_yaml()`` as shipped: its
+                         default graph (``full``) and ``K`` (1 hop), D-GAT in
+                         the actor and critic, consensus loss, per-agent
+                         clipping, D-SGD mixing of D-GAT, actor and critic
+                         after every step, the
+                         collected ``õ`` reused in ``process_batch``;
+                         ``--graph radius`` uses a radius graph from the
+                         agents' positions (``--radius``, ``obs[..., 0:2]``,
+                         rebuilt every step) instead;
+* ``dg_mappo (before)``  the first version's defaults, for the before/after
+                         ratio in one run: ``K = n_agents`` hops on the same
+                         graph, D-GAT-only mixing, and D-GAT recomputed over the whole batch and
+                         its next observations in ``process_batch``
+                         (``DgMappo.reuse_dgat_outputs = False``); left out
+                         with ``--no-before``.
 
 First BenchMARL's own per-iteration timers (``timers/collection_time``,
 ``timers/training_time``, ``timers/iteration_time``) read from
@@ -63,7 +72,7 @@ from _common import experiment_config as timing_config, machine_info  # noqa: E4
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TIMERS = ("collection_time", "training_time", "iteration_time")
-NAMES = ("mappo (shared)", "mappo (per-agent)", "dg_mappo")
+NAMES = ("mappo (shared)", "mappo (per-agent)", "dg_mappo", "dg_mappo (before)")
 BASES = NAMES[:2]
 
 
@@ -75,9 +84,13 @@ def experiment_config(args: argparse.Namespace, save_folder: str) -> ExperimentC
 
 def build(name: str, args: argparse.Namespace, save_folder: str) -> Experiment:
     cfg = experiment_config(args, save_folder)
-    if name == "dg_mappo":
+    if name.startswith("dg_mappo"):
         algo = DgMappoConfig.get_from_yaml()
-        algo.topology, algo.radius, algo.position_dims = "radius", args.radius, [0, 2]
+        if args.graph == "radius":
+            algo.topology, algo.radius, algo.position_dims = "radius", args.radius, [0, 2]
+        if name == "dg_mappo (before)":
+            algo.num_hops = None  # K = n_agents, the first version's default
+            algo.consensus_params = ["dgat"]  # the first version mixed the D-GAT only
         if args.hidden_channels is not None:
             algo.hidden_channels = args.hidden_channels
         cfg.share_policy_params = False  # dg_mappo never shares, whatever this says
@@ -91,9 +104,12 @@ def build(name: str, args: argparse.Namespace, save_folder: str) -> Experiment:
     critic.num_cells = list(args.num_cells)
     task = VmasTask[args.task.upper()].get_from_yaml()
     task.config["n_agents"] = args.n_agents
-    return Experiment(
+    exp = Experiment(
         task=task, algorithm_config=algo, model_config=model, critic_model_config=critic, seed=args.seed, config=cfg
     )
+    if name == "dg_mappo (before)":
+        exp.algorithm.reuse_dgat_outputs = False
+    return exp
 
 
 # ------------------------------------------------------------------- measuring
@@ -194,7 +210,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="navigation", help="VMAS task with positions in obs[..., 0:2]")
     p.add_argument("--n-agents", type=int, default=3)
-    p.add_argument("--radius", type=float, default=1.0, help="dg_mappo communication radius")
+    p.add_argument(
+        "--graph", choices=("default", "radius"), default="default",
+        help="dg_mappo's graph: the YAML's (default) or a radius graph from positions",
+    )
+    p.add_argument("--radius", type=float, default=1.0, help="dg_mappo communication radius (--graph radius)")
+    p.add_argument("--no-before", action="store_true", help="leave out the 'dg_mappo (before)' variant")
     p.add_argument(
         "--hidden-channels", type=int, default=None, help="D-GAT attention size d' (default: the YAML's, 128)"
     )
@@ -235,17 +256,21 @@ def main(argv=None) -> dict:
     per_epoch = -(-args.frames // args.minibatch)
     print(
         f"# {args.frames} frames/iter from {args.n_envs} envs; {args.minibatch_iters} x {per_epoch} minibatch steps "
-        f"of {args.minibatch} frames per iteration; MLP {args.num_cells}; dg_mappo: radius graph r={args.radius}, "
-        f"K={args.n_agents} hops, d'={args.hidden_channels or 'YAML (128)'}; {args.rounds} round(s) x ({args.warmup} warm-up + {args.iters} timed) iterations\n",
+        f"of {args.minibatch} frames per iteration; MLP {args.num_cells}; dg_mappo: "
+        f"{'radius graph r=' + str(args.radius) if args.graph == 'radius' else 'graph ' + DgMappoConfig.get_from_yaml().topology}, "
+        f"K={DgMappoConfig.get_from_yaml().num_hops or args.n_agents} hops (before: K={args.n_agents}, D-GAT recomputed "
+        f"in process_batch), d'={args.hidden_channels or 'YAML (128)'}; {args.rounds} round(s) x "
+        f"({args.warmup} warm-up + {args.iters} timed) iterations\n",
         flush=True,
     )
-    samples: dict[str, list[dict]] = {n: [] for n in NAMES}
+    names = NAMES[:3] if args.no_before else NAMES
+    samples: dict[str, list[dict]] = {n: [] for n in names}
     last: dict[str, Experiment] = {}
     graph: dict = {}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="benchmarl_dg_mappo_iteration_") as folder:
         for r in range(args.rounds):
-            for name in NAMES[r % len(NAMES) :] + NAMES[: r % len(NAMES)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 records, metrics, last[name] = time_training(name, args, folder)
                 samples[name] += records
                 graph = metrics or graph
@@ -255,7 +280,7 @@ def main(argv=None) -> dict:
         last.clear()
 
     med = statistics.median
-    summary = {n: {t: med(s[t] for s in samples[n]) for t in TIMERS} for n in NAMES}
+    summary = {n: {t: med(s[t] for s in samples[n]) for t in TIMERS} for n in names}
     stats = step_stats(step_samples)
     dgat_share = min(dgat_samples) / stats["dg_mappo"]["min_s"]
     print("\n## Training iteration (evaluation off; BenchMARL timers, medians)\n")
@@ -286,6 +311,16 @@ def main(argv=None) -> dict:
             for m in BASES
         },
     }
+    if "dg_mappo (before)" in summary:
+        before = summary["dg_mappo (before)"]
+        result["ratios_before"] = {
+            m: {t: before[t] / summary[m][t] for t in TIMERS} for m in BASES
+        }
+        print(
+            "\nbefore/after, iteration: "
+            + ", ".join(f"dg_mappo/{m} {result['ratios'][m]['iteration_time']:.2f}x "
+                        f"(before {result['ratios_before'][m]['iteration_time']:.2f}x)" for m in BASES)
+        )
     print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

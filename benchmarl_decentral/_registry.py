@@ -19,10 +19,10 @@ from benchmarl_decentral._paths import CONF_DIR  # noqa: F401  (re-exported: the
 def algorithm_configs() -> dict:
     """Hydra name -> AlgorithmConfig class for every algorithm this plugin adds."""
     from benchmarl_decentral.algorithms import (
-        DecpgConfig, DgMappoConfig, MagpoConfig, MagpoPaperConfig, MatrpoConfig,
+        DecpgConfig, DgMappoConfig, DgMappoPaperConfig, MagpoConfig, MagpoPaperConfig, MatrpoConfig,
     )
 
-    return {"decpg": DecpgConfig, "dg_mappo": DgMappoConfig, "magpo": MagpoConfig,
+    return {"decpg": DecpgConfig, "dg_mappo": DgMappoConfig, "dg_mappo_paper": DgMappoPaperConfig, "magpo": MagpoConfig,
             "magpo_paper": MagpoPaperConfig, "matrpo": MatrpoConfig}
 
 

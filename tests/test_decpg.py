@@ -256,6 +256,7 @@ def test_discrete_actions_with_pettingzoo(tmp_path):
         ({"evaluation_mode": "best"}, "unknown evaluation_mode"),
         ({"link_failure": 1.0}, "link_failure"),
         ({"topology": "custom"}, "needs algorithm.adjacency"),
+        ({"consensus_params": ["dgat"]}, r"decpg: consensus_params \['dgat'\] has unknown.*=\[actor,critic\]"),
     ],
 )
 def test_config_errors(overrides, match):
@@ -323,3 +324,22 @@ def test_logs_links_up_and_spectral_gap_of_the_matrix_each_step_used(tmp_path, l
         assert logged("links_up") == 1.0 and logged("spectral_gap_used") == pytest.approx(1.0, abs=1e-6)
     else:
         assert 0.0 < logged("links_up") < 1.0 and logged("spectral_gap_used") < 1.0 - 1e-3
+
+
+def test_consensus_params_chooses_the_mixed_networks(tmp_path):
+    """consensus_params=[actor]: the actor is mixed (full graph: agents equal after a step), the critic is not."""
+    exp = make_experiment(tmp_path, task_overrides={"n_agents": 3},
+                          algorithm_overrides={"topology": "full", "consensus_params": ["actor"],
+                                               "mix_order": "step_then_mix"})
+    algo = exp.algorithm
+    with torch.no_grad():  # agents' networks differ, so that mixing is visible
+        for p in algo.actor_leaves(GROUP) + algo.critic_leaves(GROUP):
+            p.add_(0.1 * torch.randn_like(p))
+    batch = _batch(exp)
+    for key in ("loss_objective", "loss_critic"):
+        _grads(exp, batch, key)
+        exp.optimizers[GROUP][key].step()
+    actor, critic = algo.actor_leaves(GROUP), algo.critic_leaves(GROUP)
+    assert float(consensus_distance(actor)) < 1e-10
+    assert float(consensus_distance(critic)) > 1e-3  # not averaged
+    exp.close()

@@ -190,7 +190,7 @@ def _step(exp, batch, mixing: bool):
 def test_dsgd_mixes_only_dgat_with_eq_10_after_the_local_step(tmp_path, topology, mixing_graph):
     """psi_i <- sum_j c(i, j) psi_j^{t+1/2}, c(i, j) = 1/|N_i| (eqs. 9-10); actor and critic untouched."""
     overrides = {"topology": "ring"} if topology == "ring" else {"radius": 1.0}
-    exp = navigation(tmp_path, n_agents=4, mixing_graph=mixing_graph, **overrides)
+    exp = navigation(tmp_path, n_agents=4, mixing_graph=mixing_graph, consensus_params=["dgat"], **overrides)
     algo, optimizer = exp.algorithm, exp.optimizers[GROUP][LOSS_KEY]
     with torch.no_grad():  # agents' D-GATs differ, so that mixing is visible
         for p in algo.dgat_leaves(GROUP):

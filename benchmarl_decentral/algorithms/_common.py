@@ -57,3 +57,38 @@ def visibility_layout(algorithm, name: str) -> str:
                 f"{name}: topology=visibility cannot read group '{group}' of task {task}: {err}",
             ) from None
     return layout
+
+
+#: The per-agent networks D-SGD can keep in consensus (``algorithm.consensus_params``).
+CONSENSUS_NETWORKS: tuple[str, ...] = ("dgat", "actor", "critic")
+
+
+def check_consensus_params(value, algorithm: str, allowed: tuple[str, ...] = CONSENSUS_NETWORKS) -> tuple[str, ...]:
+    """Validate ``algorithm.consensus_params``: a list of distinct names out of ``allowed``.
+
+    Args:
+        value: the configured value (a list, an omegaconf ListConfig, or a tuple).
+        algorithm: the algorithm's name, for the message.
+        allowed: the networks this algorithm has.
+
+    Returns:
+        The names as a tuple, in the order given.
+
+    Raises:
+        ValueError: one message naming the problem and the fix.
+    """
+    example = f"algorithm.consensus_params=[{','.join(allowed)}]"
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        raise ValueError(
+            f"{algorithm}: consensus_params must be a list of networks out of {list(allowed)}, got "
+            f"{value!r}; set e.g. {example} ([] mixes nothing)"
+        )
+    names = tuple(value)
+    unknown = [v for v in names if v not in allowed]
+    if unknown or len(set(names)) != len(names):
+        problem = f"unknown {unknown}" if unknown else "a repeated name"
+        raise ValueError(
+            f"{algorithm}: consensus_params {list(names)} has {problem}; choose distinct names out of "
+            f"{list(allowed)}, e.g. {example}"
+        )
+    return names

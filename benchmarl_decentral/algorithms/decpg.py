@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, MISSING
-from typing import Any, Dict, Iterator, List, Optional, Type
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Type
 
 import torch
 from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
@@ -56,7 +56,7 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.data import Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from benchmarl_decentral.algorithms._common import config_error, visibility_layout
+from benchmarl_decentral.algorithms._common import check_consensus_params, config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
 from benchmarl_decentral.consensus import (
     average_degree,
@@ -84,6 +84,8 @@ MIX_ORDERS = ("mix_then_step", "step_then_mix")
 DECPG_TOPOLOGIES = (*TOPOLOGIES, "visibility")
 #: Options read by some topologies only (refused with any other, see ``check_topology_options``).
 DECPG_TOPOLOGY_OPTIONS = {"k": ("knn_ring",), "adjacency": ("custom",), "mixing_graph": ("visibility",)}
+#: The networks DSGD can mix (``consensus_params``).
+DECPG_NETWORKS = ("actor", "critic")
 
 
 def _n_agents_leading(leaves: List[torch.Tensor], n: int, what: str) -> None:
@@ -123,6 +125,8 @@ class Decpg(Mappo):
         perturbation_eps: random action probability eps (Table 1).
         normalize_advantage: standardise advantages per minibatch with each
             agent's own mean and std (MAPPO's normalisation, kept local).
+        consensus_params: the networks DSGD mixes, any of ``actor``,
+            ``critic`` (the paper: both; the same key as ``dg_mappo``'s).
         The remaining arguments are MAPPO's.
     """
 
@@ -145,9 +149,11 @@ class Decpg(Mappo):
         perturbation_c: float,
         perturbation_eps: float,
         normalize_advantage: bool,
+        consensus_params: Iterable[str] = ("actor", "critic"),
         **kwargs,
     ):
         super().__init__(share_param_critic=False, **kwargs)
+        self.consensus_params = tuple(consensus_params)
         self.k = k
         self.topology = topology
         self.adjacency = adjacency
@@ -393,6 +399,7 @@ class _DecpgCallback(Callback):
                         int(torch.randint(2**31 - 1, (1,), generator=seed_gen))
                     ),
                 )
+                mixer.enabled = net in algo.consensus_params  # an unmixed network still logs its distance
                 self.mixers[key] = mixer
                 self._measure[key] = False
                 self._used[key] = []
@@ -618,6 +625,7 @@ class DecpgConfig(AlgorithmConfig):
     perturbed_evaluation: bool = MISSING
     perturbation_c: float = MISSING
     perturbation_eps: float = MISSING
+    consensus_params: Any = MISSING  # list out of actor, critic (Any: hydra merges lists into it)
     # MAPPO backbone
     normalize_advantage: bool = MISSING
     clip_epsilon: float = MISSING
@@ -634,6 +642,7 @@ class DecpgConfig(AlgorithmConfig):
 
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
+        self.consensus_params = list(check_consensus_params(self.consensus_params, "decpg", DECPG_NETWORKS))
         if isinstance(self.k, int) and self.k < 0:
             raise ValueError(f"decpg: k must be >= 0 (got k={self.k}); set algorithm.k=2 for a ring.")
         if isinstance(self.topology, str) and self.topology not in DECPG_TOPOLOGIES:

@@ -78,10 +78,11 @@ from benchmarl.experiment.callback import Callback
 from benchmarl.models.common import ModelConfig
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
 from torchrl.data import Composite, Unbounded
 from torchrl.objectives import ClipPPOLoss, LossModule, ValueEstimators
 
-from benchmarl_decentral.algorithms._common import config_error
+from benchmarl_decentral.algorithms._common import check_consensus_params, config_error, CONSENSUS_NETWORKS
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 from benchmarl_decentral.consensus import (
     average_degree,
@@ -108,6 +109,9 @@ LOSS_KEY = "loss_total"
 LOSS_CRITIC_TYPES = ("smooth_l1", "l2", "l1")
 #: How one D-SGD step turns a minibatch of graphs into a mixing matrix (module docstring).
 MIXING_GRAPHS = BATCH_GRAPH_MODES
+#: When D-SGD mixes (``mix_every``): after every optimizer step (eq. 9 as written) or
+#: ``mixes_per_update`` times after the update (the paper's public code: 3).
+MIX_EVERY = ("step", "update")
 
 
 def dsgd_matrix(adj: torch.Tensor, mode: str = "mean") -> torch.Tensor:
@@ -130,6 +134,77 @@ def _unique(params: Iterable[torch.Tensor]) -> List[torch.Tensor]:
     return out
 
 
+class ValueNorm(nn.Module):
+    """Running mean / std of each agent's own value targets (MAPPO's value normalisation, decentralized).
+
+    Appended to agent ``i``'s critic: the network predicts the normalised value
+    ``v_i``, this module returns ``v_i * sigma_i + mu_i`` (the value GAE uses);
+    :class:`DgMappoLoss` fits ``v_i`` to ``(target_i - mu_i) / sigma_i``.
+    ``mu_i, sigma_i`` come from agent ``i``'s own value targets only (no
+    cross-agent statistic), merged over all batches so far (exact running
+    moments). They are plain tensors, not buffers: never in the optimizer,
+    not mixed, and not in checkpoints (a resumed run re-estimates them).
+
+    Args:
+        n_agents: number of agents ``n``.
+        eps: floor of the variance.
+    """
+
+    def __init__(self, n_agents: int, eps: float = 1e-5):
+        super().__init__()
+        self.n_agents, self.eps = n_agents, eps
+        self.count = 0.0
+        self.mean = torch.zeros(n_agents, 1)
+        self.var = torch.ones(n_agents, 1)
+        self.passthrough = False  # True inside the critic loss: output the normalised value
+
+    def std(self) -> torch.Tensor:
+        return self.var.clamp(min=self.eps).sqrt()
+
+    def normalize(self, value: torch.Tensor) -> torch.Tensor:
+        return (value - self.mean.to(value)) / self.std().to(value)
+
+    def forward(self, value: torch.Tensor) -> torch.Tensor:
+        if self.passthrough:
+            return value
+        return value * self.std().to(value) + self.mean.to(value)
+
+    @torch.no_grad()
+    def update(self, target: torch.Tensor) -> None:
+        """Merge the value targets ``(..., n, 1)`` of a batch into each agent's moments."""
+        x = target.detach().reshape(-1, self.n_agents, 1).to(self.mean)
+        m = float(x.shape[0])
+        if m == 0:
+            return
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + m
+        delta = mean - self.mean
+        self.var = (self.count * self.var + m * var + delta.pow(2) * self.count * m / total) / total
+        self.mean = self.mean + delta * m / total
+        self.count = total
+
+
+def _orthogonal_output_layer_(network: nn.Module, exclude: Iterable[torch.Tensor], gain: float) -> None:
+    """000_ef718962e1e8f612.txt A.3: the actor's output layer initialised orthogonally with ``gain``, bias 0.
+
+    The output layer is the last stacked weight ``(n, out, in)`` of the actor
+    network (the D-GAT's parameters excluded); every agent's slice is drawn on
+    its own, so agents stay independent.
+    """
+    skip = {id(p) for p in exclude}
+    leaves = [p for p in network.parameters() if id(p) not in skip]
+    weights = [i for i, p in enumerate(leaves) if p.dim() == 3]
+    if not weights:
+        raise ValueError("actor_output_gain needs an MLP actor with stacked per-agent weights (model=layers/mlp)")
+    weight = leaves[weights[-1]]
+    bias = next((p for p in leaves[weights[-1] + 1 :] if p.dim() == 2 and p.shape == weight.shape[:2]), None)
+    with torch.no_grad():
+        for agent_weight in weight:
+            nn.init.orthogonal_(agent_weight, gain=gain)
+        if bias is not None:
+            bias.zero_()
+
+
 class _OnCommunication:
     """Model-config adapter: the group's D-GAT module, then the user's network reading ``õ``.
 
@@ -137,9 +212,10 @@ class _OnCommunication:
     handing it this adapter puts D-GAT in front without copying MAPPO's code.
     """
 
-    def __init__(self, inner: ModelConfig, communication: Dgat):
+    def __init__(self, inner: ModelConfig, communication: Dgat, output_gain: Optional[float] = None):
         self.inner = inner
         self.communication = communication
+        self.output_gain = output_gain
 
     def get_model(self, *, output_spec, agent_group, n_agents, device, action_spec, model_index=0, **_):
         network = self.inner.get_model(
@@ -154,6 +230,8 @@ class _OnCommunication:
             action_spec=action_spec,
             model_index=model_index,
         )
+        if self.output_gain is not None:
+            _orthogonal_output_layer_(network, self.communication.parameters(), self.output_gain)
         return TensorDictSequential(self.communication, network)
 
 
@@ -190,6 +268,7 @@ class DgMappoLoss(ClipPPOLoss):
         self.mixing_graph = mixing_graph
         self.mixing_matrix: Optional[torch.Tensor] = None
         self._consensus: Optional[torch.Tensor] = None
+        self.__dict__["value_norm"] = None  # a ValueNorm at the end of the critic (value_norm=true)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         # the stored õ carries no gradient (and is stale after an update): drop it
@@ -201,6 +280,20 @@ class DgMappoLoss(ClipPPOLoss):
         out.set("loss_consensus", self._consensus)
         self._consensus = None
         return out
+
+    def loss_critic(self, tensordict: TensorDictBase):
+        """Eq. 14; with value normalisation, on each agent's normalised scale (critic output and target)."""
+        norm = self.value_norm
+        if norm is None:
+            return super().loss_critic(tensordict)
+        key = self.tensor_keys.value_target
+        tensordict = tensordict.clone(False)
+        tensordict.set(key, norm.normalize(tensordict.get(key)))
+        norm.passthrough = True
+        try:
+            return super().loss_critic(tensordict)
+        finally:
+            norm.passthrough = False
 
     def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
         result = super()._log_weight(tensordict, adv_shape)  # runs the actor: D-GAT writes õ
@@ -214,6 +307,13 @@ class DgMappoLoss(ClipPPOLoss):
 
 class DgMappo(Mappo):
     """DG-MAPPO (paper 000, sec. 3.2, Algorithm 1).
+
+    Attributes:
+        reuse_dgat_outputs: ``True`` (default): :meth:`process_batch` reuses the
+            collected ``õ`` and runs D-GAT on the next observations only where
+            they are not the following step's (exact). ``False`` recomputes
+            both over the whole batch, as the first version did
+            (``benchmarks/dg_mappo_iteration.py`` times both).
 
     Args:
         alpha_consensus: weight of the consensus loss (eq. 11; A.3: 20).
@@ -230,8 +330,23 @@ class DgMappo(Mappo):
             critic, D-GAT); ``None`` to disable. Replaces BenchMARL's joint clip.
         normalize_advantage: standardise advantages per minibatch with each
             agent's own statistics.
+        consensus_params: the per-agent networks D-SGD mixes with the
+            neighbours (eqs. 9-10, same ``c(i, j)``), any of ``dgat``,
+            ``actor``, ``critic``; the paper's text (sec. 4.1) mixes ``dgat``
+            only, its public code all three.
+        mix_every: ``"step"`` (after every optimizer step, eq. 9) or
+            ``"update"`` (``mixes_per_update`` times after the update's
+            optimizer steps, over the collected batch's graphs; the public
+            code mixes 3 times per update).
+        mixes_per_update: mixings per update with ``mix_every="update"``.
+        value_norm: normalise each agent's value targets with its own running
+            mean / std (:class:`ValueNorm`).
+        actor_output_gain: orthogonal initialisation gain of the actor's output
+            layer (A.3: 0.01); ``None`` keeps the default initialisation.
         The remaining arguments are MAPPO's.
     """
+
+    reuse_dgat_outputs: bool = True
 
     def __init__(
         self,
@@ -242,6 +357,11 @@ class DgMappo(Mappo):
         adam_eps: float,
         max_grad_norm: Optional[float],
         normalize_advantage: bool,
+        consensus_params: Iterable[str] = ("dgat",),  # defaults: configs pickled before these keys existed (first version)
+        mix_every: str = "step",
+        mixes_per_update: int = 1,
+        value_norm: bool = False,
+        actor_output_gain: Optional[float] = None,
         **kwargs,
     ):
         dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS}
@@ -252,6 +372,14 @@ class DgMappo(Mappo):
         self.adam_eps = adam_eps
         self.max_grad_norm = max_grad_norm
         self.normalize_advantage = normalize_advantage
+        self.consensus_params = tuple(consensus_params)
+        self.mix_every = mix_every
+        self.mixes_per_update = mixes_per_update
+        self.value_norm = value_norm
+        self.actor_output_gain = actor_output_gain
+        self.value_norms: Dict[str, ValueNorm] = {}
+        #: per group: the eq. 10 matrix of the last collected batch's graphs (mix_every=update)
+        self.batch_mixing_matrices: Dict[str, torch.Tensor] = {}
         self.dgat_options = dgat_options
         if dgat_options.get("topology") == "visibility":
             # the observation layout of ally visibility (consensus/visibility.py) comes from the task
@@ -273,6 +401,7 @@ class DgMappo(Mappo):
                     f"dg_mappo: the D-GAT does not fit group '{group}' of task "
                     f"{self.experiment.task.name.lower()}: {err} (options under algorithm.*)",
                 ) from None
+            self._check_connected(group)
 
         if max_grad_norm is not None and self.experiment_config.clip_grad_val is not None:
             # BenchMARL clips the norm over all agents at once; DG-MAPPO clips each agent
@@ -285,6 +414,24 @@ class DgMappo(Mappo):
         # hydra runs pass callbacks=() (a tuple): rebind rather than append
         self.experiment.callbacks = [*self.experiment.callbacks, self.callback]
         self.callback.experiment = self.experiment
+
+    def _check_connected(self, group: str) -> None:
+        """Assumption 1: a static custom graph must be (strongly) connected, or consensus cannot hold."""
+        comm = self.communication[group]
+        if self.dgat_options.get("topology") != "custom" or bool(strongly_connected(comm.static_adjacency)):
+            return
+        adj = comm.static_adjacency | torch.eye(comm.n_agents, dtype=torch.bool, device=comm.static_adjacency.device)
+        reach = adj.float()
+        for _ in range(comm.n_agents):
+            reach = ((reach @ adj.float()) > 0).float()
+        cut = [(i, j) for i in range(comm.n_agents) for j in range(comm.n_agents) if not reach[i, j]][:3]
+        raise config_error(
+            self.experiment,
+            f"dg_mappo: algorithm.adjacency is not connected for group '{group}' (Assumption 1 of paper 000: "
+            f"the communication graph must let every agent reach every other, else D-SGD and eq. 11 cannot "
+            f"reach consensus); e.g. agent i never hears from j for (i, j) in {cut}. Add links to "
+            "algorithm.adjacency (adjacency[i][j]=1 iff i receives from j), or use algorithm.topology=full or ring.",
+        )
 
     # ------------------------------------------------------------------ networks
     def _build_communication(self, group: str) -> Dgat:
@@ -315,14 +462,14 @@ class DgMappo(Mappo):
     def _get_policy_for_loss(self, group, model_config, continuous) -> TensorDictModule:
         return super()._get_policy_for_loss(
             group=group,
-            model_config=_OnCommunication(model_config, self.communication[group]),
+            model_config=_OnCommunication(model_config, self.communication[group], self.actor_output_gain),
             continuous=continuous,
         )
 
     def get_critic(self, group: str) -> TensorDictModule:
         """Agent i's critic ``V_i(õ_i)`` (eq. 14): per agent, on ``õ_i`` only, never a global state."""
         n = len(self.group_map[group])
-        return self.critic_model_config.get_model(
+        critic = self.critic_model_config.get_model(
             input_spec=self.communication[group].output_spec,
             output_spec=Composite(
                 {group: Composite({"state_value": Unbounded(shape=(n, 1))}, shape=(n,))}
@@ -335,6 +482,11 @@ class DgMappo(Mappo):
             device=self.device,
             action_spec=self.action_spec,
         )
+        if not self.value_norm:
+            return critic
+        norm = self.value_norms.setdefault(group, ValueNorm(n))
+        key = (group, "state_value")
+        return TensorDictSequential(critic, TensorDictModule(norm, in_keys=[key], out_keys=[key]))
 
     def _get_loss(self, group: str, policy_for_loss: TensorDictModule, continuous: bool) -> Tuple[LossModule, bool]:
         loss = DgMappoLoss(
@@ -362,8 +514,10 @@ class DgMappo(Mappo):
             sample_log_prob=(group, "log_prob"),
         )
         loss.make_value_estimator(ValueEstimators.GAE, gamma=self.experiment_config.gamma, lmbda=self.lmbda)
+        loss.__dict__["value_norm"] = self.value_norms.get(group)
         n = len(self.group_map[group])
-        for name, leaves in self.network_leaves(group, loss).items():
+        networks = self.network_leaves(group, loss)
+        for name, leaves in networks.items():
             bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != n]
             if bad:
                 raise config_error(
@@ -372,15 +526,26 @@ class DgMappo(Mappo):
                     f"(no sharing, per-agent clipping), but found shapes {bad[:3]}. Use a model that stacks "
                     "per-agent parameters (model=layers/mlp, or a sequence of mlp layers).",
                 )
+        with torch.no_grad():  # D-SGD starts every mixed network from a common point (eq. 9), as the D-GAT
+            for name in self.consensus_params:
+                for p in networks[name]:
+                    p.copy_(p[:1].expand_as(p))
         return loss, False
 
     def network_leaves(self, group: str, loss: Optional[DgMappoLoss] = None) -> Dict[str, List[torch.Tensor]]:
-        """The group's parameters by network: ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi)."""
+        """The group's parameters by network: ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi).
+
+        Parameters only: buffers (e.g. the D-GAT's static adjacency, which the
+        functional loss lists among its tensors) are neither optimized nor mixed.
+        """
         loss = self.get_loss_and_updater(group)[0] if loss is None else loss
         dgat = list(self.communication[group].dgat.parameters())
         ids = {id(p) for p in dgat}
-        actor = [p for p in loss.actor_network_params.flatten_keys().values() if id(p) not in ids]
-        critic = [p for p in loss.critic_network_params.flatten_keys().values() if id(p) not in ids]
+
+        def params(td):
+            return [p for p in td.flatten_keys().values() if id(p) not in ids and isinstance(p, nn.Parameter)]
+
+        actor, critic = params(loss.actor_network_params), params(loss.critic_network_params)
         return {"dgat": dgat, "actor": _unique(actor), "critic": _unique(critic)}
 
     def dgat_leaves(self, group: str) -> List[torch.Tensor]:
@@ -399,9 +564,57 @@ class DgMappo(Mappo):
             batch.set(reward_key, reward.mean(-2, keepdim=True).expand_as(reward).clone())
         comm = self.communication[group]
         with torch.no_grad():  # õ of the batch and of its next observations, for GAE only
+            self._next_dgat_observation(group, batch)
+            if self.mix_every == "update" and self.consensus_params:
+                self.batch_mixing_matrices[group] = dsgd_matrix(comm.communication_graph(batch), self.mixing_graph)
+        batch = super().process_batch(group, batch)
+        norm = self.value_norms.get(group)
+        if norm is not None:  # each agent's own targets (after GAE, which used the previous moments)
+            norm.update(batch.get((group, "value_target")))
+        return batch
+
+    def _next_dgat_observation(self, group: str, batch: TensorDictBase) -> None:
+        """õ of the batch and of ``batch["next"]``, computing D-GAT only where it is not known yet.
+
+        The collection policy already wrote ``õ_t`` with the current parameters
+        (no update happens between collection and this call), so it is kept when
+        present. Along the time dim (the batch's last), ``next`` of step ``t``
+        is step ``t + 1`` except at episode ends: wherever every D-GAT input
+        (its input keys, the position key and the observation the graph is
+        built from) of ``next[t]`` equals that of ``t + 1``, D-GAT's output is
+        the same and ``õ_{t+1}`` is reused. D-GAT runs only on the remaining
+        rows (the last step and the episode ends). Exact, not an approximation.
+        """
+        comm = self.communication[group]
+        key = (group, DGAT_KEY)
+        if not self.reuse_dgat_outputs:  # the first version: D-GAT over the whole batch and its next
             comm(batch)
             comm(batch.get("next"))
-        return super().process_batch(group, batch)
+            return
+        if key not in batch.keys(True, True):
+            comm(batch)
+        nxt = batch.get("next")
+        tilde = batch.get(key)
+        if batch.batch_dims == 0 or batch.shape[-1] < 2:
+            comm(nxt)
+            return
+        t_dim, steps = batch.batch_dims - 1, batch.shape[-1]
+        inputs = set(comm.in_keys)
+        if (group, "observation") in batch.keys(True, True):
+            inputs.add((group, "observation"))
+        same = torch.ones(*batch.shape[:-1], steps - 1, dtype=torch.bool, device=tilde.device)
+        for k in inputs:
+            a, b = nxt.get(k).narrow(t_dim, 0, steps - 1), batch.get(k).narrow(t_dim, 1, steps - 1)
+            same &= (a == b).flatten(batch.batch_dims).all(-1)
+        need = torch.ones(batch.shape, dtype=torch.bool, device=tilde.device)
+        need.narrow(t_dim, 0, steps - 1).copy_(~same)
+        next_tilde = torch.empty_like(tilde)
+        next_tilde.narrow(t_dim, 0, steps - 1).copy_(tilde.narrow(t_dim, 1, steps - 1))
+        if bool(need.any()):
+            fresh = nxt[need].select(*inputs)
+            comm(fresh)
+            next_tilde[need] = fresh.get(key)
+        nxt.set(key, next_tilde)
 
     def process_loss_vals(self, group: str, loss_vals: TensorDictBase) -> TensorDictBase:
         """Algorithm 1, line 17: ``sum_i L_PPO_i + L_critic_i + L_consensus_i`` as one key."""
@@ -418,6 +631,7 @@ class _DgMappoCallback(Callback):
         self.algorithm = algorithm
         self.mixing = True  # False: the D-SGD averaging step is skipped (tests, ablations)
         self._metrics: Dict[str, Dict[str, Any]] = {}
+        self._mixed: Dict[str, List[torch.Tensor]] = {}  # per group: the leaves D-SGD mixes
 
     def on_setup(self):
         algo, exp = self.algorithm, self.experiment
@@ -429,7 +643,10 @@ class _DgMappoCallback(Callback):
             leaves = algo.network_leaves(group)
             if algo.max_grad_norm is not None:
                 optimizer.register_step_pre_hook(self._clip(list(leaves.values()), algo.max_grad_norm))
-            optimizer.register_step_post_hook(self._mix(group, leaves["dgat"]))
+            mixed = [p for name in algo.consensus_params for p in leaves[name]]
+            self._mixed[group] = mixed
+            if mixed and algo.mix_every == "step":
+                optimizer.register_step_post_hook(self._mix(group, mixed))
 
     @staticmethod
     def _clip(networks: List[List[torch.Tensor]], max_norm: float):
@@ -448,7 +665,7 @@ class _DgMappoCallback(Callback):
         return hook
 
     def _mix(self, group: str, leaves: List[torch.Tensor]):
-        """Eqs. 9-10: after the local step, psi_i <- sum_j c(i, j) psi_j with c(i, j) = 1/|N_i|."""
+        """Eqs. 9-10: after the local step, x_i <- sum_j c(i, j) x_j with c(i, j) = 1/|N_i| (x: consensus_params)."""
         loss = self.algorithm.get_loss_and_updater(group)[0]
 
         def hook(optimizer, args, kwargs):
@@ -488,6 +705,14 @@ class _DgMappoCallback(Callback):
                     metrics["average_degree_episode_end"] = float(average_degree(final[ended]).mean())
 
     def on_train_end(self, training_td: TensorDictBase, group: str):
+        algo = self.algorithm
+        W = algo.batch_mixing_matrices.pop(group, None)
+        if self.mixing and algo.mix_every == "update" and self._mixed.get(group) and W is not None:
+            for _ in range(algo.mixes_per_update):  # the public code's 3 mixings per update
+                mix_(self._mixed[group], W)
+            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(
+                float(W.diagonal().mean())
+            )
         metrics = self._metrics.setdefault(group, {})
         to_log = {
             f"dg_mappo/{group}/{name}": value
@@ -497,9 +722,8 @@ class _DgMappoCallback(Callback):
         mixing = metrics.pop("mixing_self_weights", [])
         if mixing:
             to_log[f"dg_mappo/{group}/mixing_self_weight"] = sum(mixing) / len(mixing)
-        to_log[f"dg_mappo/{group}/dgat_consensus_distance"] = float(
-            consensus_distance(self.algorithm.dgat_leaves(group))
-        )
+        for name, leaves in algo.network_leaves(group).items():
+            to_log[f"dg_mappo/{group}/{name}_consensus_distance"] = float(consensus_distance(leaves))
         self.experiment.logger.log(to_log, step=self.experiment.n_iters_performed)
 
 
@@ -510,6 +734,9 @@ class DgMappoConfig(AlgorithmConfig):
     # consensus regulariser (eq. 11) and D-SGD (eqs. 9-10)
     alpha_consensus: float = MISSING
     mixing_graph: str = MISSING
+    consensus_params: Any = MISSING  # list out of CONSENSUS_NETWORKS (Any: hydra merges lists into it)
+    mix_every: str = MISSING
+    mixes_per_update: int = MISSING
     # D-GAT and communication graph (sec. 3.1)
     num_hops: Optional[int] = MISSING
     hidden_channels: int = MISSING
@@ -525,7 +752,9 @@ class DgMappoConfig(AlgorithmConfig):
     adjacency: Optional[List[List[int]]] = MISSING
     position_key: Optional[str] = MISSING
     position_dims: Optional[List[int]] = MISSING
-    graph_kwargs: Optional[Dict[str, Any]] = MISSING
+    # Any, not Optional[Dict]: omegaconf cannot merge a dict from the command line
+    # (algorithm.graph_kwargs={layout:smax}) into a typed dict node that is null
+    graph_kwargs: Any = MISSING
     # optimisation (Table 2)
     lr: float = MISSING
     adam_eps: float = MISSING
@@ -540,6 +769,9 @@ class DgMappoConfig(AlgorithmConfig):
     scale_mapping: str = MISSING
     use_tanh_normal: bool = MISSING
     minibatch_advantage: bool = MISSING
+    # value normalisation and the actor's output layer (A.3)
+    value_norm: bool = MISSING
+    actor_output_gain: Optional[float] = MISSING
 
     def __post_init__(self):
         self.validate()
@@ -564,6 +796,41 @@ class DgMappoConfig(AlgorithmConfig):
             )
         if not 0 < self.clip_epsilon < 1:
             raise ValueError(f"dg_mappo: clip_epsilon must be in (0, 1) (Table 3: 0.05), got {self.clip_epsilon}")
+        self._validate_consensus()
+
+    def _validate_consensus(self) -> None:
+        """consensus_params, mix_every, mixes_per_update, graph_kwargs, value_norm, actor_output_gain."""
+        self.consensus_params = list(check_consensus_params(self.consensus_params, "dg_mappo", CONSENSUS_NETWORKS))
+        if self.mix_every not in MIX_EVERY:
+            raise ValueError(
+                f"dg_mappo: unknown mix_every {self.mix_every!r}; choose one of {list(MIX_EVERY)} "
+                "(algorithm.mix_every=step mixes after every optimizer step, =update mixes "
+                "algorithm.mixes_per_update times after each update)"
+            )
+        n_mix = self.mixes_per_update
+        if isinstance(n_mix, bool) or not isinstance(n_mix, int) or n_mix < 1:
+            raise ValueError(
+                f"dg_mappo: mixes_per_update must be an int >= 1, got {n_mix!r}; set algorithm.mixes_per_update=3 "
+                "(the public code's value)"
+            )
+        if self.mix_every == "step" and n_mix != 1:
+            raise ValueError(
+                f"dg_mappo: mixes_per_update={n_mix} is only read with mix_every=update (mix_every=step mixes once "
+                "after every optimizer step); set algorithm.mix_every=update or algorithm.mixes_per_update=1"
+            )
+        if self.graph_kwargs is not None and not hasattr(self.graph_kwargs, "keys"):
+            raise ValueError(
+                f"dg_mappo: graph_kwargs must be a mapping or null, got {self.graph_kwargs!r}; "
+                "set e.g. algorithm.graph_kwargs={layout:smax}"
+            )
+        if not isinstance(self.value_norm, bool):
+            raise ValueError(f"dg_mappo: value_norm must be true or false, got {self.value_norm!r}")
+        gain = self.actor_output_gain
+        if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0):
+            raise ValueError(
+                f"dg_mappo: actor_output_gain must be > 0 or null, got {gain!r}; set "
+                "algorithm.actor_output_gain=0.01 (A.3) or null (default initialisation)"
+            )
 
     @staticmethod
     def associated_class() -> Type[Algorithm]:
@@ -589,3 +856,32 @@ class DgMappoConfig(AlgorithmConfig):
     @staticmethod
     def has_independent_critic() -> bool:
         return True  # one decentralized critic per agent, on õ_i (no global state)
+
+
+# ------------------------------------------------------------------ the paper preset
+class DgMappoPaper(DgMappo):
+    """:class:`DgMappo` run from the paper preset (``conf/algorithm/dg_mappo_paper.yaml``).
+
+    The same algorithm; a subclass only so that BenchMARL, which names runs after
+    ``associated_class().__name__.lower()``, names these ``dg_mappo_paper`` and a
+    sweep over ``algorithm=dg_mappo,dg_mappo_paper`` keeps the two apart.
+    """
+
+
+DgMappoPaper.__name__ = "Dg_mappo_paper"  # run name "dg_mappo_paper", the hydra name (pickling uses __qualname__)
+
+
+@dataclass
+class DgMappoPaperConfig(DgMappoConfig):
+    """Paper 000's settings (A.3, Tables 2-3): K = n hops, D-GAT-only mixing after every step,
+    clip 0.05, actor output gain 0.01. Loaded from ``conf/algorithm/dg_mappo_paper.yaml``.
+    """
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return DgMappoPaper
+
+    @classmethod
+    def get_from_yaml(cls, path: Optional[str] = None) -> "DgMappoPaperConfig":
+        """Load our ``conf/algorithm/dg_mappo_paper.yaml`` (or ``path``)."""
+        return cls(**load_algorithm_yaml("dg_mappo_paper", path))

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Seeded sweep of DG-MAPPO settings (issue 14) on the results suite's dg_mappo part.
+
+Every variant runs ``benchmarl run`` with the results suite's experiment
+overrides (``benchmarks/suite/run.py``: :data:`COMMON`, the dg_mappo part's
+task, agents, frames and evaluation interval; ``--frames`` shortens it) and
+the CSV logger; the score of a run is the mean of its last 3 evaluation
+returns (``eval_reward_episode_reward_mean``, 10 episodes each), reported as
+mean ± std over seeds, with the last evaluation alone next to it. Variants (``--variants``, any subset, in this order by default):
+
+* ``first``: the first version's defaults (full graph, K = n hops, D-GAT-only mixing;
+  the current code otherwise: ``õ`` reuse, common start of mixed networks);
+* ``default``: ``algorithm=dg_mappo`` as shipped (K = 1, all three networks mixed after every step);
+* ``dgat_only``: the default with D-GAT-only mixing (the paper's text, K = 1);
+* ``mix_all``: ``consensus_params=[dgat,actor,critic]`` after every step (the default since issue 14);
+* ``mix_all_update3``: the public code's schedule, all three networks mixed 3 times per update;
+* ``mix_all_clip02``: ``mix_all`` with PPO clip 0.2 (MAPPO's);
+* ``paper``: ``algorithm=dg_mappo_paper``;
+* ``mappo``, ``ippo``: BenchMARL's, same overrides.
+
+Usage::
+
+    python benchmarks/learning/dg_mappo_sweep.py                                  # all variants, seeds 0 1 2, suite budget
+    python benchmarks/learning/dg_mappo_sweep.py --variants first mix_all --seeds 0 --frames 24000
+    python benchmarks/learning/dg_mappo_sweep.py --summary-only                   # the table of the finished runs
+    python benchmarks/learning/dg_mappo_sweep.py --quick                          # smoke test
+
+Run folders go under ``--out`` (default ``benchmarks/out/dg_mappo_sweep``,
+gitignored); a run whose ``score.json`` exists is skipped. Writes
+``<out>/results.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "benchmarks" / "suite"))
+from run import COMMON, PARTS, SMOKE  # noqa: E402  (the results suite's settings)
+
+PART = PARTS["dg_mappo"]
+VARIANTS = {
+    "first": ["algorithm=dg_mappo", "algorithm.num_hops=null", "algorithm.consensus_params=[dgat]"],
+    "default": ["algorithm=dg_mappo"],
+    "dgat_only": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat]"],
+    "mix_all": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat,actor,critic]"],
+    "mix_all_update3": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat,actor,critic]",
+                        "algorithm.mix_every=update", "algorithm.mixes_per_update=3"],
+    "mix_all_clip02": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat,actor,critic]",
+                       "algorithm.clip_epsilon=0.2"],
+    "paper": ["algorithm=dg_mappo_paper"],
+    "mappo": ["algorithm=mappo"],
+    "ippo": ["algorithm=ippo"],
+}
+METRIC = "eval_reward_episode_reward_mean.csv"
+
+
+def command(variant: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    budget = [f"experiment.max_n_frames={args.frames}", f"experiment.evaluation_interval={args.evaluation_interval}"]
+    return [
+        str(Path(sys.executable).parent / "benchmarl"), "run", *VARIANTS[variant], f"task={PART.task}",
+        *PART.task_overrides, f"seed={seed}", *(SMOKE if args.quick else COMMON), *budget,
+        "experiment.loggers=[csv]", "experiment.create_json=false", "experiment.render=false",
+        f"experiment.save_folder={run_dir}", f"hydra.run.dir={run_dir / 'hydra'}",
+    ]
+
+
+def score(run_dir: Path) -> dict:
+    """Mean of the last 3 evaluation returns, and the whole evaluation curve."""
+    path = next(run_dir.rglob(f"scalars/{METRIC}"))
+    rows = [(int(float(step)), float(value)) for step, value in csv.reader(path.open())]
+    last = [v for _, v in rows[-3:]]
+    return {"final": statistics.fmean(last), "curve": rows}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--frames", type=int, default=PART.frames, help="training frames per run (suite: 72000)")
+    p.add_argument("--evaluation-interval", type=int, default=PART.evaluation_interval)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "dg_mappo_sweep")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    p.add_argument("--summary-only", action="store_true", help="only summarise the finished runs (run nothing)")
+    p.add_argument("--quick", action="store_true", help="tiny budget, seed 0, two variants (smoke test)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.frames, args.evaluation_interval = [0], 400, 200
+        args.variants = [v for v in args.variants if v in ("default", "mix_all")] or ["default"]
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    results: dict = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": {}, "summary": {}}
+    for variant in args.variants:
+        finals, lasts = [], []
+        for seed in args.seeds:
+            run_dir = args.out / variant / f"seed{seed}"
+            done = run_dir / "score.json"
+            if not done.exists() and args.summary_only:
+                continue
+            if not done.exists():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                cmd = command(variant, seed, run_dir, args)
+                t = time.perf_counter()
+                proc = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True, timeout=args.timeout)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{variant} seed {seed} failed:\n{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+                result = {**score(run_dir), "seconds": time.perf_counter() - t, "command": cmd}
+                done.write_text(json.dumps(result))
+            result = json.loads(done.read_text())
+            results["runs"][f"{variant}/seed{seed}"] = result
+            finals.append(result["final"])
+            lasts.append(result["curve"][-1][1])
+            print(f"{variant} seed {seed}: final {result['final']:.3f}, last evaluation {lasts[-1]:.3f} "
+                  f"({result['seconds']:.0f} s)", flush=True)
+        if not finals:
+            continue
+        results["summary"][variant] = {
+            "mean": statistics.fmean(finals), "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+            "last_mean": statistics.fmean(lasts), "last_std": statistics.stdev(lasts) if len(lasts) > 1 else 0.0,
+            "n": len(finals),
+        }
+    print(f"\n{PART.task} ({' '.join(PART.task_overrides)}), {args.frames} frames, seeds {args.seeds}; "
+          "final = mean of the last 3 evaluation returns\n")
+    print("| variant | final return, last 3 evaluations (mean ± std) | last evaluation (mean ± std) | seeds |\n"
+          "|---|---:|---:|---:|")
+    for variant, s in results["summary"].items():
+        print(f"| {variant} | {s['mean']:.3f} ± {s['std']:.3f} | {s['last_mean']:.3f} ± {s['last_std']:.3f} | {s['n']} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
