@@ -505,13 +505,13 @@ def _guarded(command: str, args: List[str], call: Callable[[], int], *, debug: b
         with without_hydra_job_error():
             return call()
     except Exception as error:  # noqa: BLE001  (every error gets one line; --debug shows the traceback)
-        removed = getattr(error, "removed_run_dir", None)
-        told = f" (nothing was trained; the run folder {removed} was removed)" if removed else ""
         if debug and not isinstance(error, CliError):  # a CliError is the whole story
-            if removed:
-                print(f"benchmarl {command}:{told}", file=sys.stderr)
+            removed = getattr(error, "removed_run_dir", None)
+            if removed:  # the one-line message leaves it out: the README says no folder is left
+                print(f"benchmarl {command}: nothing was trained; the run folder {removed} was removed.",
+                      file=sys.stderr)
             raise
-        print(f"benchmarl {command}: {explain(error, args)}{told}", file=sys.stderr)
+        print(f"benchmarl {command}: {explain(error, args)}", file=sys.stderr)
         return 2 if is_bad_input(error) else 1
     finally:
         if saved is None:
