@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, MISSING
+from dataclasses import dataclass, field, MISSING
 from typing import Any, Dict, Iterator, List, Optional, Type
 
 import torch
@@ -58,6 +58,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from benchmarl_decentral.algorithms._common import config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
+from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
 from benchmarl_decentral.consensus import (
     average_degree,
     BATCH_GRAPH_MODES,
@@ -145,9 +146,11 @@ class Decpg(Mappo):
         perturbation_c: float,
         perturbation_eps: float,
         normalize_advantage: bool,
+        evaluation_dropout: Optional[List[int]] = None,
         **kwargs,
     ):
         super().__init__(share_param_critic=False, **kwargs)
+        self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.k = k
         self.topology = topology
         self.adjacency = adjacency
@@ -628,12 +631,15 @@ class DecpgConfig(AlgorithmConfig):
     scale_mapping: str = MISSING
     use_tanh_normal: bool = MISSING
     minibatch_advantage: bool = MISSING
+    # evaluation (benchmarl_decentral.evaluation_dropout)
+    evaluation_dropout: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
+        self.evaluation_dropout = check_evaluation_dropout("decpg", self.evaluation_dropout)
         if isinstance(self.k, int) and self.k < 0:
             raise ValueError(f"decpg: k must be >= 0 (got k={self.k}); set algorithm.k=2 for a ring.")
         if isinstance(self.topology, str) and self.topology not in DECPG_TOPOLOGIES:
