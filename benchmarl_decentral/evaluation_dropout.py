@@ -32,8 +32,8 @@ The dropout evaluation runs inside BenchMARL's evaluation loop (at its end),
 so DecPG's averaged evaluation model is in place for both. With
 ``experiment.evaluation_static=true`` it is re-seeded like the clean one, so
 both play the same episodes and the gap is the dropout's alone; otherwise it
-draws its own. The random states (``torch``, ``numpy``, ``random``) are
-restored afterwards: turning dropout evaluation on does not change training.
+draws its own. The global random states (``torch``, ``numpy``, ``random``)
+are restored afterwards, so it takes no draws from the streams training uses.
 """
 
 from __future__ import annotations
@@ -105,18 +105,30 @@ def dropout_callbacks(experiment) -> List[Callback]:
 class SilencedPolicy:
     """``policy``, then the no-op action for the silenced agents of every group.
 
+    The no-op is :class:`~benchmarl_decentral.reporting.reference.ZeroPolicy`'s:
+    continuous 0 (clipped to the bounds); discrete ``stop`` (4) for the
+    ``smax`` family, action 0 otherwise; where the step's ``action_mask``
+    forbids it, the first allowed action.
+
     Args:
         policy: the evaluation policy (writes ``(group, "action")``).
-        experiment: gives the test env's action specs, the groups and the task family.
+        env: the env it acts in (its ``full_action_spec``).
+        group_map: ``{group: agent names}``.
+        family: the env family (``"smax"``, ``"vmas"``, ...), which picks the discrete no-op.
         agents: indices of the silenced agents within each group.
     """
 
-    def __init__(self, policy, experiment, agents: Sequence[int]):
+    def __init__(self, policy, env, group_map, family: str, agents: Sequence[int]):
         from benchmarl_decentral.reporting.reference import ZeroPolicy
 
         self.policy = policy
         self.agents = list(agents)
-        self.noop = ZeroPolicy(experiment.test_env, experiment.group_map, experiment.task.env_name().lower())
+        self.noop = ZeroPolicy(env, group_map, family.lower())
+
+    @classmethod
+    def from_experiment(cls, policy, experiment, agents: Sequence[int]) -> "SilencedPolicy":
+        """For the experiment's test env and task family."""
+        return cls(policy, experiment.test_env, experiment.group_map, experiment.task.env_name(), agents)
 
     def __call__(self, td: TensorDictBase) -> TensorDictBase:
         td = self.policy(td)
@@ -202,8 +214,9 @@ class DropoutEvaluation(Callback):
         exp = self.experiment
         clean = torch.stack([r.mean() for r in group_returns(exp, rollouts).values()]).mean()
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        policy = SilencedPolicy.from_experiment(exp.policy, exp, self.agents)
         with _rng_restored(devices), silenced_senders(self.agents):
-            dropped = group_returns(exp, evaluation_rollouts(exp, SilencedPolicy(exp.policy, exp, self.agents)))
+            dropped = group_returns(exp, evaluation_rollouts(exp, policy))
         to_log = {}
         for group, returns in dropped.items():
             for stat in ("min", "mean", "max"):
