@@ -160,4 +160,12 @@ def test_dg_mappo_dropout_evaluation_is_logged(tmp_path):
         f"eval/dropout/{GROUP}/reward/episode_reward_{s}" for s in ("min", "mean", "max")
     } | {"eval/dropout/reward/episode_reward_mean", "eval/dropout_gap"}
     assert _scalar(tmp_path, "eval_dropout_gap") == [pytest.approx(callback.last["eval/dropout_gap"])]
+    # the algorithm's own D-GAT: agent 0 sends to nobody under dropout, to everyone otherwise
+    comm = exp.algorithm.communication[GROUP]
+    td = exp.test_env.reset()
+    full = comm.communication_graph(td).expand(2, 3, 3)
+    with silenced_senders([0]):
+        dropped = comm.communication_graph(td).expand(2, 3, 3)
+    assert full[:, 1:, 0].all() and not dropped[:, 1:, 0].any()
+    assert torch.equal(dropped[:, :, 1:], full[:, :, 1:])
     exp.close()
