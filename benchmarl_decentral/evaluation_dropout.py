@@ -28,7 +28,10 @@ point. It logs, at the evaluation's step,
 * ``eval/dropout_gap``: dropout return minus clean return (negative: the team
   loses that much when those agents fail).
 
-The dropout evaluation runs inside BenchMARL's evaluation loop (at its end),
+It runs wherever BenchMARL evaluates: during training (``experiment.evaluation``
+true and a logger or ``create_json``, BenchMARL's own condition) and in
+``benchmarl evaluate`` of a run trained with it (the run's own config). It
+runs inside BenchMARL's evaluation loop (at its end),
 so DecPG's averaged evaluation model is in place for both. With
 ``experiment.evaluation_static=true`` it is re-seeded like the clean one, so
 both play the same episodes and the gap is the dropout's alone; otherwise it
@@ -94,7 +97,9 @@ def dropout_callbacks(experiment) -> List[Callback]:
     config = experiment.algorithm_config
     if not hasattr(config, KEY):
         return []
-    owner = type(config).associated_class().__name__.lower()
+    from benchmarl.algorithms import algorithm_config_registry
+
+    owner = next((name for name, cls in algorithm_config_registry.items() if cls is type(config)), "algorithm")
     indices = check_evaluation_dropout(owner, getattr(config, KEY))
     if not indices:
         return []

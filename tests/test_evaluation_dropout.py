@@ -45,7 +45,7 @@ def test_bad_values_are_refused_by_the_config(name, bad):
      ([0, 1, 2], r"silences all 3 agents of group 'agents'; leave at least one agent active")],
 )
 def test_indices_that_do_not_fit_the_task_are_refused_before_training(tmp_path, agents, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=r"^decpg: evaluation_dropout=\[[0-9, ]+\] " + match):
         make_experiment(tmp_path, task_overrides={"n_agents": 3}, algorithm_overrides={"evaluation_dropout": agents})
     assert list(tmp_path.iterdir()) == []  # no run folder left behind
 
