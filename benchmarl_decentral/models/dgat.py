@@ -182,36 +182,6 @@ def not_smac_message(owner: str, prefix: str, task: str) -> str:
     )
 
 
-# ------------------------------------------------------- evaluation dropout
-_SILENCED: tuple = ()
-
-
-@contextlib.contextmanager
-def silenced_senders(agents):
-    """Within this context, every D-GAT drops the edges whose sender is one of ``agents``.
-
-    Used by the dropout evaluation (:mod:`benchmarl_decentral.evaluation_dropout`):
-    ``A[i, j]`` is cleared for ``j`` in ``agents`` and ``i != j``, so nothing a
-    silenced agent observes reaches another agent, at any hop; its self loop is
-    kept (its own output is unused, its action being replaced by a no-op).
-
-    Args:
-        agents: indices within the model's group.
-    """
-    global _SILENCED
-    previous, _SILENCED = _SILENCED, tuple(agents)
-    try:
-        yield
-    finally:
-        _SILENCED = previous
-
-
-def _sender_mask(n: int, agents, device) -> Tensor:
-    mask = torch.zeros(n, n, dtype=torch.bool, device=device)
-    mask[:, list(agents)] = True
-    return mask & ~torch.eye(n, dtype=torch.bool, device=device)
-
-
 # ------------------------------------------------------------- graph helpers
 def strongly_connected(adj: Tensor) -> Tensor:
     """000_ef718962e1e8f612.txt Assumption 1: whether each graph of a batch is (strongly) connected.
@@ -322,6 +292,36 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     if conv.activation is not None:
         out = conv.activation(out)
     return out
+
+
+# ------------------------------------------------------- evaluation dropout
+_SILENCED: tuple = ()
+
+
+@contextlib.contextmanager
+def silenced_senders(agents):
+    """Within this context, every D-GAT drops the edges whose sender is one of ``agents``.
+
+    Used by the dropout evaluation (:mod:`benchmarl_decentral.evaluation_dropout`):
+    ``A[i, j]`` is cleared for ``j`` in ``agents`` and ``i != j``, so nothing a
+    silenced agent observes reaches another agent, at any hop; its self loop is
+    kept (its own output is unused, its action being replaced by a no-op).
+
+    Args:
+        agents: indices within the model's group.
+    """
+    global _SILENCED
+    previous, _SILENCED = _SILENCED, tuple(agents)
+    try:
+        yield
+    finally:
+        _SILENCED = previous
+
+
+def _sender_mask(n: int, agents, device) -> Tensor:
+    mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+    mask[:, list(agents)] = True
+    return mask & ~torch.eye(n, dtype=torch.bool, device=device)
 
 
 # --------------------------------------------------------------------- model
