@@ -10,7 +10,7 @@ family logs its evaluation win rate whatever the entry point and algorithm,
 and specs, :func:`task_callbacks` says which callbacks the task needs and
 those not already given by the user are appended.
 
-Three rules:
+Four rules:
 
 * a task whose info spec carries ``battle_won`` (our ``smax/*`` and
   BenchMARL's own ``smacv2/*``) gets
@@ -20,6 +20,12 @@ Three rules:
   ``coordsum_private/*``) gets
   :class:`~benchmarl_decentral.environments.coordsum.CoordSumHitRateCallback`
   (``eval/info/sum_hit_rate``, the team metric);
+* an algorithm config with a non-empty ``evaluation_dropout`` (our four
+  algorithms) gets
+  :class:`~benchmarl_decentral.evaluation_dropout.DropoutEvaluation` (a second
+  evaluation with those agents silenced, ``eval/dropout/...`` and
+  ``eval/dropout_gap``); indices that do not fit the task's groups are
+  refused right there, before training, and the run folder is removed;
 * a D-GAT model (``model=layers/dgat``, as the model, the critic model or a
   layer of a sequence) with ``topology: visibility`` and no
   ``graph_kwargs.layout`` gets the observation layout of the task
@@ -60,7 +66,18 @@ def task_callbacks(experiment) -> List[Callback]:
         callbacks.append(SmacWinRateCallback())
     if info is not None and ("info", "sum_hit") in info.keys(True, True):
         callbacks.append(CoordSumHitRateCallback())
+    callbacks.extend(_dropout_callbacks(experiment))
     return callbacks
+
+
+def _dropout_callbacks(experiment) -> List[Callback]:
+    from benchmarl_decentral.algorithms._common import config_error
+    from benchmarl_decentral.evaluation_dropout import dropout_callbacks
+
+    try:
+        return dropout_callbacks(experiment)
+    except ValueError as err:
+        raise config_error(experiment, str(err)) from None
 
 
 def _attach(experiment) -> None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, MISSING
+from dataclasses import dataclass, field, MISSING
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Type
 
 import torch
@@ -58,6 +58,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from benchmarl_decentral.algorithms._common import check_consensus_params, config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
+from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
 from benchmarl_decentral.consensus import (
     average_degree,
     BATCH_GRAPH_MODES,
@@ -150,10 +151,12 @@ class Decpg(Mappo):
         perturbation_eps: float,
         normalize_advantage: bool,
         consensus_params: Iterable[str] = ("actor", "critic"),
+        evaluation_dropout: Optional[List[int]] = None,
         **kwargs,
     ):
         super().__init__(share_param_critic=False, **kwargs)
         self.consensus_params = tuple(consensus_params)
+        self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.k = k
         self.topology = topology
         self.adjacency = adjacency
@@ -636,6 +639,8 @@ class DecpgConfig(AlgorithmConfig):
     scale_mapping: str = MISSING
     use_tanh_normal: bool = MISSING
     minibatch_advantage: bool = MISSING
+    # evaluation (benchmarl_decentral.evaluation_dropout)
+    evaluation_dropout: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.validate()
@@ -643,6 +648,7 @@ class DecpgConfig(AlgorithmConfig):
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
         self.consensus_params = list(check_consensus_params(self.consensus_params, "decpg", DECPG_NETWORKS))
+        self.evaluation_dropout = check_evaluation_dropout("decpg", self.evaluation_dropout)
         if isinstance(self.k, int) and self.k < 0:
             raise ValueError(f"decpg: k must be >= 0 (got k={self.k}); set algorithm.k=2 for a ring.")
         if isinstance(self.topology, str) and self.topology not in DECPG_TOPOLOGIES:

@@ -68,7 +68,7 @@ gives eq. 10 on it either way):
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, MISSING
+from dataclasses import dataclass, field, MISSING
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
@@ -84,6 +84,7 @@ from torchrl.objectives import ClipPPOLoss, LossModule, ValueEstimators
 
 from benchmarl_decentral.algorithms._common import check_consensus_params, config_error, CONSENSUS_NETWORKS
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
+from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
 from benchmarl_decentral.consensus import (
     average_degree,
     BATCH_GRAPH_MODES,
@@ -362,10 +363,12 @@ class DgMappo(Mappo):
         mixes_per_update: int = 1,
         value_norm: bool = False,
         actor_output_gain: Optional[float] = None,
+        evaluation_dropout: Optional[List[int]] = None,
         **kwargs,
     ):
         dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS}
         super().__init__(share_param_critic=False, **kwargs)
+        self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.alpha_consensus = alpha_consensus
         self.mixing_graph = mixing_graph
         self.lr = lr
@@ -772,12 +775,15 @@ class DgMappoConfig(AlgorithmConfig):
     # value normalisation and the actor's output layer (A.3)
     value_norm: bool = MISSING
     actor_output_gain: Optional[float] = MISSING
+    # evaluation (benchmarl_decentral.evaluation_dropout)
+    evaluation_dropout: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
+        self.evaluation_dropout = check_evaluation_dropout("dg_mappo", self.evaluation_dropout)
         check_dgat_options(prefix="algorithm", **self.__dict__)
         if self.alpha_consensus < 0:
             raise ValueError(f"dg_mappo: alpha_consensus must be >= 0 (A.3: 20), got {self.alpha_consensus}")

@@ -33,7 +33,7 @@ How it sits in BenchMARL (1.5.2) without a fork:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, MISSING
+from dataclasses import dataclass, field, MISSING
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
@@ -53,6 +53,7 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 
 from benchmarl_decentral.algorithms._common import config_error
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
+from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
 from benchmarl_decentral.nn.mat import ActionDist, fixed_rank, MultiAgentTransformer, random_rank
 from benchmarl_decentral.objectives.magpo import (
     action_agreement,
@@ -337,9 +338,11 @@ class Magpo(Algorithm):
         learner_share_params: Optional[bool],
         scale_mapping: str,
         use_tanh_normal: bool,
+        evaluation_dropout: Optional[List[int]] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.delta, self.aux_lambda, self.clip_epsilon = delta, aux_lambda, clip_epsilon
         self.entropy_coef, self.critic_coef = entropy_coef, critic_coef
         self.loss_critic_type, self.clip_value, self.lmbda = loss_critic_type, clip_value, lmbda
@@ -621,12 +624,17 @@ class MagpoConfig(AlgorithmConfig):
     learner_share_params: Optional[bool] = MISSING
     scale_mapping: str = MISSING
     use_tanh_normal: bool = MISSING
+    # evaluation (benchmarl_decentral.evaluation_dropout)
+    evaluation_dropout: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
+        self.evaluation_dropout = check_evaluation_dropout(
+            type(self).associated_class().__name__.lower(), self.evaluation_dropout
+        )
         if _given(self.delta):
             check_delta(self.delta)
         if _given(self.aux_lambda):

@@ -90,7 +90,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, MISSING
+from dataclasses import dataclass, field, MISSING
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
@@ -112,6 +112,7 @@ from torchrl.objectives.value import GAE
 
 from benchmarl_decentral.algorithms._common import config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
+from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
 from benchmarl_decentral.consensus.topology import (
     build_topology,
     check_topology_options,
@@ -402,9 +403,11 @@ class Matrpo(Algorithm):
         critic_coef: float,
         critic_lr: Optional[float],
         critic_max_grad_norm: Optional[float],
+        evaluation_dropout: Optional[List[int]] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.delta = delta
         self.beta = beta
         self.admm_iterations = admm_iterations
@@ -898,12 +901,15 @@ class MatrpoConfig(AlgorithmConfig):
     critic_coef: float = MISSING
     critic_lr: Optional[float] = MISSING
     critic_max_grad_norm: Optional[float] = MISSING
+    # evaluation (benchmarl_decentral.evaluation_dropout)
+    evaluation_dropout: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
+        self.evaluation_dropout = check_evaluation_dropout("matrpo", self.evaluation_dropout)
 
         def num(x) -> bool:
             return isinstance(x, (int, float)) and not isinstance(x, bool)

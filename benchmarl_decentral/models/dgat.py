@@ -22,6 +22,7 @@ from a topology of the consensus core, looked up by name in
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, MISSING
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type
@@ -47,6 +48,7 @@ __all__ = [
     "check_dgat_options",
     "dense_dgat_conv",
     "majority_graph",
+    "silenced_senders",
     "strongly_connected",
 ]
 
@@ -292,6 +294,36 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     return out
 
 
+# ------------------------------------------------------- evaluation dropout
+_SILENCED: tuple = ()
+
+
+@contextlib.contextmanager
+def silenced_senders(agents):
+    """Within this context, every D-GAT drops the edges whose sender is one of ``agents``.
+
+    Used by the dropout evaluation (:mod:`benchmarl_decentral.evaluation_dropout`):
+    ``A[i, j]`` is cleared for ``j`` in ``agents`` and ``i != j``, so nothing a
+    silenced agent observes reaches another agent, at any hop; its self loop is
+    kept (its own output is unused, its action being replaced by a no-op).
+
+    Args:
+        agents: indices within the model's group.
+    """
+    global _SILENCED
+    previous, _SILENCED = _SILENCED, tuple(agents)
+    try:
+        yield
+    finally:
+        _SILENCED = previous
+
+
+def _sender_mask(n: int, agents, device) -> Tensor:
+    mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+    mask[:, list(agents)] = True
+    return mask & ~torch.eye(n, dtype=torch.bool, device=device)
+
+
 # --------------------------------------------------------------------- model
 class Dgat(Model):
     r"""000_ef718962e1e8f612.txt sec. 3.1-3.2: K D-GAT hops, ``õ_i = [x_i || ô_i]`` (eq. 13), per-agent head.
@@ -484,6 +516,8 @@ class Dgat(Model):
             features: ``x`` if already gathered. (default: None)
         """
         adj = GRAPH_BUILDERS[self.topology](self, tensordict, features)
+        if _SILENCED:  # evaluation dropout: no agent receives from a silenced one
+            adj = adj & ~_sender_mask(self.n_agents, _SILENCED, adj.device)
         if not self.add_self_loops and not bool(adj.diagonal(dim1=-2, dim2=-1).all()):
             raise ValueError(
                 f"D-GAT: eq. 8 aggregates over N^i including agent i, but the {self.topology!r} graph "
