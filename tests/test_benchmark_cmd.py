@@ -147,9 +147,11 @@ def test_joblib_sweep_workers_find_our_plugins_then_report_and_resume(tmp_path, 
     assert suite.main(["--report-only", "--out", str(tmp_path / "suite"), "--docs", str(tmp_path / "docs"),
                        "--reps", "50"]) == 0
     index = (tmp_path / "docs" / "report.md").read_text()
-    assert "- Versions: benchmarl-decentral" in index and "- Machine: " in index
+    assert "- Versions (this report): benchmarl-decentral" in index and "- Machine (this report): " in index
     assert "## magpo: coordsum/3x10-30" in index and "[report](magpo/report.md); runs: 4 finished" in index
-    assert "| decpg | 2 | 200 |" in index and "| mappo | 2 | 200 |" in index
+    # the part's table (frames per run are checked in status.yaml above): 2 seeds each, reference rows
+    assert "| algorithm / policy | seeds | final score mean ± std |" in index
+    assert "| decpg | 2 | " in index and "| mappo | 2 | " in index and "| *random* (reference" in index
     assert "![magpo curves](magpo/curves_coordsum_3x10-30.png)" in index
     assert (tmp_path / "docs" / "magpo" / "curves_coordsum_3x10-30.png").is_file()
 

@@ -134,7 +134,7 @@ def test_disconnected_custom_graph_is_refused_before_training(tmp_path):
         ({"mix_every": "epoch"}, r"unknown mix_every 'epoch'.*algorithm\.mix_every=step"),
         ({"mixes_per_update": 0}, r"mixes_per_update must be an int >= 1.*algorithm\.mixes_per_update=3"),
         ({"mixes_per_update": 3}, r"only read with mix_every=update.*algorithm\.mix_every=update"),
-        ({"graph_kwargs": "smax"}, r"graph_kwargs must be a mapping.*algorithm\.graph_kwargs=\{layout:smax\}"),
+        ({"graph_kwargs": "smax", "topology": "visibility"}, r"graph_kwargs must be a mapping.*algorithm\.graph_kwargs=\{layout:smax\}"),
         ({"actor_output_gain": 0.0}, r"actor_output_gain must be > 0.*actor_output_gain=0\.01"),
     ],
 )
@@ -149,7 +149,8 @@ def test_graph_kwargs_and_consensus_params_from_the_command_line():
 
     with initialize_config_module(config_module="benchmarl.conf", version_base=None):
         cfg = compose(config_name="config", overrides=[
-            "algorithm=dg_mappo", "task=vmas/navigation", "algorithm.graph_kwargs={layout:smax}",
+            "algorithm=dg_mappo", "task=vmas/navigation", "algorithm.topology=visibility",
+            "algorithm.graph_kwargs={layout:smax}",
             "algorithm.consensus_params=[dgat,actor,critic]", "algorithm.mix_every=update",
             "algorithm.mixes_per_update=3",
         ])

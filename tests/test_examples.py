@@ -20,20 +20,3 @@ def test_python_api_example(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "actor consensus distance after training" in result.stdout
-
-
-@pytest.mark.slow
-def test_quickstart_script(tmp_path):
-    env = dict(
-        os.environ,
-        VENV=str(Path(sys.executable).parent.parent),
-        QUICKSTART_FRAMES="6000",
-        QUICKSTART_OUT=str(tmp_path / "qs"),
-    )
-    result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "quickstart.sh")],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Results of the DecPG run are in: {tmp_path / 'qs'}" in result.stdout
-    assert list((tmp_path / "qs").rglob("decpg_balance_*.json"))

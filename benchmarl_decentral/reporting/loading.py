@@ -352,14 +352,14 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def read_scalar(path: PathLike) -> Optional[Tuple[int, float]]:
-    """The last ``(step, value)`` of a torchrl CSV scalar file (``step,value`` lines).
+def read_scalar_steps(path: PathLike, *, finite_only: bool = False) -> Dict[int, float]:
+    """``{step: value}`` of a torchrl CSV scalar file (``step,value`` lines).
 
-    "Last" is the largest step (a resumed run appends; a repeated step keeps its
-    latest line). Lines that do not parse and non-finite values are skipped;
-    returns None when nothing is left.
+    A repeated step keeps its latest line (a resumed run appends). Lines that
+    do not parse are skipped, and non-finite values with ``finite_only``; an
+    unreadable file gives ``{}``.
     """
-    best: Optional[Tuple[int, float]] = None
+    out: Dict[int, float] = {}
     try:
         with open(path, "r") as f:
             for line in f:
@@ -370,13 +370,26 @@ def read_scalar(path: PathLike) -> Optional[Tuple[int, float]]:
                     step, value = int(float(parts[0])), float(parts[1])
                 except ValueError:
                     continue
-                if not math.isfinite(value):
+                if finite_only and not math.isfinite(value):
                     continue
-                if best is None or step >= best[0]:
-                    best = (step, value)
+                out[step] = value
     except (OSError, UnicodeDecodeError):
+        return {}
+    return out
+
+
+def read_scalar(path: PathLike) -> Optional[Tuple[int, float]]:
+    """The last ``(step, value)`` of a torchrl CSV scalar file (``step,value`` lines).
+
+    "Last" is the largest step (a resumed run appends; a repeated step keeps its
+    latest line). Lines that do not parse and non-finite values are skipped;
+    returns None when nothing is left.
+    """
+    steps = read_scalar_steps(path, finite_only=True)
+    if not steps:
         return None
-    return best
+    last = max(steps)
+    return last, steps[last]
 
 
 def available_metrics(runs: Sequence[Run]) -> List[str]:

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from benchmarl_decentral.reporting.loading import Run
+from benchmarl_decentral.reporting.loading import read_scalar_steps as _read_steps, Run
 
 #: The default final score averages the last evaluations until they cover this many episodes.
 MIN_SCORE_EPISODES = 50
@@ -55,24 +55,6 @@ def window_mean(frames: np.ndarray, values: np.ndarray, until: Optional[int], k:
 
 
 # -------------------------------------------------------------- training return
-def _read_steps(path: Path) -> Dict[int, float]:
-    out: Dict[int, float] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                parts = line.strip().split(",")
-                if len(parts) != 2:
-                    continue
-                try:
-                    step, value = int(float(parts[0])), float(parts[1])
-                except ValueError:
-                    continue
-                out[step] = value  # a repeated step keeps its latest line
-    except OSError:
-        return {}
-    return out
-
-
 def training_return(run: Run, from_frame: Optional[int], until: Optional[int]) -> Tuple[Optional[float], int]:
     """Mean training return over the iterations whose frames are in ``(from_frame, until]``.
 
