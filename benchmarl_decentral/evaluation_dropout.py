@@ -178,12 +178,21 @@ def group_returns(experiment, rollouts: List[TensorDictBase]) -> dict:
     }
 
 
+def mean_return(experiment, rollouts: List[TensorDictBase]) -> torch.Tensor:
+    """The mean episode return over groups, as BenchMARL's logger computes ``episode_reward_mean``."""
+    return torch.stack([r.mean() for r in group_returns(experiment, rollouts).values()]).mean()
+
+
 @torch.no_grad()
-def evaluation_rollouts(experiment, policy) -> List[TensorDictBase]:
-    """BenchMARL's evaluation rollouts (``Experiment._evaluation_loop``) with ``policy``, no video."""
+def evaluation_rollouts(experiment, policy, *, reseed: bool = True) -> List[TensorDictBase]:
+    """BenchMARL's evaluation rollouts (``Experiment._evaluation_loop``) with ``policy``, no video.
+
+    With ``reseed`` and ``experiment.evaluation_static`` the episodes are
+    re-seeded as BenchMARL's clean evaluation is, so both play the same ones.
+    """
     exp = experiment
     env = exp.test_env
-    if exp.config.evaluation_static:
+    if reseed and exp.config.evaluation_static:
         from benchmarl.utils import seed_everything
 
         seed_everything(exp.seed)
@@ -217,7 +226,7 @@ class DropoutEvaluation(Callback):
         from benchmarl_decentral.models.dgat import silenced_senders
 
         exp = self.experiment
-        clean = torch.stack([r.mean() for r in group_returns(exp, rollouts).values()]).mean()
+        clean = mean_return(exp, rollouts)
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
         policy = SilencedPolicy.from_experiment(exp.policy, exp, self.agents)
         with _rng_restored(devices), silenced_senders(self.agents):

@@ -54,11 +54,10 @@ from benchmarl.experiment.callback import Callback
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.data import Composite, Unbounded
-from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from benchmarl_decentral.algorithms._common import check_consensus_params, config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
-from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
+from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout, evaluation_rollouts, mean_return
 from benchmarl_decentral.consensus import (
     average_degree,
     BATCH_GRAPH_MODES,
@@ -515,48 +514,11 @@ class _DecpgCallback(Callback):
 
     def _mean_return(self, rollouts: List[TensorDictBase]) -> torch.Tensor:
         """Mean episode return as BenchMARL's logger computes it (mean over groups)."""
-        logger = self.experiment.logger
-        per_group = []
-        for group in self.experiment.group_map:
-            per_group.append(
-                torch.stack([logger._get_reward(group, td).sum(0).mean() for td in rollouts])
-            )
-        return torch.stack(per_group).mean()
+        return mean_return(self.experiment, rollouts)
 
-    @torch.no_grad()
     def _rollouts(self, policy) -> List[TensorDictBase]:
-        exp = self.experiment
-        env = exp.test_env
-        exploration = (
-            ExplorationType.DETERMINISTIC
-            if exp.config.evaluation_deterministic_actions
-            else ExplorationType.RANDOM
-        )
-        with set_exploration_type(exploration):
-            if env.batch_size == ():
-                rollouts = [
-                    env.rollout(
-                        max_steps=exp.max_steps,
-                        policy=policy,
-                        auto_cast_to_device=True,
-                        break_when_any_done=True,
-                    )
-                    for _ in range(exp.config.evaluation_episodes)
-                ]
-            else:
-                rollouts = list(
-                    env.rollout(
-                        max_steps=exp.max_steps,
-                        policy=policy,
-                        auto_cast_to_device=True,
-                        break_when_any_done=False,
-                    ).unbind(0)
-                )
-        cut = []
-        for r in rollouts:  # stop each episode at its first done, as the logger does
-            done = exp.logger._get_global_done(r).squeeze(-1).nonzero(as_tuple=True)[0]
-            cut.append(r[: int(done[0]) + 1] if done.numel() else r)
-        return cut
+        """Evaluation episodes with ``policy`` (not re-seeded: the clean evaluation's are not replayed)."""
+        return evaluation_rollouts(self.experiment, policy, reseed=False)
 
     def _perturbed_policy(self) -> PerturbedPolicy:
         exp, algo = self.experiment, self.algorithm
