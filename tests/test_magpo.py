@@ -134,14 +134,20 @@ def test_learner_entropy_and_action_agreement_are_logged(tmp_path):
 
 
 # ------------------------------------------------------------------ deployment
-def test_evaluation_never_calls_the_guider_and_acts_with_the_learner(tmp_path):
-    exp = _magpo(tmp_path, evaluation=True, create_json=True)
-    algo = exp.algorithm
-    calls = _GuiderCalls(algo.guider(GROUP))
+def _evaluate_counting_guider_calls(exp):
+    """Run one BenchMARL evaluation; ``(guider calls, the evaluation rollouts as logged)``."""
+    calls = _GuiderCalls(exp.algorithm.guider(GROUP))
     rollouts = []
     recorder = exp.logger.log_evaluation
     exp.logger.log_evaluation = lambda r, **kw: (rollouts.extend(r), recorder(r, **kw))
     exp._evaluation_loop()
+    return calls, rollouts
+
+
+def test_evaluation_never_calls_the_guider_and_acts_with_the_learner(tmp_path):
+    exp = _magpo(tmp_path, evaluation=True, create_json=True)
+    algo = exp.algorithm
+    calls, rollouts = _evaluate_counting_guider_calls(exp)
     assert calls.n == 0
     assert len(rollouts) == exp.config.evaluation_episodes
     # the evaluated actions are the learner's (deterministic evaluation: its mode)
@@ -159,11 +165,7 @@ def test_sampled_evaluation_samples_the_learner(tmp_path):
     """The paper's protocol (public code: evaluation_greedy False): evaluation samples the learner."""
     exp = _magpo(tmp_path, evaluation=True, evaluation_deterministic_actions=False, evaluation_episodes=3)
     algo = exp.algorithm
-    calls = _GuiderCalls(algo.guider(GROUP))
-    rollouts = []
-    recorder = exp.logger.log_evaluation
-    exp.logger.log_evaluation = lambda r, **kw: (rollouts.extend(r), recorder(r, **kw))
-    exp._evaluation_loop()
+    calls, rollouts = _evaluate_counting_guider_calls(exp)
     assert calls.n == 0 and len(rollouts) == 3
     learner = algo._learner_nets[GROUP]
     actions, modes, probs = [], [], []
