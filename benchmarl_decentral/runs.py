@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: Folder of a run where ``evaluate`` writes (one JSON and one CSV folder per evaluated checkpoint);
-#: ``reporting.loading.EVALUATIONS_DIR`` (skipped by the report) is the same name.
+#: ``reporting.loading`` imports it to skip these files.
 EVALUATIONS_DIR = "evaluations"
 _MARK = "_benchmarl_decentral_runs_hook"
 _ZIP_MAGIC = b"PK\x03\x04"

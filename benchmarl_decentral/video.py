@@ -95,7 +95,7 @@ def install() -> bool:
 
     try:
         with warnings.catch_warnings():  # torchvision's import warns about torch.jit.script
-            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
             import torchvision.io
     except ImportError:
         return False

@@ -50,10 +50,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+# the folder of a run where ``benchmarl evaluate`` writes (skipped: not training curves)
+from benchmarl_decentral.runs import EVALUATIONS_DIR
+
 PathLike = Union[str, os.PathLike]
 
-#: Folder of a run where ``benchmarl evaluate`` writes (skipped: not training curves).
-EVALUATIONS_DIR = "evaluations"
 #: Suffix ``benchmarl benchmark`` gives to the JSON of a failed or interrupted attempt.
 INCOMPLETE_SUFFIX = ".incomplete"
 _STATE_RE = re.compile(r"^state:\s*['\"]?([A-Za-z_]+)")
