@@ -447,21 +447,20 @@ def reference_results(setups: Dict[str, TaskSetup], seeds: Dict[str, Sequence[st
     for task_id, setup in setups.items():
         rows: Dict[str, Reference] = {}
         for policy in policy_names(setup.task_name):
-            returns: Dict[str, List[float]] = {}
+            returns: Dict[str, Optional[List[float]]] = {}
             try:
                 for s in seeds[task_id]:
-                    got = cache.get(setup, policy, s, episodes[task_id], evaluate)
-                    if got is None:
-                        raise LookupError("not in the cache")
-                    returns[s] = got
-            except LookupError:
-                notes.append(f"{task_id}: reference policy '{policy}' not in the cache "
-                             f"({cache.path}) and evaluation is off: no row.")
-                continue
+                    returns[s] = cache.get(setup, policy, s, episodes[task_id], evaluate)
+                    if returns[s] is None:  # not cached, and evaluation is off
+                        break
             except Exception as error:  # noqa: BLE001 - one task's env must not stop the report
                 notes.append(f"{task_id}: reference policy '{policy}' could not be evaluated "
                              f"({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''}).")
                 break
+            if any(got is None for got in returns.values()):
+                notes.append(f"{task_id}: reference policy '{policy}' not in the cache "
+                             f"({cache.path}) and evaluation is off: no row.")
+                continue
             ref = Reference(task_id, policy, describe(policy, setup.task_name), returns)
             episodes_all = ref.episodes()
             ref.mean = float(episodes_all.mean())
