@@ -243,13 +243,8 @@ def test_reward_used_and_unequal_reward_warning():
     assert "the team metric scaled by 1/n" in scored_on("return", "vmas_private/navigation_agent0", private)
 
 
-def test_coordsum_scripted_policies_join_when_the_environment_provides_them():
-    from benchmarl_decentral.environments import coordsum
-
+def test_coordsum_scripted_policies_are_reference_rows():
     names = policy_names("coordsum/3x10-30")
-    if not hasattr(coordsum, "scripted_policy"):
-        assert names == ["random", "zero"]
-        pytest.skip("benchmarl_decentral.environments.coordsum.scripted_policy is not in this checkout")
     assert names == ["random", "zero", "agent0_deterministic", "best_response"]
     setup = _coordsum_setup()
     best = np.asarray(evaluate_policy(setup, "best_response", seed=0, episodes=50))

@@ -10,9 +10,8 @@ nothing. For every task of a report this module evaluates
   the task's no-op, action 0 for VMAS and MPE, ``stop`` for SMAX, or the
   first action the mask allows when the no-op is masked);
 - the scripted policies of :data:`SCRIPTED_POLICIES` registered for the task
-  (VMAS navigation's go-to-goal controller; CoordSum's scripted policies
-  when :func:`benchmarl_decentral.environments.coordsum.scripted_policy`
-  exists),
+  (VMAS navigation's go-to-goal controller; CoordSum's scripted teams,
+  :func:`benchmarl_decentral.environments.coordsum.scripted_policy`),
 
 on the environment BenchMARL evaluates on: ``task.get_env_fun(num_envs,
 continuous_actions, seed, device)()`` wrapped in ``task.get_env_transforms``,
@@ -215,19 +214,19 @@ def _go_to_goal(env, task_name, group_map):
     return GoToGoalPolicy(env, group_map)
 
 
-def _coordsum_policies() -> Dict[str, Tuple[PolicyFactory, str]]:
-    """CoordSum's scripted policies, when the environment module provides them."""
-    from benchmarl_decentral.environments import coordsum
+_COORDSUM_DESCRIPTIONS = {
+    "best_response": "CoordSum's best independent response (scripted)",
+    "agent0_deterministic": "CoordSum's deterministic agent-0 split (scripted)",
+}
 
-    make = getattr(coordsum, "scripted_policy", None)
-    if make is None:
-        return {}
-    return {
-        "best_response": (lambda env, task_name, group_map: make(env, "best_response"),
-                          "CoordSum's best independent response (scripted)"),
-        "agent0_deterministic": (lambda env, task_name, group_map: make(env, "agent0_deterministic"),
-                                 "CoordSum's deterministic agent-0 split (scripted)"),
-    }
+
+def _coordsum_policies() -> Dict[str, Tuple[PolicyFactory, str]]:
+    """CoordSum's scripted teams (:func:`benchmarl_decentral.environments.coordsum.scripted_policy`)."""
+    from benchmarl_decentral.environments.coordsum import SCRIPTED_POLICIES as teams, scripted_policy
+
+    return {name: (lambda env, task_name, group_map, name=name: scripted_policy(env, name),
+                   _COORDSUM_DESCRIPTIONS[name])
+            for name in teams}
 
 
 #: Scripted policies per task: key ``"<env>/<task>"`` or ``"<env>"`` (a whole family); value: a
