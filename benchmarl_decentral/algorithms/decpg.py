@@ -375,6 +375,7 @@ class _DecpgCallback(Callback):
         self._before: Dict[tuple, List[torch.Tensor]] = {}
         self._metrics: Dict[str, float] = {}
         self._used: Dict[tuple, List[tuple]] = {}  # per step: (fraction of links up, gap of the W used)
+        self._last_used: Dict[tuple, tuple] = {}  # per mixer: (the last W measured, its entry)
         self._clean_return: float | None = None
 
     # ------------------------------------------------------------------- setup
@@ -445,11 +446,16 @@ class _DecpgCallback(Callback):
         def hook(optimizer, args, kwargs):
             if mixer.enabled:  # the W this step mixed with (after any link failure) vs its graph
                 W = mixer.matrix()
-                n = mixer.n_agents
-                links = mixer.adjacency.reshape(-1, n, n).any(0).to(W.device)
-                if bool(links.any()):
-                    up = (W.detach() != 0) & links
-                    self._used[key].append((float(up.sum() / links.sum()), spectral_gap(W)))
+                last = self._last_used.get(key)
+                if last is not None and last[0] is W:  # the mixer rebuilds W only when it changes
+                    self._used[key].append(last[1])
+                else:
+                    n = mixer.n_agents
+                    links = mixer.adjacency.reshape(-1, n, n).any(0).to(W.device)
+                    if bool(links.any()):
+                        up = (W.detach() != 0) & links
+                        self._used[key].append((float(up.sum() / links.sum()), spectral_gap(W)))
+                        self._last_used[key] = (W, self._used[key][-1])
             if self._measure[key]:
                 self._metrics[f"decpg/{key[0]}/{key[1]}/update_variance"] = float(
                     update_variance(self._before.pop(key), leaves)
