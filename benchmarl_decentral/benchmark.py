@@ -66,8 +66,10 @@ report`` leaves out runs whose status is not ``finished`` unless asked
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import difflib
+import fcntl
 import importlib.util
 import itertools
 import os
@@ -483,11 +485,24 @@ def describe_holder(holder: dict) -> str:
     return text
 
 
+@contextlib.contextmanager
+def _takeover_guard(path: Path):
+    """Hold an exclusive ``flock`` on ``<lock>.guard`` (one process of this host at a time)."""
+    fd = os.open(path.with_name(path.name + ".guard"), os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def acquire_lock(run_dir: Path, sweep_id: Optional[str] = None) -> Optional[dict]:
     """Take ``run_dir``'s lock for this process; None when taken, else the live holder.
 
-    The lock file is created with ``O_EXCL`` (atomic); a stale one is first
-    renamed away (one process only can rename it), then created again.
+    The lock file is created with ``O_EXCL`` (atomic). A stale one (only a
+    lock of this host can be stale) is removed under :func:`_takeover_guard`
+    after checking again that it is still stale, so two processes that both
+    saw it stale cannot both remove it, the second one another's new live lock.
     """
     path = Path(run_dir) / LOCK_FILE
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "sweep_id": sweep_id, "started": _now()}
@@ -498,11 +513,10 @@ def acquire_lock(run_dir: Path, sweep_id: Optional[str] = None) -> Optional[dict
             holder = lock_holder(run_dir)
             if holder is not None:
                 return holder
-            try:  # stale: move it aside; if another process did first, try again
-                os.replace(path, path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}"))
-                path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}").unlink()
-            except FileNotFoundError:
-                pass
+            with _takeover_guard(path):
+                if lock_holder(run_dir) is None:  # still stale (or gone): nobody took it meanwhile
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
             continue
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(mine, f, sort_keys=False)

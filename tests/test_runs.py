@@ -291,3 +291,31 @@ def test_hooks_are_installed_by_register_and_removable():
     assert runs.installed()
     runs.install()  # idempotent: not wrapped twice
     assert getattr(Experiment.evaluate, "__wrapped_original__") is wrapped["evaluate"].__wrapped_original__
+
+
+def test_a_stale_lock_taken_by_another_process_meanwhile_is_not_taken_again(tmp_path, monkeypatch):
+    """Two sweeps see the same stale lock: the one that comes second must find the first one's live lock,
+    not remove it (the takeover re-checks under a guard)."""
+    import socket
+
+    lock = tmp_path / benchmark.LOCK_FILE
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(yaml.safe_dump({"pid": dead.pid, "host": socket.gethostname()}))
+    assert benchmark.lock_holder(tmp_path) is None  # stale
+    other = {"pid": os.getppid(), "host": socket.gethostname(), "sweep_id": "other"}  # a live process
+    guard = benchmark._takeover_guard
+
+    def other_sweep_took_it_first(path):  # between our stale check and our takeover
+        lock.unlink()
+        lock.write_text(yaml.safe_dump(other))
+        return guard(path)
+
+    monkeypatch.setattr(benchmark, "_takeover_guard", other_sweep_took_it_first)
+    holder = benchmark.acquire_lock(tmp_path, sweep_id="mine")
+    assert holder is not None and holder["sweep_id"] == "other"
+    assert yaml.safe_load(lock.read_text())["sweep_id"] == "other"  # its lock is still there
+    monkeypatch.setattr(benchmark, "_takeover_guard", guard)
+    lock.write_text(yaml.safe_dump({"pid": dead.pid, "host": socket.gethostname()}))  # stale again
+    assert benchmark.acquire_lock(tmp_path, sweep_id="mine") is None
+    assert yaml.safe_load(lock.read_text())["sweep_id"] == "mine"
