@@ -1,7 +1,7 @@
 """The end of ``scripts/quickstart.sh``: did the agent learn? Compared with a uniform random policy.
 
 Reads the run that the quickstart wrote (BenchMARL's results JSON, its
-checkpoint), evaluates a uniform random policy on the same task with the same
+checkpoint), evaluates a uniform random policy on the run's own task (its .hydra config) with the same
 episode return as BenchMARL's evaluation (reward summed to the first done,
 mean over agents, mean over groups; ``benchmarl/experiment/logger.py``),
 draws the evaluation curve against it (``learning_curve.png``) and prints a
@@ -37,45 +37,28 @@ def evaluation_curve(run_json: Path) -> List[Tuple[int, List[float]]]:
     return sorted(curve)
 
 
-def random_policy_returns(task_name: str, *, episodes: int, seed: int = 0) -> List[float]:
-    """Episode returns of a uniform random policy (each action drawn uniformly from its spec).
+def random_policy_returns(run_dir: Path, task_name: str, *, episodes: int, seed: int = 0) -> List[float]:
+    """Episode returns of a uniform random policy on the run's own task (the report's ``random`` row).
 
-    One vectorised environment with ``episodes`` copies, rolled out for the
-    task's ``max_steps``; each episode's return is cut at its first done, as
-    BenchMARL's evaluation does.
+    The task is rebuilt from the run's ``.hydra/config.yaml`` (so task
+    overrides passed to the quickstart, e.g. ``task.n_agents=5``, hold) and
+    evaluated by :func:`benchmarl_decentral.reporting.reference.evaluate_policy`,
+    the code ``benchmarl report`` uses for its reference rows: ``episodes``
+    vectorised episodes, each cut at its first done as BenchMARL's evaluation
+    does.
     """
-    import torch
-    from benchmarl.environments import task_config_registry
+    import yaml
 
-    import benchmarl_decentral  # noqa: F401  (registers our tasks)
+    from benchmarl_decentral.reporting.reference import TaskSetup, evaluate_policy
+    from benchmarl_decentral.reporting.scores import continuous_actions
 
-    torch.manual_seed(seed)
-    task = task_config_registry[task_name].get_from_yaml()
-    env = task.get_env_fun(num_envs=episodes, continuous_actions=True, seed=seed, device="cpu")()
-    rollout = env.rollout(max_steps=task.max_steps(env), break_when_any_done=False)  # policy=None: uniform random
-    groups = list(task.group_map(env))
-    env.close()
-    return episode_returns(rollout, groups)
-
-
-def episode_returns(rollout, groups: List[str]) -> List[float]:
-    """BenchMARL's evaluation return of each episode of a ``(episodes, T)`` rollout.
-
-    Reward summed up to and including the first done, mean over the agents of
-    a group, mean over groups (``Logger.log_evaluation``).
-    """
-    import torch
-
-    done = rollout.get(("next", "done")).squeeze(-1).long()  # (episodes, T)
-    alive = (done.cumsum(-1) - done) == 0  # steps up to and including the first done
-    group_returns = []
-    for group in groups:
-        reward = rollout.get(("next", group, "reward"), None)
-        if reward is None:  # a shared reward
-            reward = rollout.get(("next", "reward")).unsqueeze(-2)
-        per_step = reward.squeeze(-1).mean(-1)  # (episodes, T), mean over agents
-        group_returns.append((per_step * alive).sum(-1))
-    return torch.stack(group_returns).mean(0).tolist()
+    config_file = run_dir / ".hydra" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    if not config.get("task"):
+        raise FileNotFoundError(f"{config_file} does not hold the run's task config")
+    continuous = continuous_actions(task_name, "decpg", config)
+    setup = TaskSetup(task_name, dict(config["task"]), continuous)
+    return evaluate_policy(setup, "random", seed, episodes)
 
 
 def mean_and_error(values: List[float]) -> Tuple[float, float]:
@@ -122,7 +105,7 @@ def main(argv: List[str] | None = None) -> int:
     if not curve:
         print(f"quickstart: {jsons[0]} holds no evaluation.", file=sys.stderr)
         return 1
-    randoms = random_policy_returns(args.task, episodes=args.episodes)
+    randoms = random_policy_returns(args.out, args.task, episodes=args.episodes)
     random_return, random_error = mean_and_error(randoms)
     means = [(frames, mean_and_error(returns)) for frames, returns in curve]
     png = args.out / "learning_curve.png"

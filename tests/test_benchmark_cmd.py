@@ -144,8 +144,15 @@ def test_joblib_sweep_workers_find_our_plugins_then_report_and_resume(tmp_path, 
     suite = _suite()
     (tmp_path / "suite").mkdir()
     (tmp_path / "suite" / "magpo").symlink_to(out, target_is_directory=True)
-    assert suite.main(["--report-only", "--out", str(tmp_path / "suite"), "--docs", str(tmp_path / "docs"),
+    docs, archive = tmp_path / "docs", tmp_path / "docs" / "magpo" / "runs"
+    assert suite.archive_runs(out, archive) == 4  # what a suite run does after its sweep
+    suite.write_part_record(suite.PARTS["magpo"], out, archive, docs, "cpu", False)
+    marker = archive / "kept.txt"
+    marker.write_text("the committed archive")
+    assert suite.main(["--report-only", "--out", str(tmp_path / "suite"), "--docs", str(docs),
                        "--reps", "50"]) == 0
+    # --report-only reads the committed archive; it does not rebuild it from a local sweep folder
+    assert marker.read_text() == "the committed archive"
     index = (tmp_path / "docs" / "report.md").read_text()
     assert "- Versions (this report): benchmarl-decentral" in index and "- Machine (this report): " in index
     assert "## magpo: coordsum/3x10-30" in index and "[report](magpo/report.md); runs: 4 finished" in index
@@ -214,14 +221,19 @@ def _suite():
 def test_suite_parts_are_fair_and_compose(tmp_path):
     """Every part: one budget and one experiment config for all its algorithms, valid for BenchMARL."""
     suite = _suite()
-    batch = 6000
     assert "experiment.on_policy_collected_frames_per_batch=6000" in suite.COMMON
     for part in suite.PARTS.values():
+        batch = part.batch()
         assert part.frames % batch == 0 and part.evaluation_interval % batch == 0
+        # a part's experiment settings replace COMMON's (one value per key) or add to them
+        keys = [o.split("=", 1)[0] for o in part.common()]
+        assert len(keys) == len(set(keys)) and set(keys) >= {o.split("=", 1)[0] for o in suite.COMMON}
         assert part.frames % part.evaluation_interval == 0  # the last evaluation is at the last frame
         overrides = part.overrides(smoke=False)
         # the algorithms are one swept value: nothing in the overrides depends on the algorithm
-        assert sum(o.startswith("algorithm") for o in overrides) == 1
+        assert sum(o.startswith("algorithm=") for o in overrides) == 1
+        # algorithm settings a part adds hold for all its algorithms: one value, not a sweep
+        assert all("," not in o for o in overrides if o.startswith("algorithm."))
         if suite.missing(part):
             continue
         assert f"seed={','.join(map(str, suite.SEEDS))}" in overrides

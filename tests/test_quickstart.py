@@ -16,35 +16,25 @@ sys.path.insert(0, str(REPO / "scripts"))
 import quickstart_summary  # noqa: E402
 
 
-def test_episode_returns_are_benchmarl_evaluation_returns():
-    """Oracle: reward summed step by step up to the first done, mean over agents. The rollout runs
-    past max_steps (auto-reset), so the steps after the first done must be left out."""
-    import torch
-    from benchmarl.environments import task_config_registry
+def test_random_baseline_is_the_reports_random_row_on_the_runs_own_task(tmp_path):
+    """The quickstart's random policy is the report's ``random`` reference row, on the task as the run's
+    config defines it (a task override such as ``task.n_agents=3`` holds), seeded."""
+    import yaml
 
-    task = task_config_registry["vmas/balance"].get_from_yaml()
-    task.config["max_steps"] = 20
-    env = task.get_env_fun(num_envs=3, continuous_actions=True, seed=0, device="cpu")()
-    torch.manual_seed(0)
-    rollout = env.rollout(max_steps=30, break_when_any_done=False)
-    groups = list(task.group_map(env))
-    reward, done = rollout.get(("next", groups[0], "reward")), rollout.get(("next", "done"))
-    expected = []
-    for e in range(3):
-        total = 0.0
-        for t in range(30):
-            total += reward[e, t].mean().item()
-            if done[e, t].item():
-                break
-        expected.append(total)
-    assert done[:, :-1].any()  # an episode ended (and restarted) within the rollout
-    assert quickstart_summary.episode_returns(rollout, groups) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    from benchmarl_decentral.reporting.reference import TaskSetup, evaluate_policy
 
-
-def test_random_policy_returns_are_seeded_episodes():
-    returns = quickstart_summary.random_policy_returns("vmas/balance", episodes=3)
+    task_config = {"n_agents": 3, "max_steps": 20, "package_mass": 5, "random_package_pos_on_line": True}
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"task": task_config, "experiment": {}}))
+    returns = quickstart_summary.random_policy_returns(tmp_path, "vmas/balance", episodes=3)
     assert len(returns) == 3 and all(math.isfinite(r) for r in returns) and len(set(returns)) == 3
-    assert returns == quickstart_summary.random_policy_returns("vmas/balance", episodes=3)
+    assert returns == evaluate_policy(TaskSetup("vmas/balance", task_config, True), "random", 0, 3)
+    # another task config gives other episodes: the override is used, not the task's YAML defaults
+    other = dict(task_config, n_agents=4)
+    assert returns != evaluate_policy(TaskSetup("vmas/balance", other, True), "random", 0, 3)
+    (tmp_path / ".hydra" / "config.yaml").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="does not hold the run's task config"):
+        quickstart_summary.random_policy_returns(tmp_path, "vmas/balance", episodes=3)
 
 
 @pytest.mark.slow

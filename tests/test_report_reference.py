@@ -250,3 +250,31 @@ def test_coordsum_scripted_policies_are_reference_rows():
     best = np.asarray(evaluate_policy(setup, "best_response", seed=0, episodes=50))
     random = np.asarray(evaluate_policy(setup, "random", seed=0, episodes=50))
     assert best.mean() > random.mean()  # a team that always reaches reachable targets beats random picks
+
+
+def test_episode_returns_are_benchmarl_evaluation_returns():
+    """Oracle: reward summed step by step up to the first done, mean over agents. The rollout runs
+    past max_steps (auto-reset), so the steps after the first done must be left out."""
+    import torch
+    from benchmarl.environments import task_config_registry
+
+    from benchmarl_decentral.reporting.reference import episode_returns
+
+    task = task_config_registry["vmas/balance"].get_from_yaml()
+    task.config["max_steps"] = 20
+    env = task.get_env_fun(num_envs=3, continuous_actions=True, seed=0, device="cpu")()
+    torch.manual_seed(0)
+    rollout = env.rollout(max_steps=30, break_when_any_done=False)
+    group_map = task.group_map(env)
+    (group,) = group_map
+    reward, done = rollout.get(("next", group, "reward")), rollout.get(("next", "done"))
+    expected = []
+    for e in range(3):
+        total = 0.0
+        for t in range(30):
+            total += reward[e, t].mean().item()
+            if done[e, t].item():
+                break
+        expected.append(total)
+    assert done[:, :-1].any()  # an episode ended (and restarted) within the rollout
+    assert episode_returns(list(rollout.unbind(0)), group_map) == pytest.approx(expected, rel=1e-5, abs=1e-5)

@@ -110,3 +110,39 @@ def test_report_only_on_a_committed_part_without_run_files(tmp_path):
     difference = sum(magpo) / len(magpo) - float(random["mean"])
     assert f"| {difference:.2f} [" in row and row.split(" | ")[5] in ("yes", "no")
     assert (docs / "magpo" / "curves_coordsum_3x10-30.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_claim_verdicts_follow_the_probability_of_improvement_ci(tmp_path):
+    """Confirmed / contradicted / not confirmed from P(x > y) and its CI; "did not learn" is said."""
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("suite_run_claims", SUITE)
+        suite = importlib.util.module_from_spec(spec)
+        sys.modules["suite_run_claims"] = suite
+        spec.loader.exec_module(suite)
+    finally:
+        sys.path.remove(str(SUITE.parent))
+    rows = [("a", "b", 0.9, 0.6, 1.0), ("b", "a", 0.1, 0.0, 0.4), ("a", "c", 0.3, 0.0, 0.45),
+            ("c", "a", 0.7, 0.55, 1.0), ("b", "c", 0.6, 0.2, 0.9), ("c", "b", 0.4, 0.1, 0.8)]
+    with open(tmp_path / "probability_of_improvement.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["x", "y", "probability", "ci_low", "ci_high"])
+        writer.writerows(rows)
+    with open(tmp_path / "task_scores.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["algorithm", "above_random_95"])
+        writer.writerows([("a", "yes"), ("b", "no"), ("c", "yes")])
+    part = suite.Part("p", "claim", ("a", "b", "c"), "coordsum/3x10-30", (), frames=6000, evaluation_interval=6000,
+                      est_minutes=1, claim_checks=(("a", "better", "b"), ("a", "better", "c"), ("b", "better", "c"),
+                                                   ("a", "level", "c"), ("b", "level", "c"), ("a", "level", "b"),
+                                                   ("a", "better", "zz")))
+    lines = suite.claim_verdicts(part, tmp_path)
+    assert lines[0].startswith("- a better than b: **confirmed**, P(a > b) = 0.90 [0.60, 1.00]; b did not beat random")
+    assert lines[1].startswith("- a better than c: **contradicted**, P(a > c) = 0.30 [0.00, 0.45]")
+    assert lines[2].startswith("- b better than c: **not confirmed at this budget**, P(b > c) = 0.60")
+    assert lines[3].startswith("- a competitive with c: **contradicted**")
+    assert lines[4].startswith("- b competitive with c: **not contradicted (not told apart)**")
+    assert lines[5].startswith("- a competitive with b: **not contradicted (a better)**")
+    assert lines[6] == "- a vs zz: no comparison in this report"

@@ -182,8 +182,9 @@ def task_reward(task_name: str, task_config: dict) -> Tuple[str, bool]:
     if mode == "agent0":
         who = config.get("rewarded_agent", 0)
         penalty = config.get("penalty_key")
-        return (f"private: only agent {who} rewarded (team objective + its penalty), the others get "
-                + (f"their own '{penalty}' penalty" if penalty else "0"), True)
+        return (f"private: only agent {who} rewarded (the team objective"
+                + (f" + its own '{penalty}' penalty), the others get their own '{penalty}' penalty" if penalty
+                   else "), the others get 0"), True)
     if mode == "individual":
         return "private per-agent rewards (the task's own)", True
     if family in _SHARED_FAMILIES:
@@ -216,10 +217,13 @@ def scored_on(metric: str, task_name: str, task_config: dict) -> str:
     mode = (task_config or {}).get("reward_mode")
     if mode == "agent0":
         penalty = (task_config or {}).get("penalty_key")
+        family = task_name.split("/")[0]
+        detail = {"vmas_private": " (VMAS navigation_agent0: goal shaping + all-on-goal bonus + every agent's "
+                                  "collision penalty, over n)",
+                  "coordsum_private": " (CoordSum: the team's hits per episode over n)"}.get(family, "")
         return ("`return`: mean over agents of the private returns = (rewarded agent's return"
                 + (f" + the others' '{penalty}' penalties" if penalty else "") + ") / n_agents: the team metric "
-                "scaled by 1/n (VMAS navigation_agent0: goal shaping + all-on-goal bonus + every agent's "
-                "collision penalty, over n)")
+                "scaled by 1/n" + detail)
     if per_agent:
         return "`return`: mean over agents of their episode returns (= the team's mean reward)"
     return "`return`: episode return of the shared team reward"
