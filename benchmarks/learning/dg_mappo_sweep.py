@@ -4,7 +4,7 @@
 Every variant runs ``benchmarl run`` with the results suite's experiment
 overrides (``benchmarks/suite/run.py``: :data:`COMMON`, the dg_mappo part's
 task, agents, frames and evaluation interval; ``--frames`` shortens it) and
-the CSV logger; the score of a run is the mean of its last 3 evaluation
+the CSV logger; the score of a run is the mean of its last 5 evaluation
 returns (``eval_reward_episode_reward_mean``, 10 episodes each), reported as
 mean ± std over seeds, with the last evaluation alone next to it. Variants (``--variants``, any subset, in this order by default):
 
@@ -15,6 +15,10 @@ mean ± std over seeds, with the last evaluation alone next to it. Variants (``-
 * ``mix_all``: ``consensus_params=[dgat,actor,critic]`` after every step (the default since issue 14);
 * ``mix_all_update3``: the public code's schedule, all three networks mixed 3 times per update;
 * ``mix_all_clip02``: ``mix_all`` with PPO clip 0.2 (MAPPO's);
+* ``clip02``: the default with PPO clip 0.2;
+* ``mappo_ppo``: the default with BenchMARL mappo's PPO settings (clip 0.2, entropy 0, l2 value loss,
+  gradient clip 5), D-GAT, per-agent critics and consensus unchanged;
+* ``mappo_ppo_vn``: ``mappo_ppo`` with ``value_norm: true``;
 * ``paper``: ``algorithm=dg_mappo_paper``;
 * ``mappo``, ``ippo``: BenchMARL's, same overrides.
 
@@ -48,6 +52,9 @@ sys.path.insert(0, str(REPO / "benchmarks" / "suite"))
 from run import COMMON, PARTS, SMOKE  # noqa: E402  (the results suite's settings)
 
 PART = PARTS["dg_mappo"]
+#: BenchMARL mappo's PPO settings (mappo.yaml + base_experiment.yaml's clip_grad_val) on dg_mappo's keys.
+MAPPO_PPO = ["algorithm.clip_epsilon=0.2", "algorithm.entropy_coef=0.0", "algorithm.loss_critic_type=l2",
+             "algorithm.max_grad_norm=5.0"]
 VARIANTS = {
     "first": ["algorithm=dg_mappo", "algorithm.num_hops=null", "algorithm.consensus_params=[dgat]"],
     "default": ["algorithm=dg_mappo"],
@@ -57,6 +64,9 @@ VARIANTS = {
                         "algorithm.mix_every=update", "algorithm.mixes_per_update=3"],
     "mix_all_clip02": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat,actor,critic]",
                        "algorithm.clip_epsilon=0.2"],
+    "clip02": ["algorithm=dg_mappo", "algorithm.clip_epsilon=0.2"],
+    "mappo_ppo": ["algorithm=dg_mappo", *MAPPO_PPO],
+    "mappo_ppo_vn": ["algorithm=dg_mappo", *MAPPO_PPO, "algorithm.value_norm=true"],
     "paper": ["algorithm=dg_mappo_paper"],
     "mappo": ["algorithm=mappo"],
     "ippo": ["algorithm=ippo"],
@@ -74,11 +84,15 @@ def command(variant: str, seed: int, run_dir: Path, args: argparse.Namespace) ->
     ]
 
 
+#: Evaluations averaged into a run's score: 5 x 10 episodes, the results suite's final score (`benchmarl report`).
+LAST = 5
+
+
 def score(run_dir: Path) -> dict:
-    """Mean of the last 3 evaluation returns, and the whole evaluation curve."""
+    """Mean of the last LAST evaluation returns, and the whole evaluation curve."""
     path = next(run_dir.rglob(f"scalars/{METRIC}"))
     rows = [(int(float(step)), float(value)) for step, value in csv.reader(path.open())]
-    last = [v for _, v in rows[-3:]]
+    last = [v for _, v in rows[-LAST:]]
     return {"final": statistics.fmean(last), "curve": rows}
 
 
@@ -133,8 +147,8 @@ def main(argv=None) -> dict:
             "n": len(finals),
         }
     print(f"\n{PART.task} ({' '.join(PART.task_overrides)}), {args.frames} frames, seeds {args.seeds}; "
-          "final = mean of the last 3 evaluation returns\n")
-    print("| variant | final return, last 3 evaluations (mean ± std) | last evaluation (mean ± std) | seeds |\n"
+          f"final = mean of the last {LAST} evaluation returns\n")
+    print(f"| variant | final return, last {LAST} evaluations (mean ± std) | last evaluation (mean ± std) | seeds |\n"
           "|---|---:|---:|---:|")
     for variant, s in results["summary"].items():
         print(f"| {variant} | {s['mean']:.3f} ± {s['std']:.3f} | {s['last_mean']:.3f} ± {s['last_std']:.3f} | {s['n']} |")
