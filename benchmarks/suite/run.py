@@ -159,7 +159,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "DecPG (paper 002): decentralized DSGD training matches centralized-critic MAPPO on MPE "
          "simple spread and generalizes better (eval_generalization_gap is logged for decpg)",
          ("decpg", "mappo", "ippo"), "pettingzoo/simple_spread", (),
-         frames=36_000, evaluation_interval=12_000, est_minutes=16,
+         frames=36_000, evaluation_interval=12_000, est_minutes=9,
          paper_budget="paper 002 gives no step count for simple spread in its text",
          gpu_sampling=False,
          reward="every agent its own simple-spread reward (PettingZoo's per-agent rewards), for all three",
@@ -168,7 +168,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "DG-MAPPO (paper 000): per-agent D-GAT inference of the global state, fully decentralized, "
          "competitive with MAPPO's centralized critic on cooperative navigation",
          ("dg_mappo", "mappo", "ippo"), "vmas/navigation", ("task.n_agents=4", "task.shared_rew=true"),
-         frames=72_000, evaluation_interval=12_000, est_minutes=13, paper_frames=2_000_000,
+         frames=72_000, evaluation_interval=12_000, est_minutes=6, paper_frames=2_000_000,
          paper_budget="paper 000 has no navigation run; its smallest SMAC budget is 2e6 steps (3m, Table 3)",
          reward="the shared team reward (task.shared_rew=true) for all three: dg_mappo's team rule "
                 "(mean over agents) leaves it unchanged",
@@ -183,7 +183,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "rate of 1.0), against BenchMARL's mappo and ippo as users get them: one policy network shared by "
          "the agents, which carries agent 0's reward to the others (matrpo_indep: per-agent baselines)",
          ("matrpo", "mappo", "ippo"), "coordsum_private/3x5-12", (),
-         frames=150_000, evaluation_interval=30_000, est_minutes=25, paper_frames=5_000_000,
+         frames=150_000, evaluation_interval=30_000, est_minutes=26, paper_frames=5_000_000,
          paper_budget="paper 001: 5 million timesteps on MPE (sec. VI-B); 150 policy iterations of 1,000 frames "
                       "here, the paper runs 500 of 10,000",
          gpu_sampling=True,
@@ -228,7 +228,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "MAGPO (paper 003, Table 2): ahead of MAPPO on CoordSum 5x20-80 (157.6 vs 142.5 at 20M steps; "
          "here at a few percent of that budget)",
          ("magpo", "mappo", "ippo"), "coordsum/5x20-80", ("task.mode=reference",),
-         frames=600_000, evaluation_interval=60_000, est_minutes=16, paper_frames=20_000_000,
+         frames=600_000, evaluation_interval=60_000, est_minutes=18, paper_frames=20_000_000,
          paper_budget="paper 003: 20 million environment steps (sec. 5)",
          reward="CoordSum's shared team reward (hit reward) for all three, in the public code's task mode "
                 "(task.mode=reference: the task behind the paper's Table 1-2 numbers)",
@@ -241,7 +241,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "DG-MAPPO (paper 000) on SMAX 3m (JaxMARL's SMAC re-implementation, heuristic enemy): "
          "win rate and return against MAPPO",
          ("dg_mappo", "mappo"), "smax/3m", (),
-         frames=60_000, evaluation_interval=12_000, est_minutes=12, requires_modules=("jax", "jaxmarl"),
+         frames=60_000, evaluation_interval=12_000, est_minutes=5, requires_modules=("jax", "jaxmarl"),
          gpu_sampling=False,  # JAX simulates on the CPU (jax without CUDA); training on CUDA
          paper_frames=2_000_000, paper_budget="paper 000, Table 3: 2e6 steps on SMAC 3m",
          reward="SMAX's shared team reward for both",
@@ -250,7 +250,7 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          "DG-MAPPO (paper 000) on SMAX 2s3z (2 stalkers + 3 zealots, heterogeneous units, heuristic enemy): "
          "win rate and return against MAPPO",
          ("dg_mappo", "mappo"), "smax/2s3z", (),
-         frames=180_000, evaluation_interval=30_000, est_minutes=30, requires_modules=("jax", "jaxmarl"),
+         frames=180_000, evaluation_interval=30_000, est_minutes=8, requires_modules=("jax", "jaxmarl"),
          gpu_sampling=False,
          paper_frames=3_000_000,
          paper_budget="paper 000 has no 2s3z run; paper 001 trains SMAC maps (2s3z among them) for 3e6 steps",
