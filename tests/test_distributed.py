@@ -153,6 +153,82 @@ def test_decpg_logs_bytes_per_agent_from_the_matrices_it_mixed_with(tmp_path):
     assert logged("comm_train_network_bytes_per_agent") == 0.0  # one process
 
 
+# ------------------------------------------------------------------ one level up: decpg's training update
+DECPG = dict(task="coordsum/8x15-100", algorithm_overrides={"k": 2, "link_failure": 0.3},
+             max_n_iters=1, on_policy_minibatch_size=20, loggers=["csv"])
+NETS = (("actor", "loss_objective"), ("critic", "loss_critic"))
+
+
+def _decpg_run(folder):
+    """One decpg iteration (3 minibatches); returns the experiment and the W each step mixed with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exp = make_experiment(folder, **DECPG)
+    used = {}
+    for net, loss in NETS:
+        mixer = exp.algorithm.callback.mixers[("agents", net)]
+        used[net] = []
+        exp.optimizers["agents"][loss].register_step_post_hook(
+            lambda *_, m=mixer, u=used[net]: u.append(m.matrix().detach().clone())
+        )
+    exp.run()
+    return exp, used
+
+
+def _logged(exp, name):
+    with open(exp.folder_name / exp.name / "scalars" / f"{name}.csv") as f:
+        return float(next(csv.reader(f))[1])
+
+
+def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
+    ref = torch.load(reference)
+    owner = plan_launch("decpg", {"agents": 8}, world_size)["agents"]
+    with use_transport(TorchDistributedTransport(owner)) as transport:
+        exp, used = _decpg_run(folder / f"rank{rank}")
+    local = transport.local_agents(8)
+    for net, _ in NETS:
+        for W, W_ref in zip(used[net], ref["used"][net], strict=True):
+            assert torch.equal(W, W_ref)
+        mixer = exp.algorithm.callback.mixers[("agents", net)]
+        assert mixer.transport is transport and mixer.leaves[0].shape[0] == local.numel()
+        leaves = exp.algorithm.actor_leaves("agents") if net == "actor" else exp.algorithm.critic_leaves("agents")
+        for p, q in zip(leaves, ref[net], strict=True):  # this rank's agents; the other rows are not its own
+            torch.testing.assert_close(p.detach()[local], q[local], rtol=1e-5, atol=1e-6)
+        assert torch.equal(mixer.comm.link_bytes, ref["link_bytes"][net][local])
+    network = sum(
+        int(mixing_bytes(W, ref["bytes_per_agent"][net], owner)[1][local].sum())
+        for net, _ in NETS for W in ref["used"][net]
+    )
+    assert network > 0
+    assert _logged(exp, "comm_train_network_bytes_per_agent") == pytest.approx(network / local.numel())
+    link = sum(int(ref["link_bytes"][net][local].sum()) for net, _ in NETS)
+    assert _logged(exp, "comm_train_bytes_per_agent") == pytest.approx(link / local.numel())
+
+
+@pytest.mark.slow
+def test_decpg_update_on_agent_blocks_equals_the_single_process_update(tmp_path):
+    """2 ranks x 4 agents: decpg's iteration (real losses, SGD, per-agent clip, mixing hooks, link failures).
+
+    Every rank builds the same experiment (the collection is replicated: the
+    environment interface across ranks does not exist yet) and mixes only its
+    own block through the distributed transport; its block ends the
+    iteration with the single-process run's parameters and bytes.
+    """
+    exp, used = _decpg_run(tmp_path / "single")
+    assert len(used["actor"]) == 3 and any(not torch.equal(W, used["actor"][0]) for W in used["actor"])
+    reference = {
+        "used": used,
+        "actor": [p.detach().clone() for p in exp.algorithm.actor_leaves("agents")],
+        "critic": [p.detach().clone() for p in exp.algorithm.critic_leaves("agents")],
+        "link_bytes": {net: exp.algorithm.callback.mixers[("agents", net)].comm.link_bytes.clone() for net, _ in NETS},
+        "bytes_per_agent": {
+            "actor": bytes_per_agent(exp.algorithm.actor_leaves("agents")),
+            "critic": bytes_per_agent(exp.algorithm.critic_leaves("agents")),
+        },
+    }
+    torch.save(reference, tmp_path / "reference.pt")
+    spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+
+
 # ------------------------------------------------------------------ bad input, before anything trains
 @pytest.mark.parametrize(
     "n_agents, world_size, match",

@@ -400,7 +400,7 @@ class _DecpgCallback(Callback):
                     exp.optimizers[group][loss_name] = optimizer
                 key = (group, net)
                 mixer = ConsensusMixer(
-                    leaves,
+                    transport.local_rows(leaves, len(exp.group_map[group])),
                     adjacency=algo.adjacencies[group],
                     rule=algo.mixing,
                     link_failure=algo.link_failure,

@@ -112,6 +112,30 @@ class Transport(ABC):
     def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
         """``theta_i <- sum_j W_ij theta_j`` in place for every agent held here; what was sent."""
 
+    def local_rows(self, leaves: Iterable[Tensor], n_agents: int) -> list[Tensor]:
+        """The rows of the agents held here, as views that share storage with ``leaves``.
+
+        Leaves already stacked over the agents held here are returned as they
+        are. Leaves stacked over all ``n_agents`` (a process that built every
+        agent's networks, e.g. a replicated BenchMARL experiment) give the
+        rows :meth:`local_agents` selects, which must be one contiguous block,
+        so that mixing writes into the process's own parameters.
+        """
+        leaves = list(leaves)
+        local = self.local_agents(n_agents)
+        if all(p.dim() > 0 and p.shape[0] == local.numel() for p in leaves):
+            return leaves
+        first, last = int(local[0]), int(local[-1]) + 1
+        if not torch.equal(local, torch.arange(first, last)):
+            raise ValueError(f"the agents held here, {local.tolist()}, are not one contiguous block")
+        bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != n_agents]
+        if bad:
+            raise ValueError(
+                f"leaves must be stacked over the {local.numel()} agents held here or all {n_agents}, "
+                f"got shapes {bad[:3]}"
+            )
+        return [p.detach()[first:last] for p in leaves]
+
 
 class InProcessTransport(Transport):
     """All agents in one process: one matrix product per stacked leaf, bytes from :func:`mixing_bytes`."""
