@@ -1,6 +1,6 @@
 """Distributed mode (preview): agents as separate processes on torch.distributed.
 
-What exists today (issue 18, first slice):
+What exists today (issue 18, first slice; decpg only, single machine, gloo):
 
 * a transport interface for the DSGD mixing step
   (:class:`~benchmarl_decentral.distributed.transport.Transport`) that
@@ -8,10 +8,15 @@ What exists today (issue 18, first slice):
   goes through in every run: :class:`InProcessTransport` (the default, all
   agents stacked in one process) and :class:`TorchDistributedTransport`
   (each rank holds a block of agents; parameter vectors travel point to point
-  to the ranks of the neighbours in ``W``, nothing else; gloo on CPU);
+  to the ranks of the neighbours in ``W``, nothing else);
 * byte accounting in both modes (:class:`MixRecord`, :func:`mixing_bytes`),
   logged by ``decpg`` as ``comm/train_bytes_per_agent`` and
   ``comm/train_network_bytes_per_agent``;
+* one rank of a BenchMARL experiment
+  (:mod:`benchmarl_decentral.distributed.experiment`: every rank steps a copy
+  of the environment and the ranks exchange their agents' actions) and the
+  entry point ``torchrun --nproc-per-node N -m benchmarl_decentral.distributed
+  algorithm=decpg task=...`` (:mod:`benchmarl_decentral.distributed.__main__`);
 * the launch checks (:func:`plan_launch`: algorithm support, world size vs
   agents) and a local spawner for tests (:func:`spawn_local`).
 
@@ -24,27 +29,21 @@ Ownership and messages of one DSGD step, 4 agents on a ring, 2 ranks::
     rank 1 --[theta_2, theta_3]--> rank 0     (1 reads 2, 0 reads 3)
     agent 0 reads theta_1 from memory (same rank), and so on.
 
-Plan for the rest (not built yet; each step needs the one before):
+Plan for the rest:
 
-1. *decpg on agent blocks.* Every rank builds the BenchMARL experiment for its
-   own agents only: the same task and seed, with its local block of actor and
-   critic parameters (``n_local`` on the agent dim) and the
-   ``TorchDistributedTransport`` installed by :func:`use_transport` while
-   ``decpg`` sets up its mixers, so ``decpg`` itself does not change.
-   Environment interface: rank 0 steps the (joint) environment and scatters
-   each rank's observations, then gathers its actions (point to point, one
-   message per rank and step). The cross-agent statistics that ``decpg``
-   logs (consensus distance, averaged evaluation model) need a reduction
-   outside training, on rank 0 only.
-2. *Entry point* ``torchrun --nproc-per-node N -m benchmarl_decentral.distributed
-   algorithm=decpg task=...``: every rank runs :func:`plan_launch` first, then
-   (1); rank 0 writes the run folder, JSON and CSV like a normal run's.
-3. *Oracle at the training level*: the same seeds give the same parameters as
-   the single-process run after several iterations.
+1. *Environment interface that scales*: today every rank steps a full copy of
+   the environment and sends its actions to every rank (traffic grows with
+   the ranks). A central environment rank would scatter each rank's
+   observations and gather its actions, one message per rank and step.
+2. *Only local parameters*: a rank still builds every agent's networks (the
+   rows of other agents are stale and unread); building ``n_local`` agents
+   needs BenchMARL's model to take a subset of the group.
+3. *Cross-agent metrics and the averaged evaluation model* (consensus
+   distance, ``theta_avg``): a reduction outside training, on rank 0.
 4. dg_mappo (D-GAT messages per environment step, parameter mixing of eqs.
    9-10) and matrpo (ADMM log-ratios and duals), each as one more transport
-   method; faults (dropped messages are already real here; elastic restart
-   from a checkpoint); scaling figures.
+   method; several agent groups; faults (dropped messages are already real
+   here; elastic restart from a checkpoint); scaling figures.
 """
 
 from __future__ import annotations

@@ -88,10 +88,16 @@ def plan_launch(algorithm: str, group_sizes: Mapping[str, int], world_size: int)
         ``owner`` of every group (:func:`partition_agents`).
 
     Raises:
-        ValueError: the algorithm has no distributed support, or the world
-            size does not divide a group's agents; one message naming the fix.
+        ValueError: the algorithm has no distributed support, the task has
+            several agent groups, or the world size does not divide the
+            agents; one message naming the fix.
     """
     check_algorithm(algorithm)
+    if len(group_sizes) > 1:
+        raise ValueError(
+            f"the distributed preview runs tasks with one agent group; this task has {sorted(group_sizes)}. "
+            f"Run it in one process (benchmarl run algorithm={algorithm} ...)."
+        )
     return {g: partition_agents(n, world_size, group=g) for g, n in group_sizes.items()}
 
 

@@ -54,8 +54,8 @@ class TorchDistributedTransport(Transport):
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         owner = torch.as_tensor(owner, dtype=torch.int64).cpu()
-        held = torch.bincount(owner, minlength=self.world_size) if owner.numel() else torch.zeros(0)
-        if owner.dim() != 1 or owner.min() < 0 or owner.max() >= self.world_size or (held == 0).any():
+        valid = owner.dim() == 1 and owner.numel() > 0 and owner.min() >= 0 and owner.max() < self.world_size
+        if not valid or (torch.bincount(owner, minlength=self.world_size) == 0).any():
             raise ValueError(
                 f"owner must give every one of the {owner.numel()} agents a rank in [0, {self.world_size}) "
                 f"and every rank at least one agent, got {owner.tolist()}"
