@@ -33,7 +33,11 @@ How it sits in BenchMARL (1.5.2) without a fork:
   pass no callbacks) swaps in SGD when asked, sets the linearly decaying
   learning rate each iteration, clips each agent's gradient norm on its own
   (BenchMARL's clip is over all agents jointly, a cross-agent statistic), and
-  registers the consensus mixing as an optimizer step hook;
+  registers the consensus mixing as an optimizer step hook; the mixing goes
+  through the installed transport
+  (:func:`~benchmarl_decentral.distributed.current_transport`, in-process
+  unless a distributed launcher set one), and the bytes every agent sent are
+  logged as ``comm/...`` each iteration;
 * evaluation is routed through the averaged model ``theta_avg = mean_i theta_i``
   (sec. 3, "In evaluation, the average model [...] is used"), or the local or
   individual models (Table 3), and optionally repeated in the perturbed test
@@ -75,6 +79,7 @@ from benchmarl_decentral.consensus import (
 )
 from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
+from benchmarl_decentral.distributed.transport import current_transport
 from benchmarl_decentral.environments.perturbation import PerturbedPolicy
 
 OPTIMIZERS = ("sgd", "adam")
@@ -376,11 +381,13 @@ class _DecpgCallback(Callback):
         self._metrics: Dict[str, float] = {}
         self._used: Dict[tuple, List[tuple]] = {}  # per step: (fraction of links up, gap of the W used)
         self._last_used: Dict[tuple, tuple] = {}  # per mixer: (the last W measured, its entry)
+        self._comm: Dict[str, tuple] = {}  # per group, this iteration: (link bytes, network bytes, agents held)
         self._clean_return: float | None = None
 
     # ------------------------------------------------------------------- setup
     def on_setup(self):
         algo, exp = self.algorithm, self.experiment
+        transport = current_transport()  # in-process unless a distributed launcher installed one
         seed_gen = torch.Generator().manual_seed(int(exp.seed))
         for group in exp.group_map:
             for loss_name, leaves, net in (
@@ -393,7 +400,7 @@ class _DecpgCallback(Callback):
                     exp.optimizers[group][loss_name] = optimizer
                 key = (group, net)
                 mixer = ConsensusMixer(
-                    leaves,
+                    transport.local_rows(leaves, len(exp.group_map[group])),
                     adjacency=algo.adjacencies[group],
                     rule=algo.mixing,
                     link_failure=algo.link_failure,
@@ -401,6 +408,7 @@ class _DecpgCallback(Callback):
                     generator=torch.Generator().manual_seed(
                         int(torch.randint(2**31 - 1, (1,), generator=seed_gen))
                     ),
+                    transport=transport,
                 )
                 mixer.enabled = net in algo.consensus_params  # an unmixed network still logs its distance
                 self.mixers[key] = mixer
@@ -471,6 +479,9 @@ class _DecpgCallback(Callback):
             self._measure[key] = True
         for used in self._used.values():
             used.clear()
+        for mixer in self.mixers.values():
+            mixer.comm.reset()
+        self._comm.clear()
 
     def on_train_end(self, training_td: TensorDictBase, group: str):
         for net in ("actor", "critic"):
@@ -492,7 +503,30 @@ class _DecpgCallback(Callback):
                 average_degree(self.mixers[(group, "actor")].adjacency).mean()
             )
         metrics = {k: v for k, v in self._metrics.items() if k.startswith(f"decpg/{group}/") or k == "decpg/lr"}
+        metrics.update(self._comm_metrics(group))
         self.experiment.logger.log(metrics, step=self.experiment.n_iters_performed)
+
+    def _comm_metrics(self, group: str) -> Dict[str, float]:
+        """Bytes each agent sent for this iteration's mixing steps (all networks), mean over its agents.
+
+        Per group, and over all groups once the last group has trained. Counted
+        by the transport: from the sent tensors across processes, by
+        :func:`~benchmarl_decentral.distributed.mixing_bytes` in one process.
+        """
+        mixers = [self.mixers[(group, net)] for net in ("actor", "critic")]
+        held = mixers[0].transport.local_agents(mixers[0].n_agents).numel()
+        link = sum(int(m.comm.link_bytes.sum()) for m in mixers if m.comm.steps)
+        network = sum(int(m.comm.network_bytes.sum()) for m in mixers if m.comm.steps)
+        self._comm[group] = (link, network, held)
+        metrics = {
+            f"comm/{group}/train_bytes_per_agent": link / held,
+            f"comm/{group}/train_network_bytes_per_agent": network / held,
+        }
+        if group == list(self.experiment.train_group_map)[-1]:
+            link, network, held = (sum(column) for column in zip(*self._comm.values()))
+            metrics["comm/train_bytes_per_agent"] = link / held
+            metrics["comm/train_network_bytes_per_agent"] = network / held
+        return metrics
 
     # -------------------------------------------------------------- evaluation
     def _route_evaluation(self) -> None:

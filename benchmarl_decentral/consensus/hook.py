@@ -21,6 +21,7 @@ from benchmarl_decentral.consensus.mixing import (
     spectral_gap,
 )
 from benchmarl_decentral.consensus.topology import from_adjacency
+from benchmarl_decentral.distributed.transport import CommCounter, InProcessTransport, Transport
 
 
 def _check_leaves(leaves: list[Tensor], n: int) -> None:
@@ -78,10 +79,19 @@ class ConsensusMixer:
         generator: random generator for link failures. (default: None)
         graph_mode: how a batch of graphs gives one ``W``, one of
             :data:`~benchmarl_decentral.consensus.BATCH_GRAPH_MODES`. (default: "mean")
+        transport: carries out each step
+            (:class:`~benchmarl_decentral.distributed.Transport`): in one process
+            (``None``, the default) the leaves hold all ``n`` agents; with a
+            distributed transport they hold only its
+            :meth:`~benchmarl_decentral.distributed.Transport.local_agents`,
+            stacked ``(n_local, ...)``, while ``adjacency`` and ``W`` stay
+            ``n x n``. (default: None)
 
     Attributes:
         n_agents: number of agents ``n``.
         enabled: when False, :meth:`step` and the attached hooks do nothing.
+        comm: bytes sent by the agents held here since the last
+            ``comm.reset()`` (:class:`~benchmarl_decentral.distributed.CommCounter`).
     """
 
     def __init__(
@@ -93,6 +103,7 @@ class ConsensusMixer:
         link_failure: float = 0.0,
         generator: torch.Generator | None = None,
         graph_mode: str = "mean",
+        transport: Transport | None = None,
     ) -> None:
         if rule not in MIXING_RULES:
             raise ValueError(f"unknown mixing rule {rule!r}; choose one of {MIXING_RULES}")
@@ -106,6 +117,8 @@ class ConsensusMixer:
         self.link_failure = link_failure
         self.generator = generator
         self.enabled = True
+        self.transport = InProcessTransport() if transport is None else transport
+        self.comm = CommCounter()
         self.set_adjacency(adjacency)
 
     def set_adjacency(self, adjacency: Tensor) -> None:
@@ -127,7 +140,7 @@ class ConsensusMixer:
         else:
             adj = from_adjacency(adjacency, n=n)
         self.n_agents = adj.shape[-1]
-        _check_leaves(self.leaves, self.n_agents)
+        _check_leaves(self.leaves, self.transport.local_agents(self.n_agents).numel())
         self.adjacency = adj
         self._base_W = self._build(adj)
         self._W = self._base_W
@@ -147,14 +160,18 @@ class ConsensusMixer:
         return spectral_gap(self._base_W)
 
     def step(self) -> Tensor | None:
-        """Mix the leaves in place; returns the ``W`` used (None when disabled)."""
+        """Mix the leaves in place through the transport; returns the ``W`` used (None when disabled).
+
+        Every process of a distributed run draws the same link failures (same
+        ``generator`` seed), so all build the same ``W``.
+        """
         if not self.enabled:
             return None
         if self.link_failure > 0:
             union = self.adjacency.reshape(-1, self.n_agents, self.n_agents).any(0)
             up = drop_links(union, self.link_failure, generator=self.generator)
             self._W = self._build(self.adjacency & up)
-        mix_(self.leaves, self._W)
+        self.comm.add(self.transport.mix_(self.leaves, self._W))
         return self._W
 
     def attach(self, optimizer: torch.optim.Optimizer, *, when: str = "pre") -> RemovableHandle:

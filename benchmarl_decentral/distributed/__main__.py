@@ -1,0 +1,128 @@
+"""``torchrun --nproc-per-node N -m benchmarl_decentral.distributed algorithm=decpg task=... [overrides]``.
+
+Every rank composes the same hydra config as ``benchmarl run`` and checks it
+(:func:`check_config`, :func:`~benchmarl_decentral.distributed.plan_launch`)
+before it joins the process group or builds anything; a refused launch prints
+one message (rank 0) and exits with status 2 on every rank. Then each rank
+builds the experiment for its block of agents
+(:func:`~benchmarl_decentral.distributed.experiment.build_rank_experiment`)
+and trains. Rank 0 writes the experiment folder, in ``experiment.save_folder``
+or else the current directory (as BenchMARL's Python API does; there is no
+hydra ``outputs/`` folder): CSV, JSON. The other ranks write nothing that stays.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import benchmarl
+import hydra
+import hydra.errors
+import torch.distributed as dist
+from omegaconf import DictConfig
+
+import benchmarl_decentral  # noqa: F401  (registers our algorithms, models and tasks)
+from benchmarl_decentral.distributed.launch import check_algorithm, plan_launch
+
+PROG = "benchmarl_decentral.distributed"
+CONF_DIR = str(Path(benchmarl.__file__).parent / "conf")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """What the distributed preview cannot run yet, refused with the override that fixes it.
+
+    Raises:
+        ValueError: evaluation that reads every agent's parameters (decpg's
+            ``average``/``individual`` models, perturbed or dropout
+            evaluation), checkpoints or a restore (a rank's checkpoint holds
+            only its own agents correctly).
+    """
+    algo, exp = cfg.algorithm, cfg.experiment
+    if exp.evaluation:
+        needs_all = []
+        if algo.get("evaluation_mode", "local") != "local":
+            needs_all.append(f"algorithm.evaluation_mode={algo.evaluation_mode} (use local)")
+        if algo.get("perturbed_evaluation", False):
+            needs_all.append("algorithm.perturbed_evaluation=true (use false)")
+        if algo.get("evaluation_dropout", None):
+            needs_all.append("algorithm.evaluation_dropout (use [])")
+        if needs_all:
+            raise ValueError(
+                "distributed runs evaluate each agent with its own parameters only; "
+                f"{', '.join(needs_all)}, or set experiment.evaluation=false."
+            )
+    if exp.checkpoint_interval or exp.checkpoint_at_end or exp.restore_file:
+        raise ValueError(
+            "distributed runs do not checkpoint or resume yet (a rank holds only its own agents' parameters); "
+            "set experiment.checkpoint_interval=0 experiment.checkpoint_at_end=false experiment.restore_file=null."
+        )
+
+
+def _refuse(rank: int, message: str) -> None:
+    if rank == 0:
+        print(f"{PROG}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def compose(overrides: list[str]) -> tuple[DictConfig, str, str]:
+    """The config ``benchmarl run`` would compose from ``overrides``; with the task and algorithm names.
+
+    hydra's compose API: no ``outputs/`` folder, no ``.hydra/``, nothing
+    written (a refused launch leaves nothing behind).
+    """
+    with hydra.initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = hydra.compose("config", overrides=overrides, return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    return cfg, choices.task, choices.algorithm
+
+
+def main(overrides: list[str]) -> None:
+    """One rank of a distributed run (see the module docstring); ``RANK`` / ``WORLD_SIZE`` from torchrun."""
+    from benchmarl.hydra_config import (
+        load_algorithm_config_from_hydra,
+        load_experiment_from_hydra,
+        load_task_config_from_hydra,
+    )
+
+    from benchmarl_decentral.distributed.experiment import build_rank_experiment, group_sizes
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        _refuse(0, f"launch it with torchrun, e.g. torchrun --nproc-per-node 2 -m {PROG} "
+                   "algorithm=decpg task=coordsum/8x15-100 experiment.evaluation=false")
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    try:
+        cfg, task_name, algorithm = compose(overrides)
+        check_algorithm(algorithm)  # first: no environment built for nothing
+        check_config(cfg)
+        load_algorithm_config_from_hydra(cfg.algorithm)  # the algorithm's own checks
+        sizes = group_sizes(load_task_config_from_hydra(cfg.task, task_name), seed=cfg.seed)
+        plan_launch(algorithm, sizes, world_size)
+    except (ValueError, hydra.errors.HydraException) as error:
+        _refuse(rank, str(error))
+
+    scratch = None
+    if rank != 0:  # the run's outputs are rank 0's
+        scratch = tempfile.mkdtemp(prefix=f"benchmarl_rank{rank}_")
+        cfg.experiment.loggers = []
+        # BenchMARL evaluates only with a logger or the JSON: every rank must evaluate (the actions are
+        # exchanged), so the others keep the JSON, in a folder removed at the end
+        cfg.experiment.create_json = True
+        cfg.experiment.save_folder = scratch
+    dist.init_process_group("gloo")
+    try:
+        experiment = build_rank_experiment(
+            lambda: load_experiment_from_hydra(cfg, task_name=task_name), algorithm=algorithm, sizes=sizes
+        )
+        experiment.run()
+    finally:
+        dist.destroy_process_group()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,127 @@
+"""A BenchMARL experiment as one rank of a distributed run (decpg), with replicated environments.
+
+Every rank builds the same experiment (same task, seed and config) with the
+:class:`~benchmarl_decentral.distributed.TorchDistributedTransport` installed,
+so ``decpg`` mixes only the rows of its own agents
+(:meth:`~benchmarl_decentral.distributed.Transport.local_rows`), exchanging
+parameter vectors with the ranks of their neighbours. The other rows of its
+stacked networks are never trained correctly on this rank and are never read
+for its own agents (every ``decpg`` loss is separable by agent).
+
+Environment interface: every rank steps its own copy of the (joint)
+environment. After the policy acts, each rank sends the actions of its agents
+to every other rank and takes theirs for the other agents
+(:class:`ActionExchange`), so all copies see the same joint action, the same
+observations and rewards, and collect the single-process run's batch for their
+own agents. This exchange is the only traffic outside the mixing; it goes to
+every rank, one message per rank and environment step (a central environment
+rank would replace it, see the plan in :mod:`benchmarl_decentral.distributed`).
+
+Left out (refused or documented): evaluation with the averaged model, and the
+cross-agent metrics (consensus distance, gradient disagreement), need every
+agent's parameters; they are computed here from the rows this rank holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from benchmarl.experiment import Experiment
+from benchmarl.experiment.callback import Callback
+from tensordict import TensorDictBase
+
+from benchmarl_decentral.distributed.launch import plan_launch
+from benchmarl_decentral.distributed.torch_dist import TorchDistributedTransport
+from benchmarl_decentral.distributed.transport import use_transport
+
+
+class ActionExchange(Callback):
+    """Joint action on every rank: send this rank's agents' actions, take the others' (point to point).
+
+    Registered as a forward hook on the group's collection policy; every call
+    (collection and evaluation alike) exchanges the ``(group, "action")`` rows,
+    so every rank must call the policy the same number of times (same config:
+    every rank evaluates when one does).
+    Logs ``comm/env_bytes_per_agent``: bytes each agent of this rank sent for
+    the environment interface since the previous batch (its collection, and
+    any evaluation run in between).
+
+    Args:
+        experiment: the experiment of this rank (already built).
+        transport: the transport its mixers use (its ``owner`` places the agents).
+        group: the agent group.
+    """
+
+    def __init__(self, experiment: Experiment, transport: TorchDistributedTransport, group: str) -> None:
+        super().__init__()
+        self.experiment = experiment
+        self.transport = transport
+        self.group = group
+        self.bytes_sent = 0
+        self._handle = experiment.group_policies[group].register_forward_hook(self._exchange)
+
+    def _exchange(self, module: Any, args: Any, output: TensorDictBase) -> TensorDictBase:
+        group_td = output.get(self.group)
+        action = group_td.get("action")
+        dim = group_td.batch_dims - 1  # the agent dim
+        owner, rank = self.transport.owner, self.transport.rank
+        ops, received = [], []
+        for r in range(self.transport.world_size):
+            rows = torch.nonzero(owner == r).flatten()
+            block = action.narrow(dim, int(rows[0]), rows.numel())
+            if r == rank:
+                sent = block.contiguous()
+                peers = [peer for peer in range(self.transport.world_size) if peer != rank]
+                ops += [dist.P2POp(dist.isend, sent, peer) for peer in peers]
+                self.bytes_sent += len(peers) * sent.numel() * sent.element_size() // rows.numel()
+            else:
+                buf = torch.empty_like(block.contiguous())
+                ops.append(dist.P2POp(dist.irecv, buf, r))
+                received.append((block, buf))
+        if ops:
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
+        with torch.no_grad():
+            for block, buf in received:
+                block.copy_(buf)  # a view of the action: writes the joint action in place
+        return output
+
+    def on_batch_collected(self, batch: TensorDictBase) -> None:
+        self.experiment.logger.log(
+            {"comm/env_bytes_per_agent": float(self.bytes_sent)}, step=self.experiment.n_iters_performed
+        )
+        self.bytes_sent = 0
+
+
+def group_sizes(task: Any, *, seed: int = 0) -> dict[str, int]:
+    """Agents per group of a BenchMARL task config, from one environment (no experiment, no folder)."""
+    continuous = task.supports_continuous_actions()
+    env = task.get_env_fun(num_envs=1, continuous_actions=continuous, seed=seed, device="cpu")()
+    try:
+        return {group: len(agents) for group, agents in task.group_map(env).items()}
+    finally:
+        env.close()
+
+
+def build_rank_experiment(make: Callable[[], Experiment], *, algorithm: str, sizes: dict[str, int]) -> Experiment:
+    """This rank's experiment: checks, the transport installed while ``make()`` builds it, the action exchange.
+
+    Args:
+        make: builds the experiment (the same on every rank).
+        algorithm: the algorithm's name, checked by :func:`plan_launch`.
+        sizes: agents per group (:func:`group_sizes`).
+
+    Raises:
+        ValueError: from :func:`plan_launch` (one message, before ``make()``
+            builds anything).
+    """
+    (group, owner), = plan_launch(algorithm, sizes, dist.get_world_size()).items()
+    transport = TorchDistributedTransport(owner)
+    with use_transport(transport):
+        exp = make()
+    exchange = ActionExchange(exp, transport, group)
+    exp.callbacks = [*exp.callbacks, exchange]
+    return exp

@@ -1,0 +1,154 @@
+"""Placing agents on ranks, the checks a launch runs before anything trains, and a local process spawner.
+
+Pure torch: no BenchMARL import.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor
+
+#: Algorithms whose training traffic the distributed transport can carry, and what is still missing
+#: for the others (the message of :func:`check_algorithm`).
+DISTRIBUTED_ALGORITHMS: tuple[str, ...] = ("decpg",)
+_NOT_SUPPORTED: dict[str, str] = {
+    "dg_mappo": "its D-GAT messages (per environment step) and consensus loss have no distributed transport yet",
+    "matrpo": "its ADMM exchange of per-sample log-ratios and dual variables has no distributed transport yet",
+    "magpo": "its guider is centralized by design (one network reads every agent), so it cannot be split by agent",
+}
+
+
+def check_algorithm(name: str) -> None:
+    """Refuse an algorithm the distributed mode cannot run, naming why and what to use instead.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`DISTRIBUTED_ALGORITHMS`.
+    """
+    if name in DISTRIBUTED_ALGORITHMS:
+        return
+    why = _NOT_SUPPORTED.get(name, "it has no consensus step between agents (nothing to distribute by agent)")
+    raise ValueError(
+        f"algorithm={name} has no distributed support: {why}. "
+        f"Distributed runs support algorithm={'|'.join(DISTRIBUTED_ALGORITHMS)}; "
+        f"run {name} in one process (benchmarl run algorithm={name} ...)."
+    )
+
+
+def partition_agents(n_agents: int, world_size: int, *, group: str = "agents") -> Tensor:
+    """Contiguous equal blocks: agent ``i`` goes to rank ``i // (n_agents // world_size)``.
+
+    One agent per rank when ``world_size == n_agents``; blocks of
+    ``n_agents / world_size`` agents otherwise. Equal blocks keep every rank's
+    work and its share of the messages the same.
+
+    Args:
+        n_agents: agents in the group.
+        world_size: number of ranks.
+        group: group name, for the error message. (default: "agents")
+
+    Returns:
+        ``owner``, the rank of every agent, ``(n_agents,)`` int64.
+
+    Raises:
+        ValueError: ``world_size`` is not a divisor of ``n_agents`` (a rank would
+            own no agent, or the blocks would differ in size).
+    """
+    if world_size < 1 or n_agents < 1 or n_agents % world_size:
+        divisors = [d for d in range(1, n_agents + 1) if n_agents % d == 0]
+        problem = (
+            f"{world_size - n_agents} of the {world_size} ranks would own no agent"
+            if world_size > n_agents
+            else f"{n_agents} agents do not split into {world_size} equal blocks"
+        )
+        raise ValueError(
+            f"world size {world_size} does not fit group '{group}' of {n_agents} agents: {problem}. "
+            f"Launch a number of processes that divides {n_agents} (torchrun --nproc-per-node N with "
+            f"N in {divisors})."
+        )
+    return torch.arange(n_agents) // (n_agents // world_size)
+
+
+def plan_launch(algorithm: str, group_sizes: Mapping[str, int], world_size: int) -> dict[str, Tensor]:
+    """All the checks of a distributed launch, run by every process before it builds anything.
+
+    Args:
+        algorithm: algorithm name (``algorithm=...``).
+        group_sizes: agents per group of the task.
+        world_size: number of ranks.
+
+    Returns:
+        ``owner`` of every group (:func:`partition_agents`).
+
+    Raises:
+        ValueError: the algorithm has no distributed support, the task has
+            several agent groups, or the world size does not divide the
+            agents; one message naming the fix.
+    """
+    check_algorithm(algorithm)
+    if len(group_sizes) > 1:
+        raise ValueError(
+            f"the distributed preview runs tasks with one agent group; this task has {sorted(group_sizes)}. "
+            f"Run it in one process (benchmarl run algorithm={algorithm} ...)."
+        )
+    return {g: partition_agents(n, world_size, group=g) for g, n in group_sizes.items()}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for ``MASTER_PORT``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bootstrap(rank: int, fn: Callable, world_size: int, port: int, timeout_s: float, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+    )
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_local(
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    port: int | None = None,
+    start_method: str = "spawn",
+    timeout_s: float = 60.0,
+) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` local processes joined by a gloo group.
+
+    The single-machine counterpart of ``torchrun --nproc-per-node world_size``
+    for tests and examples: ``MASTER_ADDR=127.0.0.1``, a free port, CPU gloo.
+    An exception in any process is raised here.
+
+    Args:
+        fn: picklable (module-level) function.
+        world_size: number of processes.
+        *args: passed to ``fn`` after ``rank, world_size``.
+        port: ``MASTER_PORT``; ``None`` picks a free one. (default: None)
+        start_method: ``spawn`` or ``fork`` (fork skips re-importing modules
+            in the children). (default: "spawn")
+        timeout_s: process-group timeout, after which a rank waiting on a
+            message that never comes fails instead of hanging. (default: 60.0)
+    """
+    port = free_port() if port is None else port
+    mp.start_processes(
+        _bootstrap,
+        args=(fn, world_size, port, timeout_s, args),
+        nprocs=world_size,
+        join=True,
+        start_method=start_method,
+    )

@@ -1,0 +1,128 @@
+"""DSGD mixing across processes with torch.distributed point-to-point messages.
+
+Each rank holds the leaves of its block of agents, stacked ``(n_local, ...)``.
+One mixing step (002_4f291ba56d03e11d.txt sec. 3,
+``theta_i <- sum_j W_ij theta_j``) is:
+
+1. flatten the local agents' leaves into one vector per agent ``(n_local, D)``;
+2. for every other rank ``r``: send (``isend``) the vectors of the local agents
+   that some agent on ``r`` reads (``W_ji != 0``, ``j`` on ``r``), and receive
+   (``irecv``) the vectors of the agents on ``r`` that some local agent reads;
+   all of it in one ``batch_isend_irecv``. Ranks with no link between their
+   blocks exchange nothing, and a link whose weight is 0 in this step's ``W``
+   (a failed link) carries no message: there is no collective over all ranks;
+3. ``theta_local <- W[local, :] @ theta`` with the received rows, written back
+   into the leaves.
+
+Every rank must build the same ``W`` (same topology, same rule, same
+link-failure generator seed); the send and receive sets are both derived from
+it, so a rank that disagreed would wait on a message that never comes (the
+process group's timeout then ends the run).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from benchmarl_decentral.distributed.transport import MixRecord, Transport, sends
+
+
+class TorchDistributedTransport(Transport):
+    """Neighbour-only parameter exchange between the ranks of the default process group.
+
+    Args:
+        owner: rank of every agent, ``(n,)`` int (see
+            :func:`~benchmarl_decentral.distributed.launch.partition_agents`).
+            Every rank of the world must own at least one agent.
+
+    Attributes:
+        rank: this process's rank.
+        world_size: number of ranks.
+    """
+
+    name = "torch_distributed"
+
+    def __init__(self, owner: Tensor) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "TorchDistributedTransport needs an initialised process group: launch with torchrun "
+                "(or benchmarl_decentral.distributed.launch.spawn_local) and call "
+                "torch.distributed.init_process_group first."
+            )
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        owner = torch.as_tensor(owner, dtype=torch.int64).cpu()
+        valid = owner.dim() == 1 and owner.numel() > 0 and owner.min() >= 0 and owner.max() < self.world_size
+        if not valid or (torch.bincount(owner, minlength=self.world_size) == 0).any():
+            raise ValueError(
+                f"owner must give every one of the {owner.numel()} agents a rank in [0, {self.world_size}) "
+                f"and every rank at least one agent, got {owner.tolist()}"
+            )
+        self.owner = owner
+        self._local = torch.nonzero(owner == self.rank).flatten()
+
+    def local_agents(self, n_agents: int) -> Tensor:
+        if n_agents != self.owner.numel():
+            raise ValueError(
+                f"this transport places {self.owner.numel()} agents on {self.world_size} ranks, "
+                f"but the mixing matrix is {n_agents} x {n_agents}"
+            )
+        return self._local
+
+    def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
+        n = W.shape[0]
+        local = self.local_agents(n)
+        m = local.numel()
+        dtypes = {p.dtype for p in leaves}
+        if len(dtypes) > 1:
+            raise ValueError(f"the mixed leaves must share one dtype to travel as one vector, got {dtypes}")
+        bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != m]
+        if bad:
+            raise ValueError(f"rank {self.rank} holds {m} agents but got leaves of shapes {bad[:3]}")
+        if not leaves:
+            return MixRecord(local, torch.zeros(m, dtype=torch.int64), torch.zeros(m, dtype=torch.int64))
+
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(m, -1) for p in leaves], dim=1).cpu()  # (m, D)
+        S = sends(W).cpu()  # S[j, i]: i sends to j
+        ranks = torch.nn.functional.one_hot(self.owner, self.world_size).to(torch.int64)  # (n, R)
+        readers = S.T.to(torch.int64) @ ranks  # readers[i, r]: agents on rank r reading agent i
+        row_bytes = flat.shape[1] * flat.element_size()
+
+        ops: list[dist.P2POp] = []
+        received: list[tuple[Tensor, Tensor]] = []
+        link_bytes = readers[local, self.rank] * row_bytes  # co-located neighbours read it from memory
+        network_bytes = torch.zeros(m, dtype=torch.int64)
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            out_rows = torch.nonzero(readers[local, r] > 0).flatten()  # rows of flat that rank r reads
+            if out_rows.numel():
+                buf = flat[out_rows].contiguous()
+                ops.append(dist.P2POp(dist.isend, buf, r))
+                sent = buf[0].numel() * buf.element_size()  # bytes of each row actually sent
+                network_bytes[out_rows] += sent
+                link_bytes[out_rows] += readers[local[out_rows], r] * sent
+            srcs = torch.nonzero((self.owner == r) & (readers[:, self.rank] > 0)).flatten()
+            if srcs.numel():
+                buf = torch.empty(srcs.numel(), flat.shape[1], dtype=flat.dtype)
+                ops.append(dist.P2POp(dist.irecv, buf, r))
+                received.append((srcs, buf))
+        if ops:
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
+
+        theta = torch.zeros(n, flat.shape[1], dtype=flat.dtype)
+        theta[local] = flat
+        for srcs, buf in received:
+            theta[srcs] = buf
+        mixed = W[local].to(theta) @ theta  # (m, D); W is 0 on every row of theta left empty
+        with torch.no_grad():
+            offset = 0
+            for p in leaves:
+                size = p[0].numel()
+                p.copy_(mixed[:, offset : offset + size].reshape_as(p).to(p.device))
+                offset += size
+        return MixRecord(agents=local, link_bytes=link_bytes, network_bytes=network_bytes)

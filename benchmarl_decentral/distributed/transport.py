@@ -1,0 +1,199 @@
+"""The transport interface of the DSGD mixing step, its in-process transport and its byte accounting.
+
+A transport carries out one mixing step ``theta_i <- sum_j W_ij theta_j``
+(002_4f291ba56d03e11d.txt sec. 3; 000_ef718962e1e8f612.txt eq. (9)) on the
+parameters this process holds, and says how many bytes every agent sent for it.
+:class:`~benchmarl_decentral.consensus.ConsensusMixer` only talks to a
+transport, so the algorithms (``decpg``) never branch on the mode:
+
+* :class:`InProcessTransport`: every agent's leaves are stacked ``(n, ...)`` in
+  one process; the step is one matrix product per leaf
+  (:func:`~benchmarl_decentral.consensus.mix_`). Bytes come from the formula
+  :func:`mixing_bytes` (nothing crosses a process boundary).
+* :class:`~benchmarl_decentral.distributed.torch_dist.TorchDistributedTransport`:
+  each rank holds a block of agents ``(n_local, ...)`` and exchanges flat
+  parameter vectors point to point with the ranks of its neighbours in ``W``;
+  bytes are counted from the tensors it sends.
+
+Pure torch: no BenchMARL import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class MixRecord:
+    """What one mixing step sent, per agent held here.
+
+    Attributes:
+        agents: global indices of the agents held here, ``(n_local,)``.
+        link_bytes: bytes each of them sent over its links ``i -> j`` (``j != i``,
+            ``W_ji != 0``): one parameter vector per neighbour that reads it,
+            the algorithm's communication cost. ``(n_local,)`` int64.
+        network_bytes: the part of it that crossed a process boundary (one
+            vector per destination rank; 0 in one process). ``(n_local,)`` int64.
+    """
+
+    agents: Tensor
+    link_bytes: Tensor
+    network_bytes: Tensor
+
+
+def sends(W: Tensor) -> Tensor:
+    """``S[j, i] = W_ji != 0 and j != i``: agent ``i`` sends ``theta_i`` to ``j`` in one mixing step.
+
+    A link with weight 0 (a failed link after renormalisation, or an absent
+    one) carries no message.
+    """
+    n = W.shape[-1]
+    return (W != 0) & ~torch.eye(n, dtype=torch.bool, device=W.device)
+
+
+def mixing_bytes(W: Tensor, bytes_per_agent: int, owner: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Bytes each agent sends in one mixing step, by formula.
+
+    ``link_bytes_i = out_degree_i(W) * bytes_per_agent``, with ``out_degree_i``
+    the number of agents ``j != i`` with ``W_ji != 0`` (every neighbour reads
+    agent ``i``'s whole parameter vector). With ``owner`` (agent -> rank), the
+    vector goes once to every *other* rank that holds a reader:
+    ``network_bytes_i = |{owner_j : W_ji != 0, owner_j != owner_i}| * bytes_per_agent``.
+
+    Args:
+        W: mixing matrix ``(n, n)`` of the step.
+        bytes_per_agent: size of one agent's parameter vector in bytes
+            (``numel * element_size`` summed over the mixed leaves).
+        owner: rank of every agent ``(n,)``; ``None`` means one process. (default: None)
+
+    Returns:
+        ``(link_bytes, network_bytes)``, each ``(n,)`` int64.
+    """
+    S = sends(W).cpu()
+    link = S.sum(0).to(torch.int64) * bytes_per_agent
+    if owner is None:
+        return link, torch.zeros_like(link)
+    owner = owner.cpu().long()
+    ranks = torch.nn.functional.one_hot(owner, int(owner.max()) + 1).bool()  # (n, R)
+    # reaches[i, r]: some agent on rank r reads agent i
+    reaches = (S.T.to(torch.int64) @ ranks.to(torch.int64)) > 0
+    reaches &= ~ranks  # its own rank reads it from memory
+    return link, reaches.sum(1).to(torch.int64) * bytes_per_agent
+
+
+def bytes_per_agent(leaves: Iterable[Tensor]) -> int:
+    """Size in bytes of one agent's slice of stacked leaves ``(n, ...)``."""
+    return sum(p[0].numel() * p.element_size() for p in leaves)
+
+
+class Transport(ABC):
+    """How one DSGD mixing step reaches the parameters of the neighbours.
+
+    A transport holds no parameters: :meth:`mix_` gets the leaves of the agents
+    held in this process, stacked ``(n_local, ...)`` in the order of
+    :meth:`local_agents`, and the full ``(n, n)`` matrix ``W`` of the step
+    (every process builds the same ``W``: same topology, same link-failure seed).
+    """
+
+    #: Name logged with the run (``in_process`` / ``torch_distributed``).
+    name: str = "transport"
+
+    @abstractmethod
+    def local_agents(self, n_agents: int) -> Tensor:
+        """Global indices (sorted, int64) of the agents whose leaves this process holds."""
+
+    @abstractmethod
+    def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
+        """``theta_i <- sum_j W_ij theta_j`` in place for every agent held here; what was sent."""
+
+    def local_rows(self, leaves: Iterable[Tensor], n_agents: int) -> list[Tensor]:
+        """The rows of the agents held here, as views that share storage with ``leaves``.
+
+        Leaves already stacked over the agents held here are returned as they
+        are. Leaves stacked over all ``n_agents`` (a process that built every
+        agent's networks, e.g. a replicated BenchMARL experiment) give the
+        rows :meth:`local_agents` selects, which must be one contiguous block,
+        so that mixing writes into the process's own parameters.
+        """
+        leaves = list(leaves)
+        local = self.local_agents(n_agents)
+        if all(p.dim() > 0 and p.shape[0] == local.numel() for p in leaves):
+            return leaves
+        first, last = int(local[0]), int(local[-1]) + 1
+        if not torch.equal(local, torch.arange(first, last)):
+            raise ValueError(f"the agents held here, {local.tolist()}, are not one contiguous block")
+        bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != n_agents]
+        if bad:
+            raise ValueError(
+                f"leaves must be stacked over the {local.numel()} agents held here or all {n_agents}, "
+                f"got shapes {bad[:3]}"
+            )
+        return [p.detach()[first:last] for p in leaves]
+
+
+class InProcessTransport(Transport):
+    """All agents in one process: one matrix product per stacked leaf, bytes from :func:`mixing_bytes`."""
+
+    name = "in_process"
+
+    def local_agents(self, n_agents: int) -> Tensor:
+        return torch.arange(n_agents)
+
+    def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
+        from benchmarl_decentral.consensus.hook import mix_  # the consensus core imports this module
+
+        mix_(leaves, W)
+        link, network = mixing_bytes(W, bytes_per_agent(leaves))
+        return MixRecord(agents=torch.arange(W.shape[0]), link_bytes=link, network_bytes=network)
+
+
+class CommCounter:
+    """Sums the :class:`MixRecord` s of the steps of one iteration, per agent held here."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new iteration (nothing sent yet)."""
+        self.link_bytes: Tensor | None = None
+        self.network_bytes: Tensor | None = None
+        self.steps = 0
+
+    def add(self, record: MixRecord) -> None:
+        """Count one mixing step."""
+        if self.link_bytes is None:
+            self.link_bytes = record.link_bytes.clone()
+            self.network_bytes = record.network_bytes.clone()
+        else:
+            self.link_bytes += record.link_bytes
+            self.network_bytes += record.network_bytes
+        self.steps += 1
+
+
+_CURRENT: list[Transport] = []
+
+
+def current_transport() -> Transport:
+    """The transport installed by :func:`use_transport` (innermost), else a new :class:`InProcessTransport`."""
+    return _CURRENT[-1] if _CURRENT else InProcessTransport()
+
+
+@contextlib.contextmanager
+def use_transport(transport: Transport) -> Iterator[Transport]:
+    """Mixers built inside this block (e.g. by ``decpg``'s setup) use ``transport``.
+
+    The launcher of a distributed run installs its
+    :class:`~benchmarl_decentral.distributed.torch_dist.TorchDistributedTransport`
+    this way, so the algorithm code is the same in both modes.
+    """
+    _CURRENT.append(transport)
+    try:
+        yield transport
+    finally:
+        _CURRENT.remove(transport)

@@ -1,0 +1,404 @@
+"""Distributed mode (preview): transports, byte accounting, launch checks (CPU, gloo)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from benchmarl_decentral.consensus import ConsensusMixer, build_topology, knn_ring, mix_, uniform
+from benchmarl_decentral.distributed import (
+    InProcessTransport,
+    TorchDistributedTransport,
+    bytes_per_agent,
+    check_algorithm,
+    mixing_bytes,
+    partition_agents,
+    plan_launch,
+    spawn_local,
+    use_transport,
+)
+
+from conftest import make_experiment
+
+
+# ------------------------------------------------------------------ byte formula
+def test_mixing_bytes_counts_one_vector_per_link_and_per_destination_rank():
+    W = uniform(knn_ring(4, 2))  # ring 0-1-2-3-0: every agent has 2 neighbours
+    link, network = mixing_bytes(W, 100)
+    assert link.tolist() == [200] * 4 and network.tolist() == [0] * 4  # one process: nothing crosses
+    # one agent per rank: every link crosses
+    assert mixing_bytes(W, 100, torch.arange(4))[1].tolist() == [200] * 4
+    # blocks {0,1} {2,3}: agent 0 is read by 1 (same rank) and 3 (the other rank): one vector sent
+    assert mixing_bytes(W, 100, torch.tensor([0, 0, 1, 1]))[1].tolist() == [100] * 4
+    # a failed link 0-1 (weight 0 both ways) carries no message
+    adj = knn_ring(4, 2)
+    adj[0, 1] = adj[1, 0] = False
+    link, network = mixing_bytes(uniform(adj), 100, torch.tensor([0, 0, 1, 1]))
+    assert link.tolist() == [100, 100, 200, 200] and network.tolist() == [100, 100, 100, 100]
+
+
+def test_in_process_transport_is_the_stacked_mixer_and_counts_degree_numel_element_size():
+    gen = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(5, 3, 2, generator=gen), torch.randn(5, 4, generator=gen, dtype=torch.float64)]
+    expected = [p.clone() for p in leaves]
+    W = uniform(knn_ring(5, 2))
+    mix_(expected, W)
+    record = InProcessTransport().mix_(leaves, W)
+    for p, q in zip(leaves, expected):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert bytes_per_agent(leaves) == 6 * 4 + 4 * 8
+    assert record.link_bytes.tolist() == [2 * (6 * 4 + 4 * 8)] * 5
+    assert record.agents.tolist() == list(range(5))
+
+
+# ------------------------------------------------------------------ oracle: distributed == in-process
+#: (n_agents, topology, k, rule, link_failure), each run for several DSGD steps
+SCENARIOS = [
+    (4, "ring", None, "uniform", 0.0),
+    (8, "knn_ring", 4, "metropolis", 0.0),
+    (4, "knn_ring", 2, "uniform", 0.4),  # failing links
+    (8, "ring", None, "row", 0.3),
+]
+STEPS = 4
+
+
+def _no_collectives(*args, **kwargs):
+    raise AssertionError("the mixing used a collective over all ranks; it must be neighbour-only p2p")
+
+
+def _oracle_worker(rank: int, world_size: int) -> None:
+    for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_to_all", "barrier"):
+        setattr(dist, name, _no_collectives)  # neighbour-only point-to-point traffic, nothing else
+    with pytest.raises(ValueError, match=r"every rank at least one agent, got \[0, 0"):
+        TorchDistributedTransport(torch.zeros(world_size, dtype=torch.int64))
+    for s, (n, topology, k, rule, link_failure) in enumerate(SCENARIOS):
+        owner = partition_agents(n, world_size)
+        transport = TorchDistributedTransport(owner)
+        local = transport.local_agents(n)
+        adj = build_topology(topology, n, k=k)
+        gen = torch.Generator().manual_seed(s)
+        full = [torch.randn(n, 3, 2, generator=gen), torch.randn(n, 5, generator=gen)]
+        scale = torch.rand(n, generator=gen) + 0.5  # agent i's private objective
+
+        runs = {}
+        for mode in ("in_process", "distributed"):
+            params = [torch.nn.Parameter(p.clone() if mode == "in_process" else p[local].clone()) for p in full]
+            agents = torch.arange(n) if mode == "in_process" else local
+            mixer = ConsensusMixer(
+                params, adjacency=adj, rule=rule, link_failure=link_failure,
+                generator=torch.Generator().manual_seed(100 + s),
+                transport=None if mode == "in_process" else transport,
+            )
+            opt = torch.optim.SGD(params, lr=0.1)
+            mixer.attach(opt, when="pre")  # decpg's order: theta_i <- sum_j W_ij theta_j - lr g_i
+            used = []
+            for _ in range(STEPS):
+                opt.zero_grad()
+                loss = sum((torch.sin(p) * scale[agents].view(-1, *[1] * (p.dim() - 1))).sum() for p in params)
+                loss.backward()
+                opt.step()
+                used.append(mixer.matrix().clone())
+            runs[mode] = (params, mixer, used)
+
+        (ref, ref_mixer, used), (dist_params, dist_mixer, dist_used) = runs["in_process"], runs["distributed"]
+        for W, W_d in zip(used, dist_used):
+            assert torch.equal(W, W_d)  # same link failures drawn on every rank
+        if link_failure:
+            assert any(not torch.equal(W, ref_mixer._base_W) for W in used), "no link failed in the scenario"
+        for p, q in zip(dist_params, ref):
+            torch.testing.assert_close(p.detach(), q.detach()[local], rtol=1e-5, atol=1e-6)
+        # accounting: counted from the sent tensors == the formula, per agent held here
+        assert torch.equal(dist_mixer.comm.link_bytes, ref_mixer.comm.link_bytes[local])
+        B = bytes_per_agent(ref)
+        expected_network = sum(mixing_bytes(W, B, owner)[1] for W in used)
+        assert torch.equal(dist_mixer.comm.network_bytes, expected_network[local])
+        assert dist_mixer.comm.steps == ref_mixer.comm.steps == STEPS
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_distributed_mixing_equals_in_process_mixing(world_size):
+    """Oracle: gloo ranks owning 1, 2 or 4 agents each reach the in-process parameters and bytes."""
+    spawn_local(_oracle_worker, world_size, start_method="fork", timeout_s=60)
+
+
+# ------------------------------------------------------------------ decpg logs its bytes
+def test_decpg_logs_bytes_per_agent_from_the_matrices_it_mixed_with(tmp_path):
+    exp = make_experiment(
+        tmp_path, task="coordsum/3x10-30", algorithm_overrides={"k": 2, "link_failure": 0.5},
+        max_n_iters=1, on_policy_minibatch_size=20, loggers=["csv"],
+    )
+    used = {}
+    for net, loss in (("actor", "loss_objective"), ("critic", "loss_critic")):
+        mixer = exp.algorithm.callback.mixers[("agents", net)]
+        used[net] = []
+        exp.optimizers["agents"][loss].register_step_post_hook(
+            lambda *_, m=mixer, u=used[net]: u.append(m.matrix().detach().clone())
+        )
+    exp.run()
+    assert len(used["actor"]) == len(used["critic"]) == 3  # 60 frames, minibatches of 20
+
+    expected = 0
+    for net in ("actor", "critic"):
+        B = bytes_per_agent(exp.algorithm.actor_leaves("agents") if net == "actor" else exp.algorithm.critic_leaves("agents"))
+        expected += sum(int(mixing_bytes(W, B)[0].sum()) for W in used[net]) / 3
+
+    def logged(name):
+        with open(exp.folder_name / exp.name / "scalars" / f"{name}.csv") as f:
+            return float(next(csv.reader(f))[1])
+
+    assert expected > 0
+    assert logged("comm_train_bytes_per_agent") == pytest.approx(expected)
+    assert logged("comm_agents_train_bytes_per_agent") == pytest.approx(expected)
+    assert logged("comm_train_network_bytes_per_agent") == 0.0  # one process
+
+
+# ------------------------------------------------------------------ one level up: decpg training on agent blocks
+ITERS, STEPS_PER_ITER = 2, 3  # 60 frames, minibatches of 20
+DECPG = dict(task="coordsum/8x15-100", algorithm_overrides={"k": 2, "link_failure": 0.3},
+             max_n_iters=ITERS, on_policy_minibatch_size=20, loggers=["csv"])
+NETS = (("actor", "loss_objective"), ("critic", "loss_critic"))
+
+
+def _decpg_run(folder, build=lambda make: make(), scrub=None):
+    """decpg for ITERS iterations; returns the experiment and the W each optimizer step mixed with.
+
+    ``scrub``: agents whose parameters are zeroed before training (the other
+    ranks' agents: a rank must not depend on their parameters).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    exp = build(lambda: make_experiment(folder, **DECPG))
+    if scrub is not None:
+        with torch.no_grad():
+            for p in exp.algorithm.actor_leaves("agents") + exp.algorithm.critic_leaves("agents"):
+                p[scrub] = 0.0
+    used = {}
+    for net, loss in NETS:
+        mixer = exp.algorithm.callback.mixers[("agents", net)]
+        used[net] = []
+        exp.optimizers["agents"][loss].register_step_post_hook(
+            lambda *_, m=mixer, u=used[net]: u.append(m.matrix().detach().clone())
+        )
+    exp.run()
+    return exp, used
+
+
+def _logged(exp, name):
+    with open(exp.folder_name / exp.name / "scalars" / f"{name}.csv") as f:
+        return [float(row[1]) for row in csv.reader(f)]
+
+
+def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
+    from benchmarl_decentral.distributed.experiment import build_rank_experiment
+
+    ref = torch.load(reference)
+    others = torch.tensor([i for i in range(8) if partition_agents(8, world_size)[i] != rank])
+    exp, used = _decpg_run(
+        folder / f"rank{rank}", lambda make: build_rank_experiment(make, algorithm="decpg", sizes={"agents": 8}),
+        scrub=others,
+    )
+    mixer = exp.algorithm.callback.mixers[("agents", "actor")]
+    owner, local = mixer.transport.owner, mixer.transport.local_agents(8)
+    assert isinstance(mixer.transport, TorchDistributedTransport) and mixer.leaves[0].shape[0] == local.numel()
+    # the same joint actions on every rank: the same episodes as the single-process run
+    assert _logged(exp, "collection_reward_reward_mean") == ref["reward"]
+    for net, _ in NETS:
+        for W, W_ref in zip(used[net], ref["used"][net], strict=True):
+            assert torch.equal(W, W_ref)
+        leaves = exp.algorithm.actor_leaves("agents") if net == "actor" else exp.algorithm.critic_leaves("agents")
+        for p, q in zip(leaves, ref[net], strict=True):  # this rank's agents; the other rows are not its own
+            torch.testing.assert_close(p.detach()[local], q[local], rtol=1e-5, atol=1e-6)
+    # bytes per agent and iteration: counted from the sent tensors == the formula on the W each step used
+    for key, which in (("comm_train_bytes_per_agent", 0), ("comm_train_network_bytes_per_agent", 1)):
+        expected = [
+            sum(
+                int(mixing_bytes(W, ref["bytes_per_agent"][net], owner)[which][local].sum())
+                for net, _ in NETS for W in ref["used"][net][t * STEPS_PER_ITER:(t + 1) * STEPS_PER_ITER]
+            ) / local.numel()
+            for t in range(ITERS)
+        ]
+        assert min(expected) > 0 and _logged(exp, key) == pytest.approx(expected)
+    # environment interface: each step, this rank's block of int64 actions (2 envs) to the other rank
+    assert _logged(exp, "comm_env_bytes_per_agent") == [30 * 2 * 8 * (world_size - 1)] * ITERS
+
+
+@pytest.mark.slow
+def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path):
+    """2 ranks x 4 agents, 2 iterations of decpg (real losses, per-agent clip, mixing hooks, link failures).
+
+    Every rank steps its own copy of the environment with the joint action
+    (its agents' actions, the others' received) and trains only its block,
+    mixing through the distributed transport; the other agents' rows of its
+    networks are zeroed, so nothing may read them. Its block ends with the
+    single-process run's parameters, rewards and bytes.
+    """
+    exp, used = _decpg_run(tmp_path / "single")
+    assert len(used["actor"]) == ITERS * STEPS_PER_ITER
+    assert any(not torch.equal(W, used["actor"][0]) for W in used["actor"])  # links failed
+    reference = {
+        "used": used,
+        "reward": _logged(exp, "collection_reward_reward_mean"),
+        "actor": [p.detach().clone() for p in exp.algorithm.actor_leaves("agents")],
+        "critic": [p.detach().clone() for p in exp.algorithm.critic_leaves("agents")],
+        "bytes_per_agent": {
+            "actor": bytes_per_agent(exp.algorithm.actor_leaves("agents")),
+            "critic": bytes_per_agent(exp.algorithm.critic_leaves("agents")),
+        },
+    }
+    single = [sum(int(mixing_bytes(W, reference["bytes_per_agent"][net])[0].sum())
+                  for net, _ in NETS for W in used[net][t * STEPS_PER_ITER:(t + 1) * STEPS_PER_ITER]) / 8
+              for t in range(ITERS)]
+    assert _logged(exp, "comm_train_bytes_per_agent") == pytest.approx(single)  # in-process: the formula
+    torch.save(reference, tmp_path / "reference.pt")
+    spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+
+
+# ------------------------------------------------------------------ the entry point (as torchrun runs it)
+ENTRY = ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.evaluation_mode=local",
+         "algorithm.perturbed_evaluation=false", "experiment.evaluation_interval=60", "experiment.evaluation_episodes=2",
+         "experiment.loggers=[csv]", "experiment.max_n_iters=2", "experiment.max_n_frames=null",
+         "experiment.on_policy_collected_frames_per_batch=60", "experiment.on_policy_n_envs_per_worker=2",
+         "experiment.on_policy_minibatch_size=20", "experiment.on_policy_n_minibatch_iters=1"]
+
+
+def _entry_worker(rank: int, world_size: int, port: int, overrides: list, scratch) -> None:
+    import tempfile
+
+    from benchmarl_decentral.distributed.__main__ import main
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    tempfile.tempdir = str(scratch)  # where the other ranks' throwaway folders go
+    torch.set_num_threads(1)
+    main(overrides)
+
+
+@pytest.mark.slow
+def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
+    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed ...``'s main on 2 forked ranks."""
+    import torch.multiprocessing as mp
+    from benchmarl.hydra_config import load_experiment_from_hydra
+
+    from benchmarl_decentral.distributed import free_port
+    from benchmarl_decentral.distributed.__main__ import compose
+
+    cfg, task_name, _ = compose([*ENTRY, f"experiment.save_folder={tmp_path / 'single'}"])
+    (tmp_path / "single").mkdir()
+    single = load_experiment_from_hydra(cfg, task_name=task_name)
+    single.run()
+
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "scratch").mkdir()
+    overrides = [*ENTRY, f"experiment.save_folder={tmp_path / 'dist'}"]
+    mp.start_processes(_entry_worker, args=(2, free_port(), overrides, tmp_path / "scratch"), nprocs=2,
+                       start_method="fork")
+
+    (run,) = (tmp_path / "dist").iterdir()  # rank 0's experiment folder, nothing else
+    assert list((tmp_path / "scratch").iterdir()) == []  # rank 1 kept nothing
+
+    def logged(folder, name):
+        with open(folder / folder.name / "scalars" / f"{name}.csv") as f:
+            return [float(row[1]) for row in csv.reader(f)]
+
+    assert (run / f"{run.name}.json").is_file()
+    for name in ("collection_reward_reward_mean", "eval_reward_episode_reward_mean"):
+        assert logged(run, name) == logged(single.folder_name, name)
+    # a ring of 8: every agent sends the same, so rank 0's mean equals the mean over all agents
+    assert logged(run, "comm_train_bytes_per_agent") == logged(single.folder_name, "comm_train_bytes_per_agent")
+    assert min(logged(run, "comm_train_network_bytes_per_agent")) > 0
+    assert logged(single.folder_name, "comm_train_network_bytes_per_agent") == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "overrides, world_size, match",
+    [
+        (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 3,
+         r"world size 3 does not fit group 'agents' of 8 agents: .* N in \[1, 2, 4, 8\]"),
+        (["algorithm=mappo", "task=coordsum/8x15-100"], 2, r"algorithm=mappo has no distributed support"),
+        (["algorithm=decpg", "task=coordsum/8x15-100"], 2,
+         r"evaluate each agent with its own parameters only; algorithm.evaluation_mode=average \(use local\), "
+         r"algorithm.perturbed_evaluation=true \(use false\), or set experiment.evaluation=false"),
+        (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "experiment.checkpoint_at_end=true"], 2, r"do not checkpoint or resume yet"),
+        (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.lr=-1"], 2,
+         r"decpg: need lr > 0"),
+    ],
+)
+def test_entry_point_refuses_before_anything_is_built(tmp_path, monkeypatch, capsys, overrides, world_size, match):
+    from benchmarl_decentral.distributed.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    with pytest.raises(SystemExit) as exit_:
+        main(overrides)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1, err  # one line
+    assert err.startswith("benchmarl_decentral.distributed: ")
+    assert list(tmp_path.iterdir()) == [] and not dist.is_initialized()
+
+
+def test_entry_point_needs_torchrun(monkeypatch, capsys):
+    from benchmarl_decentral.distributed.__main__ import main
+
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit):
+        main(["algorithm=decpg"])
+    assert "launch it with torchrun, e.g. torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed" in (
+        capsys.readouterr().err
+    )
+
+
+# ------------------------------------------------------------------ bad input, before anything trains
+@pytest.mark.parametrize(
+    "n_agents, world_size, match",
+    [
+        (4, 3, r"world size 3 does not fit group 'agents' of 4 agents: 4 agents do not split into 3 equal "
+               r"blocks\. Launch .* N in \[1, 2, 4\]"),
+        (2, 4, r"world size 4 .* 2 of the 4 ranks would own no agent\. .* N in \[1, 2\]"),
+    ],
+)
+def test_world_size_that_does_not_divide_the_agents(n_agents, world_size, match):
+    with pytest.raises(ValueError, match=match):
+        plan_launch("decpg", {"agents": n_agents}, world_size)
+
+
+@pytest.mark.parametrize(
+    "algorithm, match",
+    [
+        ("magpo", r"algorithm=magpo has no distributed support: its guider is centralized by design"),
+        ("dg_mappo", r"algorithm=dg_mappo has no distributed support: its D-GAT messages"),
+        ("matrpo", r"algorithm=matrpo has no distributed support: its ADMM exchange"),
+        ("mappo", r"algorithm=mappo has no distributed support: it has no consensus step"),
+    ],
+)
+def test_algorithm_without_distributed_support(algorithm, match):
+    with pytest.raises(ValueError, match=match + r".*support algorithm=decpg; run .* in one process"):
+        plan_launch(algorithm, {"agents": 4}, 2)  # refused before the world size is even looked at
+    check_algorithm("decpg")
+
+
+def test_one_agent_group_only():
+    with pytest.raises(ValueError, match=r"one agent group; this task has \['adversaries', 'agents'\]"):
+        plan_launch("decpg", {"agents": 2, "adversaries": 2}, 2)
+
+
+def test_blocks_and_the_transport_needs_a_process_group():
+    assert partition_agents(8, 4).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert partition_agents(3, 3).tolist() == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="needs an initialised process group: launch with torchrun"):
+        TorchDistributedTransport(torch.arange(2))
+
+
+def test_use_transport_is_what_new_mixers_get():
+    from benchmarl_decentral.distributed import current_transport
+
+    assert isinstance(current_transport(), InProcessTransport)
+    inner = InProcessTransport()
+    with use_transport(inner):
+        assert current_transport() is inner
+    assert current_transport() is not inner
