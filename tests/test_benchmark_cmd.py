@@ -214,14 +214,19 @@ def _suite():
 def test_suite_parts_are_fair_and_compose(tmp_path):
     """Every part: one budget and one experiment config for all its algorithms, valid for BenchMARL."""
     suite = _suite()
-    batch = 6000
     assert "experiment.on_policy_collected_frames_per_batch=6000" in suite.COMMON
     for part in suite.PARTS.values():
+        batch = part.batch()
         assert part.frames % batch == 0 and part.evaluation_interval % batch == 0
+        # a part's experiment settings replace COMMON's (one value per key) or add to them
+        keys = [o.split("=", 1)[0] for o in part.common()]
+        assert len(keys) == len(set(keys)) and set(keys) >= {o.split("=", 1)[0] for o in suite.COMMON}
         assert part.frames % part.evaluation_interval == 0  # the last evaluation is at the last frame
         overrides = part.overrides(smoke=False)
         # the algorithms are one swept value: nothing in the overrides depends on the algorithm
-        assert sum(o.startswith("algorithm") for o in overrides) == 1
+        assert sum(o.startswith("algorithm=") for o in overrides) == 1
+        # algorithm settings a part adds hold for all its algorithms: one value, not a sweep
+        assert all("," not in o for o in overrides if o.startswith("algorithm."))
         if suite.missing(part):
             continue
         assert f"seed={','.join(map(str, suite.SEEDS))}" in overrides
