@@ -6,8 +6,9 @@ For each task, ONE batch is collected with a freshly initialised
 own critic, ``advantage_norm`` of the YAML). Then, for every ``beta`` and
 ``admm_mode``, one MATRPO policy update is run on that same batch from the same
 ``theta_old`` (paper 001 Algorithm 1: linearisation, ADMM eqs. 21-22, the
-per-agent KL / improvement line search), with the ring topology of the YAML and
-no ``admm_tol`` early stop. The ADMM run is read at iterations ``--iterations``
+per-agent KL / improvement line search), with the ring topology of the YAML,
+no ``admm_tol`` early stop and the primal step of ``--exact-kkt`` (default
+``false``, matrpo.yaml's: the paper's closed form on the KL boundary). The ADMM run is read at iterations ``--iterations``
 (one run of the largest value, read on the way: with the same link-selection
 seed, the first ``K`` iterations of a longer run are exactly a ``K``-iteration
 run), and at each read-out the script records:
@@ -181,8 +182,8 @@ def table(result: dict) -> str:
             f"**{task_name}** ({task['n_agents']} agents, ring, one batch of {task['frames']} frames, "
             f"delta/N = {task['delta']}):",
             "",
-            "| exact_kkt | beta | mode | K | max rel. primal | max rel. dual | KL / bound | min step fraction | reverted "
-            "| surrogate gain | s |"
+            "| exact_kkt | beta | mode | K | max rel. primal | max rel. dual | KL / bound | min step fraction "
+            "| reverted | surrogate gain | s |"
             + "".join(f" first K < {t} |" for t in thresholds),
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(thresholds),
         ]
@@ -191,8 +192,8 @@ def table(result: dict) -> str:
                 first = "".join(f" {r['first_below'][t] if r['first_below'][t] is not None else '-'} |"
                                 for t in thresholds) if c is r["checkpoints"][-1] else " |" * len(thresholds)
                 lines.append(
-                    f"| {str(r['exact_kkt']).lower()} | {r['beta']:g} | {r['mode']} | {c['iterations']} | {c['primal_max']:.3f} | {c['dual_max']:.3f} "
-                    f"| {c['kl_over_bound']:.2f} | {c['min_step_fraction']:.2f} | {c['reverted_agents']} "
+                    f"| {str(r['exact_kkt']).lower()} | {r['beta']:g} | {r['mode']} | {c['iterations']} "
+                    f"| {c['primal_max']:.3f} | {c['dual_max']:.3f} | {c['kl_over_bound']:.2f} | {c['min_step_fraction']:.2f} | {c['reverted_agents']} "
                     f"| {_fmt(c['improvement_mean'])} | {c['seconds']:.1f} |{first}"
                 )
         lines.append("")
