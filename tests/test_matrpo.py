@@ -326,7 +326,7 @@ def test_advantage_norm_center_keeps_a_sparse_agents_small_scale():
 
 @pytest.mark.parametrize("continuous", [False, True])
 def test_kl_bound_holds_per_agent_after_a_real_update(tmp_path, continuous):
-    exp = _exp(tmp_path, continuous=continuous, algo={"delta": 0.003})
+    exp = _exp(tmp_path, continuous=continuous, algo={"delta": 0.003, "admm_mode": "random"})
     alg = exp.algorithm
     batch = _group_batch(exp)
     old = _snapshot(alg)
@@ -568,7 +568,8 @@ def test_logs_the_fraction_of_link_activations_that_went_through(tmp_path, link_
     ends, so it equals sum(admm_updates) / (2 x iterations) in random mode."""
     import csv
 
-    exp = _exp(tmp_path, algo={"admm_iterations": 12, "link_failure": link_failure}, max_n_iters=1, loggers=["csv"])
+    exp = _exp(tmp_path, algo={"admm_iterations": 12, "link_failure": link_failure, "admm_mode": "random"},
+               max_n_iters=1, loggers=["csv"])
     exp.run()
     stats = exp.algorithm.last_stats["agents"]
     with open(exp.folder_name / exp.name / "scalars" / "matrpo_agents_links_up.csv") as f:
