@@ -67,6 +67,8 @@ def experiment_config(args, save_folder: str) -> ExperimentConfig:
 
 def build(algorithm: str, n: int, args, save_folder: str, **algo_changes) -> Experiment:
     algo = MatrpoConfig.get_from_yaml() if algorithm == "matrpo" else MappoConfig.get_from_yaml()
+    if algorithm == "matrpo":
+        algo_changes = {"admm_mode": args.admm_mode, **algo_changes}
     for key, value in algo_changes.items():
         setattr(algo, key, value)
     model = MlpConfig(num_cells=[128, 128], layer_class=torch.nn.Linear, activation_class=torch.nn.SELU)
@@ -192,6 +194,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, nargs="+", default=[3, 6, 12])
     parser.add_argument("--admm-iterations", type=int, nargs="+", default=[25, 50, 100, 200],
                         help="K values timed at the first --agents value")
+    parser.add_argument("--admm-mode", default="random",
+                        help="ADMM link activation (the figures of benchmarks/README.md section 6: random, Table III)")
     parser.add_argument("--k-for-n", type=int, default=100, help="K for the other agent counts (Table III: 100)")
     parser.add_argument("--frames", type=int, default=6000)
     parser.add_argument("--n-envs", type=int, default=60)

@@ -19,11 +19,13 @@ from benchmarl_decentral._paths import CONF_DIR  # noqa: F401  (re-exported: the
 def algorithm_configs() -> dict:
     """Hydra name -> AlgorithmConfig class for every algorithm this plugin adds."""
     from benchmarl_decentral.algorithms import (
-        DecpgConfig, DgMappoConfig, DgMappoPaperConfig, MagpoConfig, MagpoPaperConfig, MatrpoConfig,
+        DecpgConfig, DecpgK0Config, DecpgSharedConfig, DgMappoConfig, DgMappoPaperConfig, MagpoConfig,
+        MagpoPaperConfig, MatrpoConfig, MatrpoPaperConfig,
     )
 
-    return {"decpg": DecpgConfig, "dg_mappo": DgMappoConfig, "dg_mappo_paper": DgMappoPaperConfig, "magpo": MagpoConfig,
-            "magpo_paper": MagpoPaperConfig, "matrpo": MatrpoConfig}
+    return {"decpg": DecpgConfig, "decpg_k0": DecpgK0Config, "decpg_shared": DecpgSharedConfig,
+            "dg_mappo": DgMappoConfig, "dg_mappo_paper": DgMappoPaperConfig, "magpo": MagpoConfig,
+            "magpo_paper": MagpoPaperConfig, "matrpo": MatrpoConfig, "matrpo_paper": MatrpoPaperConfig}
 
 
 def model_configs() -> dict:

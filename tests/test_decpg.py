@@ -343,3 +343,37 @@ def test_consensus_params_chooses_the_mixed_networks(tmp_path):
     assert float(consensus_distance(actor)) < 1e-10
     assert float(consensus_distance(critic)) > 1e-3  # not averaged
     exp.close()
+
+
+# ------------------------------------------------------------------ graph presets (paper 002's k sweep)
+#: what each preset changes in decpg.yaml; every other key must stay decpg's
+PRESET_CHANGES = {"decpg_shared": {"topology": "full"}, "decpg_k0": {"k": 0}}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_CHANGES))
+def test_graph_presets_are_decpg_with_another_graph(name):
+    from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
+
+    base, preset = load_algorithm_yaml("decpg"), load_algorithm_yaml(name)
+    assert preset == {**base, **PRESET_CHANGES[name]}
+
+
+@pytest.mark.parametrize("name, expected", [("decpg_shared", lambda n: torch.full((n, n), 1.0 / n)),
+                                            ("decpg_k0", lambda n: torch.eye(n))])
+def test_graph_presets_name_their_runs_and_mix_as_their_graph(tmp_path, name, expected):
+    from benchmarl_decentral.algorithms import Decpg
+
+    exp = make_experiment(tmp_path, algorithm=name, task_overrides={"n_agents": 4})
+    assert exp.algorithm_name == name and isinstance(exp.algorithm, Decpg)
+    for net in ("actor", "critic"):
+        torch.testing.assert_close(exp.algorithm.callback.mixers[(GROUP, net)].matrix(), expected(4))
+    exp.close()
+
+
+def test_graph_presets_refuse_a_k_their_graph_ignores():
+    from benchmarl_decentral.algorithms import DecpgSharedConfig
+
+    config = DecpgSharedConfig.get_from_yaml()
+    config.k = 5
+    with pytest.raises(ValueError, match="k"):
+        config.validate()

@@ -18,6 +18,7 @@ from torchrl.modules import MultiAgentMLP
 from benchmarl_decentral.algorithms import MatrpoConfig
 from benchmarl_decentral.algorithms.matrpo import (
     CachedLinearisation,
+    Matrpo,
     joint_distribution,
     mask_joint_output,
     MASKED_LOGIT,
@@ -92,8 +93,23 @@ def test_bad_config_is_refused(field, value, match):
 
 def test_defaults_are_table_iii():
     c = MatrpoConfig.get_from_yaml()
-    assert (c.delta, c.beta, c.admm_iterations, c.gamma, c.lmbda) == (0.003, 1.0, 100, 0.995, 0.95)
-    assert (c.topology, c.num_cells, c.activation, c.admm_mode) == ("ring", [128, 128], "selu", "random")
+    assert (c.delta, c.gamma, c.lmbda) == (0.003, 0.995, 0.95)
+    assert (c.topology, c.num_cells, c.activation) == ("ring", [128, 128], "selu")
+    # the ADMM sweep's tighter setting (benchmarks/README.md section 9) is not the default: learning unmeasured
+    assert (c.beta, c.admm_iterations, c.admm_mode) == (1.0, 100, "random")
+
+
+def test_paper_preset_is_table_iii_admm_and_otherwise_the_defaults():
+    from benchmarl_decentral.algorithms import MatrpoPaperConfig
+    from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
+
+    table_iii = {"beta": 1.0, "admm_iterations": 100, "admm_mode": "random"}
+    assert load_algorithm_yaml("matrpo_paper") == {**load_algorithm_yaml("matrpo"), **table_iii}
+    config = MatrpoPaperConfig.get_from_yaml()
+    assert {k: getattr(config, k) for k in table_iii} == table_iii
+    # BenchMARL names runs after the class: a sweep over matrpo,matrpo_paper keeps them apart
+    assert config.associated_class().__name__.lower() == "matrpo_paper"
+    assert issubclass(config.associated_class(), Matrpo)
 
 
 @pytest.mark.parametrize(
@@ -310,7 +326,7 @@ def test_advantage_norm_center_keeps_a_sparse_agents_small_scale():
 
 @pytest.mark.parametrize("continuous", [False, True])
 def test_kl_bound_holds_per_agent_after_a_real_update(tmp_path, continuous):
-    exp = _exp(tmp_path, continuous=continuous, algo={"delta": 0.003})
+    exp = _exp(tmp_path, continuous=continuous, algo={"delta": 0.003, "admm_mode": "random"})
     alg = exp.algorithm
     batch = _group_batch(exp)
     old = _snapshot(alg)
@@ -552,7 +568,8 @@ def test_logs_the_fraction_of_link_activations_that_went_through(tmp_path, link_
     ends, so it equals sum(admm_updates) / (2 x iterations) in random mode."""
     import csv
 
-    exp = _exp(tmp_path, algo={"admm_iterations": 12, "link_failure": link_failure}, max_n_iters=1, loggers=["csv"])
+    exp = _exp(tmp_path, algo={"admm_iterations": 12, "link_failure": link_failure, "admm_mode": "random"},
+               max_n_iters=1, loggers=["csv"])
     exp.run()
     stats = exp.algorithm.last_stats["agents"]
     with open(exp.folder_name / exp.name / "scalars" / "matrpo_agents_links_up.csv") as f:

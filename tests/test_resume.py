@@ -22,7 +22,8 @@ N = 2  # resume from the checkpoint written after iteration N, run to N + 2
 SMALL = {
     "decpg": {},
     "dg_mappo": {},
-    "matrpo": {"num_cells": None, "activation": None, "admm_iterations": 3},
+    # random links: the resumed run must continue the link-selection RNG
+    "matrpo": {"num_cells": None, "activation": None, "admm_iterations": 3, "admm_mode": "random"},
     "magpo": {"embed_dim": 16},
     "mappo": {},
 }

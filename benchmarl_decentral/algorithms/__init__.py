@@ -1,12 +1,15 @@
 """The algorithms this plugin adds to BenchMARL."""
 
-from benchmarl_decentral.algorithms.decpg import Decpg, DecpgConfig
+from benchmarl_decentral.algorithms.decpg import (
+    Decpg, DecpgConfig, DecpgK0, DecpgK0Config, DecpgShared, DecpgSharedConfig,
+)
 from benchmarl_decentral.algorithms.dg_mappo import DgMappo, DgMappoConfig, DgMappoPaper, DgMappoPaperConfig
 from benchmarl_decentral.algorithms.magpo import Magpo, MagpoConfig, MagpoPaper, MagpoPaperConfig
-from benchmarl_decentral.algorithms.matrpo import Matrpo, MatrpoConfig
+from benchmarl_decentral.algorithms.matrpo import Matrpo, MatrpoConfig, MatrpoPaper, MatrpoPaperConfig
 
 __all__ = [
-    "Decpg", "DecpgConfig", "DgMappo", "DgMappoConfig", "DgMappoPaper", "DgMappoPaperConfig",
+    "Decpg", "DecpgConfig", "DecpgK0", "DecpgK0Config", "DecpgShared", "DecpgSharedConfig",
+    "DgMappo", "DgMappoConfig", "DgMappoPaper", "DgMappoPaperConfig",
     "Magpo", "MagpoConfig", "MagpoPaper", "MagpoPaperConfig",
-    "Matrpo", "MatrpoConfig",
+    "Matrpo", "MatrpoConfig", "MatrpoPaper", "MatrpoPaperConfig",
 ]

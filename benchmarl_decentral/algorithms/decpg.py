@@ -614,6 +614,8 @@ class _DecpgCallback(Callback):
 class DecpgConfig(AlgorithmConfig):
     """Configuration of :class:`Decpg` (defaults: ``conf/algorithm/decpg.yaml``, paper 002 Table 1)."""
 
+    _yaml_name = "decpg"  # the YAML of this config (a class attribute, not a field)
+
     # DecPG
     k: int = MISSING
     topology: str = MISSING
@@ -690,7 +692,7 @@ class DecpgConfig(AlgorithmConfig):
         if isinstance(self.topology, str):
             check_topology_options(
                 owner="decpg", prefix="algorithm", topology=self.topology, values=vars(self),
-                uses=DECPG_TOPOLOGY_OPTIONS, defaults=algorithm_defaults("decpg"),
+                uses=DECPG_TOPOLOGY_OPTIONS, defaults=algorithm_defaults(self._yaml_name),
             )
 
     @staticmethod
@@ -699,8 +701,8 @@ class DecpgConfig(AlgorithmConfig):
 
     @classmethod
     def get_from_yaml(cls, path: Optional[str] = None) -> "DecpgConfig":
-        """Load our ``conf/algorithm/decpg.yaml`` (BenchMARL's loader only reads its own folder)."""
-        return cls(**load_algorithm_yaml("decpg", path))
+        """Load our ``conf/algorithm/<name>.yaml`` (BenchMARL's loader only reads its own folder)."""
+        return cls(**load_algorithm_yaml(cls._yaml_name, path))
 
     @staticmethod
     def supports_continuous_actions() -> bool:
@@ -717,3 +719,54 @@ class DecpgConfig(AlgorithmConfig):
     @staticmethod
     def has_centralized_critic() -> bool:
         return True
+
+
+# ------------------------------------------------------------------ graph presets (paper 002's k sweep)
+class DecpgShared(Decpg):
+    """:class:`Decpg` on the full graph (``conf/algorithm/decpg_shared.yaml``): ``k = n - 1``.
+
+    Every step mixes with ``P_ij = 1/n``, so every agent starts every step from
+    the mean parameters: the parameter-sharing end of paper 002's k sweep (sec. 3:
+    "k = n - 1 is parameter sharing"; exact with SGD, where the mean of the
+    agents' steps is the shared network's step on the summed loss; with Adam
+    each agent keeps its own moment estimates). A subclass only so that BenchMARL,
+    which names runs after ``associated_class().__name__.lower()``, names these
+    ``decpg_shared`` and a sweep over ``algorithm=decpg_shared,decpg,decpg_k0``
+    keeps them apart.
+    """
+
+
+DecpgShared.__name__ = "Decpg_shared"  # run name "decpg_shared", the hydra name (pickling uses __qualname__)
+
+
+class DecpgK0(Decpg):
+    """:class:`Decpg` with ``k = 0`` (``conf/algorithm/decpg_k0.yaml``): no link, no mixing.
+
+    Every agent trains its own actor and critic on its own samples (paper 002's
+    "no sharing" end of the k sweep). Named ``decpg_k0`` in runs (see :class:`DecpgShared`).
+    """
+
+
+DecpgK0.__name__ = "Decpg_k0"
+
+
+@dataclass
+class DecpgSharedConfig(DecpgConfig):
+    """``algorithm=decpg_shared``: :class:`DecpgConfig` with ``topology: full`` (k = n - 1), otherwise decpg.yaml."""
+
+    _yaml_name = "decpg_shared"
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return DecpgShared
+
+
+@dataclass
+class DecpgK0Config(DecpgConfig):
+    """``algorithm=decpg_k0``: :class:`DecpgConfig` with ``k: 0`` (no sharing), otherwise decpg.yaml."""
+
+    _yaml_name = "decpg_k0"
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return DecpgK0

@@ -141,6 +141,8 @@ __all__ = [
     "Matrpo",
     "MatrpoConfig",
     "MatrpoLoss",
+    "MatrpoPaper",
+    "MatrpoPaperConfig",
     "MatrpoStats",
     "joint_distribution",
     "mask_joint_output",
@@ -872,7 +874,10 @@ def _per_agent_clip(leaves: List[Tensor], max_norm: float):
 
 @dataclass
 class MatrpoConfig(AlgorithmConfig):
-    """Configuration of :class:`Matrpo` (defaults: ``conf/algorithm/matrpo.yaml``, paper 001 Table III)."""
+    """Configuration of :class:`Matrpo` (defaults: ``conf/algorithm/matrpo.yaml``: paper 001 Table III,
+    except the ADMM settings, chosen by ``benchmarks/matrpo_admm_sweep.py``; Table III's: :class:`MatrpoPaperConfig`)."""
+
+    _yaml_name = "matrpo"  # the YAML of this config (a class attribute, not a field)
 
     delta: float = MISSING
     beta: float = MISSING
@@ -990,7 +995,7 @@ class MatrpoConfig(AlgorithmConfig):
         if isinstance(self.topology, str):
             check_topology_options(
                 owner="matrpo", prefix="algorithm", topology=self.topology, values=vars(self),
-                uses=MATRPO_TOPOLOGY_OPTIONS, defaults=algorithm_defaults("matrpo"),
+                uses=MATRPO_TOPOLOGY_OPTIONS, defaults=algorithm_defaults(self._yaml_name),
             )
 
     @staticmethod
@@ -999,8 +1004,8 @@ class MatrpoConfig(AlgorithmConfig):
 
     @classmethod
     def get_from_yaml(cls, path: Optional[str] = None) -> "MatrpoConfig":
-        """Load our ``conf/algorithm/matrpo.yaml`` (BenchMARL's loader only reads its own folder)."""
-        return cls(**load_algorithm_yaml("matrpo", path))
+        """Load our ``conf/algorithm/<name>.yaml`` (BenchMARL's loader only reads its own folder)."""
+        return cls(**load_algorithm_yaml(cls._yaml_name, path))
 
     @staticmethod
     def supports_continuous_actions() -> bool:
@@ -1017,3 +1022,28 @@ class MatrpoConfig(AlgorithmConfig):
     @staticmethod
     def has_independent_critic() -> bool:
         return True
+
+
+# ------------------------------------------------------------------ the paper preset
+class MatrpoPaper(Matrpo):
+    """:class:`Matrpo` with Table III's ADMM settings (``conf/algorithm/matrpo_paper.yaml``).
+
+    The same algorithm; a subclass only so that BenchMARL, which names runs after
+    ``associated_class().__name__.lower()``, names these ``matrpo_paper`` and a sweep
+    over ``algorithm=matrpo,matrpo_paper`` keeps the two apart.
+    """
+
+
+MatrpoPaper.__name__ = "Matrpo_paper"  # run name "matrpo_paper", the hydra name (pickling uses __qualname__)
+
+
+@dataclass
+class MatrpoPaperConfig(MatrpoConfig):
+    """``algorithm=matrpo_paper``: paper 001 Table III's ADMM (beta 1.0, 100 iterations, one random
+    link per iteration, Algorithm 1); every other key as ``conf/algorithm/matrpo.yaml``."""
+
+    _yaml_name = "matrpo_paper"
+
+    @staticmethod
+    def associated_class() -> Type[Algorithm]:
+        return MatrpoPaper
