@@ -113,6 +113,7 @@ from torchrl.objectives.value import GAE
 from benchmarl_decentral.algorithms._common import config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
+from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.topology import (
     build_topology,
     check_topology_options,
@@ -163,6 +164,8 @@ CRITIC_LOSSES = ("l1", "l2", "smooth_l1")
 MATRPO_TOPOLOGIES = (*TOPOLOGIES, "visibility")
 #: Options read by some topologies only (refused with any other, see ``check_topology_options``).
 MATRPO_TOPOLOGY_OPTIONS = {"k": ("knn_ring",), "adjacency": ("custom",), "visibility_min_fraction": ("visibility",)}
+#: What ``group_topology`` may set for one group (ally visibility is task-wide).
+MATRPO_GROUP_KEYS = ("topology", "k", "adjacency")
 JOINT_KEY = "matrpo_joint"
 
 
@@ -346,8 +349,12 @@ class Matrpo(Algorithm):
         visibility_min_fraction: ``topology=visibility``: link two agents that
             saw each other (either way) in more than this fraction of the
             batch's samples; 0 is the union over the batch.
-        k: neighbours per agent for ``knn_ring``.
+        k: neighbours per agent for ``knn_ring``; the default is lowered to
+            ``n - 1`` on a smaller group, a ``k`` the user set must fit every
+            group (:mod:`benchmarl_decentral.consensus.groups`).
         adjacency: n x n 0/1 matrix for ``custom``.
+        group_topology: per-group ``topology`` / ``k`` / ``adjacency``, e.g.
+            ``{"adversary": {"topology": "full"}}``; ``None`` or ``{}``: none.
         link_failure: probability that an activated link fails (the
             asynchronous ADMM's robustness, sec. IV-B).
         gamma: discount (Table III, 0.995); replaces ``experiment.gamma`` (``None`` keeps it).
@@ -404,6 +411,7 @@ class Matrpo(Algorithm):
         critic_lr: Optional[float],
         critic_max_grad_norm: Optional[float],
         evaluation_dropout: Optional[List[int]] = None,
+        group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -442,18 +450,34 @@ class Matrpo(Algorithm):
         self.visibility_layout: Optional[str] = None
         if topology == "visibility":
             self.visibility_layout = visibility_layout(self, "matrpo")
+        try:
+            #: per group: topology, k and adjacency after group_topology and the small-group rules
+            self.group_topologies = resolve_group_topologies(
+                owner="matrpo", task=task, group_map=self.group_map,
+                options={"topology": topology, "k": k, "adjacency": adjacency},
+                overrides=check_group_topology(
+                    group_topology, owner="matrpo", keys=MATRPO_GROUP_KEYS, topologies=STATIC_TOPOLOGIES,
+                    topology=topology,
+                ),
+                uses={key: MATRPO_TOPOLOGY_OPTIONS[key] for key in ("k", "adjacency")},
+                default_k=algorithm_defaults("matrpo")["k"],
+            )
+        except ValueError as err:
+            raise config_error(self.experiment, str(err)) from None
         for group, agents in self.group_map.items():
             n = len(agents)
             if self.visibility_layout is not None:
                 self.links[group] = None
                 continue
+            opts = self.group_topologies[group]
             try:
-                adj = build_topology(topology, n, k=k, adjacency=adjacency)
+                adj = build_topology(opts["topology"], n, k=opts["k"], adjacency=opts["adjacency"])
             except ValueError as err:
                 raise config_error(
                     self.experiment,
                     f"matrpo: the topology does not fit group '{group}' of task {task} ({n} agents): "
-                    f"{err}. Set algorithm.topology / algorithm.k / algorithm.adjacency accordingly.",
+                    f"{err}. Set algorithm.topology / algorithm.k / algorithm.adjacency accordingly, or this "
+                    f"group's own with algorithm.group_topology={{{group}: {{...}}}}.",
                 ) from None
             undirected = adj | adj.T
             isolated = (~undirected.any(-1)).nonzero().flatten().tolist() if n > 1 else []
@@ -903,6 +927,8 @@ class MatrpoConfig(AlgorithmConfig):
     critic_max_grad_norm: Optional[float] = MISSING
     # evaluation (benchmarl_decentral.evaluation_dropout)
     evaluation_dropout: List[int] = field(default_factory=list)
+    # per-group topology options (benchmarl_decentral.consensus.groups)
+    group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
 
     def __post_init__(self):
         self.validate()
@@ -910,6 +936,10 @@ class MatrpoConfig(AlgorithmConfig):
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
         self.evaluation_dropout = check_evaluation_dropout("matrpo", self.evaluation_dropout)
+        self.group_topology = check_group_topology(  # None when empty, as the YAML's null
+            self.group_topology, owner="matrpo", keys=MATRPO_GROUP_KEYS, topologies=STATIC_TOPOLOGIES,
+            topology=self.topology,
+        ) or None
 
         def num(x) -> bool:
             return isinstance(x, (int, float)) and not isinstance(x, bool)
