@@ -77,7 +77,7 @@ def test_python_m_benchmarl_run_finds_our_algorithms(tmp_path, tiny):
 def test_bad_input_fails_before_training(tmp_path, tiny):
     result = run_cli(["run", "algorithm=decpg", "task=vmas/balance", "task.n_agents=3", "algorithm.k=5", *tiny], tmp_path)
     assert result.returncode != 0
-    assert "k must be in [0, n-1]" in result.stderr and "algorithm.k" in result.stderr
+    assert "decpg: algorithm.k=5 does not fit group(s) 'agents' (3 agents, so at most k=2)" in result.stderr
     assert not (tmp_path / "outputs").exists()  # no run folder at all, not even hydra's
     assert "nothing was trained; the run folder outputs/" in result.stderr
     result = run_cli(["run", "algorithm=decpg", "task=vmas/balance", "algorithm.min_lr=1.0", *tiny], tmp_path)

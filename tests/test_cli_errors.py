@@ -144,9 +144,8 @@ def test_config_errors_are_one_line_without_noise_and_debug_shows_the_traceback(
                      as_user=True)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "benchmarl run: decpg: the topology does not fit group 'agent' of task simple_spread (3 agents): k must be "
-        "in [0, n-1] (neighbours per agent on the ring), got k=99 for n=3 agents; choose 0 <= k <= 2 (k=2 is the "
-        "full graph). Set algorithm.k / algorithm.adjacency / algorithm.mixing accordingly."
+        "benchmarl run: decpg: algorithm.k=99 does not fit group(s) 'agent' (3 agents, so at most k=2) of task "
+        "simple_spread (k = n-1 is the full graph); set algorithm.k=2 or less"
     ]
     assert not list(tmp_path.rglob("config.pkl"))  # no BenchMARL run folder
 

@@ -268,8 +268,8 @@ def test_config_errors(overrides, match):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"k": 3}, r"k must be in \[0, n-1\].*k=3 for n=3"),
-        ({"topology": "custom", "adjacency": [[0, 1], [1, 0]]}, "2 rows but the group has 3 agents"),
+        ({"k": 3}, r"algorithm.k=3 does not fit group\(s\) 'agents' \(3 agents, so at most k=2\).*set algorithm.k=2 or less"),
+        ({"topology": "custom", "adjacency": [[0, 1], [1, 0]]}, "2 rows but group 'agents' of task balance has 3 agents"),
         ({"topology": "custom", "adjacency": [[0, 1, 0], [0, 0, 1], [1, 0, 0]], "mixing": "metropolis"},
          "undirected"),
         ({"topology": "custom", "adjacency": [[0, 1, 0], [1, 0, 0], [0, 0, 0]]}, "connected"),

@@ -261,7 +261,7 @@ def test_config_errors(overrides, match):
     "overrides, match",
     [
         ({"position_dims": [16, 20]}, r"position_dims=\[16, 20\] is outside"),
-        ({"topology": "custom", "adjacency": [[0, 1], [1, 0]]}, "2 rows but the group has 3 agents"),
+        ({"topology": "custom", "adjacency": [[0, 1], [1, 0]]}, "2 rows but group 'agents' of task navigation has 3 agents"),
     ],
 )
 def test_task_dependent_errors_before_training(tmp_path, overrides, match):

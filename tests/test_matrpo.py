@@ -118,7 +118,7 @@ def test_paper_preset_is_table_iii_admm_and_otherwise_the_defaults():
         ({"topology": "custom", "adjacency": [[0, 1, 0], [1, 0, 0], [0, 0, 0]]}, 3, r"agents \[2\] have no communication link"),
         ({"topology": "knn_ring", "k": 0}, 3, "have no communication link"),
         ({"topology": "custom", "adjacency": [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]}, 4, "not connected"),
-        ({"topology": "custom", "adjacency": [[0, 1], [1, 0]]}, 3, "group has 3 agents"),
+        ({"topology": "custom", "adjacency": [[0, 1], [1, 0]]}, 3, "2 rows but group .agents. of task .* has 3 agents"),
     ],
 )
 def test_bad_topology_is_refused_before_training(tmp_path, algo, n_agents, match):

@@ -77,6 +77,7 @@ from benchmarl_decentral.consensus import (
     TOPOLOGIES,
     update_variance,
 )
+from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.distributed.transport import current_transport
@@ -91,6 +92,8 @@ DECPG_TOPOLOGIES = (*TOPOLOGIES, "visibility")
 DECPG_TOPOLOGY_OPTIONS = {"k": ("knn_ring",), "adjacency": ("custom",), "mixing_graph": ("visibility",)}
 #: The networks DSGD can mix (``consensus_params``).
 DECPG_NETWORKS = ("actor", "critic")
+#: What ``group_topology`` may set for one group (ally visibility is task-wide).
+DECPG_GROUP_KEYS = ("topology", "k", "adjacency")
 
 
 def _n_agents_leading(leaves: List[torch.Tensor], n: int, what: str) -> None:
@@ -108,6 +111,9 @@ class Decpg(Mappo):
 
     Args:
         k: neighbours of each agent on the kNN ring (Fig. 1); ``0 <= k <= n-1``.
+            The default ``k`` is lowered to ``n - 1`` on a group of ``n <= k``
+            agents; a ``k`` the user set that does not fit a group is refused
+            (:mod:`benchmarl_decentral.consensus.groups`).
         topology: ``knn_ring`` (uses ``k``), ``ring``, ``full``, ``custom`` or
             ``visibility`` (SMAC-family ally visibility, per minibatch).
         adjacency: the n x n 0/1 matrix for ``topology=custom``.
@@ -132,6 +138,8 @@ class Decpg(Mappo):
             agent's own mean and std (MAPPO's normalisation, kept local).
         consensus_params: the networks DSGD mixes, any of ``actor``,
             ``critic`` (the paper: both; the same key as ``dg_mappo``'s).
+        group_topology: per-group ``topology`` / ``k`` / ``adjacency``, e.g.
+            ``{"adversary": {"topology": "full"}}``; ``None`` or ``{}``: none.
         The remaining arguments are MAPPO's.
     """
 
@@ -156,6 +164,7 @@ class Decpg(Mappo):
         normalize_advantage: bool,
         consensus_params: Iterable[str] = ("actor", "critic"),
         evaluation_dropout: Optional[List[int]] = None,
+        group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
         **kwargs,
     ):
         super().__init__(share_param_critic=False, **kwargs)
@@ -184,6 +193,21 @@ class Decpg(Mappo):
         self.visibility_layout: Optional[str] = None
         if topology == "visibility":
             self.visibility_layout = visibility_layout(self, "decpg")
+        task = self.experiment.task.name.lower()
+        try:
+            #: per group: topology, k and adjacency after group_topology and the small-group rules
+            self.group_topologies = resolve_group_topologies(
+                owner="decpg", task=task, group_map=self.group_map,
+                options={"topology": topology, "k": k, "adjacency": adjacency},
+                overrides=check_group_topology(
+                    group_topology, owner="decpg", keys=DECPG_GROUP_KEYS, topologies=STATIC_TOPOLOGIES,
+                    topology=topology,
+                ),
+                uses={key: DECPG_TOPOLOGY_OPTIONS[key] for key in ("k", "adjacency")},
+                default_k=algorithm_defaults("decpg")["k"],
+            )
+        except ValueError as err:
+            raise config_error(self.experiment, str(err)) from None
         for group, agents in self.group_map.items():
             n = len(agents)
             if self.visibility_layout is not None:
@@ -191,17 +215,18 @@ class Decpg(Mappo):
                 self.adjacencies[group] = torch.zeros(n, n, dtype=torch.bool)
                 self.mixing_matrices[group] = build_mixing_matrix(mixing, self.adjacencies[group])
                 continue
+            opts = self.group_topologies[group]
             try:
-                adj = build_topology(topology, n, k=k, adjacency=adjacency)
-                if topology == "custom":  # DSGD reaches consensus only on a connected graph
+                adj = build_topology(opts["topology"], n, k=opts["k"], adjacency=opts["adjacency"])
+                if opts["topology"] == "custom":  # DSGD reaches consensus only on a connected graph
                     adj = from_adjacency(adj, n=n, require_connected=True)
                 self.mixing_matrices[group] = build_mixing_matrix(mixing, adj)
             except ValueError as err:
                 raise config_error(
                     self.experiment,
-                    f"decpg: the topology does not fit group '{group}' of task "
-                    f"{self.experiment.task.name.lower()} ({n} agents): {err}. "
-                    f"Set algorithm.k / algorithm.adjacency / algorithm.mixing accordingly.",
+                    f"decpg: the topology does not fit group '{group}' of task {task} ({n} agents): {err}. "
+                    f"Set algorithm.k / algorithm.adjacency / algorithm.mixing accordingly, or this group's "
+                    f"own with algorithm.group_topology={{{group}: {{...}}}}.",
                 ) from None
             self.adjacencies[group] = adj
 
@@ -645,6 +670,8 @@ class DecpgConfig(AlgorithmConfig):
     minibatch_advantage: bool = MISSING
     # evaluation (benchmarl_decentral.evaluation_dropout)
     evaluation_dropout: List[int] = field(default_factory=list)
+    # per-group topology options (benchmarl_decentral.consensus.groups)
+    group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
 
     def __post_init__(self):
         self.validate()
@@ -652,6 +679,10 @@ class DecpgConfig(AlgorithmConfig):
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
         self.consensus_params = list(check_consensus_params(self.consensus_params, "decpg", DECPG_NETWORKS))
+        self.group_topology = check_group_topology(  # None when empty, as the YAML's null
+            self.group_topology, owner="decpg", keys=DECPG_GROUP_KEYS, topologies=STATIC_TOPOLOGIES,
+            topology=self.topology,
+        ) or None
         self.evaluation_dropout = check_evaluation_dropout("decpg", self.evaluation_dropout)
         if isinstance(self.k, int) and self.k < 0:
             raise ValueError(f"decpg: k must be >= 0 (got k={self.k}); set algorithm.k=2 for a ring.")

@@ -92,10 +92,12 @@ from benchmarl_decentral.consensus import (
     consensus_distance,
     mix_,
 )
+from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
     DGAT_OPTIONS,
+    DGAT_TOPOLOGY_OPTIONS,
     Dgat,
     DgatConfig,
     not_smac_message,
@@ -113,6 +115,9 @@ MIXING_GRAPHS = BATCH_GRAPH_MODES
 #: When D-SGD mixes (``mix_every``): after every optimizer step (eq. 9 as written) or
 #: ``mixes_per_update`` times after the update (the paper's public code: 3).
 MIX_EVERY = ("step", "update")
+#: What ``group_topology`` may set for one group's D-GAT graph (ally visibility is task-wide).
+DGMAPPO_GROUP_KEYS = ("topology", "radius", "k", "adjacency", "position_key", "position_dims")
+DGMAPPO_GROUP_TOPOLOGIES = ("radius", *STATIC_TOPOLOGIES)
 
 
 def dsgd_matrix(adj: torch.Tensor, mode: str = "mean") -> torch.Tensor:
@@ -340,6 +345,10 @@ class DgMappo(Mappo):
             optimizer steps, over the collected batch's graphs; the public
             code mixes 3 times per update).
         mixes_per_update: mixings per update with ``mix_every="update"``.
+        group_topology: per-group D-GAT graph options (``topology``, ``k``,
+            ``radius``, ``adjacency``, ``position_key``, ``position_dims``), e.g.
+            ``{"adversary": {"topology": "ring"}}``; ``None`` or ``{}``: none.
+            A 1-agent group gets no graph (:mod:`benchmarl_decentral.consensus.groups`).
         value_norm: normalise each agent's value targets with its own running
             mean / std (:class:`ValueNorm`).
         actor_output_gain: orthogonal initialisation gain of the actor's output
@@ -364,6 +373,7 @@ class DgMappo(Mappo):
         value_norm: bool = False,
         actor_output_gain: Optional[float] = None,
         evaluation_dropout: Optional[List[int]] = None,
+        group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
         **kwargs,
     ):
         dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS}
@@ -393,6 +403,20 @@ class DgMappo(Mappo):
                 task = f"{self.experiment.task.env_name()}/{self.experiment.task.name.lower()}"
                 raise config_error(self.experiment, not_smac_message("dg_mappo", "algorithm", task))
 
+        try:
+            #: per group: the D-GAT's graph options after group_topology and the small-group rules
+            self.group_topologies = resolve_group_topologies(
+                owner="dg_mappo", task=self.experiment.task.name.lower(), group_map=self.group_map,
+                options={key: dgat_options[key] for key in DGMAPPO_GROUP_KEYS},
+                overrides=check_group_topology(
+                    group_topology, owner="dg_mappo", keys=DGMAPPO_GROUP_KEYS, topologies=DGMAPPO_GROUP_TOPOLOGIES,
+                    topology=dgat_options["topology"],
+                ),
+                uses={key: DGAT_TOPOLOGY_OPTIONS[key] for key in DGMAPPO_GROUP_KEYS if key != "topology"},
+            )
+        except ValueError as err:
+            raise config_error(self.experiment, str(err)) from None
+
         # Build (and so validate against the task) every group's D-GAT before any training.
         self.communication: Dict[str, Dgat] = {}
         for group in self.group_map:
@@ -421,7 +445,7 @@ class DgMappo(Mappo):
     def _check_connected(self, group: str) -> None:
         """Assumption 1: a static custom graph must be (strongly) connected, or consensus cannot hold."""
         comm = self.communication[group]
-        if self.dgat_options.get("topology") != "custom" or bool(strongly_connected(comm.static_adjacency)):
+        if self.group_topologies[group]["topology"] != "custom" or bool(strongly_connected(comm.static_adjacency)):
             return
         adj = comm.static_adjacency | torch.eye(comm.n_agents, dtype=torch.bool, device=comm.static_adjacency.device)
         reach = adj.float()
@@ -430,7 +454,7 @@ class DgMappo(Mappo):
         cut = [(i, j) for i in range(comm.n_agents) for j in range(comm.n_agents) if not reach[i, j]][:3]
         raise config_error(
             self.experiment,
-            f"dg_mappo: algorithm.adjacency is not connected for group '{group}' (Assumption 1 of paper 000: "
+            f"dg_mappo: the custom adjacency is not connected for group '{group}' (Assumption 1 of paper 000: "
             f"the communication graph must let every agent reach every other, else D-SGD and eq. 11 cannot "
             f"reach consensus); e.g. agent i never hears from j for (i, j) in {cut}. Add links to "
             "algorithm.adjacency (adjacency[i][j]=1 iff i receives from j), or use algorithm.topology=full or ring.",
@@ -441,7 +465,7 @@ class DgMappo(Mappo):
         n = len(self.group_map[group])
         obs_spec = self.observation_spec[group]
         features = sum(spec.shape[-1] for spec in obs_spec.values(True, True))
-        opts = self.dgat_options
+        opts = {**self.dgat_options, **self.group_topologies[group]}
         tilde = features + (features if opts["value"] == "identity" else opts["hidden_channels"])
         config = DgatConfig(**opts, num_cells=None, activation_class=None)
         comm = config.get_model(
@@ -777,6 +801,8 @@ class DgMappoConfig(AlgorithmConfig):
     actor_output_gain: Optional[float] = MISSING
     # evaluation (benchmarl_decentral.evaluation_dropout)
     evaluation_dropout: List[int] = field(default_factory=list)
+    # per-group D-GAT graph options (benchmarl_decentral.consensus.groups)
+    group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
 
     def __post_init__(self):
         self.validate()
@@ -784,6 +810,10 @@ class DgMappoConfig(AlgorithmConfig):
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
         self.evaluation_dropout = check_evaluation_dropout("dg_mappo", self.evaluation_dropout)
+        self.group_topology = check_group_topology(  # None when empty, as the YAML's null
+            self.group_topology, owner="dg_mappo", keys=DGMAPPO_GROUP_KEYS, topologies=DGMAPPO_GROUP_TOPOLOGIES,
+            topology=self.topology,
+        ) or None
         check_dgat_options(prefix="algorithm", **self.__dict__)
         if self.alpha_consensus < 0:
             raise ValueError(f"dg_mappo: alpha_consensus must be >= 0 (A.3: 20), got {self.alpha_consensus}")

@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, MISSING
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
@@ -97,7 +98,7 @@ import torch
 from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
 from benchmarl.experiment.callback import Callback
 from benchmarl.models import MlpConfig
-from benchmarl.models.common import ModelConfig
+from benchmarl.models.common import ModelConfig, SequenceModel, SequenceModelConfig
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from tensordict.nn.distributions import NormalParamExtractor
@@ -113,6 +114,7 @@ from torchrl.objectives.value import GAE
 from benchmarl_decentral.algorithms._common import config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
+from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.topology import (
     build_topology,
     check_topology_options,
@@ -165,6 +167,9 @@ CRITIC_LOSSES = ("l1", "l2", "smooth_l1")
 MATRPO_TOPOLOGIES = (*TOPOLOGIES, "visibility")
 #: Options read by some topologies only (refused with any other, see ``check_topology_options``).
 MATRPO_TOPOLOGY_OPTIONS = {"k": ("knn_ring",), "adjacency": ("custom",), "visibility_min_fraction": ("visibility",)}
+LOGGER = logging.getLogger("benchmarl_decentral")
+#: What ``group_topology`` may set for one group (ally visibility is task-wide).
+MATRPO_GROUP_KEYS = ("topology", "k", "adjacency")
 JOINT_KEY = "matrpo_joint"
 
 
@@ -330,6 +335,60 @@ def _stacked_leaves(module: nn.Module, n: int) -> bool:
     return bool(leaves) and all(p.dim() > 0 and p.shape[0] == n for p in leaves)
 
 
+def _is_mlp_chain(config: ModelConfig) -> bool:
+    """``layers/mlp``, or a sequence whose every model is one (nested sequences too)."""
+    if isinstance(config, SequenceModelConfig):
+        return all(_is_mlp_chain(c) for c in config.model_configs)
+    return isinstance(config, MlpConfig)
+
+
+def _mlp_chain(model: nn.Module) -> Optional[List[nn.Module]]:
+    """The BenchMARL ``Mlp`` models a policy applies one after the other, or ``None``.
+
+    A ``SequenceModel`` of MLPs computes ``f_K(... f_1(o^i))`` for every agent
+    (each reads the previous one's per-agent output): one network per agent
+    whose stacked parameters are those of its MLPs.
+    """
+    if isinstance(model, SequenceModel):
+        chain: List[nn.Module] = []
+        for sub in model.models.module:
+            part = _mlp_chain(sub)
+            if part is None:
+                return None
+            chain += part
+        return chain
+    mlp = getattr(model, "mlp", None)
+    return [model] if mlp is not None and hasattr(mlp, "_empty_net") else None
+
+
+def unsupported_model_message(name: str, model_config: ModelConfig) -> str:
+    """Why ``name``'s policy cannot be built from ``model_config``, and the nearest working choice."""
+    kind = type(model_config).__name__
+    layers = (
+        [type(c).__name__ for c in model_config.model_configs]
+        if isinstance(model_config, SequenceModelConfig) else [kind]
+    )
+    if any(layer in ("GruConfig", "LstmConfig") for layer in layers):
+        why = (
+            "a recurrent policy's log-probability of a sample depends on the hidden state carried from the "
+            "episode's earlier steps, so the per-sample log-ratios and their linearisation (eqs. 13, 20) and the "
+            "Fisher products (eq. 14) would have to replay whole sequences; that is not implemented"
+        )
+    else:
+        why = (
+            f"{'/'.join(sorted(set(layers)))} keeps its per-agent parameters in a form the joint-policy "
+            "operators do not gather yet (not a limit of the math: any network differentiable by torch.func fits "
+            "eqs. 13-14)"
+        )
+    return (
+        f"{name}: every agent's joint policy pi^i (eq. 8) is evaluated as one function of its stacked parameters "
+        f"theta^i, linearised and differentiated with torch.func for the ADMM consensus (eqs. 13-14, 21-22); "
+        f"model=layers/mlp, or a sequence of layers/mlp models, provides that. Got {kind}: {why}. Nearest "
+        f"working choice: model=layers/mlp (its depth and width from algorithm.num_cells, e.g. "
+        f"algorithm.num_cells=[128,128])."
+    )
+
+
 class Matrpo(Algorithm):
     """Multi-Agent TRPO with asynchronous ADMM consensus (paper 001, Algorithm 1).
 
@@ -348,8 +407,12 @@ class Matrpo(Algorithm):
         visibility_min_fraction: ``topology=visibility``: link two agents that
             saw each other (either way) in more than this fraction of the
             batch's samples; 0 is the union over the batch.
-        k: neighbours per agent for ``knn_ring``.
+        k: neighbours per agent for ``knn_ring``; the default is lowered to
+            ``n - 1`` on a smaller group, a ``k`` the user set must fit every
+            group (:mod:`benchmarl_decentral.consensus.groups`).
         adjacency: n x n 0/1 matrix for ``custom``.
+        group_topology: per-group ``topology`` / ``k`` / ``adjacency``, e.g.
+            ``{"adversary": {"topology": "full"}}``; ``None`` or ``{}``: none.
         link_failure: probability that an activated link fails (the
             asynchronous ADMM's robustness, sec. IV-B).
         gamma: discount (Table III, 0.995); replaces ``experiment.gamma`` (``None`` keeps it).
@@ -406,6 +469,7 @@ class Matrpo(Algorithm):
         critic_lr: Optional[float],
         critic_max_grad_norm: Optional[float],
         evaluation_dropout: Optional[List[int]] = None,
+        group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -444,18 +508,34 @@ class Matrpo(Algorithm):
         self.visibility_layout: Optional[str] = None
         if topology == "visibility":
             self.visibility_layout = visibility_layout(self, "matrpo")
+        try:
+            #: per group: topology, k and adjacency after group_topology and the small-group rules
+            self.group_topologies = resolve_group_topologies(
+                owner="matrpo", task=task, group_map=self.group_map,
+                options={"topology": topology, "k": k, "adjacency": adjacency},
+                overrides=check_group_topology(
+                    group_topology, owner="matrpo", keys=MATRPO_GROUP_KEYS, topologies=STATIC_TOPOLOGIES,
+                    topology=topology,
+                ),
+                uses={key: MATRPO_TOPOLOGY_OPTIONS[key] for key in ("k", "adjacency")},
+                default_k=algorithm_defaults("matrpo")["k"],
+            )
+        except ValueError as err:
+            raise config_error(self.experiment, str(err)) from None
         for group, agents in self.group_map.items():
             n = len(agents)
             if self.visibility_layout is not None:
                 self.links[group] = None
                 continue
+            opts = self.group_topologies[group]
             try:
-                adj = build_topology(topology, n, k=k, adjacency=adjacency)
+                adj = build_topology(opts["topology"], n, k=opts["k"], adjacency=opts["adjacency"])
             except ValueError as err:
                 raise config_error(
                     self.experiment,
                     f"matrpo: the topology does not fit group '{group}' of task {task} ({n} agents): "
-                    f"{err}. Set algorithm.topology / algorithm.k / algorithm.adjacency accordingly.",
+                    f"{err}. Set algorithm.topology / algorithm.k / algorithm.adjacency accordingly, or this "
+                    f"group's own with algorithm.group_topology={{{group}: {{...}}}}.",
                 ) from None
             undirected = adj | adj.T
             isolated = (~undirected.any(-1)).nonzero().flatten().tolist() if n > 1 else []
@@ -475,14 +555,17 @@ class Matrpo(Algorithm):
                 )
             self.links[group] = links_from_adjacency(undirected)
 
-        if not isinstance(self.model_config, MlpConfig):
-            raise config_error(
-                self.experiment,
-                f"matrpo needs model=layers/mlp for its policies (per-agent parameters stacked on "
-                f"the agent dim), got {type(self.model_config).__name__}.",
+        if not _is_mlp_chain(self.model_config):
+            raise config_error(self.experiment, unsupported_model_message("matrpo", self.model_config))
+        if isinstance(self.model_config, SequenceModelConfig) and (num_cells is not None or activation is not None):
+            LOGGER.info(
+                "matrpo: model is a sequence of MLPs, which keeps its own layers; algorithm.num_cells and "
+                "algorithm.activation replace those of a single model=layers/mlp only"
             )
 
         self._joint_models: Dict[str, nn.Module] = {}
+        #: per group: the Mlp models the joint policy applies in turn (one for layers/mlp)
+        self._joint_chains: Dict[str, List[nn.Module]] = {}
         self._critics: Dict[str, nn.Module] = {}
         self._gae: Dict[str, GAE] = {}
         self.last_stats: Dict[str, MatrpoStats] = {}
@@ -535,14 +618,15 @@ class Matrpo(Algorithm):
             device=self.device,
             action_spec=self.action_spec,
         )
-        mlp = getattr(joint_model, "mlp", None)
-        if mlp is None or not hasattr(mlp, "_empty_net") or not _stacked_leaves(mlp, n):
+        chain = _mlp_chain(joint_model)
+        if chain is None or not all(_stacked_leaves(m.mlp, n) for m in chain):
             raise config_error(
                 self.experiment,
                 "matrpo needs each agent's policy parameters stacked on a leading agent dim "
                 "(torchrl MultiAgentMLP); use model=layers/mlp.",
             )
         self._joint_models[group] = joint_model
+        self._joint_chains[group] = chain
         own = TensorDictModule(_OwnComponent(n), in_keys=[(group, JOINT_KEY)], out_keys=[(group, "logits")])
         if continuous:
             extractor = TensorDictModule(
@@ -683,7 +767,7 @@ class Matrpo(Algorithm):
 
     def policy_inputs(self, group: str, batch: TensorDictBase) -> Tuple[Dict[str, Tensor], Tensor, Tensor, Tensor]:
         """``(params {name: (n, ...)}, obs (n, M, d), joint actions (n, M, K, ...), advantages (n, M))``."""
-        model = self._joint_models[group]
+        model = self._joint_chains[group][0]  # the first MLP reads the observations
         td = batch.reshape(-1)
         feats = torch.cat(
             [td.get(key).flatten(start_dim=-model.num_feature_dims) for key in model.in_keys], dim=-1
@@ -711,8 +795,13 @@ class Matrpo(Algorithm):
 
     def policy_parameters(self, group: str) -> Dict[str, Tensor]:
         """The live stacked policy parameters of ``group``, ``{name: (n, ...)}``."""
-        params = self._joint_models[group].mlp.params
-        return {".".join(k) if isinstance(k, tuple) else k: v for k, v in params.items(True, True)}
+        chain = self._joint_chains[group]
+        flat = [
+            {".".join(k) if isinstance(k, tuple) else k: v for k, v in m.mlp.params.items(True, True)} for m in chain
+        ]
+        if len(chain) == 1:
+            return flat[0]
+        return {f"{i}.{k}": v for i, params in enumerate(flat) for k, v in params.items()}  # nn.Sequential names
 
     def joint_network(self, group: str) -> Tuple[Callable, Callable, nn.Module]:
         """``(network, make_dist, template)`` of ``group``'s joint policies.
@@ -722,7 +811,10 @@ class Matrpo(Algorithm):
         ``params`` and ``obs (n, M, d)``: the policy function of
         :mod:`benchmarl_decentral.objectives`.
         """
-        template = self._joint_models[group].mlp._empty_net
+        chain = self._joint_chains[group]
+        # a sequence of MLPs: one agent's network is their composition (the operators' autograd path;
+        # a single plain MLP also gets the explicit forward/back-propagation of objectives.matrpo)
+        template = chain[0].mlp._empty_net if len(chain) == 1 else nn.Sequential(*[m.mlp._empty_net for m in chain])
         make_dist = _JointDist(len(self.group_map[group]), self.experiment.continuous_actions, self.scale_mapping)
         return stacked_network(template), make_dist, template
 
@@ -908,6 +1000,8 @@ class MatrpoConfig(AlgorithmConfig):
     critic_max_grad_norm: Optional[float] = MISSING
     # evaluation (benchmarl_decentral.evaluation_dropout)
     evaluation_dropout: List[int] = field(default_factory=list)
+    # per-group topology options (benchmarl_decentral.consensus.groups)
+    group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
 
     def __post_init__(self):
         self.validate()
@@ -915,6 +1009,10 @@ class MatrpoConfig(AlgorithmConfig):
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
         self.evaluation_dropout = check_evaluation_dropout("matrpo", self.evaluation_dropout)
+        self.group_topology = check_group_topology(  # None when empty, as the YAML's null
+            self.group_topology, owner="matrpo", keys=MATRPO_GROUP_KEYS, topologies=STATIC_TOPOLOGIES,
+            topology=self.topology,
+        ) or None
 
         def num(x) -> bool:
             return isinstance(x, (int, float)) and not isinstance(x, bool)
