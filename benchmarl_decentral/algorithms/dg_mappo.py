@@ -96,6 +96,8 @@ from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
     DGAT_OPTIONS,
+    DGAT_TOPOLOGIES,
+    dgat_messages_value,
     Dgat,
     DgatConfig,
     not_smac_message,
@@ -113,6 +115,72 @@ MIXING_GRAPHS = BATCH_GRAPH_MODES
 #: When D-SGD mixes (``mix_every``): after every optimizer step (eq. 9 as written) or
 #: ``mixes_per_update`` times after the update (the paper's public code: 3).
 MIX_EVERY = ("step", "update")
+
+#: ``topology: auto`` (the default): the communication graph is chosen from the task before
+#: training (:func:`resolve_auto_topology`).
+AUTO_TOPOLOGY = "auto"
+#: Topologies of ``algorithm.topology``: ``auto`` and the D-GAT's.
+TOPOLOGIES: Tuple[str, ...] = (AUTO_TOPOLOGY, *DGAT_TOPOLOGIES)
+#: ``topology: auto`` on tasks whose observations hold each agent's position: a radius graph on
+#: ``obs[..., start:stop]``, rebuilt at every step (paper 000 sec. 2.1, dynamic graph). The radius is
+#: measured with ``benchmarks/dg_mappo_radius.py`` (vmas/navigation, 4 agents: connected at 88% of
+#: the steps of a random policy and at 84% of the goal layouts, average degree 2.3 of 3).
+AUTO_RADIUS_GRAPHS: Dict[str, Dict[str, Any]] = {
+    "vmas/navigation": {"position_dims": [0, 2], "radius": 1.5},
+}
+#: Task families with SMAC ally visibility in the observations: ``topology: auto`` -> ``visibility``.
+AUTO_VISIBILITY_FAMILIES: Tuple[str, ...] = ("smax", "smacv2")
+#: Graph options that ``topology: auto`` fills in itself (refused when set with it).
+AUTO_SETS: Tuple[str, ...] = ("radius", "k", "adjacency", "position_key", "position_dims", "graph_kwargs")
+
+
+def check_auto_topology(options: Dict[str, Any]) -> None:
+    """``topology: auto`` takes no graph option: refuse one that is set, naming both fixes."""
+    given = [name for name in AUTO_SETS if options.get(name) is not None]
+    if given:
+        name = given[0]
+        raise ValueError(
+            f"dg_mappo: algorithm.{name}={options[name]} is not read with algorithm.topology=auto, which picks "
+            f"the graph and its options from the task; remove algorithm.{name}, or choose the graph yourself, "
+            "e.g. algorithm.topology=radius algorithm.radius=1.5 algorithm.position_dims=[0,2]"
+        )
+    if options.get("add_self_loops") is False:
+        raise ValueError(
+            "dg_mappo: algorithm.topology=auto may pick a radius or full graph, which have no self loops, but eq. 8 "
+            "aggregates over N^i including agent i itself; set algorithm.add_self_loops=true"
+        )
+
+
+def resolve_auto_topology(family: str, task: str) -> Tuple[Dict[str, Any], str]:
+    """``topology: auto``: the graph options for a task, and why (the line logged once).
+
+    * tasks in :data:`AUTO_RADIUS_GRAPHS` (agent positions in the observation,
+      VMAS): ``radius`` on those positions, rebuilt every step;
+    * the SMAC family (:data:`AUTO_VISIBILITY_FAMILIES`): ``visibility``
+      (ally visibility, layout inferred from the task);
+    * anything else: ``full``.
+
+    Args:
+        family: the task's environment name, e.g. ``"vmas"``, ``"smax"``.
+        task: the task's name in lower case, e.g. ``"navigation"``.
+
+    Returns:
+        ``(options, reason)``: ``options`` holds ``topology`` and the options it reads.
+    """
+    name = f"{family}/{task}"
+    if name in AUTO_RADIUS_GRAPHS:
+        graph = AUTO_RADIUS_GRAPHS[name]
+        dims = graph["position_dims"]
+        return {"topology": "radius", **graph}, (
+            f"radius graph on the agents' positions obs[..., {dims[0]}:{dims[1]}], radius {graph['radius']}, "
+            "rebuilt every step"
+        )
+    if family in AUTO_VISIBILITY_FAMILIES:
+        return {"topology": "visibility"}, "SMAC ally visibility, rebuilt every step"
+    return {"topology": "full"}, (
+        "full graph (no known agent positions or visibility in this task's observations; for a radius graph set "
+        "algorithm.topology=radius algorithm.radius=R algorithm.position_dims=[start,stop])"
+    )
 
 
 def dsgd_matrix(adj: torch.Tensor, mode: str = "mean") -> torch.Tensor:
@@ -366,7 +434,9 @@ class DgMappo(Mappo):
         evaluation_dropout: Optional[List[int]] = None,
         **kwargs,
     ):
-        dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS}
+        dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS if name in kwargs}
+        # configs pickled before dgat_messages existed (resume): messages on
+        dgat_options["dgat_messages"] = dgat_messages_value(dgat_options.get("dgat_messages", "on"))
         super().__init__(share_param_critic=False, **kwargs)
         self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.alpha_consensus = alpha_consensus
@@ -384,6 +454,19 @@ class DgMappo(Mappo):
         #: per group: the eq. 10 matrix of the last collected batch's graphs (mix_every=update)
         self.batch_mixing_matrices: Dict[str, torch.Tensor] = {}
         self.dgat_options = dgat_options
+        #: ``algorithm.topology`` as given, and the one trained with (``auto`` resolved from the task)
+        self.requested_topology = dgat_options.get("topology")
+        if self.requested_topology == AUTO_TOPOLOGY:
+            try:
+                check_auto_topology(dgat_options)
+            except ValueError as err:
+                raise config_error(self.experiment, str(err)) from None
+            task = self.experiment.task
+            family, name = task.env_name(), task.name.lower()
+            resolved, reason = resolve_auto_topology(family, name)
+            self.dgat_options.update(resolved)
+            print(f"dg_mappo: topology=auto on {family}/{name}: {resolved['topology']} ({reason})", flush=True)
+        self.topology = self.dgat_options["topology"]
         if dgat_options.get("topology") == "visibility":
             # the observation layout of ally visibility (consensus/visibility.py) comes from the task
             self.dgat_options["graph_kwargs"] = with_layout(
@@ -749,6 +832,7 @@ class DgMappoConfig(AlgorithmConfig):
     negative_slope: float = MISSING
     dropout: float = MISSING
     add_self_loops: bool = MISSING
+    dgat_messages: str = MISSING
     topology: str = MISSING
     radius: Optional[float] = MISSING
     k: Optional[int] = MISSING
@@ -784,7 +868,17 @@ class DgMappoConfig(AlgorithmConfig):
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
         self.evaluation_dropout = check_evaluation_dropout("dg_mappo", self.evaluation_dropout)
-        check_dgat_options(prefix="algorithm", **self.__dict__)
+        self.dgat_messages = dgat_messages_value(self.dgat_messages)
+        options = dict(self.__dict__)
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(
+                f"D-GAT (algorithm): unknown topology {self.topology!r}; choose one of {TOPOLOGIES} "
+                "(algorithm.topology; auto picks the graph from the task)"
+            )
+        if self.topology == AUTO_TOPOLOGY:
+            check_auto_topology(options)
+            options["topology"] = "full"  # the remaining checks; auto's own options are checked above
+        check_dgat_options(prefix="algorithm", **options)
         if self.alpha_consensus < 0:
             raise ValueError(f"dg_mappo: alpha_consensus must be >= 0 (A.3: 20), got {self.alpha_consensus}")
         if self.mixing_graph not in MIXING_GRAPHS:

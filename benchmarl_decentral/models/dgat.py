@@ -41,11 +41,13 @@ from benchmarl_decentral.consensus.visibility import visibility_graph_builder
 from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES
 
 __all__ = [
+    "DGAT_MESSAGES",
     "DGAT_TOPOLOGIES",
     "GRAPH_BUILDERS",
     "Dgat",
     "DgatConfig",
     "check_dgat_options",
+    "dgat_messages_value",
     "dense_dgat_conv",
     "majority_graph",
     "silenced_senders",
@@ -85,7 +87,17 @@ DGAT_OPTIONS: tuple[str, ...] = (
     "position_key",
     "position_dims",
     "graph_kwargs",
+    "dgat_messages",
 )
+
+#: ``dgat_messages``: ``on`` (eqs. 7-8 over the communication graph) or ``zero`` (ablation: the messages
+#: of the other agents are zeroed, every agent attends to itself only; same parameters and shapes).
+DGAT_MESSAGES: tuple[str, ...] = ("on", "zero")
+
+
+def dgat_messages_value(value: Any) -> Any:
+    """``dgat_messages`` as given, with YAML 1.1's reading of an unquoted ``on`` (``True``) taken as ``"on"``."""
+    return "on" if value is True or value == "True" else value
 
 
 # ----------------------------------------------------------------- validation
@@ -106,6 +118,7 @@ def check_dgat_options(
     position_dims: Optional[List[int]],
     position_key: Optional[str] = None,
     graph_kwargs: Optional[Dict[str, Any]] = None,
+    dgat_messages: str = "on",
     **_: Any,
 ) -> None:
     """Checks of the D-GAT options that need no task, raised as one clear ValueError.
@@ -137,6 +150,11 @@ def check_dgat_options(
         fail(f"unknown dgat_activation {dgat_activation!r}; choose one of {tuple(_ACTIVATIONS)} or null")
     if not 0.0 <= dropout < 1.0:
         fail(f"dropout must be in [0, 1), got {dropout}")
+    if dgat_messages not in DGAT_MESSAGES:
+        fail(
+            f"unknown dgat_messages {dgat_messages!r}; set {prefix}.dgat_messages=on (D-GAT messages over the "
+            f"graph) or {prefix}.dgat_messages=zero (ablation: each agent sees only its own embedding)"
+        )
     if topology not in DGAT_TOPOLOGIES:
         fail(f"unknown topology {topology!r}; choose one of {DGAT_TOPOLOGIES} ({prefix}.topology)")
     if topology == "radius":
@@ -354,6 +372,11 @@ class Dgat(Model):
         position_dims: ``[start, stop]``: the position is
             ``source[..., start:stop]``.
         graph_kwargs: extra options for topology builders (``visibility``).
+        dgat_messages: ``"on"``: eqs. 7-8 over the communication graph;
+            ``"zero"`` (ablation): the other agents' messages are zeroed, so
+            agent ``i`` aggregates over ``N^i = {i}`` only and ``ô_i`` depends on
+            its own input alone (same parameters and output shape; the graph is
+            still built, e.g. for DG-MAPPO's eq. 11 and D-SGD mixing).
         num_cells: hidden sizes of the per-agent head on ``õ_i`` (``[]``: one
             linear layer); ``None``: no head, the output is ``õ_i``.
         activation_class: activation of the head.
@@ -386,9 +409,11 @@ class Dgat(Model):
         graph_kwargs: Optional[Dict[str, Any]],
         num_cells: Optional[Sequence[int]],
         activation_class: Optional[Type[nn.Module]],
+        dgat_messages: str = "on",
         **kwargs,
     ):
         self.topology = topology
+        self.dgat_messages = dgat_messages
         self.radius = radius
         self.position_key = position_key
         self.position_dims = None if position_dims is None else tuple(position_dims)
@@ -551,10 +576,16 @@ class Dgat(Model):
                 h = dgat.act(h)
         return h.reshape(*x.shape[:-1], dgat.out_dim)
 
+    def message_graph(self, adj: Tensor) -> Tensor:
+        """The graph the D-GAT hops run over: ``adj``, or with ``dgat_messages="zero"`` self loops only."""
+        if self.dgat_messages == "on":
+            return adj
+        return torch.eye(self.n_agents, dtype=torch.bool, device=adj.device)
+
     def _forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         x = self.features(tensordict)
         adj = self.communication_graph(tensordict, x)
-        out = torch.cat([x, self.embed(x, adj)], dim=-1)  # õ_i = [x_i || ô_i], eq. 13
+        out = torch.cat([x, self.embed(x, self.message_graph(adj))], dim=-1)  # õ_i = [x_i || ô_i], eq. 13
         if self.head is not None:
             out = self.head(out)
             if not self.output_has_agent_dim:  # centralised with shared parameters: all rows equal
@@ -584,8 +615,10 @@ class DgatConfig(ModelConfig):
     graph_kwargs: Optional[Dict[str, Any]] = MISSING
     num_cells: Optional[List[int]] = MISSING
     activation_class: Optional[Type[nn.Module]] = MISSING
+    dgat_messages: str = "on"
 
     def __post_init__(self):
+        self.dgat_messages = dgat_messages_value(self.dgat_messages)
         check_dgat_options(prefix="model", **self.__dict__)
 
     @staticmethod
