@@ -116,3 +116,35 @@ def test_zeroed_messages_cut_the_actor_off_the_other_agents(tmp_path, messages):
     optimizer.step()
     torch.testing.assert_close(exp.losses[GROUP].mixing_matrix, torch.full((3, 3), 1 / 3))
     exp.close()
+
+
+def test_fast_paths_give_the_same_results(tmp_path):
+    """Issue 14's speed-ups: D-GAT without gradient in the dense form, and the clip that skips scale-1 rescaling."""
+    from types import SimpleNamespace
+
+    from benchmarl_decentral.algorithms.dg_mappo import _DgMappoCallback
+
+    exp = make_experiment(tmp_path, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": 4})
+    comm = exp.algorithm.communication[GROUP]
+    batch = next(iter(exp.collector)).select(*comm.in_keys)  # radius graphs of many steps
+    with torch.no_grad():
+        dense = comm(batch.clone()).get((GROUP, DGAT_KEY))
+    sparse = comm(batch.clone()).get((GROUP, DGAT_KEY))  # with gradient: the edge-list layer
+    torch.testing.assert_close(dense, sparse.detach(), rtol=1e-5, atol=1e-6)
+    exp.algorithm.set_fast_paths(False)
+    with torch.no_grad():
+        torch.testing.assert_close(comm(batch.clone()).get((GROUP, DGAT_KEY)), sparse.detach(), rtol=0, atol=0)
+    leaves = [torch.randn(4, 3, 5), torch.randn(4, 5)]
+    for max_norm in (1.0, 1e3):  # some agents clipped / none
+        grads = {}
+        for fast in (True, False):
+            params = [torch.nn.Parameter(torch.zeros_like(g)) for g in leaves]
+            for p, g in zip(params, leaves):
+                p.grad = g.clone()
+            _DgMappoCallback._clip([params], max_norm, SimpleNamespace(fast_paths=fast))(None, (), {})
+            grads[fast] = [p.grad for p in params]
+        for a, b in zip(grads[True], grads[False]):
+            torch.testing.assert_close(a, b)
+        norms = torch.cat([g.reshape(4, -1) for g in grads[True]], 1).norm(dim=-1)
+        assert bool((norms <= max_norm + 1e-4).all())
+    exp.close()

@@ -416,6 +416,11 @@ class DgMappo(Mappo):
     """
 
     reuse_dgat_outputs: bool = True
+    #: ``True`` (default): the speed-ups of issue 14's profile: D-GAT without gradient in its dense form
+    #: (:attr:`~benchmarl_decentral.models.dgat.Dgat.dense_without_grad`), and the per-agent clip rescales
+    #: gradients only when some agent's norm exceeds ``max_grad_norm``. Same results;
+    #: :meth:`set_fast_paths` switches both (``benchmarks/dg_mappo_iteration.py`` times both).
+    fast_paths: bool = True
 
     def __init__(
         self,
@@ -500,6 +505,12 @@ class DgMappo(Mappo):
         # hydra runs pass callbacks=() (a tuple): rebind rather than append
         self.experiment.callbacks = [*self.experiment.callbacks, self.callback]
         self.callback.experiment = self.experiment
+
+    def set_fast_paths(self, on: bool) -> None:
+        """Switch the profile's speed-ups (:attr:`fast_paths`) on or off, in the D-GAT modules too."""
+        self.fast_paths = on
+        for comm in self.communication.values():
+            comm.dense_without_grad = on
 
     def _check_connected(self, group: str) -> None:
         """Assumption 1: a static custom graph must be (strongly) connected, or consensus cannot hold."""
@@ -728,23 +739,34 @@ class _DgMappoCallback(Callback):
                 param_group["eps"] = algo.adam_eps
             leaves = algo.network_leaves(group)
             if algo.max_grad_norm is not None:
-                optimizer.register_step_pre_hook(self._clip(list(leaves.values()), algo.max_grad_norm))
+                optimizer.register_step_pre_hook(self._clip(list(leaves.values()), algo.max_grad_norm, algo))
             mixed = [p for name in algo.consensus_params for p in leaves[name]]
             self._mixed[group] = mixed
             if mixed and algo.mix_every == "step":
                 optimizer.register_step_post_hook(self._mix(group, mixed))
 
     @staticmethod
-    def _clip(networks: List[List[torch.Tensor]], max_norm: float):
-        """Each agent's gradient of each network clipped on its own (no cross-agent statistic)."""
+    def _clip(networks: List[List[torch.Tensor]], max_norm: float, algorithm: Optional[DgMappo] = None):
+        """Each agent's gradient of each network clipped on its own (no cross-agent statistic).
+
+        With ``algorithm.fast_paths`` the norms come from one concatenation per
+        network and nothing is rescaled when every agent is within ``max_norm``
+        (the scale would be 1).
+        """
 
         def hook(optimizer, args, kwargs):
+            fast = algorithm is None or algorithm.fast_paths
             for leaves in networks:
                 grads = [p.grad for p in leaves if p.grad is not None]
                 if not grads:
                     continue
-                sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
+                if fast:
+                    sq = torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1).pow(2).sum(-1)
+                else:
+                    sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
                 scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+                if fast and not bool((scale < 1.0).any()):
+                    continue
                 for g in grads:
                     g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 

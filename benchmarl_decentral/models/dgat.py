@@ -255,6 +255,9 @@ GRAPH_BUILDERS: Dict[str, GraphBuilder] = {
 
 
 # ------------------------------------------------------------ dense fallback
+#: Largest group for which :class:`Dgat` runs the dense form (:func:`dense_dgat_conv`) without gradient.
+DENSE_MAX_AGENTS = 16
+
 def _is_batched(t: Tensor) -> bool:
     """Whether ``t`` is a functorch BatchedTensor, i.e. we are inside ``torch.vmap`` over it."""
     return bool(torch._C._functorch.is_batchedtensor(t))
@@ -266,9 +269,11 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     Same parameters and same result as ``conv(x, adj)``, computed for all
     ``n x n`` pairs and masked, so that it runs inside ``torch.vmap`` where the
     edge list of a batched graph cannot be built (``nonzero`` has no batching
-    rule). TorchRL's GAE calls critics under ``vmap``; elsewhere the sparse
-    layer is used (it is faster). A layer with one parameter set (shared
-    parameters) is applied to every agent.
+    rule). TorchRL's GAE calls critics under ``vmap``. :class:`Dgat` also
+    uses it without gradient (collection, evaluation, GAE inputs) for groups
+    of up to :data:`DENSE_MAX_AGENTS` agents, where it is faster than the
+    edge list (issue 14 profile); with gradient the sparse layer is used. A
+    layer with one parameter set (shared parameters) is applied to every agent.
 
     Args:
         conv: the layer whose parameters are used.
@@ -279,6 +284,7 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
         ``(*B, n, conv.out_dim)``, with ``conv.activation`` applied as in ``forward``.
     """
     n, heads, c = x.shape[-2], conv.heads, conv.out_channels
+    hc = heads * c
 
     def agents(p: Tensor | None) -> Tensor | None:  # shared parameters: one set for every agent
         return None if p is None else p.expand(n, *p.shape[1:])
@@ -286,11 +292,13 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     w_l, b_l = agents(conv.lin_l_weight), agents(conv.lin_l_bias)
     w_r, b_r = (w_l, b_l) if conv.share_weights else (agents(conv.lin_r_weight), agents(conv.lin_r_bias))
     query = torch.einsum("...if,iof->...io", x, w_r)  # Theta_r^i h_i
-    key = torch.einsum("...jf,iof->...ijo", x, w_l)  # Theta_l^i h_j, receiver-specific
+    # Theta_l^i h_j, receiver-specific, for every (i, j): one matmul over all receivers' weights
+    key = x @ w_l.reshape(n * hc, -1).T  # (..., j, i * hc)
     if b_r is not None:
         query = query + b_r
     if b_l is not None:
-        key = key + b_l[:, None, :]
+        key = key + b_l.reshape(n * hc)
+    key = key.unflatten(-1, (n, hc)).transpose(-3, -2)  # (..., i, j, hc)
     z = F.leaky_relu(query.unsqueeze(-2) + key, conv.negative_slope).unflatten(-1, (heads, c))
     e = (z * agents(conv.att)[:, None]).sum(-1)  # eq. 7: (..., i, j, H)
     mask = adj.bool()
@@ -303,7 +311,7 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     if conv.value == "linear":
         out = torch.einsum("...ijh,...ijhc->...ihc", alpha, key.unflatten(-1, (heads, c)))
     else:
-        out = torch.einsum("...ijh,...jf->...ihf", alpha, x)
+        out = alpha.transpose(-1, -2) @ x.unsqueeze(-3)  # (..., i, H, j) @ (..., 1, j, F): sum_j alpha_ij h_j
     out = out.flatten(-2) if conv.concat else out.mean(-2)
     if conv.bias is not None:
         out = out + agents(conv.bias)
@@ -551,10 +559,17 @@ class Dgat(Model):
         return adj
 
     # ------------------------------------------------------------- forward
+    #: Without gradient and with at most :data:`DENSE_MAX_AGENTS` agents, run the dense form of eqs. 7-8
+    #: (:func:`dense_dgat_conv`, same result) instead of building an edge list: cheaper per environment step.
+    dense_without_grad: bool = True
+
     def embed(self, x: Tensor, adj: Tensor) -> Tensor:
         """``ô`` ``(*B, n, out_dim)``: K D-GAT hops over ``adj`` (eqs. 7-8)."""
         dgat, n = self.dgat, self.n_agents
-        dense = _is_batched(adj)  # inside torch.vmap: no edge list for a batched graph
+        # inside torch.vmap there is no edge list for a batched graph; without gradient the dense form is cheaper
+        dense = _is_batched(adj) or (
+            self.dense_without_grad and n <= DENSE_MAX_AGENTS and not torch.is_grad_enabled()
+        )
         if not dense and self.share_params:
             batch = x.shape[:-2]
             b = math.prod(batch)
