@@ -9,14 +9,25 @@ MLP and seed:
                          ``share_param_critic=False``: per-agent (stacked)
                          actor and critic, as dg_mappo has;
 * ``dg_mappo``           ``DgMappoConfig.get_from_yaml()`` as shipped: its
-                         default graph (``full``) and ``K`` (1 hop), D-GAT in
+                         default graph (``topology: auto``: on vmas/navigation
+                         a radius graph, radius 1.5 on ``obs[..., 0:2]``,
+                         rebuilt every step; ``full`` on other tasks) and
+                         ``K`` (1 hop), D-GAT in
                          the actor and critic, consensus loss, per-agent
                          clipping, D-SGD mixing of D-GAT, actor and critic
                          after every step, the
                          collected ``õ`` reused in ``process_batch``;
                          ``--graph radius`` uses a radius graph from the
                          agents' positions (``--radius``, ``obs[..., 0:2]``,
-                         rebuilt every step) instead;
+                         rebuilt every step) instead, ``--graph full`` the
+                         full graph;
+* ``dg_mappo (no fast paths)`` the same, with the speed-ups of the profiling
+                         pass of issue 14 switched off
+                         (``DgMappo.fast_paths = False``: D-GAT without
+                         gradient on its sparse layer instead of the dense
+                         form, every agent's gradient rescaled even when no
+                         clip applies), for the before/after ratio of that
+                         pass in one run; left out with ``--no-before``;
 * ``dg_mappo (before)``  the first version's defaults, for the before/after
                          ratio in one run: ``K = n_agents`` hops on the same
                          graph, D-GAT-only mixing, and D-GAT recomputed over the whole batch and
@@ -68,11 +79,14 @@ from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models import MlpConfig
 from benchmarl_decentral.algorithms import DgMappoConfig
+from benchmarl_decentral.algorithms.dg_mappo import AUTO_TOPOLOGY, resolve_auto_topology
 from _common import experiment_config as timing_config, machine_info  # noqa: E402  (benchmarks/ is the script's folder)
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TIMERS = ("collection_time", "training_time", "iteration_time")
-NAMES = ("mappo (shared)", "mappo (per-agent)", "dg_mappo", "dg_mappo (before)")
+#: also recorded: CPU seconds of the process per iteration (a starved, loaded machine stretches wall time only)
+ALL_TIMES = (*TIMERS, "cpu_iteration_time")
+NAMES = ("mappo (shared)", "mappo (per-agent)", "dg_mappo", "dg_mappo (no fast paths)", "dg_mappo (before)")
 BASES = NAMES[:2]
 
 
@@ -88,6 +102,8 @@ def build(name: str, args: argparse.Namespace, save_folder: str) -> Experiment:
         algo = DgMappoConfig.get_from_yaml()
         if args.graph == "radius":
             algo.topology, algo.radius, algo.position_dims = "radius", args.radius, [0, 2]
+        elif args.graph == "full":
+            algo.topology = "full"
         if name == "dg_mappo (before)":
             algo.num_hops = None  # K = n_agents, the first version's default
             algo.consensus_params = ["dgat"]  # the first version mixed the D-GAT only
@@ -109,7 +125,21 @@ def build(name: str, args: argparse.Namespace, save_folder: str) -> Experiment:
     )
     if name == "dg_mappo (before)":
         exp.algorithm.reuse_dgat_outputs = False
+    if name in ("dg_mappo (before)", "dg_mappo (no fast paths)"):
+        exp.algorithm.set_fast_paths(False)
     return exp
+
+
+def graph_name(args: argparse.Namespace) -> str:
+    """dg_mappo's graph in words (``topology: auto`` resolved for the task)."""
+    if args.graph == "radius":
+        return f"radius graph r={args.radius}"
+    topology = "full" if args.graph == "full" else DgMappoConfig.get_from_yaml().topology
+    if topology == AUTO_TOPOLOGY:
+        options, _ = resolve_auto_topology("vmas", args.task.lower())
+        detail = f" r={options['radius']}" if options["topology"] == "radius" else ""
+        return f"graph auto -> {options['topology']}{detail}"
+    return f"graph {topology}"
 
 
 # ------------------------------------------------------------------- measuring
@@ -119,10 +149,13 @@ def time_training(name: str, args: argparse.Namespace, save_folder: str) -> tupl
     records: list[dict] = []
     graph: dict = {}
     log = exp.logger.log
+    cpu = [time.process_time()]
 
     def recording_log(values: dict, step: int | None = None):
         if "timers/iteration_time" in values:
-            records.append({t: float(values[f"timers/{t}"]) for t in TIMERS})
+            now = time.process_time()  # CPU seconds of this process since the last iteration
+            records.append({**{t: float(values[f"timers/{t}"]) for t in TIMERS}, "cpu_iteration_time": now - cpu[0]})
+            cpu[0] = now
         graph.update({k.split("/")[-1]: float(v) for k, v in values.items() if k.startswith("dg_mappo/")})
         return log(values, step=step)
 
@@ -132,16 +165,18 @@ def time_training(name: str, args: argparse.Namespace, save_folder: str) -> tupl
     return records[args.warmup :], graph, exp
 
 
-def time_optimizer_steps(experiments: dict[str, Experiment], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+def time_optimizer_steps(
+    experiments: dict[str, Experiment], repeats: int, warmup: int = 3, clock=time.perf_counter
+) -> dict[str, list[float]]:
     """Seconds per ``_optimizer_loop`` (one minibatch, all groups), interleaved round-robin."""
     times: dict[str, list[float]] = {name: [] for name in experiments}
     for r in range(warmup + repeats):
         for name, exp in experiments.items():
-            t = time.perf_counter()
+            t = clock()
             for group in exp.train_group_map:
                 exp._optimizer_loop(group)
             if r >= warmup:
-                times[name].append(time.perf_counter() - t)
+                times[name].append(clock() - t)
     return times
 
 
@@ -164,15 +199,17 @@ def time_dgat(exp: Experiment, repeats: int, warmup: int = 3) -> list[float]:
 # ------------------------------------------------------------------- reporting
 def train_table(summary: dict) -> str:
     lines = [
-        "| algorithm | collection (s) | training (s) | iteration (s) "
-        "| dg_mappo/this training | dg_mappo/this iteration |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| algorithm | collection (s) | training (s) | iteration (s) | iteration, CPU (s) "
+        "| dg_mappo/this training | dg_mappo/this iteration | dg_mappo/this iteration, CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     d = summary["dg_mappo"]
     for name, s in summary.items():
         lines.append(
             f"| {name} | {s['collection_time']:.2f} | {s['training_time']:.2f} | {s['iteration_time']:.2f} "
-            f"| {d['training_time'] / s['training_time']:.2f}x | {d['iteration_time'] / s['iteration_time']:.2f}x |"
+            f"| {s['cpu_iteration_time']:.2f} "
+            f"| {d['training_time'] / s['training_time']:.2f}x | {d['iteration_time'] / s['iteration_time']:.2f}x "
+            f"| {d['cpu_iteration_time'] / s['cpu_iteration_time']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -211,11 +248,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", default="navigation", help="VMAS task with positions in obs[..., 0:2]")
     p.add_argument("--n-agents", type=int, default=3)
     p.add_argument(
-        "--graph", choices=("default", "radius"), default="default",
-        help="dg_mappo's graph: the YAML's (default) or a radius graph from positions",
+        "--graph", choices=("default", "radius", "full"), default="default",
+        help="dg_mappo's graph: the YAML's (default: topology auto), a radius graph from positions, or full",
     )
     p.add_argument("--radius", type=float, default=1.0, help="dg_mappo communication radius (--graph radius)")
-    p.add_argument("--no-before", action="store_true", help="leave out the 'dg_mappo (before)' variant")
+    p.add_argument(
+        "--no-before", action="store_true", help="leave out the 'dg_mappo (no fast paths)' and '(before)' variants"
+    )
+    p.add_argument(
+        "--no-first-version", action="store_true", help="leave out the 'dg_mappo (before)' variant (first version)"
+    )
     p.add_argument(
         "--hidden-channels", type=int, default=None, help="D-GAT attention size d' (default: the YAML's, 128)"
     )
@@ -228,6 +270,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minibatch-iters", type=int, default=10, help="PPO epochs (Table 3: 5-10)")
     p.add_argument("--num-cells", type=int, nargs="+", default=[256, 256], help="actor/critic MLP (BenchMARL's default)")
     p.add_argument("--step-repeats", type=int, default=100, help="interleaved minibatch steps per algorithm")
+    p.add_argument(
+        "--cpu-time", action="store_true",
+        help="time the interleaved minibatch steps in CPU seconds (process_time) instead of wall seconds",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads", type=int, default=1, help="torch.set_num_threads (1 by default: stable on a small shared machine)"
@@ -257,13 +303,13 @@ def main(argv=None) -> dict:
     print(
         f"# {args.frames} frames/iter from {args.n_envs} envs; {args.minibatch_iters} x {per_epoch} minibatch steps "
         f"of {args.minibatch} frames per iteration; MLP {args.num_cells}; dg_mappo: "
-        f"{'radius graph r=' + str(args.radius) if args.graph == 'radius' else 'graph ' + DgMappoConfig.get_from_yaml().topology}, "
+        f"{graph_name(args)}, "
         f"K={DgMappoConfig.get_from_yaml().num_hops or args.n_agents} hops (before: K={args.n_agents}, D-GAT recomputed "
         f"in process_batch), d'={args.hidden_channels or 'YAML (128)'}; {args.rounds} round(s) x "
         f"({args.warmup} warm-up + {args.iters} timed) iterations\n",
         flush=True,
     )
-    names = NAMES[:3] if args.no_before else NAMES
+    names = NAMES[:3] if args.no_before else NAMES[:4] if args.no_first_version else NAMES
     samples: dict[str, list[dict]] = {n: [] for n in names}
     last: dict[str, Experiment] = {}
     graph: dict = {}
@@ -275,12 +321,14 @@ def main(argv=None) -> dict:
                 samples[name] += records
                 graph = metrics or graph
                 print(f"  round {r + 1}: {name} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
-        step_samples = time_optimizer_steps(last, args.step_repeats)
+        step_samples = time_optimizer_steps(
+            last, args.step_repeats, clock=time.process_time if args.cpu_time else time.perf_counter
+        )
         dgat_samples = time_dgat(last["dg_mappo"], args.step_repeats)
         last.clear()
 
     med = statistics.median
-    summary = {n: {t: med(s[t] for s in samples[n]) for t in TIMERS} for n in names}
+    summary = {n: {t: med(s[t] for s in samples[n]) for t in ALL_TIMES} for n in names}
     stats = step_stats(step_samples)
     dgat_share = min(dgat_samples) / stats["dg_mappo"]["min_s"]
     print("\n## Training iteration (evaluation off; BenchMARL timers, medians)\n")
@@ -304,13 +352,23 @@ def main(argv=None) -> dict:
         "target_dg_mappo_over_mappo": 2.0,
         "ratios": {
             m: {
-                **{t: summary["dg_mappo"][t] / summary[m][t] for t in TIMERS},
+                **{t: summary["dg_mappo"][t] / summary[m][t] for t in ALL_TIMES},
                 "optimizer_step_min": stats[m]["dg_mappo_over_this_min"],
                 "optimizer_step_paired_median": stats[m]["dg_mappo_over_this_paired_median"],
             }
             for m in BASES
         },
     }
+    if "dg_mappo (no fast paths)" in summary:
+        slow = summary["dg_mappo (no fast paths)"]
+        result["ratios_no_fast_paths"] = {m: {t: slow[t] / summary[m][t] for t in ALL_TIMES} for m in BASES}
+        print(
+            "\nfast paths on/off, iteration (wall; CPU): "
+            + ", ".join(f"dg_mappo/{m} {result['ratios'][m]['iteration_time']:.2f}x; "
+                        f"{result['ratios'][m]['cpu_iteration_time']:.2f}x "
+                        f"(no fast paths {result['ratios_no_fast_paths'][m]['iteration_time']:.2f}x; "
+                        f"{result['ratios_no_fast_paths'][m]['cpu_iteration_time']:.2f}x)" for m in BASES)
+        )
     if "dg_mappo (before)" in summary:
         before = summary["dg_mappo (before)"]
         result["ratios_before"] = {

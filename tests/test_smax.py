@@ -620,13 +620,10 @@ def test_benchmarl_run_on_smax_3m(algorithm, tmp_path):
     ],
 )
 def test_visibility_topology_through_benchmarl_run(algorithm, metric, low, high, tmp_path):
-    """The D-GAT of dg_mappo follows ally visibility on SMAX, the layout inferred from the task."""
-    proc = run_cli(
-        ["run", f"algorithm={algorithm}", "task=smax/3m", "algorithm.topology=visibility",
-         *TINY],  # the observation layout (smax) is inferred from the task
-        cwd=tmp_path, timeout=300,
-    )
+    """The D-GAT of dg_mappo follows ally visibility on SMAX by default (topology: auto), the layout inferred."""
+    proc = run_cli(["run", f"algorithm={algorithm}", "task=smax/3m", *TINY], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "dg_mappo: topology=auto on smax/3m: visibility (SMAC ally visibility" in proc.stdout
     rows = _scalars(tmp_path, metric).read_text().strip().splitlines()
     values = [float(row.split(",")[-1]) for row in rows if row and row[0].isdigit()]
     # 3 allies start within sight of each other: the graph has links, at most n - 1 per agent / 3 pairs

@@ -97,7 +97,9 @@ from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
     DGAT_OPTIONS,
+    DGAT_TOPOLOGIES,
     DGAT_TOPOLOGY_OPTIONS,
+    dgat_messages_value,
     Dgat,
     DgatConfig,
     not_smac_message,
@@ -118,6 +120,72 @@ MIX_EVERY = ("step", "update")
 #: What ``group_topology`` may set for one group's D-GAT graph (ally visibility is task-wide).
 DGMAPPO_GROUP_KEYS = ("topology", "radius", "k", "adjacency", "position_key", "position_dims")
 DGMAPPO_GROUP_TOPOLOGIES = ("radius", *STATIC_TOPOLOGIES)
+
+#: ``topology: auto`` (the default): the communication graph is chosen from the task before
+#: training (:func:`resolve_auto_topology`).
+AUTO_TOPOLOGY = "auto"
+#: Topologies of ``algorithm.topology``: ``auto`` and the D-GAT's.
+TOPOLOGIES: Tuple[str, ...] = (AUTO_TOPOLOGY, *DGAT_TOPOLOGIES)
+#: ``topology: auto`` on tasks whose observations hold each agent's position: a radius graph on
+#: ``obs[..., start:stop]``, rebuilt at every step (paper 000 sec. 2.1, dynamic graph). The radius is
+#: measured with ``benchmarks/dg_mappo_radius.py`` (vmas/navigation, 4 agents: connected at 88% of
+#: the steps of a random policy and at 84% of the goal layouts, average degree 2.3 of 3).
+AUTO_RADIUS_GRAPHS: Dict[str, Dict[str, Any]] = {
+    "vmas/navigation": {"position_dims": [0, 2], "radius": 1.5},
+}
+#: Task families with SMAC ally visibility in the observations: ``topology: auto`` -> ``visibility``.
+AUTO_VISIBILITY_FAMILIES: Tuple[str, ...] = ("smax", "smacv2")
+#: Graph options that ``topology: auto`` fills in itself (refused when set with it).
+AUTO_SETS: Tuple[str, ...] = ("radius", "k", "adjacency", "position_key", "position_dims", "graph_kwargs")
+
+
+def check_auto_topology(options: Dict[str, Any]) -> None:
+    """``topology: auto`` takes no graph option: refuse one that is set, naming both fixes."""
+    given = [name for name in AUTO_SETS if options.get(name) is not None]
+    if given:
+        name = given[0]
+        raise ValueError(
+            f"dg_mappo: algorithm.{name}={options[name]} is not read with algorithm.topology=auto, which picks "
+            f"the graph and its options from the task; remove algorithm.{name}, or choose the graph yourself, "
+            "e.g. algorithm.topology=radius algorithm.radius=1.5 algorithm.position_dims=[0,2]"
+        )
+    if options.get("add_self_loops") is False:
+        raise ValueError(
+            "dg_mappo: algorithm.topology=auto may pick a radius or full graph, which have no self loops, but eq. 8 "
+            "aggregates over N^i including agent i itself; set algorithm.add_self_loops=true"
+        )
+
+
+def resolve_auto_topology(family: str, task: str) -> Tuple[Dict[str, Any], str]:
+    """``topology: auto``: the graph options for a task, and why (the line logged once).
+
+    * tasks in :data:`AUTO_RADIUS_GRAPHS` (agent positions in the observation,
+      VMAS): ``radius`` on those positions, rebuilt every step;
+    * the SMAC family (:data:`AUTO_VISIBILITY_FAMILIES`): ``visibility``
+      (ally visibility, layout inferred from the task);
+    * anything else: ``full``.
+
+    Args:
+        family: the task's environment name, e.g. ``"vmas"``, ``"smax"``.
+        task: the task's name in lower case, e.g. ``"navigation"``.
+
+    Returns:
+        ``(options, reason)``: ``options`` holds ``topology`` and the options it reads.
+    """
+    name = f"{family}/{task}"
+    if name in AUTO_RADIUS_GRAPHS:
+        graph = AUTO_RADIUS_GRAPHS[name]
+        dims = graph["position_dims"]
+        return {"topology": "radius", **graph}, (
+            f"radius graph on the agents' positions obs[..., {dims[0]}:{dims[1]}], radius {graph['radius']}, "
+            "rebuilt every step"
+        )
+    if family in AUTO_VISIBILITY_FAMILIES:
+        return {"topology": "visibility"}, "SMAC ally visibility, rebuilt every step"
+    return {"topology": "full"}, (
+        "full graph (no known agent positions or visibility in this task's observations; for a radius graph set "
+        "algorithm.topology=radius algorithm.radius=R algorithm.position_dims=[start,stop])"
+    )
 
 
 def dsgd_matrix(adj: torch.Tensor, mode: str = "mean") -> torch.Tensor:
@@ -357,6 +425,11 @@ class DgMappo(Mappo):
     """
 
     reuse_dgat_outputs: bool = True
+    #: ``True`` (default): the speed-ups of issue 14's profile: D-GAT without gradient in its dense form
+    #: (:attr:`~benchmarl_decentral.models.dgat.Dgat.dense_without_grad`), and the per-agent clip rescales
+    #: gradients only when some agent's norm exceeds ``max_grad_norm``. Same results;
+    #: :meth:`set_fast_paths` switches both (``benchmarks/dg_mappo_iteration.py`` times both).
+    fast_paths: bool = True
 
     def __init__(
         self,
@@ -376,7 +449,9 @@ class DgMappo(Mappo):
         group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
         **kwargs,
     ):
-        dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS}
+        dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS if name in kwargs}
+        # configs pickled before dgat_messages existed (resume): messages on
+        dgat_options["dgat_messages"] = dgat_messages_value(dgat_options.get("dgat_messages", "on"))
         super().__init__(share_param_critic=False, **kwargs)
         self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.alpha_consensus = alpha_consensus
@@ -394,6 +469,19 @@ class DgMappo(Mappo):
         #: per group: the eq. 10 matrix of the last collected batch's graphs (mix_every=update)
         self.batch_mixing_matrices: Dict[str, torch.Tensor] = {}
         self.dgat_options = dgat_options
+        #: ``algorithm.topology`` as given, and the one trained with (``auto`` resolved from the task)
+        self.requested_topology = dgat_options.get("topology")
+        if self.requested_topology == AUTO_TOPOLOGY:
+            try:
+                check_auto_topology(dgat_options)
+            except ValueError as err:
+                raise config_error(self.experiment, str(err)) from None
+            task = self.experiment.task
+            family, name = task.env_name(), task.name.lower()
+            resolved, reason = resolve_auto_topology(family, name)
+            self.dgat_options.update(resolved)
+            print(f"dg_mappo: topology=auto on {family}/{name}: {resolved['topology']} ({reason})", flush=True)
+        self.topology = self.dgat_options["topology"]
         if dgat_options.get("topology") == "visibility":
             # the observation layout of ally visibility (consensus/visibility.py) comes from the task
             self.dgat_options["graph_kwargs"] = with_layout(
@@ -441,6 +529,12 @@ class DgMappo(Mappo):
         # hydra runs pass callbacks=() (a tuple): rebind rather than append
         self.experiment.callbacks = [*self.experiment.callbacks, self.callback]
         self.callback.experiment = self.experiment
+
+    def set_fast_paths(self, on: bool) -> None:
+        """Switch the profile's speed-ups (:attr:`fast_paths`) on or off, in the D-GAT modules too."""
+        self.fast_paths = on
+        for comm in self.communication.values():
+            comm.dense_without_grad = on
 
     def _check_connected(self, group: str) -> None:
         """Assumption 1: a static custom graph must be (strongly) connected, or consensus cannot hold."""
@@ -669,23 +763,34 @@ class _DgMappoCallback(Callback):
                 param_group["eps"] = algo.adam_eps
             leaves = algo.network_leaves(group)
             if algo.max_grad_norm is not None:
-                optimizer.register_step_pre_hook(self._clip(list(leaves.values()), algo.max_grad_norm))
+                optimizer.register_step_pre_hook(self._clip(list(leaves.values()), algo.max_grad_norm, algo))
             mixed = [p for name in algo.consensus_params for p in leaves[name]]
             self._mixed[group] = mixed
             if mixed and algo.mix_every == "step":
                 optimizer.register_step_post_hook(self._mix(group, mixed))
 
     @staticmethod
-    def _clip(networks: List[List[torch.Tensor]], max_norm: float):
-        """Each agent's gradient of each network clipped on its own (no cross-agent statistic)."""
+    def _clip(networks: List[List[torch.Tensor]], max_norm: float, algorithm: Optional[DgMappo] = None):
+        """Each agent's gradient of each network clipped on its own (no cross-agent statistic).
+
+        With ``algorithm.fast_paths`` the norms come from one concatenation per
+        network and nothing is rescaled when every agent is within ``max_norm``
+        (the scale would be 1).
+        """
 
         def hook(optimizer, args, kwargs):
+            fast = algorithm is None or algorithm.fast_paths
             for leaves in networks:
                 grads = [p.grad for p in leaves if p.grad is not None]
                 if not grads:
                     continue
-                sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
+                if fast:
+                    sq = torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1).pow(2).sum(-1)
+                else:
+                    sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
                 scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+                if fast and not bool((scale < 1.0).any()):
+                    continue
                 for g in grads:
                     g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
@@ -773,6 +878,7 @@ class DgMappoConfig(AlgorithmConfig):
     negative_slope: float = MISSING
     dropout: float = MISSING
     add_self_loops: bool = MISSING
+    dgat_messages: str = MISSING
     topology: str = MISSING
     radius: Optional[float] = MISSING
     k: Optional[int] = MISSING
@@ -810,11 +916,21 @@ class DgMappoConfig(AlgorithmConfig):
     def validate(self) -> None:
         """Checks that need no task; the task-dependent ones run when the algorithm is built."""
         self.evaluation_dropout = check_evaluation_dropout("dg_mappo", self.evaluation_dropout)
+        self.dgat_messages = dgat_messages_value(self.dgat_messages)
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(
+                f"D-GAT (algorithm): unknown topology {self.topology!r}; choose one of {TOPOLOGIES} "
+                "(algorithm.topology; auto picks the graph from the task)"
+            )
         self.group_topology = check_group_topology(  # None when empty, as the YAML's null
             self.group_topology, owner="dg_mappo", keys=DGMAPPO_GROUP_KEYS, topologies=DGMAPPO_GROUP_TOPOLOGIES,
             topology=self.topology,
         ) or None
-        check_dgat_options(prefix="algorithm", **self.__dict__)
+        options = dict(self.__dict__)
+        if self.topology == AUTO_TOPOLOGY:
+            check_auto_topology(options)
+            options["topology"] = "full"  # the remaining checks; auto's own options are checked above
+        check_dgat_options(prefix="algorithm", **options)
         if self.alpha_consensus < 0:
             raise ValueError(f"dg_mappo: alpha_consensus must be >= 0 (A.3: 20), got {self.alpha_consensus}")
         if self.mixing_graph not in MIXING_GRAPHS:

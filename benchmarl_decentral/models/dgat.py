@@ -41,11 +41,13 @@ from benchmarl_decentral.consensus.visibility import visibility_graph_builder
 from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES
 
 __all__ = [
+    "DGAT_MESSAGES",
     "DGAT_TOPOLOGIES",
     "GRAPH_BUILDERS",
     "Dgat",
     "DgatConfig",
     "check_dgat_options",
+    "dgat_messages_value",
     "dense_dgat_conv",
     "majority_graph",
     "silenced_senders",
@@ -85,7 +87,17 @@ DGAT_OPTIONS: tuple[str, ...] = (
     "position_key",
     "position_dims",
     "graph_kwargs",
+    "dgat_messages",
 )
+
+#: ``dgat_messages``: ``on`` (eqs. 7-8 over the communication graph) or ``zero`` (ablation: the messages
+#: of the other agents are zeroed, every agent attends to itself only; same parameters and shapes).
+DGAT_MESSAGES: tuple[str, ...] = ("on", "zero")
+
+
+def dgat_messages_value(value: Any) -> Any:
+    """``dgat_messages`` as given, with YAML 1.1's reading of an unquoted ``on`` (``True``) taken as ``"on"``."""
+    return "on" if value is True or value == "True" else value
 
 
 # ----------------------------------------------------------------- validation
@@ -106,6 +118,7 @@ def check_dgat_options(
     position_dims: Optional[List[int]],
     position_key: Optional[str] = None,
     graph_kwargs: Optional[Dict[str, Any]] = None,
+    dgat_messages: str = "on",
     **_: Any,
 ) -> None:
     """Checks of the D-GAT options that need no task, raised as one clear ValueError.
@@ -137,6 +150,11 @@ def check_dgat_options(
         fail(f"unknown dgat_activation {dgat_activation!r}; choose one of {tuple(_ACTIVATIONS)} or null")
     if not 0.0 <= dropout < 1.0:
         fail(f"dropout must be in [0, 1), got {dropout}")
+    if dgat_messages not in DGAT_MESSAGES:
+        fail(
+            f"unknown dgat_messages {dgat_messages!r}; set {prefix}.dgat_messages=on (D-GAT messages over the "
+            f"graph) or {prefix}.dgat_messages=zero (ablation: each agent sees only its own embedding)"
+        )
     if topology not in DGAT_TOPOLOGIES:
         fail(f"unknown topology {topology!r}; choose one of {DGAT_TOPOLOGIES} ({prefix}.topology)")
     if topology == "radius":
@@ -237,6 +255,9 @@ GRAPH_BUILDERS: Dict[str, GraphBuilder] = {
 
 
 # ------------------------------------------------------------ dense fallback
+#: Largest group for which :class:`Dgat` runs the dense form (:func:`dense_dgat_conv`) without gradient.
+DENSE_MAX_AGENTS = 16
+
 def _is_batched(t: Tensor) -> bool:
     """Whether ``t`` is a functorch BatchedTensor, i.e. we are inside ``torch.vmap`` over it."""
     return bool(torch._C._functorch.is_batchedtensor(t))
@@ -248,9 +269,11 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     Same parameters and same result as ``conv(x, adj)``, computed for all
     ``n x n`` pairs and masked, so that it runs inside ``torch.vmap`` where the
     edge list of a batched graph cannot be built (``nonzero`` has no batching
-    rule). TorchRL's GAE calls critics under ``vmap``; elsewhere the sparse
-    layer is used (it is faster). A layer with one parameter set (shared
-    parameters) is applied to every agent.
+    rule). TorchRL's GAE calls critics under ``vmap``. :class:`Dgat` also
+    uses it without gradient (collection, evaluation, GAE inputs) for groups
+    of up to :data:`DENSE_MAX_AGENTS` agents, where it is faster than the
+    edge list (issue 14 profile); with gradient the sparse layer is used. A
+    layer with one parameter set (shared parameters) is applied to every agent.
 
     Args:
         conv: the layer whose parameters are used.
@@ -261,6 +284,7 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
         ``(*B, n, conv.out_dim)``, with ``conv.activation`` applied as in ``forward``.
     """
     n, heads, c = x.shape[-2], conv.heads, conv.out_channels
+    hc = heads * c
 
     def agents(p: Tensor | None) -> Tensor | None:  # shared parameters: one set for every agent
         return None if p is None else p.expand(n, *p.shape[1:])
@@ -268,11 +292,13 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     w_l, b_l = agents(conv.lin_l_weight), agents(conv.lin_l_bias)
     w_r, b_r = (w_l, b_l) if conv.share_weights else (agents(conv.lin_r_weight), agents(conv.lin_r_bias))
     query = torch.einsum("...if,iof->...io", x, w_r)  # Theta_r^i h_i
-    key = torch.einsum("...jf,iof->...ijo", x, w_l)  # Theta_l^i h_j, receiver-specific
+    # Theta_l^i h_j, receiver-specific, for every (i, j): one matmul over all receivers' weights
+    key = x @ w_l.reshape(n * hc, -1).T  # (..., j, i * hc)
     if b_r is not None:
         query = query + b_r
     if b_l is not None:
-        key = key + b_l[:, None, :]
+        key = key + b_l.reshape(n * hc)
+    key = key.unflatten(-1, (n, hc)).transpose(-3, -2)  # (..., i, j, hc)
     z = F.leaky_relu(query.unsqueeze(-2) + key, conv.negative_slope).unflatten(-1, (heads, c))
     e = (z * agents(conv.att)[:, None]).sum(-1)  # eq. 7: (..., i, j, H)
     mask = adj.bool()
@@ -285,7 +311,7 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     if conv.value == "linear":
         out = torch.einsum("...ijh,...ijhc->...ihc", alpha, key.unflatten(-1, (heads, c)))
     else:
-        out = torch.einsum("...ijh,...jf->...ihf", alpha, x)
+        out = alpha.transpose(-1, -2) @ x.unsqueeze(-3)  # (..., i, H, j) @ (..., 1, j, F): sum_j alpha_ij h_j
     out = out.flatten(-2) if conv.concat else out.mean(-2)
     if conv.bias is not None:
         out = out + agents(conv.bias)
@@ -354,6 +380,11 @@ class Dgat(Model):
         position_dims: ``[start, stop]``: the position is
             ``source[..., start:stop]``.
         graph_kwargs: extra options for topology builders (``visibility``).
+        dgat_messages: ``"on"``: eqs. 7-8 over the communication graph;
+            ``"zero"`` (ablation): the other agents' messages are zeroed, so
+            agent ``i`` aggregates over ``N^i = {i}`` only and ``ô_i`` depends on
+            its own input alone (same parameters and output shape; the graph is
+            still built, e.g. for DG-MAPPO's eq. 11 and D-SGD mixing).
         num_cells: hidden sizes of the per-agent head on ``õ_i`` (``[]``: one
             linear layer); ``None``: no head, the output is ``õ_i``.
         activation_class: activation of the head.
@@ -386,9 +417,11 @@ class Dgat(Model):
         graph_kwargs: Optional[Dict[str, Any]],
         num_cells: Optional[Sequence[int]],
         activation_class: Optional[Type[nn.Module]],
+        dgat_messages: str = "on",
         **kwargs,
     ):
         self.topology = topology
+        self.dgat_messages = dgat_messages
         self.radius = radius
         self.position_key = position_key
         self.position_dims = None if position_dims is None else tuple(position_dims)
@@ -526,10 +559,17 @@ class Dgat(Model):
         return adj
 
     # ------------------------------------------------------------- forward
+    #: Without gradient and with at most :data:`DENSE_MAX_AGENTS` agents, run the dense form of eqs. 7-8
+    #: (:func:`dense_dgat_conv`, same result) instead of building an edge list: cheaper per environment step.
+    dense_without_grad: bool = True
+
     def embed(self, x: Tensor, adj: Tensor) -> Tensor:
         """``ô`` ``(*B, n, out_dim)``: K D-GAT hops over ``adj`` (eqs. 7-8)."""
         dgat, n = self.dgat, self.n_agents
-        dense = _is_batched(adj)  # inside torch.vmap: no edge list for a batched graph
+        # inside torch.vmap there is no edge list for a batched graph; without gradient the dense form is cheaper
+        dense = _is_batched(adj) or (
+            self.dense_without_grad and n <= DENSE_MAX_AGENTS and not torch.is_grad_enabled()
+        )
         if not dense and self.share_params:
             batch = x.shape[:-2]
             b = math.prod(batch)
@@ -551,10 +591,16 @@ class Dgat(Model):
                 h = dgat.act(h)
         return h.reshape(*x.shape[:-1], dgat.out_dim)
 
+    def message_graph(self, adj: Tensor) -> Tensor:
+        """The graph the D-GAT hops run over: ``adj``, or with ``dgat_messages="zero"`` self loops only."""
+        if self.dgat_messages == "on":
+            return adj
+        return torch.eye(self.n_agents, dtype=torch.bool, device=adj.device)
+
     def _forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         x = self.features(tensordict)
         adj = self.communication_graph(tensordict, x)
-        out = torch.cat([x, self.embed(x, adj)], dim=-1)  # õ_i = [x_i || ô_i], eq. 13
+        out = torch.cat([x, self.embed(x, self.message_graph(adj))], dim=-1)  # õ_i = [x_i || ô_i], eq. 13
         if self.head is not None:
             out = self.head(out)
             if not self.output_has_agent_dim:  # centralised with shared parameters: all rows equal
@@ -584,8 +630,10 @@ class DgatConfig(ModelConfig):
     graph_kwargs: Optional[Dict[str, Any]] = MISSING
     num_cells: Optional[List[int]] = MISSING
     activation_class: Optional[Type[nn.Module]] = MISSING
+    dgat_messages: str = "on"
 
     def __post_init__(self):
+        self.dgat_messages = dgat_messages_value(self.dgat_messages)
         check_dgat_options(prefix="model", **self.__dict__)
 
     @staticmethod
