@@ -16,6 +16,8 @@ mean ± std over seeds, with the last evaluation alone next to it. Variants (``-
 * ``mix_all_update3``: the public code's schedule, all three networks mixed 3 times per update;
 * ``mix_all_clip02``: ``mix_all`` with PPO clip 0.2 (MAPPO's);
 * ``clip02``: the default with PPO clip 0.2;
+* ``full_graph``: the default on the full graph (the default before ``topology: auto``);
+* ``zero_messages``: the default with the D-GAT messages zeroed (``dgat_messages: zero``), the ablation;
 * ``mappo_ppo``: the default with BenchMARL mappo's PPO settings (clip 0.2, entropy 0, l2 value loss,
   gradient clip 5), D-GAT, per-agent critics and consensus unchanged;
 * ``mappo_ppo_vn``: ``mappo_ppo`` with ``value_norm: true``;
@@ -65,6 +67,8 @@ VARIANTS = {
     "mix_all_clip02": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat,actor,critic]",
                        "algorithm.clip_epsilon=0.2"],
     "clip02": ["algorithm=dg_mappo", "algorithm.clip_epsilon=0.2"],
+    "full_graph": ["algorithm=dg_mappo", "algorithm.topology=full"],
+    "zero_messages": ["algorithm=dg_mappo", "algorithm.dgat_messages=zero"],
     "mappo_ppo": ["algorithm=dg_mappo", *MAPPO_PPO],
     "mappo_ppo_vn": ["algorithm=dg_mappo", *MAPPO_PPO, "algorithm.value_norm=true"],
     "paper": ["algorithm=dg_mappo_paper"],

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import importlib.util
 import os
@@ -154,7 +155,7 @@ class Part:
 #: budget, issue 19).
 MAGPO_PROTOCOL = ("experiment.evaluation_deterministic_actions=false", "algorithm.entropy_coef=0.0")
 
-PARTS: Dict[str, Part] = {part.name: part for part in (
+_PARTS: Tuple[Part, ...] = (
     Part("decpg",
          "DecPG (paper 002): decentralized DSGD training matches centralized-critic MAPPO on MPE "
          "simple spread and generalizes better (eval_generalization_gap is logged for decpg)",
@@ -194,25 +195,6 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
          experiment_overrides=("experiment.on_policy_collected_frames_per_batch=1000",
                                "experiment.on_policy_n_envs_per_worker=10",
                                "experiment.on_policy_minibatch_size=250"),
-         claim_checks=(("matrpo", "better", "ippo"), ("matrpo", "level", "mappo"))),
-    Part("matrpo_indep",
-         "MATRPO (paper 001): fully decentralized trust-region learning with private rewards beats "
-         "independent learning when only one agent is rewarded and every agent's observation suffices to "
-         "model the joint policy (Definition 1); here on private CoordSum, where independent learners are "
-         "capped at a hit rate of about 0.2 (the unrewarded agents stay random) and a coordinated team reaches "
-         "1.0; the baselines' policies are per agent (experiment.share_policy_params=false, critics as "
-         "BenchMARL's default), so ippo is independent learning as in the paper",
-         ("matrpo", "mappo", "ippo"), "coordsum_private/3x5-12", (),
-         frames=150_000, evaluation_interval=30_000, est_minutes=26, paper_frames=5_000_000,
-         paper_budget="paper 001: 5 million timesteps on MPE (sec. VI-B); 150 policy iterations of 1,000 frames "
-                      "here, the paper runs 500 of 10,000",
-         gpu_sampling=True,
-         reward="the task's private rewards for all three (agent 0: CoordSum's hit reward; the others: 0); "
-                "scored on the mean of the private returns = the team's hits per episode / n_agents",
-         experiment_overrides=("experiment.on_policy_collected_frames_per_batch=1000",
-                               "experiment.on_policy_n_envs_per_worker=10",
-                               "experiment.on_policy_minibatch_size=250",
-                               "experiment.share_policy_params=false"),
          claim_checks=(("matrpo", "better", "ippo"), ("matrpo", "level", "mappo"))),
     Part("magpo",
          "MAGPO (paper 003): a centralized autoregressive guider lets decentralized learners coordinate "
@@ -275,7 +257,25 @@ PARTS: Dict[str, Part] = {part.name: part for part in (
              "algorithm.optimizer=adam", "algorithm.lr=0.0005", "algorithm.min_lr=0.0005",
          ),
          claim_checks=(("decpg_shared", "level", "decpg"), ("decpg", "level", "decpg_k0"))),
-)}
+)
+
+
+def _independent_baselines(part: Part) -> Part:
+    """The same part with the baselines' policies per agent (``experiment.share_policy_params=false``)."""
+    return dataclasses.replace(
+        part, name=part.name + "_indep", rerun="",
+        claim=part.claim.split("; here on private CoordSum")[0] + "; here on private CoordSum, where independent "
+        "learners are capped at a hit rate of about 0.2 (the unrewarded agents stay random) and a coordinated team "
+        "reaches 1.0; the baselines' policies are per agent (experiment.share_policy_params=false, critics as "
+        "BenchMARL's default), so ippo is independent learning as in the paper",
+        experiment_overrides=(*part.experiment_overrides, "experiment.share_policy_params=false"))
+
+
+PARTS: Dict[str, Part] = {}
+for _part in _PARTS:
+    PARTS[_part.name] = _part
+    if _part.name == "matrpo":
+        PARTS["matrpo_indep"] = _independent_baselines(_part)
 
 
 # ------------------------------------------------------------------ checks

@@ -77,7 +77,11 @@ from benchmarl_decentral.consensus import (
     TOPOLOGIES,
     update_variance,
 )
-from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
+from benchmarl_decentral.consensus.groups import (
+    STATIC_TOPOLOGIES,
+    check_group_topology,
+    resolve_static_group_topologies,
+)
 from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.distributed.transport import current_transport
@@ -196,14 +200,9 @@ class Decpg(Mappo):
         task = self.experiment.task.name.lower()
         try:
             #: per group: topology, k and adjacency after group_topology and the small-group rules
-            self.group_topologies = resolve_group_topologies(
-                owner="decpg", task=task, group_map=self.group_map,
-                options={"topology": topology, "k": k, "adjacency": adjacency},
-                overrides=check_group_topology(
-                    group_topology, owner="decpg", keys=DECPG_GROUP_KEYS, topologies=STATIC_TOPOLOGIES,
-                    topology=topology,
-                ),
-                uses={key: DECPG_TOPOLOGY_OPTIONS[key] for key in ("k", "adjacency")},
+            self.group_topologies = resolve_static_group_topologies(
+                owner="decpg", task=task, group_map=self.group_map, topology=topology, k=k, adjacency=adjacency,
+                group_topology=group_topology, keys=DECPG_GROUP_KEYS, option_uses=DECPG_TOPOLOGY_OPTIONS,
                 default_k=algorithm_defaults("decpg")["k"],
             )
         except ValueError as err:

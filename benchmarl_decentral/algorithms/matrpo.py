@@ -114,7 +114,11 @@ from torchrl.objectives.value import GAE
 from benchmarl_decentral.algorithms._common import config_error, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
-from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
+from benchmarl_decentral.consensus.groups import (
+    STATIC_TOPOLOGIES,
+    check_group_topology,
+    resolve_static_group_topologies,
+)
 from benchmarl_decentral.consensus.topology import (
     build_topology,
     check_topology_options,
@@ -510,14 +514,9 @@ class Matrpo(Algorithm):
             self.visibility_layout = visibility_layout(self, "matrpo")
         try:
             #: per group: topology, k and adjacency after group_topology and the small-group rules
-            self.group_topologies = resolve_group_topologies(
-                owner="matrpo", task=task, group_map=self.group_map,
-                options={"topology": topology, "k": k, "adjacency": adjacency},
-                overrides=check_group_topology(
-                    group_topology, owner="matrpo", keys=MATRPO_GROUP_KEYS, topologies=STATIC_TOPOLOGIES,
-                    topology=topology,
-                ),
-                uses={key: MATRPO_TOPOLOGY_OPTIONS[key] for key in ("k", "adjacency")},
+            self.group_topologies = resolve_static_group_topologies(
+                owner="matrpo", task=task, group_map=self.group_map, topology=topology, k=k, adjacency=adjacency,
+                group_topology=group_topology, keys=MATRPO_GROUP_KEYS, option_uses=MATRPO_TOPOLOGY_OPTIONS,
                 default_k=algorithm_defaults("matrpo")["k"],
             )
         except ValueError as err:

@@ -231,3 +231,32 @@ def resolve_group_topologies(
             f"graph); {fix}"
         )
     return resolved
+
+
+def resolve_static_group_topologies(
+    *,
+    owner: str,
+    task: str,
+    group_map: Mapping[str, Sequence[Any]],
+    topology: str,
+    k: Optional[int],
+    adjacency: Any,
+    group_topology: Any,
+    keys: Sequence[str],
+    option_uses: Mapping[str, tuple[str, ...]],
+    default_k: Optional[int],
+) -> Dict[str, Dict[str, Any]]:
+    """:func:`resolve_group_topologies` for the ``topology`` / ``k`` / ``adjacency`` options of decpg and matrpo.
+
+    Validates ``group_topology`` (:func:`check_group_topology`, static
+    topologies only) and resolves every group's options; raises ``ValueError``
+    as those two do.
+    """
+    return resolve_group_topologies(
+        owner=owner, task=task, group_map=group_map,
+        options={"topology": topology, "k": k, "adjacency": adjacency},
+        overrides=check_group_topology(group_topology, owner=owner, keys=keys, topologies=STATIC_TOPOLOGIES,
+                                       topology=topology),
+        uses={key: option_uses[key] for key in ("k", "adjacency")},
+        default_k=default_k,
+    )
