@@ -88,10 +88,12 @@ def test_profiles_scale_the_budgets_and_every_part_states_claim_reward_and_paper
 
 @pytest.mark.slow
 def test_report_only_on_a_committed_part_without_run_files(tmp_path):
-    """docs/results/magpo predates the run archive: reference rows (from its committed cache), a verdict on its
+    """A committed part whose run files were not kept (docs/results/magpo with its run archive removed, as parts
+    reported before the archive existed): reference rows (from its committed cache), a verdict on its
     last-evaluation scores, and its curves redrawn with reference lines; nothing is evaluated again."""
     docs = tmp_path / "docs"
     shutil.copytree(REPO / "docs" / "results" / "magpo", docs / "magpo")
+    shutil.rmtree(docs / "magpo" / "runs")
     cache = (docs / "magpo" / "reference.json").read_bytes()
     proc = _run(["--report-only", "--out", str(tmp_path / "out"), "--docs", str(docs), "--reps", "100"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
