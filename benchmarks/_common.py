@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
 
 import torch
+
+
+#: Where the benchmark scripts write their JSON results (gitignored).
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+
+def write_result(name: str, result: dict, quick: bool = False) -> Path:
+    """Write ``result`` to ``benchmarks/out/<name>[_quick].json``; returns the path."""
+    OUT_DIR.mkdir(exist_ok=True)
+    out = OUT_DIR / f"{name}{'_quick' if quick else ''}.json"
+    out.write_text(json.dumps(result, indent=2))
+    return out
 
 
 def machine_info() -> dict:

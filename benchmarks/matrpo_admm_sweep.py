@@ -38,17 +38,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-from _common import machine_info  # noqa: E402  (benchmarks/ is the script's folder)
+from _common import machine_info, write_result  # noqa: E402  (benchmarks/ is the script's folder)
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
 #: (task, task config changes): a private-reward task where Definition 1 holds (every agent sees the
 #: target, only agent 0 is rewarded) and the navigation task of the committed matrpo suite part.
 TASKS = {
@@ -227,9 +224,7 @@ def main() -> None:
     if any(k % args.check_every for k in args.iterations):
         parser.error("every --iterations value must be a multiple of --check-every")
     result = run(args)
-    OUT_DIR.mkdir(exist_ok=True)
-    out = OUT_DIR / f"matrpo_admm_sweep{'_quick' if args.quick else ''}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = write_result("matrpo_admm_sweep", result, args.quick)
     m = result["machine"]
     print(f"\n# MATRPO ADMM sweep ({m['cpu']}, {m['nproc']} cores, torch threads {m['torch_threads']})\n")
     print(table(result))

@@ -40,11 +40,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
@@ -54,9 +52,8 @@ from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models import MlpConfig
 from benchmarl_decentral.algorithms import MatrpoConfig
-from _common import experiment_config as timing_config, machine_info  # noqa: E402  (benchmarks/ is the script's folder)
+from _common import experiment_config as timing_config, machine_info, write_result  # noqa: E402  (benchmarks/ is the script's folder)
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
 GROUP = "agents"
 
 
@@ -212,9 +209,7 @@ def main() -> None:
         args.agents, args.admm_iterations, args.k_for_n = [3, 4], [2, 4], 2
         args.frames, args.n_envs, args.minibatch, args.minibatch_iters, args.rounds = 120, 4, 60, 2, 1
     result = run(args)
-    OUT_DIR.mkdir(exist_ok=True)
-    out = OUT_DIR / f"matrpo_update_cost{'_quick' if args.quick else ''}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = write_result("matrpo_update_cost", result, args.quick)
     m = result["machine"]
     print(f"# MATRPO update vs mappo training phase ({m['cpu']}, {m['nproc']} cores, torch threads {m['torch_threads']})\n")
     print(table(result))
