@@ -372,6 +372,7 @@ def test_paper_experiment_preset_composes_with_the_documented_values():
         ({"clip_epsilon": 1.5}, "clip_epsilon must be in"),
         ({"guider_input": "pixels"}, "unknown guider_input 'pixels'"),
         ({"agent_order": "reverse"}, "unknown agent_order 'reverse'"),
+        ({"guider_input_norm": "batchnorm"}, "unknown guider_input_norm 'batchnorm'"),
         ({"embed_dim": 30, "n_heads": 4}, "divisible by n_heads"),
         ({"loss_critic_type": "huber"}, "unknown loss_critic_type"),
     ],
@@ -383,6 +384,53 @@ def test_config_errors(overrides, match):
         kwargs = {**config.get_from_yaml().__dict__, **overrides}
         with pytest.raises(ValueError, match=match):
             config(**kwargs)
+
+
+@pytest.mark.parametrize("norm", ["running", "layernorm", "rmsnorm", "none"])
+def test_guider_input_norm_modes(tmp_path, norm):
+    """The running norm's statistics are exactly the collected tokens' and change only in
+    process_batch (collection and the update then use the same normalisation)."""
+    from benchmarl_decentral.nn.mat import RunningInputNorm
+
+    exp = _magpo(tmp_path, task="coordsum/5x20-80", task_overrides={"mode": "reference"},
+                 algorithm_overrides={"guider_input_norm": norm})
+    guider, inputs = exp.algorithm.guider(GROUP), exp.algorithm._inputs[GROUP]
+    first = guider.token[0]
+    expected = {"running": RunningInputNorm, "layernorm": torch.nn.LayerNorm, "rmsnorm": torch.nn.RMSNorm,
+                "none": torch.nn.Identity}[norm]
+    assert type(first) is expected
+    batch = next(iter(exp.collector)).exclude(*exp._get_excluded_keys(GROUP))
+    if norm == "running":
+        assert float(first.count) == 0  # collection did not touch the statistics
+    processed = exp.algorithm.process_batch(GROUP, batch)
+    if norm == "running":
+        x = inputs(processed)[0].reshape(-1, first.mean.shape[0])
+        assert float(first.count) == x.shape[0]
+        torch.testing.assert_close(first.mean, x.mean(0))
+        torch.testing.assert_close(first.var, x.var(0, unbiased=False))
+        # the raw target (feature 0 in reference mode) keeps its spread after normalisation
+        z = first(x)[:, 0]
+        assert z.std() > 0.9 and z.min() < -1.0 and z.max() > 1.0
+        # the statistics are checkpointed with the guider
+        assert any(k.endswith("token.0.mean") for k in exp.state_dict()["loss_agents"].keys())
+    exp.replay_buffers[GROUP].extend(processed.reshape(-1))
+    assert torch.isfinite(exp._optimizer_loop(GROUP)["loss_guider"])
+    exp.close()
+
+
+def test_running_input_norm_merges_batches_like_one_batch():
+    from benchmarl_decentral.nn.mat import RunningInputNorm
+
+    x = torch.randn(500, 3, dtype=torch.float64).float() * torch.tensor([1.0, 10.0, 0.1]) + torch.tensor([5.0, -2.0, 0.0])
+    norm = RunningInputNorm(3)
+    for chunk in x.split([1, 99, 250, 150]):
+        norm.update(chunk)
+    torch.testing.assert_close(norm.mean, x.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm.var, x.var(0, unbiased=False), rtol=1e-4, atol=1e-5)
+    assert float(norm.count) == 500
+    z = norm(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3), atol=1e-4, rtol=0)
+    assert float(norm(torch.full((1, 3), 1e6)).max()) == norm.clip
 
 
 @pytest.mark.parametrize(

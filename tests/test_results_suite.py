@@ -34,6 +34,19 @@ def test_unknown_part_is_refused(tmp_path):
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
+def test_every_part_budget_is_a_multiple_of_its_batch_and_a_bad_one_is_refused():
+    sys.path.insert(0, str(SUITE.parent))
+    import dataclasses
+
+    from run import PARTS
+
+    for part in PARTS.values():
+        assert part.frames % part.batch() == 0 and part.evaluation_interval % part.batch() == 0, part.name
+    with pytest.raises(ValueError, match=r"magpo_5x20: evaluation_interval=100,000 is not a multiple of the "
+                                         r"part's batch .*=6,000\); use e.g. 102,000"):
+        dataclasses.replace(PARTS["magpo_5x20"], evaluation_interval=100_000)
+
+
 @pytest.mark.slow
 def test_smoke_part_runs_and_writes_the_index(tmp_path):
     out, docs = tmp_path / "out", tmp_path / "docs"

@@ -81,8 +81,8 @@ METRIC = "eval_reward_episode_reward_mean.csv"
 def command(variant: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
     budget = [f"experiment.max_n_frames={args.frames}", f"experiment.evaluation_interval={args.evaluation_interval}"]
     return [
-        str(Path(sys.executable).parent / "benchmarl"), "run", *VARIANTS[variant], f"task={PART.task}",
-        *PART.task_overrides, f"seed={seed}", *(SMOKE if args.quick else COMMON), *budget,
+        str(Path(sys.executable).parent / "benchmarl"), "run", *VARIANTS[variant], f"task={args.task}",
+        *args.task_overrides, f"seed={seed}", *(SMOKE if args.quick else COMMON), *budget,
         "experiment.loggers=[csv]", "experiment.create_json=false", "experiment.render=false",
         f"experiment.save_folder={run_dir}", f"hydra.run.dir={run_dir / 'hydra'}",
     ]
@@ -104,6 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--task", default=PART.task, help=f"BenchMARL task (default: the suite part's, {PART.task})")
+    p.add_argument("--task-overrides", nargs="*", default=None,
+                   help=f"task.* overrides (default: the suite part's, {' '.join(PART.task_overrides)}, "
+                        "when --task is the part's task; none otherwise)")
     p.add_argument("--frames", type=int, default=PART.frames, help="training frames per run (suite: 72000)")
     p.add_argument("--evaluation-interval", type=int, default=PART.evaluation_interval)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "dg_mappo_sweep")
@@ -111,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--summary-only", action="store_true", help="only summarise the finished runs (run nothing)")
     p.add_argument("--quick", action="store_true", help="tiny budget, seed 0, two variants (smoke test)")
     args = p.parse_args(argv)
+    if args.task_overrides is None:
+        args.task_overrides = list(PART.task_overrides) if args.task == PART.task else []
     if args.quick:
         args.seeds, args.frames, args.evaluation_interval = [0], 400, 200
         args.variants = [v for v in args.variants if v in ("default", "mix_all")] or ["default"]
@@ -150,7 +156,7 @@ def main(argv=None) -> dict:
             "last_mean": statistics.fmean(lasts), "last_std": statistics.stdev(lasts) if len(lasts) > 1 else 0.0,
             "n": len(finals),
         }
-    print(f"\n{PART.task} ({' '.join(PART.task_overrides)}), {args.frames} frames, seeds {args.seeds}; "
+    print(f"\n{args.task} ({' '.join(args.task_overrides)}), {args.frames} frames, seeds {args.seeds}; "
           f"final = mean of the last {LAST} evaluation returns\n")
     print(f"| variant | final return, last {LAST} evaluations (mean ± std) | last evaluation (mean ± std) | seeds |\n"
           "|---|---:|---:|---:|")

@@ -54,7 +54,7 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 from benchmarl_decentral.algorithms._common import config_error
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
-from benchmarl_decentral.nn.mat import ActionDist, fixed_rank, MultiAgentTransformer, random_rank
+from benchmarl_decentral.nn.mat import ActionDist, fixed_rank, INPUT_NORMS, MultiAgentTransformer, random_rank
 from benchmarl_decentral.objectives.magpo import (
     action_agreement,
     check_delta,
@@ -310,6 +310,9 @@ class Magpo(Algorithm):
             observations), ``state``, ``observation`` or ``both``.
         agent_order: ``shuffle`` (new order each iteration), ``shuffle_step`` or ``fixed``.
         embed_dim, n_heads, n_blocks: the guider transformer's size.
+        guider_input_norm: the guider's input normalisation (``running``,
+            ``layernorm``, ``rmsnorm`` or ``none``, see
+            :class:`~benchmarl_decentral.nn.mat.MultiAgentTransformer`).
         learner_agent_id: append a one-hot agent id to each learner's observation.
         learner_share_params: share learner parameters within a group; ``None``
             follows ``experiment.share_policy_params`` (as MAPPO).
@@ -335,6 +338,7 @@ class Magpo(Algorithm):
         n_heads: int,
         n_blocks: int,
         learner_agent_id: bool,
+        guider_input_norm: str = "layernorm",
         learner_share_params: Optional[bool],
         scale_mapping: str,
         use_tanh_normal: bool,
@@ -349,6 +353,7 @@ class Magpo(Algorithm):
         self.normalize_advantage = normalize_advantage
         self.agent_order = agent_order
         self.embed_dim, self.n_heads, self.n_blocks = embed_dim, n_heads, n_blocks
+        self.guider_input_norm = guider_input_norm
         self.learner_agent_id = learner_agent_id
         self.learner_share_params = (
             self.experiment_config.share_policy_params if learner_share_params is None else learner_share_params
@@ -432,6 +437,7 @@ class Magpo(Algorithm):
                 embed_dim=self.embed_dim,
                 n_heads=self.n_heads,
                 n_blocks=self.n_blocks,
+                input_norm=self.guider_input_norm,
                 action_low=low,
                 action_high=high,
             ).to(self.device)
@@ -546,8 +552,12 @@ class Magpo(Algorithm):
             if nested not in batch.keys(True, True):
                 batch.set(nested, batch.get(("next", key)).unsqueeze(-1).expand(*group_shape, 1))
         guider, inputs = self.guider(group), self._inputs[group]
+        x = inputs(batch)[0]
+        # guider_input_norm=running: fold this batch into the input statistics before the
+        # update; collection used the statistics of the earlier batches (a no-op otherwise)
+        guider.update_input_stats(x)
         with torch.no_grad():
-            value = guider.value(inputs(batch)[0])
+            value = guider.value(x)
             next_value = guider.value(inputs(batch.get("next"))[0])
         advantage, value_target = vec_generalized_advantage_estimate(
             self.experiment_config.gamma,
@@ -619,6 +629,7 @@ class MagpoConfig(AlgorithmConfig):
     embed_dim: int = MISSING
     n_heads: int = MISSING
     n_blocks: int = MISSING
+    guider_input_norm: str = MISSING
     # learner
     learner_agent_id: bool = MISSING
     learner_share_params: Optional[bool] = MISSING
@@ -648,6 +659,11 @@ class MagpoConfig(AlgorithmConfig):
         if isinstance(self.guider_input, str) and self.guider_input not in GUIDER_INPUTS:
             raise ValueError(
                 f"magpo: unknown guider_input '{self.guider_input}'; choose one of {list(GUIDER_INPUTS)}."
+            )
+        if isinstance(self.guider_input_norm, str) and self.guider_input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"magpo: unknown guider_input_norm '{self.guider_input_norm}'; choose one of {list(INPUT_NORMS)} "
+                "(running: per-feature running mean/std; layernorm: MAT's; rmsnorm: the public MAGPO code's)."
             )
         if isinstance(self.agent_order, str) and self.agent_order not in AGENT_ORDERS:
             raise ValueError(f"magpo: unknown agent_order '{self.agent_order}'; choose one of {list(AGENT_ORDERS)}.")

@@ -37,7 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ActionDist", "MultiAgentTransformer", "fixed_rank", "random_rank"]
+__all__ = ["ActionDist", "INPUT_NORMS", "MultiAgentTransformer", "RunningInputNorm", "fixed_rank", "random_rank"]
+
+#: how the guider normalises its input tokens before the first linear layer
+#: (``MultiAgentTransformer(input_norm=...)``)
+INPUT_NORMS = ("layernorm", "rmsnorm", "running", "none")
 
 _LOG2 = math.log(2.0)
 #: inverse softplus of 1: ``softplus(x + _SOFTPLUS_1) == 1`` at ``x = 0``
@@ -288,6 +292,63 @@ def _gather_agents(t: Tensor, index: Tensor) -> Tensor:
     return t.gather(1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(*index.shape, *t.shape[2:]))
 
 
+class RunningInputNorm(nn.Module):
+    r"""Per-feature standardisation with running statistics: :math:`(x - m) / \sqrt{v + \epsilon}`.
+
+    Unlike a LayerNorm (MAT's input norm), which normalises each token across its
+    features, this keeps a feature's scale information: a raw integer target
+    ``t`` in ``[0, 79]`` next to a one-hot agent id stays ``(t - 39.5) / 23``,
+    where a LayerNorm maps every ``t >= 10`` to almost the same vector.
+
+    The statistics (mean, variance, count; buffers, so they are checkpointed)
+    change only in :meth:`update`, which the algorithm calls once per collected
+    batch; :meth:`forward` never changes them, so the collection policy and the
+    loss see the same normalisation within an update. Statistics are pooled
+    over all leading dimensions (batch, time, agents). Normalised values are
+    clipped to ``[-clip, clip]``.
+    """
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, clip: float = 10.0):
+        super().__init__()
+        self.eps, self.clip = eps, clip
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Merge the statistics of ``x (..., dim)`` (parallel Welford / Chan et al.)."""
+        x = x.detach().reshape(-1, x.shape[-1]).to(self.mean.dtype)
+        n = x.shape[0]
+        if n == 0:
+            return
+        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        new_mean = self.mean + delta * (n / total).to(self.mean.dtype)
+        m2 = self.var * self.count.to(self.var.dtype) + batch_var * n + delta.pow(2) * (self.count * n / total).to(
+            self.var.dtype
+        )
+        self.mean.copy_(new_mean)
+        self.var.copy_(m2 / total.to(self.var.dtype))
+        self.count.copy_(total)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
+
+
+def _input_norm(kind: str, dim: int) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim)
+    if kind == "running":
+        return RunningInputNorm(dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"MultiAgentTransformer: unknown input_norm {kind!r}; choose one of {list(INPUT_NORMS)}.")
+
+
 # ---------------------------------------------------------------------- the guider
 class MultiAgentTransformer(nn.Module):
     r"""MAT-style autoregressive joint policy with a value head (MAGPO's guider, paper 003 sec. 4).
@@ -321,6 +382,11 @@ class MultiAgentTransformer(nn.Module):
             squashed by ``tanh`` into the bounds. Default None.
         action_high: upper bound of continuous actions. Default None.
         min_scale: smallest Gaussian standard deviation. Default 1e-4.
+        input_norm: normalisation of the input tokens before the first linear
+            layer: ``layernorm`` (MAT's, across each token's features),
+            ``rmsnorm`` (the public MAGPO/Sable code's), ``running``
+            (:class:`RunningInputNorm`, per feature, statistics updated by
+            :meth:`update_input_stats`) or ``none``. Default ``layernorm``.
     """
 
     def __init__(
@@ -336,6 +402,7 @@ class MultiAgentTransformer(nn.Module):
         action_low: Optional[Tensor] = None,
         action_high: Optional[Tensor] = None,
         min_scale: float = 1e-4,
+        input_norm: str = "layernorm",
     ):
         super().__init__()
         for name, value in (("n_agents", n_agents), ("input_dim", input_dim), ("action_dim", action_dim),
@@ -345,7 +412,8 @@ class MultiAgentTransformer(nn.Module):
         self.n_agents, self.action_dim, self.discrete = n_agents, action_dim, discrete
         self.min_scale = min_scale
         d = embed_dim
-        self.token = nn.Sequential(nn.LayerNorm(input_dim), nn.Linear(input_dim, d), nn.GELU())
+        # token[0] is the input norm (kept at index 0, so LayerNorm checkpoints load unchanged)
+        self.token = nn.Sequential(_input_norm(input_norm, input_dim), nn.Linear(input_dim, d), nn.GELU())
         self.encoder = nn.ModuleList(_EncoderBlock(d, n_heads) for _ in range(n_blocks))
         self.encoder_norm = nn.LayerNorm(d)
         self.value_head = nn.Linear(d, 1)
@@ -365,6 +433,12 @@ class MultiAgentTransformer(nn.Module):
             self.action_low = self.action_high = None
 
     # ------------------------------------------------------------ building blocks
+    def update_input_stats(self, x: Tensor) -> None:
+        """Fold the tokens ``x (*B, n, input_dim)`` into the running input statistics
+        (``input_norm="running"``; a no-op for the other norms)."""
+        if isinstance(self.token[0], RunningInputNorm):
+            self.token[0].update(x)
+
     def encode(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Encoder: ``x (*B, n, input_dim)`` -> encodings ``(*B, n, d)``, values ``(*B, n, 1)``."""
         e = self.token(x)
