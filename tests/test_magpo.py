@@ -319,7 +319,7 @@ def test_pettingzoo_discrete_and_learner_only_evaluation(tmp_path):
 
 # ------------------------------------------------------------------ the paper preset
 PAPER_VALUES = {"delta": 1.1, "aux_lambda": 4.0, "n_heads": 2, "n_blocks": 2, "embed_dim": 64,
-                "clip_epsilon": 0.2, "entropy_coef": 0.01, "critic_coef": 0.1, "lmbda": 0.9}
+                "clip_epsilon": 0.2, "entropy_coef": 0.01, "critic_coef": 0.1, "lmbda": 0.9, "guider_input_norm": "rmsnorm"}
 
 
 def test_paper_preset_loads_and_runs_one_iteration(tmp_path):
@@ -333,6 +333,7 @@ def test_paper_preset_loads_and_runs_one_iteration(tmp_path):
     assert exp.algorithm_name == "magpo_paper" and isinstance(exp.algorithm, Magpo)
     guider = exp.algorithm.guider(GROUP)
     assert len(guider.encoder) == len(guider.decoder) == 2 and guider.encoder[0].attn.n_heads == 2
+    assert isinstance(guider.token[0], torch.nn.RMSNorm)  # the public code's input norm
     assert exp.observation_spec[GROUP, "observation"].shape == (5, 1 + 5)  # raw target + agent id
     calls = _GuiderCalls(guider)
     exp.run()  # one iteration, then one sampled evaluation of the learners
@@ -388,8 +389,9 @@ def test_config_errors(overrides, match):
 
 @pytest.mark.parametrize("norm", ["running", "layernorm", "rmsnorm", "none"])
 def test_guider_input_norm_modes(tmp_path, norm):
-    """The running norm's statistics are exactly the collected tokens' and change only in
-    process_batch (collection and the update then use the same normalisation)."""
+    """The running norm's statistics change only after an update, by exactly the tokens trained
+    on: collection and the update of one batch use the same normalisation (the stored log-probs
+    are the guider's at the start of the update)."""
     from benchmarl_decentral.nn.mat import RunningInputNorm
 
     exp = _magpo(tmp_path, task="coordsum/5x20-80", task_overrides={"mode": "reference"},
@@ -399,22 +401,31 @@ def test_guider_input_norm_modes(tmp_path, norm):
     expected = {"running": RunningInputNorm, "layernorm": torch.nn.LayerNorm, "rmsnorm": torch.nn.RMSNorm,
                 "none": torch.nn.Identity}[norm]
     assert type(first) is expected
-    batch = next(iter(exp.collector)).exclude(*exp._get_excluded_keys(GROUP))
+    seen = []
+    for iteration in range(2):
+        batch = _batch(exp)  # collected and processed (GAE)
+        x, mask = inputs(batch)
+        seen.append(x.reshape(-1, x.shape[-1]))
+        with torch.no_grad():
+            dist, _ = guider(x, batch[GROUP, "action"], batch[GROUP, "magpo_rank"], mask)
+        torch.testing.assert_close(batch[GROUP, "log_prob"], dist.log_prob(batch[GROUP, "action"]), rtol=0,
+                                   atol=1e-5)
+        if norm == "running":
+            assert float(first.count) == iteration * x[..., 0, 0].numel() * x.shape[-2]
+        exp.replay_buffers[GROUP].extend(batch.reshape(-1))
+        training_td = exp._optimizer_loop(GROUP)
+        assert torch.isfinite(training_td["loss_guider"])
+        exp._on_train_end(training_td, GROUP)  # BenchMARL's call after a group's update
     if norm == "running":
-        assert float(first.count) == 0  # collection did not touch the statistics
-    processed = exp.algorithm.process_batch(GROUP, batch)
-    if norm == "running":
-        x = inputs(processed)[0].reshape(-1, first.mean.shape[0])
-        assert float(first.count) == x.shape[0]
-        torch.testing.assert_close(first.mean, x.mean(0))
-        torch.testing.assert_close(first.var, x.var(0, unbiased=False))
+        tokens = torch.cat(seen)
+        assert float(first.count) == tokens.shape[0]
+        torch.testing.assert_close(first.mean, tokens.mean(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(first.var, tokens.var(0, unbiased=False), rtol=1e-4, atol=1e-5)
         # the raw target (feature 0 in reference mode) keeps its spread after normalisation
-        z = first(x)[:, 0]
-        assert z.std() > 0.9 and z.min() < -1.0 and z.max() > 1.0
+        z = first(tokens)[:, 0]
+        assert z.std() > 0.8 and z.min() < -1.0 and z.max() > 1.0
         # the statistics are checkpointed with the guider
         assert any(k.endswith("token.0.mean") for k in exp.state_dict()["loss_agents"].keys())
-    exp.replay_buffers[GROUP].extend(processed.reshape(-1))
-    assert torch.isfinite(exp._optimizer_loop(GROUP)["loss_guider"])
     exp.close()
 
 

@@ -392,6 +392,7 @@ class Magpo(Algorithm):
                 )
 
         self._guiders: Dict[str, MultiAgentTransformer] = {}
+        self._pending_inputs: Dict[str, torch.Tensor] = {}  # guider inputs of the batch being trained on
         self._inputs: Dict[str, GuiderInputs] = {}
         self.orders: Dict[str, AgentOrder] = {}
         self._learner_nets: Dict[str, TensorDictModule] = {}
@@ -553,9 +554,10 @@ class Magpo(Algorithm):
                 batch.set(nested, batch.get(("next", key)).unsqueeze(-1).expand(*group_shape, 1))
         guider, inputs = self.guider(group), self._inputs[group]
         x = inputs(batch)[0]
-        # guider_input_norm=running: fold this batch into the input statistics before the
-        # update; collection used the statistics of the earlier batches (a no-op otherwise)
-        guider.update_input_stats(x)
+        # guider_input_norm=running: this batch's inputs are folded into the statistics after
+        # the update (_MagpoCallback.on_train_end), so that the update sees the normalisation
+        # the batch was collected with (its stored log-probs and the PPO ratio agree)
+        self._pending_inputs[group] = x.detach()
         with torch.no_grad():
             value = guider.value(x)
             next_value = guider.value(inputs(batch.get("next"))[0])
@@ -589,6 +591,13 @@ class _MagpoCallback(Callback):
         # here on, the experiment's policy is the decentralized learner.
         exp.policy = self.algorithm.get_deployment_policy()
         exp.group_policies = {group: self.algorithm.get_policy_for_loss(group) for group in exp.group_map}
+
+    def on_train_end(self, training_td: TensorDictBase, group: str):
+        # the batch just trained on joins the guider's running input statistics (a no-op unless
+        # guider_input_norm=running); the next collection uses them
+        x = self.algorithm._pending_inputs.pop(group, None)
+        if x is not None:
+            self.algorithm.guider(group).update_input_stats(x)
 
     def on_state_dict(self, state_dict: Dict[str, Any]):
         state_dict["magpo"] = {
