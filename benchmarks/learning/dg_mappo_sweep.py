@@ -18,6 +18,9 @@ mean ± std over seeds, with the last evaluation alone next to it. Variants (``-
 * ``clip02``: the default with PPO clip 0.2;
 * ``full_graph``: the default on the full graph (the default before ``topology: auto``);
 * ``zero_messages``: the default with the D-GAT messages zeroed (``dgat_messages: zero``), the ablation;
+* ``no_consensus_loss``: the default without eq. 11's consensus loss (``alpha_consensus: 0``), messages on;
+* ``value_linear``: the default with GATv2's value transform (``value: linear``), so messages are learned
+  projections of the neighbours' observations instead of the raw observations;
 * ``mappo_ppo``: the default with BenchMARL mappo's PPO settings (clip 0.2, entropy 0, l2 value loss,
   gradient clip 5), D-GAT, per-agent critics and consensus unchanged;
 * ``mappo_ppo_vn``: ``mappo_ppo`` with ``value_norm: true``;
@@ -69,6 +72,8 @@ VARIANTS = {
     "clip02": ["algorithm=dg_mappo", "algorithm.clip_epsilon=0.2"],
     "full_graph": ["algorithm=dg_mappo", "algorithm.topology=full"],
     "zero_messages": ["algorithm=dg_mappo", "algorithm.dgat_messages=zero"],
+    "no_consensus_loss": ["algorithm=dg_mappo", "algorithm.alpha_consensus=0"],
+    "value_linear": ["algorithm=dg_mappo", "algorithm.value=linear"],
     "mappo_ppo": ["algorithm=dg_mappo", *MAPPO_PPO],
     "mappo_ppo_vn": ["algorithm=dg_mappo", *MAPPO_PPO, "algorithm.value_norm=true"],
     "paper": ["algorithm=dg_mappo_paper"],
