@@ -68,6 +68,10 @@ def suite(root, seeds=(0, 1, 2), grids=None, tasks=TASKS):
                         "eval_generalization_gap": [(1, -0.5), (2, -0.2 * seed)],
                         "eval_perturbed_reward_episode_reward_mean": [(2, 3.0 + seed)],
                         "train_agents_loss_objective": [(2, 0.0)],  # not a decentralised metric
+                        "comm_train_bytes_per_agent": [(2, 1024.0)],  # decpg's logged key comm/train_bytes_per_agent
+                        "comm_train_network_bytes_per_agent": [(2, 0.0)],
+                        "train_agents_learner_entropy": [(2, 1.5)],  # magpo's train/agents/learner_entropy
+                        "train_agents_learner_action_agreement": [(2, 0.25)],
                     }
                 grid = grids.get(algorithm, [100, 200, 300, 400, 500])
                 write_run(root / "multirun" / "2025-01-01" / "12-00-00" / f"{task}{algorithm}{seed}",
@@ -168,7 +172,10 @@ def test_decentralised_metrics_table(tmp_path):
     report = build_report([suite(tmp_path)], reps=REPS)
     rows = {(r["metric"], r["task"], r["algorithm"]): r for r in report.extras}
     assert {m for m, _, _ in rows} == {"decpg_agents_actor_consensus_distance", "eval_generalization_gap",
-                                        "eval_perturbed_reward_episode_reward_mean"}
+                                        "eval_perturbed_reward_episode_reward_mean", "comm_train_bytes_per_agent",
+                                        "comm_train_network_bytes_per_agent", "train_agents_learner_entropy",
+                                        "train_agents_learner_action_agreement"}
+    assert rows[("comm_train_bytes_per_agent", "vmas/balance", "decpg")]["mean"] == pytest.approx(1024.0)
     distance = rows[("decpg_agents_actor_consensus_distance", "vmas/balance", "decpg")]
     last = np.array([0.1, 0.2, 0.3])  # the value at the last step of seeds 0, 1, 2
     assert distance["n_seeds"] == 3 and distance["step"] == 2
