@@ -140,7 +140,8 @@ def test_claim_verdicts_follow_the_probability_of_improvement_ci(tmp_path):
     finally:
         sys.path.remove(str(SUITE.parent))
     rows = [("a", "b", 0.9, 0.6, 1.0), ("b", "a", 0.1, 0.0, 0.4), ("a", "c", 0.3, 0.0, 0.45),
-            ("c", "a", 0.7, 0.55, 1.0), ("b", "c", 0.6, 0.2, 0.9), ("c", "b", 0.4, 0.1, 0.8)]
+            ("c", "a", 0.7, 0.55, 1.0), ("b", "c", 0.6, 0.2, 0.9), ("c", "b", 0.4, 0.1, 0.8),
+            ("b", "d", 0.33, 0.0, 1.0), ("d", "b", 0.67, 0.0, 1.0)]
     with open(tmp_path / "probability_of_improvement.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["x", "y", "probability", "ci_low", "ci_high"])
@@ -148,11 +149,11 @@ def test_claim_verdicts_follow_the_probability_of_improvement_ci(tmp_path):
     with open(tmp_path / "task_scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["algorithm", "above_random_95"])
-        writer.writerows([("a", "yes"), ("b", "no"), ("c", "yes")])
+        writer.writerows([("a", "yes"), ("b", "no"), ("c", "yes"), ("d", "no")])
     part = suite.Part("p", "claim", ("a", "b", "c"), "coordsum/3x10-30", (), frames=6000, evaluation_interval=6000,
                       est_minutes=1, claim_checks=(("a", "better", "b"), ("a", "better", "c"), ("b", "better", "c"),
                                                    ("a", "level", "c"), ("b", "level", "c"), ("a", "level", "b"),
-                                                   ("a", "better", "zz")))
+                                                   ("a", "better", "zz"), ("b", "level", "d")))
     lines = suite.claim_verdicts(part, tmp_path)
     assert lines[0].startswith("- a better than b: **confirmed**, P(a > b) = 0.90 [0.60, 1.00]; b did not beat random")
     assert lines[1].startswith("- a better than c: **contradicted**, P(a > c) = 0.30 [0.00, 0.45]")
@@ -161,3 +162,6 @@ def test_claim_verdicts_follow_the_probability_of_improvement_ci(tmp_path):
     assert lines[4].startswith("- b competitive with c: **not contradicted (not told apart)**")
     assert lines[5].startswith("- a competitive with b: **not contradicted (a better)**")
     assert lines[6] == "- a vs zz: no comparison in this report"
+    # neither learned: not a verdict on the claim
+    assert lines[7] == ("- b competitive with d: **not tested at this budget: neither b nor d beat the random policy "
+                        "(95%)**, P(b > d) = 0.33 [0.00, 1.00]")

@@ -669,7 +669,8 @@ def claim_verdicts(part: Part, part_docs: Path) -> List[str]:
     ``better``: confirmed when the 95% CI of P(x > y) is above 0.5, contradicted when it is below 0.5,
     otherwise not confirmed at this budget. ``level`` (x competitive with y): contradicted when the CI is
     below 0.5 (y better), otherwise not contradicted (x better when the CI is above 0.5). An algorithm that
-    did not beat the random policy with 95% confidence is said so: its comparison shows little.
+    did not beat the random policy with 95% confidence is said so: its comparison shows little; when neither
+    did, the comparison is "not tested at this budget".
     """
     pairs = {(r["x"], r["y"]): r for r in _read_csv(part_docs / "probability_of_improvement.csv")}
     learned = {r["algorithm"]: r.get("above_random_95", "") for r in _read_csv(part_docs / "task_scores.csv")}
@@ -695,6 +696,11 @@ def claim_verdicts(part: Part, part_docs: Path) -> List[str]:
                     "not contradicted (not told apart)")
         if p < 0.5 and said.startswith("not"):
             said += f"; {y} ahead on average"
+        if learned.get(x) == "no" and learned.get(y) == "no":
+            # neither learned: whatever P says compares two untrained policies
+            lines.append(f"- {claim}: **not tested at this budget: neither {x} nor {y} beat the random policy "
+                         f"(95%)**, {stated}")
+            continue
         notes = [f"{alg} did not beat random (95%)" for alg in (x, y) if learned.get(alg) == "no"]
         lines.append(f"- {claim}: **{said}**, {stated}" + (f"; {', '.join(notes)}" if notes else ""))
     return lines
