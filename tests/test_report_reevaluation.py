@@ -141,3 +141,20 @@ def test_reevaluate_final_and_best_checkpoints_with_cache(tmp_path, capsys):
     assert "re-evaluating" not in capsys.readouterr().out
     assert (out / "report.md").read_bytes() == first_md
     assert (out / "reevaluation.csv").read_bytes() == first_csv
+
+
+def test_coordsum_state_of_another_number_of_envs_is_refused_not_half_restored():
+    """A test env rebuilt with more episodes than the checkpoint's: its state is not restored (then reset)."""
+    from benchmarl_decentral.environments.coordsum import CoordSumEnv
+    from benchmarl_decentral.resume import env_state, load_env_state
+
+    saved = CoordSumEnv(num_envs=2, seed=0, n_agents=3, num_actions=10, max_target=30)
+    saved.reset()
+    here = CoordSumEnv(num_envs=4, seed=1, n_agents=3, num_actions=10, max_target=30)
+    here.reset()
+    before = here.target.clone()
+    with pytest.raises(ValueError, match=r"target has shape \(2,\) in the checkpoint and \(4,\) here"):
+        load_env_state(here, env_state(saved))
+    assert here.target.shape == (4,) and here.target.equal(before)
+    here.reset()  # still a working 4-env CoordSum
+    assert here.target.shape == (4,)
