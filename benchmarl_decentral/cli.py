@@ -97,7 +97,7 @@ to install each.
 """
 
 REPORT_HELP = """\
-usage: benchmarl report FOLDER [FOLDER ...] [--out DIR] [--metric NAME] [--reps N] [--last-k K] [--no-reference] [--reference-cache FILE] [--cached-reference-only] [--include-incomplete]
+usage: benchmarl report FOLDER [FOLDER ...] [--out DIR] [--metric NAME] [--reps N] [--last-k K] [--no-reference] [--reference-cache FILE] [--cached-reference-only] [--reevaluate final,best] [--reevaluate-episodes N] [--reevaluate-modes greedy,sampled] [--reevaluation-cache FILE] [--cached-reevaluation-only] [--include-incomplete]
 
 Compare algorithms on the results BenchMARL writes (<run>/<run>.json, written
 when experiment.create_json=true, the default). Every FOLDER is searched at any
@@ -126,6 +126,17 @@ Writes into DIR: report.md (tables + plots), the tables as CSV, and PNG plots:
   --reference-cache FILE   reference results cache (default: DIR/reference.json);
                   cached results are reused, never re-evaluated
   --cached-reference-only  use cached reference results only, evaluate nothing
+  --reevaluate final,best  re-evaluate each run's checkpoints (written when it
+                  trained with experiment.checkpoint_interval=<evaluation_interval>
+                  experiment.keep_checkpoints_num=null): final = the last one,
+                  best = the one at the highest logged evaluation return (optimistic:
+                  chosen on the same noisy evaluations); a section of report.md and
+                  DIR/reevaluation.csv. Runs without checkpoints are named in a note
+  --reevaluate-episodes N  episodes per checkpoint and mode (default: 100)
+  --reevaluate-modes greedy,sampled  deterministic and/or sampled actions (default: both)
+  --reevaluation-cache FILE  re-evaluation CSV to reuse (default: DIR/reevaluation.csv);
+                  its rows are reused, missing ones computed and written to it
+  --cached-reevaluation-only  use cached re-evaluation rows only, evaluate nothing
   --include-incomplete  also read runs that did not finish (benchmark runs whose
                   status.yaml is not finished, *.json.incomplete); by default they
                   are left out and a note says how many
@@ -346,6 +357,11 @@ def _report(args: List[str]) -> int:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--reference-cache", default=None)
     parser.add_argument("--cached-reference-only", action="store_true")
+    parser.add_argument("--reevaluate", default=None)
+    parser.add_argument("--reevaluate-episodes", type=int, default=None)
+    parser.add_argument("--reevaluate-modes", default=None)
+    parser.add_argument("--reevaluation-cache", default=None)
+    parser.add_argument("--cached-reevaluation-only", action="store_true")
     parser.add_argument("--include-incomplete", action="store_true")
     try:
         options = parser.parse_args(args)
@@ -367,7 +383,11 @@ def _report(args: List[str]) -> int:
             report = make_report(options.folders, out=options.out, metric=options.metric, reps=options.reps,
                                  command=command, last_k=options.last_k, reference=not options.no_reference,
                                  reference_cache=options.reference_cache,
-                                 evaluate_reference=not options.cached_reference_only)
+                                 evaluate_reference=not options.cached_reference_only,
+                                 reevaluate=options.reevaluate, reevaluate_episodes=options.reevaluate_episodes,
+                                 reevaluate_modes=options.reevaluate_modes,
+                                 reevaluation_cache=options.reevaluation_cache,
+                                 evaluate_reevaluation=not options.cached_reevaluation_only)
     except ReportInputError as error:
         print(f"benchmarl report: {error}", file=sys.stderr)
         return 2

@@ -51,7 +51,8 @@ from benchmarl.experiment.callback import Callback
 from tensordict import TensorDictBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-__all__ = ["DropoutEvaluation", "SilencedPolicy", "check_evaluation_dropout", "check_groups", "dropout_callbacks"]
+__all__ = ["DropoutEvaluation", "SilencedPolicy", "check_evaluation_dropout", "check_groups", "dropout_callbacks",
+           "episode_returns", "evaluation_rollouts", "group_returns", "mean_return"]
 
 KEY = "evaluation_dropout"
 
@@ -181,6 +182,15 @@ def group_returns(experiment, rollouts: List[TensorDictBase]) -> dict:
 def mean_return(experiment, rollouts: List[TensorDictBase]) -> torch.Tensor:
     """The mean episode return over groups, as BenchMARL's logger computes ``episode_reward_mean``."""
     return torch.stack([r.mean() for r in group_returns(experiment, rollouts).values()]).mean()
+
+
+def episode_returns(experiment, rollouts: List[TensorDictBase]) -> torch.Tensor:
+    """Per episode, the mean over groups of the group's return: BenchMARL's evaluation ``return``.
+
+    The values the JSON writer stores as ``return`` (``Logger.log_evaluation``,
+    ``_log_global_episode_reward``), shape ``(n_episodes,)``.
+    """
+    return torch.stack(list(group_returns(experiment, rollouts).values()), dim=0).mean(0)
 
 
 @torch.no_grad()

@@ -419,6 +419,11 @@ def _coordsum_capture(env) -> Any:
 
 
 def _coordsum_restore(env, state) -> None:
+    # another number of envs (e.g. a test env rebuilt with more evaluation episodes): nothing restored
+    for name, key in (("_target", "target"), ("_step_count", "step_count"), ("_counts", "counts")):
+        saved, here = tuple(state[key].shape), tuple(getattr(env, name).shape)
+        if saved != here:
+            raise _Mismatch(f"CoordSum's {key} has shape {saved} in the checkpoint and {here} here")
     env._target = state["target"].to(env.device).clone()
     env._step_count = state["step_count"].to(env.device).clone()
     env._counts = state["counts"].to(env.device).clone()

@@ -195,7 +195,7 @@ def warn_if_other_config(experiment) -> Optional[str]:
     return None
 
 
-def reload_experiment(checkpoint: os.PathLike | str):
+def reload_experiment(checkpoint: os.PathLike | str, experiment_patch: Optional[dict] = None):
     """The experiment of ``checkpoint``, built from its own run's ``config.pkl``.
 
     Unlike BenchMARL's ``benchmarl.resume`` / ``benchmarl.evaluate`` scripts,
@@ -204,6 +204,11 @@ def reload_experiment(checkpoint: os.PathLike | str):
     ``Experiment.reload_from_file``: the configs BenchMARL pickled from the
     run's own objects next to its checkpoints. The checkpoint is checked first
     (:func:`check_checkpoint`), so nothing is written for a bad one.
+
+    ``experiment_patch``: experiment config fields to change (BenchMARL's
+    ``reload_from_file`` argument), e.g. ``{"save_folder": tmp, "loggers": [],
+    "create_json": False}`` so that nothing is written into the run folder
+    (:mod:`benchmarl_decentral.reporting.reevaluation`).
 
     Raises:
         CheckpointError: bad checkpoint, no run folder, unreadable ``config.pkl``.
@@ -217,7 +222,7 @@ def reload_experiment(checkpoint: os.PathLike | str):
     except Exception as error:  # noqa: BLE001
         raise CheckpointError(f"cannot read the run's config {config} ({type(error).__name__}: {error}); "
                               "it must be the config.pkl BenchMARL wrote for this run") from None
-    return Experiment.reload_from_file(str(path))
+    return Experiment.reload_from_file(str(path), experiment_patch)
 
 
 # ------------------------------------------------------------------ run folders

@@ -6,6 +6,8 @@
   (IQM / mean / median / optimality gap, probability of improvement,
   performance profiles, curves with bootstrap CIs), decentralised metrics.
 - :mod:`.report`: :func:`make_report` writes report.md, CSV tables and PNG plots.
+- :mod:`.reevaluation`: ``--reevaluate final,best``: runs' checkpoints replayed with
+  greedy and sampled actions, cached in ``reevaluation.csv``.
 
 rliable and matplotlib are imported when a statistic or a plot is computed:
 install them with ``pip install "benchmarl-decentral[report]"``.

@@ -13,6 +13,8 @@ from benchmarl_decentral.reporting import plots
 import numpy as np
 
 from benchmarl_decentral.reporting.loading import LoadResult, PathLike, ReportInputError, load_runs, seed_sort_key
+from benchmarl_decentral.reporting import reevaluation as _reevaluation
+from benchmarl_decentral.reporting.reevaluation import Reevaluation
 from benchmarl_decentral.reporting.reference import Reference, ReferenceCache, TaskSetup, reference_results
 from benchmarl_decentral.reporting.scores import (
     MIN_SCORE_EPISODES,
@@ -67,6 +69,7 @@ class Report:
     rewards: Dict[str, Dict[str, dict]] = field(default_factory=dict)  # task -> algorithm -> trained/scored on
     runs_extra: Dict[tuple, dict] = field(default_factory=dict)  # run key -> {train_return, train_iterations}
     default_k: bool = True  # last_k chosen by the episode rule (not --last-k)
+    reevaluation: Optional[Reevaluation] = None  # --reevaluate: checkpoints re-evaluated
 
     @property
     def markdown(self) -> Path:
@@ -133,7 +136,9 @@ def unequal_rewards(task_id: str, trained_on: Dict[str, str]) -> Optional[str]:
 def build_report(paths: Sequence[PathLike], metric: str = "return", reps: int = 2000,
                  seed: Optional[int] = 0, out: PathLike = "report", last_k: Optional[int] = None,
                  reference: bool = True, reference_cache: Optional[PathLike] = None,
-                 evaluate_reference: bool = True) -> Report:
+                 evaluate_reference: bool = True, reevaluate=None, reevaluate_episodes: Optional[int] = None,
+                 reevaluate_modes=None, reevaluation_cache: Optional[PathLike] = None,
+                 evaluate_reevaluation: bool = True) -> Report:
     """Load and compute everything (no file written except the reference cache). Raises ReportInputError.
 
     ``last_k``: evaluations the final score averages (None: the fewest covering
@@ -141,7 +146,18 @@ def build_report(paths: Sequence[PathLike], metric: str = "return", reps: int = 
     ``reference``: evaluate (or read from ``reference_cache``, default
     ``<out>/reference.json``) the reference policies of every task;
     ``evaluate_reference=False`` uses the cache only.
+    ``reevaluate``: checkpoints to re-evaluate (``"final,best"``, a sequence
+    of ``final``/``best``, or None for none), ``reevaluate_episodes`` episodes
+    per mode (default 100) in ``reevaluate_modes`` (``"greedy,sampled"``, the
+    default); rows read from ``reevaluation_cache`` (default
+    ``<out>/reevaluation.csv``) where present; ``evaluate_reevaluation=False``
+    uses the cache only (:mod:`benchmarl_decentral.reporting.reevaluation`).
     """
+    options = _reevaluation.parse_options(reevaluate, reevaluate_episodes, reevaluate_modes, reevaluation_cache,
+                                          not evaluate_reevaluation)
+    if options is not None and metric != "return":
+        raise ReportInputError(f"--reevaluate re-evaluates BenchMARL's `return` (the mean over groups), so it "
+                               f"needs --metric return, not '{metric}'; drop --metric or --reevaluate.")
     if reps < 1:
         raise ReportInputError(f"--reps must be a positive number of bootstrap replications, got {reps}.")
     if last_k is not None and last_k < 1:
@@ -220,17 +236,29 @@ def build_report(paths: Sequence[PathLike], metric: str = "return", reps: int = 
         row["trained_on"] = reward.get("trained_on")
         row["scored_on"] = reward.get("scored_on")
     extras = extra_metrics(loaded.runs)
+    reevaluated = None
+    if options is not None:
+        reevaluated = _reevaluation.reevaluate(loaded.runs, metric, options, Path(out))
+        notes += reevaluated.notes
     return Report(Path(out), loaded, scores, matrices, aggregates, improvement, profile, table, extras, notes,
                   references=references, reference_cache=cache, episodes_per_evaluation=per_evaluation,
-                  rewards=rewards, runs_extra=runs_extra, default_k=last_k is None)
+                  rewards=rewards, runs_extra=runs_extra, default_k=last_k is None, reevaluation=reevaluated)
 
 
 def make_report(paths: Sequence[PathLike], out: PathLike = "report", metric: str = "return", reps: int = 2000,
                 seed: Optional[int] = 0, command: Optional[str] = None, last_k: Optional[int] = None,
                 reference: bool = True, reference_cache: Optional[PathLike] = None,
-                evaluate_reference: bool = True) -> Report:
-    """Build the report and write report.md, the CSV tables, the PNG plots and reference.json into ``out``."""
-    report = build_report(paths, metric, reps, seed, out, last_k, reference, reference_cache, evaluate_reference)
+                evaluate_reference: bool = True, reevaluate=None, reevaluate_episodes: Optional[int] = None,
+                reevaluate_modes=None, reevaluation_cache: Optional[PathLike] = None,
+                evaluate_reevaluation: bool = True) -> Report:
+    """Build the report and write report.md, the CSV tables, the PNG plots and reference.json into ``out``.
+
+    With ``reevaluate`` (see :func:`build_report`), also reevaluation.csv (and
+    the ``reevaluation_cache`` file when rows were computed).
+    """
+    report = build_report(paths, metric, reps, seed, out, last_k, reference, reference_cache, evaluate_reference,
+                          reevaluate, reevaluate_episodes, reevaluate_modes, reevaluation_cache,
+                          evaluate_reevaluation)
     out = report.out
     out.mkdir(parents=True, exist_ok=True)
     files = report.files
@@ -261,6 +289,8 @@ def make_report(paths: Sequence[PathLike], out: PathLike = "report", metric: str
                                                                             out / "performance_profiles.png")
     if report.extras:
         files["decentralised_metrics.csv"] = _write_csv(out / "decentralised_metrics.csv", report.extras)
+    if report.reevaluation is not None:
+        files.update(_reevaluation.save(report.reevaluation, out))
     path = out / "report.md"
     path.write_text(_markdown(report, paths, reps, command))
     files["report.md"] = path
@@ -385,6 +415,37 @@ def _versions() -> str:
     return ", ".join(parts) + f", Python {platform.python_version()}"
 
 
+def _reevaluation_markdown(report: Report) -> List[str]:
+    result = report.reevaluation
+    options = result.options
+    md = ["", "## Re-evaluation of checkpoints", ""]
+    md.append(
+        f"Checkpoints of each run (`<run>/checkpoints/checkpoint_<frames>.pt`) reloaded and played for "
+        f"{options.episodes} episodes per mode on the run's own test env (its task config), seeded with the run's "
+        "seed (the same episodes for every checkpoint and mode of a run); the score is BenchMARL's evaluation "
+        "`return`. **final**: the checkpoint with the most frames. **best**: the checkpoint at the logged evaluation "
+        "with the highest `return` (ties: the earliest). `best` is optimistic: it is chosen on the same noisy "
+        "evaluations, so its return is biased upwards by the choice (paper 003's protocol re-evaluates the best "
+        "checkpoint and shares this bias); `final` is not. **greedy**: deterministic actions (the mode or mean of "
+        "each agent's action distribution); **sampled**: actions drawn from the policy's distribution. For a "
+        "stochastic policy they differ (a mixed strategy can score higher sampled than greedy, or lower). "
+        "Mean ± std over seeds of each run's mean return; per run, the episodes' std is in "
+        f"`{_reevaluation.FILE_NAME}`.")
+    md.append("")
+    rows = []
+    for r in result.summary():
+        value = (f"{_num(r['mean'])} ± {_num(r['std'])}" if r["std"] is not None
+                 else f"{_num(r['mean'])} (1 seed)")
+        rows.append([r["task"], r["algorithm"], r["which"], r["mode"], r["n_seeds"],
+                     "/".join(map(str, r["episodes"])), value, _reevaluation.frames_text(r["frames"])])
+    if rows:
+        md.append(_table(["task", "algorithm", "checkpoint", "actions", "seeds", "episodes per seed",
+                          "return mean ± std over seeds", "checkpoint frames"], rows))
+    else:
+        md.append("No run was re-evaluated (see the notes).")
+    return md
+
+
 def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
     scores, metric = report.scores, report.scores.metric
     ci = f"{int(CONFIDENCE * 100)}%"
@@ -497,6 +558,9 @@ def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
     md.append("Normalisation per task: " + "; ".join(f"{t}: {task.norm_rule} ([{_num(task.norm_min)}, "
                                                      f"{_num(task.norm_max)}])" for t, task in scores.tasks.items())
               + ".")
+
+    if report.reevaluation is not None:
+        md += _reevaluation_markdown(report)
 
     md += ["", "## Sample-efficiency curves", ""]
     md.append(f"Mean `{metric}` over seeds vs frames, {ci} bootstrap CI over seeds (no band with one seed); the "
