@@ -66,6 +66,15 @@ def test_smoke_part_runs_and_writes_the_index(tmp_path):
     with open(docs / "magpo" / "reference_scores.csv", newline="") as f:
         assert {row["policy"] for row in csv.DictReader(f)} >= {"random", "zero"}
     assert "| *random* (reference" in index and "above random (95%)" in index and "of the paper's budget" in index
+    # the MAGPO parts keep a checkpoint per evaluation; their final and best checkpoints are re-evaluated
+    # greedy and sampled into the committed cache, which the part's report shows
+    assert sorted(p.name for p in out.rglob("checkpoint_*.pt"))[:2] == ["checkpoint_200.pt", "checkpoint_200.pt"]
+    with open(docs / "magpo" / "reevaluation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 2 * 2 and {(r["which"], r["mode"]) for r in rows} == {
+        (w, m) for w in ("final", "best") for m in ("greedy", "sampled")}
+    assert {r["frames"] for r in rows if r["which"] == "final"} == {"400"} and {r["episodes"] for r in rows} == {"4"}
+    assert "Re-evaluation of checkpoints" in (docs / "magpo" / "report.md").read_text()
     # --report-only regenerates the part's report byte for byte from the archive alone (sweep folder gone)
     before = {p.relative_to(docs): p.read_bytes() for p in (docs / "magpo").rglob("*") if p.is_file()}
     shutil.rmtree(out)

@@ -35,6 +35,7 @@ import datetime
 import importlib.util
 import os
 import platform
+import statistics
 import shlex
 import subprocess
 import sys
@@ -436,18 +437,51 @@ class _InFolder:
         os.chdir(self.previous)
 
 
+#: episodes per checkpoint and mode when a part's final and best checkpoints are re-evaluated
+REEVALUATION_EPISODES = 100
+REEVALUATION_EPISODES_SMOKE = 4
+
+
+def reevaluate_part(part: Part, part_out: Path, docs: Path, smoke: bool) -> int:
+    """Re-evaluate the final and the best checkpoint of every run in the part's sweep folder, greedy and
+    sampled (``benchmarl report --reevaluate``), into ``docs/<part>/reevaluation.csv``; returns the rows.
+
+    The checkpoints stay in the (uncommitted) sweep folder; the committed CSV is the cache that the part's
+    report reads (:func:`report_part`), so ``--report-only`` reproduces the section without them.
+    """
+    from benchmarl_decentral.reporting import reevaluation
+    from benchmarl_decentral.reporting.loading import load_runs
+
+    episodes = REEVALUATION_EPISODES_SMOKE if smoke else REEVALUATION_EPISODES
+    with _InFolder(docs):
+        runs = load_runs([os.path.relpath(part_out, docs)]).runs
+        options = reevaluation.parse_options("final,best", episodes, cache=f"{part.name}/{reevaluation.FILE_NAME}")
+        result = reevaluation.reevaluate(runs, "return", options, Path(part.name))
+        reevaluation.save(result, Path(part.name))
+    for note in result.notes:
+        print(f"=== part {part.name}: {note}", flush=True)
+    return len(result.rows)
+
+
 def report_part(part: Part, archive: Path, docs: Path, reps: int) -> Optional[str]:
     """``benchmarl report`` on one part's archived runs; returns the error, or None when it worked.
 
     Runs in ``docs`` with relative paths, so the report (runs.csv's sources
     included) does not depend on where the repository is; the reference
-    policies come from ``docs/<part>/reference.json`` when it has them.
+    policies come from ``docs/<part>/reference.json`` when it has them, and the
+    re-evaluated checkpoints (parts with ``checkpoints``) from
+    ``docs/<part>/reevaluation.csv`` (:func:`reevaluate_part`).
     """
     from benchmarl_decentral import cli
+    from benchmarl_decentral.reporting.reevaluation import FILE_NAME
 
+    extra: List[str] = []
+    if part.checkpoints and (docs / part.name / FILE_NAME).is_file():
+        extra = ["--reevaluate", "final,best", "--reevaluation-cache", f"{part.name}/{FILE_NAME}",
+                 "--cached-reevaluation-only"]
     with _InFolder(docs):
         source = os.path.relpath(archive, docs)
-        code = cli.main(["report", source, "--out", part.name, "--reps", str(reps)])
+        code = cli.main(["report", source, "--out", part.name, "--reps", str(reps), *extra])
     return None if code == 0 else f"benchmarl report {archive} exited with status {code} (message above)"
 
 
@@ -728,6 +762,10 @@ def _archived_section(part_docs: Path) -> List[str]:
     return lines
 
 
+def _stdev(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str, dict],
                 skipped: Dict[str, List[str]], report_errors: Dict[str, str], smoke: bool, jobs: int,
                 started: str, profile: str = "cpu", reps: int = 2000,
@@ -831,6 +869,19 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
                 f"{_fmt(r.get('mean'))} ± {_fmt(r.get('std'))}"
                 for r in sorted(win, key=lambda r: (r["metric"] != "eval_info_win_rate", r["algorithm"]))) + ".")
             lines.append("")
+        reevaluated = [r for r in _read_csv(part_docs / "reevaluation.csv") if r.get("which") == "final"]
+        if reevaluated:
+            by: Dict[Tuple[str, str], List[float]] = {}
+            for r in reevaluated:
+                by.setdefault((r["algorithm"], r["mode"]), []).append(float(r["mean"]))
+            episodes = sorted({r["episodes"] for r in reevaluated})
+            lines.append(f"Final checkpoint re-evaluated ({'/'.join(episodes)} episodes per seed and mode; mean ± std "
+                         "over seeds; greedy / sampled actions): " + "; ".join(
+                f"{alg} {_fmt(statistics.fmean(by[(alg, 'greedy')]))} ± {_fmt(_stdev(by[(alg, 'greedy')]))} / "
+                f"{_fmt(statistics.fmean(by[(alg, 'sampled')]))} ± {_fmt(_stdev(by[(alg, 'sampled')]))}"
+                for alg in sorted({a for a, _ in by}) if (alg, "greedy") in by and (alg, "sampled") in by)
+                + f". The best checkpoint's are in [{part.name}/report.md]({part.name}/report.md).")
+            lines.append("")
         if record.get("minutes_per_run"):
             lines.append("Wall time per run (min, mean over seeds): " + ", ".join(
                 f"{alg} {v}" for alg, v in sorted(record["minutes_per_run"].items())) + ".")
@@ -929,6 +980,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if part.name in runs or not (part_docs / PART_RECORD).is_file():  # the machine that ran them
                 write_part_record(part, part_out, archive, docs, options.profile, options.smoke)
             print(f"=== part {part.name}: {kept} finished run(s) archived in {archive}", flush=True)
+            if part.checkpoints and kept:
+                rows = reevaluate_part(part, part_out, docs, options.smoke)
+                print(f"=== part {part.name}: {rows} re-evaluation row(s) (final and best checkpoints, greedy and "
+                      f"sampled) in {part_docs / 'reevaluation.csv'}", flush=True)
         if archive.is_dir():
             error = report_part(part, archive, docs, options.reps)
             if error:
