@@ -1,8 +1,9 @@
 """DecPG: Decentralized Policy Gradients (paper 002_4f291ba56d03e11d.txt).
 
-MAPPO backbone where every agent keeps its own actor and critic (stacked on a
-leading agent dim, never shared) and, at every optimizer step, the DSGD update
-of sec. 3 is applied per network::
+MAPPO backbone where every agent keeps its own actor and critic (never
+shared; any BenchMARL model, its per-agent parameters seen as leaves stacked on
+a leading agent dim, :class:`~benchmarl_decentral.consensus.stacking.AgentStack`)
+and, at every optimizer step, the DSGD update of sec. 3 is applied per network::
 
     theta_i <- sum_j P_ij theta_j - eta * grad L_i(theta_i)
 
