@@ -235,6 +235,7 @@ def test_gathered_model_checkpoint_reloads_into_the_stacked_view(tmp_path):
     checkpoint = next((exp.folder_name / "checkpoints").glob("*.pt"))  # run() has closed the experiment
     (tmp_path / "reload").mkdir()
     reloaded = _experiment(tmp_path / "reload", _gnn(), _deepsets(), evaluation=False, restore_file=str(checkpoint))
+    assert reloaded.n_iters_performed == 2  # restored, not a fresh experiment
     for net in ("actor", "critic"):
         stack = reloaded.algorithm.agent_stack(GROUP, net)
         stack.check_aliasing()
