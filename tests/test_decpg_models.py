@@ -178,8 +178,8 @@ def _experiment(tmp_path, actor, critic, n_agents=4, callbacks=None, **overrides
 
 MODELS = {  # actor, critic
     "gnn_deepsets": (_gnn, _deepsets),
-    "gru": (lambda: _recurrent(GruConfig), _mlp),
-    "lstm": (lambda: _recurrent(LstmConfig), _mlp),
+    "gru_lstm": (lambda: _recurrent(GruConfig), lambda: _recurrent(LstmConfig)),
+    "lstm_gru": (lambda: _recurrent(LstmConfig), lambda: _recurrent(GruConfig)),
     "mlp_gnn_sequence": (lambda: SequenceModelConfig(model_configs=[_mlp(), _gnn()], intermediate_sizes=[8]), _mlp),
 }
 
