@@ -1,8 +1,9 @@
 """DecPG: Decentralized Policy Gradients (paper 002_4f291ba56d03e11d.txt).
 
-MAPPO backbone where every agent keeps its own actor and critic (stacked on a
-leading agent dim, never shared) and, at every optimizer step, the DSGD update
-of sec. 3 is applied per network::
+MAPPO backbone where every agent keeps its own actor and critic (never
+shared; any BenchMARL model, its per-agent parameters seen as leaves stacked on
+a leading agent dim, :class:`~benchmarl_decentral.consensus.stacking.AgentStack`)
+and, at every optimizer step, the DSGD update of sec. 3 is applied per network::
 
     theta_i <- sum_j P_ij theta_j - eta * grad L_i(theta_i)
 
@@ -70,7 +71,6 @@ from benchmarl_decentral.consensus import (
     ConsensusMixer,
     consensus_distance,
     from_adjacency,
-    gradient_disagreement,
     MIXING_RULES,
     snapshot,
     spectral_gap,
@@ -82,6 +82,7 @@ from benchmarl_decentral.consensus.groups import (
     check_group_topology,
     resolve_static_group_topologies,
 )
+from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.distributed.transport import current_transport
@@ -98,16 +99,6 @@ DECPG_TOPOLOGY_OPTIONS = {"k": ("knn_ring",), "adjacency": ("custom",), "mixing_
 DECPG_NETWORKS = ("actor", "critic")
 #: What ``group_topology`` may set for one group (ally visibility is task-wide).
 DECPG_GROUP_KEYS = ("topology", "k", "adjacency")
-
-
-def _n_agents_leading(leaves: List[torch.Tensor], n: int, what: str) -> None:
-    bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != n]
-    if bad:
-        raise ValueError(
-            f"decpg needs every {what} parameter stacked on a leading agent dim of "
-            f"size {n}, but found shapes {bad[:3]}. Use a model that stacks "
-            "per-agent parameters (model=layers/mlp, or a sequence of mlp layers)."
-        )
 
 
 class Decpg(Mappo):
@@ -191,6 +182,8 @@ class Decpg(Mappo):
         self.perturbation_eps = perturbation_eps
         self.normalize_advantage = normalize_advantage
 
+        #: per (group, "actor" | "critic"): the network's per-agent parameters as stacked leaves
+        self._stacks: Dict[tuple, AgentStack] = {}
         # Validate everything that depends on the task before any training.
         self.mixing_matrices: Dict[str, torch.Tensor] = {}
         self.adjacencies: Dict[str, torch.Tensor] = {}
@@ -261,16 +254,21 @@ class Decpg(Mappo):
             loss.normalize_advantage = True
             loss.normalize_advantage_exclude_dims = (-2,)
         n = len(self.group_map[group])
-        actor = list(loss.actor_network_params.flatten_keys().values())
-        critic = list(loss.critic_network_params.flatten_keys().values())
-        try:
-            _n_agents_leading(actor, n, "actor")
-            _n_agents_leading(critic, n, "critic")
+        try:  # stacked leaves as they are, n per-agent copies gathered (consensus.stacking)
+            for net in ("actor", "critic"):
+                self._stacks[(group, net)] = AgentStack(
+                    getattr(loss, f"{net}_network_params").flatten_keys(), getattr(loss, f"{net}_network"), n, net
+                )
         except ValueError as err:
-            raise config_error(self.experiment, str(err)) from None
+            raise config_error(
+                self.experiment,
+                f"decpg: {err}. DSGD mixes each agent's own parameters; use a model with per-agent parameters "
+                "(BenchMARL's layers/mlp, cnn, deepsets, gnn, gru, lstm or a sequence of them, share_params=false).",
+            ) from None
         with torch.no_grad():  # every agent starts from the same theta_0 (sec. 3)
-            for p in actor + critic:
-                p.copy_(p[:1].expand_as(p))
+            for net in ("actor", "critic"):
+                for p in self._stacks[(group, net)].leaves:
+                    p.copy_(p[:1].expand_as(p))
         if self.visibility_layout is not None:
             loss.register_forward_pre_hook(self._use_minibatch_graph(group))
         return loss, use_target
@@ -350,13 +348,23 @@ class Decpg(Mappo):
         return loss_vals
 
     # ---------------------------------------------------------------- parameters
+    def agent_stack(self, group: str, net: str) -> AgentStack:
+        """The per-agent parameters of ``net`` (``actor`` or ``critic``) of ``group``.
+
+        Its ``leaves`` are stacked ``(n, ...)`` (a model's stacked leaves as they
+        are, ``n`` per-agent copies gathered into one tensor per parameter);
+        its ``parameters`` are what the optimizer steps.
+        """
+        self.get_loss_and_updater(group)  # builds the loss (and the stack) once
+        return self._stacks[(group, net)]
+
     def actor_leaves(self, group: str) -> List[torch.Tensor]:
-        loss = self.get_loss_and_updater(group)[0]
-        return list(loss.actor_network_params.flatten_keys().values())
+        """The actor's per-agent parameters of ``group``, stacked ``(n, ...)``; writes reach the actor."""
+        return self.agent_stack(group, "actor").leaves
 
     def critic_leaves(self, group: str) -> List[torch.Tensor]:
-        loss = self.get_loss_and_updater(group)[0]
-        return list(loss.critic_network_params.flatten_keys().values())
+        """The critic's per-agent parameters of ``group``, stacked ``(n, ...)``; writes reach the critic."""
+        return self.agent_stack(group, "critic").leaves
 
     def lr_at(self, iteration: int) -> float:
         """Linear decay from ``lr`` to ``min_lr`` over training (Table 1)."""
@@ -414,13 +422,14 @@ class _DecpgCallback(Callback):
         transport = current_transport()  # in-process unless a distributed launcher installed one
         seed_gen = torch.Generator().manual_seed(int(exp.seed))
         for group in exp.group_map:
-            for loss_name, leaves, net in (
-                ("loss_objective", algo.actor_leaves(group), "actor"),
-                ("loss_critic", algo.critic_leaves(group), "critic"),
-            ):
+            for loss_name, net in (("loss_objective", "actor"), ("loss_critic", "critic")):
+                stack = algo.agent_stack(group, net)
+                leaves = stack.leaves
                 optimizer = exp.optimizers[group][loss_name]
                 if algo.optimizer == "sgd":
-                    optimizer = torch.optim.SGD(leaves, lr=algo.lr_at(getattr(exp, "n_iters_performed", 0)))
+                    optimizer = torch.optim.SGD(
+                        stack.parameters, lr=algo.lr_at(getattr(exp, "n_iters_performed", 0))
+                    )
                     exp.optimizers[group][loss_name] = optimizer
                 key = (group, net)
                 mixer = ConsensusMixer(
@@ -438,7 +447,7 @@ class _DecpgCallback(Callback):
                 self.mixers[key] = mixer
                 self._measure[key] = False
                 self._used[key] = []
-                optimizer.register_step_pre_hook(self._pre_step(key, leaves))
+                optimizer.register_step_pre_hook(self._pre_step(key, stack))
                 mixer.attach(optimizer, when="pre" if algo.mix_order == "mix_then_step" else "post")
                 optimizer.register_step_post_hook(self._post_step(key, leaves))
         self._set_lr(getattr(exp, "n_iters_performed", 0))  # set after setup
@@ -453,11 +462,13 @@ class _DecpgCallback(Callback):
         self._metrics["decpg/lr"] = lr
 
     # ------------------------------------------------------------ step hooks
-    def _pre_step(self, key, leaves):
+    def _pre_step(self, key, stack: AgentStack):
         max_norm = self.algorithm.max_grad_norm
+        leaves = stack.leaves
 
         def hook(optimizer, args, kwargs):
-            grads = [p.grad for p in leaves if p.grad is not None]
+            # stacked (n, ...) gradients; for gathered copies, the copies' .grad are rows of these
+            grads = [g for g in stack.grads() if g is not None]
             if max_norm is not None and grads:
                 # per-agent norm over all of that agent's leaves, one op per leaf
                 sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
@@ -465,9 +476,8 @@ class _DecpgCallback(Callback):
                 for g in grads:
                     g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
             if self._measure[key]:
-                self._metrics[f"decpg/{key[0]}/{key[1]}/gradient_disagreement"] = float(
-                    gradient_disagreement(leaves)
-                )
+                # A.5 eq. (1), 1/n sum_i ||g_i - g_bar||^2: the spread of the stacked gradients
+                self._metrics[f"decpg/{key[0]}/{key[1]}/gradient_disagreement"] = float(consensus_distance(grads))
                 self._before[key] = snapshot(leaves)
 
         return hook
@@ -626,6 +636,8 @@ class _DecpgCallback(Callback):
         }
 
     def on_load_state_dict(self, state_dict: Dict[str, Any]):
+        for stack in self.algorithm._stacks.values():  # loading copies values in place: gathered rows still alias
+            stack.check_aliasing()
         for name, state in state_dict.get("decpg", {}).items():
             group, net = name.split("/")
             mixer = self.mixers.get((group, net))
