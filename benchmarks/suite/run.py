@@ -35,7 +35,6 @@ import datetime
 import importlib.util
 import os
 import platform
-import statistics
 import shlex
 import subprocess
 import sys
@@ -150,17 +149,16 @@ class Part:
 
     def overrides(self, smoke: bool, profile: str = "cpu") -> List[str]:
         if smoke:
-            budget = ["experiment.max_n_frames=400", "experiment.evaluation_interval=200"]
+            frames, interval = 400, 200
             smoke_keys = {o.split("=", 1)[0] for o in SMOKE}  # the part's settings, but the tiny batches
             common = SMOKE + [o for o in self.experiment_overrides if o.split("=", 1)[0] not in smoke_keys]
         else:
             frames, interval = self.budget(profile)
-            budget = [f"experiment.max_n_frames={frames}", f"experiment.evaluation_interval={interval}"]
             common = self.common()
+        budget = [f"experiment.max_n_frames={frames}", f"experiment.evaluation_interval={interval}"]
         if self.checkpoints:
-            every = budget[1].split("=", 1)[1]
             common = [o for o in common if not o.startswith("experiment.checkpoint_interval=")] + [
-                f"experiment.checkpoint_interval={every}", "experiment.keep_checkpoints_num=null",
+                f"experiment.checkpoint_interval={interval}", "experiment.keep_checkpoints_num=null",
                 "experiment.exclude_buffer_from_checkpoint=true"]
         devices = list(PROFILES[profile]["devices"])
         if devices and self.gpu_sampling:
@@ -762,16 +760,13 @@ def _archived_section(part_docs: Path) -> List[str]:
     return lines
 
 
-def _stdev(values: Sequence[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str, dict],
                 skipped: Dict[str, List[str]], report_errors: Dict[str, str], smoke: bool, jobs: int,
                 started: str, profile: str = "cpu", reps: int = 2000,
                 references: Optional[Dict[str, List[dict]]] = None) -> Path:
     """docs/results/report.md: how the results were made, and one section per part."""
     from benchmarl_decentral.benchmark import versions
+    from benchmarl_decentral.reporting import reevaluation
 
     references = references or {}
     info = machine()
@@ -869,17 +864,15 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
                 f"{_fmt(r.get('mean'))} ± {_fmt(r.get('std'))}"
                 for r in sorted(win, key=lambda r: (r["metric"] != "eval_info_win_rate", r["algorithm"]))) + ".")
             lines.append("")
-        reevaluated = [r for r in _read_csv(part_docs / "reevaluation.csv") if r.get("which") == "final"]
-        if reevaluated:
-            by: Dict[Tuple[str, str], List[float]] = {}
-            for r in reevaluated:
-                by.setdefault((r["algorithm"], r["mode"]), []).append(float(r["mean"]))
-            episodes = sorted({r["episodes"] for r in reevaluated})
+        final = {(r["algorithm"], r["mode"]): {**r, "std": r["std"] or 0.0} for r in reevaluation.summarise(
+            reevaluation.read_rows(part_docs / reevaluation.FILE_NAME).values()) if r["which"] == "final"}
+        if final:
+            episodes = sorted({str(e) for r in final.values() for e in r["episodes"]})
             lines.append(f"Final checkpoint re-evaluated ({'/'.join(episodes)} episodes per seed and mode; mean ± std "
                          "over seeds; greedy / sampled actions): " + "; ".join(
-                f"{alg} {_fmt(statistics.fmean(by[(alg, 'greedy')]))} ± {_fmt(_stdev(by[(alg, 'greedy')]))} / "
-                f"{_fmt(statistics.fmean(by[(alg, 'sampled')]))} ± {_fmt(_stdev(by[(alg, 'sampled')]))}"
-                for alg in sorted({a for a, _ in by}) if (alg, "greedy") in by and (alg, "sampled") in by)
+                f"{alg} {_fmt(final[(alg, 'greedy')]['mean'])} ± {_fmt(final[(alg, 'greedy')]['std'])} / "
+                f"{_fmt(final[(alg, 'sampled')]['mean'])} ± {_fmt(final[(alg, 'sampled')]['std'])}"
+                for alg in sorted({a for a, _ in final}) if (alg, "greedy") in final and (alg, "sampled") in final)
                 + f". The best checkpoint's are in [{part.name}/report.md]({part.name}/report.md).")
             lines.append("")
         if record.get("minutes_per_run"):

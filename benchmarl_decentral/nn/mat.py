@@ -39,10 +39,6 @@ from torch import Tensor, nn
 
 __all__ = ["ActionDist", "INPUT_NORMS", "MultiAgentTransformer", "RunningInputNorm", "fixed_rank", "random_rank"]
 
-#: how the guider normalises its input tokens before the first linear layer
-#: (``MultiAgentTransformer(input_norm=...)``)
-INPUT_NORMS = ("layernorm", "rmsnorm", "running", "none")
-
 _LOG2 = math.log(2.0)
 #: inverse softplus of 1: ``softplus(x + _SOFTPLUS_1) == 1`` at ``x = 0``
 _SOFTPLUS_1 = math.log(math.e - 1.0)
@@ -337,16 +333,16 @@ class RunningInputNorm(nn.Module):
         return ((x - self.mean) / torch.sqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
 
 
+#: how the guider normalises its input tokens before the first linear layer
+#: (``MultiAgentTransformer(input_norm=...)``): name -> module built from the token size
+INPUT_NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm, "running": RunningInputNorm,
+               "none": lambda dim: nn.Identity()}
+
+
 def _input_norm(kind: str, dim: int) -> nn.Module:
-    if kind == "layernorm":
-        return nn.LayerNorm(dim)
-    if kind == "rmsnorm":
-        return nn.RMSNorm(dim)
-    if kind == "running":
-        return RunningInputNorm(dim)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"MultiAgentTransformer: unknown input_norm {kind!r}; choose one of {list(INPUT_NORMS)}.")
+    if kind not in INPUT_NORMS:
+        raise ValueError(f"MultiAgentTransformer: unknown input_norm {kind!r}; choose one of {list(INPUT_NORMS)}.")
+    return INPUT_NORMS[kind](dim)
 
 
 # ---------------------------------------------------------------------- the guider

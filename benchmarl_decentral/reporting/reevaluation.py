@@ -49,7 +49,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -276,6 +276,23 @@ def _std(values: Sequence[float]) -> Optional[float]:
     return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
+def summarise(rows: Iterable[dict]) -> List[dict]:
+    """Per task x algorithm x choice x mode of re-evaluation ``rows`` (as :func:`read_rows` gives them):
+    the number of seeds, the episodes, the checkpoint frames, and the mean and std (None for one seed)
+    over seeds of the runs' mean returns."""
+    groups: Dict[tuple, List[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["algorithm"], row["which"], row["mode"]), []).append(row)
+    out = []
+    for (task, alg, which, mode), group in groups.items():
+        means = [r["mean"] for r in group]
+        out.append({"task": task, "algorithm": alg, "which": which, "mode": mode, "n_seeds": len(group),
+                    "episodes": sorted({r["episodes"] for r in group}), "mean": float(np.mean(means)),
+                    "std": _std(means), "frames": sorted({r["frames"] for r in group})})
+    return sorted(out, key=lambda r: (r["task"], r["algorithm"], CHOICES.index(r["which"]),
+                                      MODES.index(r["mode"])))
+
+
 @dataclass
 class Reevaluation:
     """The rows of a report (one per run x choice x mode), its notes and what was computed."""
@@ -289,17 +306,7 @@ class Reevaluation:
 
     def summary(self) -> List[dict]:
         """Per task x algorithm x choice x mode: mean and std over seeds of the runs' mean returns."""
-        groups: Dict[tuple, List[dict]] = {}
-        for row in self.rows:
-            groups.setdefault((row["task"], row["algorithm"], row["which"], row["mode"]), []).append(row)
-        out = []
-        for (task, alg, which, mode), rows in groups.items():
-            means = [r["mean"] for r in rows]
-            out.append({"task": task, "algorithm": alg, "which": which, "mode": mode, "n_seeds": len(rows),
-                        "episodes": sorted({r["episodes"] for r in rows}), "mean": float(np.mean(means)),
-                        "std": _std(means), "frames": sorted({r["frames"] for r in rows})})
-        return sorted(out, key=lambda r: (r["task"], r["algorithm"], CHOICES.index(r["which"]),
-                                          MODES.index(r["mode"])))
+        return summarise(self.rows)
 
 
 def _describe(runs: Sequence[Run], limit: int = 8) -> str:
