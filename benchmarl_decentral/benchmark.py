@@ -42,7 +42,10 @@ Folder layout (``--out DIR``)::
 
 The run folder is named after the task, the algorithm and every override that
 varies within the sweep (hydra's ``override_dirname``), the seed always
-included: ``vmas/balance/decpg/seed=0``, ``vmas/balance/decpg/algorithm.k=1,seed=0``.
+included, and in a sweep of one algorithm its ``algorithm.*`` settings too:
+``vmas/balance/decpg/seed=0``, ``vmas/balance/decpg/algorithm.k=1,seed=0``.
+So an ablation run later into the same ``--out`` (``algorithm=decpg
+algorithm.k=0``) lands beside the default runs, not on them.
 
 A run is *finished* when its ``status.yaml`` says ``finished`` (written only
 after BenchMARL's ``Experiment.run()`` returned: every iteration done, the last
@@ -394,8 +397,12 @@ def plan_benchmark(overrides: Sequence[str], *, out: os.PathLike | str = "benchm
     run_overrides = run_overrides + [f"{k}={v}" for k, v in DEFAULT_OVERRIDES.items() if k not in given]
     checked_jobs, values = expand(run_overrides)
     _check_names(values)
-    # Folder names show what varies (and the seed); fixed overrides are recorded in status.yaml.
-    fixed = [key for key, vals in values.items() if len(vals) == 1 and key != "seed"]
+    # Folder names show what varies and the seed; a sweep of one algorithm also shows its algorithm.*
+    # settings, so an ablation (algorithm=x algorithm.key=v) gets its own folders beside x's runs in the
+    # same --out. Other fixed overrides are recorded in status.yaml.
+    one_algorithm = len(values.get("algorithm", [])) <= 1
+    fixed = [key for key, vals in values.items()
+             if len(vals) == 1 and key != "seed" and not (one_algorithm and key.startswith("algorithm."))]
     out = Path(out).resolve()
     hydra_overrides = _hydra_overrides(out, chosen, jobs, sorted(set(fixed) | {"algorithm", "task"}), user_hydra)
     dirs = _compose(checked_jobs, hydra_overrides)

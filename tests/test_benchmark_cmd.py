@@ -87,6 +87,15 @@ def test_plan_expands_the_product_and_names_run_folders(tmp_path):
     plan = plan_benchmark(["algorithm=decpg", "task=vmas/balance", "algorithm.k=1,2"], out=tmp_path / "k")
     assert [job.dir for job in plan.jobs] == ["vmas/balance/decpg/algorithm.k=1,seed=0",
                                                "vmas/balance/decpg/algorithm.k=2,seed=0"]
+    # a sweep of one algorithm names its fixed algorithm.* settings too: an ablation run into the same
+    # --out lands beside the default runs; a sweep-wide setting of several algorithms does not name folders
+    plan = plan_benchmark(["algorithm=decpg", "task=vmas/balance", "algorithm.k=0", "experiment.max_n_iters=2"],
+                          out=tmp_path / "s")
+    assert [job.dir for job in plan.jobs] == ["vmas/balance/decpg/algorithm.k=0,seed=0"]
+    assert len(plan.to_run) == 1
+    plan = plan_benchmark(["algorithm=decpg,mappo", "task=vmas/balance", "algorithm.entropy_coef=0.0"],
+                          out=tmp_path / "e")
+    assert [job.dir for job in plan.jobs] == ["vmas/balance/decpg/seed=0", "vmas/balance/mappo/seed=0"]
 
 
 def test_hide_results_and_finished_definition(tmp_path):

@@ -318,3 +318,44 @@ def test_report_on_real_benchmarl_runs(tmp_path):
     assert "one seed only" in text and "CI n/a" in text
     assert "eval_generalization_gap" in text and "decpg_agents_actor_consensus_distance" in text
     assert (out / "curves_vmas_balance.png").is_file()
+
+
+# -------------------------------------------------------------- variants of one algorithm
+def _write_variant_runs(root, settings_by_variant, seeds=(0, 1, 2)):
+    """Runs of mappo under different ``algorithm.*`` settings, each with the .hydra/config.yaml hydra writes."""
+    import dataclasses
+
+    import yaml
+    from benchmarl.algorithms import MappoConfig
+
+    defaults = {f.name: getattr(MappoConfig.get_from_yaml(), f.name) for f in dataclasses.fields(MappoConfig)}
+    for v, (variant, changes) in enumerate(settings_by_variant.items()):
+        for seed in seeds:
+            folder = write_run(root / f"{variant}{seed}", "balance", "mappo", seed, [100, 200, 300],
+                               metric_values=lambda frames, v=v, seed=seed: 10.0 * v + seed + frames / 100)
+            (folder / ".hydra").mkdir()
+            config = {"algorithm": {**defaults, **changes}, "task": {}, "experiment": {}, "seed": seed}
+            (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_runs_of_one_algorithm_with_different_settings_are_reported_apart(tmp_path):
+    root = _write_variant_runs(tmp_path / "runs", {"default": {}, "ablation": {"clip_epsilon": 0.1},
+                                                   "both": {"clip_epsilon": 0.1, "entropy_coef": 0.01}})
+    loaded = load_runs([root])
+    names = sorted({r.algorithm for r in loaded.runs})
+    assert names == ["mappo", "mappo[clip_epsilon=0.1,entropy_coef=0.01]", "mappo[clip_epsilon=0.1]"]
+    assert len(loaded.runs) == 9  # no seed dropped as a duplicate of another variant's
+    assert not any("found twice" in note for note in loaded.notes)
+    assert any("reported apart" in note and "mappo[clip_epsilon=0.1]" in note for note in loaded.notes)
+    report = build_report([root], reps=REPS, last_k=1)
+    task = report.scores.tasks["vmas/balance"]
+    np.testing.assert_allclose(sorted(task.raw["mappo"]), [3.0, 4.0, 5.0])  # last evaluation: v*10 + seed + 3
+    np.testing.assert_allclose(sorted(task.raw["mappo[clip_epsilon=0.1]"]), [13.0, 14.0, 15.0])
+
+
+def test_a_setting_shared_by_every_run_keeps_the_plain_name(tmp_path):
+    root = _write_variant_runs(tmp_path / "runs", {"sweep": {"entropy_coef": 0.0, "clip_epsilon": 0.3}})
+    loaded = load_runs([root])
+    assert {r.algorithm for r in loaded.runs} == {"mappo"} and len(loaded.runs) == 3
+    assert not any("reported apart" in note for note in loaded.notes)

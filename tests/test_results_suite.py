@@ -47,6 +47,26 @@ def test_every_part_budget_is_a_multiple_of_its_batch_and_a_bad_one_is_refused()
         dataclasses.replace(PARTS["magpo_5x20"], evaluation_interval=100_000)
 
 
+def test_an_ablation_variant_runs_as_a_second_sweep_with_its_settings_last(tmp_path):
+    sys.path.insert(0, str(SUITE.parent))
+    import dataclasses
+
+    from run import PARTS, benchmark_commands
+
+    part = dataclasses.replace(PARTS["magpo"], variants=(("magpo", "algorithm.entropy_coef=0.01"),
+                                                         ("mappo", "algorithm.clip_epsilon=0.1")))
+    commands = benchmark_commands(part, tmp_path, jobs=2, smoke=False)
+    assert len(commands) == 3 and all(c[-2:] == ["--out", str(tmp_path)] for c in commands)
+    main, magpo, mappo = (c[2:-6] for c in commands)  # overrides, without "benchmarl benchmark" and the launcher
+    assert main[0] == "algorithm=magpo,mappo,ippo" and "algorithm.entropy_coef=0.0" in main
+    # the part's own setting of the same key gives way to the variant's (hydra refuses a key given twice)
+    assert magpo[0] == "algorithm=magpo" and magpo[-1] == "algorithm.entropy_coef=0.01"
+    assert set(main[1:]) - set(magpo) == {"algorithm.entropy_coef=0.0"}
+    assert set(magpo[1:]) - set(main) == {"algorithm.entropy_coef=0.01"}
+    assert mappo[0] == "algorithm=mappo" and mappo[-1] == "algorithm.clip_epsilon=0.1"
+    assert part.names() == ["magpo", "mappo", "ippo", "magpo[entropy_coef=0.01]", "mappo[clip_epsilon=0.1]"]
+
+
 @pytest.mark.slow
 def test_smoke_part_runs_and_writes_the_index(tmp_path):
     out, docs = tmp_path / "out", tmp_path / "docs"

@@ -115,6 +115,11 @@ class Part:
     #: keep a checkpoint at every evaluation (experiment.checkpoint_interval = the evaluation interval,
     #: all kept, no replay buffer), for re-evaluating the final and the best checkpoint after the runs
     checkpoints: bool = False
+    #: ablation runs beside the part's algorithms, each ``(algorithm, "algorithm.key=value", ...)``: run with
+    #: the part's budget, task and seeds by a second ``benchmarl benchmark`` into the same sweep folder, and
+    #: named in the report by the settings that differ from the algorithm's defaults, e.g.
+    #: ``dg_mappo[dgat_messages=zero]`` (``benchmarl_decentral.reporting.variants``)
+    variants: Sequence[Tuple[str, ...]] = field(default_factory=tuple)
 
     def __post_init__(self):
         # BenchMARL refuses these only once a run starts (every run of the sweep then fails)
@@ -166,6 +171,18 @@ class Part:
         seeds = SMOKE_SEEDS if smoke else SEEDS
         return [f"algorithm={','.join(self.algorithms)}", f"task={self.task}", *self.task_overrides,
                 f"seed={','.join(str(s) for s in seeds)}", *common, *budget, *devices]
+
+    def names(self) -> List[str]:
+        """The part's algorithms, then its variants as the report names them (``dg_mappo[dgat_messages=zero]``)."""
+        return [*self.algorithms, *(f"{alg}[{','.join(o.split('.', 1)[1] for o in settings)}]"
+                                    for alg, *settings in self.variants)]
+
+    def variant_overrides(self, variant: Sequence[str], smoke: bool, profile: str = "cpu") -> List[str]:
+        """:meth:`overrides` for one of :attr:`variants`: its algorithm, its settings in place of the part's."""
+        algorithm, *settings = variant
+        keys = {o.split("=", 1)[0] for o in settings}
+        rest = [o for o in self.overrides(smoke, profile)[1:] if o.split("=", 1)[0] not in keys]
+        return [f"algorithm={algorithm}", *rest, *settings]
 
 
 #: MAGPO parts: the paper's evaluation protocol (sampled actions, paper 003's public code
@@ -305,7 +322,8 @@ def missing(part: Part) -> List[str]:
     from benchmarl.algorithms import algorithm_config_registry
     from benchmarl.environments import task_config_registry
 
-    lacks = [f"algorithm '{a}' is not registered" for a in part.algorithms if a not in algorithm_config_registry]
+    names = dict.fromkeys([*part.algorithms, *(v[0] for v in part.variants)])
+    lacks = [f"algorithm '{a}' is not registered" for a in names if a not in algorithm_config_registry]
     if part.task not in task_config_registry:
         lacks.append(f"task '{part.task}' is not registered")
     lacks += [f"Python package '{m}' is not installed" for m in part.requires_modules
@@ -345,23 +363,28 @@ def load_average() -> Optional[str]:
 
 
 # ------------------------------------------------------------------ running
-def benchmark_command(part: Part, out: Path, jobs: int, smoke: bool, profile: str = "cpu") -> List[str]:
+def benchmark_commands(part: Part, out: Path, jobs: int, smoke: bool, profile: str = "cpu") -> List[List[str]]:
+    """The part's ``benchmarl benchmark`` command, then one per ablation variant (same sweep folder)."""
     launcher = ["--launcher", "joblib", "--jobs", str(jobs)] if jobs > 1 else []
-    return ["benchmarl", "benchmark", *part.overrides(smoke, profile), *launcher, "--out", str(out)]
+    sweeps = [part.overrides(smoke, profile)] + [part.variant_overrides(v, smoke, profile) for v in part.variants]
+    return [["benchmarl", "benchmark", *overrides, *launcher, "--out", str(out)] for overrides in sweeps]
 
 
 def run_part(part: Part, out: Path, jobs: int, smoke: bool, threads: int, profile: str = "cpu") -> dict:
-    command = benchmark_command(part, out, jobs, smoke, profile)
     exe = Path(sys.executable).parent / "benchmarl"
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, str(threads))
-    print(f"\n=== part {part.name}: {shlex.join(command)}", flush=True)
     tic = time.perf_counter()
-    result = subprocess.run([str(exe), *command[1:]], cwd=REPO, env=env)
+    commands, returncode = [], 0
+    for command in benchmark_commands(part, out, jobs, smoke, profile):
+        print(f"\n=== part {part.name}: {shlex.join(command)}", flush=True)
+        result = subprocess.run([str(exe), *command[1:]], cwd=REPO, env=env)
+        commands.append(shlex.join(command))
+        returncode = returncode or result.returncode
     minutes = (time.perf_counter() - tic) / 60
-    print(f"=== part {part.name}: exit status {result.returncode} after {minutes:.1f} min", flush=True)
-    return {"command": shlex.join(command), "returncode": result.returncode, "minutes": round(minutes, 1),
+    print(f"=== part {part.name}: exit status {returncode} after {minutes:.1f} min", flush=True)
+    return {"command": " ; ".join(commands), "returncode": returncode, "minutes": round(minutes, 1),
             "threads": env["OMP_NUM_THREADS"]}
 
 
@@ -817,7 +840,7 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
         frames, interval = part.budget(profile)
         frames_text = "400 (smoke)" if smoke else f"{frames:,}"
         interval_text = "200 (smoke)" if smoke else f"{interval:,}"
-        lines.append(f"| {part.name} | `{part.task}` {' '.join(part.task_overrides)} | {', '.join(part.algorithms)} "
+        lines.append(f"| {part.name} | `{part.task}` {' '.join(part.task_overrides)} | {', '.join(part.names())} "
                      f"| {frames_text} | {_fraction(part, profile)} | {interval_text} | {status} | {wall} |")
 
     for part in PARTS.values():
@@ -939,7 +962,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for part in PARTS.values():
             state = "SKIPPED: " + "; ".join(skipped[part.name]) if part.name in skipped else "ready"
             frames, _ = part.budget(options.profile)
-            print(f"{part.name:10s} {part.task} x {', '.join(part.algorithms)} x seeds {SEEDS}: "
+            print(f"{part.name:10s} {part.task} x {', '.join(part.names())} x seeds {SEEDS}: "
                   f"{frames:,} frames/run ({_fraction(part, options.profile)} of the paper's), "
                   + (f"~{part.est_minutes:g} min with --jobs 2" if options.profile == "cpu" else "time not measured")
                   + f"  [{state}]")

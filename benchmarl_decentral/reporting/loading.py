@@ -1,6 +1,6 @@
 """Reading BenchMARL's results: the per-run JSON files and the CSV scalars.
 
-Pure Python + numpy (no torch, no BenchMARL import), so it is cheap to test.
+Pure Python + numpy (no torch; BenchMARL only to name ablation runs apart), so it is cheap to test.
 
 BenchMARL's ``JsonWriter`` (``benchmarl/experiment/logger.py``) writes one file
 per run, ``<save_folder>/<run>/<run>.json``, in marl-eval's format::
@@ -31,6 +31,12 @@ Two kinds of JSON files are not training curves and are not read as such:
 A resumed run (``benchmarl resume``) keeps one JSON file holding the whole
 curve (the evaluations up to its checkpoint and those after), read as one run.
 
+BenchMARL names a run's algorithm after its class only, so runs of one
+algorithm under different ``algorithm.*`` settings (an ablation) share a name
+in the JSON: :func:`load_runs` names them apart from their hydra configs
+(:mod:`benchmarl_decentral.reporting.variants`, which reads the algorithm's
+defaults from BenchMARL's registry only when such runs are found).
+
 The csv logger (``experiment.loggers=[csv]``) writes
 ``<save_folder>/<run>/<run>/scalars/<key>.csv`` with ``step,value`` lines (``/``
 in the key replaced by ``_``): :func:`read_scalar` reads one of them.
@@ -52,6 +58,7 @@ import numpy as np
 
 # the folder of a run where ``benchmarl evaluate`` writes (skipped: not training curves)
 from benchmarl_decentral.runs import EVALUATIONS_DIR
+from benchmarl_decentral.reporting.variants import label_variants
 
 PathLike = Union[str, os.PathLike]
 
@@ -298,8 +305,7 @@ def load_runs(paths: Sequence[PathLike], include_incomplete: Optional[bool] = No
         result.notes.append(
             f"left out {len(left_out)} incomplete run(s) ({shown}" + (" ..." if len(left_out) > 3 else "")
             + "); pass --include-incomplete to include them.")
-    by_key: Dict[Tuple[str, str, str, str], Run] = {}
-    duplicates: List[str] = []
+    parsed: List[Run] = []
     for file in files:
         try:
             with open(file, "r") as f:
@@ -318,13 +324,20 @@ def load_runs(paths: Sequence[PathLike], include_incomplete: Optional[bool] = No
             if single:
                 scalars = file.parent / file.name[: file.name.rindex(".json")] / "scalars"
                 run.scalars_dir = scalars if scalars.is_dir() else None
-            previous = by_key.get(run.key)
-            if previous is not None:
-                newer = run if _mtime(run.source) >= _mtime(previous.source) else previous
-                older = previous if newer is run else run
-                duplicates.append(f"{'/'.join(run.key)} in {older.source} and {newer.source} (kept the newer)")
-                run = newer
-            by_key[run.key] = run
+        parsed.extend(runs)
+    # an ablation (algorithm=x algorithm.key=value) is a run of x under the same name: name it apart first,
+    # so its seeds are neither averaged with x's nor dropped below as duplicates of them
+    result.notes.extend(label_variants(parsed))
+    by_key: Dict[Tuple[str, str, str, str], Run] = {}
+    duplicates: List[str] = []
+    for run in parsed:
+        previous = by_key.get(run.key)
+        if previous is not None:
+            newer = run if _mtime(run.source) >= _mtime(previous.source) else previous
+            older = previous if newer is run else run
+            duplicates.append(f"{'/'.join(run.key)} in {older.source} and {newer.source} (kept the newer)")
+            run = newer
+        by_key[run.key] = run
     if duplicates:
         result.notes.append(
             f"{len(duplicates)} run(s) found twice, kept once: " + "; ".join(duplicates[:5])
