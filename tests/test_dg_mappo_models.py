@@ -110,6 +110,10 @@ def test_an_unsupported_model_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"dg_mappo cannot use deepsets in its critic"):
         _experiment(tmp_path, _gnn(), _deepsets())
     assert list(tmp_path.iterdir()) == []  # no half-written run folder left behind
+    # silencing agents removes D-GAT messages only: a gnn actor would still carry them
+    with pytest.raises(ValueError, match=r"evaluation_dropout=\[1\].*gnn's graph.*evaluation_dropout=\[\]"):
+        _experiment(tmp_path, _mlp_gnn(), _mlp(), algorithm={"evaluation_dropout": [1]})
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- actor_output_gain (A.3)

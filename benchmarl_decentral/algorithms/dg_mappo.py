@@ -551,6 +551,15 @@ class DgMappo(Mappo):
         dgat_options["dgat_messages"] = dgat_messages_value(dgat_options.get("dgat_messages", "on"))
         super().__init__(share_param_critic=False, **kwargs)
         unsupported = check_models(self.model_config, self.critic_model_config)
+        if unsupported is None and evaluation_dropout and any(
+            type(layer).__name__ == "GnnConfig" for layer in _layer_configs(self.model_config)
+        ):
+            unsupported = (
+                f"dg_mappo: evaluation_dropout={list(evaluation_dropout)} silences agents by removing their D-GAT "
+                "messages, but a layers/gnn actor sends its own messages over the gnn's graph, which would still "
+                "carry the silenced agents' observations to the others; use an actor without gnn (model=layers/mlp, "
+                "gru or lstm) or algorithm.evaluation_dropout=[]"
+            )
         if unsupported is not None:
             raise config_error(self.experiment, unsupported)
         #: per (group, "dgat" | "actor" | "critic"): the network's per-agent parameters as stacked leaves
