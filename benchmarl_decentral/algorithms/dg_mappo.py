@@ -1,7 +1,9 @@
 """DG-MAPPO: distributed graph-attention MAPPO (paper 000_ef718962e1e8f612.txt, sec. 3.2, Algorithm 1).
 
 Every agent ``i`` has its own D-GAT ``psi_i``, actor ``theta_i`` and critic
-``phi_i`` (stacked on a leading agent dim, never shared). At every step agent
+``phi_i`` (never shared; any BenchMARL model that reads flat vectors, its
+per-agent parameters seen as leaves stacked on a leading agent dim,
+:class:`~benchmarl_decentral.consensus.stacking.AgentStack`). At every step agent
 ``i`` infers ``ô_i`` with K D-GAT hops over the communication graph and acts
 on ``õ_i = [o_i || ô_i]`` (eq. 13); its critic ``V_i(õ_i)`` sees no global
 state and no other agent's raw observation, only what arrives through D-GAT
@@ -93,6 +95,7 @@ from benchmarl_decentral.consensus import (
     mix_,
 )
 from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
+from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
@@ -258,20 +261,115 @@ class ValueNorm(nn.Module):
         self.count = total
 
 
-def _orthogonal_output_layer_(network: nn.Module, exclude: Iterable[torch.Tensor], gain: float) -> None:
+#: BenchMARL model configs that cannot read ``õ_i`` (one flat vector per agent): why, and what to use instead.
+UNSUPPORTED_MODELS: Dict[str, str] = {
+    "DeepsetsConfig": (
+        "BenchMARL's Deepsets needs set-shaped inputs (n, entities, features) when decentralised, but dg_mappo's "
+        "actor and critic read õ_i = [o_i || ô_i] (eq. 13), one flat vector per agent (D-GAT reads flat "
+        "observations only); a centralised Deepsets would read every agent's õ, which the decentralized critic "
+        "V_i(õ_i) (eq. 14) excludes. Use layers/gnn (per-agent copies that aggregate over the agents) or layers/mlp"
+    ),
+    "CnnConfig": (
+        "BenchMARL's Cnn needs image inputs (n, height, width, channels), but dg_mappo's actor and critic read "
+        "õ_i = [o_i || ô_i] (eq. 13), one flat vector per agent (D-GAT reads flat observations only). "
+        "Use layers/mlp (or layers/gru / layers/lstm)"
+    ),
+}
+
+
+def _layer_configs(config: ModelConfig) -> List[ModelConfig]:
+    """The layers of a model config: itself, or each layer of a (nested) ``SequenceModelConfig``."""
+    layers = getattr(config, "model_configs", None)
+    if layers is None:
+        return [config]
+    return [leaf for layer in layers for leaf in _layer_configs(layer)]
+
+
+def check_models(model_config: ModelConfig, critic_model_config: ModelConfig) -> Optional[str]:
+    """The reason, if any, why dg_mappo cannot run these actor / critic configs (``None``: they can).
+
+    * a layer in :data:`UNSUPPORTED_MODELS` anywhere in either network;
+    * a recurrent critic with a non-recurrent actor: BenchMARL (1.5.2) adds the
+      ``is_init`` marker that recurrent models read only for a recurrent actor
+      (``model=``), so the critic would fail in the first GAE pass (mappo
+      fails the same way, "We need to pass is_init").
+    """
+    for what, key, config in (("actor", "model", model_config), ("critic", "critic_model", critic_model_config)):
+        for layer in _layer_configs(config):
+            reason = UNSUPPORTED_MODELS.get(type(layer).__name__)
+            if reason is not None:
+                name = type(layer).__name__[: -len("Config")].lower()
+                return f"dg_mappo cannot use {name} in its {what} ({key}=): {reason}"
+    if critic_model_config.is_rnn and not model_config.is_rnn:
+        return (
+            "dg_mappo cannot use a recurrent critic with a non-recurrent actor: BenchMARL adds the is_init marker that "
+            "recurrent models read only when the actor (model=) is recurrent, so the critic would fail on the first "
+            "batch (mappo fails the same way). Make the actor recurrent too (model=layers/gru or layers/lstm) or the "
+            "critic non-recurrent (model@critic_model=layers/mlp)"
+        )
+    return None
+
+
+def _example_input(network: nn.Module) -> TensorDictBase:
+    """A random input of ``network`` (batch 2, or 1 sequence of 2 steps for a recurrent one, no hidden state)."""
+    recurrent = "is_init" in network.in_keys
+    shape = (1, 2) if recurrent else (2,)
+    td = network.input_spec.rand(shape)
+    if recurrent:  # training mode: BenchMARL's recurrent models start from zero hidden states
+        td.set("is_init", torch.tensor([[[True], [False]]], device=td.device))
+    return td
+
+
+def _orthogonal_output_layer_(network: nn.Module, stack: AgentStack, gain: float) -> None:
     """000_ef718962e1e8f612.txt A.3: the actor's output layer initialised orthogonally with ``gain``, bias 0.
 
-    The output layer is the last stacked weight ``(n, out, in)`` of the actor
-    network (the D-GAT's parameters excluded); every agent's slice is drawn on
-    its own, so agents stay independent.
+    The output layer is the last per-agent linear map of the actor network
+    (the user's model, after D-GAT): the last stacked weight ``(n, out, in)``
+    of its :class:`~benchmarl_decentral.consensus.stacking.AgentStack` with
+    ``out`` the network's output size, and its bias ``(n, out)``. That it is the
+    output layer is checked, not assumed: with that weight and bias zeroed the
+    network must output exactly 0 (true for an MLP, the MLP heads of
+    ``layers/gru`` / ``layers/lstm`` and any sequence ending in one; not for
+    ``layers/gnn``, whose output sums two linear maps, or a final activation
+    that is not 0 at 0). Every agent's slice is drawn on its own.
+
+    Raises:
+        ValueError: no such layer, naming the reason and the nearest choice.
     """
-    skip = {id(p) for p in exclude}
-    leaves = [p for p in network.parameters() if id(p) not in skip]
-    weights = [i for i, p in enumerate(leaves) if p.dim() == 3]
+    out = network.output_leaf_spec.shape[-1]
+    n = stack.n_agents
+    weights = [i for i, p in enumerate(stack.leaves) if p.dim() == 3 and p.shape[1] == out]
+    refusal = (
+        "actor_output_gain initialises the actor's output layer, the last linear map of its network, but the "
+        f"actor model's output ({out} features per agent) is not one linear layer's output"
+    )
+    nearest = (
+        "; end the actor with an MLP (e.g. a SequenceModelConfig [your model, layers/mlp], as layers/gru and "
+        "layers/lstm do) or set algorithm.actor_output_gain=null"
+    )
     if not weights:
-        raise ValueError("actor_output_gain needs an MLP actor with stacked per-agent weights (model=layers/mlp)")
-    weight = leaves[weights[-1]]
-    bias = next((p for p in leaves[weights[-1] + 1 :] if p.dim() == 2 and p.shape == weight.shape[:2]), None)
+        raise ValueError(refusal + nearest)
+    index = weights[-1]
+    weight = stack.leaves[index]
+    bias = stack.leaves[index + 1] if index + 1 < len(stack.leaves) else None
+    if bias is not None and bias.shape != (n, out):
+        bias = None
+    layer = [p for p in (weight, bias) if p is not None]
+    saved = [p.detach().clone() for p in layer]
+    try:
+        with torch.no_grad():
+            for p in layer:
+                p.zero_()
+            output = network(_example_input(network)).get(network.out_keys[0])
+    finally:
+        with torch.no_grad():
+            for p, s in zip(layer, saved):
+                p.copy_(s)
+    if bool(output.abs().max() > 0):
+        raise ValueError(
+            refusal + " (with its last (n, out, in) weight zeroed the output is not 0: e.g. layers/gnn adds a "
+            "second linear map of the neighbours)" + nearest
+        )
     with torch.no_grad():
         for agent_weight in weight:
             nn.init.orthogonal_(agent_weight, gain=gain)
@@ -284,15 +382,16 @@ class _OnCommunication:
 
     MAPPO builds its actor (distribution heads included) from a model config;
     handing it this adapter puts D-GAT in front without copying MAPPO's code.
+    The user's network is kept in :attr:`network` (for ``actor_output_gain``).
     """
 
-    def __init__(self, inner: ModelConfig, communication: Dgat, output_gain: Optional[float] = None):
+    def __init__(self, inner: ModelConfig, communication: Dgat):
         self.inner = inner
         self.communication = communication
-        self.output_gain = output_gain
+        self.network: Optional[nn.Module] = None
 
     def get_model(self, *, output_spec, agent_group, n_agents, device, action_spec, model_index=0, **_):
-        network = self.inner.get_model(
+        self.network = self.inner.get_model(
             input_spec=self.communication.output_spec,
             output_spec=output_spec,
             agent_group=agent_group,
@@ -304,9 +403,7 @@ class _OnCommunication:
             action_spec=action_spec,
             model_index=model_index,
         )
-        if self.output_gain is not None:
-            _orthogonal_output_layer_(network, self.communication.parameters(), self.output_gain)
-        return TensorDictSequential(self.communication, network)
+        return TensorDictSequential(self.communication, self.network)
 
 
 class DgMappoLoss(ClipPPOLoss):
@@ -453,6 +550,21 @@ class DgMappo(Mappo):
         # configs pickled before dgat_messages existed (resume): messages on
         dgat_options["dgat_messages"] = dgat_messages_value(dgat_options.get("dgat_messages", "on"))
         super().__init__(share_param_critic=False, **kwargs)
+        unsupported = check_models(self.model_config, self.critic_model_config)
+        if unsupported is None and evaluation_dropout and any(
+            type(layer).__name__ == "GnnConfig" for layer in _layer_configs(self.model_config)
+        ):
+            unsupported = (
+                f"dg_mappo: evaluation_dropout={list(evaluation_dropout)} silences agents by removing their D-GAT "
+                "messages, but a layers/gnn actor sends its own messages over the gnn's graph, which would still "
+                "carry the silenced agents' observations to the others; use an actor without gnn (model=layers/mlp, "
+                "gru or lstm) or algorithm.evaluation_dropout=[]"
+            )
+        if unsupported is not None:
+            raise config_error(self.experiment, unsupported)
+        #: per (group, "dgat" | "actor" | "critic"): the network's per-agent parameters as stacked leaves
+        self._stacks: Dict[Tuple[str, str], AgentStack] = {}
+        self._actor_networks: Dict[str, nn.Module] = {}  # per group: the user's actor network (after D-GAT)
         self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.alpha_consensus = alpha_consensus
         self.mixing_graph = mixing_graph
@@ -581,11 +693,10 @@ class DgMappo(Mappo):
         return comm
 
     def _get_policy_for_loss(self, group, model_config, continuous) -> TensorDictModule:
-        return super()._get_policy_for_loss(
-            group=group,
-            model_config=_OnCommunication(model_config, self.communication[group], self.actor_output_gain),
-            continuous=continuous,
-        )
+        adapter = _OnCommunication(model_config, self.communication[group])
+        policy = super()._get_policy_for_loss(group=group, model_config=adapter, continuous=continuous)
+        self._actor_networks[group] = adapter.network
+        return policy
 
     def get_critic(self, group: str) -> TensorDictModule:
         """Agent i's critic ``V_i(õ_i)`` (eq. 14): per agent, on ``õ_i`` only, never a global state."""
@@ -636,46 +747,84 @@ class DgMappo(Mappo):
         )
         loss.make_value_estimator(ValueEstimators.GAE, gamma=self.experiment_config.gamma, lmbda=self.lmbda)
         loss.__dict__["value_norm"] = self.value_norms.get(group)
-        n = len(self.group_map[group])
-        networks = self.network_leaves(group, loss)
-        for name, leaves in networks.items():
-            bad = [tuple(p.shape) for p in leaves if p.dim() == 0 or p.shape[0] != n]
-            if bad:
-                raise config_error(
-                    self.experiment,
-                    f"dg_mappo needs every {name} parameter stacked on a leading agent dim of size {n} "
-                    f"(no sharing, per-agent clipping), but found shapes {bad[:3]}. Use a model that stacks "
-                    "per-agent parameters (model=layers/mlp, or a sequence of mlp layers).",
+        self._stack_networks(group, loss)
+        if self.actor_output_gain is not None:  # A.3, drawn per agent before the common start
+            try:
+                _orthogonal_output_layer_(
+                    self._actor_networks[group], self._stacks[(group, "actor")], self.actor_output_gain
                 )
+            except ValueError as err:
+                raise config_error(self.experiment, f"dg_mappo: {err}") from None
         with torch.no_grad():  # D-SGD starts every mixed network from a common point (eq. 9), as the D-GAT
             for name in self.consensus_params:
-                for p in networks[name]:
+                for p in self._stacks[(group, name)].leaves:
                     p.copy_(p[:1].expand_as(p))
         return loss, False
 
-    def network_leaves(self, group: str, loss: Optional[DgMappoLoss] = None) -> Dict[str, List[torch.Tensor]]:
-        """The group's parameters by network: ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi).
+    def _stack_networks(self, group: str, loss: DgMappoLoss) -> None:
+        """Each network's per-agent parameters as stacked ``(n, ...)`` leaves (:class:`AgentStack`).
 
-        Parameters only: buffers (e.g. the D-GAT's static adjacency, which the
-        functional loss lists among its tensors) are neither optimized nor mixed.
+        Stacked models (``layers/mlp``, ``gru``, ``lstm``, the D-GAT) are used as
+        they are; models that keep ``n`` per-agent copies (``layers/gnn``) are
+        gathered once, here, before the optimizer exists. Parameters only:
+        buffers (e.g. the D-GAT's static adjacency, which the functional loss
+        lists among its tensors) are neither optimized nor mixed; the D-GAT's
+        parameters, which the actor's list holds too, are the ``dgat`` network's.
         """
-        loss = self.get_loss_and_updater(group)[0] if loss is None else loss
-        dgat = list(self.communication[group].dgat.parameters())
-        ids = {id(p) for p in dgat}
+        n = len(self.group_map[group])
+        dgat = self.communication[group].dgat
+        ids = {id(p) for p in dgat.parameters()}
 
-        def params(td):
-            return [p for p in td.flatten_keys().values() if id(p) not in ids and isinstance(p, nn.Parameter)]
+        def own(params: TensorDictBase) -> Dict[str, torch.Tensor]:
+            out: Dict[str, torch.Tensor] = {}
+            for name, p in params.flatten_keys().items():
+                if isinstance(p, nn.Parameter) and id(p) not in ids:
+                    ids.add(id(p))  # each parameter once
+                    out[name] = p
+            return out
 
-        actor, critic = params(loss.actor_network_params), params(loss.critic_network_params)
-        return {"dgat": dgat, "actor": _unique(actor), "critic": _unique(critic)}
+        try:
+            self._stacks[(group, "dgat")] = AgentStack(dict(dgat.named_parameters()), dgat, n, "dgat")
+            for net in ("actor", "critic"):
+                params = own(getattr(loss, f"{net}_network_params"))
+                self._stacks[(group, net)] = AgentStack(params, getattr(loss, f"{net}_network"), n, net)
+        except ValueError as err:
+            raise config_error(
+                self.experiment,
+                f"dg_mappo: {err}. DG-MAPPO keeps, clips and mixes each agent's own networks (sec. 3.2); use a "
+                "model with per-agent parameters (BenchMARL's layers/mlp, gnn, gru, lstm or a sequence of them).",
+            ) from None
+
+    def agent_stack(self, group: str, net: str) -> AgentStack:
+        """The per-agent parameters of ``net`` (``dgat``, ``actor`` or ``critic``) of ``group``.
+
+        Its ``leaves`` are stacked ``(n, ...)`` (a model's stacked leaves as they
+        are, ``n`` per-agent copies gathered into one tensor per parameter;
+        in-place writes reach the networks); its ``parameters`` are what the
+        optimizer steps.
+        """
+        self.get_loss_and_updater(group)  # builds the loss (and the stacks) once
+        return self._stacks[(group, net)]
+
+    def network_leaves(self, group: str) -> Dict[str, List[torch.Tensor]]:
+        """The group's per-agent parameters by network, ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi).
+
+        Every leaf is stacked ``(n, ...)`` (:meth:`agent_stack`); writes to a
+        leaf reach the network, whether its parameters are stacked or gathered copies.
+        """
+        return {net: self.agent_stack(group, net).leaves for net in CONSENSUS_NETWORKS}
+
+    def network_parameters(self, group: str) -> Dict[str, List[torch.Tensor]]:
+        """The group's parameters by network (what the optimizer holds; the leaves for stacked models)."""
+        return {net: self.agent_stack(group, net).parameters for net in CONSENSUS_NETWORKS}
 
     def dgat_leaves(self, group: str) -> List[torch.Tensor]:
         """The D-GAT parameters psi of a group, every leaf ``(n_agents, ...)``."""
         return list(self.communication[group].dgat.parameters())
 
     def _get_parameters(self, group: str, loss: ClipPPOLoss) -> Dict[str, Iterable]:
-        leaves = self.network_leaves(group, loss)
-        return {LOSS_KEY: _unique(leaves["dgat"] + leaves["actor"] + leaves["critic"])}
+        params = self.network_parameters(group)
+        return {LOSS_KEY: _unique(params["dgat"] + params["actor"] + params["critic"])}
 
     # ------------------------------------------------------------------ training
     def process_batch(self, group: str, batch: TensorDictBase) -> TensorDictBase:
@@ -763,25 +912,30 @@ class _DgMappoCallback(Callback):
                 param_group["eps"] = algo.adam_eps
             leaves = algo.network_leaves(group)
             if algo.max_grad_norm is not None:
-                optimizer.register_step_pre_hook(self._clip(list(leaves.values()), algo.max_grad_norm, algo))
+                stacks = [algo.agent_stack(group, net) for net in CONSENSUS_NETWORKS]
+                optimizer.register_step_pre_hook(self._clip(stacks, algo.max_grad_norm, algo))
             mixed = [p for name in algo.consensus_params for p in leaves[name]]
             self._mixed[group] = mixed
             if mixed and algo.mix_every == "step":
                 optimizer.register_step_post_hook(self._mix(group, mixed))
 
     @staticmethod
-    def _clip(networks: List[List[torch.Tensor]], max_norm: float, algorithm: Optional[DgMappo] = None):
+    def _clip(networks: List[AgentStack | List[torch.Tensor]], max_norm: float, algorithm: Optional[DgMappo] = None):
         """Each agent's gradient of each network clipped on its own (no cross-agent statistic).
 
-        With ``algorithm.fast_paths`` the norms come from one concatenation per
+        A network is an :class:`AgentStack` (its stacked gradients; for gathered
+        copies the copies' ``.grad`` are rows of them, so the rescale reaches
+        the optimizer) or a list of stacked leaves (their ``.grad``). With
+        ``algorithm.fast_paths`` the norms come from one concatenation per
         network and nothing is rescaled when every agent is within ``max_norm``
         (the scale would be 1).
         """
 
         def hook(optimizer, args, kwargs):
             fast = algorithm is None or algorithm.fast_paths
-            for leaves in networks:
-                grads = [p.grad for p in leaves if p.grad is not None]
+            for network in networks:
+                stacked = network.grads() if isinstance(network, AgentStack) else [p.grad for p in network]
+                grads = [g for g in stacked if g is not None]
                 if not grads:
                     continue
                 if fast:
@@ -857,6 +1011,10 @@ class _DgMappoCallback(Callback):
         for name, leaves in algo.network_leaves(group).items():
             to_log[f"dg_mappo/{group}/{name}_consensus_distance"] = float(consensus_distance(leaves))
         self.experiment.logger.log(to_log, step=self.experiment.n_iters_performed)
+
+    def on_load_state_dict(self, state_dict: Dict[str, Any]):
+        for stack in self.algorithm._stacks.values():  # loading copies values in place: gathered rows still alias
+            stack.check_aliasing()
 
 
 @dataclass
