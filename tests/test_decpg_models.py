@@ -160,7 +160,7 @@ class _Evaluations(Callback):
         self.returns.append(len(rollouts))
 
 
-def _experiment(tmp_path, actor, critic, n_agents=4, callbacks=None, **overrides):
+def _experiment(tmp_path, actor, critic, n_agents=4, callbacks=None, algorithm=None, **overrides):
     from benchmarl.algorithms import algorithm_config_registry
     from benchmarl.environments import task_config_registry
     from benchmarl.experiment import Experiment
@@ -169,11 +169,20 @@ def _experiment(tmp_path, actor, critic, n_agents=4, callbacks=None, **overrides
     task.config.update({"n_agents": n_agents})
     algo = algorithm_config_registry["decpg"].get_from_yaml()
     algo.max_grad_norm = None
+    for key, value in (algorithm or {}).items():
+        setattr(algo, key, value)
     config = tiny_experiment_config(
         tmp_path, **{"evaluation": True, "create_json": True, "evaluation_episodes": 1, **overrides}
     )
     return Experiment(task=task, algorithm_config=algo, model_config=actor, critic_model_config=critic,
                       seed=0, config=config, callbacks=callbacks)
+
+
+def test_evaluation_dropout_with_a_gnn_actor_is_refused_before_training(tmp_path):
+    """Silenced agents act the no-op, but a gnn actor's own messages would still carry their observations."""
+    with pytest.raises(ValueError, match=r"decpg: evaluation_dropout=\[1\].*gnn's graph.*evaluation_dropout=\[\]"):
+        _experiment(tmp_path, _gnn(), _mlp(), algorithm={"evaluation_dropout": [1]})
+    assert list(tmp_path.iterdir()) == []  # no half-written run folder left behind
 
 
 MODELS = {  # actor, critic

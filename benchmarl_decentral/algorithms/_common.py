@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from typing import Optional
 
 import torch
 
@@ -92,3 +93,26 @@ def check_consensus_params(value, algorithm: str, allowed: tuple[str, ...] = CON
             f"{list(allowed)}, e.g. {example}"
         )
     return names
+
+
+def layer_configs(config) -> list:
+    """The layers of a model config: itself, or each layer of a (nested) ``SequenceModelConfig``."""
+    layers = getattr(config, "model_configs", None)
+    if layers is None:
+        return [config]
+    return [leaf for layer in layers for leaf in layer_configs(layer)]
+
+
+def gnn_dropout_conflict(owner: str, evaluation_dropout, model_config, silenced: str) -> Optional[str]:
+    """Why ``evaluation_dropout`` cannot silence agents with this actor (``None``: it can).
+
+    A ``layers/gnn`` actor sends its own messages over the gnn's graph at execution, so a
+    silenced agent's observation would still reach the others: the ablation would not be one.
+    """
+    if not evaluation_dropout or not any(type(layer).__name__ == "GnnConfig" for layer in layer_configs(model_config)):
+        return None
+    return (f"{owner}: evaluation_dropout={list(evaluation_dropout)} silences agents ({silenced}), but a layers/gnn "
+            "actor sends its own messages over the gnn's graph, which would still carry the silenced agents' "
+            "observations to the others; use an actor without gnn (model=layers/mlp, gru or lstm) or "
+            "algorithm.evaluation_dropout=[]")
+

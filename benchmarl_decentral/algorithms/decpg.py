@@ -60,7 +60,12 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.data import Composite, Unbounded
 
-from benchmarl_decentral.algorithms._common import check_consensus_params, config_error, visibility_layout
+from benchmarl_decentral.algorithms._common import (
+    check_consensus_params,
+    config_error,
+    gnn_dropout_conflict,
+    visibility_layout,
+)
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout, evaluation_rollouts, mean_return
 from benchmarl_decentral.consensus import (
@@ -163,6 +168,9 @@ class Decpg(Mappo):
         **kwargs,
     ):
         super().__init__(share_param_critic=False, **kwargs)
+        conflict = gnn_dropout_conflict("decpg", evaluation_dropout, self.model_config, "no-op actions")
+        if conflict is not None:
+            raise config_error(self.experiment, conflict)
         self.consensus_params = tuple(consensus_params)
         self.evaluation_dropout = list(evaluation_dropout or [])  # run by evaluation_dropout.DropoutEvaluation
         self.k = k

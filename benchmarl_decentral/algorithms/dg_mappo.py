@@ -84,7 +84,13 @@ from torch import nn
 from torchrl.data import Composite, Unbounded
 from torchrl.objectives import ClipPPOLoss, LossModule, ValueEstimators
 
-from benchmarl_decentral.algorithms._common import check_consensus_params, config_error, CONSENSUS_NETWORKS
+from benchmarl_decentral.algorithms._common import (
+    CONSENSUS_NETWORKS,
+    check_consensus_params,
+    config_error,
+    gnn_dropout_conflict,
+    layer_configs,
+)
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
 from benchmarl_decentral.consensus import (
@@ -277,14 +283,6 @@ UNSUPPORTED_MODELS: Dict[str, str] = {
 }
 
 
-def _layer_configs(config: ModelConfig) -> List[ModelConfig]:
-    """The layers of a model config: itself, or each layer of a (nested) ``SequenceModelConfig``."""
-    layers = getattr(config, "model_configs", None)
-    if layers is None:
-        return [config]
-    return [leaf for layer in layers for leaf in _layer_configs(layer)]
-
-
 def check_models(model_config: ModelConfig, critic_model_config: ModelConfig) -> Optional[str]:
     """The reason, if any, why dg_mappo cannot run these actor / critic configs (``None``: they can).
 
@@ -295,7 +293,7 @@ def check_models(model_config: ModelConfig, critic_model_config: ModelConfig) ->
       fails the same way, "We need to pass is_init").
     """
     for what, key, config in (("actor", "model", model_config), ("critic", "critic_model", critic_model_config)):
-        for layer in _layer_configs(config):
+        for layer in layer_configs(config):
             reason = UNSUPPORTED_MODELS.get(type(layer).__name__)
             if reason is not None:
                 name = type(layer).__name__[: -len("Config")].lower()
@@ -551,15 +549,9 @@ class DgMappo(Mappo):
         dgat_options["dgat_messages"] = dgat_messages_value(dgat_options.get("dgat_messages", "on"))
         super().__init__(share_param_critic=False, **kwargs)
         unsupported = check_models(self.model_config, self.critic_model_config)
-        if unsupported is None and evaluation_dropout and any(
-            type(layer).__name__ == "GnnConfig" for layer in _layer_configs(self.model_config)
-        ):
-            unsupported = (
-                f"dg_mappo: evaluation_dropout={list(evaluation_dropout)} silences agents by removing their D-GAT "
-                "messages, but a layers/gnn actor sends its own messages over the gnn's graph, which would still "
-                "carry the silenced agents' observations to the others; use an actor without gnn (model=layers/mlp, "
-                "gru or lstm) or algorithm.evaluation_dropout=[]"
-            )
+        if unsupported is None:
+            unsupported = gnn_dropout_conflict("dg_mappo", evaluation_dropout, self.model_config,
+                                               "no-op actions, their D-GAT messages removed")
         if unsupported is not None:
             raise config_error(self.experiment, unsupported)
         #: per (group, "dgat" | "actor" | "critic"): the network's per-agent parameters as stacked leaves
