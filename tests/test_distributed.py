@@ -18,6 +18,7 @@ from benchmarl_decentral.distributed import (
     check_algorithm,
     mixing_bytes,
     partition_agents,
+    per_link_bytes,
     plan_launch,
     spawn_local,
     use_transport,
@@ -54,6 +55,11 @@ def test_in_process_transport_is_the_stacked_mixer_and_counts_degree_numel_eleme
     assert bytes_per_agent(leaves) == 6 * 4 + 4 * 8
     assert record.link_bytes.tolist() == [2 * (6 * 4 + 4 * 8)] * 5
     assert record.agents.tolist() == list(range(5))
+    # per link: agent i sends one vector to each ring neighbour i +- 1, nothing to itself or the others
+    expected_links = torch.zeros(5, 5, dtype=torch.int64)
+    for i in range(5):
+        expected_links[i, (i + 1) % 5] = expected_links[i, (i - 1) % 5] = 6 * 4 + 4 * 8
+    assert torch.equal(record.links, expected_links)
 
 
 # ------------------------------------------------------------------ oracle: distributed == in-process
@@ -118,6 +124,10 @@ def _oracle_worker(rank: int, world_size: int) -> None:
         expected_network = sum(mixing_bytes(W, B, owner)[1] for W in used)
         assert torch.equal(dist_mixer.comm.network_bytes, expected_network[local])
         assert dist_mixer.comm.steps == ref_mixer.comm.steps == STEPS
+        # per link: the rows of the senders held here, summing to their link bytes
+        assert torch.equal(dist_mixer.comm.links, ref_mixer.comm.links[local])
+        assert torch.equal(ref_mixer.comm.links.sum(1), ref_mixer.comm.link_bytes)
+        assert torch.equal(ref_mixer.comm.links, sum(per_link_bytes(W, B) for W in used))
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
@@ -129,7 +139,7 @@ def test_distributed_mixing_equals_in_process_mixing(world_size):
 # ------------------------------------------------------------------ decpg logs its bytes
 def test_decpg_logs_bytes_per_agent_from_the_matrices_it_mixed_with(tmp_path):
     exp = make_experiment(
-        tmp_path, task="coordsum/3x10-30", algorithm_overrides={"k": 2, "link_failure": 0.5},
+        tmp_path, task="coordsum/3x10-30", algorithm_overrides={"k": 2, "link_failure": 0.5, "log_link_bytes": True},
         max_n_iters=1, on_policy_minibatch_size=20, loggers=["csv"],
     )
     used = {}
@@ -142,10 +152,11 @@ def test_decpg_logs_bytes_per_agent_from_the_matrices_it_mixed_with(tmp_path):
     exp.run()
     assert len(used["actor"]) == len(used["critic"]) == 3  # 60 frames, minibatches of 20
 
-    expected = 0
+    expected, links = 0, torch.zeros(3, 3, dtype=torch.int64)
     for net in ("actor", "critic"):
         B = bytes_per_agent(exp.algorithm.actor_leaves("agents") if net == "actor" else exp.algorithm.critic_leaves("agents"))
         expected += sum(int(mixing_bytes(W, B)[0].sum()) for W in used[net]) / 3
+        links += sum(per_link_bytes(W, B) for W in used[net])
 
     def logged(name):
         with open(exp.folder_name / exp.name / "scalars" / f"{name}.csv") as f:
@@ -155,11 +166,20 @@ def test_decpg_logs_bytes_per_agent_from_the_matrices_it_mixed_with(tmp_path):
     assert logged("comm_train_bytes_per_agent") == pytest.approx(expected)
     assert logged("comm_agents_train_bytes_per_agent") == pytest.approx(expected)
     assert logged("comm_train_network_bytes_per_agent") == 0.0  # one process
+    # algorithm.log_link_bytes: every link of the ring (3 agents, k=2: all 6), what it carried in the iteration
+    assert len({int(links[i, j]) for i in range(3) for j in range(3) if i != j}) > 1  # failed links carried less
+    for i in range(3):
+        for j in range(3):
+            path = exp.folder_name / exp.name / "scalars" / f"comm_agents_link_{i}_to_{j}_train_bytes.csv"
+            assert path.is_file() == (i != j)
+            if i != j:
+                assert logged(f"comm_agents_link_{i}_to_{j}_train_bytes") == float(links[i, j])
+    assert float(links.sum()) / 3 == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------ one level up: decpg training on agent blocks
 ITERS, STEPS_PER_ITER = 2, 3  # 60 frames, minibatches of 20
-DECPG = dict(task="coordsum/8x15-100", algorithm_overrides={"k": 2, "link_failure": 0.3},
+DECPG = dict(task="coordsum/8x15-100", algorithm_overrides={"k": 2, "link_failure": 0.3, "log_link_bytes": True},
              max_n_iters=ITERS, on_policy_minibatch_size=20, loggers=["csv"])
 NETS = (("actor", "loss_objective"), ("critic", "loss_critic"))
 
@@ -222,6 +242,17 @@ def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
             for t in range(ITERS)
         ]
         assert min(expected) > 0 and _logged(exp, key) == pytest.approx(expected)
+    # per link, the links of this rank's agents only (i -> i +- 1 on the ring of 8)
+    for i in local.tolist():
+        for j in ((i + 1) % 8, (i - 1) % 8):
+            expected = [
+                sum(int(per_link_bytes(W, ref["bytes_per_agent"][net])[i, j])
+                    for net, _ in NETS for W in ref["used"][net][t * STEPS_PER_ITER:(t + 1) * STEPS_PER_ITER])
+                for t in range(ITERS)
+            ]
+            assert _logged(exp, f"comm_agents_link_{i}_to_{j}_train_bytes") == expected
+    scalars = exp.folder_name / exp.name / "scalars"
+    assert len(list(scalars.glob("comm_agents_link_*"))) == 2 * local.numel()
     # environment interface: each step, this rank's block of int64 actions (2 envs) to the other rank
     assert _logged(exp, "comm_env_bytes_per_agent") == [30 * 2 * 8 * (world_size - 1)] * ITERS
 

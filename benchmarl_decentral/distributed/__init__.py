@@ -65,6 +65,7 @@ from benchmarl_decentral.distributed.transport import (
     bytes_per_agent,
     current_transport,
     mixing_bytes,
+    per_link_bytes,
     sends,
     use_transport,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "free_port",
     "mixing_bytes",
     "partition_agents",
+    "per_link_bytes",
     "plan_launch",
     "sends",
     "spawn_local",

@@ -82,7 +82,8 @@ class TorchDistributedTransport(Transport):
         if bad:
             raise ValueError(f"rank {self.rank} holds {m} agents but got leaves of shapes {bad[:3]}")
         if not leaves:
-            return MixRecord(local, torch.zeros(m, dtype=torch.int64), torch.zeros(m, dtype=torch.int64))
+            zeros = torch.zeros(m, dtype=torch.int64)
+            return MixRecord(local, zeros, zeros.clone(), torch.zeros(m, n, dtype=torch.int64))
 
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(m, -1) for p in leaves], dim=1).cpu()  # (m, D)
@@ -125,4 +126,6 @@ class TorchDistributedTransport(Transport):
                 size = p[0].numel()
                 p.copy_(mixed[:, offset : offset + size].reshape_as(p).to(p.device))
                 offset += size
-        return MixRecord(agents=local, link_bytes=link_bytes, network_bytes=network_bytes)
+        # per link: the vector each reader got, from memory or in the message sent to its rank
+        links = S.T[local].to(torch.int64) * row_bytes
+        return MixRecord(agents=local, link_bytes=link_bytes, network_bytes=network_bytes, links=links)

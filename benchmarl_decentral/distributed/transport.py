@@ -40,11 +40,15 @@ class MixRecord:
             the algorithm's communication cost. ``(n_local,)`` int64.
         network_bytes: the part of it that crossed a process boundary (one
             vector per destination rank; 0 in one process). ``(n_local,)`` int64.
+        links: bytes per link, ``links[a, j]``: what the ``a``-th agent held
+            here sent to agent ``j`` (one parameter vector when ``j`` reads it,
+            else 0); its row sums are ``link_bytes``. ``(n_local, n)`` int64.
     """
 
     agents: Tensor
     link_bytes: Tensor
     network_bytes: Tensor
+    links: Tensor | None = None
 
 
 def sends(W: Tensor) -> Tensor:
@@ -85,6 +89,15 @@ def mixing_bytes(W: Tensor, bytes_per_agent: int, owner: Tensor | None = None) -
     reaches = (S.T.to(torch.int64) @ ranks.to(torch.int64)) > 0
     reaches &= ~ranks  # its own rank reads it from memory
     return link, reaches.sum(1).to(torch.int64) * bytes_per_agent
+
+
+def per_link_bytes(W: Tensor, bytes_per_agent: int) -> Tensor:
+    """Bytes per link of one mixing step, by formula: ``L[i, j] = bytes_per_agent`` where ``j`` reads ``i``.
+
+    ``L = sends(W).T * bytes_per_agent`` (rows: senders, columns: readers);
+    ``L.sum(1)`` is :func:`mixing_bytes`' ``link_bytes``. ``(n, n)`` int64.
+    """
+    return sends(W).T.cpu().to(torch.int64) * bytes_per_agent
 
 
 def bytes_per_agent(leaves: Iterable[Tensor]) -> int:
@@ -149,8 +162,10 @@ class InProcessTransport(Transport):
         from benchmarl_decentral.consensus.hook import mix_  # the consensus core imports this module
 
         mix_(leaves, W)
-        link, network = mixing_bytes(W, bytes_per_agent(leaves))
-        return MixRecord(agents=torch.arange(W.shape[0]), link_bytes=link, network_bytes=network)
+        size = bytes_per_agent(leaves)
+        link, network = mixing_bytes(W, size)
+        return MixRecord(agents=torch.arange(W.shape[0]), link_bytes=link, network_bytes=network,
+                         links=per_link_bytes(W, size))
 
 
 class CommCounter:
@@ -163,6 +178,8 @@ class CommCounter:
         """Start a new iteration (nothing sent yet)."""
         self.link_bytes: Tensor | None = None
         self.network_bytes: Tensor | None = None
+        self.links: Tensor | None = None  # (n_local, n): bytes per link, when the transport reports them
+        self.agents: Tensor | None = None
         self.steps = 0
 
     def add(self, record: MixRecord) -> None:
@@ -170,9 +187,13 @@ class CommCounter:
         if self.link_bytes is None:
             self.link_bytes = record.link_bytes.clone()
             self.network_bytes = record.network_bytes.clone()
+            self.links = None if record.links is None else record.links.clone()
+            self.agents = record.agents
         else:
             self.link_bytes += record.link_bytes
             self.network_bytes += record.network_bytes
+            if self.links is not None and record.links is not None:
+                self.links += record.links
         self.steps += 1
 
 
