@@ -433,3 +433,81 @@ def test_use_transport_is_what_new_mixers_get():
     with use_transport(inner):
         assert current_transport() is inner
     assert current_transport() is not inner
+
+
+# ------------------------------------------------------------------ oracle: MATRPO's ADMM links over the transport
+#: (n_agents, policy kind, kNN ring k, link failure probability), synchronous ADMM iterations each
+ADMM_SCENARIOS = [(4, "categorical", 2, 0.0), (8, "gaussian", 4, 0.3)]
+ADMM_ITERS = 5
+
+
+def _admm_worker(rank: int, world_size: int) -> None:
+    from test_admm import random_problem
+
+    from benchmarl_decentral.objectives.admm import init_state, links_from_adjacency, synchronous_iteration
+    from benchmarl_decentral.objectives.trust_region import Linearisation
+
+    for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_to_all", "barrier"):
+        setattr(dist, name, _no_collectives)  # the link values travel point to point, nothing else
+    torch.set_default_dtype(torch.float64)
+    for s, (n, kind, k, failure) in enumerate(ADMM_SCENARIOS):
+        net, make_dist, policy, params, obs, actions, adv = random_problem(n, kind=kind, m=6, seed=s)
+        owner = partition_agents(n, world_size)
+        transport = TorchDistributedTransport(owner)
+        local = transport.local_agents(n)
+        others = torch.nonzero(owner != rank).flatten()
+        edges = links_from_adjacency(knn_ring(n, k))
+        kw = dict(delta=0.01, beta=1.0, cg_iters=30, residual_tol=1e-24)
+
+        states = {}
+        for mode in ("in_process", "distributed"):
+            p, o, a = {key: v.clone() for key, v in params.items()}, obs.clone(), adv.clone()
+            if mode == "distributed":  # what this rank does not own is noise: it must not be read
+                gen = torch.Generator().manual_seed(1000 + rank)
+                for v in p.values():
+                    v[others] = torch.randn(v[others].shape, generator=gen)
+                o[others] = torch.randn(o[others].shape, generator=gen)
+                a[others] = torch.randn(a[others].shape, generator=gen)
+            lin = Linearisation(policy, p, o, actions, damping=1e-2)
+            state = init_state(edges, lin.n_samples, n_params=lin.n_params, n_agents=n, n_components=lin.n_components)
+            failures = torch.Generator().manual_seed(50 + s)  # the same links fail on every rank
+            working = []
+            for _ in range(ADMM_ITERS):
+                working.append(torch.rand(state.n_links, generator=failures) >= failure)
+                synchronous_iteration(lin, state, a, working=working[-1],
+                                      transport=None if mode == "in_process" else transport, **kw)
+            states[mode] = state
+
+        ref, got = states["in_process"], states["distributed"]
+        assert failure == 0 or not all(bool(w.all()) for w in working), "no link failed in the scenario"
+        for name in ("x", "Jx", "direction", "scale"):
+            torch.testing.assert_close(getattr(got, name)[local], getattr(ref, name)[local], rtol=1e-7, atol=1e-10)
+        held = owner[ref.links] == rank  # (L, 2): the link ends this rank updates
+        touching = held.any(1)
+        assert bool(touching.any()) and not bool(touching.all())  # some links are elsewhere only
+        for name in ("z", "y"):
+            torch.testing.assert_close(getattr(got, name)[held], getattr(ref, name)[held], rtol=1e-7, atol=1e-10)
+        torch.testing.assert_close(got.dual_residual[touching], ref.dual_residual[touching], rtol=1e-6, atol=1e-12)
+        assert torch.equal(got.link_updates[touching], ref.link_updates[touching])
+        assert int(ref.link_updates.sum()) < ADMM_ITERS * ref.n_links or failure == 0
+        # bytes: one (M, K) value per link end and update; across ranks for the links that cross
+        value = lin.n_samples * lin.n_components * 8
+        link_bytes, network = torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64)
+        for w in working:
+            for e in torch.nonzero(w).flatten().tolist():
+                i, j = ref.links[e].tolist()
+                for q, other in ((i, j), (j, i)):
+                    link_bytes[q] += value
+                    network[q] += value if owner[q] != owner[other] else 0
+        assert torch.equal(ref.comm.link_bytes, link_bytes) and int(ref.comm.network_bytes.sum()) == 0
+        assert torch.equal(got.comm.link_bytes, link_bytes[local])
+        assert torch.equal(got.comm.network_bytes, network[local]) and int(network[local].sum()) > 0
+        assert got.comm.steps == ref.comm.steps == ADMM_ITERS
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_admm_links_over_the_transport_equal_the_single_process_admm(world_size):
+    """Oracle: synchronous MATRPO ADMM (eq. 22) with each rank stepping only its agents and exchanging
+    the link values ``y + beta C J x`` point to point reaches the in-process x, J x, z, y, residuals and bytes,
+    with failing links, while the other agents' parameters, observations and advantages are noise on the rank."""
+    spawn_local(_admm_worker, world_size, start_method="fork", timeout_s=120)

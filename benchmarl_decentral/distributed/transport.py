@@ -125,6 +125,30 @@ class Transport(ABC):
     def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
         """``theta_i <- sum_j W_ij theta_j`` in place for every agent held here; what was sent."""
 
+    @abstractmethod
+    def exchange_link_ends(self, links: Tensor, values: Tensor, n_agents: int) -> tuple[Tensor, MixRecord]:
+        """ADMM's link exchange (MATRPO, 001 eq. 22): each end of a link sends its value to the other end.
+
+        Args:
+            links: ``(l, 2)`` undirected links ``(i, j)`` (the same list, in the
+                same order, in every process).
+            values: ``(l, 2, ...)``: ``values[e, 0]`` is agent ``i``'s value on
+                link ``e``, ``values[e, 1]`` agent ``j``'s; only the entries of
+                the endpoints held here need to be valid.
+            n_agents: ``n``.
+
+        Returns:
+            ``values`` with, on every link that has an end held here, the
+            other end's entry as that end computed it (received when it lives
+            in another process; entries of links with no end here are left
+            as they were), and what the agents held here sent: one value per
+            link at the agent (``links[a, j]``: to agent ``j``).
+        """
+
+    @abstractmethod
+    def holds(self, agents: Tensor) -> Tensor:
+        """Bool mask, the shape of ``agents`` (global ids): which of them are held in this process."""
+
     def local_rows(self, leaves: Iterable[Tensor], n_agents: int) -> list[Tensor]:
         """The rows of the agents held here, as views that share storage with ``leaves``.
 
@@ -166,6 +190,24 @@ class InProcessTransport(Transport):
         link, network = mixing_bytes(W, size)
         return MixRecord(agents=torch.arange(W.shape[0]), link_bytes=link, network_bytes=network,
                          links=per_link_bytes(W, size))
+
+    def holds(self, agents: Tensor) -> Tensor:
+        return torch.ones_like(agents, dtype=torch.bool)
+
+    def exchange_link_ends(self, links: Tensor, values: Tensor, n_agents: int) -> tuple[Tensor, MixRecord]:
+        value_bytes = values[0, 0].numel() * values.element_size() if values.shape[0] else 0
+        per_link = link_end_bytes(links, value_bytes, n_agents)
+        return values, MixRecord(agents=torch.arange(n_agents), link_bytes=per_link.sum(1),
+                                 network_bytes=torch.zeros(n_agents, dtype=torch.int64), links=per_link)
+
+
+def link_end_bytes(links: Tensor, value_bytes: int, n_agents: int) -> Tensor:
+    """Bytes per link of one ADMM exchange, by formula: both ends of every link send one value, ``(n, n)`` int64."""
+    out = torch.zeros(n_agents, n_agents, dtype=torch.int64)
+    links = links.cpu().long()
+    out[links[:, 0], links[:, 1]] = value_bytes
+    out[links[:, 1], links[:, 0]] = value_bytes
+    return out
 
 
 class CommCounter:
