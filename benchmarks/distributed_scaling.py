@@ -38,7 +38,7 @@ overhead, not a speed-up.
 Usage::
 
     python benchmarks/distributed_scaling.py                 # n = 4, 8, 16, 32; single, dist 1, 2, 4
-    python benchmarks/distributed_scaling.py --quick         # smoke test: n = 4, 8; single, dist 1, 2
+    python benchmarks/distributed_scaling.py --quick         # smoke test: n = 4, 8; single, dist 2
 
 Writes a markdown table to stdout and JSON to
 ``benchmarks/out/distributed_scaling[_quick].json``.
@@ -207,10 +207,10 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=2, help="repeats of the whole grid, the order of the modes "
                         "rotated; the median over rounds is reported")
-    parser.add_argument("--quick", action="store_true", help="n = 4, 8; 1 and 2 ranks; 1 + 1 iterations")
+    parser.add_argument("--quick", action="store_true", help="n = 4, 8; 2 ranks; 1 + 1 iterations")
     args = parser.parse_args(argv)
     if args.quick:
-        args.agents, args.ranks, args.warmup, args.iters, args.frames, args.rounds = [4, 8], [1, 2], 1, 1, 60, 1
+        args.agents, args.ranks, args.warmup, args.iters, args.frames, args.rounds = [4, 8], [2], 1, 1, 60, 1
     bad = [(n, r) for n in args.agents for r in args.ranks if n % r]
     if bad or min(args.agents) < 3:
         parser.error(f"every --ranks value must divide every --agents value, and n >= 3 (k=2 ring); "

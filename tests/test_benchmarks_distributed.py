@@ -24,7 +24,7 @@ def test_distributed_scaling_quick_mode(tmp_path):
     assert "| / single |" in result.stdout  # the markdown table of ratios was printed
     out = json.loads((REPO / "benchmarks" / "out" / "distributed_scaling_quick.json").read_text())
     rows = {(r["n"], r["mode"]): r for r in out["rows"]}
-    assert sorted(rows) == [(n, m) for n in (4, 8) for m in ("dist 1", "dist 2", "single")]
+    assert sorted(rows) == [(n, m) for n in (4, 8) for m in ("dist 2", "single")]
     frames = out["config"]["frames"]
     for (n, mode), r in rows.items():
         single = rows[(n, "single")]

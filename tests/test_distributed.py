@@ -341,6 +341,13 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
     assert logged(run, "comm_train_bytes_per_agent") == logged(single.folder_name, "comm_train_bytes_per_agent")
     assert min(logged(run, "comm_train_network_bytes_per_agent")) > 0
     assert logged(single.folder_name, "comm_train_network_bytes_per_agent") == [0.0, 0.0]
+    # benchmarl report reads the distributed run like any other: its communication row has network and env bytes
+    from benchmarl_decentral.reporting import build_report
+
+    report = build_report([run], reps=50, reference=False)
+    (comm,) = report.communication
+    assert comm["algorithm"] == "decpg" and comm["score"] is not None
+    assert comm["train_network"] > 0 and comm["env"] > 0 and comm["total"] == comm["train"] + comm["env"]
 
 
 @pytest.mark.parametrize(
