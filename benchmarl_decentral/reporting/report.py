@@ -490,8 +490,9 @@ def _communication_markdown(report: Report) -> List[str]:
                   "`experiment.loggers=[csv]`).")
         return md
     md.append("Bytes each agent sent per iteration (the mean over a run's logged iterations, then mean ± std over "
-              "seeds): **train**, the consensus mixing (`comm/train_bytes_per_agent`, one parameter vector per "
-              "neighbour that reads it and step); **network**, the part of it that crossed a process boundary "
+              "seeds): **train** (`comm/train_bytes_per_agent`), the consensus traffic: decpg's mixing (one parameter "
+              "vector per neighbour that reads it and step), matrpo's ADMM (one per-sample log-ratio value per link "
+              "end and z/y update); **network**, the part of it that crossed a process boundary "
               "(0 in one process); **env**, the environment interface of a distributed run "
               "(`comm/env_bytes_per_agent`); **total** = train + env. A distributed run logs rank 0's agents. "
               "Runs that logged none (algorithms without a consensus step) are not shown.")
