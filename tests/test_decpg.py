@@ -255,6 +255,7 @@ def test_discrete_actions_with_pettingzoo(tmp_path):
         ({"mixing": "max_degree"}, "unknown mixing rule"),
         ({"evaluation_mode": "best"}, "unknown evaluation_mode"),
         ({"link_failure": 1.0}, "link_failure"),
+        ({"log_link_bytes": "yes"}, r"decpg: log_link_bytes must be true or false, got 'yes'"),
         ({"topology": "custom"}, "needs algorithm.adjacency"),
         ({"consensus_params": ["dgat"]}, r"decpg: consensus_params \['dgat'\] has unknown.*=\[actor,critic\]"),
     ],

@@ -18,6 +18,7 @@ from benchmarl_decentral.distributed import (
     check_algorithm,
     mixing_bytes,
     partition_agents,
+    per_link_bytes,
     plan_launch,
     spawn_local,
     use_transport,
@@ -54,6 +55,11 @@ def test_in_process_transport_is_the_stacked_mixer_and_counts_degree_numel_eleme
     assert bytes_per_agent(leaves) == 6 * 4 + 4 * 8
     assert record.link_bytes.tolist() == [2 * (6 * 4 + 4 * 8)] * 5
     assert record.agents.tolist() == list(range(5))
+    # per link: agent i sends one vector to each ring neighbour i +- 1, nothing to itself or the others
+    expected_links = torch.zeros(5, 5, dtype=torch.int64)
+    for i in range(5):
+        expected_links[i, (i + 1) % 5] = expected_links[i, (i - 1) % 5] = 6 * 4 + 4 * 8
+    assert torch.equal(record.links, expected_links)
 
 
 # ------------------------------------------------------------------ oracle: distributed == in-process
@@ -118,6 +124,10 @@ def _oracle_worker(rank: int, world_size: int) -> None:
         expected_network = sum(mixing_bytes(W, B, owner)[1] for W in used)
         assert torch.equal(dist_mixer.comm.network_bytes, expected_network[local])
         assert dist_mixer.comm.steps == ref_mixer.comm.steps == STEPS
+        # per link: the rows of the senders held here, summing to their link bytes
+        assert torch.equal(dist_mixer.comm.links, ref_mixer.comm.links[local])
+        assert torch.equal(ref_mixer.comm.links.sum(1), ref_mixer.comm.link_bytes)
+        assert torch.equal(ref_mixer.comm.links, sum(per_link_bytes(W, B) for W in used))
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
@@ -129,7 +139,7 @@ def test_distributed_mixing_equals_in_process_mixing(world_size):
 # ------------------------------------------------------------------ decpg logs its bytes
 def test_decpg_logs_bytes_per_agent_from_the_matrices_it_mixed_with(tmp_path):
     exp = make_experiment(
-        tmp_path, task="coordsum/3x10-30", algorithm_overrides={"k": 2, "link_failure": 0.5},
+        tmp_path, task="coordsum/3x10-30", algorithm_overrides={"k": 2, "link_failure": 0.5, "log_link_bytes": True},
         max_n_iters=1, on_policy_minibatch_size=20, loggers=["csv"],
     )
     used = {}
@@ -142,10 +152,11 @@ def test_decpg_logs_bytes_per_agent_from_the_matrices_it_mixed_with(tmp_path):
     exp.run()
     assert len(used["actor"]) == len(used["critic"]) == 3  # 60 frames, minibatches of 20
 
-    expected = 0
+    expected, links = 0, torch.zeros(3, 3, dtype=torch.int64)
     for net in ("actor", "critic"):
         B = bytes_per_agent(exp.algorithm.actor_leaves("agents") if net == "actor" else exp.algorithm.critic_leaves("agents"))
         expected += sum(int(mixing_bytes(W, B)[0].sum()) for W in used[net]) / 3
+        links += sum(per_link_bytes(W, B) for W in used[net])
 
     def logged(name):
         with open(exp.folder_name / exp.name / "scalars" / f"{name}.csv") as f:
@@ -155,11 +166,20 @@ def test_decpg_logs_bytes_per_agent_from_the_matrices_it_mixed_with(tmp_path):
     assert logged("comm_train_bytes_per_agent") == pytest.approx(expected)
     assert logged("comm_agents_train_bytes_per_agent") == pytest.approx(expected)
     assert logged("comm_train_network_bytes_per_agent") == 0.0  # one process
+    # algorithm.log_link_bytes: every link of the ring (3 agents, k=2: all 6), what it carried in the iteration
+    assert len({int(links[i, j]) for i in range(3) for j in range(3) if i != j}) > 1  # failed links carried less
+    for i in range(3):
+        for j in range(3):
+            path = exp.folder_name / exp.name / "scalars" / f"comm_agents_link_{i}_to_{j}_train_bytes.csv"
+            assert path.is_file() == (i != j)
+            if i != j:
+                assert logged(f"comm_agents_link_{i}_to_{j}_train_bytes") == float(links[i, j])
+    assert float(links.sum()) / 3 == pytest.approx(expected)
 
 
 # ------------------------------------------------------------------ one level up: decpg training on agent blocks
 ITERS, STEPS_PER_ITER = 2, 3  # 60 frames, minibatches of 20
-DECPG = dict(task="coordsum/8x15-100", algorithm_overrides={"k": 2, "link_failure": 0.3},
+DECPG = dict(task="coordsum/8x15-100", algorithm_overrides={"k": 2, "link_failure": 0.3, "log_link_bytes": True},
              max_n_iters=ITERS, on_policy_minibatch_size=20, loggers=["csv"])
 NETS = (("actor", "loss_objective"), ("critic", "loss_critic"))
 
@@ -222,6 +242,17 @@ def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
             for t in range(ITERS)
         ]
         assert min(expected) > 0 and _logged(exp, key) == pytest.approx(expected)
+    # per link, the links of this rank's agents only (i -> i +- 1 on the ring of 8)
+    for i in local.tolist():
+        for j in ((i + 1) % 8, (i - 1) % 8):
+            expected = [
+                sum(int(per_link_bytes(W, ref["bytes_per_agent"][net])[i, j])
+                    for net, _ in NETS for W in ref["used"][net][t * STEPS_PER_ITER:(t + 1) * STEPS_PER_ITER])
+                for t in range(ITERS)
+            ]
+            assert _logged(exp, f"comm_agents_link_{i}_to_{j}_train_bytes") == expected
+    scalars = exp.folder_name / exp.name / "scalars"
+    assert len(list(scalars.glob("comm_agents_link_*"))) == 2 * local.numel()
     # environment interface: each step, this rank's block of int64 actions (2 envs) to the other rank
     assert _logged(exp, "comm_env_bytes_per_agent") == [30 * 2 * 8 * (world_size - 1)] * ITERS
 
@@ -310,6 +341,13 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
     assert logged(run, "comm_train_bytes_per_agent") == logged(single.folder_name, "comm_train_bytes_per_agent")
     assert min(logged(run, "comm_train_network_bytes_per_agent")) > 0
     assert logged(single.folder_name, "comm_train_network_bytes_per_agent") == [0.0, 0.0]
+    # benchmarl report reads the distributed run like any other: its communication row has network and env bytes
+    from benchmarl_decentral.reporting import build_report
+
+    report = build_report([run], reps=50, reference=False)
+    (comm,) = report.communication
+    assert comm["algorithm"] == "decpg" and comm["score"] is not None
+    assert comm["train_network"] > 0 and comm["env"] > 0 and comm["total"] == comm["train"] + comm["env"]
 
 
 @pytest.mark.parametrize(
@@ -402,3 +440,81 @@ def test_use_transport_is_what_new_mixers_get():
     with use_transport(inner):
         assert current_transport() is inner
     assert current_transport() is not inner
+
+
+# ------------------------------------------------------------------ oracle: MATRPO's ADMM links over the transport
+#: (n_agents, policy kind, kNN ring k, link failure probability), synchronous ADMM iterations each
+ADMM_SCENARIOS = [(4, "categorical", 2, 0.0), (8, "gaussian", 4, 0.3)]
+ADMM_ITERS = 5
+
+
+def _admm_worker(rank: int, world_size: int) -> None:
+    from test_admm import random_problem
+
+    from benchmarl_decentral.objectives.admm import init_state, links_from_adjacency, synchronous_iteration
+    from benchmarl_decentral.objectives.trust_region import Linearisation
+
+    for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_to_all", "barrier"):
+        setattr(dist, name, _no_collectives)  # the link values travel point to point, nothing else
+    torch.set_default_dtype(torch.float64)
+    for s, (n, kind, k, failure) in enumerate(ADMM_SCENARIOS):
+        net, make_dist, policy, params, obs, actions, adv = random_problem(n, kind=kind, m=6, seed=s)
+        owner = partition_agents(n, world_size)
+        transport = TorchDistributedTransport(owner)
+        local = transport.local_agents(n)
+        others = torch.nonzero(owner != rank).flatten()
+        edges = links_from_adjacency(knn_ring(n, k))
+        kw = dict(delta=0.01, beta=1.0, cg_iters=30, residual_tol=1e-24)
+
+        states = {}
+        for mode in ("in_process", "distributed"):
+            p, o, a = {key: v.clone() for key, v in params.items()}, obs.clone(), adv.clone()
+            if mode == "distributed":  # what this rank does not own is noise: it must not be read
+                gen = torch.Generator().manual_seed(1000 + rank)
+                for v in p.values():
+                    v[others] = torch.randn(v[others].shape, generator=gen)
+                o[others] = torch.randn(o[others].shape, generator=gen)
+                a[others] = torch.randn(a[others].shape, generator=gen)
+            lin = Linearisation(policy, p, o, actions, damping=1e-2)
+            state = init_state(edges, lin.n_samples, n_params=lin.n_params, n_agents=n, n_components=lin.n_components)
+            failures = torch.Generator().manual_seed(50 + s)  # the same links fail on every rank
+            working = []
+            for _ in range(ADMM_ITERS):
+                working.append(torch.rand(state.n_links, generator=failures) >= failure)
+                synchronous_iteration(lin, state, a, working=working[-1],
+                                      transport=None if mode == "in_process" else transport, **kw)
+            states[mode] = state
+
+        ref, got = states["in_process"], states["distributed"]
+        assert failure == 0 or not all(bool(w.all()) for w in working), "no link failed in the scenario"
+        for name in ("x", "Jx", "direction", "scale"):
+            torch.testing.assert_close(getattr(got, name)[local], getattr(ref, name)[local], rtol=1e-7, atol=1e-10)
+        held = owner[ref.links] == rank  # (L, 2): the link ends this rank updates
+        touching = held.any(1)
+        assert bool(touching.any()) and not bool(touching.all())  # some links are elsewhere only
+        for name in ("z", "y"):
+            torch.testing.assert_close(getattr(got, name)[held], getattr(ref, name)[held], rtol=1e-7, atol=1e-10)
+        torch.testing.assert_close(got.dual_residual[touching], ref.dual_residual[touching], rtol=1e-6, atol=1e-12)
+        assert torch.equal(got.link_updates[touching], ref.link_updates[touching])
+        assert int(ref.link_updates.sum()) < ADMM_ITERS * ref.n_links or failure == 0
+        # bytes: one (M, K) value per link end and update; across ranks for the links that cross
+        value = lin.n_samples * lin.n_components * 8
+        link_bytes, network = torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64)
+        for w in working:
+            for e in torch.nonzero(w).flatten().tolist():
+                i, j = ref.links[e].tolist()
+                for q, other in ((i, j), (j, i)):
+                    link_bytes[q] += value
+                    network[q] += value if owner[q] != owner[other] else 0
+        assert torch.equal(ref.comm.link_bytes, link_bytes) and int(ref.comm.network_bytes.sum()) == 0
+        assert torch.equal(got.comm.link_bytes, link_bytes[local])
+        assert torch.equal(got.comm.network_bytes, network[local]) and int(network[local].sum()) > 0
+        assert got.comm.steps == ref.comm.steps == ADMM_ITERS
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_admm_links_over_the_transport_equal_the_single_process_admm(world_size):
+    """Oracle: synchronous MATRPO ADMM (eq. 22) with each rank stepping only its agents and exchanging
+    the link values ``y + beta C J x`` point to point reaches the in-process x, J x, z, y, residuals and bytes,
+    with failing links, while the other agents' parameters, observations and advantages are noise on the rank."""
+    spawn_local(_admm_worker, world_size, start_method="fork", timeout_s=120)

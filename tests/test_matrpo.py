@@ -580,6 +580,14 @@ def test_logs_the_fraction_of_link_activations_that_went_through(tmp_path, link_
         assert logged == 1.0
     else:
         assert 0.0 < logged < 1.0
+    # communication: each activation that went through, each end sent one (M, K) value y + beta C J x (eq. 22)
+    # and took one primal step, so bytes per agent are its updates times one value's size
+    value = int(stats.bytes_sent.sum()) // int(stats.admm_updates.sum())
+    assert value > 0 and value % 4 == 0
+    assert torch.equal(stats.bytes_sent, stats.admm_updates.to(torch.int64) * value)
+    for key in ("comm_agents_train_bytes_per_agent", "comm_train_bytes_per_agent"):
+        with open(exp.folder_name / exp.name / "scalars" / f"{key}.csv") as f:
+            assert float(next(csv.reader(f))[1]) == pytest.approx(float(stats.bytes_sent.float().mean()))
 
 
 def test_admm_tol_stops_each_link_on_a_real_update(tmp_path):

@@ -50,6 +50,8 @@ def write_run(root, task, algorithm, seed, frames_grid, interval=100, scalars=No
         writer.write(total_frames=frames, metrics={"agents_return": episodes, "return": episodes},
                      evaluation_step=frames // interval)
     for key, lines in (scalars or {}).items():  # the csv logger: <run>/<run>/scalars/<key>.csv
+        if callable(lines):
+            lines = lines(seed)
         path = folder / name / "scalars" / f"{key}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(f"{step},{value}\n" for step, value in lines))
@@ -264,7 +266,7 @@ def test_report_files_and_cli(tmp_path, capsys):
     for name in ("report.md", "runs.csv", "task_scores.csv", "aggregate_scores.csv", "curves.csv",
                  "probability_of_improvement.csv", "performance_profiles.csv", "decentralised_metrics.csv",
                  "aggregate_scores.png", "probability_of_improvement.png", "performance_profiles.png",
-                 "curves_vmas_balance.png", "curves_vmas_navigation.png"):
+                 "curves_vmas_balance.png", "curves_vmas_navigation.png", "communication.csv", "communication.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "aggregate_scores.png").read_bytes()[:4] == b"\x89PNG"
     text = (out / "report.md").read_text()
@@ -297,6 +299,53 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path, capsys):
     assert "Traceback" not in result.stderr
 
 
+# -------------------------------------------------------------- communication
+def test_communication_table_plot_and_links(tmp_path):
+    """Bytes per agent and iteration against the final score, per run; per link where logged."""
+    runs = tmp_path / "runs"
+    per_seed = {0: [(1, 100.0), (2, 300.0)], 1: [(1, 200.0), (2, 200.0), (3, 500.0)]}  # means 200, 300
+    for seed in (0, 1):
+        write_run(runs / f"k2_{seed}", "balance", "decpg", seed, [100, 200], scalars={
+            "comm_train_bytes_per_agent": per_seed[seed],
+            "comm_train_network_bytes_per_agent": [(step, v / 2) for step, v in per_seed[seed]],
+            "comm_env_bytes_per_agent": [(1, 16.0)] * (seed + 1),  # one step repeated: one iteration
+            "comm_agents_link_0_to_1_train_bytes": [(1, 60.0), (2, 90.0)],
+            "comm_agents_link_1_to_0_train_bytes": [(2, 30.0)],  # logged once (a visibility link): 0 the other times
+            "comm_train_agents_loss_objective": [(1, 0.0)],  # not a comm scalar
+        })
+    write_run(runs / "mappo", "balance", "mappo", 0, [100, 200])  # no comm/ scalars: not in the table
+    out = tmp_path / "report"
+    report = make_report([runs], out=out, reps=REPS, reference=False, last_k=1)
+    rows = {(r["algorithm"], r["seed"]): r for r in read_csv(out / "communication.csv")}
+    assert sorted(rows) == [("decpg", "seed_0"), ("decpg", "seed_1")]
+    expected = {"seed_0": (200.0, 100.0, 16.0, 2), "seed_1": (300.0, 150.0, 16.0, 3)}
+    for seed, (train, network, env, iterations) in expected.items():
+        row = rows[("decpg", seed)]
+        assert float(row["train"]) == train and float(row["train_network"]) == network
+        assert float(row["env"]) == env and float(row["total"]) == train + env
+        assert int(row["iterations"]) == iterations
+        assert float(row["score"]) == pytest.approx(true_return("balance", "decpg", int(seed[-1]), 200))
+    links = {(r["seed"], r["sender"], r["receiver"]): r for r in read_csv(out / "communication_links.csv")}
+    assert float(links[("seed_0", "0", "1")]["bytes_per_iteration"]) == 75.0  # (60 + 90) / 2 iterations
+    assert float(links[("seed_1", "1", "0")]["bytes_per_iteration"]) == 10.0  # 30 / 3 iterations
+    assert {r["group"] for r in links.values()} == {"agents"}
+    assert (out / "communication.png").read_bytes()[:4] == b"\x89PNG"
+    text = (out / "report.md").read_text()
+    assert "## Communication" in text and "](communication.png)" in text
+    assert "| vmas/balance | decpg | 2 | 250 ± 71 | 125 ± 35 | 16 ± 0 | 266 ± 71 |" in text
+    assert "| vmas/balance | decpg | agents | 0 -> 1 | 2 | 62 ± 18 |" in text  # 75 and 150 / 3 = 50
+    assert len(report.communication) == 2 and len(report.links) == 4
+
+
+def test_communication_section_without_comm_scalars(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "mappo", "balance", "mappo", 0, [100, 200])
+    out = tmp_path / "report"
+    make_report([runs], out=out, reps=REPS, reference=False)
+    assert "No run logged `comm/` scalars" in (out / "report.md").read_text()
+    assert not (out / "communication.csv").exists() and not (out / "communication.png").exists()
+
+
 # -------------------------------------------------------------------- real runs
 @pytest.mark.slow
 def test_report_on_real_benchmarl_runs(tmp_path):
@@ -306,7 +355,8 @@ def test_report_on_real_benchmarl_runs(tmp_path):
     runs.mkdir()
     for algorithm in ("mappo", "decpg"):
         exp = make_experiment(runs, algorithm=algorithm, task_overrides={"n_agents": 3}, create_json=True,
-                              loggers=["csv"], evaluation=True)
+                              loggers=["csv"], evaluation=True,
+                              algorithm_overrides={"log_link_bytes": True} if algorithm == "decpg" else None)
         exp.run()
         exp.close()
     out = tmp_path / "report"
@@ -318,6 +368,14 @@ def test_report_on_real_benchmarl_runs(tmp_path):
     assert "one seed only" in text and "CI n/a" in text
     assert "eval_generalization_gap" in text and "decpg_agents_actor_consensus_distance" in text
     assert (out / "curves_vmas_balance.png").is_file()
+    # communication: decpg's bytes per agent (mappo logs none), and per link: 3 agents, k=2, all 6 links
+    (comm,) = read_csv(out / "communication.csv")
+    assert comm["algorithm"] == "decpg" and float(comm["train"]) > 0 and float(comm["train_network"]) == 0.0
+    links = read_csv(out / "communication_links.csv")
+    assert sorted((int(r["sender"]), int(r["receiver"])) for r in links) == [
+        (i, j) for i in range(3) for j in range(3) if i != j]
+    assert sum(float(r["bytes_per_iteration"]) for r in links) / 3 == pytest.approx(float(comm["train"]))
+    assert (out / "communication.png").is_file() and "### Per link" in text
 
 
 # -------------------------------------------------------------- variants of one algorithm

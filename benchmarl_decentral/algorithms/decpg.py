@@ -140,6 +140,10 @@ class Decpg(Mappo):
             ``critic`` (the paper: both; the same key as ``dg_mappo``'s).
         group_topology: per-group ``topology`` / ``k`` / ``adjacency``, e.g.
             ``{"adversary": {"topology": "full"}}``; ``None`` or ``{}``: none.
+        log_link_bytes: also log the bytes each link carried in the
+            iteration's mixing steps, ``comm/<group>/link_<i>_to_<j>/train_bytes``
+            (agent ``i`` sent to agent ``j``; links of the agents held in this
+            process).
         The remaining arguments are MAPPO's.
     """
 
@@ -165,6 +169,7 @@ class Decpg(Mappo):
         consensus_params: Iterable[str] = ("actor", "critic"),
         evaluation_dropout: Optional[List[int]] = None,
         group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
+        log_link_bytes: bool = False,
         **kwargs,
     ):
         super().__init__(share_param_critic=False, **kwargs)
@@ -189,6 +194,7 @@ class Decpg(Mappo):
         self.perturbation_c = perturbation_c
         self.perturbation_eps = perturbation_eps
         self.normalize_advantage = normalize_advantage
+        self.log_link_bytes = log_link_bytes
 
         #: per (group, "actor" | "critic"): the network's per-agent parameters as stacked leaves
         self._stacks: Dict[tuple, AgentStack] = {}
@@ -564,11 +570,39 @@ class _DecpgCallback(Callback):
             f"comm/{group}/train_bytes_per_agent": link / held,
             f"comm/{group}/train_network_bytes_per_agent": network / held,
         }
+        if self.algorithm.log_link_bytes:
+            metrics.update(self._link_metrics(group, mixers))
         if group == list(self.experiment.train_group_map)[-1]:
             link, network, held = (sum(column) for column in zip(*self._comm.values()))
             metrics["comm/train_bytes_per_agent"] = link / held
             metrics["comm/train_network_bytes_per_agent"] = network / held
         return metrics
+
+    @staticmethod
+    def _link_metrics(group: str, mixers) -> Dict[str, float]:
+        """``algorithm.log_link_bytes``: bytes per link ``i -> j`` of this iteration (all networks).
+
+        Every link of the graph (``j`` reads ``i`` in the failure-free ``W`` or
+        in some step) of an agent held here, 0 when it carried nothing (all its
+        steps failed); with a graph that changes (visibility), the links up in
+        the iteration's steps.
+        """
+        total = graph = agents = None
+        for mixer in mixers:
+            if not mixer.comm.steps or mixer.comm.links is None:
+                continue
+            agents = mixer.comm.agents
+            n = mixer.n_agents
+            reads = (mixer._base_W.reshape(-1, n, n) != 0).any(0).T.cpu()[agents]  # reads[a, j]: j reads agent a
+            total = mixer.comm.links.clone() if total is None else total + mixer.comm.links
+            graph = reads if graph is None else graph | reads
+        if total is None:
+            return {}
+        graph = (graph | (total > 0)) & ~torch.nn.functional.one_hot(agents, total.shape[1]).bool()
+        return {
+            f"comm/{group}/link_{i}_to_{j}/train_bytes": float(total[a, j])
+            for a, i in enumerate(agents.tolist()) for j in torch.nonzero(graph[a]).flatten().tolist()
+        }
 
     # -------------------------------------------------------------- evaluation
     def _route_evaluation(self) -> None:
@@ -691,6 +725,8 @@ class DecpgConfig(AlgorithmConfig):
     evaluation_dropout: List[int] = field(default_factory=list)
     # per-group topology options (benchmarl_decentral.consensus.groups)
     group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
+    # communication accounting: bytes per link, logged per iteration
+    log_link_bytes: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -737,6 +773,8 @@ class DecpgConfig(AlgorithmConfig):
                 )
         if isinstance(self.link_failure, (int, float)) and not 0 <= self.link_failure < 1:
             raise ValueError(f"decpg: link_failure must be in [0, 1), got {self.link_failure}.")
+        if not isinstance(self.log_link_bytes, bool):
+            raise ValueError(f"decpg: log_link_bytes must be true or false, got {self.log_link_bytes!r}.")
         if isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm <= 0:
             raise ValueError(f"decpg: max_grad_norm must be > 0 or null, got {self.max_grad_norm}.")
         if isinstance(self.topology, str):

@@ -569,6 +569,7 @@ class Matrpo(Algorithm):
         self._gae: Dict[str, GAE] = {}
         self.last_stats: Dict[str, MatrpoStats] = {}
         self.link_stats: Dict[str, Dict[str, float]] = {}  # topology=visibility: links, components
+        self._comm: Dict[str, tuple] = {}  # per group, this iteration: (ADMM bytes sent, agents)
 
         if self.experiment_config.clip_grad_val is not None:
             # BenchMARL clips the norm over all agents' critics at once (a
@@ -895,9 +896,28 @@ class Matrpo(Algorithm):
             to_log[f"matrpo/{group}/links_up"] = stats.links_up
         for name, value in self.link_stats.get(group, {}).items():  # topology=visibility
             to_log[f"matrpo/{group}/{name}"] = value
+        to_log.update(self._comm_metrics(group, stats))
         logger = getattr(self.experiment, "logger", None)
         if logger is not None:
             logger.log(to_log, step=self.experiment.n_iters_performed)
+
+
+    def _comm_metrics(self, group: str, stats: MatrpoStats) -> Dict[str, float]:
+        """Bytes each agent sent in this update's ADMM (eq. 22), mean over the group; over all groups at the last.
+
+        The keys of decpg's (``comm/...``), so ``benchmarl report`` shows them:
+        ``train`` is the ADMM link traffic, ``network`` 0 (one process).
+        """
+        sent = stats.bytes_sent if stats.bytes_sent is not None else torch.zeros(len(self.group_map[group]))
+        self._comm[group] = (float(sent.sum()), sent.numel())
+        metrics = {f"comm/{group}/train_bytes_per_agent": float(sent.sum()) / sent.numel(),
+                   f"comm/{group}/train_network_bytes_per_agent": 0.0}
+        groups = list(getattr(self.experiment, "train_group_map", self.group_map))
+        if group == groups[-1]:
+            total, agents = (sum(column) for column in zip(*(self._comm[g] for g in groups if g in self._comm)))
+            metrics["comm/train_bytes_per_agent"] = total / agents
+            metrics["comm/train_network_bytes_per_agent"] = 0.0
+        return metrics
 
 
 class _JointDist:

@@ -9,6 +9,12 @@ What exists today (issue 18, first slice; decpg only, single machine, gloo):
   agents stacked in one process) and :class:`TorchDistributedTransport`
   (each rank holds a block of agents; parameter vectors travel point to point
   to the ranks of the neighbours in ``W``, nothing else);
+* MATRPO's ADMM link exchange (001 eq. 22) as a second transport method,
+  :meth:`Transport.exchange_link_ends`: in synchronous ADMM each end of a link
+  sends ``y + beta C J x`` (one ``(M, K)`` value) to the other end and
+  updates its own ``z``, ``y``
+  (:func:`~benchmarl_decentral.objectives.admm.dual_update` with a
+  ``transport``); a building block, matrpo's training is not split yet;
 * byte accounting in both modes (:class:`MixRecord`, :func:`mixing_bytes`),
   logged by ``decpg`` as ``comm/train_bytes_per_agent`` and
   ``comm/train_network_bytes_per_agent``;
@@ -41,9 +47,12 @@ Plan for the rest:
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
    distance, ``theta_avg``): a reduction outside training, on rank 0.
 4. dg_mappo (D-GAT messages per environment step, parameter mixing of eqs.
-   9-10) and matrpo (ADMM log-ratios and duals), each as one more transport
-   method; several agent groups; faults (dropped messages are already real
-   here; elastic restart from a checkpoint); scaling figures.
+   9-10) as one more transport method; matrpo's training on ranks (its ADMM
+   link exchange already goes through
+   :meth:`Transport.exchange_link_ends`, see
+   :func:`~benchmarl_decentral.objectives.admm.synchronous_iteration`);
+   several agent groups; faults (dropped messages are already real here;
+   elastic restart from a checkpoint).
 """
 
 from __future__ import annotations
@@ -64,7 +73,9 @@ from benchmarl_decentral.distributed.transport import (
     Transport,
     bytes_per_agent,
     current_transport,
+    link_end_bytes,
     mixing_bytes,
+    per_link_bytes,
     sends,
     use_transport,
 )
@@ -80,8 +91,10 @@ __all__ = [
     "check_algorithm",
     "current_transport",
     "free_port",
+    "link_end_bytes",
     "mixing_bytes",
     "partition_agents",
+    "per_link_bytes",
     "plan_launch",
     "sends",
     "spawn_local",

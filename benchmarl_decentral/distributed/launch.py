@@ -21,7 +21,9 @@ from torch import Tensor
 DISTRIBUTED_ALGORITHMS: tuple[str, ...] = ("decpg",)
 _NOT_SUPPORTED: dict[str, str] = {
     "dg_mappo": "its D-GAT messages (per environment step) and consensus loss have no distributed transport yet",
-    "matrpo": "its ADMM exchange of per-sample log-ratios and dual variables has no distributed transport yet",
+    "matrpo": "its ADMM exchange of per-sample log-ratios and dual variables runs over the transport only "
+              "as a building block (objectives.admm.synchronous_iteration(transport=...)); its training is not "
+              "split across ranks yet",
     "magpo": "its guider is centralized by design (one network reads every agent), so it cannot be split by agent",
 }
 

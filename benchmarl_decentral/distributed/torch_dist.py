@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from benchmarl_decentral.distributed.transport import MixRecord, Transport, sends
+from benchmarl_decentral.distributed.transport import MixRecord, Transport, link_end_bytes, sends
 
 
 class TorchDistributedTransport(Transport):
@@ -71,6 +71,48 @@ class TorchDistributedTransport(Transport):
             )
         return self._local
 
+    def holds(self, agents: Tensor) -> Tensor:
+        return self.owner.to(agents.device)[agents] == self.rank
+
+    def exchange_link_ends(self, links: Tensor, values: Tensor, n_agents: int) -> tuple[Tensor, MixRecord]:
+        """Every link that crosses to rank ``r``: one message each way per rank pair, the links' values stacked.
+
+        Both ranks of a pair list the links between them in the order of
+        ``links`` (the same list everywhere), so the stacked values line up.
+        """
+        local = self.local_agents(n_agents)
+        links = links.cpu().long()
+        ends = self.owner[links]  # (l, 2): rank of each endpoint
+        value_bytes = values[0, 0].numel() * values.element_size() if values.shape[0] else 0
+        out = values.clone()
+        ops: list[dist.P2POp] = []
+        received: list[tuple[Tensor, Tensor, Tensor]] = []
+        network = torch.zeros(n_agents, dtype=torch.int64)
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            mine = torch.nonzero((ends[:, 0] == self.rank) & (ends[:, 1] == r)).flatten()  # i here, j on r
+            theirs = torch.nonzero((ends[:, 0] == r) & (ends[:, 1] == self.rank)).flatten()  # i on r, j here
+            ids = torch.cat([mine, theirs]).sort().values  # the links between the two ranks, in list order
+            if not ids.numel():
+                continue
+            side = (ends[ids, 1] == self.rank).long()  # the endpoint held here: 0 (i) or 1 (j)
+            buf = values[ids, side].contiguous().cpu()
+            ops.append(dist.P2POp(dist.isend, buf, r))
+            incoming = torch.empty_like(buf)
+            ops.append(dist.P2POp(dist.irecv, incoming, r))
+            received.append((ids, 1 - side, incoming))
+            network.index_add_(0, links[ids, side], torch.full((ids.numel(),), value_bytes, dtype=torch.int64))
+        if ops:
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
+        for ids, other, incoming in received:
+            out[ids, other] = incoming.to(out.device)
+        touching = (ends == self.rank).any(1)
+        per_link = link_end_bytes(links[touching], value_bytes, n_agents)
+        return out, MixRecord(agents=local, link_bytes=per_link[local].sum(1), network_bytes=network[local],
+                              links=per_link[local])
+
     def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
         n = W.shape[0]
         local = self.local_agents(n)
@@ -82,7 +124,8 @@ class TorchDistributedTransport(Transport):
         if bad:
             raise ValueError(f"rank {self.rank} holds {m} agents but got leaves of shapes {bad[:3]}")
         if not leaves:
-            return MixRecord(local, torch.zeros(m, dtype=torch.int64), torch.zeros(m, dtype=torch.int64))
+            zeros = torch.zeros(m, dtype=torch.int64)
+            return MixRecord(local, zeros, zeros.clone(), torch.zeros(m, n, dtype=torch.int64))
 
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(m, -1) for p in leaves], dim=1).cpu()  # (m, D)
@@ -125,4 +168,6 @@ class TorchDistributedTransport(Transport):
                 size = p[0].numel()
                 p.copy_(mixed[:, offset : offset + size].reshape_as(p).to(p.device))
                 offset += size
-        return MixRecord(agents=local, link_bytes=link_bytes, network_bytes=network_bytes)
+        # per link: the vector each reader got, from memory or in the message sent to its rank
+        links = S.T[local].to(torch.int64) * row_bytes
+        return MixRecord(agents=local, link_bytes=link_bytes, network_bytes=network_bytes, links=links)

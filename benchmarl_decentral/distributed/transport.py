@@ -40,11 +40,15 @@ class MixRecord:
             the algorithm's communication cost. ``(n_local,)`` int64.
         network_bytes: the part of it that crossed a process boundary (one
             vector per destination rank; 0 in one process). ``(n_local,)`` int64.
+        links: bytes per link, ``links[a, j]``: what the ``a``-th agent held
+            here sent to agent ``j`` (one parameter vector when ``j`` reads it,
+            else 0); its row sums are ``link_bytes``. ``(n_local, n)`` int64.
     """
 
     agents: Tensor
     link_bytes: Tensor
     network_bytes: Tensor
+    links: Tensor | None = None
 
 
 def sends(W: Tensor) -> Tensor:
@@ -87,6 +91,15 @@ def mixing_bytes(W: Tensor, bytes_per_agent: int, owner: Tensor | None = None) -
     return link, reaches.sum(1).to(torch.int64) * bytes_per_agent
 
 
+def per_link_bytes(W: Tensor, bytes_per_agent: int) -> Tensor:
+    """Bytes per link of one mixing step, by formula: ``L[i, j] = bytes_per_agent`` where ``j`` reads ``i``.
+
+    ``L = sends(W).T * bytes_per_agent`` (rows: senders, columns: readers);
+    ``L.sum(1)`` is :func:`mixing_bytes`' ``link_bytes``. ``(n, n)`` int64.
+    """
+    return sends(W).T.cpu().to(torch.int64) * bytes_per_agent
+
+
 def bytes_per_agent(leaves: Iterable[Tensor]) -> int:
     """Size in bytes of one agent's slice of stacked leaves ``(n, ...)``."""
     return sum(p[0].numel() * p.element_size() for p in leaves)
@@ -111,6 +124,30 @@ class Transport(ABC):
     @abstractmethod
     def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
         """``theta_i <- sum_j W_ij theta_j`` in place for every agent held here; what was sent."""
+
+    @abstractmethod
+    def exchange_link_ends(self, links: Tensor, values: Tensor, n_agents: int) -> tuple[Tensor, MixRecord]:
+        """ADMM's link exchange (MATRPO, 001 eq. 22): each end of a link sends its value to the other end.
+
+        Args:
+            links: ``(l, 2)`` undirected links ``(i, j)`` (the same list, in the
+                same order, in every process).
+            values: ``(l, 2, ...)``: ``values[e, 0]`` is agent ``i``'s value on
+                link ``e``, ``values[e, 1]`` agent ``j``'s; only the entries of
+                the endpoints held here need to be valid.
+            n_agents: ``n``.
+
+        Returns:
+            ``values`` with, on every link that has an end held here, the
+            other end's entry as that end computed it (received when it lives
+            in another process; entries of links with no end here are left
+            as they were), and what the agents held here sent: one value per
+            link at the agent (``links[a, j]``: to agent ``j``).
+        """
+
+    @abstractmethod
+    def holds(self, agents: Tensor) -> Tensor:
+        """Bool mask, the shape of ``agents`` (global ids): which of them are held in this process."""
 
     def local_rows(self, leaves: Iterable[Tensor], n_agents: int) -> list[Tensor]:
         """The rows of the agents held here, as views that share storage with ``leaves``.
@@ -149,8 +186,28 @@ class InProcessTransport(Transport):
         from benchmarl_decentral.consensus.hook import mix_  # the consensus core imports this module
 
         mix_(leaves, W)
-        link, network = mixing_bytes(W, bytes_per_agent(leaves))
-        return MixRecord(agents=torch.arange(W.shape[0]), link_bytes=link, network_bytes=network)
+        size = bytes_per_agent(leaves)
+        link, network = mixing_bytes(W, size)
+        return MixRecord(agents=torch.arange(W.shape[0]), link_bytes=link, network_bytes=network,
+                         links=per_link_bytes(W, size))
+
+    def holds(self, agents: Tensor) -> Tensor:
+        return torch.ones_like(agents, dtype=torch.bool)
+
+    def exchange_link_ends(self, links: Tensor, values: Tensor, n_agents: int) -> tuple[Tensor, MixRecord]:
+        value_bytes = values[0, 0].numel() * values.element_size() if values.shape[0] else 0
+        per_link = link_end_bytes(links, value_bytes, n_agents)
+        return values, MixRecord(agents=torch.arange(n_agents), link_bytes=per_link.sum(1),
+                                 network_bytes=torch.zeros(n_agents, dtype=torch.int64), links=per_link)
+
+
+def link_end_bytes(links: Tensor, value_bytes: int, n_agents: int) -> Tensor:
+    """Bytes per link of one ADMM exchange, by formula: both ends of every link send one value, ``(n, n)`` int64."""
+    out = torch.zeros(n_agents, n_agents, dtype=torch.int64)
+    links = links.cpu().long()
+    out[links[:, 0], links[:, 1]] = value_bytes
+    out[links[:, 1], links[:, 0]] = value_bytes
+    return out
 
 
 class CommCounter:
@@ -163,6 +220,8 @@ class CommCounter:
         """Start a new iteration (nothing sent yet)."""
         self.link_bytes: Tensor | None = None
         self.network_bytes: Tensor | None = None
+        self.links: Tensor | None = None  # (n_local, n): bytes per link, when the transport reports them
+        self.agents: Tensor | None = None
         self.steps = 0
 
     def add(self, record: MixRecord) -> None:
@@ -170,9 +229,13 @@ class CommCounter:
         if self.link_bytes is None:
             self.link_bytes = record.link_bytes.clone()
             self.network_bytes = record.network_bytes.clone()
+            self.links = None if record.links is None else record.links.clone()
+            self.agents = record.agents
         else:
             self.link_bytes += record.link_bytes
             self.network_bytes += record.network_bytes
+            if self.links is not None and record.links is not None:
+                self.links += record.links
         self.steps += 1
 
 

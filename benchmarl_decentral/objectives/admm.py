@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from benchmarl_decentral.distributed.transport import CommCounter, InProcessTransport, Transport
 from benchmarl_decentral.objectives.trust_region import (
     Linearisation,
     NaturalStep,
@@ -183,6 +184,9 @@ class AdmmState:
             (the link was picked but did not go through).
         iteration: ADMM iterations done (failed activations included).
         history: ``max_e`` primal residual after every iteration.
+        comm: what the agents held here sent over the links (one ``(M, K)``
+            value per link end and z/y update;
+            :class:`~benchmarl_decentral.distributed.CommCounter`).
     """
 
     links: Tensor
@@ -200,6 +204,7 @@ class AdmmState:
     dz_rms: Tensor | None = None
     converged: Tensor | None = None
     link_failures: int = 0
+    comm: CommCounter = field(default_factory=CommCounter)
 
     def __post_init__(self) -> None:
         if self.dz_rms is None:
@@ -385,7 +390,7 @@ def primal_step(
     return nat
 
 
-def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float) -> AdmmState:
+def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: Transport | None = None) -> AdmmState:
     """001 eq. (22) / (40), (60)-(63): z and y of the links ``link_ids`` from the agents' current ``J x``.
 
     ``nu_e^n = 1/2 sum_q [y_e^{qn} + beta C_e^q J^{qn} x^q]``,
@@ -393,19 +398,48 @@ def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float) -> AdmmState
     Equivalently ``z_e^{in} = -z_e^{jn}`` is the link's average log-ratio (when
     the two ends' duals agree) and ``y`` ascends on the disagreement,
     ``y + beta/2 (J^i x^i - J^j x^j)``. Updates ``state`` in place and returns it.
+
+    The only quantity that crosses a link is each end's
+    ``u_e^{qn} = y_e^{qn} + beta C_e^q J^{qn} x^q`` (one ``(M, K)`` value):
+    ``transport.exchange_link_ends`` carries it (in one process, the
+    :class:`~benchmarl_decentral.distributed.InProcessTransport`, nothing
+    moves), and each end updates its own ``z``, ``y`` from ``nu``. With a
+    distributed transport, ``state`` holds valid ``J x``, ``z``, ``y`` for the
+    agents (link ends) of this process only, and only those are updated; links
+    with no end here are skipped. Bytes sent go to ``state.comm``.
+
+    Args:
+        transport: how the link ends reach each other. (default: in one process)
     """
     _check_beta(beta)
     if link_ids.numel() == 0:
         return state
+    transport = InProcessTransport() if transport is None else transport
     with torch.no_grad():
         ends = state.links[link_ids]  # (l, 2)
+        held = transport.holds(ends)  # (l, 2): the link ends updated here
+        touching = held.any(1)
+        if not bool(touching.all()):
+            link_ids, ends, held = link_ids[touching], ends[touching], held[touching]
+            if link_ids.numel() == 0:
+                return state
         C = link_signs(state.z.dtype, state.z.device)[None, :, None, None]
-        CJx = C * state.Jx[ends]  # (l, 2, M, K)
+        CJx = C * state.Jx[ends]  # (l, 2, M, K); rows of ends held elsewhere are not read
         y = state.y[link_ids]
-        nu = 0.5 * (y + beta * CJx).sum(1, keepdim=True)
+        u, record = transport.exchange_link_ends(ends, y + beta * CJx, state.n_agents)
+        state.comm.add(record)
+        nu = 0.5 * u.sum(1, keepdim=True)
         z_new = (y - nu) / beta + CJx
-        dz = z_new - state.z[link_ids]
-        dz_rms = dz.pow(2).flatten(1).mean(1).sqrt()
+        z_old = state.z[link_ids]
+        dz = z_new - z_old
+        if bool(held.all()):
+            dz_rms = dz.pow(2).flatten(1).mean(1).sqrt()
+        else:  # one end here: z^i = -z^j, so its RMS is the link's
+            w = held[:, :, None, None].to(dz).expand_as(dz)
+            dz_rms = ((dz.pow(2) * w).flatten(1).sum(1) / w.flatten(1).sum(1)).sqrt()
+            mask = held[:, :, None, None]
+            z_new = torch.where(mask, z_new, z_old)
+            nu = torch.where(mask, nu.expand_as(y), y)
         state.dz_rms[link_ids] = dz_rms
         state.dual_residual[link_ids] = beta * dz_rms
         state.z[link_ids] = z_new
@@ -452,18 +486,25 @@ def synchronous_iteration(
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
     exact_kkt: bool = False,
+    transport: Transport | None = None,
 ) -> AdmmState:
     """001 eq. (5) / (22), synchronous variant: all agents step (Jacobi), then every working link's z, y.
 
     Args:
         working: bool mask ``(L,)`` of links that did not fail. (default: all)
+        transport: ``None`` (one process: every agent steps here) or a
+            distributed transport: the agents of this process step
+            (:meth:`~benchmarl_decentral.distributed.Transport.local_agents`)
+            and the link ends travel through it (:func:`dual_update`).
+            (default: None)
     """
-    primal_step(lin, state, advantages, None, delta=delta, beta=beta, cg_iters=cg_iters,
+    agents = None if transport is None else transport.local_agents(state.n_agents).to(state.links.device)
+    primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
                 residual_tol=residual_tol, exact_kkt=exact_kkt)
     ids = torch.arange(state.n_links, device=state.links.device)
     if working is not None:
         ids = ids[working]
-    return dual_update(state, ids, beta=beta)
+    return dual_update(state, ids, beta=beta, transport=transport)
 
 
 # -------------------------------------------------------------------- residuals

@@ -412,6 +412,10 @@ class MatrpoStats:
         links_up: fraction of the link activations that were not lost to
             ``link_failure`` (scalar; below 1 with ``link_failure``; a link
             idling under ``admm_tol`` counts as up; None without links).
+        bytes_sent: bytes each agent sent over its links in the ADMM (one
+            ``(M, K)`` value ``y + beta C J x`` per link end and z/y update,
+            eq. 22; :attr:`~benchmarl_decentral.objectives.admm.AdmmState.comm`),
+            int64.
     """
 
     kl: Tensor
@@ -426,6 +430,7 @@ class MatrpoStats:
     dual_residual_rel: Optional[Tensor] = None
     converged_links: Optional[Tensor] = None
     links_up: Optional[float] = None
+    bytes_sent: Optional[Tensor] = None
 
 
 def matrpo_update(
@@ -513,6 +518,8 @@ def matrpo_update(
         improvement=ls.improvement, primal_residual_rel=primal_rel, dual_residual_rel=dual_rel,
         converged_links=converged,
         links_up=1.0 - state.link_failures / attempts if state.n_links and attempts else None,
+        bytes_sent=(state.comm.link_bytes.clone() if state.comm.link_bytes is not None
+                    else torch.zeros(state.n_agents, dtype=torch.int64)),
     )
     next_offset = state.iteration % max(state.n_links, 1)
     return ls.params, stats, next_offset

@@ -132,3 +132,28 @@ def plot_performance_profiles(profile: Profile, path: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return _save(figure, path)
+
+
+def plot_communication(rows: List[dict], metric: str, path: Path) -> Path:
+    """Bytes per agent and iteration (``total``) against the final score: one panel per task, one point per run.
+
+    ``rows``: :func:`~benchmarl_decentral.reporting.communication.run_communication`
+    rows with ``task``, ``algorithm`` and ``score``; runs without a score are left out.
+    """
+    rows = [r for r in rows if r["score"] is not None]
+    tasks = sorted({r["task"] for r in rows})
+    colours = _colours(sorted({r["algorithm"] for r in rows}))
+    figure = _figure(4.5 * len(tasks), 3.8)
+    for k, task in enumerate(tasks):
+        axes = figure.add_subplot(1, len(tasks), k + 1)
+        for alg in sorted({r["algorithm"] for r in rows if r["task"] == task}):
+            points = [r for r in rows if r["task"] == task and r["algorithm"] == alg]
+            axes.scatter([r["total"] for r in points], [r["score"] for r in points], color=colours[alg],
+                         edgecolors="black", linewidths=0.5, label=f"{alg} (n={len(points)})")
+        axes.set_title(task)
+        axes.set_xlabel("bytes sent per agent per iteration")
+        axes.set_ylabel(f"final {metric}")
+        axes.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    return _save(figure, path)

@@ -13,6 +13,7 @@ from benchmarl_decentral.reporting import plots
 import numpy as np
 
 from benchmarl_decentral.reporting.loading import LoadResult, PathLike, ReportInputError, load_runs, seed_sort_key
+from benchmarl_decentral.reporting import communication as _communication
 from benchmarl_decentral.reporting import reevaluation as _reevaluation
 from benchmarl_decentral.reporting.reevaluation import Reevaluation
 from benchmarl_decentral.reporting.reference import Reference, ReferenceCache, TaskSetup, reference_results
@@ -70,6 +71,8 @@ class Report:
     runs_extra: Dict[tuple, dict] = field(default_factory=dict)  # run key -> {train_return, train_iterations}
     default_k: bool = True  # last_k chosen by the episode rule (not --last-k)
     reevaluation: Optional[Reevaluation] = None  # --reevaluate: checkpoints re-evaluated
+    communication: List[dict] = field(default_factory=list)  # per run with comm/ scalars: bytes per agent, score
+    links: List[dict] = field(default_factory=list)  # per run and link (algorithm.log_link_bytes)
 
     @property
     def markdown(self) -> Path:
@@ -240,9 +243,32 @@ def build_report(paths: Sequence[PathLike], metric: str = "return", reps: int = 
     if options is not None:
         reevaluated = _reevaluation.reevaluate(loaded.runs, metric, options, Path(out))
         notes += reevaluated.notes
+    communication, links = _communication_rows(loaded, scores)
     return Report(Path(out), loaded, scores, matrices, aggregates, improvement, profile, table, extras, notes,
                   references=references, reference_cache=cache, episodes_per_evaluation=per_evaluation,
-                  rewards=rewards, runs_extra=runs_extra, default_k=last_k is None, reevaluation=reevaluated)
+                  rewards=rewards, runs_extra=runs_extra, default_k=last_k is None, reevaluation=reevaluated,
+                  communication=communication, links=links)
+
+
+def _run_score(scores: ScoreSet, run) -> Optional[float]:
+    """A run's final score (None when it is not scored: no common metric)."""
+    task = scores.tasks.get(run.task_id)
+    if task is None or run.algorithm not in task.seeds or run.seed not in task.seeds[run.algorithm]:
+        return None
+    return float(task.raw[run.algorithm][task.seeds[run.algorithm].index(run.seed)])
+
+
+def _communication_rows(loaded: LoadResult, scores: ScoreSet):
+    """Per run that logged ``comm/`` scalars: bytes per agent and iteration, and its score; per link too."""
+    runs, links = [], []
+    for run in loaded.runs:
+        row = _communication.run_communication(run)
+        if row is None:
+            continue
+        ident = {"task": run.task_id, "algorithm": run.algorithm, "seed": run.seed}
+        runs.append({**ident, **row, "score": _run_score(scores, run)})
+        links += [{**ident, **link} for link in _communication.link_rows(run)]
+    return runs, links
 
 
 def make_report(paths: Sequence[PathLike], out: PathLike = "report", metric: str = "return", reps: int = 2000,
@@ -289,6 +315,13 @@ def make_report(paths: Sequence[PathLike], out: PathLike = "report", metric: str
                                                                             out / "performance_profiles.png")
     if report.extras:
         files["decentralised_metrics.csv"] = _write_csv(out / "decentralised_metrics.csv", report.extras)
+    if report.communication:
+        files["communication.csv"] = _write_csv(out / "communication.csv", report.communication)
+        if any(r["score"] is not None for r in report.communication):
+            files["communication.png"] = plots.plot_communication(report.communication, report.scores.metric,
+                                                                  out / "communication.png")
+    if report.links:
+        files["communication_links.csv"] = _write_csv(out / "communication_links.csv", report.links)
     if report.reevaluation is not None:
         files.update(_reevaluation.save(report.reevaluation, out))
     path = out / "report.md"
@@ -446,6 +479,58 @@ def _reevaluation_markdown(report: Report) -> List[str]:
     return md
 
 
+#: Link rows shown in report.md; all of them are in communication_links.csv.
+MAX_LINK_ROWS = 40
+
+
+def _communication_markdown(report: Report) -> List[str]:
+    md = ["", "## Communication", ""]
+    if not report.communication:
+        md.append("No run logged `comm/` scalars (decpg logs them; they need the csv logger, "
+                  "`experiment.loggers=[csv]`).")
+        return md
+    md.append("Bytes each agent sent per iteration (the mean over a run's logged iterations, then mean ± std over "
+              "seeds): **train** (`comm/train_bytes_per_agent`), the consensus traffic: decpg's mixing (one parameter "
+              "vector per neighbour that reads it and step), matrpo's ADMM (one per-sample log-ratio value per link "
+              "end and z/y update); **network**, the part of it that crossed a process boundary "
+              "(0 in one process); **env**, the environment interface of a distributed run "
+              "(`comm/env_bytes_per_agent`); **total** = train + env. A distributed run logs rank 0's agents. "
+              "Runs that logged none (algorithms without a consensus step) are not shown.")
+    md.append("")
+    values = ("train", "train_network", "env", "total", "score")
+    summary = _communication.summarise(report.communication, ("task", "algorithm"), values)
+
+    def cell(row, name, digits=0):
+        if row[name] is None:
+            return NA
+        std = row[f"{name}_std"]
+        return f"{row[name]:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+    md.append(_table(["task", "algorithm", "seeds", "train", "network", "env", "total",
+                      f"final score (`{report.scores.metric}`)"],
+                     [[r["task"], r["algorithm"], r["n_seeds"], cell(r, "train"), cell(r, "train_network"),
+                       cell(r, "env"), cell(r, "total"), cell(r, "score", 3)] for r in summary]))
+    if "communication.png" in report.files:
+        md += ["", "Total bytes per agent and iteration against the final score, one point per run:", "",
+               "![communication against return](communication.png)"]
+    md += ["", "### Per link", ""]
+    if report.links:
+        links = _communication.summarise(report.links, ("task", "algorithm", "group", "sender", "receiver"),
+                                         ("bytes_per_iteration",))
+        md.append("Bytes a link `i -> j` (agent i's parameter vector read by agent j) carried per iteration, "
+                  "training (mixing) traffic, mean ± std over seeds (runs with `algorithm.log_link_bytes=true`; a "
+                  "distributed run logs the links of rank 0's agents).")
+        md.append("")
+        md.append(_table(["task", "algorithm", "group", "link", "seeds", "bytes per iteration"],
+                         [[r["task"], r["algorithm"], r["group"], f"{r['sender']} -> {r['receiver']}", r["n_seeds"],
+                           cell(r, "bytes_per_iteration")] for r in links[:MAX_LINK_ROWS]]))
+        if len(links) > MAX_LINK_ROWS:
+            md += ["", f"The first {MAX_LINK_ROWS} of {len(links)} links; all in `communication_links.csv`."]
+    else:
+        md.append("No run logged bytes per link (`algorithm.log_link_bytes=true` in decpg).")
+    return md
+
+
 def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
     scores, metric = report.scores, report.scores.metric
     ci = f"{int(CONFIDENCE * 100)}%"
@@ -586,6 +671,8 @@ def _markdown(report: Report, paths, reps: int, command: Optional[str]) -> str:
     else:
         md.append("None found: consensus distance, generalization gap and the other decentralised metrics come "
                   "from the csv logger (`experiment.loggers=[csv]`), in `<run>/<run>/scalars/`.")
+
+    md += _communication_markdown(report)
 
     md += ["", "## Files", ""]
     md += [f"- `{name}`" for name in sorted(report.files) if name != "report.md"]

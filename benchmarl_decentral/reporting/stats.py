@@ -56,8 +56,9 @@ EXTRA_METRICS: Tuple[Tuple[str, str], ...] = (
     ("*admm*", "ADMM residuals (MATRPO)"),
     ("matrpo_*kl*", "KL (MATRPO)"),
     ("*comm*volume*", "communication volume"),
-    ("comm_*bytes_per_agent", "bytes sent per agent per iteration (train: consensus mixing; network: of those, "
-                              "across processes; env: environment interface, distributed runs)"),
+    ("comm_*bytes_per_agent", "bytes sent per agent per iteration (train: consensus mixing, decpg, or ADMM link "
+                              "values, matrpo; network: of those, across processes; env: environment interface, "
+                              "distributed runs)"),
     ("*learner_entropy", "entropy of the decentralized learners' policies (MAGPO)"),
     ("*action_agreement", "how often two agents pick the same action (MAGPO symmetry diagnostic)"),
 )
