@@ -23,3 +23,37 @@ def test_dg_mappo_iteration_quick_mode(tmp_path):
     ratios = json.loads(out.read_text())["ratios"]
     for base in ("mappo (shared)", "mappo (per-agent)"):
         assert ratios[base]["optimizer_step_min"] > 0 and ratios[base]["iteration_time"] > 0
+
+
+def test_every_dg_mappo_sweep_variant_composes_into_the_config_it_names():
+    """benchmarks/learning/dg_mappo_sweep.py: each variant is a valid override list; the older runs' variants
+    pin the previous defaults (clip 0.05, lr 5e-4) and today's "default" is the shipped config."""
+    from benchmarl.hydra_config import load_algorithm_config_from_hydra
+    from hydra import compose, initialize_config_module
+
+    import benchmarl_decentral  # noqa: F401
+
+    sys.path.insert(0, str(REPO / "benchmarks" / "learning"))
+    import dg_mappo_sweep
+
+    configs = {}
+    with initialize_config_module(config_module="benchmarl.conf", version_base=None):
+        for name, overrides in dg_mappo_sweep.VARIANTS.items():
+            cfg = compose(config_name="config", overrides=[*overrides, "task=vmas/navigation"])
+            configs[name] = load_algorithm_config_from_hydra(cfg.algorithm)
+    assert (configs["previous_default"].clip_epsilon, configs["previous_default"].lr) == (0.05, 0.0005)
+    assert (configs["clip02"].clip_epsilon, configs["clip02"].lr) == (0.2, 0.0005)
+    assert configs["default"] == configs["clip02_lr1e3"]  # runs I chose today's default
+    assert configs["zero_messages"].dgat_messages == "zero" and configs["zero_messages"].lr == 0.0005
+
+
+@pytest.mark.slow
+def test_dg_mappo_sweep_quick_mode(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "learning" / "dg_mappo_sweep.py"), "--quick", "--out",
+         str(tmp_path / "sweep")], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "sweep" / "results.json").read_text())["summary"]
+    assert list(summary) == ["default", "mix_all"] and all(s["n"] == 1 for s in summary.values())
+    assert "| default |" in result.stdout and "| mix_all |" in result.stdout

@@ -60,34 +60,54 @@ PART = PARTS["dg_mappo"]
 #: BenchMARL mappo's PPO settings (mappo.yaml + base_experiment.yaml's clip_grad_val) on dg_mappo's keys.
 MAPPO_PPO = ["algorithm.clip_epsilon=0.2", "algorithm.entropy_coef=0.0", "algorithm.loss_critic_type=l2",
              "algorithm.max_grad_norm=5.0"]
+#: dg_mappo's defaults before runs I (clip 0.05 and lr 5e-4, Tables 2-3): runs A-H ran on them, so every
+#: variant of those runs pins them and reproduces its rows with today's code.
+PREVIOUS = ["algorithm.clip_epsilon=0.05", "algorithm.lr=0.0005"]
+
+
+def _previous(*settings: str) -> list[str]:
+    """``algorithm=dg_mappo`` on the previous defaults, ``settings`` in place of theirs (same key)."""
+    keys = {o.split("=", 1)[0] for o in settings}
+    return ["algorithm=dg_mappo", *(o for o in PREVIOUS if o.split("=", 1)[0] not in keys), *settings]
+
+
 VARIANTS = {
-    "first": ["algorithm=dg_mappo", "algorithm.num_hops=null", "algorithm.consensus_params=[dgat]"],
-    "default": ["algorithm=dg_mappo"],
-    "dgat_only": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat]"],
-    "mix_all": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat,actor,critic]"],
-    "mix_all_update3": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat,actor,critic]",
-                        "algorithm.mix_every=update", "algorithm.mixes_per_update=3"],
-    "mix_all_clip02": ["algorithm=dg_mappo", "algorithm.consensus_params=[dgat,actor,critic]",
-                       "algorithm.clip_epsilon=0.2"],
-    "clip02": ["algorithm=dg_mappo", "algorithm.clip_epsilon=0.2"],
-    "full_graph": ["algorithm=dg_mappo", "algorithm.topology=full"],
-    "zero_messages": ["algorithm=dg_mappo", "algorithm.dgat_messages=zero"],
-    "no_consensus_loss": ["algorithm=dg_mappo", "algorithm.alpha_consensus=0"],
-    "value_linear": ["algorithm=dg_mappo", "algorithm.value=linear"],
-    "mappo_ppo": ["algorithm=dg_mappo", *MAPPO_PPO],
-    "mappo_ppo_vn": ["algorithm=dg_mappo", *MAPPO_PPO, "algorithm.value_norm=true"],
+    "default": ["algorithm=dg_mappo"],  # today's default (clip 0.2, lr 1e-3: runs I)
+    "previous_default": _previous(),  # the "default" rows of runs A-H
+    "first": _previous("algorithm.num_hops=null", "algorithm.consensus_params=[dgat]"),
+    "dgat_only": _previous("algorithm.consensus_params=[dgat]"),
+    "mix_all": _previous("algorithm.consensus_params=[dgat,actor,critic]"),
+    "mix_all_update3": _previous("algorithm.consensus_params=[dgat,actor,critic]", "algorithm.mix_every=update",
+                                 "algorithm.mixes_per_update=3"),
+    "mix_all_clip02": _previous("algorithm.consensus_params=[dgat,actor,critic]", "algorithm.clip_epsilon=0.2"),
+    "clip02": _previous("algorithm.clip_epsilon=0.2"),
+    "clip02_lr1e3": _previous("algorithm.clip_epsilon=0.2", "algorithm.lr=0.001"),  # = today's default
+    "clip02_lmbda09": _previous("algorithm.clip_epsilon=0.2", "algorithm.lmbda=0.9"),
+    "clip02_no_adv_norm": _previous("algorithm.clip_epsilon=0.2", "algorithm.normalize_advantage=false"),
+    "full_graph": _previous("algorithm.topology=full"),
+    "zero_messages": _previous("algorithm.dgat_messages=zero"),
+    "default_zero_messages": ["algorithm=dg_mappo", "algorithm.dgat_messages=zero"],
+    "no_consensus_loss": _previous("algorithm.alpha_consensus=0"),
+    "value_linear": _previous("algorithm.value=linear"),
+    "mappo_ppo": _previous(*MAPPO_PPO),
+    "mappo_ppo_vn": _previous(*MAPPO_PPO, "algorithm.value_norm=true"),
+    "mappo_all": _previous(*MAPPO_PPO, "algorithm.lmbda=0.9", "algorithm.normalize_advantage=false"),
     "paper": ["algorithm=dg_mappo_paper"],
     "mappo": ["algorithm=mappo"],
     "ippo": ["algorithm=ippo"],
+    "mappo_lr1e3": ["algorithm=mappo", "experiment.lr=0.001"],
+    "ippo_lr1e3": ["algorithm=ippo", "experiment.lr=0.001"],
 }
 METRIC = "eval_reward_episode_reward_mean.csv"
 
 
 def command(variant: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
     budget = [f"experiment.max_n_frames={args.frames}", f"experiment.evaluation_interval={args.evaluation_interval}"]
+    keys = {o.split("=", 1)[0] for o in VARIANTS[variant]}  # a variant's experiment.* key replaces COMMON's
+    common = [o for o in (SMOKE if args.quick else COMMON) if o.split("=", 1)[0] not in keys]
     return [
         str(Path(sys.executable).parent / "benchmarl"), "run", *VARIANTS[variant], f"task={args.task}",
-        *args.task_overrides, f"seed={seed}", *(SMOKE if args.quick else COMMON), *budget,
+        *args.task_overrides, f"seed={seed}", *common, *budget,
         "experiment.loggers=[csv]", "experiment.create_json=false", "experiment.render=false",
         f"experiment.save_folder={run_dir}", f"hydra.run.dir={run_dir / 'hydra'}",
     ]
@@ -113,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task-overrides", nargs="*", default=None,
                    help=f"task.* overrides (default: the suite part's, {' '.join(PART.task_overrides)}, "
                         "when --task is the part's task; none otherwise)")
-    p.add_argument("--frames", type=int, default=PART.frames, help="training frames per run (suite: 72000)")
+    p.add_argument("--frames", type=int, default=PART.frames, help=f"training frames per run (default: the suite part's, {PART.frames})")
     p.add_argument("--evaluation-interval", type=int, default=PART.evaluation_interval)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "dg_mappo_sweep")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
