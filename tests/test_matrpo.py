@@ -40,7 +40,7 @@ from conftest import make_experiment, run_cli, TINY
 GROUP = "agents"
 needs_jaxmarl = pytest.mark.skipif(not jaxmarl_available(),
                                    reason="jax/jaxmarl not installed: pip install 'benchmarl-decentral[smax]'")
-SMALL = {"num_cells": None, "activation": None, "admm_iterations": 12}  # the test model ([16] Tanh), few iterations
+SMALL = {"num_cells": None, "activation": None, "admm_iterations": 12, "admm_tol": 0.0}  # the test model ([16] Tanh), few iterations, all run
 
 
 def _exp(tmp_path, *, continuous=False, n_agents=3, task="vmas/navigation", algo=None, **exp_kwargs):

@@ -692,7 +692,8 @@ def run_admm(
         isolated: ``"error"`` or ``"local"``: what an agent without a link
             does when there are several agents (see above). (default: "error")
         metric: trust-region metric of the primal step, ``"kl"`` or
-            ``"gauss_newton"`` (see :func:`primal_step`). (default: "kl")
+            ``"gauss_newton"`` (see :func:`primal_step`); an agent without a
+            link (no penalty) always takes the ``"kl"`` step, TRPO's. (default: "kl")
 
     Returns:
         The :class:`AdmmState`; ``state.iteration`` is the number of iterations used.
@@ -727,13 +728,16 @@ def run_admm(
             f"agents {alone.tolist()} have no communication link, so they can never reach consensus; "
             "use a connected topology (e.g. ring) or a single agent"
         )
+    # an agent without links has no penalty: the closed form is exact with any metric, and it takes
+    # TRPO's step with the true-KL Hessian whatever ``metric`` says
+    alone_kw = {**kw, "metric": "kl"}
     if state.n_links == 0:  # a single agent (or no link at all): plain TRPO, one step is the answer
-        primal_step(lin, state, advantages, None, **kw)
+        primal_step(lin, state, advantages, None, **alone_kw)
         state.iteration += 1
         state.history.append(0.0)
         return state
     if alone.numel():  # isolated="local": V^q has no link term and never changes
-        primal_step(lin, state, advantages, alone.to(state.x.device), **kw)
+        primal_step(lin, state, advantages, alone.to(state.x.device), **alone_kw)
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0 or None (0/None: no early stop), got {tol}")
     per_link_stop = bool(tol)
