@@ -7,8 +7,8 @@ own critic, ``advantage_norm`` of the YAML). Then, for every ``beta`` and
 ``admm_mode``, one MATRPO policy update is run on that same batch from the same
 ``theta_old`` (paper 001 Algorithm 1: linearisation, ADMM eqs. 21-22, the
 per-agent KL / improvement line search), with the ring topology of the YAML,
-no ``admm_tol`` early stop and the primal step of ``--exact-kkt`` (default
-``false``, matrpo.yaml's: the paper's closed form on the KL boundary). The ADMM run is read at iterations ``--iterations``
+no ``admm_tol`` early stop, the primal step's trust-region metric ``--metrics`` (``kl``: the true-KL Hessian, the step before the fix; ``gauss_newton``: the exact ADMM step) and ``--exact-kkt`` (default
+``false``: the paper's closed form on the KL boundary, matrpo_paper's; matrpo.yaml has ``true``). The ADMM run is read at iterations ``--iterations``
 (one run of the largest value, read on the way: with the same link-selection
 seed, the first ``K`` iterations of a longer run are exactly a ``K``-iteration
 run), and at each read-out the script records:
@@ -84,8 +84,8 @@ def collect(task_name: str, task_changes: dict, frames: int, n_envs: int, seed: 
     return exp, group, batch
 
 
-def one_update(exp, group: str, batch, *, beta: float, mode: str, exact_kkt: bool, checkpoints,
-               check_every: int, thresholds, seed: int) -> dict:
+def one_update(exp, group: str, batch, *, beta: float, mode: str, exact_kkt: bool, metric: str, checkpoints,
+               check_every: int, thresholds, seed: int, cg_iters: int | None = None) -> dict:
     """One policy update's ADMM from ``theta_old``, read at every checkpoint (see the module docstring)."""
     from benchmarl_decentral.objectives import relative_residuals, run_admm
     from benchmarl_decentral.objectives import init_state
@@ -104,7 +104,7 @@ def one_update(exp, group: str, batch, *, beta: float, mode: str, exact_kkt: boo
     for target in range(check_every, max(checkpoints) + 1, check_every):
         t = time.perf_counter()
         run_admm(lin, advantages, links, delta=alg.delta, beta=beta, iterations=target - done, mode=mode,
-                 generator=generator, exact_kkt=exact_kkt, cg_iters=alg.cg_iters, state=state)
+                 generator=generator, exact_kkt=exact_kkt, cg_iters=cg_iters or alg.cg_iters, state=state, metric=metric)
         admm_seconds += time.perf_counter() - t
         done = target
         primal, dual = relative_residuals(state)
@@ -133,7 +133,7 @@ def one_update(exp, group: str, batch, *, beta: float, mode: str, exact_kkt: boo
                 "seconds": admm_seconds + search_seconds,
             })
     lin.release()
-    return {"beta": beta, "mode": mode, "exact_kkt": exact_kkt, "n_links": int(links.shape[0]),
+    return {"beta": beta, "mode": mode, "exact_kkt": exact_kkt, "metric": metric, "cg_iters": cg_iters or alg.cg_iters, "n_links": int(links.shape[0]),
             "first_below": first_below, "checkpoints": rows}
 
 
@@ -147,16 +147,18 @@ def run(args) -> dict:
             exp, group, batch = collect(task_name, TASKS.get(task_name, {}), frames, args.n_envs, args.seed, tmp)
             alg = exp.algorithm
             runs = []
-            for exact_kkt in args.exact_kkt:
-                for beta in args.betas:
-                    for mode in args.modes:
-                        runs.append(one_update(exp, group, batch, beta=beta, mode=mode, exact_kkt=exact_kkt,
-                                               checkpoints=args.iterations, check_every=args.check_every,
-                                               thresholds=args.thresholds, seed=args.seed))
-                        last = runs[-1]["checkpoints"][-1]
-                        print(f"{task_name} exact_kkt={exact_kkt} beta={beta} {mode}: primal_max "
-                              f"{last['primal_max']:.3f} after {last['iterations']} ({last['seconds']:.1f} s)",
-                              flush=True)
+            for metric in args.metrics:
+                for exact_kkt in args.exact_kkt:
+                    for beta in args.betas:
+                        for mode in args.modes:
+                            runs.append(one_update(exp, group, batch, beta=beta, mode=mode, exact_kkt=exact_kkt,
+                                                   metric=metric, checkpoints=args.iterations,
+                                                   check_every=args.check_every, thresholds=args.thresholds,
+                                                   seed=args.seed, cg_iters=args.cg_iters))
+                            last = runs[-1]["checkpoints"][-1]
+                            print(f"{task_name} metric={metric} exact_kkt={exact_kkt} beta={beta} {mode}: primal_max "
+                                  f"{last['primal_max']:.3f} after {last['iterations']} ({last['seconds']:.1f} s)",
+                                  flush=True)
             out["tasks"][task_name] = {
                 "n_agents": len(exp.group_map[group]), "frames": frames, "delta": alg.delta,
                 "topology": alg.topology,
@@ -179,17 +181,17 @@ def table(result: dict) -> str:
             f"**{task_name}** ({task['n_agents']} agents, ring, one batch of {task['frames']} frames, "
             f"delta/N = {task['delta']}):",
             "",
-            "| exact_kkt | beta | mode | K | max rel. primal | max rel. dual | KL / bound | min step fraction "
+            "| metric | exact_kkt | beta | mode | K | max rel. primal | max rel. dual | KL / bound | min step fraction "
             "| reverted | surrogate gain | s |"
             + "".join(f" first K < {t} |" for t in thresholds),
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(thresholds),
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(thresholds),
         ]
         for r in task["runs"]:
             for c in r["checkpoints"]:
                 first = "".join(f" {r['first_below'][t] if r['first_below'][t] is not None else '-'} |"
                                 for t in thresholds) if c is r["checkpoints"][-1] else " |" * len(thresholds)
                 lines.append(
-                    f"| {str(r['exact_kkt']).lower()} | {r['beta']:g} | {r['mode']} | {c['iterations']} "
+                    f"| {r.get('metric', 'kl')} | {str(r['exact_kkt']).lower()} | {r['beta']:g} | {r['mode']} | {c['iterations']} "
                     f"| {c['primal_max']:.3f} | {c['dual_max']:.3f} | {c['kl_over_bound']:.2f} | {c['min_step_fraction']:.2f} | {c['reverted_agents']} "
                     f"| {_fmt(c['improvement_mean'])} | {c['seconds']:.1f} |{first}"
                 )
@@ -208,6 +210,10 @@ def main() -> None:
     parser.add_argument("--exact-kkt", nargs="+", choices=["false", "true"], default=["false"],
                         help="primal step: the paper's closed form on the KL boundary (false, matrpo.yaml) or its "
                              "multiplier clipped at 0 (true); see objectives/admm.py")
+    parser.add_argument("--metrics", nargs="+", choices=["kl", "gauss_newton"], default=["kl", "gauss_newton"],
+                        help="trust-region metric of the primal step (objectives/admm.py): the true-KL Hessian (kl) "
+                             "or the penalty's 1/M sum_n J^T J (gauss_newton, the exact ADMM step)")
+    parser.add_argument("--cg-iters", type=int, default=None, help="CG iterations per primal step (default: the YAML's)")
     parser.add_argument("--iterations", type=int, nargs="+", default=[50, 100, 200, 400])
     parser.add_argument("--check-every", type=int, default=10, help="iterations between residual checks")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.05])

@@ -417,3 +417,68 @@ def test_negative_tol_is_refused():
     lin = Linearisation(policy, params, obs, actions, damping=1e-3)
     with pytest.raises(ValueError, match="tol must be >= 0"):
         run_admm(lin, adv, links_from_adjacency(ring(3)), delta=0.01, beta=1.0, iterations=2, tol=-1.0)
+
+
+# ------------------------------------------- the exact ADMM step (metric="gauss_newton")
+
+
+def consensus_oracle(adv, n_samples, n_components, delta):
+    """The consensus optimum of eqs. (15)-(21) with the trust region 1/2 x^T G x <= delta/N (eq. 46).
+
+    When every agent's ``J^i`` (``MK x D``) has full row rank, each agent can
+    produce any log-ratios ``u = J^i x^i`` and ``1/2 x^T G^i x = ||u||^2 / (2M)``
+    for the smallest such ``x^i``. The problem is then
+    ``max 1/M sum_n (sum_q A^q)^T u^n`` s.t. ``||u||^2 <= 2 delta M``, solved by
+    ``u^n = sqrt(2 delta M / K) sum_q A^q / ||sum_q A^q||`` for every
+    component ``n``: the centralised step on the summed private advantages
+    (eq. 6), whatever the networks.
+    """
+    a = adv.sum(0)
+    u = math.sqrt(2 * delta * n_samples / n_components) * a / a.norm()
+    return u[:, None].expand(n_samples, n_components)
+
+
+@pytest.mark.parametrize(("kind", "mode", "iterations"), [
+    ("categorical", "synchronous", 40),
+    pytest.param("gaussian", "random", 150, marks=pytest.mark.slow),  # one link per iteration: ~4x the primal steps
+])
+def test_gauss_newton_metric_reaches_the_dense_consensus_optimum(kind, mode, iterations):
+    """Generic nets, observations and sampled actions (G != KL Hessian): the exact primal step converges.
+
+    ``metric="gauss_newton"`` with ``exact_kkt`` makes every primal step the exact
+    minimiser of eq. (42), so the iteration is ADMM on a convex problem and must reach
+    its optimum for any beta: the oracle's log-ratios, on the trust-region boundary.
+    ``metric="kl"`` (the true-KL Hessian in the closed form) stays away from it on the
+    same problem (the finding of benchmarks/README.md section 9).
+    """
+    n, delta, beta = 3, 0.01, 3.0
+    net, make_dist, policy, params, obs, actions, adv = random_problem(n, kind=kind, m=6, k=3, seed=3)
+    lin = Linearisation(policy, params, obs, actions, damping=1e-10)
+    M, K, D = lin.n_samples, lin.n_components, lin.n_params
+    for i in range(n):  # the oracle's condition: every J^i has full row rank
+        J, _ = dense(net, make_dist, params, obs, actions, i)
+        assert int(torch.linalg.matrix_rank(J.reshape(M * K, D))) == M * K
+    u_star = consensus_oracle(adv, M, K, delta)
+    edges = [(0, 1), (1, 2), (0, 2)]
+    # CG to convergence (D > MK here, so MK + 6 iterations suffice): exact subproblems
+    kw = dict(delta=delta, beta=beta, iterations=iterations, mode=mode, cg_iters=M * K + 6, residual_tol=1e-24,
+              exact_kkt=True)
+    state = run_admm(lin, adv, edges, metric="gauss_newton", generator=torch.Generator().manual_seed(0), **kw)
+    err = (state.Jx - u_star).norm(dim=(1, 2)) / u_star.norm()
+    assert float(err.max()) < 1e-4, err
+    # every agent on its (Gauss-Newton) trust-region boundary: ||J x||^2 / (2M) = delta/N
+    torch.testing.assert_close(state.Jx.pow(2).sum((1, 2)) / (2 * M), torch.full((n,), delta), rtol=1e-4, atol=0)
+    assert state.history[-1] < 1e-4 * state.history[0]
+    if mode != "synchronous":
+        return
+    # the closed form with the true-KL Hessian does not get there
+    state_kl = run_admm(lin, adv, edges, metric="kl", generator=torch.Generator().manual_seed(0), **kw)
+    err_kl = (state_kl.Jx - u_star).norm(dim=(1, 2)) / u_star.norm()
+    assert float(err_kl.max()) > 0.05, err_kl
+
+
+def test_unknown_metric_is_refused():
+    net, make_dist, policy, params, obs, actions, adv = random_problem(3, seed=2)
+    lin = Linearisation(policy, params, obs, actions)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        run_admm(lin, adv, [(0, 1), (1, 2)], delta=0.01, beta=1.0, iterations=1, metric="fisher")

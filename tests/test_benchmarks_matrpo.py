@@ -39,6 +39,7 @@ def test_matrpo_admm_sweep_quick_mode(tmp_path):
     assert [t["n_agents"] for t in tasks.values()] == [3, 4]
     for task in tasks.values():
         assert {(r["mode"], r["beta"]) for r in task["runs"]} == {("random", 1.0), ("synchronous", 1.0)}
+        assert {r["metric"] for r in task["runs"]} == {"kl", "gauss_newton"}  # both primal steps (section 9)
         for run in task["runs"]:
             assert [c["iterations"] for c in run["checkpoints"]] == [2, 4]
             for c in run["checkpoints"]:

@@ -40,7 +40,7 @@ from conftest import make_experiment, run_cli, TINY
 GROUP = "agents"
 needs_jaxmarl = pytest.mark.skipif(not jaxmarl_available(),
                                    reason="jax/jaxmarl not installed: pip install 'benchmarl-decentral[smax]'")
-SMALL = {"num_cells": None, "activation": None, "admm_iterations": 12}  # the test model ([16] Tanh), few iterations
+SMALL = {"num_cells": None, "activation": None, "admm_iterations": 12, "admm_tol": 0.0}  # the test model ([16] Tanh), few iterations, all run
 
 
 def _exp(tmp_path, *, continuous=False, n_agents=3, task="vmas/navigation", algo=None, **exp_kwargs):
@@ -82,6 +82,7 @@ def _snapshot(alg):
         ("activation", "swishy", "unknown activation"),
         ("topology", "star", "unknown topology"),
         ("admm_tol", -0.1, "admm_tol must be >= 0"),
+        ("admm_metric", "fisher", "unknown admm_metric"),
         ("advantage_norm", "global", "unknown advantage_norm"),
     ],
 )
@@ -95,15 +96,17 @@ def test_defaults_are_table_iii():
     c = MatrpoConfig.get_from_yaml()
     assert (c.delta, c.gamma, c.lmbda) == (0.003, 0.995, 0.95)
     assert (c.topology, c.num_cells, c.activation) == ("ring", [128, 128], "selu")
-    # the ADMM sweep's tighter setting (benchmarks/README.md section 9) is not the default: learning unmeasured
-    assert (c.beta, c.admm_iterations, c.admm_mode) == (1.0, 100, "random")
+    # the ADMM: the exact primal step with the sweep's setting (benchmarks/README.md section 9)
+    assert (c.admm_metric, c.exact_kkt, c.beta, c.admm_mode, c.admm_iterations, c.admm_tol, c.cg_iters) == (
+        "gauss_newton", True, 10.0, "synchronous", 200, 0.05, 30)
 
 
 def test_paper_preset_is_table_iii_admm_and_otherwise_the_defaults():
     from benchmarl_decentral.algorithms import MatrpoPaperConfig
     from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 
-    table_iii = {"beta": 1.0, "admm_iterations": 100, "admm_mode": "random"}
+    table_iii = {"beta": 1.0, "admm_iterations": 100, "admm_mode": "random", "admm_tol": 0.0,
+                 "exact_kkt": False, "admm_metric": "kl", "cg_iters": 10}
     assert load_algorithm_yaml("matrpo_paper") == {**load_algorithm_yaml("matrpo"), **table_iii}
     config = MatrpoPaperConfig.get_from_yaml()
     assert {k: getattr(config, k) for k in table_iii} == table_iii
@@ -290,6 +293,13 @@ def test_cached_operators_match_the_objectives_layer(continuous, mlp_path):
     expected = make_fvp(lambda p, o: make_dist(network(p, o)), params, obs[:, ::3], damping=0.1)(x)
     torch.testing.assert_close(sub.fvp()(x), expected)
     torch.testing.assert_close(sub.jvp(x), ref.jvp(x))
+    # the Gauss-Newton product of metric="gauss_newton" uses all samples whatever the Fisher subsample:
+    # 1/M J^T J x + damping x against the dense Jacobian
+    eye = torch.eye(ref.n_params, dtype=torch.float64)
+    J = torch.stack([ref.jvp(e.expand(n, -1).contiguous()) for e in eye], dim=-1)  # (n, M, K, D), column by column
+    dense_gn = torch.einsum("imkd,imke,ie->id", J, J, x) / M + 0.1 * x
+    torch.testing.assert_close(sub.gnvp()(x), dense_gn)
+    torch.testing.assert_close(sub.gnvp(torch.tensor([0, 2]))(x[[0, 2]]), dense_gn[[0, 2]])
 
 
 def test_own_component_and_per_agent_normalisation_helpers():

@@ -127,7 +127,7 @@ from benchmarl_decentral.consensus.topology import (
     TOPOLOGIES,
 )
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
-from benchmarl_decentral.objectives import ADMM_MODES, links_from_adjacency
+from benchmarl_decentral.objectives import ADMM_METRICS, ADMM_MODES, links_from_adjacency
 # the linearisation operators and the update live in objectives/ (math); re-exported here
 from benchmarl_decentral.objectives.matrpo import (  # noqa: F401
     _MaskedJointPolicy,
@@ -405,6 +405,9 @@ class Matrpo(Algorithm):
             ``admm_iterations``; :func:`~benchmarl_decentral.objectives.run_admm`).
         exact_kkt: clip the trust-region multiplier at 0 in the primal step
             (see :mod:`benchmarl_decentral.objectives.admm`); ``False`` is the paper's formula.
+        admm_metric: trust-region metric of the primal step: ``kl`` (the true-KL
+            Hessian) or ``gauss_newton`` (``1/M sum_n J^T J``, eq. 46, with which
+            the closed form is the exact ADMM step; :func:`~benchmarl_decentral.objectives.primal_step`).
         topology: communication graph: ``ring`` (sec. VI), ``knn_ring`` (``k``),
             ``full``, ``custom`` (``adjacency``) or ``visibility`` (SMAC-family
             tasks: rebuilt from every batch); links are undirected.
@@ -474,6 +477,7 @@ class Matrpo(Algorithm):
         critic_max_grad_norm: Optional[float],
         evaluation_dropout: Optional[List[int]] = None,
         group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
+        admm_metric: str = "kl",  # "kl": configs pickled before the key
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -484,6 +488,7 @@ class Matrpo(Algorithm):
         self.admm_mode = admm_mode
         self.admm_tol = admm_tol
         self.exact_kkt = exact_kkt
+        self.admm_metric = admm_metric
         self.topology = topology
         self.k = k
         self.adjacency = adjacency
@@ -861,6 +866,7 @@ class Matrpo(Algorithm):
             generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol or None,
             exact_kkt=self.exact_kkt, cg_iters=self.cg_iters, backtrack_ratio=self.backtrack_ratio,
             max_backtracks=self.max_backtracks, require_improvement=self.line_search_improvement,
+            metric=self.admm_metric,
         )
         lin.release()
         with torch.no_grad():
@@ -1021,6 +1027,8 @@ class MatrpoConfig(AlgorithmConfig):
     evaluation_dropout: List[int] = field(default_factory=list)
     # per-group topology options (benchmarl_decentral.consensus.groups)
     group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
+    # trust-region metric of the ADMM primal step (a default: configs pickled before the key still load)
+    admm_metric: str = "kl"
 
     def __post_init__(self):
         self.validate()
@@ -1057,6 +1065,11 @@ class MatrpoConfig(AlgorithmConfig):
             raise ValueError(
                 f"matrpo: admm_tol must be >= 0 (a relative residual; 0 or null: run all admm_iterations), "
                 f"got {self.admm_tol}; e.g. algorithm.admm_tol=0.05."
+            )
+        if isinstance(self.admm_metric, str) and self.admm_metric not in ADMM_METRICS:
+            raise ValueError(
+                f"matrpo: unknown admm_metric '{self.admm_metric}'; choose one of {list(ADMM_METRICS)} "
+                "(gauss_newton: the exact ADMM primal step, benchmarks/README.md section 9)."
             )
         if isinstance(self.advantage_norm, str) and self.advantage_norm not in ADVANTAGE_NORMS:
             raise ValueError(

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from benchmarl_decentral.objectives.admm import (
+    ADMM_METRICS,
     ADMM_MODES,
     AdmmState,
     activate_link,
@@ -58,6 +59,7 @@ from benchmarl_decentral.objectives.trust_region import (
 )
 
 __all__ = [
+    "ADMM_METRICS",
     "ADMM_MODES",
     "AdmmState",
     "LineSearchResult",

@@ -33,10 +33,22 @@ Decisions where the paper leaves room (each repeated where it applies):
   zero log-ratios, so ``z = 0`` satisfies the constraints at ``theta_old``; and
   both are per-sample variables of *this* batch, so they restart every
   policy iteration (nothing to checkpoint).
-* The primal step uses the true-KL Hessian ``H`` both for the trust region and
-  in place of ``1/M sum_n J^{qnT} J^{qn}`` in the penalty (eq. 46, exact only
-  as ``M -> inf``). With finite samples the ADMM fixed point is therefore the
-  centralised step only where that empirical Fisher equals ``H``.
+* The trust-region metric ``H^q`` of the primal step (``metric``). The closed
+  form (eqs. 47-51) is the minimiser of eq. (42) only when ``H^q`` equals the
+  penalty's ``G^q = 1/M sum_n J^{qnT} J^{qn}`` (eq. 46, which equates the two
+  as ``M -> inf``); otherwise it maximises ``V^T x`` on the ellipsoid, i.e. it
+  drops the penalty's curvature ``|E(q)| beta/2 x^T G^q x``, which is not
+  constant on the ``H^q`` ellipsoid. ``metric="kl"`` (the paper's ``H``, the
+  true-KL Hessian, also the public code's) keeps that approximation: the
+  iteration is then not ADMM on a fixed convex problem, and on finite batches
+  its residual stalls or oscillates (growing with ``beta``).
+  ``metric="gauss_newton"`` takes ``H^q = G^q + damping I``; the damping is
+  matched by the proximal term ``|E(q)| beta damping/2 ||x - x^{q(k)}||^2``
+  (zero at a fixed point), so the primal step is the closed form with
+  ``V^q + |E(q)| beta damping x^{q(k)}`` and, with ``exact_kkt``, the exact
+  minimiser: proximal ADMM on a convex problem, which converges for any
+  ``beta > 0`` (up to the CG accuracy). The true KL bound is enforced by the
+  line search after the ADMM either way.
 * The closed form (eq. 50-51) always lands on the trust-region boundary; it
   silently assumes ``lambda* = sqrt(V^T H^-1 V / (2 delta/N)) - |E(q)| beta >= 0``.
   ``exact_kkt=True`` clips ``lambda*`` at 0 (step ``H^-1 V / (|E(q)| beta)``
@@ -76,6 +88,7 @@ from benchmarl_decentral.objectives.trust_region import (
 )
 
 __all__ = [
+    "ADMM_METRICS",
     "ADMM_MODES",
     "AdmmState",
     "activate_link",
@@ -97,9 +110,20 @@ __all__ = [
 ]
 
 ADMM_MODES: tuple[str, ...] = ("random", "round_robin", "synchronous")
+#: Trust-region metric of the primal step (:func:`primal_step`): ``kl`` the Hessian of the true
+#: sample-average KL (eq. 14), ``gauss_newton`` the empirical Fisher ``1/M sum_n J^T J`` (eq. 46).
+ADMM_METRICS: tuple[str, ...] = ("kl", "gauss_newton")
 
 
 # ------------------------------------------------------------------------- links
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in ADMM_METRICS:
+        raise ValueError(
+            f"metric must be one of {ADMM_METRICS}, got {metric!r}; 'gauss_newton' makes the closed-form "
+            "primal step of eq. (22) the exact minimiser of eq. (42), 'kl' is the true-KL Hessian"
+        )
 
 
 def _check_beta(beta: float) -> None:
@@ -340,12 +364,13 @@ def primal_step(
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
     exact_kkt: bool = False,
+    metric: str = "kl",
 ) -> NaturalStep:
     """001 eq. (22) / (40), (52): the closed-form ``theta^q`` update of the activated agents.
 
     ``theta^q = theta^q_old + sqrt(2 delta/N / (V^T H^{q-1} V)) H^{q-1} V`` with
-    ``V`` from :func:`consensus_gradient`, ``H^{-1} V`` by CG on the true-KL
-    Fisher (warm-started from the agent's previous solution), batched over
+    ``V`` from :func:`consensus_gradient`, ``H^{-1} V`` by CG on ``H`` of
+    ``metric`` (warm-started from the agent's previous solution), batched over
     ``agents``. Writes ``x``, ``J x``, ``direction`` and ``scale`` of those
     agents into ``state``; ``z`` and ``y`` are left to :func:`dual_update`.
 
@@ -360,25 +385,42 @@ def primal_step(
         residual_tol: CG squared-residual tolerance. (default: 1e-10)
         exact_kkt: clip the trust-region multiplier at 0 (module docstring);
             ``False`` is the paper's always-on-the-boundary step. (default: False)
+        metric: ``"kl"``: ``H^q`` is the true-KL Hessian (:meth:`Linearisation.fvp`),
+            the closed form is then only approximately the minimiser of eq. (42);
+            ``"gauss_newton"``: ``H^q`` is ``G^q + damping I`` with ``G^q = 1/M
+            sum_n J^{qnT} J^{qn}`` (:meth:`Linearisation.gnvp`), the matrix of the
+            penalty, and ``V^q`` gets the proximal term ``|E(q)| beta damping x^q``
+            (module docstring): with ``exact_kkt`` the step is then the exact
+            minimiser. (default: "kl")
 
     Returns:
         The :class:`~benchmarl_decentral.objectives.trust_region.NaturalStep` of ``agents``.
     """
     _check_delta(delta)
     _check_beta(beta)
+    _check_metric(metric)
     _check_state(lin, state, advantages)
     with torch.no_grad():
         V = consensus_gradient(lin, state, advantages, beta=beta, agents=agents)
         x0 = state.direction if agents is None else state.direction[agents]
+        degree = torch.bincount(state.links.reshape(-1), minlength=state.n_agents).to(V)
+        if agents is not None:
+            degree = degree[agents]
+        if metric == "gauss_newton":
+            # eq. (44) with H^q = G^q + eps I: (lambda (G + eps I) + c G) x = V, c = |E(q)| beta. The
+            # proximal term c eps / 2 ||x - x^(k)||^2 turns it into (lambda + c)(G + eps I) x = V + c eps x^(k),
+            # the closed form of eq. (47) with V + c eps x^(k); it vanishes at the fixed point.
+            x_prev = state.x if agents is None else state.x[agents]
+            V = V + (beta * lin.damping) * degree[:, None] * x_prev
+            avp = lin.gnvp(agents)
+        else:
+            avp = lin.fvp(agents)
         max_scale = None
         if exact_kkt:
-            degree = torch.bincount(state.links.reshape(-1), minlength=state.n_agents).to(V)
-            if agents is not None:
-                degree = degree[agents]
             # lambda* + |E(q)| beta >= |E(q)| beta  <=>  scale <= 1 / (|E(q)| beta)
             max_scale = torch.where(degree > 0, 1.0 / (beta * degree.clamp(min=1)),
                                     torch.full_like(degree, float("inf")))
-        nat = natural_step(lin.fvp(agents), V, delta=delta, cg_iters=cg_iters,
+        nat = natural_step(avp, V, delta=delta, cg_iters=cg_iters,
                            residual_tol=residual_tol, x0=x0, max_scale=max_scale)
         Jx = lin.jvp(nat.step, agents)
         idx = slice(None) if agents is None else agents
@@ -459,6 +501,7 @@ def activate_link(
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
     exact_kkt: bool = False,
+    metric: str = "kl",
 ) -> AdmmState:
     """001 Algorithm 1 inner loop, eq. (22): activate link ``e``; its two agents step, then z, y of ``e``.
 
@@ -471,7 +514,7 @@ def activate_link(
         raise ValueError(f"link must be in [0, {state.n_links}), got {link}")
     agents = state.links[link]
     primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
-                residual_tol=residual_tol, exact_kkt=exact_kkt)
+                residual_tol=residual_tol, exact_kkt=exact_kkt, metric=metric)
     return dual_update(state, torch.tensor([link], device=state.links.device), beta=beta)
 
 
@@ -487,6 +530,7 @@ def synchronous_iteration(
     residual_tol: float = 1e-10,
     exact_kkt: bool = False,
     transport: Transport | None = None,
+    metric: str = "kl",
 ) -> AdmmState:
     """001 eq. (5) / (22), synchronous variant: all agents step (Jacobi), then every working link's z, y.
 
@@ -500,7 +544,7 @@ def synchronous_iteration(
     """
     agents = None if transport is None else transport.local_agents(state.n_agents).to(state.links.device)
     primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
-                residual_tol=residual_tol, exact_kkt=exact_kkt)
+                residual_tol=residual_tol, exact_kkt=exact_kkt, metric=metric)
     ids = torch.arange(state.n_links, device=state.links.device)
     if working is not None:
         ids = ids[working]
@@ -642,6 +686,7 @@ def run_admm(
     residual_tol: float = 1e-10,
     state: AdmmState | None = None,
     isolated: str = "error",
+    metric: str = "kl",
 ) -> AdmmState:
     """001 Algorithm 1: ``iterations`` ADMM iterations of one policy update; returns the final state.
 
@@ -687,6 +732,9 @@ def run_admm(
         state: continue from this state. (default: fresh :func:`init_state`)
         isolated: ``"error"`` or ``"local"``: what an agent without a link
             does when there are several agents (see above). (default: "error")
+        metric: trust-region metric of the primal step, ``"kl"`` or
+            ``"gauss_newton"`` (see :func:`primal_step`); an agent without a
+            link (no penalty) always takes the ``"kl"`` step, TRPO's. (default: "kl")
 
     Returns:
         The :class:`AdmmState`; ``state.iteration`` is the number of iterations used.
@@ -710,7 +758,9 @@ def run_admm(
     elif not torch.equal(state.links.cpu(), links):
         raise ValueError("state.links differ from edges; continue a state with the same links")
     _check_state(lin, state, advantages)
-    kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, exact_kkt=exact_kkt)
+    _check_metric(metric)
+    kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, exact_kkt=exact_kkt,
+              metric=metric)
 
     degree = torch.bincount(links.reshape(-1), minlength=lin.n_agents)
     alone = (degree == 0).nonzero().flatten()
@@ -719,13 +769,16 @@ def run_admm(
             f"agents {alone.tolist()} have no communication link, so they can never reach consensus; "
             "use a connected topology (e.g. ring) or a single agent"
         )
+    # an agent without links has no penalty: the closed form is exact with any metric, and it takes
+    # TRPO's step with the true-KL Hessian whatever ``metric`` says
+    alone_kw = {**kw, "metric": "kl"}
     if state.n_links == 0:  # a single agent (or no link at all): plain TRPO, one step is the answer
-        primal_step(lin, state, advantages, None, **kw)
+        primal_step(lin, state, advantages, None, **alone_kw)
         state.iteration += 1
         state.history.append(0.0)
         return state
     if alone.numel():  # isolated="local": V^q has no link term and never changes
-        primal_step(lin, state, advantages, alone.to(state.x.device), **kw)
+        primal_step(lin, state, advantages, alone.to(state.x.device), **alone_kw)
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0 or None (0/None: no early stop), got {tol}")
     per_link_stop = bool(tol)

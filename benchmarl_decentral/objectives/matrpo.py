@@ -452,6 +452,7 @@ def matrpo_update(
     max_backtracks: int = 10,
     isolated: str = "error",
     require_improvement: bool = True,
+    metric: str = "kl",
 ) -> Tuple[Dict[str, Tensor], MatrpoStats, int]:
     """001 Algorithm 1 (one policy iteration): ADMM (eqs. 21-22, 40) then the per-agent line search.
 
@@ -485,6 +486,8 @@ def matrpo_update(
             with ``L^i(theta) = 1/M sum_m prod_n Upsilon^n_m(theta^i) A^i_m``
             (``L^i(theta_old) = mean_m A^i_m``), as the public TF2 code and
             OpenAI Baselines' TRPO do; ``False`` checks the KL bound only. (default: True)
+        metric: trust-region metric of the ADMM primal step, ``"kl"`` or
+            ``"gauss_newton"`` (:func:`~benchmarl_decentral.objectives.primal_step`). (default: "kl")
 
     Returns:
         ``(params_new, stats, next_round_robin_offset)``.
@@ -495,7 +498,7 @@ def matrpo_update(
     state = run_admm(
         lin, advantages, links, delta=delta, beta=beta, iterations=iterations, mode=mode,
         link_failure_prob=link_failure, generator=generator, tol=tol, exact_kkt=exact_kkt,
-        cg_iters=cg_iters, state=state, isolated=isolated,
+        cg_iters=cg_iters, state=state, isolated=isolated, metric=metric,
     )
     used = state.iteration - int(round_robin_offset)
     # eq. (8): the linearised model puts each step on the quadratic KL boundary;

@@ -631,6 +631,8 @@ class Linearisation:
     * :meth:`fvp` — ``v -> (H^q + damping I) v``; the all-agent operator is
       built once and cached (one gradient graph reused by every CG iteration),
       a subset's is built on demand from that subset only.
+    * :meth:`gnvp` — ``v -> (G^q + damping I) v`` with the empirical Fisher
+      ``G^q = 1/M sum_n J^{qnT} J^{qn}`` of eq. (46) (``jvp`` then ``vjp``).
 
     Args:
         policy: policy function.
@@ -694,6 +696,21 @@ class Linearisation:
             return self._fvp_all
         p, o, _ = self._sel(agents)
         return make_fvp(self.policy, p, o, damping=self.damping)
+
+    def gnvp(self, agents: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """``v -> (G^q + damping I) v`` with ``G^q = 1/M sum_n J^{qnT} J^{qn}`` (eq. 46), by one jvp and one vjp.
+
+        The empirical Fisher of the sampled log-ratios: the curvature of the
+        ADMM penalty of eq. (21) (``|E(q)| beta G^q``), which eq. (46) equates
+        with the KL Hessian as ``M -> inf``. Uses :meth:`jvp` and :meth:`vjp`,
+        so a subclass with cached operators gets cached products here too.
+        """
+        m, damping = self.n_samples, self.damping
+
+        def gnvp(v: Tensor) -> Tensor:
+            return self.vjp(self.jvp(v, agents), agents) / m + damping * v
+
+        return gnvp
 
     def surrogate_gradient(self, advantages: Tensor, agents: Tensor | None = None) -> Tensor:
         """``g^i = 1/M sum_n J^{inT} A^i``, eq. (8)'s objective gradient at ``theta_old``, ``(n, D)``."""
