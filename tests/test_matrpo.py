@@ -96,9 +96,10 @@ def test_defaults_are_table_iii():
     c = MatrpoConfig.get_from_yaml()
     assert (c.delta, c.gamma, c.lmbda) == (0.003, 0.995, 0.95)
     assert (c.topology, c.num_cells, c.activation) == ("ring", [128, 128], "selu")
-    # the ADMM: the exact primal step with the sweep's setting (benchmarks/README.md section 9)
+    # the ADMM: Table III; the exact primal step (benchmarks/README.md section 9) is an option, its effect on
+    # learning not measured yet
     assert (c.admm_metric, c.exact_kkt, c.beta, c.admm_mode, c.admm_iterations, c.admm_tol, c.cg_iters) == (
-        "gauss_newton", True, 10.0, "synchronous", 200, 0.05, 30)
+        "kl", False, 1.0, "random", 100, 0.0, 10)
 
 
 def test_paper_preset_is_table_iii_admm_and_otherwise_the_defaults():
