@@ -49,12 +49,20 @@ How it sits in BenchMARL (1.5.2) without a fork:
   touched by an optimizer: the only loss key is ``loss_critic``, so
   BenchMARL's minibatch loop (``on_policy_n_minibatch_iters`` x minibatches,
   Adam) trains the value networks as usual.
-* **Networks.** The policy is BenchMARL's ``Mlp`` (``model=layers/mlp``) with
-  ``share_params=False`` (torchrl ``MultiAgentMLP``, parameters stacked on a
-  leading agent dim) and ``n * F`` outputs per agent; ``num_cells`` /
-  ``activation`` of this config (default 2 x 128 SELU, sec. VI) replace those
-  of ``model`` and ``critic_model`` (``null`` keeps them). The critic is an
-  independent per-agent critic on ``o^i``.
+* **Networks.** The policy is any BenchMARL model built with
+  ``share_params=False`` and ``n * F`` outputs per agent. Its per-agent
+  parameters are stacked leaves (``layers/mlp``, ``cnn``, ``gru``, ``lstm``)
+  or ``n`` copies (``gnn``, ``deepsets``) gathered into stacked leaves by
+  :class:`~benchmarl_decentral.consensus.stacking.AgentStack`; a parameter no
+  agent owns is refused. ``layers/mlp`` and sequences of it go through the
+  stacked-MLP operators (the fast path); every other model through
+  :class:`GatheredJointNetwork` (the whole model under ``torch.func``, the
+  general path, tested equal to the fast one on MLPs). A recurrent policy
+  updates on the samples that follow a reset in the batch
+  (:meth:`Matrpo.update_samples`). ``num_cells`` / ``activation`` of this
+  config (default 2 x 128 SELU, sec. VI) replace those of a ``layers/mlp``
+  ``model`` and ``critic_model`` (``null`` keeps them). The critic is an
+  independent per-agent critic on ``o^i`` (any model with per-agent parameters).
 * **Collection and evaluation** use only each agent's own head (decentralised
   execution). Continuous actions use a diagonal Gaussian per head (the
   paper's TRPO head, ``IndependentNormal``); the action is clipped to the
