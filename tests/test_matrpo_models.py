@@ -82,7 +82,7 @@ def _batch(exp):
 
 def test_sequence_of_mlps_joint_network_is_the_policy_module(tmp_path):
     """The stacked functional network MATRPO differentiates computes what the policy module executes."""
-    exp = _experiment(tmp_path, SEQUENCE)
+    exp = _experiment(tmp_path, SEQUENCE, admm_iterations=3, cg_iters=4)
     alg = exp.algorithm
     assert len(alg._joint_chains[GROUP]) == 2
     params = alg.policy_parameters(GROUP)
@@ -96,7 +96,7 @@ def test_sequence_of_mlps_joint_network_is_the_policy_module(tmp_path):
 
 
 def test_sequence_of_mlps_update_keeps_every_agent_in_its_trust_region(tmp_path):
-    exp = _experiment(tmp_path, SEQUENCE)
+    exp = _experiment(tmp_path, SEQUENCE, admm_iterations=3, cg_iters=4)
     alg = exp.algorithm
     batch = _batch(exp)
     old = {k: v.detach().clone() for k, v in alg.policy_parameters(GROUP).items()}
@@ -281,6 +281,32 @@ def test_matrpo_trains_and_evaluates_each_model(tmp_path, name):
     assert torch.isfinite(stats.kl).all() and torch.all(stats.kl <= 0.003 * (1 + 1e-4))
     for stack in (alg._joint_stacks[GROUP], alg._critic_stacks[GROUP]):
         stack.check_aliasing()  # gathered copies still run the stacked rows the update wrote
+
+
+@pytest.mark.slow
+def test_gathered_gnn_checkpoint_reloads_into_the_stacked_view(tmp_path):
+    """A checkpoint of gathered copies reloads into the stacked leaves, which the policy then runs."""
+    exp = _experiment(tmp_path, GnnConfig.get_from_yaml(), GnnConfig.get_from_yaml(), max_steps=10,
+                      admm_iterations=2, cg_iters=2, experiment={"checkpoint_at_end": True})
+    exp.run()
+    saved = {net: [p.detach().clone() for p in stack.leaves]
+             for net, stack in (("policy", exp.algorithm._joint_stacks[GROUP]),
+                                ("critic", exp.algorithm._critic_stacks[GROUP]))}
+    checkpoint = next((exp.folder_name / "checkpoints").glob("*.pt"))
+    (tmp_path / "reload").mkdir()
+    reloaded = _experiment(tmp_path / "reload", GnnConfig.get_from_yaml(), GnnConfig.get_from_yaml(), max_steps=10,
+                           experiment={"restore_file": str(checkpoint)})
+    assert reloaded.n_iters_performed == 2
+    alg = reloaded.algorithm
+    for net, stack in (("policy", alg._joint_stacks[GROUP]), ("critic", alg._critic_stacks[GROUP])):
+        stack.check_aliasing()
+        for p, q in zip(stack.leaves, saved[net]):
+            torch.testing.assert_close(p, q)
+    gnns = alg._joint_models[GROUP].gnns
+    with torch.no_grad():
+        alg._joint_stacks[GROUP].leaves[0].fill_(0.25)  # what the collection policy runs
+    assert any(torch.all(p == 0.25) for p in gnns[2].parameters())
+    reloaded.close()
 
 
 def test_recurrent_update_uses_only_samples_after_a_reset(tmp_path):
