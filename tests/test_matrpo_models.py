@@ -345,3 +345,10 @@ def test_a_model_with_a_parameter_no_agent_owns_is_refused(tmp_path):
     assert message.startswith("matrpo: every agent's joint policy pi^i (eq. 8) is a function of its own parameters")
     assert "no agent owns them" in message and "nearest working choice: model=layers/mlp" in message
     assert list(tmp_path.iterdir()) == []  # refused before training, no run folder left
+
+
+def test_a_recurrent_critic_without_a_recurrent_policy_is_refused(tmp_path):
+    """BenchMARL tracks is_init only for a recurrent policy model, so a recurrent critic alone could not reset."""
+    with pytest.raises(ValueError, match="a recurrent critic_model needs a recurrent model"):
+        _experiment(tmp_path, GnnConfig.get_from_yaml(), _recurrent(GruConfig))
+    assert list(tmp_path.iterdir()) == []

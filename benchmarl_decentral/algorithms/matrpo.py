@@ -616,6 +616,14 @@ class Matrpo(Algorithm):
                 )
             self.links[group] = links_from_adjacency(undirected)
 
+        if _is_recurrent(self.critic_model_config) and not _is_recurrent(self.model_config):
+            raise config_error(
+                self.experiment,
+                "matrpo: a recurrent critic_model needs a recurrent model: BenchMARL adds the is_init flag that "
+                "resets a recurrent network at episode starts only when the policy model is recurrent. Use a "
+                "recurrent model (e.g. model=layers/gru) or a feed-forward critic (e.g. "
+                "model@critic_model=layers/mlp).",
+            )
         if not isinstance(self.model_config, MlpConfig) and (num_cells is not None or activation is not None):
             LOGGER.info(
                 "matrpo: model is not a single layers/mlp and keeps its own layers; algorithm.num_cells and "
