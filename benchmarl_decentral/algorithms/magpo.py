@@ -226,7 +226,9 @@ class MagpoLoss(LossModule):
 
     def learner_dist(self, td: TensorDictBase, mask: Optional[torch.Tensor]) -> ActionDist:
         """The learner's distributions ``pi^i(.|o^i)``, batch ``(*B, n)``."""
-        out = self.learner(td.select(*self.learner.in_keys).clone(False))
+        # strict=False: a recurrent learner's hidden state is not in the batch, so BenchMARL's model
+        # replays each minibatch sequence from a zero state, reset at is_init (as mappo trains)
+        out = self.learner(td.select(*self.learner.in_keys, strict=False).clone(False))
         g = self.group
         if not self.continuous:
             return ActionDist.categorical(out.get((g, "logits")), mask)
@@ -367,13 +369,6 @@ class Magpo(Algorithm):
                 exp, "magpo collects with the guider through BenchMARL's collector and evaluates with the "
                 "learner; experiment.collect_with_grad=true would collect with the learner. Set "
                 "experiment.collect_with_grad=false."
-            )
-        if self.has_rnn:
-            raise config_error(
-                exp, "magpo needs feed-forward models (its losses run on shuffled single-step "
-                "minibatches); use model=layers/mlp (or another non-recurrent model) and a "
-                "non-recurrent critic_model (magpo does not use critic_model: the guider's value "
-                "head is its critic)."
             )
         if guider_input == "auto":
             guider_input = "state" if self.state_spec is not None else "observation"

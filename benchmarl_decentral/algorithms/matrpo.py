@@ -49,12 +49,20 @@ How it sits in BenchMARL (1.5.2) without a fork:
   touched by an optimizer: the only loss key is ``loss_critic``, so
   BenchMARL's minibatch loop (``on_policy_n_minibatch_iters`` x minibatches,
   Adam) trains the value networks as usual.
-* **Networks.** The policy is BenchMARL's ``Mlp`` (``model=layers/mlp``) with
-  ``share_params=False`` (torchrl ``MultiAgentMLP``, parameters stacked on a
-  leading agent dim) and ``n * F`` outputs per agent; ``num_cells`` /
-  ``activation`` of this config (default 2 x 128 SELU, sec. VI) replace those
-  of ``model`` and ``critic_model`` (``null`` keeps them). The critic is an
-  independent per-agent critic on ``o^i``.
+* **Networks.** The policy is any BenchMARL model built with
+  ``share_params=False`` and ``n * F`` outputs per agent. Its per-agent
+  parameters are stacked leaves (``layers/mlp``, ``cnn``, ``gru``, ``lstm``)
+  or ``n`` copies (``gnn``, ``deepsets``) gathered into stacked leaves by
+  :class:`~benchmarl_decentral.consensus.stacking.AgentStack`; a parameter no
+  agent owns is refused. ``layers/mlp`` and sequences of it go through the
+  stacked-MLP operators (the fast path); every other model through
+  :class:`GatheredJointNetwork` (the whole model under ``torch.func``, the
+  general path, tested equal to the fast one on MLPs). A recurrent policy
+  updates on the samples that follow a reset in the batch
+  (:meth:`Matrpo.update_samples`). ``num_cells`` / ``activation`` of this
+  config (default 2 x 128 SELU, sec. VI) replace those of a ``layers/mlp``
+  ``model`` and ``critic_model`` (``null`` keeps them). The critic is an
+  independent per-agent critic on ``o^i`` (any model with per-agent parameters).
 * **Collection and evaluation** use only each agent's own head (decentralised
   execution). Continuous actions use a diagonal Gaussian per head (the
   paper's TRPO head, ``IndependentNormal``); the action is clipped to the
@@ -98,6 +106,7 @@ import torch
 from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
 from benchmarl.experiment.callback import Callback
 from benchmarl.models import MlpConfig
+from benchmarl.models.mlp import Mlp
 from benchmarl.models.common import ModelConfig, SequenceModel, SequenceModelConfig
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
@@ -126,6 +135,7 @@ from benchmarl_decentral.consensus.topology import (
     is_connected,
     TOPOLOGIES,
 )
+from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.objectives import ADMM_METRICS, ADMM_MODES, links_from_adjacency
 # the linearisation operators and the update live in objectives/ (math); re-exported here
@@ -317,7 +327,8 @@ class MatrpoLoss(LossModule):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         value_key, target_key = (self.group, "state_value"), (self.group, "value_target")
-        td = self.critic_network(tensordict.select(*self.critic_network.in_keys).clone())
+        # strict=False: a recurrent critic's hidden state is not in the batch (BenchMARL's training path)
+        td = self.critic_network(tensordict.select(*self.critic_network.in_keys, strict=False).clone())
         value = td.get(value_key)
         target = tensordict.get(target_key).to(value)
         loss = distance_loss(value, target, self.loss_critic_type).mean() * self.critic_coef
@@ -339,13 +350,6 @@ def _stacked_leaves(module: nn.Module, n: int) -> bool:
     return bool(leaves) and all(p.dim() > 0 and p.shape[0] == n for p in leaves)
 
 
-def _is_mlp_chain(config: ModelConfig) -> bool:
-    """``layers/mlp``, or a sequence whose every model is one (nested sequences too)."""
-    if isinstance(config, SequenceModelConfig):
-        return all(_is_mlp_chain(c) for c in config.model_configs)
-    return isinstance(config, MlpConfig)
-
-
 def _mlp_chain(model: nn.Module) -> Optional[List[nn.Module]]:
     """The BenchMARL ``Mlp`` models a policy applies one after the other, or ``None``.
 
@@ -361,35 +365,93 @@ def _mlp_chain(model: nn.Module) -> Optional[List[nn.Module]]:
                 return None
             chain += part
         return chain
-    mlp = getattr(model, "mlp", None)
-    return [model] if mlp is not None and hasattr(mlp, "_empty_net") else None
+    mlp = getattr(model, "mlp", None)  # a Gru / Lstm / Cnn also has an ``mlp`` (its head): not a chain of MLPs
+    return [model] if isinstance(model, Mlp) and hasattr(mlp, "_empty_net") else None
 
 
-def unsupported_model_message(name: str, model_config: ModelConfig) -> str:
-    """Why ``name``'s policy cannot be built from ``model_config``, and the nearest working choice."""
-    kind = type(model_config).__name__
-    layers = (
-        [type(c).__name__ for c in model_config.model_configs]
-        if isinstance(model_config, SequenceModelConfig) else [kind]
-    )
-    if any(layer in ("GruConfig", "LstmConfig") for layer in layers):
-        why = (
-            "a recurrent policy's log-probability of a sample depends on the hidden state carried from the "
-            "episode's earlier steps, so the per-sample log-ratios and their linearisation (eqs. 13, 20) and the "
-            "Fisher products (eq. 14) would have to replay whole sequences; that is not implemented"
-        )
-    else:
-        why = (
-            f"{'/'.join(sorted(set(layers)))} keeps its per-agent parameters in a form the joint-policy "
-            "operators do not gather yet (not a limit of the math: any network differentiable by torch.func fits "
-            "eqs. 13-14)"
-        )
+def _is_recurrent(config: ModelConfig) -> bool:
+    return bool(getattr(config, "is_rnn", False))
+
+
+class GatheredJointNetwork:
+    """Every agent's joint policy network as one function of its stacked parameters, for any BenchMARL model.
+
+    The general path of the joint-policy operators (eqs. 13-14): ``network(params, index) -> (s, M, O)``,
+    the signature of :func:`~benchmarl_decentral.objectives.matrpo.stacked_network`, where
+
+    * ``params`` are the per-agent leaves ``{name: (s, ...)}`` of ``s`` agents (the names of
+      :class:`~benchmarl_decentral.consensus.stacking.AgentStack`: stacked leaves as they are,
+      ``n`` per-agent copies gathered into one ``(n, ...)`` leaf);
+    * ``index`` is a ``(s, M, 2)`` long tensor of ``(agent, sample)`` pairs (every row the same
+      agent): it plays the part of the observations, so that the operators select agents
+      (``index[agents]``) and the Fisher subsample (``index[:, ::k]``) as they do on observations.
+
+    The whole BenchMARL model (``model``, e.g. a ``Gnn``, whose agent ``i`` reads every agent's
+    observation through the graph) runs on the batch ``inputs`` once per call, with the parameters
+    swapped in functionally (``TensorDict.to_module``; the leaves of agents outside ``s`` are held at
+    ``params_old``), and the rows ``(sample, agent)`` of its ``(M, n, O)`` output are returned. Agent
+    ``i``'s output depends on ``theta^i`` only (``share_params=False``: its row of every stacked
+    leaf, its own copy), so this is ``f^i(theta^i)`` of eq. (8) for every ``i`` at once and
+    ``torch.func`` (``linearize`` / ``jvp``) and autograd give the Jacobian products of
+    :class:`~benchmarl_decentral.objectives.matrpo.CachedLinearisation`. A call computes all ``n``
+    agents even for a link's two, the price of not knowing the model's inside.
+
+    Args:
+        model: the group's joint model (its output ``out_key`` is ``(*B, n, O)``).
+        stack: the model's per-agent parameters.
+        params_old: ``theta_old`` by leaf name (held for the agents a call leaves out).
+        inputs: the batch the model reads, with its own batch dims ``B`` (a recurrent model
+            replays the time dim); sample ``m`` is row ``m`` of ``inputs.reshape(-1)``.
+        out_key: the model's output key.
+    """
+
+    def __init__(self, model: nn.Module, stack: AgentStack, params_old: Dict[str, Tensor],
+                 inputs: TensorDictBase, out_key) -> None:
+        self.model, self.out_key = model, out_key
+        self.copies = dict(stack.gathered)
+        self.base = {k: v.detach() for k, v in params_old.items()}
+        self.n = stack.n_agents
+        self.inputs = inputs
+        self._skeleton = TensorDict.from_module(model).empty(recurse=True)
+
+    def _full(self, params: Dict[str, Tensor], agents: Tensor) -> Dict[str, Tensor]:
+        """Every agent's leaves: ``params`` for ``agents``, ``theta_old`` for the others.
+
+        By a one-hot matrix (exact: the other terms are exact zeros), so that ``torch.func``'s
+        tracing sees tensor algebra only and no data-dependent branch."""
+        full = {}
+        sel_all = (torch.arange(self.n, device=agents.device)[:, None] == agents[None, :])  # (n, s)
+        for name, base in self.base.items():
+            p = params[name]
+            sel = sel_all.to(p.dtype)
+            keep = (1 - sel.sum(1)).view(-1, *([1] * (base.dim() - 1)))
+            full[name] = base * keep + torch.tensordot(sel, p, dims=1)
+        return full
+
+    def __call__(self, params: Dict[str, Tensor], index: Tensor) -> Tensor:
+        agents, samples = index[:, 0, 0], index[0, :, 1]
+        swapped = self._skeleton.clone(False)
+        for name, leaf in self._full(params, agents).items():
+            copies = self.copies.get(name)
+            if copies is None:
+                swapped.set(tuple(name.split(".")), leaf)
+            else:  # copy i's parameter is row i of the gathered leaf
+                for i, copy_name in enumerate(copies):
+                    swapped.set(tuple(copy_name.split(".")), leaf[i])
+        with swapped.to_module(self.model):
+            out = self.model(self.inputs.clone(False)).get(self.out_key)
+        out = out.reshape(-1, *out.shape[-2:])  # (M, n, O)
+        return out.index_select(0, samples).index_select(1, agents).transpose(0, 1)
+
+
+def unsupported_model_message(name: str, error: str) -> str:
+    """A model whose parameters no agent owns, and the nearest working choice."""
     return (
-        f"{name}: every agent's joint policy pi^i (eq. 8) is evaluated as one function of its stacked parameters "
-        f"theta^i, linearised and differentiated with torch.func for the ADMM consensus (eqs. 13-14, 21-22); "
-        f"model=layers/mlp, or a sequence of layers/mlp models, provides that. Got {kind}: {why}. Nearest "
-        f"working choice: model=layers/mlp (its depth and width from algorithm.num_cells, e.g. "
-        f"algorithm.num_cells=[128,128])."
+        f"{name}: every agent's joint policy pi^i (eq. 8) is a function of its own parameters theta^i, "
+        f"linearised and differentiated with torch.func for the ADMM consensus (eqs. 13-14, 21-22), so every "
+        f"policy parameter must belong to one agent: {error}. Use a BenchMARL model with per-agent parameters "
+        f"(layers/mlp, cnn, deepsets, gnn, gru, lstm or a sequence of them); nearest working choice: "
+        f"model=layers/mlp (its depth and width from algorithm.num_cells, e.g. algorithm.num_cells=[128,128])."
     )
 
 
@@ -559,20 +621,32 @@ class Matrpo(Algorithm):
                 )
             self.links[group] = links_from_adjacency(undirected)
 
-        if not _is_mlp_chain(self.model_config):
-            raise config_error(self.experiment, unsupported_model_message("matrpo", self.model_config))
-        if isinstance(self.model_config, SequenceModelConfig) and (num_cells is not None or activation is not None):
+        if _is_recurrent(self.critic_model_config) and not _is_recurrent(self.model_config):
+            raise config_error(
+                self.experiment,
+                "matrpo: a recurrent critic_model needs a recurrent model: BenchMARL adds the is_init flag that "
+                "resets a recurrent network at episode starts only when the policy model is recurrent. Use a "
+                "recurrent model (e.g. model=layers/gru) or a feed-forward critic (e.g. "
+                "model@critic_model=layers/mlp).",
+            )
+        if not isinstance(self.model_config, MlpConfig) and (num_cells is not None or activation is not None):
             LOGGER.info(
-                "matrpo: model is a sequence of MLPs, which keeps its own layers; algorithm.num_cells and "
-                "algorithm.activation replace those of a single model=layers/mlp only"
+                "matrpo: model is not a single layers/mlp and keeps its own layers; algorithm.num_cells and "
+                "algorithm.activation replace those of a single model=layers/mlp (and of an MLP critic) only"
             )
 
         self._joint_models: Dict[str, nn.Module] = {}
-        #: per group: the Mlp models the joint policy applies in turn (one for layers/mlp)
-        self._joint_chains: Dict[str, List[nn.Module]] = {}
+        #: per group: the Mlp models the joint policy applies in turn (one for layers/mlp), the fast
+        #: path; ``None`` for any other model (the general path, :class:`GatheredJointNetwork`)
+        self._joint_chains: Dict[str, Optional[List[nn.Module]]] = {}
+        #: per group: the joint model's per-agent parameters (stacked or gathered copies)
+        self._joint_stacks: Dict[str, AgentStack] = {}
+        self._critic_stacks: Dict[str, AgentStack] = {}
         self._critics: Dict[str, nn.Module] = {}
         self._gae: Dict[str, GAE] = {}
         self.last_stats: Dict[str, MatrpoStats] = {}
+        #: run chains of plain MLPs through the general path too (tests, benchmarks; same numbers)
+        self.force_general_path = False
         self.link_stats: Dict[str, Dict[str, float]] = {}  # topology=visibility: links, components
         self._comm: Dict[str, tuple] = {}  # per group, this iteration: (ADMM bytes sent, agents)
 
@@ -623,13 +697,15 @@ class Matrpo(Algorithm):
             device=self.device,
             action_spec=self.action_spec,
         )
-        chain = _mlp_chain(joint_model)
-        if chain is None or not all(_stacked_leaves(m.mlp, n) for m in chain):
-            raise config_error(
-                self.experiment,
-                "matrpo needs each agent's policy parameters stacked on a leading agent dim "
-                "(torchrl MultiAgentMLP); use model=layers/mlp.",
+        try:  # stacked leaves as they are, n per-agent copies (gnn, deepsets) gathered
+            self._joint_stacks[group] = AgentStack(
+                TensorDict.from_module(joint_model).flatten_keys("."), joint_model, n, "policy"
             )
+        except ValueError as err:
+            raise config_error(self.experiment, unsupported_model_message("matrpo", str(err))) from None
+        chain = _mlp_chain(joint_model)
+        if chain is not None and not all(_stacked_leaves(m.mlp, n) for m in chain):
+            chain = None
         self._joint_models[group] = joint_model
         self._joint_chains[group] = chain
         own = TensorDictModule(_OwnComponent(n), in_keys=[(group, JOINT_KEY)], out_keys=[(group, "logits")])
@@ -683,13 +759,17 @@ class Matrpo(Algorithm):
     def _get_loss(self, group: str, policy_for_loss: TensorDictModule, continuous: bool) -> Tuple[LossModule, bool]:
         critic = self.get_critic(group)
         n = len(self.group_map[group])
-        if self.critic_max_grad_norm is not None and not _stacked_leaves(critic, n):
+        try:  # per-agent critics: each agent's gradient is clipped on its own (critic_max_grad_norm)
+            self._critic_stacks[group] = AgentStack(
+                TensorDict.from_module(critic).flatten_keys("."), critic, n, "critic"
+            )
+        except ValueError as err:
             raise config_error(
                 self.experiment,
-                "matrpo: critic_max_grad_norm clips each agent's critic gradient, which needs the "
-                "critic parameters stacked on the agent dim (model@critic_model=layers/mlp); or set "
-                "algorithm.critic_max_grad_norm=null.",
-            )
+                f"matrpo: every agent trains its own value net V^i(o^i) (eq. 19), so every critic parameter must "
+                f"belong to one agent: {err}. Use a BenchMARL model with per-agent parameters (e.g. "
+                f"model@critic_model=layers/mlp).",
+            ) from None
         self._critics[group] = critic
         gae = GAE(gamma=self.gamma, lmbda=self.lmbda, value_network=critic, average_gae=False)
         gae.set_keys(
@@ -770,15 +850,53 @@ class Matrpo(Algorithm):
         batch.set((group, "matrpo_advantage"), adv)
         return batch
 
+    def general_path(self, group: str) -> bool:
+        """Whether ``group``'s joint policies go through :class:`GatheredJointNetwork` (any model that is
+        not a chain of plain MLPs, or ``force_general_path``) rather than the stacked-MLP path."""
+        return self._joint_chains[group] is None or self.force_general_path
+
+    def update_samples(self, group: str, batch: TensorDictBase) -> Optional[Tensor]:
+        """Samples (rows of ``batch.reshape(-1)``) the update uses; ``None``: all of them.
+
+        A recurrent policy's probability of a sample depends on its hidden state, which BenchMARL
+        does not keep in the batch (the collector drops the ``_hidden_*`` keys; its training path
+        replays each collected sequence from a zero state, reset at ``is_init``). The replay equals
+        the policy that acted from an agent's first reset in the sequence on; before it, the state
+        carried over from the previous batch is lost. Those samples are left out, so that every
+        log-ratio (eqs. 13, 20), Fisher product (eq. 14) and KL of the update is that of the
+        collecting policy ``pi_old``, exactly. A non-recurrent model uses every sample.
+        """
+        if not _is_recurrent(self.model_config):
+            return None
+        is_init = batch.get("is_init")  # (E, T, 1): the sequence dim is the last batch dim
+        seen = is_init.reshape(*batch.shape).long().cumsum(-1) > 0
+        return seen.reshape(-1).nonzero().flatten()
+
     def policy_inputs(self, group: str, batch: TensorDictBase) -> Tuple[Dict[str, Tensor], Tensor, Tensor, Tensor]:
-        """``(params {name: (n, ...)}, obs (n, M, d), joint actions (n, M, K, ...), advantages (n, M))``."""
-        model = self._joint_chains[group][0]  # the first MLP reads the observations
+        """``(params {name: (n, ...)}, obs, joint actions (n, M, K, ...), advantages (n, M))``.
+
+        ``obs`` is ``(n, M, d)`` observations on the stacked-MLP path, or on the general path the
+        ``(n, M, 2)`` ``(agent, sample)`` index :class:`GatheredJointNetwork` reads (the batch itself
+        is held by the network, :meth:`joint_network`). ``M`` counts :meth:`update_samples`.
+        """
         td = batch.reshape(-1)
-        feats = torch.cat(
-            [td.get(key).flatten(start_dim=-model.num_feature_dims) for key in model.in_keys], dim=-1
-        )  # (M, n, d), as BenchMARL's Mlp builds its input
-        obs = feats.transpose(0, 1)
-        n, M = obs.shape[:2]
+        samples = self.update_samples(group, batch)
+        n = len(self.group_map[group])
+        if self.general_path(group):
+            M_all = td.shape[0]
+            rows = torch.arange(M_all, device=td.device) if samples is None else samples
+            obs = torch.stack(
+                [torch.arange(n, device=td.device)[:, None].expand(n, rows.numel()), rows.expand(n, -1)], -1
+            )
+        else:
+            model = self._joint_chains[group][0]  # the first MLP reads the observations
+            feats = torch.cat(
+                [td.get(key).flatten(start_dim=-model.num_feature_dims) for key in model.in_keys], dim=-1
+            )  # (M, n, d), as BenchMARL's Mlp builds its input
+            obs = feats.transpose(0, 1)
+        if samples is not None:
+            td = td[samples]
+        M = td.shape[0]
         action = td.get((group, "action"))  # (M, n, ...): the joint action
         actions = action.unsqueeze(0).expand(n, *action.shape)  # every agent scores all heads
         advantages = td.get((group, "matrpo_advantage")).reshape(M, n).T
@@ -796,11 +914,21 @@ class Matrpo(Algorithm):
             return None
         # the collection policy masked the own head with it, so every batch has it
         mask = batch.get((group, "action_mask"))
-        return mask.reshape(-1, *mask.shape[-2:]).to(torch.bool)  # (M, n, F): row n is agent n's mask
+        mask = mask.reshape(-1, *mask.shape[-2:]).to(torch.bool)  # (M, n, F): row n is agent n's mask
+        samples = self.update_samples(group, batch)
+        return mask if samples is None else mask[samples]
 
     def policy_parameters(self, group: str) -> Dict[str, Tensor]:
-        """The live stacked policy parameters of ``group``, ``{name: (n, ...)}``."""
+        """The live stacked policy parameters of ``group``, ``{name: (n, ...)}``.
+
+        Stacked-MLP path: the MLPs' leaves (``nn.Sequential`` names, ``i.`` prefixed for a sequence);
+        general path: :class:`~benchmarl_decentral.consensus.stacking.AgentStack`'s leaves (copies
+        gathered), whose in-place writes reach every copy.
+        """
         chain = self._joint_chains[group]
+        if self.general_path(group):
+            stack = self._joint_stacks[group]
+            return dict(zip(stack.names, stack.leaves))
         flat = [
             {".".join(k) if isinstance(k, tuple) else k: v for k, v in m.mlp.params.items(True, True)} for m in chain
         ]
@@ -808,29 +936,40 @@ class Matrpo(Algorithm):
             return flat[0]
         return {f"{i}.{k}": v for i, params in enumerate(flat) for k, v in params.items()}  # nn.Sequential names
 
-    def joint_network(self, group: str) -> Tuple[Callable, Callable, nn.Module]:
+    def joint_network(self, group: str, batch: Optional[TensorDictBase] = None) -> Tuple[Callable, Callable, Optional[nn.Module]]:
         """``(network, make_dist, template)`` of ``group``'s joint policies.
 
         ``make_dist(network(params, obs))`` is every agent's joint policy
         ``prod_n pi^i(a^n | o^i)`` (eq. 8) with batch ``(n, M, K)`` for stacked
-        ``params`` and ``obs (n, M, d)``: the policy function of
-        :mod:`benchmarl_decentral.objectives`.
+        ``params`` and ``obs`` of :meth:`policy_inputs`: the policy function of
+        :mod:`benchmarl_decentral.objectives`. The general path
+        (:class:`GatheredJointNetwork`, ``template`` None) needs the ``batch``;
+        the stacked-MLP path reads the observations in ``obs``.
         """
+        make_dist = _JointDist(len(self.group_map[group]), self.experiment.continuous_actions, self.scale_mapping)
+        if self.general_path(group):
+            if batch is None:
+                raise ValueError(f"matrpo: group '{group}' runs its joint model on a batch; pass batch=")
+            params = self.policy_parameters(group)
+            network = GatheredJointNetwork(
+                self._joint_models[group], self._joint_stacks[group], params,
+                batch.select(*self._joint_models[group].in_keys, strict=False), (group, JOINT_KEY),
+            )
+            return network, make_dist, None
         chain = self._joint_chains[group]
         # a sequence of MLPs: one agent's network is their composition (the operators' autograd path;
         # a single plain MLP also gets the explicit forward/back-propagation of objectives.matrpo)
         template = chain[0].mlp._empty_net if len(chain) == 1 else nn.Sequential(*[m.mlp._empty_net for m in chain])
-        make_dist = _JointDist(len(self.group_map[group]), self.experiment.continuous_actions, self.scale_mapping)
         return stacked_network(template), make_dist, template
 
     def linearisation(self, group: str, batch: TensorDictBase) -> CachedLinearisation:
         """Every agent's local model of ``group`` around ``theta_old`` on ``batch`` (eqs. 13-14, 20)."""
         params, obs, actions, _ = self.policy_inputs(group, batch)
-        network, make_dist, template = self.joint_network(group)
+        network, make_dist, template = self.joint_network(group, batch)
         return CachedLinearisation(
             network, make_dist, {k: v.detach() for k, v in params.items()}, obs, actions,
             damping=self.cg_damping, fisher_subsample=self.fisher_subsample, template=template,
-            mask=self.joint_masks(group, batch),
+            mask=self.joint_masks(group, batch), shared_operators=self.general_path(group),
         )
 
     def batch_graph(self, group: str, batch: TensorDictBase) -> Tensor:
@@ -846,8 +985,10 @@ class Matrpo(Algorithm):
         seen = visibility_adjacency(obs, layout=self.visibility_layout, n_agents=n, self_loops=False, symmetric=True)
         return seen.reshape(-1, n, n).float().mean(0).cpu() > self.visibility_min_fraction
 
-    def policy_update(self, group: str, batch: TensorDictBase) -> MatrpoStats:
-        """001 Algorithm 1, one policy iteration on ``batch`` (which has ``matrpo_advantage``)."""
+    def policy_update(self, group: str, batch: TensorDictBase) -> Optional[MatrpoStats]:
+        """001 Algorithm 1, one policy iteration on ``batch`` (which has ``matrpo_advantage``).
+
+        ``None`` (no update) when a recurrent policy has no replayable sample (:meth:`update_samples`)."""
         loss: MatrpoLoss = self.get_loss_and_updater(group)[0]
         links = self.links[group]
         if links is None:
@@ -857,6 +998,15 @@ class Matrpo(Algorithm):
                 "links": float(links.shape[0]),
                 "components": float(component_labels(graph).unique().numel()),
             }
+        samples = self.update_samples(group, batch)
+        if samples is not None and samples.numel() == 0:
+            LOGGER.warning(
+                "matrpo: group '%s': no sample of this batch follows a reset (is_init) of its recurrent "
+                "policy, so no log-ratio of the collecting policy can be replayed; the policy update is "
+                "skipped. Collect longer sequences per env (experiment.on_policy_collected_frames_per_batch / "
+                "on_policy_n_envs_per_worker above the episode length).", group,
+            )
+            return None
         lin = self.linearisation(group, batch)
         _, _, _, advantages = self.policy_inputs(group, batch)
         params_new, stats, loss.round_robin_offset = matrpo_update(
@@ -971,13 +1121,14 @@ class _MatrpoCallback(Callback):
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = algo.critic_lr
             if algo.critic_max_grad_norm is not None:
-                leaves = list(algo._critics[group].parameters())
-                optimizer.register_step_pre_hook(_per_agent_clip(leaves, algo.critic_max_grad_norm))
+                stack = algo._critic_stacks[group]
+                optimizer.register_step_pre_hook(_per_agent_clip(stack, algo.critic_max_grad_norm))
 
 
-def _per_agent_clip(leaves: List[Tensor], max_norm: float):
+def _per_agent_clip(stack: AgentStack, max_norm: float):
     def hook(optimizer, args, kwargs):
-        grads = [p.grad for p in leaves if p.grad is not None]
+        # stacked (n, ...) gradients; a gathered leaf's rows are its copies' .grad (AgentStack.grads)
+        grads = [g for g in stack.grads() if g is not None]
         if not grads:
             return
         # each agent's norm over all of its own leaves, one op per leaf

@@ -77,6 +77,8 @@ class AgentStack:
     Attributes:
         leaves: one ``(n, ...)`` tensor per per-agent parameter; in-place writes
             reach the parameters.
+        names: the leaves' names, in the same order: a stacked parameter's own
+            name, or ``path.*.rest`` for a leaf gathered from ``n`` copies.
         parameters: the parameters themselves (what an optimizer holds).
         gathered: stacked leaf name (``path.*.rest``) -> the copies' names,
             for the leaves gathered from ``n`` copies.
@@ -122,6 +124,7 @@ class AgentStack:
             gathered[key] = S
         self.n_agents = n
         self.leaves: list[Tensor] = [gathered[k] if k in gathered else stacked[k] for k in order]
+        self.names: list[str] = list(order)
         self.parameters: list[Tensor] = list(params.values())
         self.gathered: dict[str, list[str]] = {k: list(v) for k, v in groups.items()}
         self._copies: list[list[Tensor] | None] = [
