@@ -26,7 +26,7 @@ import support_matrix as sm  # noqa: E402
 
 DATA = json.loads(sm.RESULTS.read_text())
 COMBINATIONS = [sm.Combination.parse(key) for key in DATA["results"]]
-SAMPLE = sm.sample(COMBINATIONS)
+SAMPLE = sm.sample(sm.combinations(DATA["tasks"]))
 
 
 def test_readme_table_is_rendered_from_the_committed_results():
@@ -38,6 +38,7 @@ def test_committed_results_are_the_matrix_of_this_installation():
 
     assert DATA["benchmarl"] == benchmarl.__version__
     assert sm.task_catalogue() == DATA["tasks"]  # every VMAS / PettingZoo task, groups, action kinds
+    assert DATA.get("missing", []) == []  # not run yet: python scripts/support_matrix.py --resume
     assert COMBINATIONS == sm.combinations(DATA["tasks"])
     assert len(COMBINATIONS) > 300
 
@@ -59,7 +60,7 @@ def test_the_sample_covers_every_algorithm_model_task_and_action_kind():
         assert {c.task for c in SAMPLE if c.model == model} == set(sm.REPRESENTATIVE)
     assert {c.actions for c in SAMPLE} == set(sm.ACTIONS)
     assert {c.algorithm for c in SAMPLE if c.task not in sm.REPRESENTATIVE} == set(sm.ALGORITHMS)
-    assert sm.sample(COMBINATIONS) == SAMPLE  # deterministic
+    assert sm.sample(sm.combinations(DATA["tasks"])) == SAMPLE  # deterministic
 
 
 @pytest.mark.slow
