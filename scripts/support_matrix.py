@@ -461,7 +461,7 @@ def main(argv=None) -> int:
     combos = combinations(catalogue)[: args.limit]
     partial = args.output.with_name(args.output.name + ".partial")
     results = {}
-    if args.resume:
+    if args.resume or args.incomplete:
         if args.output.exists():
             results.update(json.loads(args.output.read_text())["results"])
         if partial.exists():
