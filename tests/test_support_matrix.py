@@ -57,7 +57,7 @@ def test_the_sample_covers_every_algorithm_model_task_and_action_kind():
     assert len(SAMPLE) == len(set(SAMPLE)) <= 24
     assert {(c.algorithm, c.model) for c in SAMPLE} == {(a, m) for a in sm.ALGORITHMS for m in sm.MODELS}
     for model in sm.MODELS:
-        assert {c.task for c in SAMPLE if c.model == model} == set(sm.REPRESENTATIVE)
+        assert {c.task for c in SAMPLE if c.model == model and c.task in sm.REPRESENTATIVE} == set(sm.REPRESENTATIVE)
     assert {c.actions for c in SAMPLE} == set(sm.ACTIONS)
     assert {c.algorithm for c in SAMPLE if c.task not in sm.REPRESENTATIVE} == set(sm.ALGORITHMS)
     assert sm.sample(sm.combinations(DATA["tasks"])) == SAMPLE  # deterministic
