@@ -47,18 +47,10 @@ def _render(value) -> str:
 
 def algorithm_settings(run) -> Optional[dict]:
     """The ``algorithm`` section of a run's hydra config, or None (no config beside its JSON)."""
-    import yaml
+    from benchmarl_decentral.reporting.scores import run_config
 
-    from benchmarl_decentral.reporting.scores import run_folder
-
-    folder = run_folder(run)
-    if folder is None:
-        return None
-    try:
-        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    section = config.get("algorithm") if isinstance(config, dict) else None
+    info = run_config(run)
+    section = info["config"].get("algorithm") if info is not None and isinstance(info["config"], dict) else None
     return dict(section) if isinstance(section, dict) else None
 
 
