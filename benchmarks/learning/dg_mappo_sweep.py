@@ -97,6 +97,13 @@ VARIANTS = {
     "ippo": ["algorithm=ippo"],
     "mappo_lr1e3": ["algorithm=mappo", "experiment.lr=0.001"],
     "ippo_lr1e3": ["algorithm=ippo", "experiment.lr=0.001"],
+    # runs J: on today's default (clip 0.2, lr 1e-3), one setting changed each
+    "lr2e3": ["algorithm=dg_mappo", "algorithm.lr=0.002"],
+    "value_norm": ["algorithm=dg_mappo", "algorithm.value_norm=true"],
+    "hops2": ["algorithm=dg_mappo", "algorithm.num_hops=2"],
+    "entropy0": ["algorithm=dg_mappo", "algorithm.entropy_coef=0.0"],
+    "output_gain": ["algorithm=dg_mappo", "algorithm.actor_output_gain=0.01"],
+    "alpha5": ["algorithm=dg_mappo", "algorithm.alpha_consensus=5.0"],
 }
 METRIC = "eval_reward_episode_reward_mean.csv"
 
