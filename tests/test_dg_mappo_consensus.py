@@ -135,7 +135,8 @@ def test_disconnected_custom_graph_is_refused_before_training(tmp_path):
         ({"mixes_per_update": 0}, r"mixes_per_update must be an int >= 1.*algorithm\.mixes_per_update=3"),
         ({"mixes_per_update": 3}, r"only read with mix_every=update.*algorithm\.mix_every=update"),
         ({"graph_kwargs": "smax", "topology": "visibility"}, r"graph_kwargs must be a mapping.*algorithm\.graph_kwargs=\{layout:smax\}"),
-        ({"actor_output_gain": 0.0}, r"actor_output_gain must be > 0.*actor_output_gain=0\.01"),
+        ({"actor_output_gain": 0.0}, r"actor_output_gain must be > 0, auto or null.*actor_output_gain=0\.01"),
+        ({"actor_output_gain": "small"}, r"actor_output_gain must be > 0, auto or null.*got 'small'"),
     ],
 )
 def test_new_keys_are_validated_with_the_fix(overrides, match):

@@ -131,6 +131,23 @@ def test_actor_output_gain_on_the_recurrent_actors_head_and_refused_on_a_gnn(tmp
         _experiment(tmp_path / "gnn", _gnn(), _mlp(), algorithm={"actor_output_gain": 0.01})
 
 
+def test_actor_output_gain_auto_applies_where_it_can_and_keeps_the_gnns_initialisation(tmp_path, capsys):
+    exp = _experiment(tmp_path / "gru", _recurrent(GruConfig), _mlp(), algorithm={"actor_output_gain": "auto"})
+    weight = exp.algorithm._actor_networks[GROUP].mlp.params["2", "weight"]
+    eye = torch.eye(weight.shape[1])
+    torch.testing.assert_close(weight @ weight.transpose(1, 2), (0.01**2 * eye).expand(4, -1, -1))
+    exp.close()
+    torch.manual_seed(0)
+    auto = _experiment(tmp_path / "gnn_auto", _gnn(), _mlp(), algorithm={"actor_output_gain": "auto"})
+    assert "actor_output_gain=auto: group 'agents' keeps the model's default initialisation" in capsys.readouterr().out
+    torch.manual_seed(0)
+    null = _experiment(tmp_path / "gnn_null", _gnn(), _mlp(), algorithm={"actor_output_gain": None})
+    for a, b in zip(auto.algorithm.network_leaves(GROUP)["actor"], null.algorithm.network_leaves(GROUP)["actor"]):
+        torch.testing.assert_close(a, b)
+    auto.close()
+    null.close()
+
+
 # ---------------------------------------------------------------- train, evaluate, clip and mix
 MODELS = {  # actor, critic
     "gnn_gnn": (_gnn, _gnn),

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, MISSING
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 import torch
 from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
@@ -133,6 +133,8 @@ DGMAPPO_GROUP_TOPOLOGIES = ("radius", *STATIC_TOPOLOGIES)
 #: ``topology: auto`` (the default): the communication graph is chosen from the task before
 #: training (:func:`resolve_auto_topology`).
 AUTO_TOPOLOGY = "auto"
+#: ``actor_output_gain: auto``: A.3's gain, where the actor has one linear output layer
+AUTO_OUTPUT_GAIN = 0.01
 #: Topologies of ``algorithm.topology``: ``auto`` and the D-GAT's.
 TOPOLOGIES: Tuple[str, ...] = (AUTO_TOPOLOGY, *DGAT_TOPOLOGIES)
 #: ``topology: auto`` on tasks whose observations hold each agent's position: a radius graph on
@@ -515,7 +517,11 @@ class DgMappo(Mappo):
         value_norm: normalise each agent's value targets with its own running
             mean / std (:class:`ValueNorm`).
         actor_output_gain: orthogonal initialisation gain of the actor's output
-            layer (A.3: 0.01); ``None`` keeps the default initialisation.
+            layer (A.3: 0.01); ``"auto"``: 0.01 where the actor ends in one
+            linear layer (``layers/mlp``, the MLP heads of ``layers/gru`` /
+            ``layers/lstm``, sequences ending in one), the model's default
+            initialisation otherwise (``layers/gnn``; printed once); ``None``
+            keeps the default initialisation. A number is applied or refused.
         The remaining arguments are MAPPO's.
     """
 
@@ -539,7 +545,7 @@ class DgMappo(Mappo):
         mix_every: str = "step",
         mixes_per_update: int = 1,
         value_norm: bool = False,
-        actor_output_gain: Optional[float] = None,
+        actor_output_gain: Union[float, str, None] = None,
         evaluation_dropout: Optional[List[int]] = None,
         group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
         **kwargs,
@@ -741,12 +747,14 @@ class DgMappo(Mappo):
         loss.__dict__["value_norm"] = self.value_norms.get(group)
         self._stack_networks(group, loss)
         if self.actor_output_gain is not None:  # A.3, drawn per agent before the common start
+            gain = AUTO_OUTPUT_GAIN if self.actor_output_gain == "auto" else self.actor_output_gain
             try:
-                _orthogonal_output_layer_(
-                    self._actor_networks[group], self._stacks[(group, "actor")], self.actor_output_gain
-                )
+                _orthogonal_output_layer_(self._actor_networks[group], self._stacks[(group, "actor")], gain)
             except ValueError as err:
-                raise config_error(self.experiment, f"dg_mappo: {err}") from None
+                if self.actor_output_gain != "auto":
+                    raise config_error(self.experiment, f"dg_mappo: {err}") from None
+                print(f"dg_mappo: actor_output_gain=auto: group {group!r} keeps the model's default initialisation "
+                      f"({str(err).split(';')[0]})", flush=True)
         with torch.no_grad():  # D-SGD starts every mixed network from a common point (eq. 9), as the D-GAT
             for name in self.consensus_params:
                 for p in self._stacks[(group, name)].leaves:
@@ -1054,7 +1062,7 @@ class DgMappoConfig(AlgorithmConfig):
     minibatch_advantage: bool = MISSING
     # value normalisation and the actor's output layer (A.3)
     value_norm: bool = MISSING
-    actor_output_gain: Optional[float] = MISSING
+    actor_output_gain: Any = MISSING  # Any: a number, "auto" or null
     # evaluation (benchmarl_decentral.evaluation_dropout)
     evaluation_dropout: List[int] = field(default_factory=list)
     # per-group D-GAT graph options (benchmarl_decentral.consensus.groups)
@@ -1128,10 +1136,13 @@ class DgMappoConfig(AlgorithmConfig):
         if not isinstance(self.value_norm, bool):
             raise ValueError(f"dg_mappo: value_norm must be true or false, got {self.value_norm!r}")
         gain = self.actor_output_gain
-        if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0):
+        if gain is not None and gain != "auto" and (
+            isinstance(gain, bool) or not isinstance(gain, (int, float)) or gain <= 0
+        ):
             raise ValueError(
-                f"dg_mappo: actor_output_gain must be > 0 or null, got {gain!r}; set "
-                "algorithm.actor_output_gain=0.01 (A.3) or null (default initialisation)"
+                f"dg_mappo: actor_output_gain must be > 0, auto or null, got {gain!r}; set "
+                "algorithm.actor_output_gain=0.01 (A.3), auto (0.01 where the actor ends in one linear layer) "
+                "or null (default initialisation)"
             )
 
     @staticmethod
