@@ -27,7 +27,8 @@ def test_dg_mappo_iteration_quick_mode(tmp_path):
 
 def test_every_dg_mappo_sweep_variant_composes_into_the_config_it_names():
     """benchmarks/learning/dg_mappo_sweep.py: each variant is a valid override list; the older runs' variants
-    pin the previous defaults (clip 0.05, lr 5e-4) and today's "default" is the shipped config."""
+    pin the previous defaults (clip 0.05, lr 5e-4, no output gain), runs J's vary runs I's default and
+    today's "default" is the shipped config."""
     from benchmarl.hydra_config import load_algorithm_config_from_hydra
     from hydra import compose, initialize_config_module
 
@@ -43,7 +44,13 @@ def test_every_dg_mappo_sweep_variant_composes_into_the_config_it_names():
             configs[name] = load_algorithm_config_from_hydra(cfg.algorithm)
     assert (configs["previous_default"].clip_epsilon, configs["previous_default"].lr) == (0.05, 0.0005)
     assert (configs["clip02"].clip_epsilon, configs["clip02"].lr) == (0.2, 0.0005)
-    assert configs["default"] == configs["clip02_lr1e3"]  # runs I chose today's default
+    assert configs["clip02_lr1e3"].actor_output_gain is None  # runs A-I ran without the output gain
+    runs_i = {k: v for k, v in vars(configs["lr2e3"]).items() if k != "lr"}  # runs J vary runs I's default
+    assert runs_i == {k: v for k, v in vars(configs["clip02_lr1e3"]).items() if k != "lr"}
+    # runs J chose today's default: runs I's default with A.3's output gain (auto = 0.01 on the mlp actor)
+    assert {k: v for k, v in vars(configs["default"]).items() if k != "actor_output_gain"} == {
+        k: v for k, v in vars(configs["clip02_lr1e3"]).items() if k != "actor_output_gain"}
+    assert configs["default"].actor_output_gain == "auto" and configs["output_gain"].actor_output_gain == 0.01
     assert configs["zero_messages"].dgat_messages == "zero" and configs["zero_messages"].lr == 0.0005
 
 

@@ -60,9 +60,11 @@ PART = PARTS["dg_mappo"]
 #: BenchMARL mappo's PPO settings (mappo.yaml + base_experiment.yaml's clip_grad_val) on dg_mappo's keys.
 MAPPO_PPO = ["algorithm.clip_epsilon=0.2", "algorithm.entropy_coef=0.0", "algorithm.loss_critic_type=l2",
              "algorithm.max_grad_norm=5.0"]
-#: dg_mappo's defaults before runs I (clip 0.05 and lr 5e-4, Tables 2-3): runs A-H ran on them, so every
+#: dg_mappo's defaults before runs I (clip 0.05 and lr 5e-4, Tables 2-3; no output gain): runs A-H ran on them, so every
 #: variant of those runs pins them and reproduces its rows with today's code.
-PREVIOUS = ["algorithm.clip_epsilon=0.05", "algorithm.lr=0.0005"]
+PREVIOUS = ["algorithm.clip_epsilon=0.05", "algorithm.lr=0.0005", "algorithm.actor_output_gain=null"]
+#: the default of runs I (clip 0.2, lr 1e-3, no output gain): runs J change one setting of it
+RUNS_I = ["algorithm=dg_mappo", "algorithm.actor_output_gain=null"]
 
 
 def _previous(*settings: str) -> list[str]:
@@ -72,7 +74,7 @@ def _previous(*settings: str) -> list[str]:
 
 
 VARIANTS = {
-    "default": ["algorithm=dg_mappo"],  # today's default (clip 0.2, lr 1e-3: runs I)
+    "default": ["algorithm=dg_mappo"],  # today's default (clip 0.2, lr 1e-3: runs I; output gain auto: runs J)
     "previous_default": _previous(),  # the "default" rows of runs A-H
     "first": _previous("algorithm.num_hops=null", "algorithm.consensus_params=[dgat]"),
     "dgat_only": _previous("algorithm.consensus_params=[dgat]"),
@@ -81,12 +83,12 @@ VARIANTS = {
                                  "algorithm.mixes_per_update=3"),
     "mix_all_clip02": _previous("algorithm.consensus_params=[dgat,actor,critic]", "algorithm.clip_epsilon=0.2"),
     "clip02": _previous("algorithm.clip_epsilon=0.2"),
-    "clip02_lr1e3": _previous("algorithm.clip_epsilon=0.2", "algorithm.lr=0.001"),  # = today's default
+    "clip02_lr1e3": _previous("algorithm.clip_epsilon=0.2", "algorithm.lr=0.001"),  # = runs I's default
     "clip02_lmbda09": _previous("algorithm.clip_epsilon=0.2", "algorithm.lmbda=0.9"),
     "clip02_no_adv_norm": _previous("algorithm.clip_epsilon=0.2", "algorithm.normalize_advantage=false"),
     "full_graph": _previous("algorithm.topology=full"),
     "zero_messages": _previous("algorithm.dgat_messages=zero"),
-    "default_zero_messages": ["algorithm=dg_mappo", "algorithm.dgat_messages=zero"],
+    "default_zero_messages": ["algorithm=dg_mappo", "algorithm.dgat_messages=zero"],  # the suite's ablation
     "no_consensus_loss": _previous("algorithm.alpha_consensus=0"),
     "value_linear": _previous("algorithm.value=linear"),
     "mappo_ppo": _previous(*MAPPO_PPO),
@@ -97,13 +99,13 @@ VARIANTS = {
     "ippo": ["algorithm=ippo"],
     "mappo_lr1e3": ["algorithm=mappo", "experiment.lr=0.001"],
     "ippo_lr1e3": ["algorithm=ippo", "experiment.lr=0.001"],
-    # runs J: on today's default (clip 0.2, lr 1e-3), one setting changed each
-    "lr2e3": ["algorithm=dg_mappo", "algorithm.lr=0.002"],
-    "value_norm": ["algorithm=dg_mappo", "algorithm.value_norm=true"],
-    "hops2": ["algorithm=dg_mappo", "algorithm.num_hops=2"],
-    "entropy0": ["algorithm=dg_mappo", "algorithm.entropy_coef=0.0"],
-    "output_gain": ["algorithm=dg_mappo", "algorithm.actor_output_gain=0.01"],
-    "alpha5": ["algorithm=dg_mappo", "algorithm.alpha_consensus=5.0"],
+    # runs J: on runs I's default (clip 0.2, lr 1e-3, no output gain), one setting changed each
+    "lr2e3": [*RUNS_I, "algorithm.lr=0.002"],
+    "value_norm": [*RUNS_I, "algorithm.value_norm=true"],
+    "hops2": [*RUNS_I, "algorithm.num_hops=2"],
+    "entropy0": [*RUNS_I, "algorithm.entropy_coef=0.0"],
+    "output_gain": ["algorithm=dg_mappo", "algorithm.actor_output_gain=0.01"],  # = today's default on an mlp
+    "alpha5": [*RUNS_I, "algorithm.alpha_consensus=5.0"],
 }
 METRIC = "eval_reward_episode_reward_mean.csv"
 
