@@ -271,7 +271,6 @@ _PARTS: Tuple[Part, ...] = (
          paper_frames=3_000_000,
          paper_budget="paper 000 has no 2s3z run; paper 001 trains SMAC maps (2s3z among them) for 3e6 steps",
          reward="SMAX's shared team reward for both",
-         rerun="the committed runs used the previous dg_mappo default (clip 0.05, lr 5e-4; now clip 0.2, lr 1e-3)",
          claim_checks=(("dgmappo", "level", "mappo"),)),
     Part("decpg_k",
          "DecPG (paper 002, sec. 5, Figs. 2-4): under one optimizer, parameter sharing (k = n - 1) against "
