@@ -106,6 +106,9 @@ VARIANTS = {
     "entropy0": [*RUNS_I, "algorithm.entropy_coef=0.0"],
     "output_gain": ["algorithm=dg_mappo", "algorithm.actor_output_gain=0.01"],  # = today's default on an mlp
     "alpha5": [*RUNS_I, "algorithm.alpha_consensus=5.0"],
+    # smax/2s3z (runs K): which of runs I-J's changes costs dg_mappo there
+    "lr5e4": ["algorithm=dg_mappo", "algorithm.lr=0.0005"],
+    "clip005": ["algorithm=dg_mappo", "algorithm.clip_epsilon=0.05"],
 }
 METRIC = "eval_reward_episode_reward_mean.csv"
 
