@@ -900,7 +900,8 @@ class _DgMappoCallback(Callback):
         self._metrics: Dict[str, Dict[str, Any]] = {}
         self._mixed: Dict[str, List[torch.Tensor]] = {}  # per group: the leaves D-SGD mixes
         self._mixing_comm: Dict[str, CommCounter] = {}  # per group: the bytes of this iteration's mixing
-        self._exec_comm: Dict[str, Tuple[int, int]] = {}  # per group: D-GAT bytes of the last collection
+        self._exec_comm: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # per group: D-GAT bytes of the collection
+        self.sent: Dict[str, Dict[str, Any]] = {}
         self._comm: Dict[str, Tuple[int, ...]] = {}
 
     def on_setup(self):
@@ -982,9 +983,8 @@ class _DgMappoCallback(Callback):
         for group in self.experiment.train_group_map:
             comm = algo.communication[group]
             # what D-GAT sent since the last training: this batch's collection and any evaluation in between
-            steps = comm.comm.steps
-            self._exec_comm[group] = (int(comm.comm.link_bytes.sum()) if steps else 0,
-                                      int(comm.comm.network_bytes.sum()) if steps else 0)
+            if comm.comm.steps:
+                self._exec_comm[group] = (comm.comm.link_bytes, comm.comm.network_bytes)
             comm.comm.reset()
             with torch.no_grad():
                 adj = comm.communication_graph(batch)
@@ -1037,12 +1037,17 @@ class _DgMappoCallback(Callback):
         :func:`~benchmarl_decentral.distributed.mixing_bytes`).
         """
         comm = self.algorithm.communication[group]
-        held = self.algorithm.transport.local_agents(comm.n_agents).numel()
-        counters = [comm.comm, self._mixing_comm.pop(group, CommCounter())]
-        train = [sum(int(c.link_bytes.sum()) for c in counters if c.steps),
-                 sum(int(c.network_bytes.sum()) for c in counters if c.steps)]
+        agents = self.algorithm.transport.local_agents(comm.n_agents)
+        held = agents.numel()
+        zeros = torch.zeros(held, dtype=torch.int64)
+        counters = [c for c in (comm.comm, self._mixing_comm.pop(group, CommCounter())) if c.steps]
+        link = sum((c.link_bytes for c in counters), zeros)
+        network = sum((c.network_bytes for c in counters), zeros)
         comm.comm.reset()
-        execution = self._exec_comm.pop(group, (0, 0))
+        exec_link, exec_network = self._exec_comm.pop(group, (zeros, zeros))
+        #: per group, the last iteration's bytes per agent held here (``agents``; ``train`` / ``exec``: link and network)
+        self.sent[group] = {"agents": agents, "train": (link, network), "exec": (exec_link, exec_network)}
+        train, execution = (int(link.sum()), int(network.sum())), (int(exec_link.sum()), int(exec_network.sum()))
         self._comm[group] = (*train, *execution, held)
         metrics = {f"comm/{group}/train_bytes_per_agent": train[0] / held,
                    f"comm/{group}/train_network_bytes_per_agent": train[1] / held,

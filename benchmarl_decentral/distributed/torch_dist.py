@@ -49,7 +49,8 @@ class _RowExchange(torch.autograd.Function):
     def forward(ctx, h: Tensor, plan: list, local: Tensor, on_backward) -> Tensor:
         F = h.shape[-1]
         flat = h.detach().reshape(-1, F)
-        out = flat.clone()
+        out = torch.zeros_like(flat)  # rows read by no agent held here: 0, nothing computed elsewhere leaks in
+        out[local] = flat[local]
         ops, received = [], []
         for r, send, recv in plan:
             if send.numel():

@@ -215,7 +215,7 @@ class Transport(ABC):
           that row goes back to ``j``'s process and is added to its ``h_j``
           (agent ``i``'s loss trains ``j``'s parameters through the message,
           as backpropagation through one process does);
-        * other rows are ``h``'s, detached (read by no agent held here).
+        * other rows are 0 (read by no agent held here; no gradient).
 
         In one process the output is ``h`` itself (nothing moves). Every process
         must call it with the same ``reads`` and shapes, in the same order.
@@ -230,16 +230,16 @@ class Transport(ABC):
         """
 
     def own_rows(self, h: Tensor) -> Tensor:
-        """``h`` ``(*B, n, F)`` with the rows of the agents held elsewhere detached (in one process: ``h``).
+        """``h`` ``(*B, n, F)`` with the rows of the agents held elsewhere set to 0 (in one process: ``h``).
 
-        What a process computed for agents it does not hold is never trained
-        there: cut it before a loss reads it.
+        What a process computes for agents it does not hold is not theirs and
+        must not train anything: cut it (no gradient) before a loss reads it.
         """
         n = h.shape[-2]
         held = self.holds(torch.arange(n, device=h.device))
         if bool(held.all()):
             return h
-        return torch.where(held.view(n, 1), h, h.detach())
+        return torch.where(held.view(n, 1), h, h.new_zeros(()))
 
     def local_rows(self, leaves: Iterable[Tensor], n_agents: int) -> list[Tensor]:
         """The rows of the agents held here, as views that share storage with ``leaves``.
