@@ -232,3 +232,53 @@ def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_pat
     torch.save(reference, tmp_path / "reference.pt")
     spawn_local(_dg_mappo_worker, 2, tmp_path, graph, tmp_path / "reference.pt", start_method="fork",
                 timeout_s=120)
+
+
+# ------------------------------------------------------------------ the entry point, and benchmarl report
+@pytest.mark.slow
+def test_entry_point_trains_dg_mappo_on_two_ranks_like_one_process(tmp_path):
+    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=dg_mappo ...``'s main on 2
+    forked ranks: the single-process rewards and evaluation, and a report whose communication row has
+    dg_mappo's execution and network bytes."""
+    import torch.multiprocessing as mp
+    from benchmarl.hydra_config import load_experiment_from_hydra
+
+    from benchmarl_decentral.distributed import free_port
+    from benchmarl_decentral.distributed.__main__ import compose
+    from benchmarl_decentral.reporting import build_report
+    from test_distributed import _entry_worker
+
+    entry = ["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.topology=ring", "algorithm.hidden_channels=8",
+             "experiment.evaluation_interval=60", "experiment.evaluation_episodes=2", "experiment.loggers=[csv]",
+             "experiment.max_n_iters=2", "experiment.max_n_frames=null",
+             "experiment.on_policy_collected_frames_per_batch=60", "experiment.on_policy_n_envs_per_worker=2",
+             "experiment.on_policy_minibatch_size=30", "experiment.on_policy_n_minibatch_iters=1",
+             "model.num_cells=[16]", "critic_model.num_cells=[16]"]
+    cfg, task_name, _ = compose([*entry, f"experiment.save_folder={tmp_path / 'single'}"])
+    (tmp_path / "single").mkdir()
+    single = load_experiment_from_hydra(cfg, task_name=task_name)
+    single.run()
+
+    for folder in ("dist", "scratch"):
+        (tmp_path / folder).mkdir()
+    mp.start_processes(_entry_worker, args=(2, free_port(), [*entry, f"experiment.save_folder={tmp_path / 'dist'}"],
+                                            tmp_path / "scratch"), nprocs=2, start_method="fork")
+    (run,) = (tmp_path / "dist").iterdir()
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+    def logged(folder, name):
+        import csv
+
+        with open(folder / folder.name / "scalars" / f"{name}.csv") as f:
+            return [float(row[1]) for row in csv.reader(f)]
+
+    for name in ("collection_reward_reward_mean", "eval_reward_episode_reward_mean"):
+        assert logged(run, name) == logged(single.folder_name, name)
+    # a ring of 8: every agent sends the same, so rank 0's mean equals the mean over all agents
+    for name in ("comm_train_bytes_per_agent", "comm_exec_bytes_per_agent"):
+        assert logged(run, name) == logged(single.folder_name, name) and min(logged(run, name)) > 0
+    assert min(logged(run, "comm_exec_network_bytes_per_agent")) > 0
+    assert logged(single.folder_name, "comm_exec_network_bytes_per_agent") == [0.0, 0.0]
+    (comm,) = build_report([run], reps=50, reference=False).communication
+    assert comm["algorithm"] == "dgmappo" and comm["exec"] > 0 and comm["train_network"] > 0 and comm["env"] > 0
+    assert comm["total"] == pytest.approx(comm["train"] + comm["exec"] + comm["env"])
