@@ -107,7 +107,7 @@ def _dgat_worker(rank: int, world_size: int) -> None:
         assert ref["train"][2] == got["train"][2] == 2 * HOPS + 1
 
 
-@pytest.mark.parametrize("world_size", [2, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("world_size", [2, 4])
 def test_dgat_messages_and_their_gradients_across_ranks_equal_one_process(world_size):
     """Oracle for eqs. 7-8 and 11 split by agent: each rank computes its agents' hops from the rows its
     neighbours' ranks send, sends the gradients of the rows it read back to them, and gets the

@@ -984,7 +984,7 @@ class _DgMappoCallback(Callback):
             comm = algo.communication[group]
             # what D-GAT sent since the last training: this batch's collection and any evaluation in between
             if comm.comm.steps:
-                self._exec_comm[group] = (comm.comm.link_bytes, comm.comm.network_bytes)
+                self._exec_comm[group] = (comm.comm.link_bytes.cpu(), comm.comm.network_bytes.cpu())
             comm.comm.reset()
             with torch.no_grad():
                 adj = comm.communication_graph(batch)
@@ -1041,8 +1041,8 @@ class _DgMappoCallback(Callback):
         held = agents.numel()
         zeros = torch.zeros(held, dtype=torch.int64)
         counters = [c for c in (comm.comm, self._mixing_comm.pop(group, CommCounter())) if c.steps]
-        link = sum((c.link_bytes for c in counters), zeros)
-        network = sum((c.network_bytes for c in counters), zeros)
+        link = sum((c.link_bytes.cpu() for c in counters), zeros)  # D-GAT's counts stay on its device until now
+        network = sum((c.network_bytes.cpu() for c in counters), zeros)
         comm.comm.reset()
         exec_link, exec_network = self._exec_comm.pop(group, (zeros, zeros))
         #: per group, the last iteration's bytes per agent held here (``agents``; ``train`` / ``exec``: link and network)

@@ -105,10 +105,14 @@ def bytes_per_agent(leaves: Iterable[Tensor]) -> int:
     return sum(p[0].numel() * p.element_size() for p in leaves)
 
 
-def _senders(reads: Tensor) -> Tensor:
-    """``reads`` without self loops, as a batch of graphs ``(B, n, n)`` (``(n, n)`` gives ``B = 1``)."""
+def _senders(reads: Tensor, device: torch.device | str | None = "cpu") -> Tensor:
+    """``reads`` without self loops, as a batch of graphs ``(B, n, n)`` (``(n, n)`` gives ``B = 1``).
+
+    On ``device`` (``None``: where ``reads`` is, so that counting on a GPU waits for nothing).
+    """
     n = reads.shape[-1]
-    S = reads.bool().cpu() & ~torch.eye(n, dtype=torch.bool)
+    reads = reads.bool() if device is None else reads.bool().to(device)
+    S = reads & ~torch.eye(n, dtype=torch.bool, device=reads.device)
     return S.reshape(-1, n, n)
 
 
@@ -138,11 +142,11 @@ def message_bytes(reads: Tensor, row_bytes: int, owner: Tensor | None = None, *,
     Returns:
         ``(link_bytes, network_bytes)``, each ``(n,)`` int64.
     """
-    S = _senders(reads)  # (B, i, j)
+    S = _senders(reads, None if owner is None else "cpu")  # (B, i, j)
     n = S.shape[-1]
     link = (S.sum((0, 1)) if not backward else S.sum((0, 2))).to(torch.int64) * row_bytes
-    network = torch.zeros(n, dtype=torch.int64)
-    if owner is None:
+    network = torch.zeros(n, dtype=torch.int64, device=S.device)
+    if owner is None:  # on the device of reads: the caller moves the sums when it reads them
         return link, network
     owner = owner.cpu().long()
     for r in range(int(owner.max()) + 1):
@@ -292,7 +296,7 @@ class InProcessTransport(Transport):
         reads = reads.expand(*h.shape[:-1], h.shape[-2]) if reads.dim() == 2 else reads
         row = h.shape[-1] * h.element_size()
         agents = torch.arange(h.shape[-2])
-        link, network = message_bytes(reads, row)
+        link, network = message_bytes(reads, row)  # on h's device: read (and moved) once per iteration
         sink(MixRecord(agents=agents, link_bytes=link, network_bytes=network))
         if h.requires_grad:  # the gradient of every message travels back over its link
             back, back_network = message_bytes(reads, row, backward=True)
