@@ -62,7 +62,9 @@ Plan for the rest:
 1. *Environment interface that scales*: today every rank steps a full copy of
    the environment and sends its actions to every rank (traffic grows with
    the ranks). A central environment rank would scatter each rank's
-   observations and gather its actions, one message per rank and step.
+   observations and gather its actions, one message per rank and step
+   (dg_mappo's radius and visibility graphs, rebuilt today by every rank from
+   its copy of every observation, would then come with the observations).
 2. *Only local parameters*: a rank still builds every agent's networks (the
    rows of other agents are stale and unread); building ``n_local`` agents
    needs BenchMARL's model to take a subset of the group.
