@@ -52,6 +52,17 @@ How it sits in BenchMARL (1.5.2) without a fork:
   disconnected communication graphs (Assumption 1) and the consensus distance
   of the D-GAT parameters.
 
+Communication goes through the transport installed while the algorithm is
+built (:mod:`benchmarl_decentral.distributed`; one process by default): the
+D-SGD mixing (:meth:`~benchmarl_decentral.distributed.Transport.mix_`), the
+D-GAT messages of every hop and eq. 11's neighbour embeddings
+(:meth:`~benchmarl_decentral.models.dgat.Dgat.neighbour_rows`, with their
+gradients in the backward pass), so the same code trains one block of agents
+per rank in a distributed run. The bytes are logged each iteration with
+decpg's keys, ``comm/train_bytes_per_agent`` (mixing, training messages and
+their gradients) and ``comm/exec_bytes_per_agent`` (D-GAT messages while
+acting), with their ``*_network_*`` parts (0 in one process).
+
 Dynamic graphs and D-SGD: a minibatch holds samples from many steps and
 environments, each with its own graph ``A_b``, but an optimizer step mixes
 once. ``mixing_graph`` chooses the mixing matrix of a step (a static topology
