@@ -38,8 +38,10 @@ def check_config(cfg: DictConfig) -> None:
     Raises:
         ValueError: evaluation that reads every agent's parameters (decpg's
             ``average``/``individual`` models, perturbed or dropout
-            evaluation), checkpoints or a restore (a rank's checkpoint holds
-            only its own agents correctly).
+            evaluation, dg_mappo's ``evaluation_dropout``), dg_mappo settings
+            that read across agents outside the transport
+            (:func:`check_dg_mappo`), checkpoints or a restore (a rank's
+            checkpoint holds only its own agents correctly).
     """
     algo, exp = cfg.algorithm, cfg.experiment
     if exp.evaluation:
@@ -55,11 +57,52 @@ def check_config(cfg: DictConfig) -> None:
                 "distributed runs evaluate each agent with its own parameters only; "
                 f"{', '.join(needs_all)}, or set experiment.evaluation=false."
             )
+    if "alpha_consensus" in algo:  # dg_mappo, dg_mappo_paper
+        check_dg_mappo(cfg)
     if exp.checkpoint_interval or exp.checkpoint_at_end or exp.restore_file:
         raise ValueError(
             "distributed runs do not checkpoint or resume yet (a rank holds only its own agents' parameters); "
             "set experiment.checkpoint_interval=0 experiment.checkpoint_at_end=false experiment.restore_file=null."
         )
+
+
+#: BenchMARL models whose per-agent copies read the other agents' inputs (a message outside the transport).
+CROSS_AGENT_MODELS = ("gnn", "deepsets")
+
+
+def _model_names(node) -> list:
+    """The ``name`` of a model config and of every layer of a sequence model (hydra config nodes)."""
+    names = [str(node["name"])] if "name" in node else []
+    layers = node.get("layers", None) or {}
+    for layer in layers.values() if hasattr(layers, "values") else layers:  # sequence: layers.l1, layers.l2, ...
+        names += _model_names(layer)
+    return names
+
+
+def check_dg_mappo(cfg: DictConfig) -> None:
+    """dg_mappo's settings that would read across agents outside the transport, refused with the fix.
+
+    Raises:
+        ValueError: ``algorithm.max_grad_norm=null`` with BenchMARL's joint
+            gradient-norm clip (a norm over every agent's gradients), or an
+            actor / critic model whose copies read the other agents
+            (``layers/gnn``; D-GAT is dg_mappo's communication).
+    """
+    algo, exp = cfg.algorithm, cfg.experiment
+    if algo.get("max_grad_norm", None) is None and exp.clip_grad_norm and exp.clip_grad_val is not None:
+        raise ValueError(
+            "dg_mappo with algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all agents at "
+            "once, which no rank can compute from its own agents; set algorithm.max_grad_norm=10 (per agent) or "
+            "experiment.clip_grad_val=null."
+        )
+    for key in ("model", "critic_model"):
+        crossing = [name for name in _model_names(cfg[key]) if name in CROSS_AGENT_MODELS]
+        if crossing:
+            raise ValueError(
+                f"dg_mappo's {key}={crossing[0]} reads the other agents' inputs inside the network, a message the "
+                f"distributed transport does not carry (D-GAT is dg_mappo's communication); use "
+                f"{'model' if key == 'model' else 'model@critic_model'}=layers/mlp (or layers/gru, layers/lstm)."
+            )
 
 
 def _refuse(rank: int, message: str) -> None:
