@@ -360,7 +360,9 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
          r"evaluate each agent with its own parameters only; algorithm.evaluation_mode=average \(use local\), "
          r"algorithm.perturbed_evaluation=true \(use false\), or set experiment.evaluation=false"),
         (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "experiment.checkpoint_at_end=true"], 2, r"do not checkpoint or resume yet"),
+          "experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt"], 2,
+         r"experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt is not a checkpoint of a distributed "
+         r"run: give one rank's file, <run>/checkpoints_rank0/checkpoint_<frames>.pt"),
         (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.lr=-1"], 2,
          r"decpg: need lr > 0"),
     ],

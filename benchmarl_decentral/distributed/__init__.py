@@ -24,7 +24,13 @@ What exists today (issue 18, first slice; decpg only, single machine, gloo):
   entry point ``torchrun --nproc-per-node N -m benchmarl_decentral.distributed
   algorithm=decpg task=...`` (:mod:`benchmarl_decentral.distributed.__main__`);
 * the launch checks (:func:`plan_launch`: algorithm support, world size vs
-  agents) and a local spawner for tests (:func:`spawn_local`).
+  agents) and a local spawner for tests (:func:`spawn_local`);
+* checkpoints and torchrun's elastic restart
+  (:mod:`benchmarl_decentral.distributed.checkpoint`): every rank writes its
+  own experiment state into rank 0's run folder (atomically, no message to
+  the other ranks); when a rank dies, ``torchrun --max-restarts K`` restarts
+  the group and every rank resumes the newest checkpoint all ranks completed,
+  exactly (the uninterrupted run's parameters and logs).
 
 Ownership and messages of one DSGD step, 4 agents on a ring, 2 ranks::
 
@@ -52,7 +58,7 @@ Plan for the rest:
    :meth:`Transport.exchange_link_ends`, see
    :func:`~benchmarl_decentral.objectives.admm.synchronous_iteration`);
    several agent groups; faults (dropped messages are already real here;
-   elastic restart from a checkpoint).
+   a dead rank is restarted from the last checkpoint, see above).
 """
 
 from __future__ import annotations
