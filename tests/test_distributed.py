@@ -363,6 +363,9 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
           "experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt"], 2,
          r"experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt is not a checkpoint of a distributed "
          r"run: give one rank's file, <run>/checkpoints_rank0/checkpoint_<frames>.pt"),
+        (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "experiment.checkpoint_interval=70"], 2,
+         r"checkpoint_interval \(70\) is not a multiple of the collected_frames_per_batch \(6000\)"),
         (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.lr=-1"], 2,
          r"decpg: need lr > 0"),
     ],

@@ -93,6 +93,7 @@ def main(overrides: list[str]) -> None:
     """One rank of a distributed run (see the module docstring); ``RANK`` / ``WORLD_SIZE`` from torchrun."""
     from benchmarl.hydra_config import (
         load_algorithm_config_from_hydra,
+        load_experiment_config_from_hydra,
         load_experiment_from_hydra,
         load_task_config_from_hydra,
     )
@@ -108,7 +109,8 @@ def main(overrides: list[str]) -> None:
         cfg, task_name, algorithm = compose(overrides)
         check_algorithm(algorithm)  # first: no environment built for nothing
         check_config(cfg)
-        load_algorithm_config_from_hydra(cfg.algorithm)  # the algorithm's own checks
+        on_policy = load_algorithm_config_from_hydra(cfg.algorithm).on_policy()  # the algorithm's own checks
+        load_experiment_config_from_hydra(cfg.experiment).validate(on_policy)  # e.g. checkpoint_interval
         sizes = group_sizes(load_task_config_from_hydra(cfg.task, task_name), seed=cfg.seed)
         plan_launch(algorithm, sizes, world_size)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
@@ -133,7 +135,7 @@ def main(overrides: list[str]) -> None:
         # exchanged), so the others keep the JSON, in a folder removed at the end
         cfg.experiment.create_json = True
         cfg.experiment.save_folder = scratch
-    dist.init_process_group("gloo")
+    _init_process_group(ckpt.restart_count())
     try:
         # setup, outside training: every rank resumes what rank 0 resumes (one filesystem for the run folder)
         (first,) = _broadcast([(plan.run.name if plan.run else None, plan.frames)])
@@ -163,6 +165,20 @@ def main(overrides: list[str]) -> None:
         dist.destroy_process_group()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _init_process_group(restarts: int) -> None:
+    """gloo on torchrun's store (``env://``), its keys under a prefix of their own per restart.
+
+    torchrun's agent keeps one store across restarts: without the prefix, a
+    restarted rank can read the address a dead rank of the previous attempt
+    published and fail to connect to it.
+    """
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world_size = next(rendezvous("env://"))
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"benchmarl_decentral/restart_{restarts}", store),
+                            rank=rank, world_size=world_size)
 
 
 def _broadcast(objects: list) -> list:
