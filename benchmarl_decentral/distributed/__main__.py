@@ -21,7 +21,12 @@ complete checkpoint to resume
 checkpoint that does not fit the launch is refused like any bad input) and
 loads its own file; rank 0 continues the same run folder and logs. Two
 collectives run at setup, never in training: rank 0's choice of checkpoint
-and its run folder, broadcast to the other ranks.
+and its run folder, broadcast to the other ranks. torchrun's agent keeps one
+store across restarts, so each attempt's gloo keys go under a prefix of its
+own (``TORCHELASTIC_RESTART_COUNT``). That needs every agent of the group
+at the same count: true on one machine; across machines an agent that
+restarts for a change of membership rather than a failure keeps its count
+(not tried; the ranks would then wait on each other until the timeout).
 """
 
 from __future__ import annotations
