@@ -360,7 +360,12 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
          r"evaluate each agent with its own parameters only; algorithm.evaluation_mode=average \(use local\), "
          r"algorithm.perturbed_evaluation=true \(use false\), or set experiment.evaluation=false"),
         (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "experiment.checkpoint_at_end=true"], 2, r"do not checkpoint or resume yet"),
+          "experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt"], 2,
+         r"experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt is not a checkpoint of a distributed "
+         r"run: give one rank's file, <run>/checkpoints_rank0/checkpoint_<frames>.pt"),
+        (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "experiment.checkpoint_interval=70"], 2,
+         r"checkpoint_interval \(70\) is not a multiple of the collected_frames_per_batch \(6000\)"),
         (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.lr=-1"], 2,
          r"decpg: need lr > 0"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.evaluation_dropout=[1]"], 2,
@@ -373,6 +378,9 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
          r"dg_mappo's model=gnn reads the other agents' inputs inside the network, .* use model=layers/mlp"),
         (["algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "model=sequence", "model/layers@model.layers.l1=mlp",
           "model/layers@model.layers.l2=gnn", "model.intermediate_sizes=[8]"], 2, r"dg_mappo's model=gnn"),
+        (["algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "experiment.checkpoint_interval=6000"], 2,
+         r"distributed dg_mappo runs do not checkpoint or resume yet .* set experiment.checkpoint_interval=0"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.alpha_consensus=-1"], 2,
          r"dg_mappo: alpha_consensus must be >= 0"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100"], 3, r"world size 3 does not fit group 'agents' of 8 agents"),
