@@ -134,6 +134,20 @@ def run_cli(args, cwd, timeout=600, module=None, as_user=False):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def run_quick_benchmark(script, cwd, *args, env=None):
+    """Run ``benchmarks/<script> --quick *args`` in ``cwd`` and check that it exits 0; returns the result.
+
+    ``script`` is relative to ``benchmarks/`` (e.g. ``"learning/dg_mappo_sweep.py"``); on a
+    failure the assertion shows the tail of its stderr.
+    """
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 # Tiny experiment overrides for CLI runs (hydra syntax).
 TINY = [
     "experiment.max_n_iters=2",
