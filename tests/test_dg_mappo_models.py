@@ -105,16 +105,17 @@ def test_actor_output_gain_on_the_recurrent_actors_head_and_refused_on_a_gnn(tmp
 
 
 def test_actor_output_gain_auto_applies_where_it_can_and_keeps_the_gnns_initialisation(tmp_path, capsys):
-    exp = _experiment(tmp_path / "gru", _recurrent(GruConfig), _mlp(), algorithm={"actor_output_gain": "auto"})
+    exp = _experiment(tmp_path / "gru", recurrent_config(GruConfig), mlp_config(),
+                      algorithm={"actor_output_gain": "auto"})
     weight = exp.algorithm._actor_networks[GROUP].mlp.params["2", "weight"]
     eye = torch.eye(weight.shape[1])
     torch.testing.assert_close(weight @ weight.transpose(1, 2), (0.01**2 * eye).expand(4, -1, -1))
     exp.close()
     torch.manual_seed(0)
-    auto = _experiment(tmp_path / "gnn_auto", _gnn(), _mlp(), algorithm={"actor_output_gain": "auto"})
+    auto = _experiment(tmp_path / "gnn_auto", gnn_config(), mlp_config(), algorithm={"actor_output_gain": "auto"})
     assert "actor_output_gain=auto: group 'agents' keeps the model's default initialisation" in capsys.readouterr().out
     torch.manual_seed(0)
-    null = _experiment(tmp_path / "gnn_null", _gnn(), _mlp(), algorithm={"actor_output_gain": None})
+    null = _experiment(tmp_path / "gnn_null", gnn_config(), mlp_config(), algorithm={"actor_output_gain": None})
     for a, b in zip(auto.algorithm.network_leaves(GROUP)["actor"], null.algorithm.network_leaves(GROUP)["actor"]):
         torch.testing.assert_close(a, b)
     auto.close()
