@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +21,23 @@ def write_result(name: str, result: dict, quick: bool = False) -> Path:
     out = OUT_DIR / f"{name}{'_quick' if quick else ''}.json"
     out.write_text(json.dumps(result, indent=2))
     return out
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, left: Collection[str] = ()) -> str:
+    """A markdown table: a line of ``headers``, its alignment line, then a line per row.
+
+    The cells come formatted by the caller (anything else is ``str()``-ed). Columns are
+    right-aligned (numbers) but for those whose header is in ``left`` (text).
+    """
+    unknown = set(left) - set(headers)
+    if unknown:
+        raise ValueError(f"left names columns the table does not have: {sorted(unknown)}")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if h in left else "---:" for h in headers) + "|"]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"a row has {len(row)} cells for {len(headers)} columns: {row}")
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    return "\n".join(lines)
 
 
 def machine_info() -> dict:

@@ -47,7 +47,7 @@ from torch_geometric.nn.conv import GATv2Conv
 
 from benchmarl_decentral.consensus.topology import radius
 from benchmarl_decentral.nn import DGATConv
-from _common import machine_info  # noqa: E402  (benchmarks/ is the script's folder)
+from _common import machine_info, markdown_table  # noqa: E402  (benchmarks/ is the script's folder)
 
 METHODS = ("gatv2", "dgat", "dgat-id", "bm-gnn")
 
@@ -165,22 +165,22 @@ def time_case(steps: dict[str, Callable[[], None]], args: argparse.Namespace) ->
 
 
 def markdown(rows: list[dict], clock: str) -> str:
-    lines = [
-        "| graph | hidden | edges | GATv2 shared | D-GAT linear | D-GAT identity "
-        "| BenchMARL Gnn per-agent | (a) D-GAT / GATv2 | (b) BenchMARL / D-GAT |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    headers = [
+        "graph", "hidden", "edges", "GATv2 shared", "D-GAT linear", "D-GAT identity",
+        "BenchMARL Gnn per-agent", "(a) D-GAT / GATv2", "(b) BenchMARL / D-GAT",
     ]
+    cells = []
     for r in rows:
         ms = r[clock]
         bm = ms.get("bm-gnn")
         bm_ms = "n/a" if bm is None else f"{bm:.1f}"
         bm_ratio = "n/a" if bm is None else f"{bm / ms['dgat']:.1f}x"
-        lines.append(
-            f"| {r['graph']} | {r['hidden']} | {r['edges_with_self_loops']:,} | {ms['gatv2']:.1f} "
-            f"| {ms['dgat']:.1f} | {ms['dgat-id']:.1f} | {bm_ms} "
-            f"| {ms['dgat'] / ms['gatv2']:.2f}x | {bm_ratio} |"
-        )
-    return "\n".join(lines)
+        cells.append([
+            r["graph"], r["hidden"], f"{r['edges_with_self_loops']:,}", f"{ms['gatv2']:.1f}",
+            f"{ms['dgat']:.1f}", f"{ms['dgat-id']:.1f}", bm_ms,
+            f"{ms['dgat'] / ms['gatv2']:.2f}x", bm_ratio,
+        ])
+    return markdown_table(headers, cells, left={"graph"})
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -63,7 +63,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also in the spawned ranks
 
 import benchmarl_decentral  # noqa: E402,F401  (registers decpg and coordsum)
-from _common import experiment_config, machine_info, write_result  # noqa: E402
+from _common import experiment_config, machine_info, markdown_table, write_result  # noqa: E402
 
 TIMERS = ("iteration_time", "training_time", "collection_time")
 COMM = ("train_bytes_per_agent", "train_network_bytes_per_agent", "env_bytes_per_agent")
@@ -174,23 +174,24 @@ def table(rows: list[dict]) -> str:
     first = {}  # per mode, its row at the smallest n
     for r in rows:
         first.setdefault(r["mode"], r)
-    lines = [
-        "| n | mode | agents/rank | iteration (s) | / single | training (s) | training per agent (ms) "
-        "| iteration per agent (ms) | per agent / smallest n's | train bytes/agent | network bytes/agent | env bytes/agent "
-        "| actor + critic bytes/agent |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    headers = [
+        "n", "mode", "agents/rank", "iteration (s)", "/ single", "training (s)", "training per agent (ms)",
+        "iteration per agent (ms)", "per agent / smallest n's", "train bytes/agent", "network bytes/agent",
+        "env bytes/agent", "actor + critic bytes/agent",
     ]
+    cells = []
     for r in rows:
         b, f = base[r["n"]], first[r["mode"]]
         per_agent = r["iteration_time"] / r["n"]
-        lines.append(
-            f"| {r['n']} | {r['mode']} | {r['n'] // r['ranks']} | {r['iteration_time']:.2f} "
-            f"| {r['iteration_time'] / b['iteration_time']:.2f} | {r['training_time']:.2f} "
-            f"| {1000 * r['training_time'] / r['n']:.0f} | {1000 * per_agent:.0f} | {per_agent / (f['iteration_time'] / f['n']):.2f} "
-            f"| {r['train_bytes_per_agent']:,.0f} | {r['train_network_bytes_per_agent']:,.0f} "
-            f"| {r['env_bytes_per_agent']:,.0f} | {int(r['actor_bytes'] + r['critic_bytes']):,} |"
-        )
-    return "\n".join(lines)
+        cells.append([
+            r["n"], r["mode"], r["n"] // r["ranks"], f"{r['iteration_time']:.2f}",
+            f"{r['iteration_time'] / b['iteration_time']:.2f}", f"{r['training_time']:.2f}",
+            f"{1000 * r['training_time'] / r['n']:.0f}", f"{1000 * per_agent:.0f}",
+            f"{per_agent / (f['iteration_time'] / f['n']):.2f}",
+            f"{r['train_bytes_per_agent']:,.0f}", f"{r['train_network_bytes_per_agent']:,.0f}",
+            f"{r['env_bytes_per_agent']:,.0f}", f"{int(r['actor_bytes'] + r['critic_bytes']):,}",
+        ])
+    return markdown_table(headers, cells, left={"mode"})
 
 
 def parse(argv=None) -> argparse.Namespace:

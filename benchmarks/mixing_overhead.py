@@ -49,7 +49,7 @@ from torch import nn
 from torchrl.modules import MultiAgentMLP
 
 from benchmarl_decentral.consensus import ConsensusMixer, knn_ring
-from _common import machine_info  # noqa: E402  (benchmarks/ is the script's folder)
+from _common import machine_info, markdown_table  # noqa: E402  (benchmarks/ is the script's folder)
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
@@ -144,20 +144,20 @@ def bench_one(n: int, net: str, opt_name: str, args: argparse.Namespace) -> dict
 
 
 def markdown(rows: list[dict]) -> str:
-    head = (
-        "| n | network | params/agent | opt | fb (ms) | step (ms) | step+mix (ms) "
-        "| mix (ms) | mix direct (ms) | (a) mix/step | (b) mix/(fb+step) |\n"
-        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    lines = [head]
-    for r in rows:
-        lines.append(
-            f"| {r['n_agents']} | {r['network']} | {r['params_per_agent']:,} | {r['optimizer']} "
-            f"| {r['fb_ms']:.2f} | {r['step_ms']:.3f} | {r['step_mix_ms']:.3f} "
-            f"| {r['mix_ms']:.3f} | {r['mix_direct_ms']:.3f} "
-            f"| {100 * r['mix_over_step']:.0f}% | {100 * r['mix_over_train_step']:.1f}% |"
-        )
-    return "\n".join(lines)
+    headers = [
+        "n", "network", "params/agent", "opt", "fb (ms)", "step (ms)", "step+mix (ms)",
+        "mix (ms)", "mix direct (ms)", "(a) mix/step", "(b) mix/(fb+step)",
+    ]
+    cells = [
+        [
+            r["n_agents"], r["network"], f"{r['params_per_agent']:,}", r["optimizer"],
+            f"{r['fb_ms']:.2f}", f"{r['step_ms']:.3f}", f"{r['step_mix_ms']:.3f}",
+            f"{r['mix_ms']:.3f}", f"{r['mix_direct_ms']:.3f}",
+            f"{100 * r['mix_over_step']:.0f}%", f"{100 * r['mix_over_train_step']:.1f}%",
+        ]
+        for r in rows
+    ]
+    return markdown_table(headers, cells, left={"network", "opt"})
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -73,7 +73,7 @@ _MARK = "_benchmarl_decentral_runs_hook"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 # (path, size, mtime) of the last checkpoint that passed check_checkpoint: not read again.
-_checked: Optional[Tuple[str, int, int]] = None
+_checked: Optional[Tuple[str, int, int, bool]] = None
 # Set when an Experiment of this process entered run(): the CLI keeps a failed run's folder then.
 _training_started = False
 
@@ -111,7 +111,20 @@ def _checkpoint_problem(path: Path) -> Optional[str]:
         keys = ", ".join(sorted(map(str, state))[:6]) if isinstance(state, dict) else type(state).__name__
         return (f"not a BenchMARL checkpoint: {path} is a torch file without an experiment's state "
                 f"(it holds: {keys}); give a checkpoint written by a BenchMARL run")
+    part = state.get("benchmarl_decentral_distributed")  # distributed.checkpoint.KEY
+    if isinstance(part, dict) and not _in_distributed_rank():
+        return (f"{path} is rank {part.get('rank')}'s part of a distributed checkpoint (its rows of the other "
+                "ranks' agents are stale); resume it with torchrun --nproc-per-node "
+                f"{part.get('world_size')} -m benchmarl_decentral.distributed algorithm={part.get('algorithm')} "
+                f"task={part.get('task')} ... experiment.restore_file={path}")
     return None
+
+
+def _in_distributed_rank() -> bool:
+    """Whether the experiment being built is a rank of a distributed run (its transport installed)."""
+    from benchmarl_decentral.distributed.transport import current_transport
+
+    return current_transport().name == "torch_distributed"
 
 
 def check_checkpoint(path: os.PathLike | str, *, need_run_folder: bool = False) -> Path:
@@ -129,7 +142,7 @@ def check_checkpoint(path: os.PathLike | str, *, need_run_folder: bool = False) 
     key = None
     if path.is_file():
         stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = (str(path), stat.st_size, stat.st_mtime_ns, _in_distributed_rank())
     if key is None or key != _checked:
         problem = _checkpoint_problem(path)
         if problem is not None:

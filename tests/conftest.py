@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmarl.experiment.callback import Callback
 
 import benchmarl_decentral  # noqa: F401  (registers our algorithms)
 
@@ -63,6 +64,57 @@ def make_experiment(tmp_path, *, algorithm="decpg", task="vmas/balance", task_ov
     )
 
 
+# Tiny BenchMARL model configs (hidden sizes of 8) for the per-model tests of each algorithm.
+def mlp_config(cells=(8,)):
+    """An MLP with ``cells`` hidden units per layer and Tanh activations."""
+    from benchmarl.models import MlpConfig
+
+    return MlpConfig(num_cells=list(cells), layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
+
+
+def gnn_config():
+    """BenchMARL's default Gnn: GraphConv, full topology, one torch_geometric module per agent."""
+    from benchmarl.models import GnnConfig
+
+    return GnnConfig.get_from_yaml()
+
+
+def deepsets_config():
+    """Deepsets with hidden sizes of 8 in its local and global networks."""
+    from benchmarl.models import DeepsetsConfig
+
+    config = DeepsetsConfig.get_from_yaml()
+    config.local_nn_num_cells, config.global_nn_num_cells, config.out_features_local_nn = [8], [8], 8
+    return config
+
+
+def recurrent_config(cls):
+    """A recurrent model config (``GruConfig`` or ``LstmConfig``) with hidden size 8."""
+    config = cls.get_from_yaml()
+    config.hidden_size, config.mlp_num_cells = 8, [8]
+    return config
+
+
+def cnn_config():
+    """A CNN with 4 channels and an MLP head of 8 units."""
+    from benchmarl.models import CnnConfig
+
+    config = CnnConfig.get_from_yaml()
+    config.cnn_num_cells, config.mlp_num_cells = [4], [8]
+    return config
+
+
+class EvaluationCounter(Callback):
+    """Records, at each evaluation, how many episodes it rolled out (in ``episodes``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.episodes = []
+
+    def on_evaluation_end(self, rollouts):
+        self.episodes.append(len(rollouts))
+
+
 def run_cli(args, cwd, timeout=600, module=None, as_user=False):
     """Run the `benchmarl` console script (or `python -m module`) in a subprocess.
 
@@ -80,6 +132,20 @@ def run_cli(args, cwd, timeout=600, module=None, as_user=False):
     else:
         cmd = [sys.executable, "-m", module, *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_quick_benchmark(script, cwd, *args, env=None):
+    """Run ``benchmarks/<script> --quick *args`` in ``cwd`` and check that it exits 0; returns the result.
+
+    ``script`` is relative to ``benchmarks/`` (e.g. ``"learning/dg_mappo_sweep.py"``); on a
+    failure the assertion shows the tail of its stderr.
+    """
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 # Tiny experiment overrides for CLI runs (hydra syntax).

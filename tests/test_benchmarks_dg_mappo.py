@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_quick_benchmark
 
 
 @pytest.mark.slow
 def test_dg_mappo_iteration_quick_mode(tmp_path):
     out = tmp_path / "dg_mappo_iteration.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "dg_mappo_iteration.py"), "--quick", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick_benchmark("dg_mappo_iteration.py", tmp_path, "--out", out)
     assert "| dg_mappo |" in result.stdout  # the markdown tables were printed
     ratios = json.loads(out.read_text())["ratios"]
     for base in ("mappo (shared)", "mappo (per-agent)"):
@@ -56,11 +51,7 @@ def test_every_dg_mappo_sweep_variant_composes_into_the_config_it_names():
 
 @pytest.mark.slow
 def test_dg_mappo_sweep_quick_mode(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "learning" / "dg_mappo_sweep.py"), "--quick", "--out",
-         str(tmp_path / "sweep")], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick_benchmark("learning/dg_mappo_sweep.py", tmp_path, "--out", tmp_path / "sweep")
     summary = json.loads((tmp_path / "sweep" / "results.json").read_text())["summary"]
     assert list(summary) == ["default", "mix_all"] and all(s["n"] == 1 for s in summary.values())
     assert "| default |" in result.stdout and "| mix_all |" in result.stdout

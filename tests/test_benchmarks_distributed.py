@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_quick_benchmark
 
 
 @pytest.mark.slow
@@ -16,11 +14,7 @@ def test_distributed_scaling_quick_mode(tmp_path):
     from benchmarl_decentral.consensus import knn_ring, uniform
     from benchmarl_decentral.distributed import mixing_bytes, partition_agents
 
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "distributed_scaling.py"), "--quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick_benchmark("distributed_scaling.py", tmp_path)
     assert "| / single |" in result.stdout  # the markdown table of ratios was printed
     out = json.loads((REPO / "benchmarks" / "out" / "distributed_scaling_quick.json").read_text())
     rows = {(r["n"], r["mode"]): r for r in out["rows"]}

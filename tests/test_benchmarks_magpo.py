@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import run_quick_benchmark
 
 
 @pytest.mark.slow
 def test_magpo_iteration_quick_mode(tmp_path):
     out = tmp_path / "magpo_iteration_quick.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "magpo_iteration.py"), "--quick", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick_benchmark("magpo_iteration.py", tmp_path, "--out", out)
     assert "| magpo / mappo |" in result.stdout and "target <= 2.0x" in result.stdout
     ratios = json.loads(out.read_text())["ratios"]
     for key in ("iteration_time", "optimizer_step_min", "collection_min", "iteration_estimate"):

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_quick_benchmark
 
 
 @pytest.mark.slow
 def test_matrpo_update_cost_quick_mode(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "matrpo_update_cost.py"), "--quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick_benchmark("matrpo_update_cost.py", tmp_path)
     assert "| update / mappo |" in result.stdout  # the markdown table of ratios was printed
     rows = json.loads((REPO / "benchmarks" / "out" / "matrpo_update_cost_quick.json").read_text())["rows"]
     assert {r["n_agents"] for r in rows} == {3, 4}
@@ -28,11 +22,7 @@ def test_matrpo_update_cost_quick_mode(tmp_path):
 
 @pytest.mark.slow
 def test_matrpo_admm_sweep_quick_mode(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "matrpo_admm_sweep.py"), "--quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick_benchmark("matrpo_admm_sweep.py", tmp_path)
     assert "| max rel. primal |" in result.stdout
     tasks = json.loads((REPO / "benchmarks" / "out" / "matrpo_admm_sweep_quick.json").read_text())["tasks"]
     assert set(tasks) == {"coordsum_private/3x5-12", "vmas_private/navigation_agent0"}

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import pytest
 
 from benchmarl_decentral.environments.smax import jaxmarl_available
-from conftest import REPO
+from conftest import run_quick_benchmark
 
 
 @pytest.mark.slow
@@ -21,11 +19,7 @@ def test_smax_throughput_quick_mode(tmp_path):
     env = dict(os.environ)
     # reuse compiled SMAX steps across test processes (tests/test_smax.py uses the same folder)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "benchmarl_decentral_jax"))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "smax_throughput.py"), "--quick", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quick_benchmark("smax_throughput.py", tmp_path, "--out", out, env=env)
     assert "| 3m | 64 |" in result.stdout  # the markdown table row
     row = json.loads(out.read_text())["rows"][0]
     for key in ("raw_steps_per_s", "wrapper_steps_per_s", "floor_steps_per_s"):

@@ -7,16 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from benchmarl.experiment.callback import Callback
-from benchmarl.models import (
-    CnnConfig,
-    DeepsetsConfig,
-    GnnConfig,
-    GruConfig,
-    LstmConfig,
-    MlpConfig,
-    SequenceModelConfig,
-)
+from benchmarl.models import GruConfig, LstmConfig, SequenceModelConfig
 from tensordict import TensorDict
 from torch.func import stack_module_state
 from torchrl.data import Composite, Unbounded
@@ -24,35 +15,17 @@ from torchrl.data import Composite, Unbounded
 from benchmarl_decentral.consensus import mix_, uniform_knn
 from benchmarl_decentral.consensus.stacking import AgentStack, agent_copy_lists
 
-from conftest import tiny_experiment_config
+from conftest import (
+    cnn_config,
+    deepsets_config,
+    EvaluationCounter,
+    gnn_config,
+    mlp_config,
+    recurrent_config,
+    tiny_experiment_config,
+)
 
 GROUP = "agents"
-
-
-def _mlp():
-    return MlpConfig(num_cells=[8], layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
-
-
-def _gnn():
-    return GnnConfig.get_from_yaml()  # GraphConv, full topology: one torch_geometric module per agent
-
-
-def _deepsets():
-    config = DeepsetsConfig.get_from_yaml()
-    config.local_nn_num_cells, config.global_nn_num_cells, config.out_features_local_nn = [8], [8], 8
-    return config
-
-
-def _recurrent(cls):
-    config = cls.get_from_yaml()
-    config.hidden_size, config.mlp_num_cells = 8, [8]
-    return config
-
-
-def _cnn():
-    config = CnnConfig.get_from_yaml()
-    config.cnn_num_cells, config.mlp_num_cells = [4], [8]
-    return config
 
 
 def _model(config, n, in_shape, *, centralised=False, share_params=False):
@@ -75,12 +48,12 @@ def _mixing_oracle(W, per_agent_params):
 @pytest.mark.parametrize(
     "name, config, in_shape, centralised, gathered",
     [
-        ("mlp", _mlp(), (4,), False, []),
-        ("cnn", _cnn(), (6, 6, 3), False, []),
-        ("gru", _recurrent(GruConfig), (4,), False, []),
-        ("lstm", _recurrent(LstmConfig), (4,), False, []),
-        ("gnn", _gnn(), (4,), False, ["gnns"]),
-        ("deepsets", _deepsets(), (4,), True, ["global_deepsets"]),  # as a critic: the agents are the set
+        ("mlp", mlp_config(), (4,), False, []),
+        ("cnn", cnn_config(), (6, 6, 3), False, []),
+        ("gru", recurrent_config(GruConfig), (4,), False, []),
+        ("lstm", recurrent_config(LstmConfig), (4,), False, []),
+        ("gnn", gnn_config(), (4,), False, ["gnns"]),
+        ("deepsets", deepsets_config(), (4,), True, ["global_deepsets"]),  # as a critic: the agents are the set
     ],
 )
 def test_per_agent_parameters_are_stacked_or_gathered_copies(name, config, in_shape, centralised, gathered):
@@ -99,7 +72,7 @@ def test_per_agent_parameters_are_stacked_or_gathered_copies(name, config, in_sh
 def test_a_sequence_of_models_is_not_taken_for_per_agent_copies():
     """A SequenceModel of n identical layers on n agents: its list holds models, not agent copies."""
     n = 2
-    config = SequenceModelConfig(model_configs=[_mlp(), _mlp()], intermediate_sizes=[2])
+    config = SequenceModelConfig(model_configs=[mlp_config(), mlp_config()], intermediate_sizes=[2])
     model = _model(config, n, (2,))
     assert agent_copy_lists(model, n) == []
     stack = AgentStack(dict(model.named_parameters()), model, n, "actor")
@@ -109,7 +82,7 @@ def test_a_sequence_of_models_is_not_taken_for_per_agent_copies():
 def test_gathered_gnn_copies_mix_as_stacked_parameters_and_the_model_uses_them():
     """Mixing the gathered view of n GraphConv copies == W @ (the copies stacked by torch.func)."""
     n = 4
-    model = _model(_gnn(), n, (5,))
+    model = _model(gnn_config(), n, (5,))
     with torch.no_grad():  # different agents
         for p in model.parameters():
             p.add_(torch.randn_like(p))
@@ -122,7 +95,7 @@ def test_gathered_gnn_copies_mix_as_stacked_parameters_and_the_model_uses_them()
     for i, copy in enumerate(model.gnns):  # every copy holds its row of W @ theta
         for k, p in copy.named_parameters():
             torch.testing.assert_close(p, expected[k][i])
-    oracle = _model(_gnn(), n, (5,))  # the same model, its copies loaded with the expected rows
+    oracle = _model(gnn_config(), n, (5,))  # the same model, its copies loaded with the expected rows
     for i, copy in enumerate(oracle.gnns):
         copy.load_state_dict({k: v[i] for k, v in expected.items()})
     torch.testing.assert_close(model(x.clone()).get((GROUP, "out")), oracle(x.clone()).get((GROUP, "out")))
@@ -130,7 +103,7 @@ def test_gathered_gnn_copies_mix_as_stacked_parameters_and_the_model_uses_them()
 
 def test_gathered_gradients_are_the_copies_and_clipping_reaches_them():
     n = 3
-    model = _model(_deepsets(), n, (4,), centralised=True)
+    model = _model(deepsets_config(), n, (4,), centralised=True)
     stack = AgentStack(dict(model.named_parameters()), model, n, "critic")
     x = TensorDict({GROUP: TensorDict({"observation": torch.randn(5, n, 4)}, batch_size=(5, n))}, batch_size=(5,))
     model(x).get((GROUP, "out")).pow(2).sum().backward()
@@ -145,21 +118,12 @@ def test_gathered_gradients_are_the_copies_and_clipping_reaches_them():
 
 
 def test_a_shared_parameter_is_refused_with_the_reason():
-    model = _model(_mlp(), 3, (4,), share_params=True)
+    model = _model(mlp_config(), 3, (4,), share_params=True)
     with pytest.raises(ValueError, match="neither stacked on a leading agent dim of size 3 nor one of 3 per-agent"):
         AgentStack(dict(model.named_parameters()), model, 3, "actor")
 
 
 # ------------------------------------------------------------------ decpg on VMAS balance
-class _Evaluations(Callback):
-    def __init__(self):
-        super().__init__()
-        self.returns = []
-
-    def on_evaluation_end(self, rollouts):
-        self.returns.append(len(rollouts))
-
-
 def _experiment(tmp_path, actor, critic, n_agents=4, callbacks=None, algorithm=None, **overrides):
     from benchmarl.algorithms import algorithm_config_registry
     from benchmarl.environments import task_config_registry
@@ -181,15 +145,17 @@ def _experiment(tmp_path, actor, critic, n_agents=4, callbacks=None, algorithm=N
 def test_evaluation_dropout_with_a_gnn_actor_is_refused_before_training(tmp_path):
     """Silenced agents act the no-op, but a gnn actor's own messages would still carry their observations."""
     with pytest.raises(ValueError, match=r"decpg: evaluation_dropout=\[1\].*gnn's graph.*evaluation_dropout=\[\]"):
-        _experiment(tmp_path, _gnn(), _mlp(), algorithm={"evaluation_dropout": [1]})
+        _experiment(tmp_path, gnn_config(), mlp_config(), algorithm={"evaluation_dropout": [1]})
     assert list(tmp_path.iterdir()) == []  # no half-written run folder left behind
 
 
 MODELS = {  # actor, critic
-    "gnn_deepsets": (_gnn, _deepsets),
-    "gru_lstm": (lambda: _recurrent(GruConfig), lambda: _recurrent(LstmConfig)),
-    "lstm_gru": (lambda: _recurrent(LstmConfig), lambda: _recurrent(GruConfig)),
-    "mlp_gnn_sequence": (lambda: SequenceModelConfig(model_configs=[_mlp(), _gnn()], intermediate_sizes=[8]), _mlp),
+    "gnn_deepsets": (gnn_config, deepsets_config),
+    "gru_lstm": (lambda: recurrent_config(GruConfig), lambda: recurrent_config(LstmConfig)),
+    "lstm_gru": (lambda: recurrent_config(LstmConfig), lambda: recurrent_config(GruConfig)),
+    "mlp_gnn_sequence": (
+        lambda: SequenceModelConfig(model_configs=[mlp_config(), gnn_config()], intermediate_sizes=[8]), mlp_config
+    ),
 }
 
 
@@ -198,13 +164,13 @@ MODELS = {  # actor, critic
 def test_decpg_trains_evaluates_and_mixes_each_model(tmp_path, name):
     """2 iterations + evaluations, then one BenchMARL optimizer step checked against W @ theta - lr g."""
     actor, critic = MODELS[name]
-    evaluations = _Evaluations()
+    evaluations = EvaluationCounter()
     exp = _experiment(tmp_path, actor(), critic(), callbacks=[evaluations])
     algo = exp.algorithm
     for net in ("actor", "critic"):  # the common theta_0 (sec. 3) on the stacked view
         assert all(torch.equal(p, p[:1].expand_as(p)) for p in algo.agent_stack(GROUP, net).leaves)
     exp.run()
-    assert exp.n_iters_performed == 2 and evaluations.returns == [1, 1]  # one episode per evaluation
+    assert exp.n_iters_performed == 2 and evaluations.episodes == [1, 1]  # one episode per evaluation
     assert torch.isfinite(torch.tensor(algo.callback._clean_return))  # the averaged model's return
 
     W = uniform_knn(4, 2)
@@ -237,13 +203,14 @@ def test_decpg_trains_evaluates_and_mixes_each_model(tmp_path, name):
 
 @pytest.mark.slow
 def test_gathered_model_checkpoint_reloads_into_the_stacked_view(tmp_path):
-    exp = _experiment(tmp_path, _gnn(), _deepsets(), checkpoint_at_end=True, evaluation=False)
+    exp = _experiment(tmp_path, gnn_config(), deepsets_config(), checkpoint_at_end=True, evaluation=False)
     exp.run()
     saved = {net: [p.detach().clone() for p in exp.algorithm.agent_stack(GROUP, net).leaves]
              for net in ("actor", "critic")}
     checkpoint = next((exp.folder_name / "checkpoints").glob("*.pt"))  # run() has closed the experiment
     (tmp_path / "reload").mkdir()
-    reloaded = _experiment(tmp_path / "reload", _gnn(), _deepsets(), evaluation=False, restore_file=str(checkpoint))
+    reloaded = _experiment(tmp_path / "reload", gnn_config(), deepsets_config(), evaluation=False,
+                           restore_file=str(checkpoint))
     assert reloaded.n_iters_performed == 2  # restored, not a fresh experiment
     for net in ("actor", "critic"):
         stack = reloaded.algorithm.agent_stack(GROUP, net)

@@ -13,20 +13,18 @@ import re
 
 import pytest
 import torch
-from benchmarl.experiment.callback import Callback
-from benchmarl.models import (
-    CnnConfig,
-    DeepsetsConfig,
-    GnnConfig,
-    GruConfig,
-    LstmConfig,
-    MlpConfig,
-    SequenceModelConfig,
-)
+from benchmarl.models import CnnConfig, GruConfig, LstmConfig, SequenceModelConfig
 
 from benchmarl_decentral.algorithms.dg_mappo import check_models, DGAT_KEY, LOSS_KEY
 
-from conftest import tiny_experiment_config
+from conftest import (
+    deepsets_config,
+    EvaluationCounter,
+    gnn_config,
+    mlp_config,
+    recurrent_config,
+    tiny_experiment_config,
+)
 
 GROUP = "agents"
 NETWORKS = ("dgat", "actor", "critic")
@@ -34,37 +32,8 @@ NETWORKS = ("dgat", "actor", "critic")
 RING = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 1, 1]], dtype=torch.float) / 3
 
 
-def _mlp():
-    return MlpConfig(num_cells=[8], layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
-
-
-def _gnn():
-    return GnnConfig.get_from_yaml()  # GraphConv, full topology: one torch_geometric module per agent
-
-
-def _recurrent(cls):
-    config = cls.get_from_yaml()
-    config.hidden_size, config.mlp_num_cells = 8, [8]
-    return config
-
-
-def _deepsets():
-    config = DeepsetsConfig.get_from_yaml()
-    config.local_nn_num_cells, config.global_nn_num_cells, config.out_features_local_nn = [8], [8], 8
-    return config
-
-
 def _mlp_gnn():
-    return SequenceModelConfig(model_configs=[_mlp(), _gnn()], intermediate_sizes=[8])
-
-
-class _Evaluations(Callback):
-    def __init__(self):
-        super().__init__()
-        self.episodes = []
-
-    def on_evaluation_end(self, rollouts):
-        self.episodes.append(len(rollouts))
+    return SequenceModelConfig(model_configs=[mlp_config(), gnn_config()], intermediate_sizes=[8])
 
 
 def _experiment(tmp_path, actor, critic, callbacks=None, algorithm=None, max_steps=20, **overrides):
@@ -93,32 +62,36 @@ def _collected(exp):
 @pytest.mark.parametrize(
     "actor, critic, match",
     [
-        (_mlp, _deepsets, r"deepsets in its critic \(critic_model=\).*set-shaped inputs.*eq\. 14.*layers/gnn"),
-        (_deepsets, _mlp, r"deepsets in its actor \(model=\)"),
-        (lambda: SequenceModelConfig(model_configs=[_mlp(), CnnConfig.get_from_yaml()], intermediate_sizes=[8]),
-         _mlp, r"cnn in its actor.*image inputs.*layers/mlp"),
-        (_mlp, lambda: _recurrent(GruConfig), r"recurrent critic with a non-recurrent actor.*is_init.*layers/gru"),
+        (mlp_config, deepsets_config,
+         r"deepsets in its critic \(critic_model=\).*set-shaped inputs.*eq\. 14.*layers/gnn"),
+        (deepsets_config, mlp_config, r"deepsets in its actor \(model=\)"),
+        (lambda: SequenceModelConfig(model_configs=[mlp_config(), CnnConfig.get_from_yaml()], intermediate_sizes=[8]),
+         mlp_config, r"cnn in its actor.*image inputs.*layers/mlp"),
+        (mlp_config, lambda: recurrent_config(GruConfig),
+         r"recurrent critic with a non-recurrent actor.*is_init.*layers/gru"),
     ],
 )
 def test_models_that_cannot_read_the_dgat_output_are_named_with_the_reason(actor, critic, match):
     reason = check_models(actor(), critic())
     assert reason is not None and re.search(match, reason), reason
-    assert check_models(_recurrent(GruConfig), _recurrent(LstmConfig)) is None  # recurrent critic, recurrent actor
+    # recurrent critic, recurrent actor
+    assert check_models(recurrent_config(GruConfig), recurrent_config(LstmConfig)) is None
 
 
 def test_an_unsupported_model_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"dg_mappo cannot use deepsets in its critic"):
-        _experiment(tmp_path, _gnn(), _deepsets())
+        _experiment(tmp_path, gnn_config(), deepsets_config())
     assert list(tmp_path.iterdir()) == []  # no half-written run folder left behind
     # silencing agents removes D-GAT messages only: a gnn actor would still carry them
     with pytest.raises(ValueError, match=r"evaluation_dropout=\[1\].*gnn's graph.*evaluation_dropout=\[\]"):
-        _experiment(tmp_path, _mlp_gnn(), _mlp(), algorithm={"evaluation_dropout": [1]})
+        _experiment(tmp_path, _mlp_gnn(), mlp_config(), algorithm={"evaluation_dropout": [1]})
     assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- actor_output_gain (A.3)
 def test_actor_output_gain_on_the_recurrent_actors_head_and_refused_on_a_gnn(tmp_path):
-    exp = _experiment(tmp_path / "gru", _recurrent(GruConfig), _mlp(), algorithm={"actor_output_gain": 0.01})
+    exp = _experiment(tmp_path / "gru", recurrent_config(GruConfig), mlp_config(),
+                      algorithm={"actor_output_gain": 0.01})
     network = exp.algorithm._actor_networks[GROUP]
     head = network.mlp.params  # the GRU's MLP head (mlp_num_cells=[8]): layers "0" (8 -> 8) and "2" (8 -> out)
     weight = head["2", "weight"]
@@ -128,20 +101,21 @@ def test_actor_output_gain_on_the_recurrent_actors_head_and_refused_on_a_gnn(tmp
     assert not head["2", "bias"].any() and head["0", "bias"].any()  # the hidden layer keeps its initialisation
     exp.close()
     with pytest.raises(ValueError, match=r"not one linear layer's output.*layers/gnn.*actor_output_gain=null"):
-        _experiment(tmp_path / "gnn", _gnn(), _mlp(), algorithm={"actor_output_gain": 0.01})
+        _experiment(tmp_path / "gnn", gnn_config(), mlp_config(), algorithm={"actor_output_gain": 0.01})
 
 
 def test_actor_output_gain_auto_applies_where_it_can_and_keeps_the_gnns_initialisation(tmp_path, capsys):
-    exp = _experiment(tmp_path / "gru", _recurrent(GruConfig), _mlp(), algorithm={"actor_output_gain": "auto"})
+    exp = _experiment(tmp_path / "gru", recurrent_config(GruConfig), mlp_config(),
+                      algorithm={"actor_output_gain": "auto"})
     weight = exp.algorithm._actor_networks[GROUP].mlp.params["2", "weight"]
     eye = torch.eye(weight.shape[1])
     torch.testing.assert_close(weight @ weight.transpose(1, 2), (0.01**2 * eye).expand(4, -1, -1))
     exp.close()
     torch.manual_seed(0)
-    auto = _experiment(tmp_path / "gnn_auto", _gnn(), _mlp(), algorithm={"actor_output_gain": "auto"})
+    auto = _experiment(tmp_path / "gnn_auto", gnn_config(), mlp_config(), algorithm={"actor_output_gain": "auto"})
     assert "actor_output_gain=auto: group 'agents' keeps the model's default initialisation" in capsys.readouterr().out
     torch.manual_seed(0)
-    null = _experiment(tmp_path / "gnn_null", _gnn(), _mlp(), algorithm={"actor_output_gain": None})
+    null = _experiment(tmp_path / "gnn_null", gnn_config(), mlp_config(), algorithm={"actor_output_gain": None})
     for a, b in zip(auto.algorithm.network_leaves(GROUP)["actor"], null.algorithm.network_leaves(GROUP)["actor"]):
         torch.testing.assert_close(a, b)
     auto.close()
@@ -150,9 +124,9 @@ def test_actor_output_gain_auto_applies_where_it_can_and_keeps_the_gnns_initiali
 
 # ---------------------------------------------------------------- train, evaluate, clip and mix
 MODELS = {  # actor, critic
-    "gnn_gnn": (_gnn, _gnn),
-    "gru_lstm": (lambda: _recurrent(GruConfig), lambda: _recurrent(LstmConfig)),
-    "mlp_gnn_sequence": (_mlp_gnn, _mlp),
+    "gnn_gnn": (gnn_config, gnn_config),
+    "gru_lstm": (lambda: recurrent_config(GruConfig), lambda: recurrent_config(LstmConfig)),
+    "mlp_gnn_sequence": (_mlp_gnn, mlp_config),
 }
 
 
@@ -172,7 +146,7 @@ def _step(exp, batch, mixing: bool):
 def test_dg_mappo_trains_evaluates_clips_and_mixes_each_model(tmp_path, name):
     """2 iterations + evaluations; then one step: per-agent clip, and mixed = W @ (after the local step)."""
     actor, critic = MODELS[name]
-    evaluations = _Evaluations()
+    evaluations = EvaluationCounter()
     exp = _experiment(tmp_path, actor(), critic(), callbacks=[evaluations], algorithm={"max_grad_norm": 1e-3},
                       evaluation=True, create_json=True, evaluation_episodes=1)
     algo = exp.algorithm
@@ -217,7 +191,7 @@ def test_recurrent_training_replays_the_collected_steps_over_whole_sequences(tmp
     step-by-step collection (hidden state carried in the tensordict) gave, and
     D-GAT per step the same õ; the next õ of GAE equals D-GAT on the next observations.
     """
-    exp = _experiment(tmp_path, _recurrent(GruConfig), _recurrent(LstmConfig), max_steps=7)
+    exp = _experiment(tmp_path, recurrent_config(GruConfig), recurrent_config(LstmConfig), max_steps=7)
     algo, loss = exp.algorithm, exp.losses[GROUP]
     batch = _collected(exp)
     is_init = batch.get("is_init")
@@ -245,11 +219,11 @@ def test_recurrent_training_replays_the_collected_steps_over_whole_sequences(tmp
 # ---------------------------------------------------------------- checkpoints
 @pytest.mark.slow
 def test_gathered_models_checkpoint_and_reload_into_the_stacked_view(tmp_path):
-    exp = _experiment(tmp_path, _gnn(), _gnn(), checkpoint_at_end=True)
+    exp = _experiment(tmp_path, gnn_config(), gnn_config(), checkpoint_at_end=True)
     exp.run()
     saved = {net: [p.detach().clone() for p in exp.algorithm.agent_stack(GROUP, net).leaves] for net in NETWORKS}
     checkpoint = next((exp.folder_name / "checkpoints").glob("*.pt"))  # run() has closed the experiment
-    reloaded = _experiment(tmp_path / "reload", _gnn(), _gnn(), restore_file=str(checkpoint))
+    reloaded = _experiment(tmp_path / "reload", gnn_config(), gnn_config(), restore_file=str(checkpoint))
     assert reloaded.n_iters_performed == 2  # restored, not a fresh experiment
     for net in NETWORKS:
         stack = reloaded.algorithm.agent_stack(GROUP, net)

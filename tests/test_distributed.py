@@ -360,9 +360,30 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
          r"evaluate each agent with its own parameters only; algorithm.evaluation_mode=average \(use local\), "
          r"algorithm.perturbed_evaluation=true \(use false\), or set experiment.evaluation=false"),
         (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "experiment.checkpoint_at_end=true"], 2, r"do not checkpoint or resume yet"),
+          "experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt"], 2,
+         r"experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt is not a checkpoint of a distributed "
+         r"run: give one rank's file, <run>/checkpoints_rank0/checkpoint_<frames>.pt"),
+        (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "experiment.checkpoint_interval=70"], 2,
+         r"checkpoint_interval \(70\) is not a multiple of the collected_frames_per_batch \(6000\)"),
         (["algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.lr=-1"], 2,
          r"decpg: need lr > 0"),
+        (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.evaluation_dropout=[1]"], 2,
+         r"evaluate each agent with its own parameters only; algorithm.evaluation_dropout \(use \[\]\), "
+         r"or set experiment.evaluation=false"),
+        (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.max_grad_norm=null"], 2,
+         r"dg_mappo with algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all agents at "
+         r"once, .* set algorithm.max_grad_norm=10 \(per agent\) or experiment.clip_grad_val=null"),
+        (["algorithm=dg_mappo", "task=coordsum/8x15-100", "model=layers/gnn"], 2,
+         r"dg_mappo's model=gnn reads the other agents' inputs inside the network, .* use model=layers/mlp"),
+        (["algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "model=sequence", "model/layers@model.layers.l1=mlp",
+          "model/layers@model.layers.l2=gnn", "model.intermediate_sizes=[8]"], 2, r"dg_mappo's model=gnn"),
+        (["algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "experiment.checkpoint_interval=6000"], 2,
+         r"distributed dg_mappo runs do not checkpoint or resume yet .* set experiment.checkpoint_interval=0"),
+        (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.alpha_consensus=-1"], 2,
+         r"dg_mappo: alpha_consensus must be >= 0"),
+        (["algorithm=dg_mappo", "task=coordsum/8x15-100"], 3, r"world size 3 does not fit group 'agents' of 8 agents"),
     ],
 )
 def test_entry_point_refuses_before_anything_is_built(tmp_path, monkeypatch, capsys, overrides, world_size, match):
@@ -409,15 +430,15 @@ def test_world_size_that_does_not_divide_the_agents(n_agents, world_size, match)
     "algorithm, match",
     [
         ("magpo", r"algorithm=magpo has no distributed support: its guider is centralized by design"),
-        ("dg_mappo", r"algorithm=dg_mappo has no distributed support: its D-GAT messages"),
         ("matrpo", r"algorithm=matrpo has no distributed support: its ADMM exchange"),
         ("mappo", r"algorithm=mappo has no distributed support: it has no consensus step"),
     ],
 )
 def test_algorithm_without_distributed_support(algorithm, match):
-    with pytest.raises(ValueError, match=match + r".*support algorithm=decpg; run .* in one process"):
+    with pytest.raises(ValueError, match=match + r".*support algorithm=decpg\|dg_mappo\|dg_mappo_paper; run .* in one process"):
         plan_launch(algorithm, {"agents": 4}, 2)  # refused before the world size is even looked at
-    check_algorithm("decpg")
+    for supported in ("decpg", "dg_mappo", "dg_mappo_paper"):
+        check_algorithm(supported)
 
 
 def test_one_agent_group_only():

@@ -7,31 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from benchmarl.experiment.callback import Callback
-from benchmarl.models import GnnConfig, GruConfig, LstmConfig, MlpConfig, SequenceModelConfig
+from benchmarl.models import GnnConfig, GruConfig, LstmConfig, SequenceModelConfig
 
-from conftest import tiny_experiment_config
+from conftest import EvaluationCounter, mlp_config, recurrent_config, tiny_experiment_config
 
 GROUP = "agents"
-
-
-def _mlp(cells):
-    return MlpConfig(num_cells=cells, layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
-
-
-def _recurrent(cls):
-    config = cls.get_from_yaml()
-    config.hidden_size, config.mlp_num_cells = 8, [8]
-    return config
-
-
-class _Evaluations(Callback):
-    def __init__(self):
-        super().__init__()
-        self.episodes = []
-
-    def on_evaluation_end(self, rollouts):
-        self.episodes.append(len(rollouts))
 
 
 def _magpo(tmp_path, model, *, share, callbacks=None, **experiment):
@@ -44,14 +24,14 @@ def _magpo(tmp_path, model, *, share, callbacks=None, **experiment):
     task.config.update({"n_agents": 3, "max_steps": 10})
     algorithm = algorithm_config_registry["magpo"].get_from_yaml()
     algorithm.learner_share_params = share
-    return Experiment(task=task, algorithm_config=algorithm, model_config=model, critic_model_config=_mlp([8]),
+    return Experiment(task=task, algorithm_config=algorithm, model_config=model, critic_model_config=mlp_config([8]),
                       seed=0, config=tiny_experiment_config(tmp_path, **experiment), callbacks=callbacks)
 
 
 def test_recurrent_learner_loss_replays_each_sequence_as_the_deployed_learner_acts(tmp_path):
     """The learner loss (eqs. 11-12) on a (envs, time) batch == the learner run step by step from a zero
     state with its hidden state carried and reset at is_init, as it acts when deployed (mappo's path)."""
-    exp = _magpo(tmp_path, _recurrent(GruConfig), share=False)
+    exp = _magpo(tmp_path, recurrent_config(GruConfig), share=False)
     alg, loss = exp.algorithm, exp.losses[GROUP]
     batch = next(iter(exp.collector)).detach().exclude(*exp._get_excluded_keys(GROUP))
     assert (GROUP, "_hidden_gru_0") not in batch.keys(True)  # BenchMARL keeps no hidden state in the batch
@@ -76,9 +56,9 @@ def test_recurrent_learner_loss_replays_each_sequence_as_the_deployed_learner_ac
 
 MODELS = {  # learner model, learner_share_params
     "gnn": (GnnConfig.get_from_yaml, False),
-    "gru": (lambda: _recurrent(GruConfig), False),
-    "lstm_shared": (lambda: _recurrent(LstmConfig), True),
-    "mlp_gru_sequence": (lambda: SequenceModelConfig(model_configs=[_mlp([8]), _recurrent(GruConfig)],
+    "gru": (lambda: recurrent_config(GruConfig), False),
+    "lstm_shared": (lambda: recurrent_config(LstmConfig), True),
+    "mlp_gru_sequence": (lambda: SequenceModelConfig(model_configs=[mlp_config([8]), recurrent_config(GruConfig)],
                                                      intermediate_sizes=[8]), False),
 }
 
@@ -88,7 +68,7 @@ MODELS = {  # learner model, learner_share_params
 def test_magpo_learner_trains_and_evaluates_each_model(tmp_path, name):
     """2 iterations (guider collects, both losses step) + 2 evaluations with the learners."""
     model, share = MODELS[name]
-    evaluations = _Evaluations()
+    evaluations = EvaluationCounter()
     exp = _magpo(tmp_path, model(), share=share, callbacks=[evaluations], evaluation=True, create_json=True,
                  evaluation_episodes=1)
     learner = exp.losses[GROUP].learner

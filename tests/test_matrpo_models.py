@@ -13,8 +13,7 @@ import torch
 from benchmarl.algorithms import algorithm_config_registry
 from benchmarl.environments import task_config_registry
 from benchmarl.experiment import Experiment
-from benchmarl.experiment.callback import Callback
-from benchmarl.models import CnnConfig, DeepsetsConfig, GnnConfig, GruConfig, LstmConfig, MlpConfig, SequenceModelConfig
+from benchmarl.models import GnnConfig, GruConfig, LstmConfig, SequenceModelConfig
 from tensordict import TensorDict
 from torch.distributions import kl_divergence
 from torchrl.data import Composite, Unbounded
@@ -25,40 +24,16 @@ from benchmarl_decentral.objectives import make_fvp, mean_kl
 from benchmarl_decentral.objectives.matrpo import CachedLinearisation
 from benchmarl_decentral.objectives.trust_region import flat_params, unflatten
 
-from conftest import tiny_experiment_config
+from conftest import (
+    cnn_config,
+    deepsets_config,
+    EvaluationCounter,
+    mlp_config,
+    recurrent_config,
+    tiny_experiment_config,
+)
 
 GROUP = "agents"
-
-
-def _mlp(cells):
-    return MlpConfig(num_cells=cells, layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
-
-
-def _recurrent(cls):
-    config = cls.get_from_yaml()
-    config.hidden_size, config.mlp_num_cells = 8, [8]
-    return config
-
-
-def _deepsets():
-    config = DeepsetsConfig.get_from_yaml()
-    config.local_nn_num_cells, config.global_nn_num_cells, config.out_features_local_nn = [8], [8], 8
-    return config
-
-
-def _cnn():
-    config = CnnConfig.get_from_yaml()
-    config.cnn_num_cells, config.mlp_num_cells = [4], [8]
-    return config
-
-
-class _Evaluations(Callback):
-    def __init__(self):
-        super().__init__()
-        self.episodes = []
-
-    def on_evaluation_end(self, rollouts):
-        self.episodes.append(len(rollouts))
 
 
 def _experiment(tmp_path, model, critic=None, *, callbacks=None, max_steps=None, experiment=None, **algo):
@@ -68,11 +43,12 @@ def _experiment(tmp_path, model, critic=None, *, callbacks=None, max_steps=None,
     for key, value in {"num_cells": None, "activation": None, "admm_iterations": 12, **algo}.items():
         setattr(config, key, value)
     return Experiment(task=task, algorithm_config=config, model_config=model,
-                      critic_model_config=critic if critic is not None else _mlp([16]), seed=0, callbacks=callbacks,
+                      critic_model_config=critic if critic is not None else mlp_config([16]), seed=0,
+                      callbacks=callbacks,
                       config=tiny_experiment_config(tmp_path, prefer_continuous_actions=False, **(experiment or {})))
 
 
-SEQUENCE = SequenceModelConfig(model_configs=[_mlp([16]), _mlp([16])], intermediate_sizes=[8])
+SEQUENCE = SequenceModelConfig(model_configs=[mlp_config([16]), mlp_config([16])], intermediate_sizes=[8])
 
 
 def _batch(exp):
@@ -115,7 +91,7 @@ def test_sequence_of_mlps_update_keeps_every_agent_in_its_trust_region(tmp_path)
 # ---------------------------------------------------------------- general path == stacked-MLP path
 def test_general_path_equals_the_stacked_mlp_path(tmp_path):
     """The whole-model torch.func path gives the operators and the update of the explicit MLP path."""
-    exp = _experiment(tmp_path, _mlp([16]), admm_iterations=3, cg_iters=3)
+    exp = _experiment(tmp_path, mlp_config([16]), admm_iterations=3, cg_iters=3)
     alg = exp.algorithm
     assert not alg.general_path(GROUP)
     batch = alg.compute_advantages(GROUP, alg._complete_group_keys(GROUP, _batch(exp)))
@@ -184,7 +160,7 @@ def _general_linearisation(model, n, inputs, actions, K):
 
 @pytest.mark.parametrize(
     "name, config, in_shape",
-    [("gnn", GnnConfig.get_from_yaml(), (4,)), ("deepsets", _deepsets(), (5, 4))],  # deepsets: a set per agent
+    [("gnn", GnnConfig.get_from_yaml(), (4,)), ("deepsets", deepsets_config(), (5, 4))],  # deepsets: a set per agent
 )
 def test_gathered_model_fisher_vector_product_equals_the_copies_one_by_one(name, config, in_shape):
     """eq. 14 on gathered copies == the exact KL Hessian of each agent's own copy, evaluated alone."""
@@ -226,7 +202,9 @@ def test_gathered_model_fisher_vector_product_equals_the_copies_one_by_one(name,
         torch.testing.assert_close(hv[i], expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, config, in_shape", [("cnn", _cnn(), (6, 6, 3)), ("gru", _recurrent(GruConfig), (4,))])
+@pytest.mark.parametrize(
+    "name, config, in_shape", [("cnn", cnn_config(), (6, 6, 3)), ("gru", recurrent_config(GruConfig), (4,))]
+)
 def test_general_path_fisher_is_the_kl_hessian_on_stacked_models(name, config, in_shape):
     """cnn (no installed task has images) and gru (a replayed sequence): eq. 14's Gauss-Newton
     product == the double-backward Hessian of the mean KL (make_fvp), all agents and a link."""
@@ -254,10 +232,10 @@ def test_general_path_fisher_is_the_kl_hessian_on_stacked_models(name, config, i
 # ---------------------------------------------------------------- end to end, each model kind
 MODELS = {  # actor, critic (episodes of 10 steps: short evaluations, resets inside every batch)
     "gnn": (GnnConfig.get_from_yaml, GnnConfig.get_from_yaml),
-    "mlp_gnn_sequence": (lambda: SequenceModelConfig(model_configs=[_mlp([8]), GnnConfig.get_from_yaml()],
-                                                     intermediate_sizes=[8]), lambda: _mlp([8])),
-    "gru": (lambda: _recurrent(GruConfig), lambda: _recurrent(GruConfig)),
-    "lstm": (lambda: _recurrent(LstmConfig), lambda: _mlp([8])),
+    "mlp_gnn_sequence": (lambda: SequenceModelConfig(model_configs=[mlp_config([8]), GnnConfig.get_from_yaml()],
+                                                     intermediate_sizes=[8]), lambda: mlp_config([8])),
+    "gru": (lambda: recurrent_config(GruConfig), lambda: recurrent_config(GruConfig)),
+    "lstm": (lambda: recurrent_config(LstmConfig), lambda: mlp_config([8])),
 }
 
 
@@ -266,7 +244,7 @@ MODELS = {  # actor, critic (episodes of 10 steps: short evaluations, resets ins
 def test_matrpo_trains_and_evaluates_each_model(tmp_path, name):
     """2 iterations + 2 evaluations on vmas/navigation; every update keeps its agents in the trust region."""
     actor, critic = MODELS[name]
-    evaluations = _Evaluations()
+    evaluations = EvaluationCounter()
     exp = _experiment(tmp_path, actor(), critic(), callbacks=[evaluations], max_steps=10,
                       admm_iterations=2, cg_iters=2,
                       experiment={"evaluation": True, "create_json": True, "evaluation_episodes": 1})
@@ -311,7 +289,7 @@ def test_gathered_gnn_checkpoint_reloads_into_the_stacked_view(tmp_path):
 
 def test_recurrent_update_uses_only_samples_after_a_reset(tmp_path):
     """BenchMARL keeps no hidden state in the batch: samples before an env's first is_init are left out."""
-    exp = _experiment(tmp_path, _recurrent(GruConfig), max_steps=10, admm_iterations=2, cg_iters=2)
+    exp = _experiment(tmp_path, recurrent_config(GruConfig), max_steps=10, admm_iterations=2, cg_iters=2)
     alg = exp.algorithm
     batch = _batch(exp)  # (envs, time)
     is_init = batch.get("is_init").clone()
@@ -350,5 +328,5 @@ def test_a_model_with_a_parameter_no_agent_owns_is_refused(tmp_path):
 def test_a_recurrent_critic_without_a_recurrent_policy_is_refused(tmp_path):
     """BenchMARL tracks is_init only for a recurrent policy model, so a recurrent critic alone could not reset."""
     with pytest.raises(ValueError, match="a recurrent critic_model needs a recurrent model"):
-        _experiment(tmp_path, GnnConfig.get_from_yaml(), _recurrent(GruConfig))
+        _experiment(tmp_path, GnnConfig.get_from_yaml(), recurrent_config(GruConfig))
     assert list(tmp_path.iterdir()) == []

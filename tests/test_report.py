@@ -332,9 +332,23 @@ def test_communication_table_plot_and_links(tmp_path):
     assert (out / "communication.png").read_bytes()[:4] == b"\x89PNG"
     text = (out / "report.md").read_text()
     assert "## Communication" in text and "](communication.png)" in text
-    assert "| vmas/balance | decpg | 2 | 250 ± 71 | 125 ± 35 | 16 ± 0 | 266 ± 71 |" in text
+    assert "| vmas/balance | decpg | 2 | 250 ± 71 | 125 ± 35 | n/a | 16 ± 0 | 266 ± 71 |" in text  # no exec
     assert "| vmas/balance | decpg | agents | 0 -> 1 | 2 | 62 ± 18 |" in text  # 75 and 150 / 3 = 50
     assert len(report.communication) == 2 and len(report.links) == 4
+
+
+def test_communication_exec_bytes_count_in_the_total(tmp_path):
+    """dg_mappo's D-GAT messages while acting (comm/exec_bytes_per_agent): their own column, in the total."""
+    runs = tmp_path / "runs"
+    write_run(runs / "dg", "balance", "dgmappo", 0, [100, 200], metric_values=lambda frames: 1.0, scalars={
+        "comm_train_bytes_per_agent": [(1, 100.0), (2, 300.0)],
+        "comm_exec_bytes_per_agent": [(1, 40.0), (2, 60.0)],
+    })
+    out = tmp_path / "report"
+    make_report([runs], out=out, reps=REPS, reference=False)
+    (row,) = read_csv(out / "communication.csv")
+    assert float(row["exec"]) == 50.0 and float(row["total"]) == 200.0 + 50.0 and row["env"] == ""
+    assert "| vmas/balance | dgmappo | 1 | 200 | n/a | 50 | n/a | 250 |" in (out / "report.md").read_text()
 
 
 def test_communication_section_without_comm_scalars(tmp_path):

@@ -52,6 +52,17 @@ How it sits in BenchMARL (1.5.2) without a fork:
   disconnected communication graphs (Assumption 1) and the consensus distance
   of the D-GAT parameters.
 
+Communication goes through the transport installed while the algorithm is
+built (:mod:`benchmarl_decentral.distributed`; one process by default): the
+D-SGD mixing (:meth:`~benchmarl_decentral.distributed.Transport.mix_`), the
+D-GAT messages of every hop and eq. 11's neighbour embeddings
+(:meth:`~benchmarl_decentral.models.dgat.Dgat.neighbour_rows`, with their
+gradients in the backward pass), so the same code trains one block of agents
+per rank in a distributed run. The bytes are logged each iteration with
+decpg's keys, ``comm/train_bytes_per_agent`` (mixing, training messages and
+their gradients) and ``comm/exec_bytes_per_agent`` (D-GAT messages while
+acting), with their ``*_network_*`` parts (0 in one process).
+
 Dynamic graphs and D-SGD: a minibatch holds samples from many steps and
 environments, each with its own graph ``A_b``, but an optimizer step mixes
 once. ``mixing_graph`` chooses the mixing matrix of a step (a static topology
@@ -98,10 +109,10 @@ from benchmarl_decentral.consensus import (
     BATCH_GRAPH_MODES,
     batch_mixing_matrix,
     consensus_distance,
-    mix_,
 )
 from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.stacking import AgentStack
+from benchmarl_decentral.distributed.transport import CommCounter, current_transport
 from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
@@ -471,7 +482,9 @@ class DgMappoLoss(ClipPPOLoss):
         comm = self.communication
         h = tensordict.get(self.dgat_key)[..., comm.input_features :]  # ĥ = ô (eq. 13: õ = [o || ô])
         adj = comm.communication_graph(tensordict)
-        self._consensus = self.alpha_consensus * consensus_loss(h, adj)  # eq. 11
+        # eq. 11: agent i's term reads its neighbours' ĥ_j (messages; their gradients go back to j)
+        per_agent = consensus_loss(comm.neighbour_rows(h, adj), adj, reduction="none")
+        self._consensus = self.alpha_consensus * comm.local_mean(per_agent)
         self.mixing_matrix = dsgd_matrix(adj, self.mixing_graph)
         return result
 
@@ -579,6 +592,9 @@ class DgMappo(Mappo):
         #: per group: the eq. 10 matrix of the last collected batch's graphs (mix_every=update)
         self.batch_mixing_matrices: Dict[str, torch.Tensor] = {}
         self.dgat_options = dgat_options
+        #: the transport of the D-SGD mixing and of the D-GAT messages: the one installed while the experiment
+        #: is built (:func:`~benchmarl_decentral.distributed.use_transport`), one process by default
+        self.transport = current_transport()
         #: ``algorithm.topology`` as given, and the one trained with (``auto`` resolved from the task)
         self.requested_topology = dgat_options.get("topology")
         if self.requested_topology == AUTO_TOPOLOGY:
@@ -902,6 +918,10 @@ class _DgMappoCallback(Callback):
         self.mixing = True  # False: the D-SGD averaging step is skipped (tests, ablations)
         self._metrics: Dict[str, Dict[str, Any]] = {}
         self._mixed: Dict[str, List[torch.Tensor]] = {}  # per group: the leaves D-SGD mixes
+        self._mixing_comm: Dict[str, CommCounter] = {}  # per group: the bytes of this iteration's mixing
+        self._exec_comm: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # per group: D-GAT bytes of the collection
+        self.sent: Dict[str, Dict[str, Any]] = {}
+        self._comm: Dict[str, Tuple[int, ...]] = {}
 
     def on_setup(self):
         algo, exp = self.algorithm, self.experiment
@@ -950,6 +970,13 @@ class _DgMappoCallback(Callback):
 
         return hook
 
+    def _mix_with(self, group: str, W: torch.Tensor) -> None:
+        """``x_i <- sum_j W_ij x_j`` through the algorithm's transport (rows of the agents held here), bytes counted."""
+        transport = self.algorithm.transport
+        n = W.shape[-1]
+        record = transport.mix_(transport.local_rows(self._mixed[group], n), W)
+        self._mixing_comm.setdefault(group, CommCounter()).add(record)
+
     def _mix(self, group: str, leaves: List[torch.Tensor]):
         """Eqs. 9-10: after the local step, x_i <- sum_j c(i, j) x_j with c(i, j) = 1/|N_i| (x: consensus_params)."""
         loss = self.algorithm.get_loss_and_updater(group)[0]
@@ -960,7 +987,7 @@ class _DgMappoCallback(Callback):
             W = loss.mixing_matrix
             if W is None:
                 raise RuntimeError("DG-MAPPO: optimizer step without a loss forward; no graph to mix over")
-            mix_(leaves, W)
+            self._mix_with(group, W)
             # weight an agent keeps for itself: 1 = no mixing, 1/n = full averaging
             self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(
                 float(W.diagonal().mean())
@@ -974,6 +1001,10 @@ class _DgMappoCallback(Callback):
         done = batch.get(("next", "done"), None)
         for group in self.experiment.train_group_map:
             comm = algo.communication[group]
+            # what D-GAT sent since the last training: this batch's collection and any evaluation in between
+            if comm.comm.steps:
+                self._exec_comm[group] = (comm.comm.link_bytes.cpu(), comm.comm.network_bytes.cpu())
+            comm.comm.reset()
             with torch.no_grad():
                 adj = comm.communication_graph(batch)
                 if adj.dim() == 2:
@@ -995,7 +1026,7 @@ class _DgMappoCallback(Callback):
         W = algo.batch_mixing_matrices.pop(group, None)
         if self.mixing and algo.mix_every == "update" and self._mixed.get(group) and W is not None:
             for _ in range(algo.mixes_per_update):  # the public code's 3 mixings per update
-                mix_(self._mixed[group], W)
+                self._mix_with(group, W)
             self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(
                 float(W.diagonal().mean())
             )
@@ -1010,7 +1041,44 @@ class _DgMappoCallback(Callback):
             to_log[f"dg_mappo/{group}/mixing_self_weight"] = sum(mixing) / len(mixing)
         for name, leaves in algo.network_leaves(group).items():
             to_log[f"dg_mappo/{group}/{name}_consensus_distance"] = float(consensus_distance(leaves))
+        to_log.update(self._comm_metrics(group))
         self.experiment.logger.log(to_log, step=self.experiment.n_iters_performed)
+
+    def _comm_metrics(self, group: str) -> Dict[str, float]:
+        """Bytes each agent sent in this iteration, mean over the agents held here (decpg's ``comm/`` keys).
+
+        ``train``: the D-SGD mixing (eqs. 9-10) and the D-GAT messages of
+        training (GAE inputs, the losses' D-GAT hops and eq. 11's ĥ_j) with
+        their gradients; ``exec``: the D-GAT messages of the collection and
+        of any evaluation since the previous batch. Counted by the transport:
+        from the sent tensors across processes, by formula in one process
+        (:func:`~benchmarl_decentral.distributed.message_bytes`,
+        :func:`~benchmarl_decentral.distributed.mixing_bytes`).
+        """
+        comm = self.algorithm.communication[group]
+        agents = self.algorithm.transport.local_agents(comm.n_agents)
+        held = agents.numel()
+        zeros = torch.zeros(held, dtype=torch.int64)
+        counters = [c for c in (comm.comm, self._mixing_comm.pop(group, CommCounter())) if c.steps]
+        link = sum((c.link_bytes.cpu() for c in counters), zeros)  # D-GAT's counts stay on its device until now
+        network = sum((c.network_bytes.cpu() for c in counters), zeros)
+        comm.comm.reset()
+        exec_link, exec_network = self._exec_comm.pop(group, (zeros, zeros))
+        #: per group, the last iteration's bytes per agent held here (``agents``; ``train`` / ``exec``: link and network)
+        self.sent[group] = {"agents": agents, "train": (link, network), "exec": (exec_link, exec_network)}
+        train, execution = (int(link.sum()), int(network.sum())), (int(exec_link.sum()), int(exec_network.sum()))
+        self._comm[group] = (*train, *execution, held)
+        metrics = {f"comm/{group}/train_bytes_per_agent": train[0] / held,
+                   f"comm/{group}/train_network_bytes_per_agent": train[1] / held,
+                   f"comm/{group}/exec_bytes_per_agent": execution[0] / held,
+                   f"comm/{group}/exec_network_bytes_per_agent": execution[1] / held}
+        if group == list(self.experiment.train_group_map)[-1]:
+            link, network, exec_link, exec_network, held = (sum(column) for column in zip(*self._comm.values()))
+            metrics.update({"comm/train_bytes_per_agent": link / held,
+                            "comm/train_network_bytes_per_agent": network / held,
+                            "comm/exec_bytes_per_agent": exec_link / held,
+                            "comm/exec_network_bytes_per_agent": exec_network / held})
+        return metrics
 
     def on_load_state_dict(self, state_dict: Dict[str, Any]):
         for stack in self.algorithm._stacks.values():  # loading copies values in place: gathered rows still alias

@@ -1,58 +1,89 @@
 """Distributed mode (preview): agents as separate processes on torch.distributed.
 
-What exists today (issue 18, first slice; decpg only, single machine, gloo):
+What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
 
 * a transport interface for the DSGD mixing step
   (:class:`~benchmarl_decentral.distributed.transport.Transport`) that
-  :class:`~benchmarl_decentral.consensus.ConsensusMixer`, hence ``decpg``,
-  goes through in every run: :class:`InProcessTransport` (the default, all
-  agents stacked in one process) and :class:`TorchDistributedTransport`
-  (each rank holds a block of agents; parameter vectors travel point to point
-  to the ranks of the neighbours in ``W``, nothing else);
-* MATRPO's ADMM link exchange (001 eq. 22) as a second transport method,
+  :class:`~benchmarl_decentral.consensus.ConsensusMixer` (``decpg``) and
+  ``dg_mappo``'s mixing of its ``consensus_params`` (000 eqs. 9-10) go through
+  in every run: :class:`InProcessTransport` (the default, all agents stacked
+  in one process) and :class:`TorchDistributedTransport` (each rank holds a
+  block of agents; parameter vectors travel point to point to the ranks of
+  the neighbours in ``W``, nothing else);
+* D-GAT's messages (000 eqs. 7-8, and eq. 11's neighbour embeddings) as a
+  second transport method, :meth:`Transport.exchange_rows`, which the D-GAT
+  model calls before every hop: in one process it returns its input; across
+  ranks the rows ``h_j`` that agents of another rank read travel point to
+  point, and in the backward pass the gradient of every received row goes
+  back to its owner (agent ``i``'s loss trains agent ``j``'s D-GAT through
+  ``j``'s message: the sum over agents of Algorithm 1, line 17, is not
+  separable by agent, so the gradients must travel);
+  :meth:`Transport.own_rows` cuts what a rank computed for agents it does not
+  hold before a loss reads it, and the D-GAT model's ``local_mean`` leaves
+  their eq. 11 terms to their owners;
+* MATRPO's ADMM link exchange (001 eq. 22) as a third transport method,
   :meth:`Transport.exchange_link_ends`: in synchronous ADMM each end of a link
   sends ``y + beta C J x`` (one ``(M, K)`` value) to the other end and
   updates its own ``z``, ``y``
   (:func:`~benchmarl_decentral.objectives.admm.dual_update` with a
   ``transport``); a building block, matrpo's training is not split yet;
-* byte accounting in both modes (:class:`MixRecord`, :func:`mixing_bytes`),
-  logged by ``decpg`` as ``comm/train_bytes_per_agent`` and
-  ``comm/train_network_bytes_per_agent``;
+* byte accounting in both modes (:class:`MixRecord`, :func:`mixing_bytes`,
+  :func:`message_bytes`), logged as ``comm/train_bytes_per_agent`` and
+  ``comm/train_network_bytes_per_agent`` (decpg: mixing; dg_mappo: mixing,
+  the D-GAT messages of training and their gradients) and, for dg_mappo,
+  ``comm/exec_bytes_per_agent`` / ``comm/exec_network_bytes_per_agent`` (the
+  D-GAT messages while acting: collection and evaluation);
 * one rank of a BenchMARL experiment
   (:mod:`benchmarl_decentral.distributed.experiment`: every rank steps a copy
   of the environment and the ranks exchange their agents' actions) and the
   entry point ``torchrun --nproc-per-node N -m benchmarl_decentral.distributed
-  algorithm=decpg task=...`` (:mod:`benchmarl_decentral.distributed.__main__`);
+  algorithm=decpg|dg_mappo task=...`` (:mod:`benchmarl_decentral.distributed.__main__`);
 * the launch checks (:func:`plan_launch`: algorithm support, world size vs
-  agents) and a local spawner for tests (:func:`spawn_local`).
+  agents; the entry point's ``check_config``) and a local spawner for tests
+  (:func:`spawn_local`);
+* checkpoints and torchrun's elastic restart, decpg
+  (:mod:`benchmarl_decentral.distributed.checkpoint`): every rank writes its
+  own experiment state into rank 0's run folder (atomically, no message to
+  the other ranks); when a rank dies, ``torchrun --max-restarts K`` restarts
+  the group and every rank resumes the newest checkpoint all ranks completed,
+  exactly (the uninterrupted run's parameters and logs). Distributed
+  dg_mappo refuses checkpoints until they are tested.
 
-Ownership and messages of one DSGD step, 4 agents on a ring, 2 ranks::
+Ownership and messages, 4 agents on a ring, 2 ranks::
 
-    rank 0: agents 0,1 (theta_0, theta_1, their optimizer state)
-    rank 1: agents 2,3 (theta_2, theta_3, their optimizer state)
+    rank 0: agents 0,1 (their actor, critic, D-GAT psi_0, psi_1, optimizer state)
+    rank 1: agents 2,3 (the same for agents 2, 3)
 
-    rank 0 --[theta_0, theta_1]--> rank 1     (3 reads 0, 2 reads 1)
-    rank 1 --[theta_2, theta_3]--> rank 0     (1 reads 2, 0 reads 3)
-    agent 0 reads theta_1 from memory (same rank), and so on.
+    DSGD step (decpg; dg_mappo after every optimizer step, eqs. 9-10):
+      rank 0 --[theta_0, theta_1]--> rank 1     (3 reads 0, 2 reads 1)
+      rank 1 --[theta_2, theta_3]--> rank 0     (1 reads 2, 0 reads 3)
+    D-GAT hop k (dg_mappo; every env step, and in the loss):
+      rank 0 --[h^k_0, h^k_1 of the samples where 3 / 2 read them]--> rank 1
+      rank 1 --[h^k_2, h^k_3 ...]--> rank 0
+      backward: the same rows' gradients dL/dh^k_j, the other way
+    eq. 11 in the loss: the neighbours' final h_j, the same way (and back)
+    agent 0 reads theta_1 and h_1 from memory (same rank), and so on.
 
 Plan for the rest:
 
 1. *Environment interface that scales*: today every rank steps a full copy of
    the environment and sends its actions to every rank (traffic grows with
    the ranks). A central environment rank would scatter each rank's
-   observations and gather its actions, one message per rank and step.
+   observations and gather its actions, one message per rank and step
+   (dg_mappo's radius and visibility graphs, rebuilt today by every rank from
+   its copy of every observation, would then come with the observations).
 2. *Only local parameters*: a rank still builds every agent's networks (the
    rows of other agents are stale and unread); building ``n_local`` agents
    needs BenchMARL's model to take a subset of the group.
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
-   distance, ``theta_avg``): a reduction outside training, on rank 0.
-4. dg_mappo (D-GAT messages per environment step, parameter mixing of eqs.
-   9-10) as one more transport method; matrpo's training on ranks (its ADMM
-   link exchange already goes through
+   distance, ``theta_avg``, dg_mappo's ``evaluation_dropout``): a reduction
+   outside training, on rank 0.
+4. matrpo's training on ranks (its ADMM link exchange already goes through
    :meth:`Transport.exchange_link_ends`, see
    :func:`~benchmarl_decentral.objectives.admm.synchronous_iteration`);
-   several agent groups; faults (dropped messages are already real here;
-   elastic restart from a checkpoint).
+   several agent groups; faults (dropped messages are already real for the
+   mixing; a dead rank is restarted from the last checkpoint, see above;
+   dg_mappo's checkpoints).
 """
 
 from __future__ import annotations
@@ -74,6 +105,7 @@ from benchmarl_decentral.distributed.transport import (
     bytes_per_agent,
     current_transport,
     link_end_bytes,
+    message_bytes,
     mixing_bytes,
     per_link_bytes,
     sends,
@@ -92,6 +124,7 @@ __all__ = [
     "current_transport",
     "free_port",
     "link_end_bytes",
+    "message_bytes",
     "mixing_bytes",
     "partition_agents",
     "per_link_bytes",

@@ -8,7 +8,25 @@ builds the experiment for its block of agents
 (:func:`~benchmarl_decentral.distributed.experiment.build_rank_experiment`)
 and trains. Rank 0 writes the experiment folder, in ``experiment.save_folder``
 or else the current directory (as BenchMARL's Python API does; there is no
-hydra ``outputs/`` folder): CSV, JSON. The other ranks write nothing that stays.
+hydra ``outputs/`` folder): CSV, JSON. The other ranks write nothing that stays,
+except their checkpoints, which every rank writes into rank 0's run folder
+(``experiment.checkpoint_interval`` / ``checkpoint_at_end``; see
+:mod:`benchmarl_decentral.distributed.checkpoint`).
+
+Resume: when torchrun restarts the ranks (``--max-restarts K``, a rank
+died), or with ``experiment.restore_file=<run>/checkpoints_rank0/checkpoint_<frames>.pt``,
+every rank decides from the files, before it joins the process group, which
+complete checkpoint to resume
+(:func:`~benchmarl_decentral.distributed.checkpoint.plan_resume`; a
+checkpoint that does not fit the launch is refused like any bad input) and
+loads its own file; rank 0 continues the same run folder and logs. Two
+collectives run at setup, never in training: rank 0's choice of checkpoint
+and its run folder, broadcast to the other ranks. torchrun's agent keeps one
+store across restarts, so each attempt's gloo keys go under a prefix of its
+own (``TORCHELASTIC_RESTART_COUNT``). That needs every agent of the group
+at the same count: true on one machine; across machines an agent that
+restarts for a change of membership rather than a failure keeps its count
+(not tried; the ranks would then wait on each other until the timeout).
 """
 
 from __future__ import annotations
@@ -22,11 +40,12 @@ from pathlib import Path
 import benchmarl
 import hydra
 import hydra.errors
+import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
 import benchmarl_decentral  # noqa: F401  (registers our algorithms, models and tasks)
-from benchmarl_decentral.distributed.launch import check_algorithm, plan_launch
+from benchmarl_decentral.distributed.launch import check_algorithm, partition_agents, plan_launch
 
 PROG = "benchmarl_decentral.distributed"
 CONF_DIR = str(Path(benchmarl.__file__).parent / "conf")
@@ -38,8 +57,11 @@ def check_config(cfg: DictConfig) -> None:
     Raises:
         ValueError: evaluation that reads every agent's parameters (decpg's
             ``average``/``individual`` models, perturbed or dropout
-            evaluation), checkpoints or a restore (a rank's checkpoint holds
-            only its own agents correctly).
+            evaluation, dg_mappo's ``evaluation_dropout``), dg_mappo settings
+            that read across agents outside the transport
+            (:func:`check_dg_mappo`), or checkpoints of a distributed
+            dg_mappo run (not tested yet). (A checkpoint to restore is checked
+            by :func:`~benchmarl_decentral.distributed.checkpoint.plan_resume`.)
     """
     algo, exp = cfg.algorithm, cfg.experiment
     if exp.evaluation:
@@ -55,11 +77,53 @@ def check_config(cfg: DictConfig) -> None:
                 "distributed runs evaluate each agent with its own parameters only; "
                 f"{', '.join(needs_all)}, or set experiment.evaluation=false."
             )
-    if exp.checkpoint_interval or exp.checkpoint_at_end or exp.restore_file:
+    if "alpha_consensus" in algo:  # dg_mappo, dg_mappo_paper
+        check_dg_mappo(cfg)
+        if exp.checkpoint_interval or exp.checkpoint_at_end or exp.restore_file:
+            raise ValueError(
+                "distributed dg_mappo runs do not checkpoint or resume yet (only decpg's distributed checkpoints "
+                "and elastic restarts are tested); set experiment.checkpoint_interval=0 "
+                "experiment.checkpoint_at_end=false experiment.restore_file=null."
+            )
+
+
+#: BenchMARL models whose per-agent copies read the other agents' inputs (a message outside the transport).
+CROSS_AGENT_MODELS = ("gnn", "deepsets")
+
+
+def _model_names(node) -> list:
+    """The ``name`` of a model config and of every layer of a sequence model (hydra config nodes)."""
+    names = [str(node["name"])] if "name" in node else []
+    layers = node.get("layers", None) or {}
+    for layer in layers.values() if hasattr(layers, "values") else layers:  # sequence: layers.l1, layers.l2, ...
+        names += _model_names(layer)
+    return names
+
+
+def check_dg_mappo(cfg: DictConfig) -> None:
+    """dg_mappo's settings that would read across agents outside the transport, refused with the fix.
+
+    Raises:
+        ValueError: ``algorithm.max_grad_norm=null`` with BenchMARL's joint
+            gradient-norm clip (a norm over every agent's gradients), or an
+            actor / critic model whose copies read the other agents
+            (``layers/gnn``; D-GAT is dg_mappo's communication).
+    """
+    algo, exp = cfg.algorithm, cfg.experiment
+    if algo.get("max_grad_norm", None) is None and exp.clip_grad_norm and exp.clip_grad_val is not None:
         raise ValueError(
-            "distributed runs do not checkpoint or resume yet (a rank holds only its own agents' parameters); "
-            "set experiment.checkpoint_interval=0 experiment.checkpoint_at_end=false experiment.restore_file=null."
+            "dg_mappo with algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all agents at "
+            "once, which no rank can compute from its own agents; set algorithm.max_grad_norm=10 (per agent) or "
+            "experiment.clip_grad_val=null."
         )
+    for key in ("model", "critic_model"):
+        crossing = [name for name in _model_names(cfg[key]) if name in CROSS_AGENT_MODELS]
+        if crossing:
+            raise ValueError(
+                f"dg_mappo's {key}={crossing[0]} reads the other agents' inputs inside the network, a message the "
+                f"distributed transport does not carry (D-GAT is dg_mappo's communication); use "
+                f"{'model' if key == 'model' else 'model@critic_model'}=layers/mlp (or layers/gru, layers/lstm)."
+            )
 
 
 def _refuse(rank: int, message: str) -> None:
@@ -84,11 +148,13 @@ def main(overrides: list[str]) -> None:
     """One rank of a distributed run (see the module docstring); ``RANK`` / ``WORLD_SIZE`` from torchrun."""
     from benchmarl.hydra_config import (
         load_algorithm_config_from_hydra,
+        load_experiment_config_from_hydra,
         load_experiment_from_hydra,
         load_task_config_from_hydra,
     )
 
-    from benchmarl_decentral.distributed.experiment import build_rank_experiment, group_sizes
+    from benchmarl_decentral.distributed import checkpoint as ckpt
+    from benchmarl_decentral.distributed.experiment import ActionExchange, build_rank_experiment, group_sizes
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         _refuse(0, f"launch it with torchrun, e.g. torchrun --nproc-per-node 2 -m {PROG} "
@@ -98,11 +164,23 @@ def main(overrides: list[str]) -> None:
         cfg, task_name, algorithm = compose(overrides)
         check_algorithm(algorithm)  # first: no environment built for nothing
         check_config(cfg)
-        load_algorithm_config_from_hydra(cfg.algorithm)  # the algorithm's own checks
+        on_policy = load_algorithm_config_from_hydra(cfg.algorithm).on_policy()  # the algorithm's own checks
+        load_experiment_config_from_hydra(cfg.experiment).validate(on_policy)  # e.g. checkpoint_interval
         sizes = group_sizes(load_task_config_from_hydra(cfg.task, task_name), seed=cfg.seed)
         plan_launch(algorithm, sizes, world_size)
+        launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
+                                world_size=world_size)
+        save_folder = Path(  # where BenchMARL puts (or keeps) rank 0's run folder
+            cfg.experiment.save_folder
+            or (Path(cfg.experiment.restore_file).resolve().parent.parent.parent if cfg.experiment.restore_file
+                else os.getcwd())
+        )
+        plan = ckpt.plan_resume(cfg.experiment.restore_file, launch, save_folder=save_folder,
+                                restarts=ckpt.restart_count(), key=ckpt.launch_key())
     except (ValueError, hydra.errors.HydraException) as error:
         _refuse(rank, str(error))
+    cfg.experiment.restore_file = plan.restore_file(rank)
+    checkpoints = bool(cfg.experiment.checkpoint_interval or cfg.experiment.checkpoint_at_end)
 
     scratch = None
     if rank != 0:  # the run's outputs are rank 0's
@@ -112,16 +190,56 @@ def main(overrides: list[str]) -> None:
         # exchanged), so the others keep the JSON, in a folder removed at the end
         cfg.experiment.create_json = True
         cfg.experiment.save_folder = scratch
-    dist.init_process_group("gloo")
+    _init_process_group(ckpt.restart_count())
     try:
+        # setup, outside training: every rank resumes what rank 0 resumes (one filesystem for the run folder)
+        (first,) = _broadcast([(plan.run.name if plan.run else None, plan.frames)])
+        if first != (plan.run.name if plan.run else None, plan.frames):
+            raise RuntimeError(
+                f"rank {rank} found {plan.note or 'no checkpoint to resume'}, rank 0 resumes {first}: "
+                "every rank must see rank 0's run folder (experiment.save_folder on a shared filesystem)."
+            )
+        if rank == 0 and plan.note:
+            ckpt.say(plan.note)
         experiment = build_rank_experiment(
             lambda: load_experiment_from_hydra(cfg, task_name=task_name), algorithm=algorithm, sizes=sizes
         )
+        (run,) = _broadcast([str(experiment.folder_name) if rank == 0 else None])
+        if checkpoints or plan.run is not None:
+            exchange = next((cb for cb in experiment.callbacks if isinstance(cb, ActionExchange)), None)
+            agents = torch.nonzero(partition_agents(launch.n_agents, world_size) == rank).flatten().tolist()
+            saver = ckpt.RankCheckpoints(experiment, Path(run), rank, launch, agents, exchange)
+            if plan.run is not None:
+                saver.restore_extra(cfg.experiment.restore_file)
+            if rank == 0:
+                if plan.run is not None:
+                    ckpt.truncate_scalars(experiment)
+                ckpt.write_launch(Path(run), launch)  # this launch's key: a restart finds the run
         experiment.run()
     finally:
         dist.destroy_process_group()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _init_process_group(restarts: int) -> None:
+    """gloo on torchrun's store (``env://``), its keys under a prefix of their own per restart.
+
+    torchrun's agent keeps one store across restarts: without the prefix, a
+    restarted rank can read the address a dead rank of the previous attempt
+    published and fail to connect to it.
+    """
+    from torch.distributed.rendezvous import rendezvous
+
+    store, rank, world_size = next(rendezvous("env://"))
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"benchmarl_decentral/restart_{restarts}", store),
+                            rank=rank, world_size=world_size)
+
+
+def _broadcast(objects: list) -> list:
+    """Rank 0's ``objects`` on every rank (a collective at setup, never in training)."""
+    dist.broadcast_object_list(objects, src=0)
+    return objects
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""A BenchMARL experiment as one rank of a distributed run (decpg), with replicated environments.
+"""A BenchMARL experiment as one rank of a distributed run (decpg, dg_mappo), with replicated environments.
 
 Every rank builds the same experiment (same task, seed and config) with the
 :class:`~benchmarl_decentral.distributed.TorchDistributedTransport` installed,
-so ``decpg`` mixes only the rows of its own agents
+so ``decpg`` and ``dg_mappo`` mix only the rows of their own agents
 (:meth:`~benchmarl_decentral.distributed.Transport.local_rows`), exchanging
 parameter vectors with the ranks of their neighbours. The other rows of its
 stacked networks are never trained correctly on this rank and are never read
-for its own agents (every ``decpg`` loss is separable by agent).
+for its own agents: every ``decpg`` loss is separable by agent, and
+``dg_mappo``'s D-GAT takes its neighbours' rows from their ranks
+(:meth:`~benchmarl_decentral.distributed.Transport.exchange_rows`, gradients
+sent back) and cuts the rows of the agents it does not hold before any loss.
 
 Environment interface: every rank steps its own copy of the (joint)
 environment. After the policy acts, each rank sends the actions of its agents

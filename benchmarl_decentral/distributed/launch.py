@@ -18,9 +18,8 @@ from torch import Tensor
 
 #: Algorithms whose training traffic the distributed transport can carry, and what is still missing
 #: for the others (the message of :func:`check_algorithm`).
-DISTRIBUTED_ALGORITHMS: tuple[str, ...] = ("decpg",)
+DISTRIBUTED_ALGORITHMS: tuple[str, ...] = ("decpg", "dg_mappo", "dg_mappo_paper")
 _NOT_SUPPORTED: dict[str, str] = {
-    "dg_mappo": "its D-GAT messages (per environment step) and consensus loss have no distributed transport yet",
     "matrpo": "its ADMM exchange of per-sample log-ratios and dual variables runs over the transport only "
               "as a building block (objectives.admm.synchronous_iteration(transport=...)); its training is not "
               "split across ranks yet",

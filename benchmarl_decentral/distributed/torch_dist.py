@@ -26,7 +26,65 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from benchmarl_decentral.distributed.transport import MixRecord, Transport, link_end_bytes, sends
+from collections.abc import Callable
+
+from benchmarl_decentral.distributed.transport import MixRecord, Transport, _senders, link_end_bytes, sends
+
+
+def _p2p(ops: list) -> None:
+    if ops:
+        for request in dist.batch_isend_irecv(ops):
+            request.wait()
+
+
+class _RowExchange(torch.autograd.Function):
+    """Forward: send the rows other ranks read, receive the rows read here. Backward: the same, reversed.
+
+    ``plan``: per other rank ``r``, ``(send, recv)`` flat row indices of
+    ``h.reshape(-1, F)``: the local rows ``r`` reads, the rows of ``r`` read here.
+    ``local``: flat indices of the rows of the agents held here.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, plan: list, local: Tensor, on_backward) -> Tensor:
+        F = h.shape[-1]
+        flat = h.detach().reshape(-1, F)
+        out = torch.zeros_like(flat)  # rows read by no agent held here: 0, nothing computed elsewhere leaks in
+        out[local] = flat[local]
+        ops, received = [], []
+        for r, send, recv in plan:
+            if send.numel():
+                ops.append(dist.P2POp(dist.isend, flat[send].contiguous(), r))
+            if recv.numel():
+                buf = torch.empty(recv.numel(), F, dtype=flat.dtype)
+                ops.append(dist.P2POp(dist.irecv, buf, r))
+                received.append((recv, buf))
+        _p2p(ops)
+        for recv, buf in received:
+            out[recv] = buf.to(out.device)
+        ctx.plan, ctx.local, ctx.on_backward, ctx.shape = plan, local, on_backward, h.shape
+        return out.reshape(h.shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        F = grad.shape[-1]
+        g = grad.reshape(-1, F).cpu()
+        out = torch.zeros_like(g)
+        out[ctx.local] = g[ctx.local]  # rows held elsewhere: their gradient is their owner's (sent below)
+        ops, received = [], []
+        for r, send, recv in ctx.plan:
+            if recv.numel():  # dL/dh_j of the rows read here, back to j's rank
+                ops.append(dist.P2POp(dist.isend, g[recv].contiguous(), r))
+            if send.numel():
+                buf = torch.empty(send.numel(), F, dtype=g.dtype)
+                ops.append(dist.P2POp(dist.irecv, buf, r))
+                received.append((send, buf))
+        _p2p(ops)
+        for send, buf in received:
+            out.index_add_(0, send, buf)
+        if ctx.on_backward is not None:
+            ctx.on_backward()
+        return out.reshape(ctx.shape).to(grad.device), None, None, None
 
 
 class TorchDistributedTransport(Transport):
@@ -112,6 +170,59 @@ class TorchDistributedTransport(Transport):
         per_link = link_end_bytes(links[touching], value_bytes, n_agents)
         return out, MixRecord(agents=local, link_bytes=per_link[local].sum(1), network_bytes=network[local],
                               links=per_link[local])
+
+    def exchange_rows(self, h: Tensor, reads: Tensor, sink: Callable[[MixRecord], None] | None = None) -> Tensor:
+        """Point to point with the ranks of the neighbours: per rank pair, one message each way (the rows stacked).
+
+        The rows ``(b, j)`` a rank ``r`` reads from here (``reads[b, i, j]``,
+        ``i`` on ``r``, ``j`` here, ``i != j``) travel once, stacked, in the
+        order of the flat index ``b * n + j``; both ranks derive the same list
+        from ``reads``. Ranks with no link between their blocks at any sample
+        exchange nothing. The backward pass sends each received row's
+        gradient back the same way and adds the ones it gets to its rows.
+        """
+        n, F = h.shape[-2], h.shape[-1]
+        self.local_agents(n)  # checks n
+        S = _senders(reads.expand(*h.shape[:-1], n) if reads.dim() == 2 else reads)  # (B, i, j)
+        batch = S.shape[0]
+        if batch != h.reshape(-1, n, F).shape[0]:
+            raise ValueError(f"reads {tuple(reads.shape)} does not match h {tuple(h.shape)}")
+        ranks = torch.nn.functional.one_hot(self.owner, self.world_size).to(torch.int64)  # (n, R)
+        readers = torch.einsum("bij,ir->bjr", S.to(torch.int64), ranks)  # readers[b, j, r]: of j, on rank r
+        mine = (self.owner == self.rank).view(1, n)
+        plan = []
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            send = torch.nonzero((mine & (readers[..., r] > 0)).flatten()).flatten()
+            recv = torch.nonzero(((self.owner == r).view(1, n) & (readers[..., self.rank] > 0)).flatten()).flatten()
+            plan.append((r, send, recv))
+        local = torch.nonzero(mine.expand(batch, n).flatten()).flatten()
+        row = F * h.element_size()
+        held = self._local
+        on_backward = None
+        if sink is not None:
+            # forward: readers on this rank read j's row from memory; each other rank that reads it gets it once
+            link = readers[..., self.rank].sum(0) * row
+            network = torch.zeros(n, dtype=torch.int64)
+            back_network = torch.zeros(n, dtype=torch.int64)
+            reader_of = S.transpose(1, 2) & mine.view(1, 1, n)  # [b, j, i]: i (held here) reads j
+            for r, send, recv in plan:
+                sent_row = F * h.element_size()  # what each stacked row of the message weighs
+                network.index_add_(0, send % n, torch.full((send.numel(),), sent_row, dtype=torch.int64))
+                link.index_add_(0, send % n, readers[..., r].flatten()[send] * sent_row)
+                if recv.numel():  # the gradient of each received row goes back, counted for its first reader here
+                    first = reader_of[recv // n, recv % n].to(torch.int8).argmax(1)
+                    back_network.index_add_(0, first, torch.full((recv.numel(),), sent_row, dtype=torch.int64))
+            sink(MixRecord(agents=held, link_bytes=link[held], network_bytes=network[held]))
+            back_link = S[:, held].sum((0, 2)).to(torch.int64) * row
+
+            def on_backward():
+                sink(MixRecord(agents=held, link_bytes=back_link, network_bytes=back_network[held]))
+        if h.requires_grad and torch.is_grad_enabled():
+            return _RowExchange.apply(h, plan, local, on_backward)
+        with torch.no_grad():
+            return _RowExchange.apply(h, plan, local, None)
 
     def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
         n = W.shape[0]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +105,61 @@ def bytes_per_agent(leaves: Iterable[Tensor]) -> int:
     return sum(p[0].numel() * p.element_size() for p in leaves)
 
 
+def _senders(reads: Tensor, device: torch.device | str | None = "cpu") -> Tensor:
+    """``reads`` without self loops, as a batch of graphs ``(B, n, n)`` (``(n, n)`` gives ``B = 1``).
+
+    On ``device`` (``None``: where ``reads`` is, so that counting on a GPU waits for nothing).
+    """
+    n = reads.shape[-1]
+    reads = reads.bool() if device is None else reads.bool().to(device)
+    S = reads & ~torch.eye(n, dtype=torch.bool, device=reads.device)
+    return S.reshape(-1, n, n)
+
+
+def message_bytes(reads: Tensor, row_bytes: int, owner: Tensor | None = None, *,
+                  backward: bool = False) -> tuple[Tensor, Tensor]:
+    """Bytes of one D-GAT message exchange (000 eqs. 7-8), per agent, by formula.
+
+    Forward (``backward=False``): at every sample ``b`` agent ``j`` sends its
+    row ``h_j`` (``row_bytes``) to every ``i != j`` with ``reads[b, i, j]``:
+    ``link_j = sum_b |{i != j : reads[b, i, j]}| * row_bytes``. Across processes
+    (``owner``) the row goes once to every *other* rank that holds a reader at
+    ``b``: ``network_j = sum_b |{owner_i : reads[b, i, j], owner_i != owner_j}| * row_bytes``.
+
+    Backward (``backward=True``, the gradients of the messages): every reader
+    ``i`` sends ``dL/dh_j`` back over each link it read, ``link_i = sum_b
+    |{j != i : reads[b, i, j]}| * row_bytes``; across processes a rank sends one
+    gradient row per ``(b, j)`` it read (the sum over its readers), counted for
+    its first reader of ``j`` at ``b`` (lowest index).
+
+    Args:
+        reads: bool ``(*B, n, n)`` or ``(n, n)`` (one graph for every sample,
+            then counted once: pass it expanded to count a batch).
+        row_bytes: bytes of one message row (``F * element_size``).
+        owner: rank of every agent ``(n,)``; ``None``: one process. (default: None)
+        backward: count the gradient messages instead. (default: False)
+
+    Returns:
+        ``(link_bytes, network_bytes)``, each ``(n,)`` int64.
+    """
+    S = _senders(reads, None if owner is None else "cpu")  # (B, i, j)
+    n = S.shape[-1]
+    link = (S.sum((0, 1)) if not backward else S.sum((0, 2))).to(torch.int64) * row_bytes
+    network = torch.zeros(n, dtype=torch.int64, device=S.device)
+    if owner is None:  # on the device of reads: the caller moves the sums when it reads them
+        return link, network
+    owner = owner.cpu().long()
+    for r in range(int(owner.max()) + 1):
+        on_r = S & (owner == r).view(1, n, 1)  # readers on rank r
+        crosses = on_r.any(1) & (owner != r).view(1, n)  # (B, j): j's row goes to rank r
+        if not backward:
+            network += crosses.sum(0).to(torch.int64) * row_bytes
+        else:
+            first = on_r.to(torch.int8).argmax(1)  # (B, j): first reader on r
+            network.index_add_(0, first[crosses], torch.full((int(crosses.sum()),), row_bytes, dtype=torch.int64))
+    return link, network
+
+
 class Transport(ABC):
     """How one DSGD mixing step reaches the parameters of the neighbours.
 
@@ -148,6 +203,47 @@ class Transport(ABC):
     @abstractmethod
     def holds(self, agents: Tensor) -> Tensor:
         """Bool mask, the shape of ``agents`` (global ids): which of them are held in this process."""
+
+    @abstractmethod
+    def exchange_rows(self, h: Tensor, reads: Tensor, sink: Callable[[MixRecord], None] | None = None) -> Tensor:
+        """D-GAT messages (000 eqs. 7-8): each agent held here gets the rows of ``h`` of the agents it reads.
+
+        ``h`` is stacked over all ``n`` agents, ``(*B, n, F)``; only the rows of
+        the agents held here need to be valid. Returns a tensor of the same
+        shape whose
+
+        * rows of the agents held here are ``h``'s (gradient flows through);
+        * rows ``(b, j)`` of agents held elsewhere that some agent held here
+          reads (``reads[b, i, j]``, ``i`` here) are ``h_j`` as its process
+          computed it: received, and in the backward pass the gradient of
+          that row goes back to ``j``'s process and is added to its ``h_j``
+          (agent ``i``'s loss trains ``j``'s parameters through the message,
+          as backpropagation through one process does);
+        * other rows are 0 (read by no agent held here; no gradient).
+
+        In one process the output is ``h`` itself (nothing moves). Every process
+        must call it with the same ``reads`` and shapes, in the same order.
+
+        Args:
+            h: ``(*B, n, F)``.
+            reads: bool ``(*B, n, n)`` or ``(n, n)``: ``reads[..., i, j]``, ``i``
+                receives ``j``'s row (the diagonal is ignored).
+            sink: called with the :class:`MixRecord` of the messages (once in
+                the forward pass, once more when the gradients travel back),
+                ``links`` left ``None``. (default: None)
+        """
+
+    def own_rows(self, h: Tensor) -> Tensor:
+        """``h`` ``(*B, n, F)`` with the rows of the agents held elsewhere set to 0 (in one process: ``h``).
+
+        What a process computes for agents it does not hold is not theirs and
+        must not train anything: cut it (no gradient) before a loss reads it.
+        """
+        n = h.shape[-2]
+        held = self.holds(torch.arange(n, device=h.device))
+        if bool(held.all()):
+            return h
+        return torch.where(held.view(n, 1), h, h.new_zeros(()))
 
     def local_rows(self, leaves: Iterable[Tensor], n_agents: int) -> list[Tensor]:
         """The rows of the agents held here, as views that share storage with ``leaves``.
@@ -194,6 +290,20 @@ class InProcessTransport(Transport):
     def holds(self, agents: Tensor) -> Tensor:
         return torch.ones_like(agents, dtype=torch.bool)
 
+    def exchange_rows(self, h: Tensor, reads: Tensor, sink: Callable[[MixRecord], None] | None = None) -> Tensor:
+        if sink is None or _is_batched(h) or _is_batched(reads):  # inside torch.vmap: nothing to count
+            return h
+        reads = reads.expand(*h.shape[:-1], h.shape[-2]) if reads.dim() == 2 else reads
+        row = h.shape[-1] * h.element_size()
+        agents = torch.arange(h.shape[-2])
+        link, network = message_bytes(reads, row)  # on h's device: read (and moved) once per iteration
+        sink(MixRecord(agents=agents, link_bytes=link, network_bytes=network))
+        if h.requires_grad:  # the gradient of every message travels back over its link
+            back, back_network = message_bytes(reads, row, backward=True)
+            h = h.view_as(h)
+            h.register_hook(lambda grad: sink(MixRecord(agents=agents, link_bytes=back, network_bytes=back_network)))
+        return h
+
     def exchange_link_ends(self, links: Tensor, values: Tensor, n_agents: int) -> tuple[Tensor, MixRecord]:
         value_bytes = values[0, 0].numel() * values.element_size() if values.shape[0] else 0
         per_link = link_end_bytes(links, value_bytes, n_agents)
@@ -237,6 +347,11 @@ class CommCounter:
             if self.links is not None and record.links is not None:
                 self.links += record.links
         self.steps += 1
+
+
+def _is_batched(t: Tensor) -> bool:
+    """Whether ``t`` is a functorch BatchedTensor (inside ``torch.vmap``)."""
+    return bool(torch._C._functorch.is_batchedtensor(t))
 
 
 _CURRENT: list[Transport] = []

@@ -38,6 +38,7 @@ from torchrl.modules import MultiAgentMLP
 from benchmarl_decentral._paths import CONF_DIR
 from benchmarl_decentral.consensus.topology import build_topology, check_topology_options, majority_graph, radius
 from benchmarl_decentral.consensus.visibility import visibility_graph_builder
+from benchmarl_decentral.distributed.transport import CommCounter, current_transport
 from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES
 
 __all__ = [
@@ -430,6 +431,11 @@ class Dgat(Model):
         super().__init__(**kwargs)
 
         n = self.n_agents
+        #: how the D-GAT messages reach the other agents (:meth:`neighbour_rows`): the transport installed
+        #: while the model is built (:func:`~benchmarl_decentral.distributed.use_transport`; one process by default)
+        self.transport = current_transport()
+        #: the bytes of the messages since the owner last reset it (:class:`~benchmarl_decentral.distributed.CommCounter`)
+        self.comm = CommCounter()
         self.feature_keys = list(self.in_keys)
         self.input_features = sum(spec.shape[-1] for spec in self.input_spec.values(True, True))
         if position_key is not None:
@@ -570,8 +576,8 @@ class Dgat(Model):
         dense = _is_batched(adj) or (
             self.dense_without_grad and n <= DENSE_MAX_AGENTS and not torch.is_grad_enabled()
         )
+        batch = x.shape[:-2]
         if not dense and self.share_params:
-            batch = x.shape[:-2]
             b = math.prod(batch)
             graphs = adj.expand(b, n, n) if adj.dim() == 2 else adj.reshape(b, n, n)
             g, tgt, src = graphs.nonzero(as_tuple=True)
@@ -581,6 +587,8 @@ class Dgat(Model):
         else:
             h = x
         for hop, conv in enumerate(dgat.convs):
+            # eq. 8: agent i reads h_j of its neighbours j (hop 0: their inputs), as the transport delivers them
+            h = self.neighbour_rows(h.reshape(*batch, n, h.shape[-1]), adj).reshape(h.shape)
             if dense:
                 h = dense_dgat_conv(conv, h, adj)
             elif self.share_params:
@@ -589,7 +597,30 @@ class Dgat(Model):
                 h = conv(h, adj)
             if dgat.act_last or hop < dgat.num_hops - 1:
                 h = dgat.act(h)
-        return h.reshape(*x.shape[:-1], dgat.out_dim)
+        # what this process computed for agents held elsewhere is not theirs: no loss may train through it
+        return self.transport.own_rows(h.reshape(*x.shape[:-1], dgat.out_dim))
+
+    def neighbour_rows(self, h: Tensor, adj: Tensor) -> Tensor:
+        """``h`` ``(*B, n, F)`` with every agent's neighbours' rows as they computed them (000 eqs. 7-8, 11).
+
+        :meth:`~benchmarl_decentral.distributed.Transport.exchange_rows` over
+        ``adj`` (``adj[..., i, j]``: ``i`` reads ``j``'s row): in one process
+        ``h`` itself; across processes the rows travel point to point, and
+        their gradients back. The bytes go to :attr:`comm`.
+        """
+        return self.transport.exchange_rows(h, adj, self.comm.add)
+
+    def local_mean(self, per_agent: Tensor) -> Tensor:
+        """Mean of per-agent values ``(*B, n)`` over every sample and agent, the agents held elsewhere counted as 0.
+
+        In one process, ``per_agent.mean()``. Across processes the other agents'
+        terms are computed by their own process; here they would push
+        gradients into this process's agents through their messages.
+        """
+        held = self.transport.holds(torch.arange(per_agent.shape[-1], device=per_agent.device))
+        if bool(held.all()):
+            return per_agent.mean()
+        return torch.where(held, per_agent, per_agent.new_zeros(())).sum() / per_agent.numel()
 
     def message_graph(self, adj: Tensor) -> Tensor:
         """The graph the D-GAT hops run over: ``adj``, or with ``dgat_messages="zero"`` self loops only."""

@@ -4,7 +4,8 @@
 (``comm/train_bytes_per_agent``: consensus mixing;
 ``comm/train_network_bytes_per_agent``: the part that crossed a process
 boundary; distributed runs also ``comm/env_bytes_per_agent``: the environment
-interface) and, with ``algorithm.log_link_bytes=true``, the bytes of every link
+interface); ``dg_mappo`` also ``comm/exec_bytes_per_agent``, its D-GAT messages
+while acting (its training messages and their gradients are in ``train``) and, with ``algorithm.log_link_bytes=true``, the bytes of every link
 (``comm/<group>/link_<i>_to_<j>/train_bytes``). The csv logger writes them as
 ``<run>/<run>/scalars/<key with / -> _>.csv``; this module reads them back:
 
@@ -29,6 +30,7 @@ from benchmarl_decentral.reporting.loading import Run, read_scalar_steps
 KINDS = (
     ("comm_train_bytes_per_agent", "train", "consensus mixing (training)"),
     ("comm_train_network_bytes_per_agent", "train_network", "of which across processes"),
+    ("comm_exec_bytes_per_agent", "exec", "D-GAT messages of execution (dg_mappo)"),
     ("comm_env_bytes_per_agent", "env", "environment interface (distributed runs)"),
 )
 LINK = re.compile(r"^comm_(?P<group>.+)_link_(?P<i>\d+)_to_(?P<j>\d+)_train_bytes$")
@@ -45,9 +47,9 @@ def run_communication(run: Run) -> Optional[dict]:
     """Mean bytes per agent and iteration of one run, by kind; None when it logged none.
 
     Returns:
-        ``{"train", "train_network", "env", "total", "iterations"}``: each kind
+        ``{"train", "train_network", "exec", "env", "total", "iterations"}``: each kind
         the mean of its logged iterations (None when not logged); ``total`` =
-        train + env (what one agent sends per iteration; network is part of
+        train + exec + env (what one agent sends per iteration; network is part of
         train); ``iterations``: iterations of ``train``.
     """
     if run.scalars_dir is None:
@@ -60,9 +62,9 @@ def run_communication(run: Run) -> Optional[dict]:
         row[column] = value
         if column == "train":
             iterations = n
-    if row["train"] is None and row["env"] is None:
+    if row["train"] is None and row["env"] is None and row["exec"] is None:
         return None
-    row["total"] = (row["train"] or 0.0) + (row["env"] or 0.0)
+    row["total"] = (row["train"] or 0.0) + (row["exec"] or 0.0) + (row["env"] or 0.0)
     row["iterations"] = iterations
     return row
 

@@ -486,18 +486,20 @@ MAX_LINK_ROWS = 40
 def _communication_markdown(report: Report) -> List[str]:
     md = ["", "## Communication", ""]
     if not report.communication:
-        md.append("No run logged `comm/` scalars (decpg logs them; they need the csv logger, "
+        md.append("No run logged `comm/` scalars (decpg, dg_mappo and matrpo log them; they need the csv logger, "
                   "`experiment.loggers=[csv]`).")
         return md
     md.append("Bytes each agent sent per iteration (the mean over a run's logged iterations, then mean ± std over "
               "seeds): **train** (`comm/train_bytes_per_agent`), the consensus traffic: decpg's mixing (one parameter "
               "vector per neighbour that reads it and step), matrpo's ADMM (one per-sample log-ratio value per link "
               "end and z/y update); **network**, the part of it that crossed a process boundary "
-              "(0 in one process); **env**, the environment interface of a distributed run "
-              "(`comm/env_bytes_per_agent`); **total** = train + env. A distributed run logs rank 0's agents. "
+              "(0 in one process); dg_mappo's train also holds its D-GAT messages of training and their gradients; "
+              "**exec**, dg_mappo's D-GAT messages while acting (`comm/exec_bytes_per_agent`); "
+              "**env**, the environment interface of a distributed run "
+              "(`comm/env_bytes_per_agent`); **total** = train + exec + env. A distributed run logs rank 0's agents. "
               "Runs that logged none (algorithms without a consensus step) are not shown.")
     md.append("")
-    values = ("train", "train_network", "env", "total", "score")
+    values = ("train", "train_network", "exec", "env", "total", "score")
     summary = _communication.summarise(report.communication, ("task", "algorithm"), values)
 
     def cell(row, name, digits=0):
@@ -506,10 +508,10 @@ def _communication_markdown(report: Report) -> List[str]:
         std = row[f"{name}_std"]
         return f"{row[name]:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
-    md.append(_table(["task", "algorithm", "seeds", "train", "network", "env", "total",
+    md.append(_table(["task", "algorithm", "seeds", "train", "network", "exec", "env", "total",
                       f"final score (`{report.scores.metric}`)"],
                      [[r["task"], r["algorithm"], r["n_seeds"], cell(r, "train"), cell(r, "train_network"),
-                       cell(r, "env"), cell(r, "total"), cell(r, "score", 3)] for r in summary]))
+                       cell(r, "exec"), cell(r, "env"), cell(r, "total"), cell(r, "score", 3)] for r in summary]))
     if "communication.png" in report.files:
         md += ["", "Total bytes per agent and iteration against the final score, one point per run:", "",
                "![communication against return](communication.png)"]

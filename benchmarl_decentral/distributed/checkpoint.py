@@ -1,0 +1,341 @@
+"""Checkpoints of a distributed run, and torchrun's elastic restart from the newest complete one.
+
+Layout (inside rank 0's run folder, BenchMARL's ``<save_folder>/<run>/``; with
+several machines it must be on a filesystem every rank sees)::
+
+    <run>/distributed.json                     the launch: algorithm, task, seed, world size, agents
+    <run>/checkpoints_rank<r>/checkpoint_<frames>.pt   rank r's experiment state at <frames>
+
+Every ``experiment.checkpoint_interval`` frames (and at the end with
+``experiment.checkpoint_at_end``) each rank writes its own file with no
+message to any other rank: the rank's whole ``Experiment.state_dict`` (its
+networks, whose rows of the agents it does not own are stale and unread, the
+optimizers' state, the counters, the random streams and the environments'
+state that :mod:`benchmarl_decentral.resume` adds) and :data:`KEY`, the
+rank's place in the launch and the bytes its action exchange has counted for
+the next log row. The file is written to a temporary name and renamed, so a
+file that exists is whole. A checkpoint is *complete* when the files of all
+ranks exist for the same frames (:func:`complete_frames`); only complete
+checkpoints are resumed, and a rank deletes its old files
+(``experiment.keep_checkpoints_num``) only behind a newer complete checkpoint.
+
+Restart: torchrun (``--max-restarts K``) restarts every rank of the group when
+one dies, with ``TORCHELASTIC_RESTART_COUNT`` > 0. Each rank then finds the
+run of this launch (the ``distributed.json`` in the save folder whose launch
+key, torchrun's ``TORCHELASTIC_RUN_ID``, is this launch's; see
+:func:`launch_key`), takes its newest complete checkpoint and gives BenchMARL
+its own file as ``experiment.restore_file``. BenchMARL then reuses the run
+folder and name, the plugin's exact resume restores the optimizers, random
+streams and environments, :func:`~benchmarl_decentral.runs.restore_curve`
+keeps the JSON one curve, and :func:`truncate_scalars` drops the CSV rows of
+the iterations after the checkpoint (the interrupted attempt logged them; the
+resumed one logs them again). ``experiment.restore_file`` set by hand to any
+rank's file of a complete checkpoint resumes the same way in a new launch.
+
+A checkpoint that does not fit the launch (another algorithm, task, number
+of agents or world size), or is not a distributed one, is refused by
+:func:`plan_resume` with one message before any process trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Entry of a rank's checkpoint that says which rank of which launch wrote it.
+KEY = "benchmarl_decentral_distributed"
+#: The launch file in the run folder.
+LAUNCH_FILE = "distributed.json"
+_FILE = re.compile(r"checkpoint_(\d+)\.pt")
+_RANK_DIR = re.compile(r"checkpoints_rank(\d+)")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a checkpoint must match to be resumed by a launch.
+
+    Attributes:
+        algorithm: ``algorithm=...``.
+        task: ``task=...``.
+        seed: the run's seed (a resume keeps the checkpoint's random streams).
+        world_size: number of ranks.
+        group: the agent group.
+        n_agents: agents in it (rank ``r`` owns the block
+            :func:`~benchmarl_decentral.distributed.launch.partition_agents` gives).
+    """
+
+    algorithm: str
+    task: str
+    seed: int
+    world_size: int
+    group: str
+    n_agents: int
+
+    @classmethod
+    def of(cls, *, algorithm: str, task: str, seed: int, sizes: Mapping[str, int], world_size: int) -> Launch:
+        """The launch of ``algorithm`` on ``task`` with agents ``sizes`` (one group) over ``world_size`` ranks."""
+        (group, n), = sizes.items()
+        return cls(algorithm, task, int(seed), int(world_size), group, int(n))
+
+
+def launch_key() -> str:
+    """This torchrun launch, the same in every attempt (restart) and on every machine.
+
+    torchrun's ``TORCHELASTIC_RUN_ID``: a fresh id per launch for a
+    single-machine run (torchrun picks it), the ``--rdzv-id`` across machines
+    (unique per job, as torchrun asks). The static rendezvous (``--master-port``
+    given) has the run id ``none``: the master address and port then.
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if run_id and run_id != "none":
+        return run_id
+    return f"static@{os.environ.get('MASTER_ADDR', socket.gethostname())}:{os.environ.get('MASTER_PORT', '')}"
+
+
+def restart_count() -> int:
+    """torchrun's ``TORCHELASTIC_RESTART_COUNT`` (0: first attempt, or not launched by torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def rank_file(run: Path, rank: int, frames: int) -> Path:
+    """``<run>/checkpoints_rank<rank>/checkpoint_<frames>.pt``."""
+    return Path(run) / f"checkpoints_rank{rank}" / f"checkpoint_{int(frames)}.pt"
+
+
+def _frames_of(folder: Path) -> set[int]:
+    if not folder.is_dir():
+        return set()
+    return {int(m.group(1)) for p in folder.iterdir() if (m := _FILE.fullmatch(p.name))}
+
+
+def complete_frames(run: Path, world_size: int) -> list[int]:
+    """Frames of the checkpoints that every one of the ``world_size`` ranks wrote, ascending."""
+    common = None
+    for rank in range(world_size):
+        frames = _frames_of(Path(run) / f"checkpoints_rank{rank}")
+        common = frames if common is None else common & frames
+    return sorted(common or ())
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_launch(run: Path, launch: Launch) -> None:
+    """``<run>/distributed.json``: the launch and this launch's key (rank 0, once the run folder exists)."""
+    data = {**asdict(launch), "launch_key": launch_key()}
+    _write_atomic(Path(run) / LAUNCH_FILE, lambda f: f.write(json.dumps(data, indent=2).encode()))
+
+
+def read_launch(run: Path) -> dict[str, Any] | None:
+    """The launch file of ``run`` (None when it has none or it is unreadable)."""
+    try:
+        with open(Path(run) / LAUNCH_FILE) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def find_run(save_folder: Path, key: str) -> Path | None:
+    """The run folder in ``save_folder`` written by the launch ``key`` (the newest if several)."""
+    found = [
+        (p.stat().st_mtime, p.parent) for p in Path(save_folder).glob(f"*/{LAUNCH_FILE}")
+        if (read_launch(p.parent) or {}).get("launch_key") == key
+    ]
+    return max(found)[1] if found else None
+
+
+def check_match(saved: Mapping[str, Any], launch: Launch, run: Path) -> None:
+    """Refuse a run whose launch differs from ``launch`` in what a rank's checkpoint depends on.
+
+    Raises:
+        ValueError: another algorithm, task, agent group, number of agents or
+            world size; the message names the difference and the launch that fits.
+    """
+    fields = ("algorithm", "task", "group", "n_agents", "world_size")
+    differ = [f"{name} {saved.get(name)!r} (this launch: {getattr(launch, name)!r})"
+              for name in fields if saved.get(name) != getattr(launch, name)]
+    if differ:
+        raise ValueError(
+            f"the checkpoints of {run} do not fit this launch: {', '.join(differ)}. Resume them with "
+            f"torchrun --nproc-per-node {saved.get('world_size')} -m benchmarl_decentral.distributed "
+            f"algorithm={saved.get('algorithm')} task={saved.get('task')} ..., or start a new run without "
+            "experiment.restore_file."
+        )
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where a rank starts: a new run (``frames`` None) or rank files of ``run`` at ``frames``.
+
+    Attributes:
+        run: the run folder to resume (None: a new run).
+        frames: the complete checkpoint to resume.
+        note: what was found, for the log (empty for a plain new run).
+    """
+
+    run: Path | None = None
+    frames: int | None = None
+    note: str = ""
+
+    def restore_file(self, rank: int) -> str | None:
+        """This rank's file of the checkpoint (``experiment.restore_file``), or None for a new run."""
+        return None if self.run is None else str(rank_file(self.run, rank, self.frames))
+
+
+def plan_resume(restore_file: str | None, launch: Launch, *, save_folder: Path, restarts: int,
+                key: str) -> ResumePlan:
+    """What every rank computes before it joins the process group: resume or start, from the files alone.
+
+    * torchrun restarted the ranks (``restarts`` > 0) and the run this launch
+      (``key``) writes in ``save_folder`` has a complete checkpoint: the newest one;
+    * else ``restore_file`` given: one rank's file of a distributed checkpoint,
+      ``<run>/checkpoints_rank<r>/checkpoint_<frames>.pt``; its run must fit the
+      launch and the checkpoint must be complete;
+    * else: a new run.
+
+    Raises:
+        ValueError: ``restore_file`` is not a rank's checkpoint of a distributed
+            run, its checkpoint is incomplete, or the run does not fit the
+            launch (:func:`check_match`).
+    """
+    note = ""
+    if restarts > 0:
+        run = find_run(save_folder, key)
+        if run is not None:
+            check_match(read_launch(run) or {}, launch, run)
+            complete = complete_frames(run, launch.world_size)
+            if complete:
+                return ResumePlan(run, complete[-1], f"restart {restarts}: resuming {run} from the checkpoint "
+                                                     f"at {complete[-1]} frames")
+            note = f"restart {restarts}: {run} has no complete checkpoint"
+        else:
+            note = f"restart {restarts}: no checkpoint of this launch in {save_folder}"
+    if restore_file is None:
+        return ResumePlan(note=f"{note}; starting a new run" if note else "")
+    path = Path(restore_file).expanduser().resolve()
+    file_match, dir_match = _FILE.fullmatch(path.name), _RANK_DIR.fullmatch(path.parent.name)
+    run = path.parent.parent
+    saved = read_launch(run) if file_match and dir_match else None
+    if saved is None:
+        raise ValueError(
+            f"experiment.restore_file={restore_file} is not a checkpoint of a distributed run: give one "
+            "rank's file, <run>/checkpoints_rank0/checkpoint_<frames>.pt, of a run that has "
+            f"<run>/{LAUNCH_FILE} (a single-process checkpoint resumes with benchmarl resume FILE)."
+        )
+    check_match(saved, launch, run)
+    frames = int(file_match.group(1))
+    complete = complete_frames(run, launch.world_size)
+    if frames not in complete:
+        missing = [r for r in range(launch.world_size) if not rank_file(run, r, frames).is_file()]
+        raise ValueError(
+            f"the checkpoint at {frames} frames of {run} is incomplete: ranks {missing} did not write "
+            f"theirs. Resume a complete one: {complete or 'none in this run'} frames."
+        )
+    return ResumePlan(run, frames, f"{note + '; ' if note else ''}resuming {run} from the checkpoint at "
+                                   f"{frames} frames")
+
+
+class RankCheckpoints:
+    """Writes this rank's checkpoints (replaces ``experiment._save_experiment`` on this rank's experiment).
+
+    Args:
+        experiment: this rank's experiment.
+        run: rank 0's run folder.
+        rank: this rank.
+        launch: the launch (recorded in every file).
+        agents: global indices of this rank's agents.
+        exchange: the rank's :class:`~benchmarl_decentral.distributed.experiment.ActionExchange`
+            (its byte count goes into the file).
+    """
+
+    def __init__(self, experiment, run: Path, rank: int, launch: Launch, agents: list[int], exchange=None) -> None:
+        self.experiment = experiment
+        self.run = Path(run)
+        self.rank = rank
+        self.launch = launch
+        self.agents = [int(a) for a in agents]
+        self.exchange = exchange
+        self.folder = self.run / f"checkpoints_rank{rank}"
+        experiment._save_experiment = self.save
+
+    def save(self) -> Path:
+        """Write ``checkpoint_<total_frames>.pt`` of this rank atomically; prune behind complete checkpoints."""
+        exp = self.experiment
+        self.folder.mkdir(exist_ok=True)
+        for stale in self.folder.glob(".checkpoint_*.pt.tmp-*"):  # an attempt killed while writing
+            stale.unlink(missing_ok=True)
+        state = exp.state_dict()
+        state[KEY] = {
+            **asdict(self.launch),
+            "rank": self.rank,
+            "agents": self.agents,
+            "env_bytes_sent": int(self.exchange.bytes_sent) if self.exchange is not None else 0,
+        }
+        path = rank_file(self.run, self.rank, exp.total_frames)
+        _write_atomic(path, lambda f: torch.save(state, f))
+        self._prune(int(exp.total_frames))
+        return path
+
+    def _prune(self, written: int) -> None:
+        keep = self.experiment.config.keep_checkpoints_num
+        if keep is None:
+            return
+        complete = complete_frames(self.run, self.launch.world_size)
+        newest = complete[-1] if complete else -1
+        kept = set(complete[-keep:]) | {f for f in _frames_of(self.folder) if f > newest} | {written}
+        for frames in _frames_of(self.folder) - kept:
+            rank_file(self.run, self.rank, frames).unlink(missing_ok=True)
+
+    def restore_extra(self, restore_file: str) -> None:
+        """After BenchMARL loaded ``restore_file``: the rank's own entry (the action exchange's byte count)."""
+        extra = torch.load(restore_file, map_location="cpu", weights_only=True, mmap=True).get(KEY, {})
+        if self.exchange is not None:
+            self.exchange.bytes_sent = int(extra.get("env_bytes_sent", 0))
+
+
+def truncate_scalars(experiment) -> int:
+    """Drop the CSV rows of iterations at or after the loaded checkpoint's ``n_iters_performed``.
+
+    The interrupted attempt may have logged part of the next iteration before
+    it died; the resumed run logs those iterations again. Run before the
+    resumed run logs anything (files rewritten atomically). Returns the number
+    of rows dropped.
+    """
+    from torchrl.record.loggers.csv import CSVLogger
+
+    n_iters = int(experiment.n_iters_performed)
+    dropped = 0
+    for logger in experiment.logger.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        for path in sorted((Path(logger.experiment.log_dir) / "scalars").glob("*.csv")):
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and float(line.split(",", 1)[0]) < n_iters]
+            if len(kept) != len(lines):
+                dropped += len(lines) - len(kept)
+                _write_atomic(path, lambda f, text="".join(kept): f.write(text.encode()))
+    return dropped
+
+
+def say(message: str) -> None:
+    """One line on stderr, prefixed like the entry point's messages."""
+    print(f"benchmarl_decentral.distributed: {message}", file=sys.stderr, flush=True)

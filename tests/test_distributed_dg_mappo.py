@@ -1,0 +1,284 @@
+"""Distributed dg_mappo: D-GAT messages and their gradients over the transport, mixing, bytes (CPU, gloo)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from tensordict import TensorDict
+from torchrl.data import Composite, Unbounded
+
+from benchmarl_decentral.distributed import (
+    CommCounter,
+    InProcessTransport,
+    TorchDistributedTransport,
+    message_bytes,
+    partition_agents,
+    spawn_local,
+    use_transport,
+)
+from benchmarl_decentral.models.dgat import DgatConfig
+from benchmarl_decentral.nn.dgat_conv import consensus_loss
+
+GROUP = "agents"
+N, F, HOPS, BATCH = 4, 5, 2, (3, 2)
+#: (topology, options): a static graph and a radius graph rebuilt from every sample's positions
+GRAPHS = [("ring", {}), ("radius", {"radius": 0.9, "position_dims": [0, 2]})]
+
+
+def _no_collectives(*args, **kwargs):
+    raise AssertionError("a collective over all ranks; D-GAT messages must be neighbour-only p2p")
+
+
+def _dgat(topology: str, options: dict, seed: int):
+    """A D-GAT model (no head: outputs õ = [o || ô], eq. 13) of 4 agents, built under the current transport."""
+    cfg = DgatConfig(**{**DgatConfig.get_from_yaml().__dict__, "hidden_channels": 8, "num_hops": HOPS,
+                        "num_cells": None, "topology": topology, **options})
+    spec = lambda key, f: Composite({GROUP: Composite({key: Unbounded(shape=(N, f))}, shape=(N,))})  # noqa: E731
+    torch.manual_seed(seed)
+    return cfg.get_model(input_spec=spec("observation", F), output_spec=spec("out", 2 * F), agent_group=GROUP,
+                         input_has_agent_dim=True, n_agents=N, centralised=False, share_params=False,
+                         device="cpu", action_spec=None)
+
+
+def _losses(model, obs: torch.Tensor, weight: torch.Tensor):
+    """dg_mappo's loss structure: a per-agent loss of õ_i (PPO/critic-like) + eq. 11 over the neighbours' ĥ_j."""
+    td = TensorDict({GROUP: TensorDict({"observation": obs}, [*BATCH, N])}, list(BATCH))
+    tilde = model(td).get(model.out_key)
+    own = torch.sin(tilde * weight.view(N, 1)).sum(-1).mean()  # every agent's rows, as BenchMARL's means
+    h = tilde[..., F:]
+    adj = model.communication_graph(td)
+    consensus = model.local_mean(consensus_loss(model.neighbour_rows(h, adj), adj, reduction="none"))
+    return tilde, N * (own + 20.0 * consensus), adj
+
+
+def _dgat_worker(rank: int, world_size: int) -> None:
+    for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_to_all", "barrier"):
+        setattr(dist, name, _no_collectives)
+    owner = partition_agents(N, world_size)
+    transport = TorchDistributedTransport(owner)
+    local = transport.local_agents(N)
+    others = torch.nonzero(owner != rank).flatten()
+    for s, (topology, options) in enumerate(GRAPHS):
+        gen = torch.Generator().manual_seed(10 + s)
+        obs = torch.rand(*BATCH, N, F, generator=gen) * 2
+        weight = torch.rand(N, generator=gen) + 0.5
+        runs = {}
+        for mode in ("in_process", "distributed"):
+            with use_transport(InProcessTransport() if mode == "in_process" else transport):
+                model = _dgat(topology, options, seed=s)
+            if mode == "distributed":  # the other agents' parameters are noise here: they must not be read
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p[others] = torch.randn(p[others].shape, generator=gen)
+            with torch.no_grad():
+                td = TensorDict({GROUP: TensorDict({"observation": obs}, [*BATCH, N])}, list(BATCH))
+                executed = model(td).get(model.out_key)  # execution: no gradient (the dense form)
+            execution = (model.comm.link_bytes.clone(), model.comm.network_bytes.clone(), model.comm.steps)
+            model.comm.reset()
+            tilde, loss, adj = _losses(model, obs, weight)
+            loss.backward()
+            runs[mode] = dict(model=model, executed=executed, tilde=tilde, adj=adj, execution=execution,
+                              train=(model.comm.link_bytes, model.comm.network_bytes, model.comm.steps))
+        ref, got = runs["in_process"], runs["distributed"]
+        if topology == "radius":  # a dynamic graph: the samples' graphs differ and some link crosses the ranks
+            assert len({tuple(a.flatten().tolist()) for a in ref["adj"].reshape(-1, N, N)}) > 1
+        torch.testing.assert_close(got["executed"][..., local, :], ref["executed"][..., local, :])
+        torch.testing.assert_close(got["tilde"][..., local, :], ref["tilde"][..., local, :])
+        for (name, p), q in zip(got["model"].named_parameters(), ref["model"].parameters(), strict=True):
+            assert q.grad is not None and float(q.grad[local].abs().sum()) > 0, name
+            torch.testing.assert_close(p.grad[local], q.grad[local], rtol=1e-5, atol=1e-6, msg=name)
+
+        # bytes: counted from what was sent == the formula (hops and eq. 11 exchange rows of F floats)
+        reads = ref["adj"].expand(*BATCH, N, N) if ref["adj"].dim() == 2 else ref["adj"]
+        row = F * 4
+        fwd, fwd_net = message_bytes(reads, row, owner)
+        bwd, bwd_net = message_bytes(reads, row, owner, backward=True)
+        assert torch.equal(ref["execution"][0], HOPS * fwd) and int(ref["execution"][1].sum()) == 0
+        assert torch.equal(got["execution"][0], HOPS * fwd[local])
+        assert torch.equal(got["execution"][1], HOPS * fwd_net[local]) and int(fwd_net[local].sum()) > 0
+        assert ref["execution"][2] == got["execution"][2] == HOPS
+        # training: HOPS + 1 exchanges forward (the hops, eq. 11's ĥ_j); gradients travel back for all but the
+        # first hop's (observations carry none)
+        assert torch.equal(ref["train"][0], (HOPS + 1) * fwd + HOPS * bwd)
+        assert torch.equal(got["train"][0], ((HOPS + 1) * fwd + HOPS * bwd)[local])
+        assert torch.equal(got["train"][1], ((HOPS + 1) * fwd_net + HOPS * bwd_net)[local])
+        assert int(bwd_net[local].sum()) > 0
+        assert ref["train"][2] == got["train"][2] == 2 * HOPS + 1
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_dgat_messages_and_their_gradients_across_ranks_equal_one_process(world_size):
+    """Oracle for eqs. 7-8 and 11 split by agent: each rank computes its agents' hops from the rows its
+    neighbours' ranks send, sends the gradients of the rows it read back to them, and gets the
+    single-process outputs and gradients for its agents (static ring and per-sample radius graphs),
+    while the other agents' parameters are noise on the rank; bytes counted from the sent tensors equal
+    the formula."""
+    spawn_local(_dgat_worker, world_size, start_method="fork", timeout_s=60)
+
+
+def test_message_bytes_formula_on_a_small_graph():
+    reads = torch.zeros(2, 3, 3, dtype=torch.bool)
+    reads[0, 0, 1] = reads[0, 2, 1] = True  # sample 0: agents 0 and 2 read agent 1
+    reads[1, 1, 0] = reads[1, 1, 1] = True  # sample 1: agent 1 reads 0 (and itself: not a message)
+    link, network = message_bytes(reads, 10)
+    assert link.tolist() == [10, 20, 0] and network.tolist() == [0, 0, 0]
+    owner = torch.tensor([0, 0, 1])  # agent 1's row goes to rank 1 once (for agent 2); agent 0 reads from memory
+    assert message_bytes(reads, 10, owner)[1].tolist() == [0, 10, 0]
+    back, back_network = message_bytes(reads, 10, owner, backward=True)
+    assert back.tolist() == [10, 10, 10]  # each reader sends one gradient row per link it read
+    assert back_network.tolist() == [0, 0, 10]  # agent 2's rank sends dL/dh_1 back to rank 0
+
+
+def test_in_process_exchange_is_the_identity_and_counts_by_formula():
+    h = torch.randn(3, 4, 2, requires_grad=True)
+    reads = torch.ones(4, 4, dtype=torch.bool)
+    counter = CommCounter()
+    out = InProcessTransport().exchange_rows(h, reads, counter.add)
+    torch.testing.assert_close(out, h, rtol=0, atol=0)
+    assert counter.link_bytes.tolist() == [3 * 3 * 8] * 4 and counter.steps == 1
+    out.sum().backward()
+    assert counter.steps == 2 and counter.link_bytes.tolist() == [2 * 3 * 3 * 8] * 4
+    assert torch.equal(h.grad, torch.ones_like(h))
+    assert InProcessTransport().own_rows(h) is h
+
+
+# ------------------------------------------------------------------ dg_mappo training on agent blocks
+ITERS = 2
+#: 4 agents on vmas/navigation: a static ring and the radius graph rebuilt from every step's positions
+DG_GRAPHS = {
+    "ring": {"topology": "ring"},
+    "radius": {"topology": "radius", "radius": 1.5, "position_dims": [0, 2]},
+}
+
+
+def _dg_mappo_run(folder, graph: str, build=lambda make: make(), scrub=None):
+    """dg_mappo for ITERS iterations (2 minibatches each), all networks mixed after every step."""
+    from conftest import make_experiment
+
+    folder.mkdir(parents=True, exist_ok=True)
+    exp = build(lambda: make_experiment(
+        folder, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": N, "max_steps": 10},
+        algorithm_overrides={**DG_GRAPHS[graph], "hidden_channels": 8, "num_hops": 2},
+        max_n_iters=ITERS, on_policy_collected_frames_per_batch=40, on_policy_minibatch_size=20, loggers=["csv"],
+    ))
+    leaves = exp.algorithm.network_leaves(GROUP)
+    if scrub is not None:  # the other ranks' agents: nothing here may read them
+        with torch.no_grad():
+            for net in leaves.values():
+                for p in net:
+                    p[scrub] = 0.0
+    sent = []
+    exp.algorithm.callback.on_train_end = _record(exp.algorithm.callback.on_train_end, exp.algorithm.callback, sent)
+    exp.run()
+    return exp, leaves, sent
+
+
+def _record(on_train_end, callback, sent):
+    def wrapped(training_td, group):
+        on_train_end(training_td, group)
+        sent.append({k: v if k == "agents" else tuple(t.clone() for t in v) for k, v in callback.sent[group].items()})
+    return wrapped
+
+
+def _logged(exp, name):
+    import csv
+
+    with open(exp.folder_name / exp.name / "scalars" / f"{name}.csv") as f:
+        return [float(row[1]) for row in csv.reader(f)]
+
+
+def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference) -> None:
+    from benchmarl_decentral.distributed.experiment import build_rank_experiment
+
+    ref = torch.load(reference)
+    owner = partition_agents(N, world_size)
+    exp, leaves, sent = _dg_mappo_run(
+        folder / f"rank{rank}", graph,
+        lambda make: build_rank_experiment(make, algorithm="dg_mappo", sizes={GROUP: N}),
+        scrub=torch.nonzero(owner != rank).flatten(),
+    )
+    local = exp.algorithm.transport.local_agents(N)
+    assert isinstance(exp.algorithm.transport, TorchDistributedTransport) and local.numel() == N // world_size
+    # the same joint actions on every rank: the same episodes as the single-process run
+    assert _logged(exp, "collection_reward_reward_mean") == ref["reward"]
+    for net, ps in leaves.items():
+        for p, q in zip(ps, ref["leaves"][net], strict=True):
+            torch.testing.assert_close(p.detach()[local], q[local], rtol=1e-4, atol=1e-5, msg=net)
+    # bytes per agent held here, counted from what was sent: every link's messages as in one process
+    for got, want in zip(sent, ref["sent"], strict=True):
+        for kind in ("train", "exec"):
+            assert torch.equal(got[kind][0], want[kind][0][local]), kind
+            assert int(got[kind][1].sum()) > 0 and int(want[kind][1].sum()) == 0, kind  # across ranks / not
+    assert _logged(exp, "comm_train_bytes_per_agent") == [float(s["train"][0].sum()) / local.numel() for s in sent]
+    assert _logged(exp, "comm_exec_network_bytes_per_agent") == [
+        float(s["exec"][1].sum()) / local.numel() for s in sent]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph", list(DG_GRAPHS))
+def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_path, graph):
+    """2 ranks x 2 agents of vmas/navigation, 2 iterations of dg_mappo (K=2 D-GAT hops, eq. 11, D-SGD of
+    D-GAT, actor and critic after every step): each rank trains its block with the D-GAT messages and
+    their gradients exchanged point to point, and ends with the single-process parameters, rewards and
+    per-agent bytes, while the other agents' rows of its networks are zeroed."""
+    exp, leaves, sent = _dg_mappo_run(tmp_path / "single", graph)
+    assert len(sent) == ITERS and all(int(s["exec"][0].sum()) > 0 and int(s["train"][0].sum()) > 0 for s in sent)
+    reference = {
+        "reward": _logged(exp, "collection_reward_reward_mean"),
+        "leaves": {net: [p.detach().clone() for p in ps] for net, ps in leaves.items()},
+        "sent": sent,
+    }
+    torch.save(reference, tmp_path / "reference.pt")
+    spawn_local(_dg_mappo_worker, 2, tmp_path, graph, tmp_path / "reference.pt", start_method="fork",
+                timeout_s=120)
+
+
+# ------------------------------------------------------------------ the entry point, and benchmarl report
+@pytest.mark.slow
+def test_entry_point_trains_dg_mappo_on_two_ranks_like_one_process(tmp_path):
+    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=dg_mappo ...``'s main on 2
+    forked ranks: the single-process rewards and evaluation, and a report whose communication row has
+    dg_mappo's execution and network bytes."""
+    import torch.multiprocessing as mp
+    from benchmarl.hydra_config import load_experiment_from_hydra
+
+    from benchmarl_decentral.distributed import free_port
+    from benchmarl_decentral.distributed.__main__ import compose
+    from benchmarl_decentral.reporting import build_report
+    from test_distributed import _entry_worker
+
+    entry = ["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.topology=ring", "algorithm.hidden_channels=8",
+             "experiment.evaluation_interval=60", "experiment.evaluation_episodes=2", "experiment.loggers=[csv]",
+             "experiment.max_n_iters=2", "experiment.max_n_frames=null",
+             "experiment.on_policy_collected_frames_per_batch=60", "experiment.on_policy_n_envs_per_worker=2",
+             "experiment.on_policy_minibatch_size=30", "experiment.on_policy_n_minibatch_iters=1",
+             "model.num_cells=[16]", "critic_model.num_cells=[16]"]
+    cfg, task_name, _ = compose([*entry, f"experiment.save_folder={tmp_path / 'single'}"])
+    (tmp_path / "single").mkdir()
+    single = load_experiment_from_hydra(cfg, task_name=task_name)
+    single.run()
+
+    for folder in ("dist", "scratch"):
+        (tmp_path / folder).mkdir()
+    mp.start_processes(_entry_worker, args=(2, free_port(), [*entry, f"experiment.save_folder={tmp_path / 'dist'}"],
+                                            tmp_path / "scratch"), nprocs=2, start_method="fork")
+    (run,) = (tmp_path / "dist").iterdir()
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+    def logged(folder, name):
+        import csv
+
+        with open(folder / folder.name / "scalars" / f"{name}.csv") as f:
+            return [float(row[1]) for row in csv.reader(f)]
+
+    for name in ("collection_reward_reward_mean", "eval_reward_episode_reward_mean"):
+        assert logged(run, name) == logged(single.folder_name, name)
+    # a ring of 8: every agent sends the same, so rank 0's mean equals the mean over all agents
+    for name in ("comm_train_bytes_per_agent", "comm_exec_bytes_per_agent"):
+        assert logged(run, name) == logged(single.folder_name, name) and min(logged(run, name)) > 0
+    assert min(logged(run, "comm_exec_network_bytes_per_agent")) > 0
+    assert logged(single.folder_name, "comm_exec_network_bytes_per_agent") == [0.0, 0.0]
+    (comm,) = build_report([run], reps=50, reference=False).communication
+    assert comm["algorithm"] == "dgmappo" and comm["exec"] > 0 and comm["train_network"] > 0 and comm["env"] > 0
+    assert comm["total"] == pytest.approx(comm["train"] + comm["exec"] + comm["env"])

@@ -1,0 +1,234 @@
+"""Distributed checkpoints and torchrun's elastic restart (issue 18 item 4), CPU, gloo, 2 ranks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarl_decentral.distributed.checkpoint import (
+    LAUNCH_FILE,
+    Launch,
+    check_match,
+    complete_frames,
+    plan_resume,
+    rank_file,
+    write_launch,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+ITERS, FRAMES = 5, 60  # 5 iterations of 60 frames, a checkpoint after each
+OVERRIDES = [
+    "algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.link_failure=0.3",
+    "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
+    "experiment.evaluation_interval=120", "experiment.evaluation_episodes=2", "experiment.loggers=[csv]",
+    f"experiment.max_n_iters={ITERS}", "experiment.max_n_frames=null",
+    f"experiment.on_policy_collected_frames_per_batch={FRAMES}", "experiment.on_policy_n_envs_per_worker=2",
+    "experiment.on_policy_minibatch_size=20", "experiment.on_policy_n_minibatch_iters=1",
+    f"experiment.checkpoint_interval={FRAMES}", "experiment.checkpoint_at_end=true",
+    "experiment.keep_checkpoints_num=2",
+]
+LAUNCH = Launch(algorithm="decpg", task="coordsum/8x15-100", seed=0, world_size=2, group="agents", n_agents=8)
+
+
+# ------------------------------------------------------------------ which checkpoint a launch resumes
+def _fake_run(folder: Path, frames_per_rank: dict[int, list[int]], launch: Launch = LAUNCH) -> Path:
+    run = folder / "run"
+    run.mkdir(parents=True)
+    write_launch(run, launch)
+    for rank, frames in frames_per_rank.items():
+        for f in frames:
+            rank_file(run, rank, f).parent.mkdir(exist_ok=True)
+            rank_file(run, rank, f).touch()
+    return run
+
+
+def test_a_restart_resumes_the_newest_checkpoint_all_ranks_completed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    run = _fake_run(tmp_path, {0: [60, 120, 180], 1: [60, 120]})  # rank 1 died before its 180
+    (run / "checkpoints_rank0" / ".checkpoint_240.pt.tmp-7").touch()  # a write cut short: not a checkpoint
+    assert complete_frames(run, 2) == [60, 120]
+    plan = plan_resume(None, LAUNCH, save_folder=tmp_path, restarts=1, key="job-1")
+    assert (plan.run, plan.frames) == (run, 120)
+    assert plan.restore_file(1) == str(run / "checkpoints_rank1" / "checkpoint_120.pt")
+    # the first attempt, or another launch's restart, starts a new run
+    assert plan_resume(None, LAUNCH, save_folder=tmp_path, restarts=0, key="job-1").run is None
+    other = plan_resume(None, LAUNCH, save_folder=tmp_path, restarts=1, key="job-2")
+    assert other.run is None and "no checkpoint of this launch" in other.note
+    # by hand: any rank's file of a complete checkpoint
+    plan = plan_resume(str(run / "checkpoints_rank1" / "checkpoint_60.pt"), LAUNCH, save_folder=tmp_path,
+                       restarts=0, key="job-9")
+    assert (plan.run, plan.frames) == (run, 60)
+    # ... and when torchrun restarts that launch, the newest checkpoint of its run, not the file given
+    plan = plan_resume(str(run / "checkpoints_rank1" / "checkpoint_60.pt"), LAUNCH, save_folder=tmp_path,
+                       restarts=1, key="job-1")
+    assert (plan.run, plan.frames) == (run, 120)
+
+
+@pytest.mark.parametrize(
+    "restore, launch, match",
+    [
+        ("checkpoints_rank0/checkpoint_180.pt", LAUNCH,
+         r"checkpoint at 180 frames of .* is incomplete: ranks \[1\] did not write theirs\. Resume a complete "
+         r"one: \[60, 120\] frames"),
+        ("checkpoints_rank0/checkpoint_120.pt", Launch("decpg", "coordsum/8x15-100", 0, 4, "agents", 8),
+         r"do not fit this launch: world_size 2 \(this launch: 4\)\. Resume them with torchrun "
+         r"--nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=decpg task=coordsum/8x15-100"),
+        ("checkpoints_rank0/checkpoint_120.pt", Launch("matrpo", "coordsum/4x15-100", 0, 2, "agents", 4),
+         r"algorithm 'decpg' \(this launch: 'matrpo'\), task .*, n_agents 8 \(this launch: 4\)"),
+        ("checkpoints/checkpoint_120.pt", LAUNCH, r"is not a checkpoint of a distributed run: give one rank's file"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_the_launch_is_refused(tmp_path, restore, launch, match):
+    run = _fake_run(tmp_path, {0: [60, 120, 180], 1: [60, 120]})
+    with pytest.raises(ValueError, match=match):
+        plan_resume(str(run / restore), launch, save_folder=tmp_path, restarts=0, key="k")
+    with pytest.raises(ValueError, match="do not fit this launch"):  # an elastic restart checks it too
+        check_match(json.loads((run / LAUNCH_FILE).read_text()), Launch("decpg", "vmas/navigation", 0, 2,
+                                                                        "agents", 8), run)
+
+
+# ------------------------------------------------------------------ a rank killed under torchrun
+def _reference_worker(rank: int, world_size: int, port: int, overrides: list, scratch) -> None:
+    import tempfile
+
+    from benchmarl_decentral.distributed.__main__ import main
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    tempfile.tempdir = str(scratch)
+    torch.set_num_threads(1)
+    main(overrides)
+
+
+def _workers(agent: int) -> dict[int, int]:
+    """``{rank: pid}`` of torchrun's workers (the children of the agent process ``agent``)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        ranks = [v[5:] for v in environ if v.startswith(b"RANK=")]
+        if ppid == agent and ranks:
+            found[int(ranks[0])] = int(entry.name)
+    return found
+
+
+def _scalars(run: Path) -> dict[str, list[tuple[str, str]]]:
+    """``{scalar: [(step, value), ...]}`` as written (strings: ``nan`` equals ``nan``)."""
+    out = {}
+    for path in sorted((run / run.name / "scalars").glob("*.csv")):
+        with open(path) as f:
+            out[path.stem] = [(step, value) for step, value in csv.reader(f)]
+    return out
+
+
+def _diff(a, b, path="") -> list[str]:
+    """Paths where two checkpoints differ (tensors bitwise, numbers and strings exactly)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
+        # "__device": TorchRL's replay-buffer storage loaded from a checkpoint records device None where the
+        # uninterrupted run's records cpu (metadata only: its tensors are compared)
+        return [d for k in a if k != "__device" for d in _diff(a[k], b[k], f"{path}/{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: length"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}/{i}")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        same = a.shape == b.shape and a.dtype == b.dtype and (
+            torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)))
+        return [] if same else [path]
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return []
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_nothing_lost(tmp_path):
+    """torchrun --max-restarts 1, 2 ranks x 4 agents, decpg, 5 iterations; rank 1 SIGKILLed mid-run.
+
+    The run continues in the same folder from the newest complete checkpoint
+    and ends with the uninterrupted distributed run's state, bit for bit
+    (parameters, optimizer moments, random streams, counters), and its CSV
+    and JSON logs hold every iteration once, with the uninterrupted values.
+    """
+    import torch.multiprocessing as mp
+
+    from benchmarl_decentral.distributed import free_port
+    from benchmarl_decentral.runs import CheckpointError, check_checkpoint
+
+    for name in ("ref", "elastic", "scratch_ref", "scratch"):
+        (tmp_path / name).mkdir()
+    # the uninterrupted run: the same entry point on 2 forked ranks, beside the torchrun one
+    reference = mp.start_processes(_reference_worker, nprocs=2, start_method="fork", join=False,
+                                   args=(2, free_port(), [*OVERRIDES, f"experiment.save_folder={tmp_path / 'ref'}"],
+                                         tmp_path / "scratch_ref"))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "scratch"),
+           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "1", "--monitor-interval", "0.1", "-m", "benchmarl_decentral.distributed",
+           *OVERRIDES, f"experiment.save_folder={tmp_path / 'elastic'}"]
+    with open(tmp_path / "torchrun.log", "w") as log:
+        agent = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while not list((tmp_path / "elastic").glob(f"*/checkpoints_rank1/checkpoint_{2 * FRAMES}.pt")):
+                assert agent.poll() is None, (tmp_path / "torchrun.log").read_text()
+                time.sleep(0.05)
+            os.kill(_workers(agent.pid)[1], signal.SIGKILL)  # rank 1 dies in its third iteration (or later)
+            assert agent.wait() == 0, (tmp_path / "torchrun.log").read_text()
+            while not reference.join():
+                pass
+        finally:
+            for pid in _workers(agent.pid).values() if agent.poll() is None else ():
+                os.kill(pid, signal.SIGKILL)
+            agent.kill()
+            for process in reference.processes:
+                process.kill()
+    (ref,) = (tmp_path / "ref").iterdir()
+    output = (tmp_path / "torchrun.log").read_text()
+
+    (run,) = (tmp_path / "elastic").iterdir()  # the same run folder, continued
+    resumed = re.search(rf"restart 1: resuming {re.escape(str(run))} from the checkpoint at (\d+) frames", output)
+    assert resumed, output
+    assert 2 * FRAMES <= int(resumed.group(1)) < ITERS * FRAMES  # iterations were redone after the restart
+
+    final = ITERS * FRAMES
+    for rank in (0, 1):  # keep_checkpoints_num=2: the last two
+        assert sorted(p.name for p in (run / f"checkpoints_rank{rank}").iterdir()) == [
+            f"checkpoint_{final - FRAMES}.pt", f"checkpoint_{final}.pt"]
+        got = torch.load(rank_file(run, rank, final), weights_only=True)
+        want = torch.load(rank_file(ref, rank, final), weights_only=True)
+        got["state"].pop("total_time"), want["state"].pop("total_time")  # wall clock
+        assert got["state"]["n_iters_performed"] == ITERS
+        assert _diff(got, want) == []
+    with pytest.raises(CheckpointError, match=r"is rank 1's part of a distributed checkpoint .* torchrun "
+                                              r"--nproc-per-node 2 -m benchmarl_decentral.distributed"):
+        check_checkpoint(rank_file(run, 1, final))  # not resumable in one process
+
+    # the logs: every iteration once, the uninterrupted run's values (timers excepted)
+    got, want = _scalars(run), _scalars(ref)
+    assert got.keys() == want.keys() and "collection_reward_reward_mean" in got
+    for name, rows in want.items():
+        steps = [step for step, _ in got[name]]
+        assert steps == [step for step, _ in rows] and len(set(steps)) == len(steps), name
+        if not name.startswith("timers_"):
+            assert got[name] == rows, name
+    assert [float(s) for s, _ in got["counters_iter"]] == list(range(ITERS))
+    curve = json.loads((run / f"{run.name}.json").read_text())
+    reference_curve = json.loads((ref / f"{ref.name}.json").read_text())
+    assert json.dumps(curve, sort_keys=True) == json.dumps(reference_curve, sort_keys=True)
