@@ -465,10 +465,14 @@ class DgMappoLoss(ClipPPOLoss):
             norm.passthrough = False
 
     def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
-        result = super()._log_weight(tensordict, adv_shape)  # runs the actor: D-GAT writes õ
         comm = self.communication
-        h = tensordict.get(self.dgat_key)[..., comm.input_features :]  # ĥ = ô (eq. 13: õ = [o || ô])
-        adj = comm.communication_graph(tensordict)
+        comm.last_graph = None
+        result = super()._log_weight(tensordict, adv_shape)  # runs the actor: D-GAT writes õ
+        tilde = tensordict.get(self.dgat_key)
+        h = tilde[..., comm.input_features :]  # ĥ = ô (eq. 13: õ = [o || ô])
+        adj = comm.graph_of(tilde)
+        if adj is None:  # not recorded by this forward (fast paths off): build it again
+            adj = comm.communication_graph(tensordict)
         self._consensus = self.alpha_consensus * consensus_loss(h, adj)  # eq. 11
         self.mixing_matrix = dsgd_matrix(adj, self.mixing_graph)
         return result
@@ -635,10 +639,26 @@ class DgMappo(Mappo):
         self.callback.experiment = self.experiment
 
     def set_fast_paths(self, on: bool) -> None:
-        """Switch the profile's speed-ups (:attr:`fast_paths`) on or off, in the D-GAT modules too."""
+        """Switch the profile's speed-ups (:attr:`fast_paths`) on or off, in the D-GAT modules and optimizers too."""
         self.fast_paths = on
         for comm in self.communication.values():
             comm.dense_without_grad = on
+        for optimizers in getattr(self.experiment, "optimizers", {}).values():
+            if LOSS_KEY in optimizers:
+                self.set_optimizer_foreach(optimizers[LOSS_KEY])
+
+    def set_optimizer_foreach(self, optimizer: torch.optim.Optimizer) -> None:
+        """With :attr:`fast_paths`, the optimizer's multi-tensor (``foreach``) implementation, same update.
+
+        PyTorch picks the per-parameter loop on CPU by default (``foreach=None``);
+        its ``foreach`` form applies the same update to all of a group's
+        parameters in a few fused calls. Only for optimizers that take the
+        option (``torch.optim.Adam`` and most others); ``fast_paths=False``
+        restores PyTorch's default (``None``).
+        """
+        for param_group in optimizer.param_groups:
+            if "foreach" in param_group:
+                param_group["foreach"] = True if self.fast_paths else None
 
     def _check_connected(self, group: str) -> None:
         """Assumption 1: a static custom graph must be (strongly) connected, or consensus cannot hold."""
@@ -902,6 +922,7 @@ class _DgMappoCallback(Callback):
             for param_group in optimizer.param_groups:  # Table 2: lr 5e-4, eps 1e-5
                 param_group["lr"] = algo.lr
                 param_group["eps"] = algo.adam_eps
+            algo.set_optimizer_foreach(optimizer)
             leaves = algo.network_leaves(group)
             if algo.max_grad_norm is not None:
                 stacks = [algo.agent_stack(group, net) for net in CONSENSUS_NETWORKS]
@@ -952,11 +973,10 @@ class _DgMappoCallback(Callback):
             W = loss.mixing_matrix
             if W is None:
                 raise RuntimeError("DG-MAPPO: optimizer step without a loss forward; no graph to mix over")
-            mix_(leaves, W)
-            # weight an agent keeps for itself: 1 = no mixing, 1/n = full averaging
-            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(
-                float(W.diagonal().mean())
-            )
+            mix_(leaves, W, flat=self.algorithm.fast_paths)
+            # weight an agent keeps for itself: 1 = no mixing, 1/n = full averaging (a tensor: read once per
+            # iteration, in on_train_end)
+            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(W.diagonal().mean())
 
         return hook
 
@@ -987,10 +1007,8 @@ class _DgMappoCallback(Callback):
         W = algo.batch_mixing_matrices.pop(group, None)
         if self.mixing and algo.mix_every == "update" and self._mixed.get(group) and W is not None:
             for _ in range(algo.mixes_per_update):  # the public code's 3 mixings per update
-                mix_(self._mixed[group], W)
-            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(
-                float(W.diagonal().mean())
-            )
+                mix_(self._mixed[group], W, flat=algo.fast_paths)
+            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(W.diagonal().mean())
         metrics = self._metrics.setdefault(group, {})
         to_log = {
             f"dg_mappo/{group}/{name}": value
@@ -999,7 +1017,7 @@ class _DgMappoCallback(Callback):
         }
         mixing = metrics.pop("mixing_self_weights", [])
         if mixing:
-            to_log[f"dg_mappo/{group}/mixing_self_weight"] = sum(mixing) / len(mixing)
+            to_log[f"dg_mappo/{group}/mixing_self_weight"] = float(torch.stack(mixing).mean())
         for name, leaves in algo.network_leaves(group).items():
             to_log[f"dg_mappo/{group}/{name}_consensus_distance"] = float(consensus_distance(leaves))
         self.experiment.logger.log(to_log, step=self.experiment.n_iters_performed)

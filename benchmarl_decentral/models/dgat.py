@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, MISSING
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -597,10 +597,27 @@ class Dgat(Model):
             return adj
         return torch.eye(self.n_agents, dtype=torch.bool, device=adj.device)
 
+    #: ``(õ, graph)`` of the last forward with gradient (``dense_without_grad`` on and no head), so that a loss
+    #: reading that ``õ`` reuses its graph instead of building it again (:meth:`graph_of`); ``None`` otherwise.
+    last_graph: Optional[Tuple[Tensor, Tensor]] = None
+
+    def graph_of(self, tilde: Tensor) -> Optional[Tensor]:
+        """The communication graph the last forward with gradient used to compute ``tilde`` (that very tensor).
+
+        ``None`` when ``tilde`` is not the output of that forward (then build
+        it again with :meth:`communication_graph`). Clears the record.
+        """
+        record, self.last_graph = self.last_graph, None
+        if record is None or record[0] is not tilde:
+            return None
+        return record[1]
+
     def _forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         x = self.features(tensordict)
         adj = self.communication_graph(tensordict, x)
         out = torch.cat([x, self.embed(x, self.message_graph(adj))], dim=-1)  # õ_i = [x_i || ô_i], eq. 13
+        if self.head is None and self.dense_without_grad and torch.is_grad_enabled():
+            self.last_graph = (out, adj)
         if self.head is not None:
             out = self.head(out)
             if not self.output_has_agent_dim:  # centralised with shared parameters: all rows equal
