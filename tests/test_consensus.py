@@ -439,22 +439,3 @@ def test_mix_error_leaves_nothing_half_mixed():
         mix_([p, torch.zeros(3)], uniform_knn(4, 2))
     assert torch.equal(p, p0)
 
-
-def test_flat_mix_is_the_per_leaf_mix():
-    """mix_(flat=True): one product over the concatenated leaves, the same result as one product per leaf."""
-    g = torch.Generator().manual_seed(3)
-    n = 4
-    W = row(torch.rand(n, n, generator=g) > 0.5)
-    shapes = [(n,), (n, 3), (n, 2, 5), (n, 1, 1)]
-    leaves = [nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
-    per_leaf = [p.detach().clone() for p in leaves]
-    mix_(per_leaf, W)
-    mix_(leaves, W, flat=True)
-    for p, q in zip(leaves, per_leaf):
-        assert isinstance(p, nn.Parameter) and p.grad_fn is None
-        torch.testing.assert_close(p.detach(), q, rtol=1e-6, atol=1e-7)
-    mixed_dtypes = [torch.randn(n, 3, generator=g), torch.randn(n, 2, generator=g, dtype=torch.float64)]
-    expected = [torch.einsum("ij,j...->i...", W.to(p), p) for p in mixed_dtypes]
-    mix_(mixed_dtypes, W, flat=True)  # falls back to one product per leaf
-    for p, e in zip(mixed_dtypes, expected):
-        torch.testing.assert_close(p, e)

@@ -153,7 +153,7 @@ def test_fast_paths_give_the_same_results(tmp_path):
 def test_fast_paths_give_the_same_optimizer_step(tmp_path):
     """One optimizer step (loss, backward, per-agent clip, D-SGD of D-GAT, actor and critic) with the fast paths
     on and off: the same parameters and losses. On, the loss reuses the graph of the D-GAT forward (built once
-    per minibatch, not twice), D-SGD mixes all leaves in one product and Adam runs its foreach form."""
+    per minibatch, not twice) and Adam runs its foreach form."""
     import copy
 
     exp = make_experiment(tmp_path, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": 4})

@@ -973,7 +973,7 @@ class _DgMappoCallback(Callback):
             W = loss.mixing_matrix
             if W is None:
                 raise RuntimeError("DG-MAPPO: optimizer step without a loss forward; no graph to mix over")
-            mix_(leaves, W, flat=self.algorithm.fast_paths)
+            mix_(leaves, W)
             # weight an agent keeps for itself: 1 = no mixing, 1/n = full averaging (a tensor: read once per
             # iteration, in on_train_end)
             self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(W.diagonal().mean())
@@ -1007,7 +1007,7 @@ class _DgMappoCallback(Callback):
         W = algo.batch_mixing_matrices.pop(group, None)
         if self.mixing and algo.mix_every == "update" and self._mixed.get(group) and W is not None:
             for _ in range(algo.mixes_per_update):  # the public code's 3 mixings per update
-                mix_(self._mixed[group], W, flat=algo.fast_paths)
+                mix_(self._mixed[group], W)
             self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(W.diagonal().mean())
         metrics = self._metrics.setdefault(group, {})
         to_log = {

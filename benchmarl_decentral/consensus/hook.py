@@ -2,8 +2,7 @@
 
 Every leaf is stacked along a leading agent dim ``(n, ...)`` (as torchrl's
 ``MultiAgentMLP`` / ``TensorDict.from_modules`` store them), so one step is one
-matrix product per leaf (or one for all leaves, ``mix_(..., flat=True)``), never a
-loop over agents.
+matrix product per leaf, never a loop over agents.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ def _check_leaves(leaves: list[Tensor], n: int) -> None:
             )
 
 
-def mix_(leaves: Iterable[Tensor], W: Tensor, *, flat: bool = False) -> None:
+def mix_(leaves: Iterable[Tensor], W: Tensor) -> None:
     """002_4f291ba56d03e11d.txt sec. 3 (DSGD mixing): ``theta_i <- sum_j W_ij theta_j`` in place.
 
     Each leaf is read once (one snapshot) and then overwritten, so no agent sees
@@ -45,25 +44,13 @@ def mix_(leaves: Iterable[Tensor], W: Tensor, *, flat: bool = False) -> None:
     Args:
         leaves: tensors of shape ``(n, ...)``.
         W: mixing matrix ``(n, n)``; cast to each leaf's dtype and device.
-        flat: one product for all leaves: ``W @ [theta^1 | theta^2 | ...]`` on
-            the leaves flattened and concatenated to ``(n, D)``, written back
-            with one ``_foreach_copy_`` (same result, fewer small ops; used
-            when every leaf has the same dtype and device, else per leaf).
-            (default: False, one product per leaf)
     """
     if W.dim() != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"mixing matrix must be square (n, n), got shape {tuple(W.shape)}")
     leaves = list(leaves)
     n = W.shape[0]
     _check_leaves(leaves, n)
-    if not leaves:
-        return
     with torch.no_grad():
-        if flat and len({(p.dtype, p.device) for p in leaves}) == 1:
-            mixed = W.to(leaves[0]) @ torch.cat([p.reshape(n, -1) for p in leaves], 1)
-            sizes = [p[0].numel() for p in leaves]
-            torch._foreach_copy_(leaves, [m.reshape(p.shape) for m, p in zip(mixed.split(sizes, 1), leaves)])
-            return
         for p in leaves:
             p.copy_((W.to(p) @ p.reshape(n, -1)).reshape_as(p))
 
