@@ -438,4 +438,3 @@ def test_mix_error_leaves_nothing_half_mixed():
     with pytest.raises(ValueError):
         mix_([p, torch.zeros(3)], uniform_knn(4, 2))
     assert torch.equal(p, p0)
-

@@ -426,6 +426,9 @@ class DgMappoLoss(ClipPPOLoss):
 
     # LossModule.convert_to_functional checks these names against the class annotations
     __annotations__ = {**ClipPPOLoss.__annotations__}
+    #: eq. 11 and the D-SGD matrix read the graph the actor's D-GAT forward built (``False``: build it again;
+    #: :meth:`DgMappo.set_fast_paths`)
+    reuse_graph: bool = True
 
     def __init__(
         self, *args, communication: Dgat, alpha_consensus: float, dgat_key, mixing_graph: str = "mean", **kwargs
@@ -466,12 +469,15 @@ class DgMappoLoss(ClipPPOLoss):
 
     def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
         comm = self.communication
-        comm.last_graph = None
-        result = super()._log_weight(tensordict, adv_shape)  # runs the actor: D-GAT writes õ
+        comm.last_graph, comm.record_graph = None, self.reuse_graph
+        try:
+            result = super()._log_weight(tensordict, adv_shape)  # runs the actor: D-GAT writes õ
+        finally:
+            comm.record_graph = False
         tilde = tensordict.get(self.dgat_key)
         h = tilde[..., comm.input_features :]  # ĥ = ô (eq. 13: õ = [o || ô])
-        adj = comm.graph_of(tilde)
-        if adj is None:  # not recorded by this forward (fast paths off): build it again
+        adj = comm.graph_of(tilde)  # the graph D-GAT just built for this õ
+        if adj is None:  # not recorded (reuse_graph off): build it again
             adj = comm.communication_graph(tensordict)
         self._consensus = self.alpha_consensus * consensus_loss(h, adj)  # eq. 11
         self.mixing_matrix = dsgd_matrix(adj, self.mixing_graph)
@@ -524,10 +530,12 @@ class DgMappo(Mappo):
     """
 
     reuse_dgat_outputs: bool = True
-    #: ``True`` (default): the speed-ups of issue 14's profile: D-GAT without gradient in its dense form
-    #: (:attr:`~benchmarl_decentral.models.dgat.Dgat.dense_without_grad`), and the per-agent clip rescales
-    #: gradients only when some agent's norm exceeds ``max_grad_norm``. Same results;
-    #: :meth:`set_fast_paths` switches both (``benchmarks/dg_mappo_iteration.py`` times both).
+    #: ``True`` (default): the speed-ups of issue 14's profiles: D-GAT without gradient in its dense form
+    #: (:attr:`~benchmarl_decentral.models.dgat.Dgat.dense_without_grad`), the per-agent clip rescales
+    #: gradients only when some agent's norm exceeds ``max_grad_norm``, the loss reuses the graph of the
+    #: actor's D-GAT forward (:attr:`DgMappoLoss.reuse_graph`) and Adam runs its ``foreach`` form
+    #: (:meth:`set_optimizer_foreach`). Same results (tested); :meth:`set_fast_paths` switches them all
+    #: (``benchmarks/dg_mappo_iteration.py`` times both).
     fast_paths: bool = True
 
     def __init__(
@@ -643,6 +651,8 @@ class DgMappo(Mappo):
         self.fast_paths = on
         for comm in self.communication.values():
             comm.dense_without_grad = on
+        for loss, _ in self._losses_and_updaters.values():
+            loss.reuse_graph = on
         for optimizers in getattr(self.experiment, "optimizers", {}).values():
             if LOSS_KEY in optimizers:
                 self.set_optimizer_foreach(optimizers[LOSS_KEY])
@@ -759,6 +769,7 @@ class DgMappo(Mappo):
         )
         loss.make_value_estimator(ValueEstimators.GAE, gamma=self.experiment_config.gamma, lmbda=self.lmbda)
         loss.__dict__["value_norm"] = self.value_norms.get(group)
+        loss.reuse_graph = self.fast_paths
         self._stack_networks(group, loss)
         if self.actor_output_gain is not None:  # A.3, drawn per agent before the common start
             try:

@@ -597,15 +597,17 @@ class Dgat(Model):
             return adj
         return torch.eye(self.n_agents, dtype=torch.bool, device=adj.device)
 
-    #: ``(õ, graph)`` of the last forward with gradient (``dense_without_grad`` on and no head), so that a loss
-    #: reading that ``õ`` reuses its graph instead of building it again (:meth:`graph_of`); ``None`` otherwise.
+    #: Set by a caller (DG-MAPPO's loss, around its actor) that will need the graph of the next forward:
+    #: the forward then keeps ``(õ, graph)`` in :attr:`last_graph` (without a head only) for :meth:`graph_of`.
+    record_graph: bool = False
     last_graph: Optional[Tuple[Tensor, Tensor]] = None
 
     def graph_of(self, tilde: Tensor) -> Optional[Tensor]:
-        """The communication graph the last forward with gradient used to compute ``tilde`` (that very tensor).
+        """The communication graph the recorded forward used to compute ``tilde`` (that very tensor).
 
-        ``None`` when ``tilde`` is not the output of that forward (then build
-        it again with :meth:`communication_graph`). Clears the record.
+        ``None`` when nothing was recorded or ``tilde`` is not that forward's
+        output (then build it again with :meth:`communication_graph`). Clears
+        the record.
         """
         record, self.last_graph = self.last_graph, None
         if record is None or record[0] is not tilde:
@@ -616,7 +618,7 @@ class Dgat(Model):
         x = self.features(tensordict)
         adj = self.communication_graph(tensordict, x)
         out = torch.cat([x, self.embed(x, self.message_graph(adj))], dim=-1)  # õ_i = [x_i || ô_i], eq. 13
-        if self.head is None and self.dense_without_grad and torch.is_grad_enabled():
+        if self.record_graph and self.head is None:
             self.last_graph = (out, adj)
         if self.head is not None:
             out = self.head(out)
