@@ -950,9 +950,9 @@ class _DgMappoCallback(Callback):
         A network is an :class:`AgentStack` (its stacked gradients; for gathered
         copies the copies' ``.grad`` are rows of them, so the rescale reaches
         the optimizer) or a list of stacked leaves (their ``.grad``). With
-        ``algorithm.fast_paths`` the norms come from one concatenation per
-        network and nothing is rescaled when every agent is within ``max_norm``
-        (the scale would be 1).
+        ``algorithm.fast_paths`` an agent's norm is the norm of its per-leaf
+        norms (no concatenated copy of the gradients) and nothing is rescaled
+        when every agent is within ``max_norm`` (the scale would be 1).
         """
 
         def hook(optimizer, args, kwargs):
@@ -962,11 +962,12 @@ class _DgMappoCallback(Callback):
                 grads = [g for g in stacked if g is not None]
                 if not grads:
                     continue
-                if fast:
-                    sq = torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1).pow(2).sum(-1)
+                if fast:  # each leaf's per-agent norms, then their norm: no copy of the gradients
+                    norm = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads])
+                    norm = torch.linalg.vector_norm(norm, dim=0)
                 else:
-                    sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
-                scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+                    norm = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0).sqrt()
+                scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
                 if fast and not bool((scale < 1.0).any()):
                     continue
                 for g in grads:
