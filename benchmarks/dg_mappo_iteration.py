@@ -23,11 +23,13 @@ MLP and seed:
                          full graph;
 * ``dg_mappo (no fast paths)`` the same, with the speed-ups of the profiling
                          pass of issue 14 switched off
-                         (``DgMappo.fast_paths = False``: D-GAT without
+                         (``DgMappo.set_fast_paths(False)``: D-GAT without
                          gradient on its sparse layer instead of the dense
                          form, every agent's gradient rescaled even when no
-                         clip applies), for the before/after ratio of that
-                         pass in one run; left out with ``--no-before``;
+                         clip applies, and, from the second pass, Adam's
+                         per-parameter loop instead of its foreach form and
+                         the graph built again in the loss), for the before/after
+                         ratio of those passes in one run; left out with ``--no-before``;
 * ``dg_mappo (before)``  the first version's defaults, for the before/after
                          ratio in one run: ``K = n_agents`` hops on the same
                          graph, D-GAT-only mixing, and D-GAT recomputed over the whole batch and

@@ -148,3 +148,46 @@ def test_fast_paths_give_the_same_results(tmp_path):
         norms = torch.cat([g.reshape(4, -1) for g in grads[True]], 1).norm(dim=-1)
         assert bool((norms <= max_norm + 1e-4).all())
     exp.close()
+
+
+def test_fast_paths_give_the_same_optimizer_step(tmp_path):
+    """One optimizer step (loss, backward, per-agent clip, D-SGD of D-GAT, actor and critic) with the fast paths
+    on and off: the same parameters and losses. On, the loss reuses the graph of the D-GAT forward (built once
+    per minibatch, not twice) and Adam runs its foreach form."""
+    import copy
+
+    exp = make_experiment(tmp_path, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": 4})
+    algo, optimizer, comm = exp.algorithm, exp.optimizers[GROUP][LOSS_KEY], exp.algorithm.communication[GROUP]
+    assert algo.topology == "radius" and set(algo.consensus_params) == {"dgat", "actor", "critic"}
+    batch = next(iter(exp.collector)).exclude(*exp._get_excluded_keys(GROUP))
+    batch = algo.process_batch(GROUP, batch).reshape(-1)
+    leaves = [p for net in algo.network_leaves(GROUP).values() for p in net]
+    with torch.no_grad():  # agents' networks differ, so that mixing changes them
+        for p in leaves:
+            p.add_(0.05 * torch.randn_like(p))
+    start, opt_state = [p.detach().clone() for p in leaves], copy.deepcopy(optimizer.state_dict())
+    graphs = []
+    build = comm.communication_graph
+    comm.communication_graph = lambda *a, **k: graphs.append(1) or build(*a, **k)
+    results = {}
+    for fast in (False, True):
+        with torch.no_grad():
+            for p, s in zip(leaves, start):
+                p.copy_(s)
+        optimizer.load_state_dict(copy.deepcopy(opt_state))
+        algo.set_fast_paths(fast)
+        assert all(group["foreach"] is (True if fast else None) for group in optimizer.param_groups)
+        graphs.clear()
+        optimizer.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # TanhNormal's entropy is a sampled estimate: same draws in both
+        loss_vals = exp.losses[GROUP](batch)
+        algo.process_loss_vals(GROUP, loss_vals)[LOSS_KEY].backward()
+        optimizer.step()
+        results[fast] = ([p.detach().clone() for p in leaves], loss_vals.detach(), len(graphs))
+    assert (results[False][2], results[True][2]) == (2, 1)  # the graph: D-GAT's forward and the loss / once
+    assert not torch.allclose(results[True][0][0], start[0])  # the step did move the parameters
+    for a, b in zip(results[True][0], results[False][0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("loss_objective", "loss_critic", "loss_consensus", "loss_entropy"):
+        torch.testing.assert_close(results[True][1].get(key), results[False][1].get(key))
+    exp.close()

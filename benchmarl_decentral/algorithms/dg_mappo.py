@@ -439,6 +439,9 @@ class DgMappoLoss(ClipPPOLoss):
 
     # LossModule.convert_to_functional checks these names against the class annotations
     __annotations__ = {**ClipPPOLoss.__annotations__}
+    #: eq. 11 and the D-SGD matrix read the graph the actor's D-GAT forward built (``False``: build it again;
+    #: :meth:`DgMappo.set_fast_paths`)
+    reuse_graph: bool = True
 
     def __init__(
         self, *args, communication: Dgat, alpha_consensus: float, dgat_key, mixing_graph: str = "mean", **kwargs
@@ -478,10 +481,17 @@ class DgMappoLoss(ClipPPOLoss):
             norm.passthrough = False
 
     def _log_weight(self, tensordict: TensorDictBase, adv_shape: torch.Size):
-        result = super()._log_weight(tensordict, adv_shape)  # runs the actor: D-GAT writes õ
         comm = self.communication
-        h = tensordict.get(self.dgat_key)[..., comm.input_features :]  # ĥ = ô (eq. 13: õ = [o || ô])
-        adj = comm.communication_graph(tensordict)
+        comm.last_graph, comm.record_graph = None, self.reuse_graph
+        try:
+            result = super()._log_weight(tensordict, adv_shape)  # runs the actor: D-GAT writes õ
+        finally:
+            comm.record_graph = False
+        tilde = tensordict.get(self.dgat_key)
+        h = tilde[..., comm.input_features :]  # ĥ = ô (eq. 13: õ = [o || ô])
+        adj = comm.graph_of(tilde)  # the graph D-GAT just built for this õ
+        if adj is None:  # not recorded (reuse_graph off): build it again
+            adj = comm.communication_graph(tensordict)
         # eq. 11: agent i's term reads its neighbours' ĥ_j (messages; their gradients go back to j)
         per_agent = consensus_loss(comm.neighbour_rows(h, adj), adj, reduction="none")
         self._consensus = self.alpha_consensus * comm.local_mean(per_agent)
@@ -539,10 +549,12 @@ class DgMappo(Mappo):
     """
 
     reuse_dgat_outputs: bool = True
-    #: ``True`` (default): the speed-ups of issue 14's profile: D-GAT without gradient in its dense form
-    #: (:attr:`~benchmarl_decentral.models.dgat.Dgat.dense_without_grad`), and the per-agent clip rescales
-    #: gradients only when some agent's norm exceeds ``max_grad_norm``. Same results;
-    #: :meth:`set_fast_paths` switches both (``benchmarks/dg_mappo_iteration.py`` times both).
+    #: ``True`` (default): the speed-ups of issue 14's profiles: D-GAT without gradient in its dense form
+    #: (:attr:`~benchmarl_decentral.models.dgat.Dgat.dense_without_grad`), the per-agent clip rescales
+    #: gradients only when some agent's norm exceeds ``max_grad_norm``, the loss reuses the graph of the
+    #: actor's D-GAT forward (:attr:`DgMappoLoss.reuse_graph`) and Adam runs its ``foreach`` form
+    #: (:meth:`set_optimizer_foreach`). Same results (tested); :meth:`set_fast_paths` switches them all
+    #: (``benchmarks/dg_mappo_iteration.py`` times both).
     fast_paths: bool = True
 
     def __init__(
@@ -657,10 +669,28 @@ class DgMappo(Mappo):
         self.callback.experiment = self.experiment
 
     def set_fast_paths(self, on: bool) -> None:
-        """Switch the profile's speed-ups (:attr:`fast_paths`) on or off, in the D-GAT modules too."""
+        """Switch the profile's speed-ups (:attr:`fast_paths`) on or off, in the D-GAT modules and optimizers too."""
         self.fast_paths = on
         for comm in self.communication.values():
             comm.dense_without_grad = on
+        for loss, _ in self._losses_and_updaters.values():
+            loss.reuse_graph = on
+        for optimizers in getattr(self.experiment, "optimizers", {}).values():
+            if LOSS_KEY in optimizers:
+                self.set_optimizer_foreach(optimizers[LOSS_KEY])
+
+    def set_optimizer_foreach(self, optimizer: torch.optim.Optimizer) -> None:
+        """With :attr:`fast_paths`, the optimizer's multi-tensor (``foreach``) implementation, same update.
+
+        PyTorch picks the per-parameter loop on CPU by default (``foreach=None``);
+        its ``foreach`` form applies the same update to all of a group's
+        parameters in a few fused calls. Only for optimizers that take the
+        option (``torch.optim.Adam`` and most others); ``fast_paths=False``
+        restores PyTorch's default (``None``).
+        """
+        for param_group in optimizer.param_groups:
+            if "foreach" in param_group:
+                param_group["foreach"] = True if self.fast_paths else None
 
     def _check_connected(self, group: str) -> None:
         """Assumption 1: a static custom graph must be (strongly) connected, or consensus cannot hold."""
@@ -761,6 +791,7 @@ class DgMappo(Mappo):
         )
         loss.make_value_estimator(ValueEstimators.GAE, gamma=self.experiment_config.gamma, lmbda=self.lmbda)
         loss.__dict__["value_norm"] = self.value_norms.get(group)
+        loss.reuse_graph = self.fast_paths
         self._stack_networks(group, loss)
         if self.actor_output_gain is not None:  # A.3, drawn per agent before the common start
             gain = AUTO_OUTPUT_GAIN if self.actor_output_gain == "auto" else self.actor_output_gain
@@ -930,6 +961,7 @@ class _DgMappoCallback(Callback):
             for param_group in optimizer.param_groups:  # Table 2: lr 5e-4, eps 1e-5
                 param_group["lr"] = algo.lr
                 param_group["eps"] = algo.adam_eps
+            algo.set_optimizer_foreach(optimizer)
             leaves = algo.network_leaves(group)
             if algo.max_grad_norm is not None:
                 stacks = [algo.agent_stack(group, net) for net in CONSENSUS_NETWORKS]
@@ -946,9 +978,9 @@ class _DgMappoCallback(Callback):
         A network is an :class:`AgentStack` (its stacked gradients; for gathered
         copies the copies' ``.grad`` are rows of them, so the rescale reaches
         the optimizer) or a list of stacked leaves (their ``.grad``). With
-        ``algorithm.fast_paths`` the norms come from one concatenation per
-        network and nothing is rescaled when every agent is within ``max_norm``
-        (the scale would be 1).
+        ``algorithm.fast_paths`` an agent's norm is the norm of its per-leaf
+        norms (no concatenated copy of the gradients) and nothing is rescaled
+        when every agent is within ``max_norm`` (the scale would be 1).
         """
 
         def hook(optimizer, args, kwargs):
@@ -958,11 +990,12 @@ class _DgMappoCallback(Callback):
                 grads = [g for g in stacked if g is not None]
                 if not grads:
                     continue
-                if fast:
-                    sq = torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1).pow(2).sum(-1)
+                if fast:  # each leaf's per-agent norms, then their norm: no copy of the gradients
+                    norm = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads])
+                    norm = torch.linalg.vector_norm(norm, dim=0)
                 else:
-                    sq = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0)
-                scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+                    norm = torch.stack([g.pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]).sum(0).sqrt()
+                scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
                 if fast and not bool((scale < 1.0).any()):
                     continue
                 for g in grads:
@@ -988,10 +1021,9 @@ class _DgMappoCallback(Callback):
             if W is None:
                 raise RuntimeError("DG-MAPPO: optimizer step without a loss forward; no graph to mix over")
             self._mix_with(group, W)
-            # weight an agent keeps for itself: 1 = no mixing, 1/n = full averaging
-            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(
-                float(W.diagonal().mean())
-            )
+            # weight an agent keeps for itself: 1 = no mixing, 1/n = full averaging (a tensor: read once per
+            # iteration, in on_train_end)
+            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(W.diagonal().mean())
 
         return hook
 
@@ -1027,9 +1059,7 @@ class _DgMappoCallback(Callback):
         if self.mixing and algo.mix_every == "update" and self._mixed.get(group) and W is not None:
             for _ in range(algo.mixes_per_update):  # the public code's 3 mixings per update
                 self._mix_with(group, W)
-            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(
-                float(W.diagonal().mean())
-            )
+            self._metrics.setdefault(group, {}).setdefault("mixing_self_weights", []).append(W.diagonal().mean())
         metrics = self._metrics.setdefault(group, {})
         to_log = {
             f"dg_mappo/{group}/{name}": value
@@ -1038,7 +1068,7 @@ class _DgMappoCallback(Callback):
         }
         mixing = metrics.pop("mixing_self_weights", [])
         if mixing:
-            to_log[f"dg_mappo/{group}/mixing_self_weight"] = sum(mixing) / len(mixing)
+            to_log[f"dg_mappo/{group}/mixing_self_weight"] = float(torch.stack(mixing).mean())
         for name, leaves in algo.network_leaves(group).items():
             to_log[f"dg_mappo/{group}/{name}_consensus_distance"] = float(consensus_distance(leaves))
         to_log.update(self._comm_metrics(group))

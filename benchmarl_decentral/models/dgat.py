@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, MISSING
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -628,10 +628,29 @@ class Dgat(Model):
             return adj
         return torch.eye(self.n_agents, dtype=torch.bool, device=adj.device)
 
+    #: Set by a caller (DG-MAPPO's loss, around its actor) that will need the graph of the next forward:
+    #: the forward then keeps ``(õ, graph)`` in :attr:`last_graph` (without a head only) for :meth:`graph_of`.
+    record_graph: bool = False
+    last_graph: Optional[Tuple[Tensor, Tensor]] = None
+
+    def graph_of(self, tilde: Tensor) -> Optional[Tensor]:
+        """The communication graph the recorded forward used to compute ``tilde`` (that very tensor).
+
+        ``None`` when nothing was recorded or ``tilde`` is not that forward's
+        output (then build it again with :meth:`communication_graph`). Clears
+        the record.
+        """
+        record, self.last_graph = self.last_graph, None
+        if record is None or record[0] is not tilde:
+            return None
+        return record[1]
+
     def _forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         x = self.features(tensordict)
         adj = self.communication_graph(tensordict, x)
         out = torch.cat([x, self.embed(x, self.message_graph(adj))], dim=-1)  # õ_i = [x_i || ô_i], eq. 13
+        if self.record_graph and self.head is None:
+            self.last_graph = (out, adj)
         if self.head is not None:
             out = self.head(out)
             if not self.output_has_agent_dim:  # centralised with shared parameters: all rows equal
