@@ -80,14 +80,15 @@ class Recorder(Callback):
         })
 
 
-#: name -> (critic_epochs, critic_minibatch_size); None: the suite's experiment value (4 epochs x 250)
+#: name -> (critic_epochs, critic_minibatch_size); None: the suite's experiment value (4 epochs x 250),
+#: matrpo's schedule before the keys
 SCHEDULES = {
-    "suite (today)": (None, None),
+    "experiment's (before)": (None, None),
     "public code's epochs": (3, 64),
     "~100 steps": (6, 64),
     "~470 steps": (30, 64),
 }
-QUICK_SCHEDULES = {"suite (today)": (None, None), "3 x 64": (3, 64)}
+QUICK_SCHEDULES = {"experiment's (before)": (None, None), "3 x 64": (3, 64)}
 
 
 def suite_settings():
@@ -181,14 +182,14 @@ def _ms(values) -> str:
 
 def table(schedules: dict) -> str:
     lines = [
-        "| schedule | epochs x minibatch | critic steps / iteration | held-out EV (agent 0) | held-out MSE (agent 0) "
+        "| schedule | epochs x minibatch | critic steps / iteration | seeds | held-out EV (agent 0) | held-out MSE (agent 0) "
         "| MSE unrewarded agents | mean return (last iterations) | training CPU s / iteration | critic CPU s / iteration |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in schedules.items():
         s = entry["summaries"]
         lines.append(
-            f"| {name} | {entry['epochs']} x {entry['minibatch']} | {entry['steps']} "
+            f"| {name} | {entry['epochs']} x {entry['minibatch']} | {entry['steps']} | {len(s)} "
             f"| {_ms([x['ev_agent0'] for x in s])} | {_ms([x['mse_agent0'] for x in s])} "
             f"| {_ms([x['mse_unrewarded'] for x in s])} | {_ms([x['return'] for x in s])} "
             f"| {_ms([x['train_cpu_s'] for x in s])} | {_ms([x['critic_cpu_s'] for x in s])} |"

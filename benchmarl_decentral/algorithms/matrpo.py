@@ -528,7 +528,8 @@ class Matrpo(Algorithm):
         critic_minibatch_size: frames per critic Adam step (``None``:
             ``experiment.on_policy_minibatch_size``). A batch of ``B`` frames gives
             ``critic_epochs * ceil(B / critic_minibatch_size)`` critic steps per policy
-            iteration; each agent's value net regresses on its own GAE target (eq. 19).
+            iteration (a minibatch larger than the batch is the whole batch, as in BenchMARL);
+            each agent's value net regresses on its own GAE target (eq. 19).
     """
 
     def __init__(
@@ -680,15 +681,6 @@ class Matrpo(Algorithm):
         self.link_stats: Dict[str, Dict[str, float]] = {}  # topology=visibility: links, components
         self._comm: Dict[str, tuple] = {}  # per group, this iteration: (ADMM bytes sent, agents)
 
-        frames = self.experiment_config.collected_frames_per_batch(True)
-        if critic_minibatch_size is not None and critic_minibatch_size > frames:
-            raise config_error(
-                self.experiment,
-                f"matrpo: critic_minibatch_size={critic_minibatch_size} is larger than the batch each policy "
-                f"iteration collects (experiment.on_policy_collected_frames_per_batch={frames}), so every critic "
-                f"step would see the whole batch. Set algorithm.critic_minibatch_size <= {frames} (e.g. 64, the "
-                "public code's), or null for experiment.on_policy_minibatch_size.",
-            )
         changes: Dict[str, Any] = {}
         if self.experiment_config.clip_grad_val is not None:
             # BenchMARL clips the norm over all agents' critics at once (a
