@@ -35,3 +35,22 @@ def test_matrpo_admm_sweep_quick_mode(tmp_path):
             for c in run["checkpoints"]:
                 assert c["kl_bound_holds"] and c["kl_over_bound"] <= 1 + 1e-4  # the line search's bound
                 assert c["primal_max"] >= 0 and c["dual_max"] >= 0 and c["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_matrpo_critic_quick_mode(tmp_path):
+    result = run_quick_benchmark("matrpo_critic.py", tmp_path)
+    assert "| held-out EV (agent 0) |" in result.stdout  # the markdown table was printed
+    out = json.loads((REPO / "benchmarks" / "out" / "matrpo_critic_quick.json").read_text())
+    assert out["task"] == "coordsum_private/3x5-12"  # the results suite's matrpo_indep task and settings
+    assert out["overrides"]["experiment.on_policy_minibatch_size"] == "250"
+    schedules = out["schedules"]
+    # today's (the suite's 4 epochs of 250 frames, scaled to the 200-frame batch: 4 x 50) and 3 x 64
+    assert [(s["epochs"], s["minibatch"], s["steps"]) for s in schedules.values()] == [(4, 50, 16), (3, 64, 12)]
+    for entry in schedules.values():
+        (run,) = entry["runs"]
+        assert len(run["iterations"]) == 3
+        for it in run["iterations"]:
+            assert it["critic_steps"] == entry["steps"]  # counted optimizer steps = the schedule's
+            assert it["mse_agent0"] >= 0 and it["mse_unrewarded"] >= 0 and it["critic_cpu_s"] > 0
+            assert it["ev_agent0"] <= 1 or it["ev_agent0"] != it["ev_agent0"]  # at most 1, or nan (no reward)

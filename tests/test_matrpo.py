@@ -12,6 +12,7 @@ import dataclasses
 
 import pytest
 import torch
+from benchmarl.experiment.callback import Callback
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MultiAgentMLP
 
@@ -26,6 +27,7 @@ from benchmarl_decentral.algorithms.matrpo import (
     own_component,
     scale_advantages,
     stacked_network,
+    value_fit,
 )
 from benchmarl_decentral.objectives import (
     flat_params,
@@ -35,7 +37,7 @@ from benchmarl_decentral.objectives import (
     trpo_step,
 )
 from benchmarl_decentral.environments.smax import jaxmarl_available
-from conftest import make_experiment, run_cli, TINY
+from conftest import make_experiment, run_cli, tiny_experiment_config, TINY
 
 GROUP = "agents"
 needs_jaxmarl = pytest.mark.skipif(not jaxmarl_available(),
@@ -84,6 +86,10 @@ def _snapshot(alg):
         ("admm_tol", -0.1, "admm_tol must be >= 0"),
         ("admm_metric", "fisher", "unknown admm_metric"),
         ("advantage_norm", "global", "unknown advantage_norm"),
+        ("critic_epochs", 0, r"critic_epochs must be a positive integer or null \(null: experiment.on_policy_n_mini"),
+        ("critic_epochs", 2.5, r"critic_epochs must be .* got 2.5; e.g. algorithm.critic_epochs=3"),
+        ("critic_epochs", True, "critic_epochs must be a positive integer"),
+        ("critic_minibatch_size", -64, r"critic_minibatch_size must be .*experiment.on_policy_minibatch_size"),
     ],
 )
 def test_bad_config_is_refused(field, value, match):
@@ -100,6 +106,8 @@ def test_defaults_are_table_iii():
     # learning not measured yet
     assert (c.admm_metric, c.exact_kkt, c.beta, c.admm_mode, c.admm_iterations, c.admm_tol, c.cg_iters) == (
         "kl", False, 1.0, "random", 100, 0.0, 10)
+    # the critic: the public code's 3 epochs of 64 (benchmarks/README.md section 11)
+    assert (c.critic_epochs, c.critic_minibatch_size) == (3, 64)
 
 
 def test_paper_preset_is_table_iii_admm_and_otherwise_the_defaults():
@@ -107,7 +115,9 @@ def test_paper_preset_is_table_iii_admm_and_otherwise_the_defaults():
     from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 
     table_iii = {"beta": 1.0, "admm_iterations": 100, "admm_mode": "random", "admm_tol": 0.0,
-                 "exact_kkt": False, "admm_metric": "kl", "cg_iters": 10}
+                 "exact_kkt": False, "admm_metric": "kl", "cg_iters": 10,
+                 # the public TF2 code's value-function training (the paper states none)
+                 "critic_epochs": 3, "critic_minibatch_size": 64, "critic_lr": 3e-4, "critic_max_grad_norm": None}
     assert load_algorithm_yaml("matrpo_paper") == {**load_algorithm_yaml("matrpo"), **table_iii}
     config = MatrpoPaperConfig.get_from_yaml()
     assert {k: getattr(config, k) for k in table_iii} == table_iii
@@ -247,6 +257,86 @@ def test_critic_learning_rate_and_per_agent_gradient_clip(tmp_path):
     no_clip = _exp(tmp_path, algo={"critic_max_grad_norm": None})
     assert no_clip.config.clip_grad_val is None  # never BenchMARL's all-agent clip
     no_clip.close()
+
+
+# ------------------------------------------------------------------ critic schedule
+
+
+class _Minibatches(Callback):
+    """The size of every minibatch BenchMARL's loop trains on (a module-level class: callbacks are pickled)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def on_train_step(self, batch, group):
+        self.sizes.append(batch.numel())
+
+
+@pytest.mark.parametrize("schedule, epochs, minibatch", [
+    # null: experiment.on_policy_n_minibatch_iters x on_policy_minibatch_size (the behaviour before the keys)
+    ({"critic_epochs": None, "critic_minibatch_size": None}, 2, 30),
+    ({"critic_epochs": 3, "critic_minibatch_size": 25}, 3, 25),  # 60 frames: 3 x ceil(60 / 25) = 9 steps
+    ({}, 3, 64),  # the defaults (the public code's 3 x 64): larger than the 60-frame batch, so the whole batch
+])
+def test_critic_optimizer_steps_per_iteration_follow_the_schedule(tmp_path, schedule, epochs, minibatch):
+    from benchmarl.algorithms import algorithm_config_registry
+    from benchmarl.environments import task_config_registry
+    from benchmarl.experiment import Experiment
+    from benchmarl.models import MlpConfig
+
+    config = tiny_experiment_config(tmp_path, on_policy_n_minibatch_iters=2)  # 60 frames, minibatch 30
+    algo = dataclasses.replace(algorithm_config_registry["matrpo"].get_from_yaml(), **SMALL, **schedule)
+    model = MlpConfig(num_cells=[16], layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
+    task = task_config_registry["vmas/navigation"].get_from_yaml()
+    task.config.update({"n_agents": 3})
+    recorder = _Minibatches()
+    exp = Experiment(task=task, algorithm_config=algo, model_config=model, critic_model_config=model, seed=0,
+                     config=config, callbacks=[recorder])
+    assert (config.on_policy_n_minibatch_iters, config.on_policy_minibatch_size) == (2, 30)  # the caller's: untouched
+    steps = []  # (iteration, group of the optimizer) per Adam step of a critic
+    for group, optimizers in exp.optimizers.items():
+        optimizers["loss_critic"].register_step_post_hook(
+            lambda opt, args, kwargs, group=group: steps.append((exp.n_iters_performed, group)))
+    policy = []
+    update = exp.algorithm.policy_update
+    exp.algorithm.policy_update = lambda group, batch: (policy.append(group), update(group, batch))[1]
+    exp.run()
+    per_iteration = epochs * -(-60 // minibatch)
+    assert steps == [(it, GROUP) for it in range(2) for _ in range(per_iteration)]
+    # every epoch is one pass over the batch in minibatches of critic_minibatch_size frames (the last one smaller)
+    assert len(recorder.sizes) == 2 * per_iteration and max(recorder.sizes) == min(minibatch, 60)
+    assert sum(recorder.sizes) == 2 * epochs * 60
+    assert policy == [GROUP, GROUP]  # the policy update: once per batch whatever the critic's schedule
+
+
+def test_value_fit_is_each_agents_explained_variance_and_mse():
+    torch.manual_seed(0)
+    targets = torch.randn(3, 500)
+    targets[2] = 0.0  # an agent that is never rewarded: constant targets
+    values = torch.stack([targets[0], torch.full((500,), float(targets[1].mean())), torch.full((500,), 0.5)])
+    ev, mse = value_fit(values, targets)
+    torch.testing.assert_close(ev[:2], torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)  # perfect; a constant
+    assert torch.isnan(ev[2])  # undefined, not a number that looks like a fit
+    torch.testing.assert_close(mse, torch.stack([torch.tensor(0.0), targets[1].var(correction=0), torch.tensor(0.25)]))
+    noisy = values.clone()
+    noisy[1] = targets[1] + 0.5 * torch.randn(500)  # agent 1's fit changes, the others' do not
+    ev2, mse2 = value_fit(noisy, targets)
+    assert 0 < ev2[1] < 1 and ev2[0] == ev[0] and mse2[2] == mse[2]
+
+
+def test_critic_fit_is_measured_on_the_fresh_batch_before_the_critic_trains(tmp_path):
+    exp = _exp(tmp_path)
+    alg = exp.algorithm
+    batch = _group_batch(exp)
+    with torch.no_grad():  # the critic as it is before BenchMARL's loop trains it on this batch
+        values = alg._critics[GROUP](batch.clone()).get((GROUP, "state_value")).reshape(-1, 3).T
+    batch = alg.process_batch(GROUP, batch)
+    targets = batch.get((GROUP, "value_target")).reshape(-1, 3).T
+    stats = alg.critic_stats[GROUP]
+    torch.testing.assert_close(stats["mse"], (targets - values).pow(2).mean(-1))
+    torch.testing.assert_close(stats["explained_variance"], value_fit(values, targets)[0])
+    exp.close()
 
 
 # ------------------------------------------------------- operators vs objectives layer
@@ -527,7 +617,8 @@ def test_training_run_logs_per_agent_metrics(tmp_path):
     exp.run()
     assert updates == [GROUP, GROUP]  # once per collected batch (2 iterations), not per minibatch
     for agent in exp.group_map[GROUP]:
-        for name in ("kl", "primal_residual", "dual_residual", "admm_updates", "step_fraction"):
+        for name in ("kl", "primal_residual", "dual_residual", "admm_updates", "step_fraction",
+                     "critic_mse", "critic_explained_variance"):
             assert f"matrpo/{GROUP}/{agent}/{name}" in seen
     assert seen[f"matrpo/{GROUP}/admm_iterations"] == 4
     after = _snapshot(exp.algorithm)

@@ -48,7 +48,9 @@ How it sits in BenchMARL (1.5.2) without a fork:
   policy update (all ADMM iterations) on the full batch. The policy is never
   touched by an optimizer: the only loss key is ``loss_critic``, so
   BenchMARL's minibatch loop (``on_policy_n_minibatch_iters`` x minibatches,
-  Adam) trains the value networks as usual.
+  Adam) trains the value networks as usual. That loop drives nothing else for
+  MATRPO, so ``critic_epochs`` / ``critic_minibatch_size`` set its two counts
+  on the run's (copied) experiment config: the critic's own schedule.
 * **Networks.** The policy is any BenchMARL model built with
   ``share_params=False`` and ``n * F`` outputs per agent. Its per-agent
   parameters are stacked leaves (``layers/mlp``, ``cnn``, ``gru``, ``lstm``)
@@ -166,6 +168,7 @@ __all__ = [
     "normalise_per_agent",
     "own_component",
     "scale_advantages",
+    "value_fit",
 ]
 
 ACTIVATIONS: Dict[str, Type[nn.Module]] = {
@@ -256,6 +259,21 @@ def scale_advantages(advantages: Tensor, mode: str, eps: float = 1e-8) -> Tensor
     if mode == "none":
         return advantages
     raise ValueError(f"advantage_norm must be one of {list(ADVANTAGE_NORMS)}, got {mode!r}")
+
+
+def value_fit(values: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+    """How well each agent's critic predicts its own targets: ``(explained variance, MSE)``, each ``(n,)``.
+
+    ``values`` and ``targets`` are ``(n, M)`` (agent ``i``'s row: ``V^i(o^i_m)`` and its GAE target
+    of eq. 19). Explained variance ``1 - Var(target - V) / Var(target)`` (Baselines' ``ev_tdlam_before``
+    when measured on a batch the critic has not trained on): 1 is a perfect fit, 0 no better than a
+    constant, negative worse; ``nan`` where the agent's targets are constant (e.g. it is never rewarded).
+    Each agent's own statistics only.
+    """
+    var = targets.var(-1, correction=0)
+    ev = 1 - (targets - values).var(-1, correction=0) / var
+    ev = torch.where(var > 0, ev, torch.full_like(ev, float("nan")))
+    return ev, (targets - values).pow(2).mean(-1)
 
 
 # =========================================================================== BenchMARL glue
@@ -505,6 +523,13 @@ class Matrpo(Algorithm):
         critic_max_grad_norm: clip of each agent's own critic gradient norm
             (``None``: no clip); BenchMARL's ``experiment.clip_grad_val`` (a clip
             of the norm over all agents at once) is always turned off.
+        critic_epochs: passes of the critic over each collected batch (``None``:
+            ``experiment.on_policy_n_minibatch_iters``).
+        critic_minibatch_size: frames per critic Adam step (``None``:
+            ``experiment.on_policy_minibatch_size``). A batch of ``B`` frames gives
+            ``critic_epochs * ceil(B / critic_minibatch_size)`` critic steps per policy
+            iteration (a minibatch larger than the batch is the whole batch, as in BenchMARL);
+            each agent's value net regresses on its own GAE target (eq. 19).
     """
 
     def __init__(
@@ -540,6 +565,8 @@ class Matrpo(Algorithm):
         evaluation_dropout: Optional[List[int]] = None,
         group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
         admm_metric: str = "kl",  # "kl": configs pickled before the key
+        critic_epochs: Optional[int] = None,  # None: experiment.on_policy_n_minibatch_iters (and old pickles)
+        critic_minibatch_size: Optional[int] = None,  # None: experiment.on_policy_minibatch_size
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -572,6 +599,8 @@ class Matrpo(Algorithm):
         self.critic_coef = critic_coef
         self.critic_lr = critic_lr
         self.critic_max_grad_norm = critic_max_grad_norm
+        self.critic_epochs = critic_epochs
+        self.critic_minibatch_size = critic_minibatch_size
 
         # ---- everything that depends on the task, checked before training
         task = self.experiment.task.name.lower()
@@ -645,18 +674,32 @@ class Matrpo(Algorithm):
         self._critics: Dict[str, nn.Module] = {}
         self._gae: Dict[str, GAE] = {}
         self.last_stats: Dict[str, MatrpoStats] = {}
+        #: per group, the last batch's critic fit before the critic trained on it (held out, :func:`value_fit`)
+        self.critic_stats: Dict[str, Dict[str, Tensor]] = {}
         #: run chains of plain MLPs through the general path too (tests, benchmarks; same numbers)
         self.force_general_path = False
         self.link_stats: Dict[str, Dict[str, float]] = {}  # topology=visibility: links, components
         self._comm: Dict[str, tuple] = {}  # per group, this iteration: (ADMM bytes sent, agents)
 
+        changes: Dict[str, Any] = {}
         if self.experiment_config.clip_grad_val is not None:
             # BenchMARL clips the norm over all agents' critics at once (a
             # cross-agent statistic); MATRPO clips each agent's own gradient
             # (critic_max_grad_norm) or not at all.
-            # Work on a copy: the caller's ExperimentConfig may serve other runs.
+            changes["clip_grad_val"] = None
+        # BenchMARL's on-policy loop (on_policy_n_minibatch_iters x ceil(frames / on_policy_minibatch_size)
+        # steps of every loss with an optimizer) trains only loss_critic here: its counts are the critic's
+        if critic_epochs is not None:
+            changes["on_policy_n_minibatch_iters"] = critic_epochs
+        if critic_minibatch_size is not None:
+            changes["on_policy_minibatch_size"] = critic_minibatch_size
+        changes = {k: v for k, v in changes.items() if getattr(self.experiment_config, k) != v}
+        if changes:
+            # Work on a copy: the caller's ExperimentConfig may serve other runs. The replay
+            # buffer (its minibatch size) is built after the algorithm, from this copy.
             self.experiment.config = copy.copy(self.experiment.config)
-            self.experiment.config.clip_grad_val = None
+            for key, value in changes.items():
+                setattr(self.experiment.config, key, value)
             self.experiment_config = self.experiment.config
 
         self.callback = _MatrpoCallback(self)
@@ -818,8 +861,23 @@ class Matrpo(Algorithm):
         """
         batch = self._complete_group_keys(group, batch)
         batch = self.compute_advantages(group, batch)
+        self._log_critic(group)
         self.policy_update(group, batch)
         return batch
+
+    def _log_critic(self, group: str) -> None:
+        """``matrpo/<group>/<agent>/critic_{explained_variance, mse}``: the critic on the fresh batch, held out.
+
+        The explained variance is left out for an agent whose targets are constant (undefined)."""
+        logger = getattr(self.experiment, "logger", None)
+        if logger is None:
+            return
+        to_log = {}
+        for i, agent in enumerate(self.group_map[group]):
+            for name, v in self.critic_stats[group].items():
+                if torch.isfinite(v[i]):
+                    to_log[f"matrpo/{group}/{agent}/critic_{name}"] = float(v[i])
+        logger.log(to_log, step=self.experiment.n_iters_performed)
 
     def _complete_group_keys(self, group: str, batch: TensorDictBase) -> TensorDictBase:
         """Per-agent reward/done/terminated, broadcast from the shared ones where the task has no per-agent key."""
@@ -836,14 +894,19 @@ class Matrpo(Algorithm):
 
         Writes ``(group, "advantage")`` (raw, the critic's target is
         ``(group, "value_target")``) and ``(group, "matrpo_advantage")`` (what
-        the policy update uses: scaled per agent as ``advantage_norm`` says).
+        the policy update uses: scaled per agent as ``advantage_norm`` says),
+        and keeps the critic's held-out fit in ``critic_stats[group]`` (:func:`value_fit`).
         TorchRL's GAE bootstraps with ``V(o_{t+1})`` unless ``terminated_t``
         and cuts the trace at ``done_t`` (flags of the transition's *next* state).
         """
         self._gae[group](batch)
         adv = batch.get((group, "advantage"))  # (..., n, 1)
+        n = adv.shape[-2]
+        # the values come from the critic before it trains on this batch: a held-out fit
+        ev, mse = value_fit(batch.get((group, "state_value")).reshape(-1, n).T.float(),
+                            batch.get((group, "value_target")).reshape(-1, n).T.float())
+        self.critic_stats[group] = {"explained_variance": ev, "mse": mse}
         if self.advantage_norm != "none":
-            n = adv.shape[-2]
             flat = adv.reshape(-1, n).T  # (n, M): each agent its own statistics
             flat = scale_advantages(flat, self.advantage_norm)
             adv = flat.T.reshape(adv.shape)
@@ -1180,6 +1243,9 @@ class MatrpoConfig(AlgorithmConfig):
     group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
     # trust-region metric of the ADMM primal step (a default: configs pickled before the key still load)
     admm_metric: str = "kl"
+    # the critic's schedule per policy iteration (defaults: configs pickled before the keys still load)
+    critic_epochs: Optional[int] = None
+    critic_minibatch_size: Optional[int] = None
 
     def __post_init__(self):
         self.validate()
@@ -1273,6 +1339,14 @@ class MatrpoConfig(AlgorithmConfig):
             value = getattr(self, name)
             if num(value) and not value > 0:
                 raise ValueError(f"matrpo: {name} must be > 0 or null, got {value}.")
+        for name, inherits, example in (("critic_epochs", "on_policy_n_minibatch_iters", 3),
+                                        ("critic_minibatch_size", "on_policy_minibatch_size", 64)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"matrpo: {name} must be a positive integer or null (null: experiment.{inherits}), got "
+                    f"{value!r}; e.g. algorithm.{name}={example}."
+                )
         if isinstance(self.topology, str):
             check_topology_options(
                 owner="matrpo", prefix="algorithm", topology=self.topology, values=vars(self),
@@ -1307,7 +1381,8 @@ class MatrpoConfig(AlgorithmConfig):
 
 # ------------------------------------------------------------------ the paper preset
 class MatrpoPaper(Matrpo):
-    """:class:`Matrpo` with Table III's ADMM settings (``conf/algorithm/matrpo_paper.yaml``).
+    """:class:`Matrpo` with Table III's ADMM settings and the public code's critic training
+    (``conf/algorithm/matrpo_paper.yaml``).
 
     The same algorithm; a subclass only so that BenchMARL, which names runs after
     ``associated_class().__name__.lower()``, names these ``matrpo_paper`` and a sweep
@@ -1321,7 +1396,8 @@ MatrpoPaper.__name__ = "Matrpo_paper"  # run name "matrpo_paper", the hydra name
 @dataclass
 class MatrpoPaperConfig(MatrpoConfig):
     """``algorithm=matrpo_paper``: paper 001 Table III's ADMM (beta 1.0, 100 iterations, one random
-    link per iteration, Algorithm 1); every other key as ``conf/algorithm/matrpo.yaml``."""
+    link per iteration, Algorithm 1) and the public code's critic training (3 epochs of minibatches
+    of 64, Adam lr 3e-4, no clip); every other key as ``conf/algorithm/matrpo.yaml``."""
 
     _yaml_name = "matrpo_paper"
 
