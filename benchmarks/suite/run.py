@@ -232,6 +232,9 @@ _PARTS: Tuple[Part, ...] = (
          experiment_overrides=("experiment.on_policy_collected_frames_per_batch=1000",
                                "experiment.on_policy_n_envs_per_worker=10",
                                "experiment.on_policy_minibatch_size=250"),
+         rerun="the committed runs trained matrpo's critic on the experiment's schedule (4 epochs of 250 frames: "
+               "16 steps per iteration); matrpo's default is now 3 epochs of 64 frames (critic_epochs, "
+               "critic_minibatch_size)",
          claim_checks=(("matrpo", "better", "ippo"), ("matrpo", "level", "mappo"))),
     Part("magpo",
          "MAGPO (paper 003): a centralized autoregressive guider lets decentralized learners coordinate "
@@ -300,7 +303,7 @@ _PARTS: Tuple[Part, ...] = (
 def _independent_baselines(part: Part) -> Part:
     """The same part with the baselines' policies per agent (``experiment.share_policy_params=false``)."""
     return dataclasses.replace(
-        part, name=part.name + "_indep", rerun="",
+        part, name=part.name + "_indep",
         claim=part.claim.split("; here on private CoordSum")[0] + "; here on private CoordSum, where independent "
         "learners are capped at a hit rate of about 0.2 (the unrewarded agents stay random) and a coordinated team "
         "reaches 1.0; the baselines' policies are per agent (experiment.share_policy_params=false, critics as "
