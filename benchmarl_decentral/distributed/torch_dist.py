@@ -37,6 +37,23 @@ def _p2p(ops: list) -> None:
             request.wait()
 
 
+def _swap_rows(rows: Tensor, pairs: list) -> list:
+    """Point to point with each ``(rank, outgoing, incoming)``: send ``rows[outgoing]``, receive ``len(incoming)`` rows.
+
+    Returns ``[(incoming, received rows)]`` for the pairs that receive anything.
+    """
+    ops, received = [], []
+    for r, outgoing, incoming in pairs:
+        if outgoing.numel():
+            ops.append(dist.P2POp(dist.isend, rows[outgoing].contiguous(), r))
+        if incoming.numel():
+            buf = torch.empty(incoming.numel(), rows.shape[-1], dtype=rows.dtype)
+            ops.append(dist.P2POp(dist.irecv, buf, r))
+            received.append((incoming, buf))
+    _p2p(ops)
+    return received
+
+
 class _RowExchange(torch.autograd.Function):
     """Forward: send the rows other ranks read, receive the rows read here. Backward: the same, reversed.
 
@@ -51,16 +68,7 @@ class _RowExchange(torch.autograd.Function):
         flat = h.detach().reshape(-1, F)
         out = torch.zeros_like(flat)  # rows read by no agent held here: 0, nothing computed elsewhere leaks in
         out[local] = flat[local]
-        ops, received = [], []
-        for r, send, recv in plan:
-            if send.numel():
-                ops.append(dist.P2POp(dist.isend, flat[send].contiguous(), r))
-            if recv.numel():
-                buf = torch.empty(recv.numel(), F, dtype=flat.dtype)
-                ops.append(dist.P2POp(dist.irecv, buf, r))
-                received.append((recv, buf))
-        _p2p(ops)
-        for recv, buf in received:
+        for recv, buf in _swap_rows(flat, plan):
             out[recv] = buf.to(out.device)
         ctx.plan, ctx.local, ctx.on_backward, ctx.shape = plan, local, on_backward, h.shape
         return out.reshape(h.shape)
@@ -71,16 +79,8 @@ class _RowExchange(torch.autograd.Function):
         g = grad.reshape(-1, F).cpu()
         out = torch.zeros_like(g)
         out[ctx.local] = g[ctx.local]  # rows held elsewhere: their gradient is their owner's (sent below)
-        ops, received = [], []
-        for r, send, recv in ctx.plan:
-            if recv.numel():  # dL/dh_j of the rows read here, back to j's rank
-                ops.append(dist.P2POp(dist.isend, g[recv].contiguous(), r))
-            if send.numel():
-                buf = torch.empty(send.numel(), F, dtype=g.dtype)
-                ops.append(dist.P2POp(dist.irecv, buf, r))
-                received.append((send, buf))
-        _p2p(ops)
-        for send, buf in received:
+        # dL/dh_j of the rows read here go back to j's rank; the gradients of the rows sent come back
+        for send, buf in _swap_rows(g, [(r, recv, send) for r, send, recv in ctx.plan]):
             out.index_add_(0, send, buf)
         if ctx.on_backward is not None:
             ctx.on_backward()
