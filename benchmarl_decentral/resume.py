@@ -496,6 +496,8 @@ def _state(experiment) -> Dict[str, Any]:
         "carrier": None,
         "traj_id": None,
         "test_env": env_state(experiment.test_env),
+        # an algorithm's own counters between iterations (dg_mappo: D-GAT messages not logged yet)
+        "algorithm": experiment.algorithm.resume_state() if hasattr(experiment.algorithm, "resume_state") else None,
     }
     env = _collector_env(experiment)
     if env is not None:
@@ -511,6 +513,8 @@ def _state(experiment) -> Dict[str, Any]:
 
 
 def _load(experiment, state: Dict[str, Any]) -> None:
+    if state.get("algorithm") is not None and hasattr(experiment.algorithm, "load_resume_state"):
+        experiment.algorithm.load_resume_state(state["algorithm"])
     env = _collector_env(experiment)
     if env is not None and state.get("train_env") is not None:
         collector = experiment.collector

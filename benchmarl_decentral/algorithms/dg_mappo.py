@@ -853,6 +853,21 @@ class DgMappo(Mappo):
         self.get_loss_and_updater(group)  # builds the loss (and the stacks) once
         return self._stacks[(group, net)]
 
+    def resume_state(self) -> Dict[str, Any]:
+        """What an exact resume needs beyond BenchMARL's state (:mod:`benchmarl_decentral.resume`).
+
+        The D-GAT messages counted since the last collected batch, e.g. those
+        of the evaluation that ran just before the checkpoint: they are logged
+        with the next iteration's ``comm/exec_*`` bytes.
+        """
+        return {"exec_comm": {group: dict(vars(comm.comm)) for group, comm in self.communication.items()}}
+
+    def load_resume_state(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`resume_state`."""
+        for group, counter in state.get("exec_comm", {}).items():
+            if group in self.communication:
+                vars(self.communication[group].comm).update(counter)
+
     def network_leaves(self, group: str) -> Dict[str, List[torch.Tensor]]:
         """The group's per-agent parameters by network, ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi).
 
