@@ -22,16 +22,17 @@ process group's timeout then ends the run).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
-
-from collections.abc import Callable
 
 from benchmarl_decentral.distributed.transport import MixRecord, Transport, _senders, link_end_bytes, sends
 
 
 def _p2p(ops: list) -> None:
+    """Run the point-to-point ``ops`` in one ``batch_isend_irecv`` and wait for all of them."""
     if ops:
         for request in dist.batch_isend_irecv(ops):
             request.wait()
@@ -161,9 +162,7 @@ class TorchDistributedTransport(Transport):
             ops.append(dist.P2POp(dist.irecv, incoming, r))
             received.append((ids, 1 - side, incoming))
             network.index_add_(0, links[ids, side], torch.full((ids.numel(),), value_bytes, dtype=torch.int64))
-        if ops:
-            for request in dist.batch_isend_irecv(ops):
-                request.wait()
+        _p2p(ops)
         for ids, other, incoming in received:
             out[ids, other] = incoming.to(out.device)
         touching = (ends == self.rank).any(1)
@@ -208,12 +207,11 @@ class TorchDistributedTransport(Transport):
             back_network = torch.zeros(n, dtype=torch.int64)
             reader_of = S.transpose(1, 2) & mine.view(1, 1, n)  # [b, j, i]: i (held here) reads j
             for r, send, recv in plan:
-                sent_row = F * h.element_size()  # what each stacked row of the message weighs
-                network.index_add_(0, send % n, torch.full((send.numel(),), sent_row, dtype=torch.int64))
-                link.index_add_(0, send % n, readers[..., r].flatten()[send] * sent_row)
+                network.index_add_(0, send % n, torch.full((send.numel(),), row, dtype=torch.int64))
+                link.index_add_(0, send % n, readers[..., r].flatten()[send] * row)
                 if recv.numel():  # the gradient of each received row goes back, counted for its first reader here
                     first = reader_of[recv // n, recv % n].to(torch.int8).argmax(1)
-                    back_network.index_add_(0, first, torch.full((recv.numel(),), sent_row, dtype=torch.int64))
+                    back_network.index_add_(0, first, torch.full((recv.numel(),), row, dtype=torch.int64))
             sink(MixRecord(agents=held, link_bytes=link[held], network_bytes=network[held]))
             back_link = S[:, held].sum((0, 2)).to(torch.int64) * row
 
@@ -264,9 +262,7 @@ class TorchDistributedTransport(Transport):
                 buf = torch.empty(srcs.numel(), flat.shape[1], dtype=flat.dtype)
                 ops.append(dist.P2POp(dist.irecv, buf, r))
                 received.append((srcs, buf))
-        if ops:
-            for request in dist.batch_isend_irecv(ops):
-                request.wait()
+        _p2p(ops)
 
         theta = torch.zeros(n, flat.shape[1], dtype=flat.dtype)
         theta[local] = flat

@@ -38,7 +38,7 @@ from torchrl.modules import MultiAgentMLP
 from benchmarl_decentral._paths import CONF_DIR
 from benchmarl_decentral.consensus.topology import build_topology, check_topology_options, majority_graph, radius
 from benchmarl_decentral.consensus.visibility import visibility_graph_builder
-from benchmarl_decentral.distributed.transport import CommCounter, current_transport
+from benchmarl_decentral.distributed.transport import _is_batched, CommCounter, current_transport
 from benchmarl_decentral.nn.dgat_conv import _ACTIVATIONS, DGAT, DGATConv, VALUE_MODES
 
 __all__ = [
@@ -258,10 +258,6 @@ GRAPH_BUILDERS: Dict[str, GraphBuilder] = {
 # ------------------------------------------------------------ dense fallback
 #: Largest group for which :class:`Dgat` runs the dense form (:func:`dense_dgat_conv`) without gradient.
 DENSE_MAX_AGENTS = 16
-
-def _is_batched(t: Tensor) -> bool:
-    """Whether ``t`` is a functorch BatchedTensor, i.e. we are inside ``torch.vmap`` over it."""
-    return bool(torch._C._functorch.is_batchedtensor(t))
 
 
 def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
