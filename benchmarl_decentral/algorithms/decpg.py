@@ -90,7 +90,7 @@ from benchmarl_decentral.consensus.groups import (
 from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
-from benchmarl_decentral.distributed.transport import current_transport
+from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics, current_transport
 from benchmarl_decentral.environments.perturbation import PerturbedPolicy
 
 OPTIMIZERS = ("sgd", "adam")
@@ -427,7 +427,7 @@ class _DecpgCallback(Callback):
         self._metrics: Dict[str, float] = {}
         self._used: Dict[tuple, List[tuple]] = {}  # per step: (fraction of links up, gap of the W used)
         self._last_used: Dict[tuple, tuple] = {}  # per mixer: (the last W measured, its entry)
-        self._comm: Dict[str, tuple] = {}  # per group, this iteration: (link bytes, network bytes, agents held)
+        self._comm: Dict[str, tuple] = {}  # per group, this iteration: (agents held, bytes by kind)
         self._clean_return: float | None = None
 
     # ------------------------------------------------------------------- setup
@@ -565,17 +565,10 @@ class _DecpgCallback(Callback):
         held = mixers[0].transport.local_agents(mixers[0].n_agents).numel()
         link = sum(int(m.comm.link_bytes.sum()) for m in mixers if m.comm.steps)
         network = sum(int(m.comm.network_bytes.sum()) for m in mixers if m.comm.steps)
-        self._comm[group] = (link, network, held)
-        metrics = {
-            f"comm/{group}/train_bytes_per_agent": link / held,
-            f"comm/{group}/train_network_bytes_per_agent": network / held,
-        }
+        metrics = bytes_per_agent_metrics(self._comm, group, list(self.experiment.train_group_map)[-1], held,
+                                          {"train": link, "train_network": network})
         if self.algorithm.log_link_bytes:
             metrics.update(self._link_metrics(group, mixers))
-        if group == list(self.experiment.train_group_map)[-1]:
-            link, network, held = (sum(column) for column in zip(*self._comm.values()))
-            metrics["comm/train_bytes_per_agent"] = link / held
-            metrics["comm/train_network_bytes_per_agent"] = network / held
         return metrics
 
     @staticmethod

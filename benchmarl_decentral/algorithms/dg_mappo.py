@@ -112,7 +112,7 @@ from benchmarl_decentral.consensus import (
 )
 from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.stacking import AgentStack
-from benchmarl_decentral.distributed.transport import CommCounter, current_transport
+from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics, CommCounter, current_transport
 from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
@@ -967,7 +967,7 @@ class _DgMappoCallback(Callback):
         self._mixing_comm: Dict[str, CommCounter] = {}  # per group: the bytes of this iteration's mixing
         self._exec_comm: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # per group: D-GAT bytes of the collection
         self.sent: Dict[str, Dict[str, Any]] = {}
-        self._comm: Dict[str, Tuple[int, ...]] = {}
+        self._comm: Dict[str, Tuple[int, Dict[str, int]]] = {}  # per group: (agents held, bytes by kind)
 
     def on_setup(self):
         algo, exp = self.algorithm, self.experiment
@@ -1111,19 +1111,9 @@ class _DgMappoCallback(Callback):
         exec_link, exec_network = self._exec_comm.pop(group, (zeros, zeros))
         #: per group, the last iteration's bytes per agent held here (``agents``; ``train`` / ``exec``: link and network)
         self.sent[group] = {"agents": agents, "train": (link, network), "exec": (exec_link, exec_network)}
-        train, execution = (int(link.sum()), int(network.sum())), (int(exec_link.sum()), int(exec_network.sum()))
-        self._comm[group] = (*train, *execution, held)
-        metrics = {f"comm/{group}/train_bytes_per_agent": train[0] / held,
-                   f"comm/{group}/train_network_bytes_per_agent": train[1] / held,
-                   f"comm/{group}/exec_bytes_per_agent": execution[0] / held,
-                   f"comm/{group}/exec_network_bytes_per_agent": execution[1] / held}
-        if group == list(self.experiment.train_group_map)[-1]:
-            link, network, exec_link, exec_network, held = (sum(column) for column in zip(*self._comm.values()))
-            metrics.update({"comm/train_bytes_per_agent": link / held,
-                            "comm/train_network_bytes_per_agent": network / held,
-                            "comm/exec_bytes_per_agent": exec_link / held,
-                            "comm/exec_network_bytes_per_agent": exec_network / held})
-        return metrics
+        sent = {"train": int(link.sum()), "train_network": int(network.sum()),
+                "exec": int(exec_link.sum()), "exec_network": int(exec_network.sum())}
+        return bytes_per_agent_metrics(self._comm, group, list(self.experiment.train_group_map)[-1], held, sent)
 
     def on_load_state_dict(self, state_dict: Dict[str, Any]):
         for stack in self.algorithm._stacks.values():  # loading copies values in place: gathered rows still alias

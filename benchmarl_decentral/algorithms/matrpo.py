@@ -139,6 +139,7 @@ from benchmarl_decentral.consensus.topology import (
 )
 from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
+from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics
 from benchmarl_decentral.objectives import ADMM_METRICS, ADMM_MODES, links_from_adjacency
 # the linearisation operators and the update live in objectives/ (math); re-exported here
 from benchmarl_decentral.objectives.matrpo import (  # noqa: F401
@@ -679,7 +680,7 @@ class Matrpo(Algorithm):
         #: run chains of plain MLPs through the general path too (tests, benchmarks; same numbers)
         self.force_general_path = False
         self.link_stats: Dict[str, Dict[str, float]] = {}  # topology=visibility: links, components
-        self._comm: Dict[str, tuple] = {}  # per group, this iteration: (ADMM bytes sent, agents)
+        self._comm: Dict[str, tuple] = {}  # per group, this iteration: (agents, ADMM bytes sent by kind)
 
         changes: Dict[str, Any] = {}
         if self.experiment_config.clip_grad_val is not None:
@@ -1128,15 +1129,9 @@ class Matrpo(Algorithm):
         ``train`` is the ADMM link traffic, ``network`` 0 (one process).
         """
         sent = stats.bytes_sent if stats.bytes_sent is not None else torch.zeros(len(self.group_map[group]))
-        self._comm[group] = (float(sent.sum()), sent.numel())
-        metrics = {f"comm/{group}/train_bytes_per_agent": float(sent.sum()) / sent.numel(),
-                   f"comm/{group}/train_network_bytes_per_agent": 0.0}
-        groups = list(getattr(self.experiment, "train_group_map", self.group_map))
-        if group == groups[-1]:
-            total, agents = (sum(column) for column in zip(*(self._comm[g] for g in groups if g in self._comm)))
-            metrics["comm/train_bytes_per_agent"] = total / agents
-            metrics["comm/train_network_bytes_per_agent"] = 0.0
-        return metrics
+        last = list(getattr(self.experiment, "train_group_map", self.group_map))[-1]
+        return bytes_per_agent_metrics(self._comm, group, last, sent.numel(),
+                                       {"train": float(sent.sum()), "train_network": 0.0})
 
 
 class _JointDist:

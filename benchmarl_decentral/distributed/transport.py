@@ -349,6 +349,26 @@ class CommCounter:
         self.steps += 1
 
 
+def bytes_per_agent_metrics(
+    totals: dict[str, tuple[int, dict[str, float]]], group: str, last_group: str, held: int, sent: dict[str, float]
+) -> dict[str, float]:
+    """The ``comm/`` scalars of one group's iteration, and of all groups once ``last_group`` is in.
+
+    ``sent`` maps a kind (``train``, ``train_network``, ``exec``, ...) to the
+    bytes the group's ``held`` agents sent; it is kept in ``totals[group]``.
+    Returns ``comm/<group>/<kind>_bytes_per_agent`` and, for ``last_group``,
+    ``comm/<kind>_bytes_per_agent`` over every group in ``totals``: the keys
+    decpg, dg_mappo and matrpo log and ``benchmarl report`` reads.
+    """
+    totals[group] = (held, sent)
+    metrics = {f"comm/{group}/{kind}_bytes_per_agent": value / held for kind, value in sent.items()}
+    if group == last_group:
+        agents = sum(h for h, _ in totals.values())
+        for kind in sent:
+            metrics[f"comm/{kind}_bytes_per_agent"] = sum(kinds[kind] for _, kinds in totals.values()) / agents
+    return metrics
+
+
 def _is_batched(t: Tensor) -> bool:
     """Whether ``t`` is a functorch BatchedTensor (inside ``torch.vmap``)."""
     return bool(torch._C._functorch.is_batchedtensor(t))
