@@ -17,7 +17,10 @@ helpers for the ``benchmarl`` CLI:
   checkpoint is loaded, the evaluations the run's JSON holds up to the
   checkpoint's frames are put back into the writer (later ones, from the
   interrupted original, are dropped: the resumed run recomputes them), so the
-  file stays one curve;
+  file stays one curve; and the CSV logger's files, which BenchMARL appends
+  to, lose their rows of the iterations from the checkpoint's on when the
+  resumed run starts training (:func:`truncate_scalars`), so that every
+  iteration is logged once (``benchmarl evaluate`` leaves them as they are);
 * **evaluate writes beside the run**: ``Experiment.evaluate()`` writes its
   JSON to ``<run>/evaluations/checkpoint_<frames>.json`` and its CSV logger
   output to ``<run>/evaluations/checkpoint_<frames>/`` instead of the run's
@@ -62,6 +65,7 @@ __all__ = [
     "installed",
     "reload_experiment",
     "restore_curve",
+    "truncate_scalars",
     "training_started",
     "uninstall",
 ]
@@ -325,6 +329,20 @@ def restore_curve(experiment) -> int:
     return len(kept)
 
 
+def truncate_scalars(experiment) -> int:
+    """Drop the CSV rows of iterations at or after the loaded checkpoint's (before a resumed run logs).
+
+    BenchMARL's CSV logger appends to the run's ``scalars/*.csv``; an
+    interrupted run may have logged iterations after its last checkpoint,
+    which the resumed run logs again. Returns the number of rows dropped
+    (:func:`benchmarl_decentral.distributed.checkpoint.truncate_scalars`,
+    files rewritten atomically).
+    """
+    from benchmarl_decentral.distributed import checkpoint
+
+    return checkpoint.truncate_scalars(experiment)
+
+
 def _evaluate_beside(experiment, original) -> Path:
     """Run BenchMARL's ``evaluate`` with the JSON writer and CSV loggers pointed at ``evaluations/``."""
     from benchmarl.experiment.logger import JsonWriter
@@ -401,6 +419,8 @@ def install() -> None:
     def _run(self, *args, **kwargs):
         global _training_started
         _training_started = True
+        if self.config.restore_file is not None:  # the interrupted original's rows after the checkpoint
+            truncate_scalars(self)
         return run(self, *args, **kwargs)
 
     for name, wrapper, original in (("_setup", _setup, setup), ("_load_experiment", _load_experiment, load),

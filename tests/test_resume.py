@@ -129,6 +129,38 @@ def test_resume_equals_the_uninterrupted_run_on_coordsum(tmp_path, algorithm):
     _assert_exact_continuation(straight, resumed)
 
 
+def _csv_rows(exp):
+    """Every row of every scalar file of the run, timers aside: ``{name: [(step, value), ...]}``, in file order."""
+    out = {}
+    for file in sorted((exp.folder_name / exp.name / "scalars").glob("*.csv")):
+        if not file.stem.startswith("timers"):
+            with open(file) as f:
+                out[file.stem] = [(int(row[0]), row[1]) for row in csv.reader(f)]
+    return out
+
+
+@pytest.mark.slow
+def test_resume_in_the_run_folder_logs_every_iteration_once(tmp_path):
+    """`benchmarl resume` of a run that went past its checkpoint (a crash) writes into the same run folder,
+    whose CSV files BenchMARL appends to: the rows after the checkpoint are dropped when training resumes,
+    so each iteration is logged once, with the values of the run that never stopped (exact resume)."""
+    kwargs = dict(algorithm="mappo", task="coordsum/3x10-30", max_n_iters=N + 2, checkpoint_interval=FRAMES,
+                  keep_checkpoints_num=None, loggers=["csv"], evaluation=True, evaluation_interval=2 * FRAMES)
+    save = _dir(tmp_path / "runs")
+    straight = make_experiment(save, **kwargs)
+    straight.run()
+    before = _csv_rows(straight)
+    assert {step for rows in before.values() for step, _ in rows} == set(range(N + 2))
+    checkpoint = straight.folder_name / "checkpoints" / f"checkpoint_{N * FRAMES}.pt"
+    evaluated = make_experiment(save, restore_file=str(checkpoint), **kwargs)
+    evaluated.evaluate()  # evaluating an old checkpoint leaves the run's own files alone
+    assert _csv_rows(straight) == before
+    resumed = make_experiment(save, restore_file=str(checkpoint), **kwargs)
+    assert resumed.folder_name == straight.folder_name and resumed.n_iters_performed == N
+    resumed.run()
+    assert _csv_rows(resumed) == before  # once each, same order, same values
+
+
 @pytest.mark.slow
 def test_resume_equals_the_uninterrupted_run_on_vmas(tmp_path):
     # continuous actions, episode ends at steps 50 and 100 (30 steps per env and iteration: the second
