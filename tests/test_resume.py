@@ -132,8 +132,10 @@ def test_resume_equals_the_uninterrupted_run_on_coordsum(tmp_path, algorithm):
 @pytest.mark.slow
 def test_resume_equals_the_uninterrupted_run_on_vmas(tmp_path):
     # continuous actions, episode ends at steps 50 and 100 (30 steps per env and iteration: the second
-    # one after the checkpoint) and VMAS's own random state
-    straight, resumed = _continuation(tmp_path, "decpg", "vmas/balance", task_overrides={"max_steps": 50})
+    # one after the checkpoint) and VMAS's own random state; the evaluation renders (BenchMARL's default):
+    # the checkpoint's test env has a renderer, the resumed run's fresh one not, and both hold one simulation
+    straight, resumed = _continuation(tmp_path, "decpg", "vmas/balance", task_overrides={"max_steps": 50},
+                                      render=True)
     _assert_exact_continuation(straight, resumed)
 
 
