@@ -343,9 +343,10 @@ def _same_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _check_tree(root: Any, saved: List[Tuple[_TreePath, Any]], should_enter) -> None:
-    """Raise :class:`_Mismatch` unless a new capture of ``root`` equals ``saved``."""
-    now = _capture_tree(root, should_enter)
+def _check_tree(root: Any, saved: List[Tuple[_TreePath, Any]], should_enter,
+                keep: Callable[[_TreePath], bool] = lambda path: True) -> None:
+    """Raise :class:`_Mismatch` unless a new capture of ``root`` (its paths that ``keep`` accepts) equals ``saved``."""
+    now = [(path, value) for path, value in _capture_tree(root, should_enter) if keep(path)]
     if len(now) != len(saved):
         raise _Mismatch(f"{len(now)} values where the checkpoint has {len(saved)}")
     for (path, value), (saved_path, saved_value) in zip(now, saved):
@@ -379,15 +380,29 @@ def _vmas_should_enter(simulator) -> Callable[[Any], bool]:
     return should_enter
 
 
+#: attributes of VMAS's ``Environment`` that hold its renderer (set on the first ``render``, e.g. by an
+#: evaluation with ``experiment.render=true``): not simulation state, neither saved nor compared
+_VMAS_RENDERING = frozenset({"viewer", "headless", "visible_display", "text_lines"})
+
+
+def _vmas_simulation(path: _TreePath) -> bool:
+    """Whether ``path`` of the simulator's tree is simulation state (not under a renderer attribute)."""
+    return not (path and path[0][0] == "a" and path[0][1] in _VMAS_RENDERING)
+
+
 def _vmas_capture(env) -> Any:
     # the simulator (``Environment``: scenario, world, entities, states, steps);
-    # gym spaces and rendering objects are not entered. VMAS draws its random
+    # gym spaces and rendering objects are not entered, the renderer's attributes
+    # are left out (a rendered test env and a fresh one hold the same simulation). VMAS draws its random
     # numbers from its own (torch, numpy, Python) states, swapped in around
     # every call: ``Environment.vmas_random_state``, one for the whole process.
     simulator = env._env
     torch_state, numpy_state, python_state = type(simulator).vmas_random_state
     return {
-        "simulator": _capture_tree(simulator, _vmas_should_enter(simulator)),
+        "simulator": [
+            (path, value) for path, value in _capture_tree(simulator, _vmas_should_enter(simulator))
+            if _vmas_simulation(path)
+        ],
         "random_state": {
             "torch": torch_state.clone(),
             "numpy": _numpy_state(numpy_state),
@@ -399,8 +414,9 @@ def _vmas_capture(env) -> Any:
 def _vmas_restore(env, state) -> None:
     simulator = env._env
     should_enter = _vmas_should_enter(simulator)
-    _restore_tree(simulator, state["simulator"], "VMAS")
-    _check_tree(simulator, state["simulator"], should_enter)
+    saved = [(path, value) for path, value in state["simulator"] if _vmas_simulation(path)]  # older checkpoints
+    _restore_tree(simulator, saved, "VMAS")
+    _check_tree(simulator, saved, should_enter, keep=_vmas_simulation)
     random_state = state["random_state"]
     type(simulator).vmas_random_state[:] = [
         random_state["torch"].clone(),
@@ -515,6 +531,13 @@ def _state(experiment) -> Dict[str, Any]:
 def _load(experiment, state: Dict[str, Any]) -> None:
     if state.get("algorithm") is not None and hasattr(experiment.algorithm, "load_resume_state"):
         experiment.algorithm.load_resume_state(state["algorithm"])
+    # the test env first: a reset of it (its state does not fit) draws from random states it may share with
+    # the training env (VMAS: one per process), which the training env's restore then sets
+    if state.get("test_env") is not None:
+        try:
+            load_env_state(experiment.test_env, state["test_env"])
+        except _Mismatch:
+            experiment.test_env.reset()
     env = _collector_env(experiment)
     if env is not None and state.get("train_env") is not None:
         collector = experiment.collector
@@ -531,11 +554,6 @@ def _load(experiment, state: Dict[str, Any]) -> None:
             collector._traj_pool._traj_id.fill_(state["traj_id"])
     elif env is not None or experiment.config.collect_with_grad:
         _warn_reset(experiment, env if env is not None else experiment.rollout_env, "")
-    if state.get("test_env") is not None:
-        try:
-            load_env_state(experiment.test_env, state["test_env"])
-        except _Mismatch:
-            experiment.test_env.reset()
 
 
 def _warn_reset(experiment, env, why: str) -> None:

@@ -379,8 +379,9 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
         (["algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "model=sequence", "model/layers@model.layers.l1=mlp",
           "model/layers@model.layers.l2=gnn", "model.intermediate_sizes=[8]"], 2, r"dg_mappo's model=gnn"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "experiment.checkpoint_interval=6000"], 2,
-         r"distributed dg_mappo runs do not checkpoint or resume yet .* set experiment.checkpoint_interval=0"),
+          "experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt"], 2,
+         r"experiment.restore_file=/no/run/checkpoints/checkpoint_60.pt is not a checkpoint of a distributed "
+         r"run: give one rank's file"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.alpha_consensus=-1"], 2,
          r"dg_mappo: alpha_consensus must be >= 0"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100"], 3, r"world size 3 does not fit group 'agents' of 8 agents"),

@@ -27,17 +27,26 @@ from benchmarl_decentral.distributed.checkpoint import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-ITERS, FRAMES = 5, 60  # 5 iterations of 60 frames, a checkpoint after each
-OVERRIDES = [
-    "algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.link_failure=0.3",
-    "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
+ITERS, FRAMES = 4, 60  # 4 iterations of 60 frames, a checkpoint after each
+EXPERIMENT = [
     "experiment.evaluation_interval=120", "experiment.evaluation_episodes=2", "experiment.loggers=[csv]",
     f"experiment.max_n_iters={ITERS}", "experiment.max_n_frames=null",
-    f"experiment.on_policy_collected_frames_per_batch={FRAMES}", "experiment.on_policy_n_envs_per_worker=2",
+    f"experiment.on_policy_collected_frames_per_batch={FRAMES}",
     "experiment.on_policy_minibatch_size=20", "experiment.on_policy_n_minibatch_iters=1",
     f"experiment.checkpoint_interval={FRAMES}", "experiment.checkpoint_at_end=true",
-    "experiment.keep_checkpoints_num=2",
+    "experiment.keep_checkpoints_num=2", "experiment.render=false",  # rendering: most of a VMAS run's time
 ]
+#: the algorithms' elastic runs: 2 ranks of 4 agents (decpg: random link failures) or of 2 agents (dg_mappo: D-GAT
+#: messages and their gradients across the ranks on the radius graph of the agents' positions, value norms; 6 envs
+#: of 10 steps per batch, episodes of 6 steps: every batch has resets, VMAS's random state carries across the restart)
+ALGORITHMS = {
+    "decpg": ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.link_failure=0.3",
+              "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
+              "experiment.on_policy_n_envs_per_worker=2"],
+    "dg_mappo": ["algorithm=dg_mappo", "task=vmas/navigation", "task.n_agents=4", "task.max_steps=6",
+                 "algorithm.hidden_channels=8", "algorithm.value_norm=true", "model.num_cells=[16]",
+                 "critic_model.num_cells=[16]", "experiment.on_policy_n_envs_per_worker=6"],
+}
 LAUNCH = Launch(algorithm="decpg", task="coordsum/8x15-100", seed=0, world_size=2, group="agents", n_agents=8)
 
 
@@ -96,6 +105,44 @@ def test_a_checkpoint_that_does_not_fit_the_launch_is_refused(tmp_path, restore,
     with pytest.raises(ValueError, match="do not fit this launch"):  # an elastic restart checks it too
         check_match(json.loads((run / LAUNCH_FILE).read_text()), Launch("decpg", "vmas/navigation", 0, 2,
                                                                         "agents", 8), run)
+
+
+DG_LAUNCH = Launch(algorithm="dg_mappo", task="vmas/navigation", seed=0, world_size=2, group="agents", n_agents=4)
+DG_ENTRY = ["algorithm=dg_mappo", "task=vmas/navigation", "task.n_agents=4", "experiment.evaluation=false"]
+
+
+@pytest.mark.parametrize(
+    "saved, overrides, world_size, match",
+    [
+        (LAUNCH, ["algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"do not fit this launch: algorithm 'decpg' \(this launch: 'dg_mappo'\)\. Resume them with torchrun "
+         r"--nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=decpg task=coordsum/8x15-100"),
+        (DG_LAUNCH, DG_ENTRY, 4, r"do not fit this launch: world_size 2 \(this launch: 4\)\. Resume them with "
+                                 r"torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=dg_mappo"),
+        (DG_LAUNCH, [*DG_ENTRY[:2], "task.n_agents=2", *DG_ENTRY[3:]], 2, r"n_agents 4 \(this launch: 2\)"),
+        (DG_LAUNCH, ["algorithm=decpg", *DG_ENTRY[1:]], 2, r"algorithm 'dg_mappo' \(this launch: 'decpg'\)"),
+    ],
+    ids=["decpg_run_dg_mappo_launch", "dg_mappo_world_size", "dg_mappo_agents", "dg_mappo_run_decpg_launch"],
+)
+def test_the_entry_point_refuses_a_checkpoint_that_does_not_fit_before_anything_is_built(
+    tmp_path, monkeypatch, capsys, saved, overrides, world_size, match
+):
+    """decpg's and dg_mappo's launches alike: one line, status 2, before the process group or any experiment."""
+    import torch.distributed as dist
+
+    from benchmarl_decentral.distributed.__main__ import main
+
+    run = _fake_run(tmp_path / "runs", {0: [60], 1: [60]}, saved)
+    files = sorted(tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    with pytest.raises(SystemExit) as exit_:
+        main([*overrides, f"experiment.restore_file={rank_file(run, 1, 60)}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1, err
+    assert sorted(tmp_path.rglob("*")) == files and not dist.is_initialized()
 
 
 # ------------------------------------------------------------------ a rank killed under torchrun
@@ -158,8 +205,9 @@ def _diff(a, b, path="") -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_nothing_lost(tmp_path):
-    """torchrun --max-restarts 1, 2 ranks x 4 agents, decpg, 5 iterations; rank 1 SIGKILLed mid-run.
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_nothing_lost(tmp_path, algorithm):
+    """torchrun --max-restarts 1, 2 ranks (:data:`ALGORITHMS`), 4 iterations; rank 1 SIGKILLed mid-run.
 
     The run continues in the same folder from the newest complete checkpoint
     and ends with the uninterrupted distributed run's state, bit for bit
@@ -173,20 +221,22 @@ def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_no
 
     for name in ("ref", "elastic", "scratch_ref", "scratch"):
         (tmp_path / name).mkdir()
+    overrides = [*ALGORITHMS[algorithm], *EXPERIMENT]
     # the uninterrupted run: the same entry point on 2 forked ranks, beside the torchrun one
     reference = mp.start_processes(_reference_worker, nprocs=2, start_method="fork", join=False,
-                                   args=(2, free_port(), [*OVERRIDES, f"experiment.save_folder={tmp_path / 'ref'}"],
+                                   args=(2, free_port(), [*overrides, f"experiment.save_folder={tmp_path / 'ref'}"],
                                          tmp_path / "scratch_ref"))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "scratch"),
            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--max-restarts", "1", "--monitor-interval", "0.1", "-m", "benchmarl_decentral.distributed",
-           *OVERRIDES, f"experiment.save_folder={tmp_path / 'elastic'}"]
+           *overrides, f"experiment.save_folder={tmp_path / 'elastic'}"]
     with open(tmp_path / "torchrun.log", "w") as log:
         agent = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
         try:
-            while not list((tmp_path / "elastic").glob(f"*/checkpoints_rank1/checkpoint_{2 * FRAMES}.pt")):
+            # both ranks wrote their second checkpoint (rank 1 may write its own before rank 0 does)
+            while not any(2 * FRAMES in complete_frames(run, 2) for run in (tmp_path / "elastic").iterdir()):
                 assert agent.poll() is None, (tmp_path / "torchrun.log").read_text()
                 time.sleep(0.05)
             os.kill(_workers(agent.pid)[1], signal.SIGKILL)  # rank 1 dies in its third iteration (or later)

@@ -21,7 +21,7 @@ FRAMES = 60  # frames per iteration (tiny_experiment_config)
 N = 2  # resume from the checkpoint written after iteration N, run to N + 2
 SMALL = {
     "decpg": {},
-    "dg_mappo": {},
+    "dg_mappo": {"value_norm": True},  # each agent's running moments of its value targets continue too
     # random links: the resumed run must continue the link-selection RNG
     "matrpo": {"num_cells": None, "activation": None, "admm_iterations": 3, "admm_mode": "random"},
     "magpo": {"embed_dim": 16},
@@ -268,6 +268,28 @@ def test_vmas_env_state_round_trip_across_episode_ends(tmp_path, name):
         assert (out["next"] == want).all()
 
 
+def test_a_rendered_vmas_env_restores_into_a_fresh_one_with_its_random_stream():
+    """BenchMARL's evaluation renders its test env (``experiment.render=true``, the default): the renderer's
+    attributes are not simulation state, so a rendered env's state (and an older checkpoint's, which held
+    them) restores into a fresh env, VMAS's random state with it: the next random reset is the original's."""
+    original = _vmas_env(0)
+    original.reset()
+    original.render(mode="rgb_array")
+    assert original._env.viewer is not None
+    state = resume.env_state(original)
+    simulator = original._env
+    older = {"env": "vmas", "state": {**state["state"], "simulator": resume._capture_tree(
+        simulator, resume._vmas_should_enter(simulator))}}  # as saved before the renderer was left out
+    assert len(older["state"]["simulator"]) > len(state["state"]["simulator"])
+    expected = original.reset()
+    for saved in (state, older):
+        fresh = _vmas_env(1)
+        fresh.reset()
+        resume.load_env_state(fresh, saved)
+        assert fresh._env.viewer is None
+        assert (fresh.reset() == expected).all()
+
+
 def test_vmas_state_that_does_not_fit_is_refused():
     env = _vmas_env(0)
     env.reset()
@@ -278,16 +300,25 @@ def test_vmas_state_that_does_not_fit_is_refused():
 
 
 @pytest.mark.slow
-def test_resume_falls_back_to_a_reset_when_the_env_state_does_not_fit(tmp_path):
+@pytest.mark.parametrize("env", ["train_env", "test_env"])
+def test_resume_falls_back_to_a_reset_when_the_env_state_does_not_fit(tmp_path, env):
+    """The training env: a reset, with a warning. The test env: a reset, before the training env's restore,
+    so the random state VMAS shares between them (one per process) is still the training env's."""
+    from vmas.simulator.environment import Environment
+
     kwargs = dict(algorithm="mappo", task="vmas/balance", max_n_iters=1, checkpoint_at_end=True)
     first = make_experiment(_dir(tmp_path / "first"), **kwargs)
     first.run()
     checkpoint = first.folder_name / "checkpoints" / f"checkpoint_{FRAMES}.pt"
     saved = torch.load(checkpoint)
-    saved[resume.KEY]["train_env"]["state"]["simulator"].append(((("a", "no_such_thing"),), 1.0))
+    saved[resume.KEY][env]["state"]["simulator"].append(((("a", "no_such_thing"),), 1.0))
     torch.save(saved, checkpoint)
     kwargs["max_n_iters"] = 2
     resumed = make_experiment(_dir(tmp_path / "resumed"), restore_file=str(checkpoint), **kwargs)
+    if env == "test_env":
+        train_random = saved[resume.KEY]["train_env"]["state"]["random_state"]["torch"]
+        assert torch.equal(Environment.vmas_random_state[0], train_random)
+        return
     with pytest.warns(UserWarning, match=r"cannot restore the state of VmasEnv exactly \(\.no_such_thing found where"):
         resumed.run()
     assert resumed.n_iters_performed == 2

@@ -238,8 +238,9 @@ class ValueNorm(nn.Module):
     :class:`DgMappoLoss` fits ``v_i`` to ``(target_i - mu_i) / sigma_i``.
     ``mu_i, sigma_i`` come from agent ``i``'s own value targets only (no
     cross-agent statistic), merged over all batches so far (exact running
-    moments). They are plain tensors, not buffers: never in the optimizer,
-    not mixed, and not in checkpoints (a resumed run re-estimates them).
+    moments). They are plain tensors, not buffers: never in the optimizer and
+    not mixed; checkpoints hold them in the plugin's exact-resume state
+    (:meth:`DgMappo.resume_state`).
 
     Args:
         n_agents: number of agents ``n``.
@@ -877,15 +878,28 @@ class DgMappo(Mappo):
 
         The D-GAT messages counted since the last collected batch, e.g. those
         of the evaluation that ran just before the checkpoint: they are logged
-        with the next iteration's ``comm/exec_*`` bytes.
+        with the next iteration's ``comm/exec_*`` bytes; and with
+        ``value_norm`` each agent's running moments of its value targets
+        (:class:`ValueNorm`, every row of the group: in a distributed run the
+        rows of the agents another rank holds are unread).
         """
-        return {"exec_comm": {group: dict(vars(comm.comm)) for group, comm in self.communication.items()}}
+        return {
+            "exec_comm": {group: dict(vars(comm.comm)) for group, comm in self.communication.items()},
+            "value_norms": {group: {"count": norm.count, "mean": norm.mean.clone(), "var": norm.var.clone()}
+                            for group, norm in self.value_norms.items()},
+        }
 
     def load_resume_state(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`resume_state`."""
+        """Restore :meth:`resume_state` (a checkpoint written before the value norms were saved keeps fresh ones)."""
         for group, counter in state.get("exec_comm", {}).items():
             if group in self.communication:
                 vars(self.communication[group].comm).update(counter)
+        for group, saved in state.get("value_norms", {}).items():
+            norm = self.value_norms.get(group)
+            if norm is not None:
+                norm.count = float(saved["count"])
+                norm.mean = saved["mean"].to(norm.mean).clone()
+                norm.var = saved["var"].to(norm.var).clone()
 
     def network_leaves(self, group: str) -> Dict[str, List[torch.Tensor]]:
         """The group's per-agent parameters by network, ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi).

@@ -41,13 +41,12 @@ What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
 * the launch checks (:func:`plan_launch`: algorithm support, world size vs
   agents; the entry point's ``check_config``) and a local spawner for tests
   (:func:`spawn_local`);
-* checkpoints and torchrun's elastic restart, decpg
+* checkpoints and torchrun's elastic restart, decpg and dg_mappo
   (:mod:`benchmarl_decentral.distributed.checkpoint`): every rank writes its
   own experiment state into rank 0's run folder (atomically, no message to
   the other ranks); when a rank dies, ``torchrun --max-restarts K`` restarts
   the group and every rank resumes the newest checkpoint all ranks completed,
-  exactly (the uninterrupted run's parameters and logs). Distributed
-  dg_mappo refuses checkpoints until they are tested.
+  exactly (the uninterrupted run's parameters and logs).
 
 Ownership and messages, 4 agents on a ring, 2 ranks::
 
@@ -82,8 +81,7 @@ Plan for the rest:
    :meth:`Transport.exchange_link_ends`, see
    :func:`~benchmarl_decentral.objectives.admm.synchronous_iteration`);
    several agent groups; faults (dropped messages are already real for the
-   mixing; a dead rank is restarted from the last checkpoint, see above;
-   dg_mappo's checkpoints).
+   mixing; a dead rank is restarted from the last checkpoint, see above).
 """
 
 from __future__ import annotations

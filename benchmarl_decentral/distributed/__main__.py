@@ -21,7 +21,9 @@ complete checkpoint to resume
 checkpoint that does not fit the launch is refused like any bad input) and
 loads its own file; rank 0 continues the same run folder and logs. Two
 collectives run at setup, never in training: rank 0's choice of checkpoint
-and its run folder, broadcast to the other ranks. torchrun's agent keeps one
+and its run folder, broadcast to the other ranks; with
+``experiment.keep_checkpoints_num`` a barrier after training lets every rank
+delete its files behind the last complete checkpoint. torchrun's agent keeps one
 store across restarts, so each attempt's gloo keys go under a prefix of its
 own (``TORCHELASTIC_RESTART_COUNT``). That needs every agent of the group
 at the same count: true on one machine; across machines an agent that
@@ -59,8 +61,7 @@ def check_config(cfg: DictConfig) -> None:
             ``average``/``individual`` models, perturbed or dropout
             evaluation, dg_mappo's ``evaluation_dropout``), dg_mappo settings
             that read across agents outside the transport
-            (:func:`check_dg_mappo`), or checkpoints of a distributed
-            dg_mappo run (not tested yet). (A checkpoint to restore is checked
+            (:func:`check_dg_mappo`). (A checkpoint to restore is checked
             by :func:`~benchmarl_decentral.distributed.checkpoint.plan_resume`.)
     """
     algo, exp = cfg.algorithm, cfg.experiment
@@ -79,12 +80,6 @@ def check_config(cfg: DictConfig) -> None:
             )
     if "alpha_consensus" in algo:  # dg_mappo, dg_mappo_paper
         check_dg_mappo(cfg)
-        if exp.checkpoint_interval or exp.checkpoint_at_end or exp.restore_file:
-            raise ValueError(
-                "distributed dg_mappo runs do not checkpoint or resume yet (only decpg's distributed checkpoints "
-                "and elastic restarts are tested); set experiment.checkpoint_interval=0 "
-                "experiment.checkpoint_at_end=false experiment.restore_file=null."
-            )
 
 
 #: BenchMARL models whose per-agent copies read the other agents' inputs (a message outside the transport).
@@ -205,6 +200,7 @@ def main(overrides: list[str]) -> None:
             lambda: load_experiment_from_hydra(cfg, task_name=task_name), algorithm=algorithm, sizes=sizes
         )
         (run,) = _broadcast([str(experiment.folder_name) if rank == 0 else None])
+        saver = None
         if checkpoints or plan.run is not None:
             exchange = next((cb for cb in experiment.callbacks if isinstance(cb, ActionExchange)), None)
             agents = torch.nonzero(partition_agents(launch.n_agents, world_size) == rank).flatten().tolist()
@@ -216,6 +212,8 @@ def main(overrides: list[str]) -> None:
                     ckpt.truncate_scalars(experiment)
                 ckpt.write_launch(Path(run), launch)  # this launch's key: a restart finds the run
         experiment.run()
+        if saver is not None:
+            saver.finish()  # after training: each rank prunes behind the last complete checkpoint
     finally:
         dist.destroy_process_group()
         if scratch is not None:

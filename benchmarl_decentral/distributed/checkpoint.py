@@ -17,7 +17,9 @@ the next log row. The file is written to a temporary name and renamed, so a
 file that exists is whole. A checkpoint is *complete* when the files of all
 ranks exist for the same frames (:func:`complete_frames`); only complete
 checkpoints are resumed, and a rank deletes its old files
-(``experiment.keep_checkpoints_num``) only behind a newer complete checkpoint.
+(``experiment.keep_checkpoints_num``) only behind a newer complete checkpoint
+(and once more after training, when every rank has written its last:
+:meth:`RankCheckpoints.finish`).
 
 Restart: torchrun (``--max-restarts K``) restarts every rank of the group when
 one dies, with ``TORCHELASTIC_RESTART_COUNT`` > 0. Each rank then finds the
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 #: Entry of a rank's checkpoint that says which rank of which launch wrote it.
 KEY = "benchmarl_decentral_distributed"
@@ -275,6 +278,7 @@ class RankCheckpoints:
         self.agents = [int(a) for a in agents]
         self.exchange = exchange
         self.folder = self.run / f"checkpoints_rank{rank}"
+        self.written: int | None = None  # frames of this rank's last checkpoint
         experiment._save_experiment = self.save
 
     def save(self) -> Path:
@@ -292,8 +296,21 @@ class RankCheckpoints:
         }
         path = rank_file(self.run, self.rank, exp.total_frames)
         _write_atomic(path, lambda f: torch.save(state, f))
-        self._prune(int(exp.total_frames))
+        self.written = int(exp.total_frames)
+        self._prune(self.written)
         return path
+
+    def finish(self) -> None:
+        """After training: once every rank wrote its last checkpoint, prune behind it (``keep_checkpoints_num``).
+
+        A rank that wrote its last file before the others could not delete its
+        older files then (that checkpoint was not complete yet). One barrier,
+        after training, on every rank alike (same config, same checkpoints).
+        """
+        if self.experiment.config.keep_checkpoints_num is None or self.written is None:
+            return
+        dist.barrier()
+        self._prune(self.written)
 
     def _prune(self, written: int) -> None:
         keep = self.experiment.config.keep_checkpoints_num
