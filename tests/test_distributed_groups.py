@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from benchmarl_decentral.distributed import (
     TorchDistributedTransport,
@@ -66,6 +67,7 @@ def _transport_worker(rank: int, world_size: int) -> None:
     with pytest.raises(ValueError, match=r"owner of group 'other' must give .* every rank at least one agent"):
         TorchDistributedTransport({"agent": four, "other": torch.zeros(2, dtype=torch.int64)})
     assert torch.equal(TorchDistributedTransport(four).owner, four)  # one group: a bare owner
+    dist.barrier()  # no rank leaves while gloo still connects the others (no message was sent above)
 
 
 def test_one_transport_places_every_group_by_its_size():
@@ -84,8 +86,6 @@ def test_one_transport_places_every_group_by_its_size():
 )
 def test_entry_point_refuses_a_multi_group_launch_it_cannot_run(tmp_path, monkeypatch, capsys, overrides,
                                                                 world_size, match):
-    import torch.distributed as dist
-
     from benchmarl_decentral.distributed.__main__ import main
 
     monkeypatch.chdir(tmp_path)
