@@ -442,11 +442,6 @@ def test_algorithm_without_distributed_support(algorithm, match):
         check_algorithm(supported)
 
 
-def test_one_agent_group_only():
-    with pytest.raises(ValueError, match=r"one agent group; this task has \['adversaries', 'agents'\]"):
-        plan_launch("decpg", {"agents": 2, "adversaries": 2}, 2)
-
-
 def test_blocks_and_the_transport_needs_a_process_group():
     assert partition_agents(8, 4).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert partition_agents(3, 3).tolist() == [0, 1, 2]

@@ -38,15 +38,23 @@ What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
   of the environment and the ranks exchange their agents' actions) and the
   entry point ``torchrun --nproc-per-node N -m benchmarl_decentral.distributed
   algorithm=decpg|dg_mappo task=...`` (:mod:`benchmarl_decentral.distributed.__main__`);
+* several agent groups: every rank owns an equal block of every group
+  (:func:`plan_launch`: the world size must divide every group's size); one
+  :class:`TorchDistributedTransport` serves them all, finding a group's
+  placement from its size (``W`` is ``n_g x n_g``), so the algorithms pass
+  what they pass in one process; the action exchange sends every group's
+  block of actions, and the bytes are logged per group
+  (``comm/<group>/...``) and over all groups;
 * the launch checks (:func:`plan_launch`: algorithm support, world size vs
-  agents; the entry point's ``check_config``) and a local spawner for tests
-  (:func:`spawn_local`);
+  every group's agents; the entry point's ``check_config``) and a local
+  spawner for tests (:func:`spawn_local`);
 * checkpoints and torchrun's elastic restart, decpg and dg_mappo
   (:mod:`benchmarl_decentral.distributed.checkpoint`): every rank writes its
   own experiment state into rank 0's run folder (atomically, no message to
   the other ranks); when a rank dies, ``torchrun --max-restarts K`` restarts
   the group and every rank resumes the newest checkpoint all ranks completed,
-  exactly (the uninterrupted run's parameters and logs).
+  exactly (the uninterrupted run's parameters and logs). A task with several
+  groups refuses them (a checkpoint records one group's placement).
 
 Ownership and messages, 4 agents on a ring, 2 ranks::
 
@@ -80,8 +88,10 @@ Plan for the rest:
 4. matrpo's training on ranks (its ADMM link exchange already goes through
    :meth:`Transport.exchange_link_ends`, see
    :func:`~benchmarl_decentral.objectives.admm.synchronous_iteration`);
-   several agent groups; faults (dropped messages are already real for the
-   mixing; a dead rank is restarted from the last checkpoint, see above).
+   faults (dropped messages are already real for the mixing; a dead rank is
+   restarted from the last checkpoint, see above; checkpoints of tasks with
+   several groups: the launch record and the rank's agent list hold one
+   group today).
 """
 
 from __future__ import annotations

@@ -82,6 +82,22 @@ def check_config(cfg: DictConfig) -> None:
         check_dg_mappo(cfg)
 
 
+def check_checkpoint_groups(cfg: DictConfig, sizes: dict) -> None:
+    """Distributed checkpoints hold one agent group's placement: refuse them for a task with several.
+
+    Raises:
+        ValueError: ``experiment.checkpoint_interval``, ``checkpoint_at_end``
+            or ``restore_file`` on a task with more than one agent group.
+    """
+    exp = cfg.experiment
+    if len(sizes) > 1 and (exp.checkpoint_interval or exp.checkpoint_at_end or exp.restore_file):
+        raise ValueError(
+            f"distributed checkpoints and resume support tasks with one agent group; this task has "
+            f"{sorted(sizes)}: set experiment.checkpoint_interval=0 experiment.checkpoint_at_end=false "
+            "experiment.restore_file=null (or run it in one process, benchmarl run ...)."
+        )
+
+
 #: BenchMARL models whose per-agent copies read the other agents' inputs (a message outside the transport).
 CROSS_AGENT_MODELS = ("gnn", "deepsets")
 
@@ -163,15 +179,16 @@ def main(overrides: list[str]) -> None:
         load_experiment_config_from_hydra(cfg.experiment).validate(on_policy)  # e.g. checkpoint_interval
         sizes = group_sizes(load_task_config_from_hydra(cfg.task, task_name), seed=cfg.seed)
         plan_launch(algorithm, sizes, world_size)
+        check_checkpoint_groups(cfg, sizes)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
-                                world_size=world_size)
+                                world_size=world_size) if len(sizes) == 1 else None
         save_folder = Path(  # where BenchMARL puts (or keeps) rank 0's run folder
             cfg.experiment.save_folder
             or (Path(cfg.experiment.restore_file).resolve().parent.parent.parent if cfg.experiment.restore_file
                 else os.getcwd())
         )
         plan = ckpt.plan_resume(cfg.experiment.restore_file, launch, save_folder=save_folder,
-                                restarts=ckpt.restart_count(), key=ckpt.launch_key())
+                                restarts=ckpt.restart_count(), key=ckpt.launch_key()) if launch else ckpt.ResumePlan()
     except (ValueError, hydra.errors.HydraException) as error:
         _refuse(rank, str(error))
     cfg.experiment.restore_file = plan.restore_file(rank)

@@ -12,12 +12,12 @@ for its own agents: every ``decpg`` loss is separable by agent, and
 sent back) and cuts the rows of the agents it does not hold before any loss.
 
 Environment interface: every rank steps its own copy of the (joint)
-environment. After the policy acts, each rank sends the actions of its agents
-to every other rank and takes theirs for the other agents
+environment. After a group's policy acts, each rank sends the actions of its
+agents of that group to every other rank and takes theirs for the other agents
 (:class:`ActionExchange`), so all copies see the same joint action, the same
 observations and rewards, and collect the single-process run's batch for their
 own agents. This exchange is the only traffic outside the mixing; it goes to
-every rank, one message per rank and environment step (a central environment
+every rank, one message per rank, group and environment step (a central environment
 rank would replace it, see the plan in :mod:`benchmarl_decentral.distributed`).
 
 Left out (refused or documented): evaluation with the averaged model, and the
@@ -38,48 +38,76 @@ from tensordict import TensorDictBase
 
 from benchmarl_decentral.distributed.launch import plan_launch
 from benchmarl_decentral.distributed.torch_dist import TorchDistributedTransport
-from benchmarl_decentral.distributed.transport import use_transport
+from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics, use_transport
 
 
 class ActionExchange(Callback):
     """Joint action on every rank: send this rank's agents' actions, take the others' (point to point).
 
-    Registered as a forward hook on the group's collection policy; every call
-    (collection and evaluation alike) exchanges the ``(group, "action")`` rows,
-    so every rank must call the policy the same number of times (same config:
-    every rank evaluates when one does).
-    Logs ``comm/env_bytes_per_agent``: bytes each agent of this rank sent for
-    the environment interface since the previous batch (its collection, and
-    any evaluation run in between).
+    Registered as a forward hook on every group's collection policy; every call
+    (collection and evaluation alike) exchanges that group's ``(group, "action")``
+    rows, this rank's block of the group to every other rank, so every rank must
+    call the policies the same number of times and in the same order (same
+    config: every rank evaluates when one does).
+    Logs ``comm/<group>/env_bytes_per_agent`` and, over every group,
+    ``comm/env_bytes_per_agent``: bytes each agent of this rank sent for the
+    environment interface since the previous batch (its collection, and any
+    evaluation run in between).
 
     Args:
         experiment: the experiment of this rank (already built).
-        transport: the transport its mixers use (its ``owner`` places the agents).
-        group: the agent group.
+        transport: the transport its mixers use (its
+            :meth:`~TorchDistributedTransport.owner_of` places the agents).
+        groups: the agent groups whose actions travel (the task's groups).
     """
 
-    def __init__(self, experiment: Experiment, transport: TorchDistributedTransport, group: str) -> None:
+    def __init__(self, experiment: Experiment, transport: TorchDistributedTransport, groups: list[str]) -> None:
         super().__init__()
         self.experiment = experiment
         self.transport = transport
-        self.group = group
-        self.bytes_sent = 0
-        self._handle = experiment.group_policies[group].register_forward_hook(self._exchange)
+        self.groups = list(groups)
+        #: bytes each agent of this rank sent since the previous batch, per group (every agent of a block
+        #: sends the same)
+        self.sent = {group: 0 for group in self.groups}
+        self._handles = [
+            experiment.group_policies[group].register_forward_hook(self._hook(group)) for group in self.groups
+        ]
 
-    def _exchange(self, module: Any, args: Any, output: TensorDictBase) -> TensorDictBase:
-        group_td = output.get(self.group)
+    @property
+    def bytes_sent(self) -> int:
+        """The one group's :attr:`sent` (what a distributed checkpoint keeps; those support one group)."""
+        return self.sent[self._only_group()]
+
+    @bytes_sent.setter
+    def bytes_sent(self, value: int) -> None:
+        self.sent[self._only_group()] = int(value)
+
+    def _only_group(self) -> str:
+        if len(self.groups) != 1:
+            raise ValueError(f"bytes_sent is one group's count; this exchange has groups {self.groups}: read sent")
+        return self.groups[0]
+
+    def _hook(self, group: str) -> Callable:
+        def exchange(module: Any, args: Any, output: TensorDictBase) -> TensorDictBase:
+            self._exchange(group, output.get(group))
+            return output
+
+        return exchange
+
+    def _exchange(self, group: str, group_td: TensorDictBase) -> None:
         action = group_td.get("action")
         dim = group_td.batch_dims - 1  # the agent dim
-        owner, rank = self.transport.owner, self.transport.rank
+        rank, world_size = self.transport.rank, self.transport.world_size
+        owner = self.transport.owner_of(action.shape[dim])
         ops, received = [], []
-        for r in range(self.transport.world_size):
+        for r in range(world_size):
             rows = torch.nonzero(owner == r).flatten()
             block = action.narrow(dim, int(rows[0]), rows.numel())
             if r == rank:
                 sent = block.contiguous()
-                peers = [peer for peer in range(self.transport.world_size) if peer != rank]
+                peers = [peer for peer in range(world_size) if peer != rank]
                 ops += [dist.P2POp(dist.isend, sent, peer) for peer in peers]
-                self.bytes_sent += len(peers) * sent.numel() * sent.element_size() // rows.numel()
+                self.sent[group] += len(peers) * sent.numel() * sent.element_size() // rows.numel()
             else:
                 buf = torch.empty_like(block.contiguous())
                 ops.append(dist.P2POp(dist.irecv, buf, r))
@@ -90,13 +118,16 @@ class ActionExchange(Callback):
         with torch.no_grad():
             for block, buf in received:
                 block.copy_(buf)  # a view of the action: writes the joint action in place
-        return output
 
     def on_batch_collected(self, batch: TensorDictBase) -> None:
-        self.experiment.logger.log(
-            {"comm/env_bytes_per_agent": float(self.bytes_sent)}, step=self.experiment.n_iters_performed
-        )
-        self.bytes_sent = 0
+        totals: dict = {}
+        metrics: dict[str, float] = {}
+        for group in self.groups:
+            held = self.transport.local_agents(self.transport.owners[group].numel()).numel()
+            metrics.update(bytes_per_agent_metrics(totals, group, self.groups[-1], held,
+                                                   {"env": float(self.sent[group] * held)}))
+            self.sent[group] = 0
+        self.experiment.logger.log(metrics, step=self.experiment.n_iters_performed)
 
 
 def group_sizes(task: Any, *, seed: int = 0) -> dict[str, int]:
@@ -121,10 +152,10 @@ def build_rank_experiment(make: Callable[[], Experiment], *, algorithm: str, siz
         ValueError: from :func:`plan_launch` (one message, before ``make()``
             builds anything).
     """
-    (group, owner), = plan_launch(algorithm, sizes, dist.get_world_size()).items()
-    transport = TorchDistributedTransport(owner)
+    owners = plan_launch(algorithm, sizes, dist.get_world_size())
+    transport = TorchDistributedTransport(owners)
     with use_transport(transport):
         exp = make()
-    exchange = ActionExchange(exp, transport, group)
+    exchange = ActionExchange(exp, transport, list(owners))
     exp.callbacks = [*exp.callbacks, exchange]
     return exp

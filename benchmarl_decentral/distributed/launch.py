@@ -6,6 +6,7 @@ Pure torch: no BenchMARL import.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -43,6 +44,15 @@ def check_algorithm(name: str) -> None:
     )
 
 
+def _misfit(n_agents: int, world_size: int) -> str | None:
+    """Why ``world_size`` ranks cannot own equal blocks of ``n_agents`` agents (None: they can)."""
+    if world_size >= 1 and n_agents >= 1 and n_agents % world_size == 0:
+        return None
+    if world_size > n_agents:
+        return f"{world_size - n_agents} of the {world_size} ranks would own no agent"
+    return f"{n_agents} agents do not split into {world_size} equal blocks"
+
+
 def partition_agents(n_agents: int, world_size: int, *, group: str = "agents") -> Tensor:
     """Contiguous equal blocks: agent ``i`` goes to rank ``i // (n_agents // world_size)``.
 
@@ -62,13 +72,9 @@ def partition_agents(n_agents: int, world_size: int, *, group: str = "agents") -
         ValueError: ``world_size`` is not a divisor of ``n_agents`` (a rank would
             own no agent, or the blocks would differ in size).
     """
-    if world_size < 1 or n_agents < 1 or n_agents % world_size:
+    problem = _misfit(n_agents, world_size)
+    if problem is not None:
         divisors = [d for d in range(1, n_agents + 1) if n_agents % d == 0]
-        problem = (
-            f"{world_size - n_agents} of the {world_size} ranks would own no agent"
-            if world_size > n_agents
-            else f"{n_agents} agents do not split into {world_size} equal blocks"
-        )
         raise ValueError(
             f"world size {world_size} does not fit group '{group}' of {n_agents} agents: {problem}. "
             f"Launch a number of processes that divides {n_agents} (torchrun --nproc-per-node N with "
@@ -80,24 +86,33 @@ def partition_agents(n_agents: int, world_size: int, *, group: str = "agents") -
 def plan_launch(algorithm: str, group_sizes: Mapping[str, int], world_size: int) -> dict[str, Tensor]:
     """All the checks of a distributed launch, run by every process before it builds anything.
 
+    Every rank owns an equal block of every group (:func:`partition_agents`
+    per group), so the world size must divide every group's size.
+
     Args:
         algorithm: algorithm name (``algorithm=...``).
         group_sizes: agents per group of the task.
         world_size: number of ranks.
 
     Returns:
-        ``owner`` of every group (:func:`partition_agents`).
+        ``owner`` of every group (:func:`partition_agents`), in the task's group order.
 
     Raises:
-        ValueError: the algorithm has no distributed support, the task has
-            several agent groups, or the world size does not divide the
-            agents; one message naming the fix.
+        ValueError: the algorithm has no distributed support, or the world
+            size does not divide the agents of some group (one message naming
+            every group that does not fit and the world sizes that fit all).
     """
     check_algorithm(algorithm)
-    if len(group_sizes) > 1:
+    misfits = {g: problem for g, n in group_sizes.items() if (problem := _misfit(n, world_size)) is not None}
+    if len(group_sizes) > 1 and misfits:
+        common = math.gcd(*group_sizes.values())
+        fits = [d for d in range(1, common + 1) if common % d == 0]
+        what = "; ".join(f"group '{g}' of {group_sizes[g]} agents: {problem}" for g, problem in misfits.items())
+        sizes = ", ".join(f"'{g}' {n}" for g, n in group_sizes.items())
         raise ValueError(
-            f"the distributed preview runs tasks with one agent group; this task has {sorted(group_sizes)}. "
-            f"Run it in one process (benchmarl run algorithm={algorithm} ...)."
+            f"world size {world_size} does not fit {what}. Every rank owns an equal block of every group: launch "
+            f"a number of processes that divides every group's size ({sizes}) (torchrun --nproc-per-node N with "
+            f"N in {fits})."
         )
     return {g: partition_agents(n, world_size, group=g) for g, n in group_sizes.items()}
 

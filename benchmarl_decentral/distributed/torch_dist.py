@@ -22,7 +22,7 @@ process group's timeout then ends the run).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -91,19 +91,28 @@ class _RowExchange(torch.autograd.Function):
 class TorchDistributedTransport(Transport):
     """Neighbour-only parameter exchange between the ranks of the default process group.
 
+    One transport serves every agent group of the task: each call
+    (:meth:`mix_`, :meth:`exchange_rows`, ...) names the agents of one group by
+    their index in it, and the group's size (``W``'s, ``h``'s agent dim) picks
+    its placement, so the algorithms pass nothing more than in one process.
+    Groups of the same size share one placement (:func:`plan_launch` gives them
+    the same equal blocks).
+
     Args:
-        owner: rank of every agent, ``(n,)`` int (see
-            :func:`~benchmarl_decentral.distributed.launch.partition_agents`).
-            Every rank of the world must own at least one agent.
+        owners: rank of every agent, ``(n,)`` int, for a task with one group;
+            or a mapping from group name to its ``(n_g,)`` owner (see
+            :func:`~benchmarl_decentral.distributed.launch.plan_launch`). Every
+            rank of the world must own at least one agent of every group.
 
     Attributes:
         rank: this process's rank.
         world_size: number of ranks.
+        owners: group name to the rank of each of its agents (``"agents"`` for a bare tensor).
     """
 
     name = "torch_distributed"
 
-    def __init__(self, owner: Tensor) -> None:
+    def __init__(self, owners: Tensor | Mapping[str, Tensor]) -> None:
         if not dist.is_initialized():
             raise RuntimeError(
                 "TorchDistributedTransport needs an initialised process group: launch with torchrun "
@@ -112,26 +121,62 @@ class TorchDistributedTransport(Transport):
             )
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        owner = torch.as_tensor(owner, dtype=torch.int64).cpu()
-        valid = owner.dim() == 1 and owner.numel() > 0 and owner.min() >= 0 and owner.max() < self.world_size
-        if not valid or (torch.bincount(owner, minlength=self.world_size) == 0).any():
+        if not isinstance(owners, Mapping):
+            owners = {"agents": owners}
+        if not owners:
+            raise ValueError("owners must place at least one group of agents, got none")
+        self.owners: dict[str, Tensor] = {}
+        self._by_size: dict[int, Tensor] = {}
+        self._local: dict[int, Tensor] = {}
+        for group, owner in owners.items():
+            owner = torch.as_tensor(owner, dtype=torch.int64).cpu()
+            valid = owner.dim() == 1 and owner.numel() > 0 and owner.min() >= 0 and owner.max() < self.world_size
+            if not valid or (torch.bincount(owner, minlength=self.world_size) == 0).any():
+                raise ValueError(
+                    f"owner of group '{group}' must give every one of its {owner.numel()} agents a rank in "
+                    f"[0, {self.world_size}) and every rank at least one agent, got {owner.tolist()}"
+                )
+            n = owner.numel()
+            if n in self._by_size and not torch.equal(self._by_size[n], owner):
+                same = next(g for g, o in self.owners.items() if o.numel() == n)
+                raise ValueError(
+                    f"groups '{same}' and '{group}' have {n} agents each but different owners "
+                    f"({self._by_size[n].tolist()} and {owner.tolist()}): groups of one size must share a placement"
+                )
+            self.owners[group] = owner
+            self._by_size[n] = owner
+            self._local[n] = torch.nonzero(owner == self.rank).flatten()
+
+    def owner_of(self, n_agents: int) -> Tensor:
+        """The rank of every agent of the group of ``n_agents`` agents, ``(n_agents,)`` int64.
+
+        Raises:
+            ValueError: no group of this transport has ``n_agents`` agents.
+        """
+        owner = self._by_size.get(int(n_agents))
+        if owner is None:
+            sizes = ", ".join(f"'{g}' of {o.numel()}" for g, o in self.owners.items())
             raise ValueError(
-                f"owner must give every one of the {owner.numel()} agents a rank in [0, {self.world_size}) "
-                f"and every rank at least one agent, got {owner.tolist()}"
+                f"this transport places the agents of group(s) {sizes} on {self.world_size} ranks, "
+                f"but got a group of {n_agents} agents (a mixing matrix or message tensor of another size)"
             )
-        self.owner = owner
-        self._local = torch.nonzero(owner == self.rank).flatten()
+        return owner
+
+    @property
+    def owner(self) -> Tensor:
+        """The owner of the only group size this transport places (:meth:`owner_of` for several)."""
+        if len(self._by_size) != 1:
+            raise ValueError(
+                f"this transport places groups of sizes {sorted(self._by_size)}: use owner_of(n_agents)"
+            )
+        return next(iter(self._by_size.values()))
 
     def local_agents(self, n_agents: int) -> Tensor:
-        if n_agents != self.owner.numel():
-            raise ValueError(
-                f"this transport places {self.owner.numel()} agents on {self.world_size} ranks, "
-                f"but the mixing matrix is {n_agents} x {n_agents}"
-            )
-        return self._local
+        self.owner_of(n_agents)  # checks n_agents
+        return self._local[int(n_agents)]
 
-    def holds(self, agents: Tensor) -> Tensor:
-        return self.owner.to(agents.device)[agents] == self.rank
+    def holds(self, agents: Tensor, n_agents: int) -> Tensor:
+        return self.owner_of(n_agents).to(agents.device)[agents] == self.rank
 
     def exchange_link_ends(self, links: Tensor, values: Tensor, n_agents: int) -> tuple[Tensor, MixRecord]:
         """Every link that crosses to rank ``r``: one message each way per rank pair, the links' values stacked.
@@ -139,9 +184,9 @@ class TorchDistributedTransport(Transport):
         Both ranks of a pair list the links between them in the order of
         ``links`` (the same list everywhere), so the stacked values line up.
         """
-        local = self.local_agents(n_agents)
+        local, owner = self.local_agents(n_agents), self.owner_of(n_agents)
         links = links.cpu().long()
-        ends = self.owner[links]  # (l, 2): rank of each endpoint
+        ends = owner[links]  # (l, 2): rank of each endpoint
         value_bytes = values[0, 0].numel() * values.element_size() if values.shape[0] else 0
         out = values.clone()
         ops: list[dist.P2POp] = []
@@ -181,24 +226,23 @@ class TorchDistributedTransport(Transport):
         gradient back the same way and adds the ones it gets to its rows.
         """
         n, F = h.shape[-2], h.shape[-1]
-        self.local_agents(n)  # checks n
+        owner, held = self.owner_of(n), self.local_agents(n)
         S = _senders(reads.expand(*h.shape[:-1], n) if reads.dim() == 2 else reads)  # (B, i, j)
         batch = S.shape[0]
         if batch != h.reshape(-1, n, F).shape[0]:
             raise ValueError(f"reads {tuple(reads.shape)} does not match h {tuple(h.shape)}")
-        ranks = torch.nn.functional.one_hot(self.owner, self.world_size).to(torch.int64)  # (n, R)
+        ranks = torch.nn.functional.one_hot(owner, self.world_size).to(torch.int64)  # (n, R)
         readers = torch.einsum("bij,ir->bjr", S.to(torch.int64), ranks)  # readers[b, j, r]: of j, on rank r
-        mine = (self.owner == self.rank).view(1, n)
+        mine = (owner == self.rank).view(1, n)
         plan = []
         for r in range(self.world_size):
             if r == self.rank:
                 continue
             send = torch.nonzero((mine & (readers[..., r] > 0)).flatten()).flatten()
-            recv = torch.nonzero(((self.owner == r).view(1, n) & (readers[..., self.rank] > 0)).flatten()).flatten()
+            recv = torch.nonzero(((owner == r).view(1, n) & (readers[..., self.rank] > 0)).flatten()).flatten()
             plan.append((r, send, recv))
         local = torch.nonzero(mine.expand(batch, n).flatten()).flatten()
         row = F * h.element_size()
-        held = self._local
         on_backward = None
         if sink is not None:
             # forward: readers on this rank read j's row from memory; each other rank that reads it gets it once
@@ -224,7 +268,7 @@ class TorchDistributedTransport(Transport):
 
     def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
         n = W.shape[0]
-        local = self.local_agents(n)
+        local, owner = self.local_agents(n), self.owner_of(n)
         m = local.numel()
         dtypes = {p.dtype for p in leaves}
         if len(dtypes) > 1:
@@ -239,7 +283,7 @@ class TorchDistributedTransport(Transport):
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(m, -1) for p in leaves], dim=1).cpu()  # (m, D)
         S = sends(W).cpu()  # S[j, i]: i sends to j
-        ranks = torch.nn.functional.one_hot(self.owner, self.world_size).to(torch.int64)  # (n, R)
+        ranks = torch.nn.functional.one_hot(owner, self.world_size).to(torch.int64)  # (n, R)
         readers = S.T.to(torch.int64) @ ranks  # readers[i, r]: agents on rank r reading agent i
         row_bytes = flat.shape[1] * flat.element_size()
 
@@ -257,7 +301,7 @@ class TorchDistributedTransport(Transport):
                 sent = buf[0].numel() * buf.element_size()  # bytes of each row actually sent
                 network_bytes[out_rows] += sent
                 link_bytes[out_rows] += readers[local[out_rows], r] * sent
-            srcs = torch.nonzero((self.owner == r) & (readers[:, self.rank] > 0)).flatten()
+            srcs = torch.nonzero((owner == r) & (readers[:, self.rank] > 0)).flatten()
             if srcs.numel():
                 buf = torch.empty(srcs.numel(), flat.shape[1], dtype=flat.dtype)
                 ops.append(dist.P2POp(dist.irecv, buf, r))

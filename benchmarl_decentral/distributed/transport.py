@@ -15,6 +15,12 @@ transport, so the algorithms (``decpg``) never branch on the mode:
   parameter vectors point to point with the ranks of its neighbours in ``W``;
   bytes are counted from the tensors it sends.
 
+A transport serves every agent group of a task: a call names the agents of
+one group by their index in it (``0..n-1``), and the group's size (``W`` is
+``n x n``, ``h`` has ``n`` agent rows) is all a distributed transport needs to
+find their ranks (:meth:`Transport.local_agents`), so a multi-group algorithm
+passes the same arguments in both modes.
+
 Pure torch: no BenchMARL import.
 """
 
@@ -201,8 +207,8 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def holds(self, agents: Tensor) -> Tensor:
-        """Bool mask, the shape of ``agents`` (global ids): which of them are held in this process."""
+    def holds(self, agents: Tensor, n_agents: int) -> Tensor:
+        """Bool mask, the shape of ``agents`` (ids in their group of ``n_agents``): which are held in this process."""
 
     @abstractmethod
     def exchange_rows(self, h: Tensor, reads: Tensor, sink: Callable[[MixRecord], None] | None = None) -> Tensor:
@@ -240,7 +246,7 @@ class Transport(ABC):
         must not train anything: cut it (no gradient) before a loss reads it.
         """
         n = h.shape[-2]
-        held = self.holds(torch.arange(n, device=h.device))
+        held = self.holds(torch.arange(n, device=h.device), n)
         if bool(held.all()):
             return h
         return torch.where(held.view(n, 1), h, h.new_zeros(()))
@@ -287,7 +293,7 @@ class InProcessTransport(Transport):
         return MixRecord(agents=torch.arange(W.shape[0]), link_bytes=link, network_bytes=network,
                          links=per_link_bytes(W, size))
 
-    def holds(self, agents: Tensor) -> Tensor:
+    def holds(self, agents: Tensor, n_agents: int) -> Tensor:
         return torch.ones_like(agents, dtype=torch.bool)
 
     def exchange_rows(self, h: Tensor, reads: Tensor, sink: Callable[[MixRecord], None] | None = None) -> Tensor:

@@ -613,7 +613,8 @@ class Dgat(Model):
         terms are computed by their own process; here they would push
         gradients into this process's agents through their messages.
         """
-        held = self.transport.holds(torch.arange(per_agent.shape[-1], device=per_agent.device))
+        n = per_agent.shape[-1]
+        held = self.transport.holds(torch.arange(n, device=per_agent.device), n)
         if bool(held.all()):
             return per_agent.mean()
         return torch.where(held, per_agent, per_agent.new_zeros(())).sum() / per_agent.numel()

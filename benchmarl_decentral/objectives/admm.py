@@ -459,7 +459,7 @@ def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: T
     transport = InProcessTransport() if transport is None else transport
     with torch.no_grad():
         ends = state.links[link_ids]  # (l, 2)
-        held = transport.holds(ends)  # (l, 2): the link ends updated here
+        held = transport.holds(ends, state.n_agents)  # (l, 2): the link ends updated here
         touching = held.any(1)
         if not bool(touching.all()):
             link_ids, ends, held = link_ids[touching], ends[touching], held[touching]
