@@ -7,6 +7,7 @@ import torch
 from benchmarl.experiment.callback import Callback
 
 from benchmarl_decentral.algorithms import DecpgConfig
+from benchmarl_decentral.algorithms.dg_mappo import ValueNorm
 from benchmarl_decentral.consensus import consensus_distance, uniform_knn
 
 from conftest import make_experiment, tiny_experiment_config
@@ -256,6 +257,7 @@ def test_discrete_actions_with_pettingzoo(tmp_path):
         ({"evaluation_mode": "best"}, "unknown evaluation_mode"),
         ({"link_failure": 1.0}, "link_failure"),
         ({"log_link_bytes": "yes"}, r"decpg: log_link_bytes must be true or false, got 'yes'"),
+        ({"value_norm": "yes"}, r"decpg: value_norm must be true or false, got .yes."),
         ({"topology": "custom"}, "needs algorithm.adjacency"),
         ({"consensus_params": ["dgat"]}, r"decpg: consensus_params \['dgat'\] has unknown.*=\[actor,critic\]"),
     ],
@@ -378,3 +380,34 @@ def test_graph_presets_refuse_a_k_their_graph_ignores():
     config.k = 5
     with pytest.raises(ValueError, match="k"):
         config.validate()
+
+
+def test_value_norm_fits_each_agents_normalised_targets(tmp_path):
+    """value_norm: GAE reads the de-normalised value; the critic loss fits the raw output to each agent's
+    own normalised targets, with moments from that agent's targets only (no cross-agent statistic)."""
+    exp = make_experiment(tmp_path, task_overrides={"n_agents": 3}, algorithm_overrides={"value_norm": True})
+    norm = exp.algorithm.value_norms[GROUP]
+    batch = _batch(exp)  # process_batch: GAE with mean 0 / std 1, then the moments of this batch's targets
+    target = batch.get((GROUP, "value_target"))
+    torch.testing.assert_close(norm.mean, target.mean(0))
+    torch.testing.assert_close(norm.var, target.var(0, unbiased=False))
+    # agent 1's targets alone change agent 1's moments only
+    others = ValueNorm(3)
+    shifted = target.clone()
+    shifted[:, 1] = 100.0 * shifted[:, 1] - 7.0
+    others.update(shifted)
+    torch.testing.assert_close(others.mean[[0, 2]], norm.mean[[0, 2]])
+    assert not torch.allclose(others.mean[1], norm.mean[1])
+    # the critic as GAE calls it returns sigma_i * v_i + mu_i; inside the loss it fits v_i to (target - mu_i) / sigma_i
+    loss = exp.losses[GROUP]
+    with torch.no_grad():
+        value = loss.critic_network(batch.clone(False))[GROUP, "state_value"]
+        norm.passthrough = True
+        raw = loss.critic_network(batch.clone(False))[GROUP, "state_value"]
+        norm.passthrough = False
+    torch.testing.assert_close(value, raw * norm.std() + norm.mean)
+    out = loss(batch)
+    assert not norm.passthrough  # reset after the loss
+    expected = torch.nn.functional.smooth_l1_loss(raw, norm.normalize(target), reduction="none").mean()
+    torch.testing.assert_close(out["loss_critic"].detach(), expected * loss.critic_coeff)
+    exp.close()

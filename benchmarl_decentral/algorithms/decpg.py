@@ -67,6 +67,7 @@ from benchmarl_decentral.algorithms._common import (
     visibility_layout,
 )
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
+from benchmarl_decentral.algorithms.dg_mappo import ValueNorm
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout, evaluation_rollouts, mean_return
 from benchmarl_decentral.consensus import (
     average_degree,
@@ -136,6 +137,13 @@ class Decpg(Mappo):
         perturbation_eps: random action probability eps (Table 1).
         normalize_advantage: standardise advantages per minibatch with each
             agent's own mean and std (MAPPO's normalisation, kept local).
+        value_norm: each agent's critic predicts its value targets normalised
+            by that agent's own running mean and std
+            (:class:`~benchmarl_decentral.algorithms.dg_mappo.ValueNorm`,
+            MAPPO's value normalisation, Yu et al. 2022, kept local); GAE reads
+            the de-normalised value. Without it a critic cannot follow returns
+            of VMAS simple spread's scale (about -2500 per episode with 8 agents;
+            benchmarks/learning/decpg_k_findings.md).
         consensus_params: the networks DSGD mixes, any of ``actor``,
             ``critic`` (the paper: both; the same key as ``dg_mappo``'s).
         group_topology: per-group ``topology`` / ``k`` / ``adjacency``, e.g.
@@ -166,6 +174,7 @@ class Decpg(Mappo):
         perturbation_c: float,
         perturbation_eps: float,
         normalize_advantage: bool,
+        value_norm: bool = False,  # False: configs pickled before the key
         consensus_params: Iterable[str] = ("actor", "critic"),
         evaluation_dropout: Optional[List[int]] = None,
         group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
@@ -194,6 +203,9 @@ class Decpg(Mappo):
         self.perturbation_c = perturbation_c
         self.perturbation_eps = perturbation_eps
         self.normalize_advantage = normalize_advantage
+        self.value_norm = value_norm
+        #: per group: each agent's running moments of its value targets (value_norm=true)
+        self.value_norms: Dict[str, ValueNorm] = {}
         self.log_link_bytes = log_link_bytes
 
         #: per (group, "actor" | "critic"): the network's per-agent parameters as stacked leaves
@@ -285,7 +297,29 @@ class Decpg(Mappo):
                     p.copy_(p[:1].expand_as(p))
         if self.visibility_layout is not None:
             loss.register_forward_pre_hook(self._use_minibatch_graph(group))
+        norm = self.value_norms.get(group)
+        if norm is not None:  # the critic loss on each agent's normalised scale
+            loss.register_forward_pre_hook(self._normalised_critic_loss(group, norm))
+            loss.register_forward_hook(lambda module, args, out: setattr(norm, "passthrough", False))
         return loss, use_target
+
+    def _normalised_critic_loss(self, group: str, norm: ValueNorm):
+        """Forward pre-hook of the loss (``value_norm``): fit the normalised value to the normalised target.
+
+        The loss reads the stored advantages (computed by GAE with the
+        de-normalised value), so only the critic term sees the normalised
+        scale: the critic outputs its raw (normalised) prediction and the
+        value target is normalised with the agent's own moments.
+        """
+        key = (group, "value_target")
+
+        def hook(loss, args):
+            tensordict = args[0].clone(False)
+            tensordict.set(key, norm.normalize(tensordict.get(key)))
+            norm.passthrough = True
+            return (tensordict, *args[1:])
+
+        return hook
 
     def minibatch_graph(self, group: str, tensordict: TensorDictBase) -> torch.Tensor:
         """``topology=visibility``: the ally-visibility graph of every sample, ``(..., n, n)`` bool.
@@ -314,6 +348,15 @@ class Decpg(Mappo):
         return hook
 
     def get_critic(self, group: str) -> TensorDictModule:
+        """The agents' critics (:meth:`_get_critic`), with ``value_norm`` each agent's :class:`ValueNorm` after it."""
+        critic = self._get_critic(group)
+        if not self.value_norm:
+            return critic
+        norm = self.value_norms.setdefault(group, ValueNorm(len(self.group_map[group])))
+        key = (group, "state_value")
+        return TensorDictSequential(critic, TensorDictModule(norm, in_keys=[key], out_keys=[key]))
+
+    def _get_critic(self, group: str) -> TensorDictModule:
         """One centralized critic per agent, stacked on the agent dim.
 
         On all agents' observations MAPPO's per-agent critic is already stacked.
@@ -351,6 +394,13 @@ class Decpg(Mappo):
             action_spec=self.action_spec,
         )
         return TensorDictSequential(expand, value)
+
+    def process_batch(self, group: str, batch: TensorDictBase) -> TensorDictBase:
+        batch = super().process_batch(group, batch)  # GAE with the moments of the batches before this one
+        norm = self.value_norms.get(group)
+        if norm is not None:  # each agent's own targets only
+            norm.update(batch.get((group, "value_target")))
+        return batch
 
     def process_loss_vals(self, group: str, loss_vals: TensorDictBase) -> TensorDictBase:
         loss_vals = super().process_loss_vals(group, loss_vals)
@@ -720,6 +770,8 @@ class DecpgConfig(AlgorithmConfig):
     group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
     # communication accounting: bytes per link, logged per iteration
     log_link_bytes: bool = False
+    # MAPPO backbone: per-agent value normalisation (a default: configs pickled before the key)
+    value_norm: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -766,6 +818,8 @@ class DecpgConfig(AlgorithmConfig):
                 )
         if isinstance(self.link_failure, (int, float)) and not 0 <= self.link_failure < 1:
             raise ValueError(f"decpg: link_failure must be in [0, 1), got {self.link_failure}.")
+        if not isinstance(self.value_norm, bool):
+            raise ValueError(f"decpg: value_norm must be true or false, got {self.value_norm!r}.")
         if not isinstance(self.log_link_bytes, bool):
             raise ValueError(f"decpg: log_link_bytes must be true or false, got {self.log_link_bytes!r}.")
         if isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm <= 0:
