@@ -20,8 +20,9 @@ from conftest import make_experiment
 FRAMES = 60  # frames per iteration (tiny_experiment_config)
 N = 2  # resume from the checkpoint written after iteration N, run to N + 2
 SMALL = {
-    "decpg": {},
-    "dg_mappo": {"value_norm": True},  # each agent's running moments of its value targets continue too
+    # each agent's running moments of its value targets continue too
+    "decpg": {"value_norm": True},
+    "dg_mappo": {"value_norm": True},
     # random links: the resumed run must continue the link-selection RNG
     "matrpo": {"num_cells": None, "activation": None, "admm_iterations": 3, "admm_mode": "random"},
     "magpo": {"embed_dim": 16},

@@ -67,7 +67,7 @@ from benchmarl_decentral.algorithms._common import (
     visibility_layout,
 )
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
-from benchmarl_decentral.algorithms.dg_mappo import ValueNorm
+from benchmarl_decentral.algorithms.dg_mappo import ValueNorm, load_value_norm_state, value_norm_state
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout, evaluation_rollouts, mean_return
 from benchmarl_decentral.consensus import (
     average_degree,
@@ -355,6 +355,15 @@ class Decpg(Mappo):
         norm = self.value_norms.setdefault(group, ValueNorm(len(self.group_map[group])))
         key = (group, "state_value")
         return TensorDictSequential(critic, TensorDictModule(norm, in_keys=[key], out_keys=[key]))
+
+    def resume_state(self) -> Dict[str, Any]:
+        """What an exact resume needs beyond BenchMARL's state (:mod:`benchmarl_decentral.resume`): with
+        ``value_norm`` each agent's running moments of its value targets."""
+        return {"value_norms": value_norm_state(self.value_norms)}
+
+    def load_resume_state(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`resume_state`."""
+        load_value_norm_state(self.value_norms, state.get("value_norms", {}))
 
     def _get_critic(self, group: str) -> TensorDictModule:
         """One centralized critic per agent, stacked on the agent dim.

@@ -266,6 +266,16 @@ class ValueNorm(nn.Module):
             return value
         return value * self.std().to(value) + self.mean.to(value)
 
+    def moments(self) -> Dict[str, Any]:
+        """The running moments, for a checkpoint's exact-resume state (:func:`value_norm_state`)."""
+        return {"count": self.count, "mean": self.mean.clone(), "var": self.var.clone()}
+
+    def load_moments(self, saved: Dict[str, Any]) -> None:
+        """Restore :meth:`moments`."""
+        self.count = float(saved["count"])
+        self.mean = saved["mean"].to(self.mean).clone()
+        self.var = saved["var"].to(self.var).clone()
+
     @torch.no_grad()
     def update(self, target: torch.Tensor) -> None:
         """Merge the value targets ``(..., n, 1)`` of a batch into each agent's moments."""
@@ -279,6 +289,18 @@ class ValueNorm(nn.Module):
         self.var = (self.count * self.var + m * var + delta.pow(2) * self.count * m / total) / total
         self.mean = self.mean + delta * m / total
         self.count = total
+
+
+def value_norm_state(norms: Dict[str, ValueNorm]) -> Dict[str, Dict[str, Any]]:
+    """Every group's :class:`ValueNorm` moments (an algorithm's ``resume_state`` entry ``"value_norms"``)."""
+    return {group: norm.moments() for group, norm in norms.items()}
+
+
+def load_value_norm_state(norms: Dict[str, ValueNorm], saved: Dict[str, Dict[str, Any]]) -> None:
+    """Restore :func:`value_norm_state` into the groups that have a :class:`ValueNorm` (others: kept fresh)."""
+    for group, moments in saved.items():
+        if group in norms:
+            norms[group].load_moments(moments)
 
 
 #: BenchMARL model configs that cannot read ``õ_i`` (one flat vector per agent): why, and what to use instead.
@@ -885,8 +907,7 @@ class DgMappo(Mappo):
         """
         return {
             "exec_comm": {group: dict(vars(comm.comm)) for group, comm in self.communication.items()},
-            "value_norms": {group: {"count": norm.count, "mean": norm.mean.clone(), "var": norm.var.clone()}
-                            for group, norm in self.value_norms.items()},
+            "value_norms": value_norm_state(self.value_norms),
         }
 
     def load_resume_state(self, state: Dict[str, Any]) -> None:
@@ -894,12 +915,7 @@ class DgMappo(Mappo):
         for group, counter in state.get("exec_comm", {}).items():
             if group in self.communication:
                 vars(self.communication[group].comm).update(counter)
-        for group, saved in state.get("value_norms", {}).items():
-            norm = self.value_norms.get(group)
-            if norm is not None:
-                norm.count = float(saved["count"])
-                norm.mean = saved["mean"].to(norm.mean).clone()
-                norm.var = saved["var"].to(norm.var).clone()
+        load_value_norm_state(self.value_norms, state.get("value_norms", {}))
 
     def network_leaves(self, group: str) -> Dict[str, List[torch.Tensor]]:
         """The group's per-agent parameters by network, ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi).
