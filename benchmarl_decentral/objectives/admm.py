@@ -84,6 +84,7 @@ from benchmarl_decentral.objectives.trust_region import (
     Linearisation,
     NaturalStep,
     _check_delta,
+    _check_rtol,
     natural_step,
 )
 
@@ -203,6 +204,7 @@ class AdmmState:
             :func:`run_admm`) held at its last check and neither endpoint has
             moved since, ``(L,)`` bool.
         agent_updates: primal updates per agent, ``(n,)``.
+        cg_iterations: conjugate-gradient iterations per agent over its primal steps, ``(n,)``.
         link_updates: z/y updates per link, ``(L,)``.
         link_failures: link activations lost to ``link_failure_prob``
             (the link was picked but did not go through).
@@ -227,6 +229,7 @@ class AdmmState:
     history: list[float] = field(default_factory=list)
     dz_rms: Tensor | None = None
     converged: Tensor | None = None
+    cg_iterations: Tensor | None = None
     link_failures: int = 0
     comm: CommCounter = field(default_factory=CommCounter)
 
@@ -235,6 +238,8 @@ class AdmmState:
             self.dz_rms = torch.zeros_like(self.dual_residual)
         if self.converged is None:
             self.converged = torch.zeros(self.links.shape[0], dtype=torch.bool, device=self.links.device)
+        if self.cg_iterations is None:
+            self.cg_iterations = torch.zeros_like(self.agent_updates)
 
     @property
     def n_agents(self) -> int:
@@ -363,6 +368,7 @@ def primal_step(
     beta: float,
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
+    cg_rtol: float = 0.0,
     exact_kkt: bool = False,
     metric: str = "kl",
 ) -> NaturalStep:
@@ -383,6 +389,12 @@ def primal_step(
         beta: ADMM penalty (> 0).
         cg_iters: CG iterations. (default: 10)
         residual_tol: CG squared-residual tolerance. (default: 1e-10)
+        cg_rtol: stop an agent's CG once its residual is ``cg_rtol`` times that of
+            the warm start (the agent's previous solution), in ``[0, 1)``; 0: off
+            (``cg_iters`` iterations). Every primal step then shrinks the residual of
+            the (slowly changing) system by that factor, so the iteration keeps the
+            fixed point of exact solves (:func:`~benchmarl_decentral.objectives.trust_region.conjugate_gradient`).
+            (default: 0)
         exact_kkt: clip the trust-region multiplier at 0 (module docstring);
             ``False`` is the paper's always-on-the-boundary step. (default: False)
         metric: ``"kl"``: ``H^q`` is the true-KL Hessian (:meth:`Linearisation.fvp`),
@@ -420,8 +432,9 @@ def primal_step(
             # lambda* + |E(q)| beta >= |E(q)| beta  <=>  scale <= 1 / (|E(q)| beta)
             max_scale = torch.where(degree > 0, 1.0 / (beta * degree.clamp(min=1)),
                                     torch.full_like(degree, float("inf")))
-        nat = natural_step(avp, V, delta=delta, cg_iters=cg_iters,
-                           residual_tol=residual_tol, x0=x0, max_scale=max_scale)
+        counts = torch.zeros(V.shape[0], dtype=torch.long, device=V.device)
+        nat = natural_step(avp, V, delta=delta, cg_iters=cg_iters, residual_tol=residual_tol, x0=x0,
+                           max_scale=max_scale, cg_rtol=cg_rtol, cg_counts=counts)
         Jx = lin.jvp(nat.step, agents)
         idx = slice(None) if agents is None else agents
         state.x[idx] = nat.step
@@ -429,6 +442,7 @@ def primal_step(
         state.scale[idx] = nat.scale
         state.Jx[idx] = Jx
         state.agent_updates[idx] += 1
+        state.cg_iterations[idx] += counts.to(state.cg_iterations.device)
     return nat
 
 
@@ -500,6 +514,7 @@ def activate_link(
     beta: float,
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
+    cg_rtol: float = 0.0,
     exact_kkt: bool = False,
     metric: str = "kl",
 ) -> AdmmState:
@@ -514,7 +529,7 @@ def activate_link(
         raise ValueError(f"link must be in [0, {state.n_links}), got {link}")
     agents = state.links[link]
     primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
-                residual_tol=residual_tol, exact_kkt=exact_kkt, metric=metric)
+                residual_tol=residual_tol, cg_rtol=cg_rtol, exact_kkt=exact_kkt, metric=metric)
     return dual_update(state, torch.tensor([link], device=state.links.device), beta=beta)
 
 
@@ -528,6 +543,7 @@ def synchronous_iteration(
     working: Tensor | None = None,
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
+    cg_rtol: float = 0.0,
     exact_kkt: bool = False,
     transport: Transport | None = None,
     metric: str = "kl",
@@ -544,7 +560,7 @@ def synchronous_iteration(
     """
     agents = None if transport is None else transport.local_agents(state.n_agents).to(state.links.device)
     primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
-                residual_tol=residual_tol, exact_kkt=exact_kkt, metric=metric)
+                residual_tol=residual_tol, cg_rtol=cg_rtol, exact_kkt=exact_kkt, metric=metric)
     ids = torch.arange(state.n_links, device=state.links.device)
     if working is not None:
         ids = ids[working]
@@ -687,6 +703,7 @@ def run_admm(
     state: AdmmState | None = None,
     isolated: str = "error",
     metric: str = "kl",
+    cg_rtol: float = 0.0,
 ) -> AdmmState:
     """001 Algorithm 1: ``iterations`` ADMM iterations of one policy update; returns the final state.
 
@@ -729,6 +746,7 @@ def run_admm(
         exact_kkt: see :func:`primal_step`. (default: False)
         cg_iters: CG iterations per primal step. (default: 10)
         residual_tol: CG squared-residual tolerance. (default: 1e-10)
+        cg_rtol: relative CG stop of every primal step (:func:`primal_step`). (default: 0, off)
         state: continue from this state. (default: fresh :func:`init_state`)
         isolated: ``"error"`` or ``"local"``: what an agent without a link
             does when there are several agents (see above). (default: "error")
@@ -759,8 +777,9 @@ def run_admm(
         raise ValueError("state.links differ from edges; continue a state with the same links")
     _check_state(lin, state, advantages)
     _check_metric(metric)
-    kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, exact_kkt=exact_kkt,
-              metric=metric)
+    _check_rtol(cg_rtol)
+    kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, cg_rtol=cg_rtol,
+              exact_kkt=exact_kkt, metric=metric)
 
     degree = torch.bincount(links.reshape(-1), minlength=lin.n_agents)
     alone = (degree == 0).nonzero().flatten()

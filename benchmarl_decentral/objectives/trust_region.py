@@ -97,6 +97,14 @@ def _check_delta(delta: float | Tensor) -> None:
     )
 
 
+def _check_rtol(rtol: float) -> None:
+    if not 0.0 <= rtol < 1.0:
+        raise ValueError(
+            f"rtol must be in [0, 1), got rtol={rtol}; it is the factor by which conjugate gradient shrinks "
+            "the residual of its warm start (e.g. 0.1), 0 to run every iteration"
+        )
+
+
 def _check_damping(damping: float) -> None:
     _check_positive(
         "damping", damping,
@@ -376,13 +384,17 @@ def conjugate_gradient(
     residual_tol: float = 1e-10,
     *,
     x0: Tensor | None = None,
+    rtol: float = 0.0,
+    counts: Tensor | None = None,
 ) -> Tensor:
     """001 eq. (22) (the ``H^{-1} V`` of the closed-form step): batched conjugate gradient.
 
     Solves ``A_i x_i = b_i`` for every agent ``i`` (row of ``b``) at once, with
     its own step sizes ``alpha_i``, ``beta_i`` and its own stopping test
-    ``||r_i||^2 < residual_tol``; a converged agent's iterate is frozen, so the
-    result equals running CG agent by agent. No statistic crosses agents.
+    ``||r_i||^2 < residual_tol`` (and, with ``rtol > 0``, ``||r_i|| <= rtol
+    ||r_i^{(0)}||``, the residual of the start ``x0``); a converged agent's
+    iterate is frozen, so the result equals running CG agent by agent. No
+    statistic crosses agents.
 
     Args:
         Avp: ``(n, D) -> (n, D)``, symmetric positive definite per row.
@@ -390,6 +402,13 @@ def conjugate_gradient(
         iters: maximum CG iterations. (default: 10)
         residual_tol: squared-residual tolerance per agent. (default: 1e-10)
         x0: warm start ``(n, D)``. (default: zeros)
+        rtol: stop an agent once its residual norm is ``rtol`` times that of
+            its start, in ``[0, 1)``; 0: off (``iters`` iterations unless
+            ``residual_tol`` holds). Relative to the *warm start's* residual, so
+            repeated solves of slowly changing systems (the ADMM's primal steps)
+            keep shrinking the residual by that factor on every call. (default: 0)
+        counts: ``(n,)`` integer tensor; each agent's CG iterations are added to
+            it in place. (default: None)
 
     Returns:
         ``x`` of shape ``(n, D)``.
@@ -398,6 +417,7 @@ def conjugate_gradient(
         raise ValueError(f"b must be (n_agents, D), got shape {tuple(b.shape)}")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
+    _check_rtol(rtol)
     if x0 is None:
         x = torch.zeros_like(b)
         r = b.clone()
@@ -407,10 +427,15 @@ def conjugate_gradient(
         r = b - Avp(x)
     p = r.clone()
     rdotr = (r * r).sum(-1)
-    active = rdotr >= residual_tol
+    stop = torch.full_like(rdotr, residual_tol)
+    if rtol > 0:  # relative to the start's residual: ||r|| <= rtol ||r0||
+        stop = torch.maximum(stop, rtol**2 * rdotr)
+    active = rdotr >= stop
     for _ in range(iters):
         if not bool(active.any()):
             break
+        if counts is not None:
+            counts += active.to(counts.device, counts.dtype)
         Ap = Avp(p)
         pAp = (p * Ap).sum(-1)
         ok = active & (pAp > 0)  # pAp <= 0: not SPD along p, stop that agent
@@ -422,7 +447,7 @@ def conjugate_gradient(
         beta_cg = torch.where(ok, ratio, torch.zeros_like(rdotr))
         p = r + beta_cg[:, None] * p
         rdotr = torch.where(ok, new_rdotr, rdotr)
-        active = ok & (new_rdotr >= residual_tol)
+        active = ok & (new_rdotr >= stop)
     return x
 
 
@@ -455,6 +480,8 @@ def natural_step(
     residual_tol: float = 1e-10,
     x0: Tensor | None = None,
     max_scale: Tensor | None = None,
+    cg_rtol: float = 0.0,
+    cg_counts: Tensor | None = None,
 ) -> NaturalStep:
     """001 eq. (22) / (40), (51): ``x = sqrt(2 delta / (V^T H^{-1} V)) H^{-1} V`` per agent.
 
@@ -475,6 +502,8 @@ def natural_step(
         x0: CG warm start for ``H^{-1} V``. (default: None)
         max_scale: optional per-agent cap ``(n,)`` on the scale (see
             :func:`benchmarl_decentral.objectives.admm.primal_step`). (default: None)
+        cg_rtol: relative CG stop (:func:`conjugate_gradient`'s ``rtol``). (default: 0, off)
+        cg_counts: per-agent CG iteration counter, added to in place. (default: None)
 
     Returns:
         :class:`NaturalStep`. An agent with ``V = 0`` gets a zero step.
@@ -482,7 +511,7 @@ def natural_step(
     _check_delta(delta)
     if V.dim() != 2:
         raise ValueError(f"V must be (n_agents, D), got shape {tuple(V.shape)}")
-    d = conjugate_gradient(Avp, V, cg_iters, residual_tol, x0=x0)
+    d = conjugate_gradient(Avp, V, cg_iters, residual_tol, x0=x0, rtol=cg_rtol, counts=cg_counts)
     quad = (d * Avp(d)).sum(-1)
     delta_t = torch.as_tensor(delta, dtype=V.dtype, device=V.device)
     pos = quad > 0
