@@ -438,11 +438,13 @@ def consensus_oracle(adv, n_samples, n_components, delta):
     return u[:, None].expand(n_samples, n_components)
 
 
-@pytest.mark.parametrize(("kind", "mode", "iterations"), [
-    ("categorical", "synchronous", 40),
-    pytest.param("gaussian", "random", 150, marks=pytest.mark.slow),  # one link per iteration: ~4x the primal steps
+@pytest.mark.parametrize(("kind", "mode", "iterations", "cg_rtol"), [
+    ("categorical", "synchronous", 40, 0.0),
+    # each primal step's CG only shrinks its warm start's residual 3-fold: the same optimum
+    ("categorical", "synchronous", 60, 0.3),
+    pytest.param("gaussian", "random", 150, 0.0, marks=pytest.mark.slow),  # one link per iteration: ~4x the primal steps
 ])
-def test_gauss_newton_metric_reaches_the_dense_consensus_optimum(kind, mode, iterations):
+def test_gauss_newton_metric_reaches_the_dense_consensus_optimum(kind, mode, iterations, cg_rtol):
     """Generic nets, observations and sampled actions (G != KL Hessian): the exact primal step converges.
 
     ``metric="gauss_newton"`` with ``exact_kkt`` makes every primal step the exact
@@ -463,13 +465,16 @@ def test_gauss_newton_metric_reaches_the_dense_consensus_optimum(kind, mode, ite
     # CG to convergence (D > MK here, so MK + 6 iterations suffice): exact subproblems
     kw = dict(delta=delta, beta=beta, iterations=iterations, mode=mode, cg_iters=M * K + 6, residual_tol=1e-24,
               exact_kkt=True)
-    state = run_admm(lin, adv, edges, metric="gauss_newton", generator=torch.Generator().manual_seed(0), **kw)
+    state = run_admm(lin, adv, edges, metric="gauss_newton", generator=torch.Generator().manual_seed(0),
+                     cg_rtol=cg_rtol, **kw)
     err = (state.Jx - u_star).norm(dim=(1, 2)) / u_star.norm()
     assert float(err.max()) < 1e-4, err
     # every agent on its (Gauss-Newton) trust-region boundary: ||J x||^2 / (2M) = delta/N
     torch.testing.assert_close(state.Jx.pow(2).sum((1, 2)) / (2 * M), torch.full((n,), delta), rtol=1e-4, atol=0)
     assert state.history[-1] < 1e-4 * state.history[0]
-    if mode != "synchronous":
+    if cg_rtol:  # fewer CG iterations than the exact solves (40 primal steps x (MK + 6) at most)
+        assert int(state.cg_iterations.sum()) < 0.5 * n * 40 * (M * K + 6)
+    if mode != "synchronous" or cg_rtol:
         return
     # the closed form with the true-KL Hessian does not get there
     state_kl = run_admm(lin, adv, edges, metric="kl", generator=torch.Generator().manual_seed(0), **kw)

@@ -363,6 +363,7 @@ class CachedLinearisation(Linearisation):
         out_fisher = out_old if self.fisher_subsample == 1 else out_old[:, :: self.fisher_subsample]
         self._H_out = self._output_hessian(out_fisher)  # (n, M_F, K, F, F)
         self._ops: Dict[Any, _SubsetOperators] = {}
+        self._parts: Dict[Any, Tensor] = {}
         self.shared_operators = bool(shared_operators)
 
     @property
@@ -414,7 +415,14 @@ class CachedLinearisation(Linearisation):
         return ops
 
     def _part(self, t: Tensor, agents: Tensor | None) -> Tensor:
-        return t if agents is None else t[agents]
+        """Rows ``agents`` of a per-agent constant of this batch (``G``, ``H_f``), indexed once per subset."""
+        if agents is None:
+            return t
+        key = (id(t), self._sel_key(agents))
+        part = self._parts.get(key)
+        if part is None:
+            part = self._parts[key] = t[agents]
+        return part
 
     def jvp(self, x: Tensor, agents: Tensor | None = None) -> Tensor:
         ops = self.operators(agents)
@@ -443,6 +451,7 @@ class CachedLinearisation(Linearisation):
     def release(self) -> None:
         """Free the cached graphs."""
         self._ops.clear()
+        self._parts.clear()
 
 
 class _MaskedJointPolicy:
