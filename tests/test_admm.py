@@ -29,7 +29,13 @@ from benchmarl_decentral.objectives.admm import (
     primal_step,
     run_admm,
 )
-from benchmarl_decentral.objectives.trust_region import Linearisation, flat_params, stacked_policy, unflatten
+from benchmarl_decentral.objectives.trust_region import (
+    Linearisation,
+    flat_params,
+    natural_step,
+    stacked_policy,
+    unflatten,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -480,6 +486,30 @@ def test_gauss_newton_metric_reaches_the_dense_consensus_optimum(kind, mode, ite
     state_kl = run_admm(lin, adv, edges, metric="kl", generator=torch.Generator().manual_seed(0), **kw)
     err_kl = (state_kl.Jx - u_star).norm(dim=(1, 2)) / u_star.norm()
     assert float(err_kl.max()) > 0.05, err_kl
+
+
+@pytest.mark.parametrize("cg_rtol", [0.0, 0.5])
+def test_gauss_newton_step_is_the_closed_form_with_its_cg_and_tracks_j_x(cg_rtol):
+    """The gauss_newton primal step (its CG carries ``J d``, one vjp for the warm start's residual) equals the
+    closed form of eq. (47) by :func:`natural_step` on ``G + damping I`` from the same warm start with the same
+    (truncated) CG, and its ``J x`` is that of a fresh jvp."""
+    n, delta, beta, cg = 3, 0.01, 3.0, 4
+    net, make_dist, policy, params, obs, actions, adv = random_problem(n, m=6, k=3, seed=4)
+    lin = Linearisation(policy, params, obs, actions, damping=1e-3)
+    edges = [(0, 1), (1, 2)]
+    kw = dict(delta=delta, beta=beta, cg_iters=cg, residual_tol=0.0, exact_kkt=True, metric="gauss_newton",
+              cg_rtol=cg_rtol)
+    state = run_admm(lin, adv, edges, iterations=5, mode="synchronous", **kw)
+    torch.testing.assert_close(state.Jx, lin.jvp(state.x))
+    degree = torch.tensor([1.0, 2.0, 1.0])
+    V = consensus_gradient(lin, state, adv, beta=beta) + beta * lin.damping * degree[:, None] * state.x
+    ref = natural_step(lin.gnvp(), V, delta=delta, cg_iters=cg, residual_tol=0.0, x0=state.direction,
+                       max_scale=1.0 / (beta * degree), cg_rtol=cg_rtol)
+    agents = torch.tensor([1, 2])  # a subset, as a link activation
+    nat = primal_step(lin, state, adv, agents, **kw)
+    torch.testing.assert_close(nat.step, ref.step[agents])
+    torch.testing.assert_close(nat.quad, ref.quad[agents])
+    torch.testing.assert_close(state.Jx[agents], lin.jvp(nat.step, agents))
 
 
 def test_unknown_metric_is_refused():

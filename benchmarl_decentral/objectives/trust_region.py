@@ -425,6 +425,33 @@ def conjugate_gradient(
         _check_flat("x0", x0, b.shape[0], b.shape[1])
         x = x0.clone()
         r = b - Avp(x)
+    return cg_iterations(Avp, x, r, iters, residual_tol, rtol=rtol, counts=counts)[0]
+
+
+def cg_iterations(
+    Avp: Callable[[Tensor], Any],
+    x: Tensor,
+    r: Tensor,
+    iters: int,
+    residual_tol: float,
+    *,
+    rtol: float = 0.0,
+    counts: Tensor | None = None,
+    aux: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The loop of :func:`conjugate_gradient` from an iterate ``x`` and its residual ``r = b - A x``.
+
+    With ``aux`` (a linear image ``L x`` of the start, any shape with a leading
+    agent dim), ``Avp(p)`` returns ``(A p, L p)`` and ``L x`` is updated along
+    with ``x`` (``L x_{k+1} = L x_k + alpha_k L p_k``), so that a product that
+    ``A`` computes anyway (e.g. ``J p`` inside ``G p = J^T J p / M``) also gives
+    the solution's image without another product. Arguments as in
+    :func:`conjugate_gradient`.
+
+    Returns:
+        ``(x, r, aux)`` at the stop (``aux`` None when not tracked).
+    """
+    shape = (-1,) + (1,) * (aux.dim() - 1) if aux is not None else None
     p = r.clone()
     rdotr = (r * r).sum(-1)
     stop = torch.full_like(rdotr, residual_tol)
@@ -436,11 +463,16 @@ def conjugate_gradient(
             break
         if counts is not None:
             counts += active.to(counts.device, counts.dtype)
-        Ap = Avp(p)
+        if aux is None:
+            Ap = Avp(p)
+        else:
+            Ap, Lp = Avp(p)
         pAp = (p * Ap).sum(-1)
         ok = active & (pAp > 0)  # pAp <= 0: not SPD along p, stop that agent
         alpha = torch.where(ok, rdotr / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
         x = x + alpha[:, None] * p
+        if aux is not None:
+            aux = aux + alpha.reshape(shape) * Lp
         r = r - alpha[:, None] * Ap
         new_rdotr = (r * r).sum(-1)
         ratio = new_rdotr / torch.where(ok, rdotr, torch.ones_like(rdotr))
@@ -448,7 +480,7 @@ def conjugate_gradient(
         p = r + beta_cg[:, None] * p
         rdotr = torch.where(ok, new_rdotr, rdotr)
         active = ok & (new_rdotr >= stop)
-    return x
+    return x, r, aux
 
 
 # ----------------------------------------------------------- the closed-form step
@@ -513,13 +545,19 @@ def natural_step(
         raise ValueError(f"V must be (n_agents, D), got shape {tuple(V.shape)}")
     d = conjugate_gradient(Avp, V, cg_iters, residual_tol, x0=x0, rtol=cg_rtol, counts=cg_counts)
     quad = (d * Avp(d)).sum(-1)
-    delta_t = torch.as_tensor(delta, dtype=V.dtype, device=V.device)
+    scale = boundary_scale(quad, delta, max_scale)
+    return NaturalStep(step=scale[:, None] * d, direction=d, quad=quad, scale=scale)
+
+
+def boundary_scale(quad: Tensor, delta: float | Tensor, max_scale: Tensor | None = None) -> Tensor:
+    """001 eq. (51): ``sqrt(2 delta / quad)`` per agent (0 where ``quad <= 0``), capped at ``max_scale``."""
+    delta_t = torch.as_tensor(delta, dtype=quad.dtype, device=quad.device)
     pos = quad > 0
     scale = torch.where(pos, torch.sqrt(2 * delta_t / torch.where(pos, quad, torch.ones_like(quad))),
                         torch.zeros_like(quad))
     if max_scale is not None:
         scale = torch.minimum(scale, max_scale.to(scale))
-    return NaturalStep(step=scale[:, None] * d, direction=d, quad=quad, scale=scale)
+    return scale
 
 
 # ------------------------------------------------------------- surrogate, search
