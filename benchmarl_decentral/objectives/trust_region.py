@@ -60,6 +60,8 @@ __all__ = [
     "PolicyFn",
     "add_step",
     "backtracking_line_search",
+    "boundary_scale",
+    "cg_iterations",
     "check_agent_dims",
     "conjugate_gradient",
     "fisher_vector_product",
