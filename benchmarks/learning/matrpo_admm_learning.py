@@ -30,6 +30,7 @@ Usage::
     python benchmarks/learning/matrpo_admm_learning.py                       # default + exact, seeds 0 1 2
     python benchmarks/learning/matrpo_admm_learning.py --variants exact --seeds 0
     python benchmarks/learning/matrpo_admm_learning.py --summary-only        # the table of the finished runs
+    python benchmarks/learning/matrpo_admm_learning.py --summary-only --include-partial  # and unfinished runs' curves
     python benchmarks/learning/matrpo_admm_learning.py --quick               # smoke test
 
 Run folders go under ``--out`` (default ``benchmarks/out/matrpo_admm_learning``,
@@ -123,6 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "matrpo_admm_learning")
     p.add_argument("--timeout", type=int, default=5400, help="seconds per run")
     p.add_argument("--summary-only", action="store_true", help="only summarise the finished runs (run nothing)")
+    p.add_argument("--include-partial", action="store_true",
+                   help="with --summary-only: also list unfinished runs (from their CSVs so far, marked partial; "
+                        "not in the summary rows)")
     p.add_argument("--quick", action="store_true", help="tiny budget, seed 0 (smoke test)")
     args = p.parse_args(argv)
     if args.quick:
@@ -152,6 +156,13 @@ def main(argv=None) -> dict:
             run_dir = args.out / variant / f"seed{seed}"
             done = run_dir / "score.json"
             if not done.exists() and args.summary_only:
+                if args.include_partial and list(run_dir.rglob(f"scalars/{HIT}")):
+                    part = score(run_dir)
+                    res = part["residual_per_update"]
+                    results["runs"][f"{variant}/seed{seed}"] = {**part, "partial": True}
+                    print(f"{variant} seed {seed}: PARTIAL, {len(res)} updates, evaluations "
+                          + ", ".join(f"iteration {step}: hit {v:.3f}" for step, v in part["hit_curve"])
+                          + f"; residual median {_fmt(statistics.median(res) if res else None)}", flush=True)
                 continue
             if not done.exists():
                 run_dir.mkdir(parents=True, exist_ok=True)
