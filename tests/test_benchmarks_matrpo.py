@@ -38,6 +38,21 @@ def test_matrpo_admm_sweep_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
+def test_matrpo_admm_cost_quick_mode(tmp_path):
+    """``--cost``: one timed update per ADMM setting on the same batch (benchmarks/README.md section 9)."""
+    result = run_quick_benchmark("matrpo_admm_sweep.py", tmp_path, "--cost", "--tasks", "coordsum_private/3x5-12")
+    assert "| ADMM CPU s |" in result.stdout
+    rows = json.loads((REPO / "benchmarks" / "out" / "matrpo_admm_cost_quick.json").read_text())["cost"][
+        "coordsum_private/3x5-12"]["rows"]
+    assert list(rows) == ["table_iii", "exact_cg30", "exact_rtol0.3"]
+    for r in rows.values():
+        assert 1 <= r["iterations_used"] <= 4 and r["cpu_admm"] > 0 and r["kl_over_bound"] <= 1 + 1e-4
+        assert sum(r["cg_iterations"]) <= sum(r["primal_steps"]) * r["cg_iters"]  # counted CG iterations, capped
+    # the relative stop runs fewer CG iterations than the fixed 30 over the same iterations of the same batch
+    assert sum(rows["exact_rtol0.3"]["cg_iterations"]) < sum(rows["exact_cg30"]["cg_iterations"])
+
+
+@pytest.mark.slow
 def test_matrpo_critic_quick_mode(tmp_path):
     result = run_quick_benchmark("matrpo_critic.py", tmp_path)
     assert "| held-out EV (agent 0) |" in result.stdout  # the markdown table was printed
