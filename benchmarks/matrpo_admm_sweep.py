@@ -29,6 +29,12 @@ Usage::
 
     python benchmarks/matrpo_admm_sweep.py            # both tasks, beta 0.3 1 3 10, random + synchronous, K <= 400
     python benchmarks/matrpo_admm_sweep.py --quick    # smoke test, tiny sizes
+    python benchmarks/matrpo_admm_sweep.py --cost --cg-rtols 0.3 0.1   # CPU per update: Table III vs the exact step
+
+``--cost`` times one update per setting of :data:`COST_SETTINGS` (and the exact step with each
+``--cg-rtols`` value) on the same batch: iterations used, residuals, CG iterations per primal step and the
+CPU seconds (``time.process_time``) of the ADMM and of the whole update (linearisation, ADMM, line search);
+JSON to ``benchmarks/out/matrpo_admm_cost[_quick].json``.
 
 Prints a markdown table; writes JSON to ``benchmarks/out/matrpo_admm_sweep[_quick].json``.
 """
@@ -137,6 +143,87 @@ def one_update(exp, group: str, batch, *, beta: float, mode: str, exact_kkt: boo
             "first_below": first_below, "checkpoints": rows}
 
 
+#: ``--cost``: the ADMM settings timed on the same batch; (label, run_admm keywords). Table III's (``algorithm=matrpo``
+#: today) and the exact step of section 9 with every primal step's 30 CG iterations; ``--cg-rtols`` adds the exact
+#: step with the relative CG stop.
+COST_SETTINGS = {
+    "table_iii": dict(metric="kl", exact_kkt=False, beta=1.0, mode="random", iterations=100, tol=None, cg_iters=10,
+                      cg_rtol=0.0),
+    "exact_cg30": dict(metric="gauss_newton", exact_kkt=True, beta=10.0, mode="synchronous", iterations=200, tol=0.05,
+                       cg_iters=30, cg_rtol=0.0),
+}
+
+
+def cost_update(exp, group: str, batch, setting: dict, seed: int) -> dict:
+    """One policy update of ``setting`` from ``theta_old`` on ``batch``, timed part by part (CPU seconds).
+
+    A fresh linearisation (nothing cached from another setting), the ADMM (:func:`run_admm`, with the per-link
+    stop when ``tol``), then the line search of :func:`matrpo_update`.
+    """
+    from benchmarl_decentral.objectives import relative_residuals, run_admm
+    from benchmarl_decentral.objectives.trust_region import backtracking_line_search
+
+    alg = exp.algorithm
+    links = alg.links[group]
+    t0 = time.process_time()
+    lin = alg.linearisation(group, batch)
+    _, _, _, advantages = alg.policy_inputs(group, batch)
+    t1 = time.process_time()
+    # cg_rtol only when set: the same script then times the code before the key too (the README's "before" column)
+    kw = {k: v for k, v in setting.items() if k != "cg_rtol" or v}
+    state = run_admm(lin, advantages, links, delta=alg.delta, generator=torch.Generator().manual_seed(seed), **kw)
+    t2 = time.process_time()
+    ls = backtracking_line_search(
+        lin.policy, lin.params_old, state.x, lin.obs, bound=alg.delta, actions=lin.actions,
+        advantages=advantages.to(lin.dtype), backtrack_ratio=alg.backtrack_ratio, max_backtracks=alg.max_backtracks)
+    t3 = time.process_time()
+    primal, dual = relative_residuals(state)
+    lin.release()
+    return {**setting, "iterations_used": state.iteration, "primal_max": float(primal.max()),
+            "dual_max": float(dual.max()),
+            "cg_iterations": state.cg_iterations.tolist() if hasattr(state, "cg_iterations") else None,
+            "primal_steps": state.agent_updates.tolist(), "kl_over_bound": float(ls.kl.max()) / alg.delta,
+            "min_step_fraction": float(ls.fraction.min()), "improvement_mean": float(ls.improvement.mean()),
+            "cpu_linearisation": t1 - t0, "cpu_admm": t2 - t1, "cpu_line_search": t3 - t2, "cpu_update": t3 - t0}
+
+
+def run_cost(args) -> dict:
+    torch.set_num_threads(args.threads)
+    settings = dict(COST_SETTINGS)
+    for r in args.cg_rtols:
+        settings[f"exact_rtol{r:g}"] = {**COST_SETTINGS["exact_cg30"], "cg_rtol": r}
+    if args.quick:
+        settings = {k: {**v, "iterations": min(v["iterations"], 4)} for k, v in settings.items()}
+    out = {"machine": machine_info(), "args": vars(args), "cost": {}}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for task_name in args.tasks:
+            exp, group, batch = collect(task_name, TASKS.get(task_name, {}), args.frames[task_name], args.n_envs,
+                                        args.seed, tmp)
+            rows = {}
+            for label, setting in settings.items():
+                rows[label] = cost_update(exp, group, batch, setting, args.seed)
+                r = rows[label]
+                print(f"{task_name} {label}: {r['iterations_used']} iterations, primal_max {r['primal_max']:.3f}, "
+                      f"ADMM {r['cpu_admm']:.1f} CPU s", flush=True)
+            out["cost"][task_name] = {"n_agents": len(exp.group_map[group]), "frames": args.frames[task_name],
+                                      "rows": rows}
+            exp.close()
+    return out
+
+
+def cost_table(result: dict) -> str:
+    lines = ["| task | setting | iterations used | max rel. primal | max rel. dual | CG iterations per primal step "
+             "| KL / bound | ADMM CPU s | update CPU s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for task_name, task in result["cost"].items():
+        for label, r in task["rows"].items():
+            per_step = ("n/a" if r["cg_iterations"] is None
+                        else f"{sum(r['cg_iterations']) / max(sum(r['primal_steps']), 1):.1f}")
+            lines.append(f"| {task_name} | {label} | {r['iterations_used']} | {r['primal_max']:.3f} | {r['dual_max']:.3f} "
+                         f"| {per_step} | {r['kl_over_bound']:.2f} | {r['cpu_admm']:.1f} | {r['cpu_update']:.1f} |")
+    return "\n".join(lines)
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     out = {"machine": machine_info(), "args": vars(args), "tasks": {}}
@@ -219,6 +306,10 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.05])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cost", action="store_true",
+                        help="instead of the sweep: the CPU cost of one update per setting (COST_SETTINGS, --cg-rtols)")
+    parser.add_argument("--cg-rtols", type=float, nargs="*", default=[0.3],
+                        help="--cost: the exact step with these relative CG stops (algorithm.cg_rtol) too")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     args = parser.parse_args()
     if args.quick:
@@ -227,6 +318,14 @@ def main() -> None:
     args.exact_kkt = [v == "true" for v in args.exact_kkt]
     args.frames = {t: args.frames_coordsum if t.startswith("coordsum") else args.frames_navigation
                    for t in args.tasks}
+    if args.cost:
+        result = run_cost(args)
+        out = write_result("matrpo_admm_cost", result, args.quick)
+        m = result["machine"]
+        print(f"\n# MATRPO ADMM cost per update ({m['cpu']}, {m['nproc']} cores, torch threads {m['torch_threads']})\n")
+        print(cost_table(result))
+        print(f"JSON: {out}")
+        return
     if any(k % args.check_every for k in args.iterations):
         parser.error("every --iterations value must be a multiple of --check-every")
     result = run(args)

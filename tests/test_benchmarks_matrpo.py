@@ -38,6 +38,21 @@ def test_matrpo_admm_sweep_quick_mode(tmp_path):
 
 
 @pytest.mark.slow
+def test_matrpo_admm_cost_quick_mode(tmp_path):
+    """``--cost``: one timed update per ADMM setting on the same batch (benchmarks/README.md section 9)."""
+    result = run_quick_benchmark("matrpo_admm_sweep.py", tmp_path, "--cost", "--tasks", "coordsum_private/3x5-12")
+    assert "| ADMM CPU s |" in result.stdout
+    rows = json.loads((REPO / "benchmarks" / "out" / "matrpo_admm_cost_quick.json").read_text())["cost"][
+        "coordsum_private/3x5-12"]["rows"]
+    assert list(rows) == ["table_iii", "exact_cg30", "exact_rtol0.3"]
+    for r in rows.values():
+        assert 1 <= r["iterations_used"] <= 4 and r["cpu_admm"] > 0 and r["kl_over_bound"] <= 1 + 1e-4
+        assert sum(r["cg_iterations"]) <= sum(r["primal_steps"]) * r["cg_iters"]  # counted CG iterations, capped
+    # the relative stop runs fewer CG iterations than the fixed 30 over the same iterations of the same batch
+    assert sum(rows["exact_rtol0.3"]["cg_iterations"]) < sum(rows["exact_cg30"]["cg_iterations"])
+
+
+@pytest.mark.slow
 def test_matrpo_critic_quick_mode(tmp_path):
     result = run_quick_benchmark("matrpo_critic.py", tmp_path)
     assert "| held-out EV (agent 0) |" in result.stdout  # the markdown table was printed
@@ -54,3 +69,22 @@ def test_matrpo_critic_quick_mode(tmp_path):
             assert it["critic_steps"] == entry["steps"]  # counted optimizer steps = the schedule's
             assert it["mse_agent0"] >= 0 and it["mse_unrewarded"] >= 0 and it["critic_cpu_s"] > 0
             assert it["ev_agent0"] <= 1 or it["ev_agent0"] != it["ev_agent0"]  # at most 1, or nan (no reward)
+
+
+@pytest.mark.slow
+def test_matrpo_admm_learning_quick_mode(tmp_path):
+    """benchmarks/learning/matrpo_admm_learning.py: Table III's ADMM and the exact step, one tiny run each."""
+    result = run_quick_benchmark("learning/matrpo_admm_learning.py", tmp_path, "--out", tmp_path / "runs")
+    assert "| variant | seeds | hit rate" in result.stdout
+    out = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert set(out["summary"]) == {"default", "exact"}
+    for name, run in out["runs"].items():
+        assert len(run["hit_curve"]) >= 2 and 0 <= run["hit_rate"] <= 1  # the team metric, every evaluation
+        assert len(run["residual_per_update"]) == 2  # two policy iterations of 200 frames, one residual each
+        assert run["cpu_per_iteration"] > 0
+    exact, default = out["runs"]["exact/seed0"], out["runs"]["default/seed0"]
+    # the exact step stops every update at admm_tol = 0.05 (its 200-iteration cap not reached); Table III's 100
+    # random-link iterations do not get there
+    assert max(exact["residual_per_update"]) < 0.05 and all(k < 200 for k in exact["admm_iterations_per_update"])
+    assert default["admm_iterations_per_update"] == [100.0, 100.0]
+    assert exact["cg_iterations_per_update"] and all(c > 0 for c in exact["cg_iterations_per_update"])

@@ -85,6 +85,7 @@ def _snapshot(alg):
         ("topology", "star", "unknown topology"),
         ("admm_tol", -0.1, "admm_tol must be >= 0"),
         ("admm_metric", "fisher", "unknown admm_metric"),
+        ("cg_rtol", 1.0, "cg_rtol must be in"),
         ("advantage_norm", "global", "unknown advantage_norm"),
         ("critic_epochs", 0, r"critic_epochs must be a positive integer or null \(null: experiment.on_policy_n_mini"),
         ("critic_epochs", 2.5, r"critic_epochs must be .* got 2.5; e.g. algorithm.critic_epochs=3"),
@@ -104,8 +105,8 @@ def test_defaults_are_table_iii():
     assert (c.topology, c.num_cells, c.activation) == ("ring", [128, 128], "selu")
     # the ADMM: Table III; the exact primal step (benchmarks/README.md section 9) is an option, its effect on
     # learning not measured yet
-    assert (c.admm_metric, c.exact_kkt, c.beta, c.admm_mode, c.admm_iterations, c.admm_tol, c.cg_iters) == (
-        "kl", False, 1.0, "random", 100, 0.0, 10)
+    assert (c.admm_metric, c.exact_kkt, c.beta, c.admm_mode, c.admm_iterations, c.admm_tol, c.cg_iters, c.cg_rtol) == (
+        "kl", False, 1.0, "random", 100, 0.0, 10, 0.0)
     # the critic: the public code's 3 epochs of 64 (benchmarks/README.md section 11)
     assert (c.critic_epochs, c.critic_minibatch_size) == (3, 64)
 
@@ -115,7 +116,7 @@ def test_paper_preset_is_table_iii_admm_and_otherwise_the_defaults():
     from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 
     table_iii = {"beta": 1.0, "admm_iterations": 100, "admm_mode": "random", "admm_tol": 0.0,
-                 "exact_kkt": False, "admm_metric": "kl", "cg_iters": 10,
+                 "exact_kkt": False, "admm_metric": "kl", "cg_iters": 10, "cg_rtol": 0.0,
                  # the public TF2 code's value-function training (the paper states none)
                  "critic_epochs": 3, "critic_minibatch_size": 64, "critic_lr": 3e-4, "critic_max_grad_norm": None}
     assert load_algorithm_yaml("matrpo_paper") == {**load_algorithm_yaml("matrpo"), **table_iii}

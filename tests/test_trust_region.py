@@ -233,6 +233,34 @@ def test_conjugate_gradient_solves_random_spd_per_agent():
     torch.testing.assert_close(conjugate_gradient(Avp, b, iters=0, x0=x), x)
 
 
+def test_conjugate_gradient_relative_stop_shrinks_the_warm_starts_residual_per_agent():
+    """``rtol``: each agent stops at the first iteration with ``||r|| <= rtol ||r0||`` (r0: its warm start's)."""
+    torch.manual_seed(2)
+    n, D, rtol = 3, 12, 0.3
+    B = torch.randn(n, D, D)
+    A = B @ B.transpose(1, 2) + 0.1 * torch.eye(D)
+    b, x0 = torch.randn(n, D), torch.randn(n, D)
+
+    def Avp(v):
+        return torch.einsum("nij,nj->ni", A, v)
+
+    def residual(x):
+        return (b - Avp(x)).norm(dim=1)
+
+    counts = torch.zeros(n, dtype=torch.long)
+    x = conjugate_gradient(Avp, b, iters=50, residual_tol=0.0, x0=x0, rtol=rtol, counts=counts)
+    assert bool((residual(x) <= rtol * residual(x0) * (1 + 1e-6)).all())
+    for i in range(n):  # the same as plain CG of exactly that many iterations, one step fewer is not enough
+        k = int(counts[i])
+        assert 1 <= k < D
+        xi = conjugate_gradient(Avp, b, iters=k, residual_tol=0.0, x0=x0)
+        torch.testing.assert_close(x[i], xi[i])
+        fewer = conjugate_gradient(Avp, b, iters=k - 1, residual_tol=0.0, x0=x0)
+        assert float(residual(fewer)[i]) > rtol * float(residual(x0)[i])
+    with pytest.raises(ValueError, match="rtol must be in"):
+        conjugate_gradient(Avp, b, rtol=1.0)
+
+
 # -------------------------------------------------------------- the natural step
 
 

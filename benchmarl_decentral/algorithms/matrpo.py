@@ -508,7 +508,10 @@ class Matrpo(Algorithm):
         advantage_norm: scaling of each agent's advantages before the policy
             update, with the agent's own statistics only (:func:`scale_advantages`):
             ``agent_std`` (standardise), ``center`` (subtract the mean) or ``none``.
-        cg_iters: conjugate-gradient iterations for ``H^-1 V``.
+        cg_iters: conjugate-gradient iterations for ``H^-1 V`` (at most, with ``cg_rtol``).
+        cg_rtol: stop each ADMM primal step's CG once the residual is ``cg_rtol`` times
+            that of its warm start (the agent's previous solution); 0: all ``cg_iters``
+            (:func:`~benchmarl_decentral.objectives.primal_step`).
         cg_damping: Fisher damping.
         fisher_subsample: Fisher-vector products on every k-th sample (OpenAI Baselines' TRPO: 5).
         backtrack_ratio: line-search shrink factor.
@@ -568,6 +571,7 @@ class Matrpo(Algorithm):
         admm_metric: str = "kl",  # "kl": configs pickled before the key
         critic_epochs: Optional[int] = None,  # None: experiment.on_policy_n_minibatch_iters (and old pickles)
         critic_minibatch_size: Optional[int] = None,  # None: experiment.on_policy_minibatch_size
+        cg_rtol: float = 0.0,  # 0.0: configs pickled before the key
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -588,6 +592,7 @@ class Matrpo(Algorithm):
         self.lmbda = lmbda
         self.advantage_norm = advantage_norm
         self.cg_iters = cg_iters
+        self.cg_rtol = cg_rtol
         self.cg_damping = cg_damping
         self.fisher_subsample = fisher_subsample
         self.backtrack_ratio = backtrack_ratio
@@ -1080,7 +1085,7 @@ class Matrpo(Algorithm):
             generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol or None,
             exact_kkt=self.exact_kkt, cg_iters=self.cg_iters, backtrack_ratio=self.backtrack_ratio,
             max_backtracks=self.max_backtracks, require_improvement=self.line_search_improvement,
-            metric=self.admm_metric,
+            metric=self.admm_metric, cg_rtol=self.cg_rtol,
         )
         lin.release()
         with torch.no_grad():
@@ -1102,6 +1107,7 @@ class Matrpo(Algorithm):
             "primal_residual_rel": stats.primal_residual_rel,
             "dual_residual_rel": stats.dual_residual_rel,
             "converged_links": stats.converged_links,
+            "cg_iterations": stats.cg_iterations.float(),
         }
         loss.stats = {name: float(v.mean()) for name, v in per_agent.items()}
         loss.stats["admm_iterations"] = float(stats.iterations)
@@ -1112,6 +1118,9 @@ class Matrpo(Algorithm):
             for name, v in per_agent.items():
                 to_log[f"matrpo/{group}/{agent}/{name}"] = float(v[i])
         to_log[f"matrpo/{group}/admm_iterations"] = float(stats.iterations)
+        if stats.primal_residual_rel_max is not None:  # the largest over the links (the admm_tol test's quantity)
+            to_log[f"matrpo/{group}/primal_residual_rel_max"] = stats.primal_residual_rel_max
+            loss.stats["primal_residual_rel_max"] = stats.primal_residual_rel_max
         if stats.links_up is not None:
             to_log[f"matrpo/{group}/links_up"] = stats.links_up
         for name, value in self.link_stats.get(group, {}).items():  # topology=visibility
@@ -1241,6 +1250,8 @@ class MatrpoConfig(AlgorithmConfig):
     # the critic's schedule per policy iteration (defaults: configs pickled before the keys still load)
     critic_epochs: Optional[int] = None
     critic_minibatch_size: Optional[int] = None
+    # relative CG stop of the ADMM primal steps (a default: configs pickled before the key still load)
+    cg_rtol: float = 0.0
 
     def __post_init__(self):
         self.validate()
@@ -1308,6 +1319,11 @@ class MatrpoConfig(AlgorithmConfig):
             raise ValueError(f"matrpo: lmbda must be in [0, 1], got {self.lmbda}.")
         if num(self.cg_iters) and self.cg_iters < 1:
             raise ValueError(f"matrpo: cg_iters must be >= 1, got {self.cg_iters}.")
+        if num(self.cg_rtol) and not 0 <= self.cg_rtol < 1:
+            raise ValueError(
+                f"matrpo: cg_rtol must be in [0, 1) (the factor by which each primal step's CG shrinks its warm "
+                f"start's residual; 0: all cg_iters), got {self.cg_rtol}; e.g. algorithm.cg_rtol=0.3."
+            )
         if num(self.cg_damping) and not self.cg_damping > 0:
             raise ValueError(
                 f"matrpo: cg_damping must be > 0 (the Fisher of a network is singular), got {self.cg_damping}."

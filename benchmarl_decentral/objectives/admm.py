@@ -84,6 +84,9 @@ from benchmarl_decentral.objectives.trust_region import (
     Linearisation,
     NaturalStep,
     _check_delta,
+    _check_rtol,
+    boundary_scale,
+    cg_iterations,
     natural_step,
 )
 
@@ -203,6 +206,10 @@ class AdmmState:
             :func:`run_admm`) held at its last check and neither endpoint has
             moved since, ``(L,)`` bool.
         agent_updates: primal updates per agent, ``(n,)``.
+        cg_iterations: conjugate-gradient iterations per agent over its primal steps, ``(n,)``.
+        jdirection: ``J direction`` of the agents whose last step was a
+            ``gauss_newton`` one (the warm start's image, so that the next step
+            needs no product for it), ``(n, M, K)``; ``gn_warm`` marks those agents, ``(n,)`` bool.
         link_updates: z/y updates per link, ``(L,)``.
         link_failures: link activations lost to ``link_failure_prob``
             (the link was picked but did not go through).
@@ -227,6 +234,9 @@ class AdmmState:
     history: list[float] = field(default_factory=list)
     dz_rms: Tensor | None = None
     converged: Tensor | None = None
+    cg_iterations: Tensor | None = None
+    jdirection: Tensor | None = None
+    gn_warm: Tensor | None = None
     link_failures: int = 0
     comm: CommCounter = field(default_factory=CommCounter)
 
@@ -235,6 +245,12 @@ class AdmmState:
             self.dz_rms = torch.zeros_like(self.dual_residual)
         if self.converged is None:
             self.converged = torch.zeros(self.links.shape[0], dtype=torch.bool, device=self.links.device)
+        if self.cg_iterations is None:
+            self.cg_iterations = torch.zeros_like(self.agent_updates)
+        if self.jdirection is None:
+            self.jdirection = torch.zeros_like(self.Jx)
+        if self.gn_warm is None:
+            self.gn_warm = torch.zeros(self.x.shape[0], dtype=torch.bool, device=self.x.device)
 
     @property
     def n_agents(self) -> int:
@@ -343,14 +359,17 @@ def consensus_gradient(
         ``V`` of shape ``(|agents|, D)``.
     """
     _check_beta(beta)
+    return lin.vjp(_consensus_weights(state, advantages, beta, agents), agents) / lin.n_samples
+
+
+def _consensus_weights(state: AdmmState, advantages: Tensor, beta: float, agents: Tensor | None) -> Tensor:
+    """The per-sample weights of eq. (22)'s ``V^q = 1/M J^{qT} u^q``: ``u^q = A^q - sum_e C_e^q (y_e^q - beta z_e^q)``."""
     C = link_signs(state.z.dtype, state.z.device)[None, :, None, None]
     contrib = C * (beta * state.z - state.y)  # (L, 2, M, K)
     u = advantages.to(state.z)[..., None].expand_as(state.Jx).clone()
     if state.n_links:
         u.index_add_(0, state.links.reshape(-1), contrib.reshape(-1, *contrib.shape[2:]))
-    if agents is not None:
-        u = u[agents]
-    return lin.vjp(u, agents) / lin.n_samples
+    return u if agents is None else u[agents]
 
 
 def primal_step(
@@ -363,6 +382,7 @@ def primal_step(
     beta: float,
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
+    cg_rtol: float = 0.0,
     exact_kkt: bool = False,
     metric: str = "kl",
 ) -> NaturalStep:
@@ -383,6 +403,12 @@ def primal_step(
         beta: ADMM penalty (> 0).
         cg_iters: CG iterations. (default: 10)
         residual_tol: CG squared-residual tolerance. (default: 1e-10)
+        cg_rtol: stop an agent's CG once its residual is ``cg_rtol`` times that of
+            the warm start (the agent's previous solution), in ``[0, 1)``; 0: off
+            (``cg_iters`` iterations). Every primal step then shrinks the residual of
+            the (slowly changing) system by that factor, so the iteration keeps the
+            fixed point of exact solves (:func:`~benchmarl_decentral.objectives.trust_region.conjugate_gradient`).
+            (default: 0)
         exact_kkt: clip the trust-region multiplier at 0 (module docstring);
             ``False`` is the paper's always-on-the-boundary step. (default: False)
         metric: ``"kl"``: ``H^q`` is the true-KL Hessian (:meth:`Linearisation.fvp`),
@@ -400,36 +426,74 @@ def primal_step(
     _check_beta(beta)
     _check_metric(metric)
     _check_state(lin, state, advantages)
+    idx = slice(None) if agents is None else agents
     with torch.no_grad():
-        V = consensus_gradient(lin, state, advantages, beta=beta, agents=agents)
-        x0 = state.direction if agents is None else state.direction[agents]
-        degree = torch.bincount(state.links.reshape(-1), minlength=state.n_agents).to(V)
-        if agents is not None:
-            degree = degree[agents]
-        if metric == "gauss_newton":
-            # eq. (44) with H^q = G^q + eps I: (lambda (G + eps I) + c G) x = V, c = |E(q)| beta. The
-            # proximal term c eps / 2 ||x - x^(k)||^2 turns it into (lambda + c)(G + eps I) x = V + c eps x^(k),
-            # the closed form of eq. (47) with V + c eps x^(k); it vanishes at the fixed point.
-            x_prev = state.x if agents is None else state.x[agents]
-            V = V + (beta * lin.damping) * degree[:, None] * x_prev
-            avp = lin.gnvp(agents)
-        else:
-            avp = lin.fvp(agents)
+        x0 = state.direction[idx]
+        degree = torch.bincount(state.links.reshape(-1), minlength=state.n_agents).to(x0)[idx]
         max_scale = None
         if exact_kkt:
             # lambda* + |E(q)| beta >= |E(q)| beta  <=>  scale <= 1 / (|E(q)| beta)
             max_scale = torch.where(degree > 0, 1.0 / (beta * degree.clamp(min=1)),
                                     torch.full_like(degree, float("inf")))
-        nat = natural_step(avp, V, delta=delta, cg_iters=cg_iters,
-                           residual_tol=residual_tol, x0=x0, max_scale=max_scale)
-        Jx = lin.jvp(nat.step, agents)
-        idx = slice(None) if agents is None else agents
+        counts = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
+        if metric == "gauss_newton":
+            nat, Jd = _gauss_newton_step(lin, state, advantages, agents, degree, delta=delta, beta=beta,
+                                         cg_iters=cg_iters, residual_tol=residual_tol, cg_rtol=cg_rtol,
+                                         max_scale=max_scale, counts=counts)
+            Jx = nat.scale[:, None, None] * Jd
+            state.jdirection[idx] = Jd
+            state.gn_warm[idx] = True
+        else:
+            V = consensus_gradient(lin, state, advantages, beta=beta, agents=agents)
+            nat = natural_step(lin.fvp(agents), V, delta=delta, cg_iters=cg_iters, residual_tol=residual_tol, x0=x0,
+                               max_scale=max_scale, cg_rtol=cg_rtol, cg_counts=counts)
+            Jx = lin.jvp(nat.step, agents)
+            state.gn_warm[idx] = False
         state.x[idx] = nat.step
         state.direction[idx] = nat.direction
         state.scale[idx] = nat.scale
         state.Jx[idx] = Jx
         state.agent_updates[idx] += 1
+        state.cg_iterations[idx] += counts.to(state.cg_iterations.device)
     return nat
+
+
+def _gauss_newton_step(lin: Linearisation, state: AdmmState, advantages: Tensor, agents: Tensor | None,
+                       degree: Tensor, *, delta: float, beta: float, cg_iters: int, residual_tol: float,
+                       cg_rtol: float, max_scale: Tensor | None,
+                       counts: Tensor) -> tuple[NaturalStep, Tensor]:
+    """The ``metric="gauss_newton"`` primal step of :func:`primal_step`; returns it and ``J d`` of its direction ``d``.
+
+    eq. (44) with ``H^q = G^q + eps I``: ``(lambda (G + eps I) + c G) x = V``, ``c = |E(q)| beta``. The
+    proximal term ``c eps / 2 ||x - x^(k)||^2`` turns it into ``(lambda + c)(G + eps I) x = V + c eps x^(k)``,
+    the closed form of eq. (47) with ``V' = V + c eps x^(k)``; it vanishes at the fixed point. ``d = (G + eps
+    I)^{-1} V'`` by CG warm-started at the agent's previous ``d_0`` (same result as :func:`natural_step`, fewer
+    products): every product ``G p = J^T (J p) / M`` computes ``J p``, so CG carries ``J d`` along
+    (:func:`~benchmarl_decentral.objectives.trust_region.cg_iterations`), the start's residual
+    ``V' - (G + eps I) d_0 = J^T (u - J d_0) / M + c eps x^(k) - eps d_0`` is one vjp (``V = J^T u / M``,
+    :func:`consensus_gradient`; ``J d_0`` kept from the previous step), and ``V'^T d = d^T (G + eps I) d =
+    ||J d||^2 / M + eps ||d||^2`` needs no product either.
+    """
+    idx = slice(None) if agents is None else agents
+    M, eps = lin.n_samples, lin.damping
+    d0 = state.direction[idx]
+    warm = state.gn_warm[idx]
+    Jd0 = state.jdirection[idx]
+    if not bool(warm.all()):  # first step, or the last one was a "kl" step: J d_0 by one jvp
+        Jd0 = torch.where(warm[:, None, None], Jd0, lin.jvp(d0, agents))
+    u = _consensus_weights(state, advantages, beta, agents)
+    x_prev = state.x[idx]
+    r0 = lin.vjp(u - Jd0, agents) / M + (beta * eps) * degree[:, None] * x_prev - eps * d0
+
+    def avp(p: Tensor) -> tuple[Tensor, Tensor]:
+        Jp = lin.jvp(p, agents)
+        return lin.vjp(Jp, agents) / M + eps * p, Jp
+
+    d, _, Jd = cg_iterations(avp, d0.clone(), r0, cg_iters, residual_tol, rtol=cg_rtol, counts=counts,
+                             aux=Jd0.clone())
+    quad = Jd.pow(2).flatten(1).sum(1) / M + eps * d.pow(2).sum(1)
+    scale = boundary_scale(quad, delta, max_scale)
+    return NaturalStep(step=scale[:, None] * d, direction=d, quad=quad, scale=scale), Jd
 
 
 def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: Transport | None = None) -> AdmmState:
@@ -500,6 +564,7 @@ def activate_link(
     beta: float,
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
+    cg_rtol: float = 0.0,
     exact_kkt: bool = False,
     metric: str = "kl",
 ) -> AdmmState:
@@ -514,7 +579,7 @@ def activate_link(
         raise ValueError(f"link must be in [0, {state.n_links}), got {link}")
     agents = state.links[link]
     primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
-                residual_tol=residual_tol, exact_kkt=exact_kkt, metric=metric)
+                residual_tol=residual_tol, cg_rtol=cg_rtol, exact_kkt=exact_kkt, metric=metric)
     return dual_update(state, torch.tensor([link], device=state.links.device), beta=beta)
 
 
@@ -528,6 +593,7 @@ def synchronous_iteration(
     working: Tensor | None = None,
     cg_iters: int = 10,
     residual_tol: float = 1e-10,
+    cg_rtol: float = 0.0,
     exact_kkt: bool = False,
     transport: Transport | None = None,
     metric: str = "kl",
@@ -544,7 +610,7 @@ def synchronous_iteration(
     """
     agents = None if transport is None else transport.local_agents(state.n_agents).to(state.links.device)
     primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
-                residual_tol=residual_tol, exact_kkt=exact_kkt, metric=metric)
+                residual_tol=residual_tol, cg_rtol=cg_rtol, exact_kkt=exact_kkt, metric=metric)
     ids = torch.arange(state.n_links, device=state.links.device)
     if working is not None:
         ids = ids[working]
@@ -687,6 +753,7 @@ def run_admm(
     state: AdmmState | None = None,
     isolated: str = "error",
     metric: str = "kl",
+    cg_rtol: float = 0.0,
 ) -> AdmmState:
     """001 Algorithm 1: ``iterations`` ADMM iterations of one policy update; returns the final state.
 
@@ -729,6 +796,7 @@ def run_admm(
         exact_kkt: see :func:`primal_step`. (default: False)
         cg_iters: CG iterations per primal step. (default: 10)
         residual_tol: CG squared-residual tolerance. (default: 1e-10)
+        cg_rtol: relative CG stop of every primal step (:func:`primal_step`). (default: 0, off)
         state: continue from this state. (default: fresh :func:`init_state`)
         isolated: ``"error"`` or ``"local"``: what an agent without a link
             does when there are several agents (see above). (default: "error")
@@ -759,8 +827,9 @@ def run_admm(
         raise ValueError("state.links differ from edges; continue a state with the same links")
     _check_state(lin, state, advantages)
     _check_metric(metric)
-    kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, exact_kkt=exact_kkt,
-              metric=metric)
+    _check_rtol(cg_rtol)
+    kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, cg_rtol=cg_rtol,
+              exact_kkt=exact_kkt, metric=metric)
 
     degree = torch.bincount(links.reshape(-1), minlength=lin.n_agents)
     alone = (degree == 0).nonzero().flatten()

@@ -33,6 +33,7 @@ from benchmarl_decentral.objectives.admm import (
     init_state,
     per_agent_relative_residuals,
     per_agent_residuals,
+    relative_residuals,
     run_admm,
 )
 from benchmarl_decentral.objectives.trust_region import (
@@ -362,6 +363,7 @@ class CachedLinearisation(Linearisation):
         out_fisher = out_old if self.fisher_subsample == 1 else out_old[:, :: self.fisher_subsample]
         self._H_out = self._output_hessian(out_fisher)  # (n, M_F, K, F, F)
         self._ops: Dict[Any, _SubsetOperators] = {}
+        self._parts: Dict[Any, Tensor] = {}
         self.shared_operators = bool(shared_operators)
 
     @property
@@ -413,7 +415,14 @@ class CachedLinearisation(Linearisation):
         return ops
 
     def _part(self, t: Tensor, agents: Tensor | None) -> Tensor:
-        return t if agents is None else t[agents]
+        """Rows ``agents`` of a per-agent constant of this batch (``G``, ``H_f``), indexed once per subset."""
+        if agents is None:
+            return t
+        key = (id(t), self._sel_key(agents))
+        part = self._parts.get(key)
+        if part is None:
+            part = self._parts[key] = t[agents]
+        return part
 
     def jvp(self, x: Tensor, agents: Tensor | None = None) -> Tensor:
         ops = self.operators(agents)
@@ -442,6 +451,7 @@ class CachedLinearisation(Linearisation):
     def release(self) -> None:
         """Free the cached graphs."""
         self._ops.clear()
+        self._parts.clear()
 
 
 class _MaskedJointPolicy:
@@ -486,6 +496,10 @@ class MatrpoStats:
         links_up: fraction of the link activations that were not lost to
             ``link_failure`` (scalar; below 1 with ``link_failure``; a link
             idling under ``admm_tol`` counts as up; None without links).
+        cg_iterations: conjugate-gradient iterations the agent ran over its primal
+            steps (each one product with the metric).
+        primal_residual_rel_max: the largest relative primal residual over the
+            links (scalar; None without links).
         bytes_sent: bytes each agent sent over its links in the ADMM (one
             ``(M, K)`` value ``y + beta C J x`` per link end and z/y update,
             eq. 22; :attr:`~benchmarl_decentral.objectives.admm.AdmmState.comm`),
@@ -505,6 +519,8 @@ class MatrpoStats:
     converged_links: Optional[Tensor] = None
     links_up: Optional[float] = None
     bytes_sent: Optional[Tensor] = None
+    cg_iterations: Optional[Tensor] = None
+    primal_residual_rel_max: Optional[float] = None
 
 
 def matrpo_update(
@@ -527,6 +543,7 @@ def matrpo_update(
     isolated: str = "error",
     require_improvement: bool = True,
     metric: str = "kl",
+    cg_rtol: float = 0.0,
 ) -> Tuple[Dict[str, Tensor], MatrpoStats, int]:
     """001 Algorithm 1 (one policy iteration): ADMM (eqs. 21-22, 40) then the per-agent line search.
 
@@ -562,6 +579,8 @@ def matrpo_update(
             OpenAI Baselines' TRPO do; ``False`` checks the KL bound only. (default: True)
         metric: trust-region metric of the ADMM primal step, ``"kl"`` or
             ``"gauss_newton"`` (:func:`~benchmarl_decentral.objectives.primal_step`). (default: "kl")
+        cg_rtol: relative CG stop of every primal step
+            (:func:`~benchmarl_decentral.objectives.primal_step`). (default: 0, off)
 
     Returns:
         ``(params_new, stats, next_round_robin_offset)``.
@@ -572,7 +591,7 @@ def matrpo_update(
     state = run_admm(
         lin, advantages, links, delta=delta, beta=beta, iterations=iterations, mode=mode,
         link_failure_prob=link_failure, generator=generator, tol=tol, exact_kkt=exact_kkt,
-        cg_iters=cg_iters, state=state, isolated=isolated, metric=metric,
+        cg_iters=cg_iters, state=state, isolated=isolated, metric=metric, cg_rtol=cg_rtol,
     )
     used = state.iteration - int(round_robin_offset)
     # eq. (8): the linearised model puts each step on the quadratic KL boundary;
@@ -586,6 +605,7 @@ def matrpo_update(
         backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
     )
     primal, dual = per_agent_residuals(state)
+    rel_links = relative_residuals(state)[0]
     primal_rel, dual_rel, converged = per_agent_relative_residuals(state)
     # one link activated per iteration (random, round_robin), every link (synchronous)
     attempts = used * (state.n_links if mode == "synchronous" else 1)
@@ -593,7 +613,8 @@ def matrpo_update(
         kl=ls.kl, step_fraction=ls.fraction, primal_residual=primal, dual_residual=dual,
         admm_updates=state.agent_updates.clone(), iterations=used, history=list(state.history),
         improvement=ls.improvement, primal_residual_rel=primal_rel, dual_residual_rel=dual_rel,
-        converged_links=converged,
+        converged_links=converged, cg_iterations=state.cg_iterations.clone(),
+        primal_residual_rel_max=float(rel_links.max()) if rel_links.numel() else None,
         links_up=1.0 - state.link_failures / attempts if state.n_links and attempts else None,
         bytes_sent=(state.comm.link_bytes.clone() if state.comm.link_bytes is not None
                     else torch.zeros(state.n_agents, dtype=torch.int64)),

@@ -60,6 +60,8 @@ __all__ = [
     "PolicyFn",
     "add_step",
     "backtracking_line_search",
+    "boundary_scale",
+    "cg_iterations",
     "check_agent_dims",
     "conjugate_gradient",
     "fisher_vector_product",
@@ -95,6 +97,14 @@ def _check_delta(delta: float | Tensor) -> None:
         "delta", delta,
         "delta is the per-agent KL bound delta/N of eq. (8), e.g. 0.003 (Table III)",
     )
+
+
+def _check_rtol(rtol: float) -> None:
+    if not 0.0 <= rtol < 1.0:
+        raise ValueError(
+            f"rtol must be in [0, 1), got rtol={rtol}; it is the factor by which conjugate gradient shrinks "
+            "the residual of its warm start (e.g. 0.1), 0 to run every iteration"
+        )
 
 
 def _check_damping(damping: float) -> None:
@@ -376,13 +386,17 @@ def conjugate_gradient(
     residual_tol: float = 1e-10,
     *,
     x0: Tensor | None = None,
+    rtol: float = 0.0,
+    counts: Tensor | None = None,
 ) -> Tensor:
     """001 eq. (22) (the ``H^{-1} V`` of the closed-form step): batched conjugate gradient.
 
     Solves ``A_i x_i = b_i`` for every agent ``i`` (row of ``b``) at once, with
     its own step sizes ``alpha_i``, ``beta_i`` and its own stopping test
-    ``||r_i||^2 < residual_tol``; a converged agent's iterate is frozen, so the
-    result equals running CG agent by agent. No statistic crosses agents.
+    ``||r_i||^2 < residual_tol`` (and, with ``rtol > 0``, ``||r_i|| <= rtol
+    ||r_i^{(0)}||``, the residual of the start ``x0``); a converged agent's
+    iterate is frozen, so the result equals running CG agent by agent. No
+    statistic crosses agents.
 
     Args:
         Avp: ``(n, D) -> (n, D)``, symmetric positive definite per row.
@@ -390,6 +404,13 @@ def conjugate_gradient(
         iters: maximum CG iterations. (default: 10)
         residual_tol: squared-residual tolerance per agent. (default: 1e-10)
         x0: warm start ``(n, D)``. (default: zeros)
+        rtol: stop an agent once its residual norm is ``rtol`` times that of
+            its start, in ``[0, 1)``; 0: off (``iters`` iterations unless
+            ``residual_tol`` holds). Relative to the *warm start's* residual, so
+            repeated solves of slowly changing systems (the ADMM's primal steps)
+            keep shrinking the residual by that factor on every call. (default: 0)
+        counts: ``(n,)`` integer tensor; each agent's CG iterations are added to
+            it in place. (default: None)
 
     Returns:
         ``x`` of shape ``(n, D)``.
@@ -398,6 +419,7 @@ def conjugate_gradient(
         raise ValueError(f"b must be (n_agents, D), got shape {tuple(b.shape)}")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
+    _check_rtol(rtol)
     if x0 is None:
         x = torch.zeros_like(b)
         r = b.clone()
@@ -405,25 +427,62 @@ def conjugate_gradient(
         _check_flat("x0", x0, b.shape[0], b.shape[1])
         x = x0.clone()
         r = b - Avp(x)
+    return cg_iterations(Avp, x, r, iters, residual_tol, rtol=rtol, counts=counts)[0]
+
+
+def cg_iterations(
+    Avp: Callable[[Tensor], Any],
+    x: Tensor,
+    r: Tensor,
+    iters: int,
+    residual_tol: float,
+    *,
+    rtol: float = 0.0,
+    counts: Tensor | None = None,
+    aux: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The loop of :func:`conjugate_gradient` from an iterate ``x`` and its residual ``r = b - A x``.
+
+    With ``aux`` (a linear image ``L x`` of the start, any shape with a leading
+    agent dim), ``Avp(p)`` returns ``(A p, L p)`` and ``L x`` is updated along
+    with ``x`` (``L x_{k+1} = L x_k + alpha_k L p_k``), so that a product that
+    ``A`` computes anyway (e.g. ``J p`` inside ``G p = J^T J p / M``) also gives
+    the solution's image without another product. Arguments as in
+    :func:`conjugate_gradient`.
+
+    Returns:
+        ``(x, r, aux)`` at the stop (``aux`` None when not tracked).
+    """
+    shape = (-1,) + (1,) * (aux.dim() - 1) if aux is not None else None
     p = r.clone()
     rdotr = (r * r).sum(-1)
-    active = rdotr >= residual_tol
+    stop = torch.full_like(rdotr, residual_tol)
+    if rtol > 0:  # relative to the start's residual: ||r|| <= rtol ||r0||
+        stop = torch.maximum(stop, rtol**2 * rdotr)
+    active = rdotr >= stop
     for _ in range(iters):
         if not bool(active.any()):
             break
-        Ap = Avp(p)
+        if counts is not None:
+            counts += active.to(counts.device, counts.dtype)
+        if aux is None:
+            Ap = Avp(p)
+        else:
+            Ap, Lp = Avp(p)
         pAp = (p * Ap).sum(-1)
         ok = active & (pAp > 0)  # pAp <= 0: not SPD along p, stop that agent
         alpha = torch.where(ok, rdotr / torch.where(ok, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
         x = x + alpha[:, None] * p
+        if aux is not None:
+            aux = aux + alpha.reshape(shape) * Lp
         r = r - alpha[:, None] * Ap
         new_rdotr = (r * r).sum(-1)
         ratio = new_rdotr / torch.where(ok, rdotr, torch.ones_like(rdotr))
         beta_cg = torch.where(ok, ratio, torch.zeros_like(rdotr))
         p = r + beta_cg[:, None] * p
         rdotr = torch.where(ok, new_rdotr, rdotr)
-        active = ok & (new_rdotr >= residual_tol)
-    return x
+        active = ok & (new_rdotr >= stop)
+    return x, r, aux
 
 
 # ----------------------------------------------------------- the closed-form step
@@ -455,6 +514,8 @@ def natural_step(
     residual_tol: float = 1e-10,
     x0: Tensor | None = None,
     max_scale: Tensor | None = None,
+    cg_rtol: float = 0.0,
+    cg_counts: Tensor | None = None,
 ) -> NaturalStep:
     """001 eq. (22) / (40), (51): ``x = sqrt(2 delta / (V^T H^{-1} V)) H^{-1} V`` per agent.
 
@@ -475,6 +536,8 @@ def natural_step(
         x0: CG warm start for ``H^{-1} V``. (default: None)
         max_scale: optional per-agent cap ``(n,)`` on the scale (see
             :func:`benchmarl_decentral.objectives.admm.primal_step`). (default: None)
+        cg_rtol: relative CG stop (:func:`conjugate_gradient`'s ``rtol``). (default: 0, off)
+        cg_counts: per-agent CG iteration counter, added to in place. (default: None)
 
     Returns:
         :class:`NaturalStep`. An agent with ``V = 0`` gets a zero step.
@@ -482,15 +545,21 @@ def natural_step(
     _check_delta(delta)
     if V.dim() != 2:
         raise ValueError(f"V must be (n_agents, D), got shape {tuple(V.shape)}")
-    d = conjugate_gradient(Avp, V, cg_iters, residual_tol, x0=x0)
+    d = conjugate_gradient(Avp, V, cg_iters, residual_tol, x0=x0, rtol=cg_rtol, counts=cg_counts)
     quad = (d * Avp(d)).sum(-1)
-    delta_t = torch.as_tensor(delta, dtype=V.dtype, device=V.device)
+    scale = boundary_scale(quad, delta, max_scale)
+    return NaturalStep(step=scale[:, None] * d, direction=d, quad=quad, scale=scale)
+
+
+def boundary_scale(quad: Tensor, delta: float | Tensor, max_scale: Tensor | None = None) -> Tensor:
+    """001 eq. (51): ``sqrt(2 delta / quad)`` per agent (0 where ``quad <= 0``), capped at ``max_scale``."""
+    delta_t = torch.as_tensor(delta, dtype=quad.dtype, device=quad.device)
     pos = quad > 0
     scale = torch.where(pos, torch.sqrt(2 * delta_t / torch.where(pos, quad, torch.ones_like(quad))),
                         torch.zeros_like(quad))
     if max_scale is not None:
         scale = torch.minimum(scale, max_scale.to(scale))
-    return NaturalStep(step=scale[:, None] * d, direction=d, quad=quad, scale=scale)
+    return scale
 
 
 # ------------------------------------------------------------- surrogate, search
