@@ -522,7 +522,7 @@ class DgMappoLoss(ClipPPOLoss):
         return result
 
 
-#: Optimizers whose fused kernel :meth:`DgMappo.set_optimizer_foreach` runs (PyTorch has it on CPU and CUDA).
+#: Optimizers whose fused kernel :meth:`DgMappo.set_optimizer_fast_path` runs (PyTorch has it on CPU and CUDA).
 _FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 
 
@@ -590,7 +590,7 @@ class DgMappo(Mappo):
     #: (:attr:`~benchmarl_decentral.models.dgat.Dgat.dense_without_grad`), the per-agent clip rescales
     #: gradients only when some agent's norm exceeds ``max_grad_norm``, the loss reuses the graph of the
     #: actor's D-GAT forward (:attr:`DgMappoLoss.reuse_graph`) and Adam runs its ``foreach`` form
-    #: (:meth:`set_optimizer_foreach`). Same results (tested); :meth:`set_fast_paths` switches them all
+    #: (:meth:`set_optimizer_fast_path`). Same results (tested); :meth:`set_fast_paths` switches them all
     #: (``benchmarks/dg_mappo_iteration.py`` times both).
     fast_paths: bool = True
 
@@ -714,9 +714,9 @@ class DgMappo(Mappo):
             loss.reuse_graph = on
         for optimizers in getattr(self.experiment, "optimizers", {}).values():
             if LOSS_KEY in optimizers:
-                self.set_optimizer_foreach(optimizers[LOSS_KEY])
+                self.set_optimizer_fast_path(optimizers[LOSS_KEY])
 
-    def set_optimizer_foreach(self, optimizer: torch.optim.Optimizer) -> None:
+    def set_optimizer_fast_path(self, optimizer: torch.optim.Optimizer) -> None:
         """With :attr:`fast_paths`, the optimizer's fused or multi-tensor implementation: the same update.
 
         PyTorch picks the per-parameter loop on CPU by default (``foreach=None``).
@@ -1025,7 +1025,7 @@ class _DgMappoCallback(Callback):
             for param_group in optimizer.param_groups:  # Table 2: lr 5e-4, eps 1e-5
                 param_group["lr"] = algo.lr
                 param_group["eps"] = algo.adam_eps
-            algo.set_optimizer_foreach(optimizer)
+            algo.set_optimizer_fast_path(optimizer)
             leaves = algo.network_leaves(group)
             if algo.max_grad_norm is not None:
                 stacks = [algo.agent_stack(group, net) for net in CONSENSUS_NETWORKS]
