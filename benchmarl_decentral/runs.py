@@ -66,6 +66,7 @@ __all__ = [
     "reload_experiment",
     "restore_curve",
     "truncate_scalars",
+    "write_atomic",
     "training_started",
     "uninstall",
 ]
@@ -329,18 +330,43 @@ def restore_curve(experiment) -> int:
     return len(kept)
 
 
+def write_atomic(path: Path, write) -> None:
+    """Write ``path`` through ``write(f)`` on a temporary file, then rename it: a file that exists is whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def truncate_scalars(experiment) -> int:
-    """Drop the CSV rows of iterations at or after the loaded checkpoint's (before a resumed run logs).
+    """Drop the CSV rows of iterations at or after the loaded checkpoint's ``n_iters_performed``.
 
     BenchMARL's CSV logger appends to the run's ``scalars/*.csv``; an
-    interrupted run may have logged iterations after its last checkpoint,
-    which the resumed run logs again. Returns the number of rows dropped
-    (:func:`benchmarl_decentral.distributed.checkpoint.truncate_scalars`,
-    files rewritten atomically).
+    interrupted run may have logged iterations after its last checkpoint
+    (part of the next one, if it died), which the resumed run logs again.
+    Run before the resumed run logs anything (files rewritten atomically);
+    the ``run`` hook of :func:`install` does, for single-process and
+    distributed resumes alike. Returns the number of rows dropped.
     """
-    from benchmarl_decentral.distributed import checkpoint
+    from torchrl.record.loggers.csv import CSVLogger
 
-    return checkpoint.truncate_scalars(experiment)
+    n_iters = int(experiment.n_iters_performed)
+    dropped = 0
+    for logger in experiment.logger.loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        for path in sorted((Path(logger.experiment.log_dir) / "scalars").glob("*.csv")):
+            lines = path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and float(line.split(",", 1)[0]) < n_iters]
+            if len(kept) != len(lines):
+                dropped += len(lines) - len(kept)
+                write_atomic(path, lambda f, text="".join(kept): f.write(text.encode()))
+    return dropped
 
 
 def _evaluate_beside(experiment, original) -> Path:

@@ -224,9 +224,7 @@ def main(overrides: list[str]) -> None:
             saver = ckpt.RankCheckpoints(experiment, Path(run), rank, launch, agents, exchange)
             if plan.run is not None:
                 saver.restore_extra(cfg.experiment.restore_file)
-            if rank == 0:
-                if plan.run is not None:
-                    ckpt.truncate_scalars(experiment)
+            if rank == 0:  # (the CSV rows after a resumed checkpoint: runs.truncate_scalars, when training starts)
                 ckpt.write_launch(Path(run), launch)  # this launch's key: a restart finds the run
         experiment.run()
         if saver is not None:

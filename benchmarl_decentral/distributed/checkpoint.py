@@ -29,7 +29,7 @@ key, torchrun's ``TORCHELASTIC_RUN_ID``, is this launch's; see
 its own file as ``experiment.restore_file``. BenchMARL then reuses the run
 folder and name, the plugin's exact resume restores the optimizers, random
 streams and environments, :func:`~benchmarl_decentral.runs.restore_curve`
-keeps the JSON one curve, and :func:`truncate_scalars` drops the CSV rows of
+keeps the JSON one curve, and :func:`~benchmarl_decentral.runs.truncate_scalars` drops the CSV rows of
 the iterations after the checkpoint (the interrupted attempt logged them; the
 resumed one logs them again). ``experiment.restore_file`` set by hand to any
 rank's file of a complete checkpoint resumes the same way in a new launch.
@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from benchmarl_decentral.runs import write_atomic
 
 #: Entry of a rank's checkpoint that says which rank of which launch wrote it.
 KEY = "benchmarl_decentral_distributed"
@@ -129,22 +131,10 @@ def complete_frames(run: Path, world_size: int) -> list[int]:
     return sorted(common or ())
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_launch(run: Path, launch: Launch) -> None:
     """``<run>/distributed.json``: the launch and this launch's key (rank 0, once the run folder exists)."""
     data = {**asdict(launch), "launch_key": launch_key()}
-    _write_atomic(Path(run) / LAUNCH_FILE, lambda f: f.write(json.dumps(data, indent=2).encode()))
+    write_atomic(Path(run) / LAUNCH_FILE, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
 def read_launch(run: Path) -> dict[str, Any] | None:
@@ -292,10 +282,10 @@ class RankCheckpoints:
             **asdict(self.launch),
             "rank": self.rank,
             "agents": self.agents,
-            "env_bytes_sent": int(self.exchange.bytes_sent) if self.exchange is not None else 0,
+            "env_bytes_sent": dict(self.exchange.sent) if self.exchange is not None else {},
         }
         path = rank_file(self.run, self.rank, exp.total_frames)
-        _write_atomic(path, lambda f: torch.save(state, f))
+        write_atomic(path, lambda f: torch.save(state, f))
         self.written = int(exp.total_frames)
         self._prune(self.written)
         return path
@@ -326,31 +316,10 @@ class RankCheckpoints:
         """After BenchMARL loaded ``restore_file``: the rank's own entry (the action exchange's byte count)."""
         extra = torch.load(restore_file, map_location="cpu", weights_only=True, mmap=True).get(KEY, {})
         if self.exchange is not None:
-            self.exchange.bytes_sent = int(extra.get("env_bytes_sent", 0))
-
-
-def truncate_scalars(experiment) -> int:
-    """Drop the CSV rows of iterations at or after the loaded checkpoint's ``n_iters_performed``.
-
-    The interrupted attempt may have logged part of the next iteration before
-    it died; the resumed run logs those iterations again. Run before the
-    resumed run logs anything (files rewritten atomically). Returns the number
-    of rows dropped.
-    """
-    from torchrl.record.loggers.csv import CSVLogger
-
-    n_iters = int(experiment.n_iters_performed)
-    dropped = 0
-    for logger in experiment.logger.loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        for path in sorted((Path(logger.experiment.log_dir) / "scalars").glob("*.csv")):
-            lines = path.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if line.strip() and float(line.split(",", 1)[0]) < n_iters]
-            if len(kept) != len(lines):
-                dropped += len(lines) - len(kept)
-                _write_atomic(path, lambda f, text="".join(kept): f.write(text.encode()))
-    return dropped
+            saved = extra.get("env_bytes_sent", {})
+            if not isinstance(saved, dict):  # written before the per-group counts: one group's
+                saved = {self.exchange.groups[0]: saved}
+            self.exchange.sent.update({group: int(value) for group, value in saved.items()})
 
 
 def say(message: str) -> None:

@@ -73,20 +73,6 @@ class ActionExchange(Callback):
             experiment.group_policies[group].register_forward_hook(self._hook(group)) for group in self.groups
         ]
 
-    @property
-    def bytes_sent(self) -> int:
-        """The one group's :attr:`sent` (what a distributed checkpoint keeps; those support one group)."""
-        return self.sent[self._only_group()]
-
-    @bytes_sent.setter
-    def bytes_sent(self, value: int) -> None:
-        self.sent[self._only_group()] = int(value)
-
-    def _only_group(self) -> str:
-        if len(self.groups) != 1:
-            raise ValueError(f"bytes_sent is one group's count; this exchange has groups {self.groups}: read sent")
-        return self.groups[0]
-
     def _hook(self, group: str) -> Callable:
         def exchange(module: Any, args: Any, output: TensorDictBase) -> TensorDictBase:
             self._exchange(group, output.get(group))
