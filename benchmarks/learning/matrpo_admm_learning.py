@@ -14,7 +14,10 @@ experiment overrides: ``coordsum_private/3x5-12``, 150,000 frames in batches of
   stop ``admm_tol=0.05`` with at most 200 iterations, at most 30 CG iterations)
   with the relative CG stop ``cg_rtol=0.3`` (same fixed point, about a third of
   the CPU time of 30 fixed CG iterations);
-* ``exact_cg30``: ``exact`` with every primal step's 30 CG iterations (``cg_rtol=0``).
+* ``exact_cg30``: ``exact`` with every primal step's 30 CG iterations (``cg_rtol=0``);
+* ``exact_center`` and ``default_center``: ``exact`` and ``default`` with the advantages
+  centred per agent but not scaled (``advantage_norm=center``), so the unrewarded agents'
+  critic noise is not blown up to unit variance (issue 15, items 3-4).
 
 Per run it reports: the team metric (hit rate, ``eval/info/sum_hit_rate``) and
 the return (``eval_reward_episode_reward_mean``), both as the mean of the last
@@ -65,6 +68,8 @@ VARIANTS = {
     "default": ["algorithm=matrpo"],
     "exact": [*EXACT, "algorithm.cg_rtol=0.3"],
     "exact_cg30": [*EXACT, "algorithm.cg_rtol=0.0"],
+    "exact_center": [*EXACT, "algorithm.cg_rtol=0.3", "algorithm.advantage_norm=center"],
+    "default_center": ["algorithm=matrpo", "algorithm.advantage_norm=center"],
 }
 #: Evaluations averaged into a run's score (the results suite's final score averages the last 5 of its curve;
 #: at 150k frames and one evaluation per 30k there are 6, so the last 3 here).
