@@ -308,16 +308,13 @@ class Decpg(Mappo):
 
         The loss reads the stored advantages (computed by GAE with the
         de-normalised value), so only the critic term sees the normalised
-        scale: the critic outputs its raw (normalised) prediction and the
-        value target is normalised with the agent's own moments.
+        scale (:meth:`ValueNorm.critic_loss_input`; the forward hook after
+        the loss resets :attr:`ValueNorm.passthrough`).
         """
         key = (group, "value_target")
 
         def hook(loss, args):
-            tensordict = args[0].clone(False)
-            tensordict.set(key, norm.normalize(tensordict.get(key)))
-            norm.passthrough = True
-            return (tensordict, *args[1:])
+            return (norm.critic_loss_input(args[0], key), *args[1:])
 
         return hook
 

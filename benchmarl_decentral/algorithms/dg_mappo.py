@@ -266,6 +266,20 @@ class ValueNorm(nn.Module):
             return value
         return value * self.std().to(value) + self.mean.to(value)
 
+    def critic_loss_input(self, tensordict: TensorDictBase, key: Any) -> TensorDictBase:
+        """The critic loss on each agent's normalised scale: the value target at ``key`` normalised.
+
+        Returns a shallow copy of ``tensordict`` whose value target is
+        ``(target_i - mu_i) / sigma_i`` and sets :attr:`passthrough`, so that the
+        critic outputs its raw (normalised) prediction; the caller resets
+        :attr:`passthrough` once the loss has run. The advantages stored in
+        the batch (GAE on the de-normalised value) are left as they are.
+        """
+        tensordict = tensordict.clone(False)
+        tensordict.set(key, self.normalize(tensordict.get(key)))
+        self.passthrough = True
+        return tensordict
+
     def moments(self) -> Dict[str, Any]:
         """The running moments, for a checkpoint's exact-resume state (:func:`value_norm_state`)."""
         return {"count": self.count, "mean": self.mean.clone(), "var": self.var.clone()}
@@ -494,12 +508,8 @@ class DgMappoLoss(ClipPPOLoss):
         norm = self.value_norm
         if norm is None:
             return super().loss_critic(tensordict)
-        key = self.tensor_keys.value_target
-        tensordict = tensordict.clone(False)
-        tensordict.set(key, norm.normalize(tensordict.get(key)))
-        norm.passthrough = True
         try:
-            return super().loss_critic(tensordict)
+            return super().loss_critic(norm.critic_loss_input(tensordict, self.tensor_keys.value_target))
         finally:
             norm.passthrough = False
 
