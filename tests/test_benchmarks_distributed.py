@@ -1,4 +1,4 @@
-"""The distributed scaling benchmark runs (its --quick mode, decpg and dg_mappo); the figures are in benchmarks/README.md."""
+"""The distributed scaling benchmark runs (its --quick mode, decpg and dg_mappo); figures in benchmarks/README.md."""
 
 from __future__ import annotations
 
