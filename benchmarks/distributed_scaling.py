@@ -1,10 +1,12 @@
-"""Scaling of decpg with the number of agents: one process vs the distributed mode on 1, 2 and 4 ranks.
+"""Scaling of decpg or dg_mappo with the number of agents: one process vs the distributed mode on 1, 2 and 4 ranks.
 
 What is measured (issue 18, item 5): for ``n`` agents on a fixed-degree
 topology (kNN ring, ``k=2``: every agent mixes with 2 neighbours, whatever
 ``n``), on CoordSum with ``n`` agents (``coordsum/8x15-100`` with
 ``task.n_agents=n``, ``obs_agent_id=false`` so that an agent's observation,
-hence its actor, does not grow with ``n``), decpg trains for
+hence its actor, does not grow with ``n``), the algorithm (``--algorithm``:
+decpg, or dg_mappo with its YAML defaults and the same static ring as its
+D-GAT communication graph and D-SGD graph, eqs. 7-10) trains for
 ``--warmup + --iters`` iterations in each mode:
 
 * ``single``: the normal run, every agent stacked in one process
@@ -19,9 +21,12 @@ hence its actor, does not grow with ``n``), decpg trains for
 
 Recorded per iteration: BenchMARL's ``timers/iteration_time`` (collection +
 training), ``timers/training_time`` and the ``comm/`` scalars (bytes per agent:
-``train`` = mixing, ``network`` = of those across processes, ``env`` = the
-action exchange). For a distributed run an iteration's time is the slowest
-rank's (the ranks wait on each other's messages); bytes are rank 0's agents'.
+``train`` = mixing (dg_mappo: also the D-GAT messages of training and their
+gradients), ``train_network`` = of those across processes, dg_mappo's
+``exec`` = its D-GAT messages while acting and ``exec_network`` = of those
+across processes, ``env`` = the action exchange). For a distributed run an
+iteration's time is the slowest rank's (the ranks wait on each other's
+messages); bytes are rank 0's agents'.
 The first ``--warmup`` iterations are dropped; the whole grid runs ``--rounds``
 times, the order of the modes rotated each round; the median over rounds of
 each run's median is reported, with
@@ -39,9 +44,10 @@ Usage::
 
     python benchmarks/distributed_scaling.py                 # n = 4, 8, 16, 32; single, dist 1, 2, 4
     python benchmarks/distributed_scaling.py --quick         # smoke test: n = 4, 8; single, dist 2
+    python benchmarks/distributed_scaling.py --algorithm dg_mappo [--quick]
 
 Writes a markdown table to stdout and JSON to
-``benchmarks/out/distributed_scaling[_quick].json``.
+``benchmarks/out/distributed_scaling[_dg_mappo][_quick].json``.
 """
 
 from __future__ import annotations
@@ -56,42 +62,100 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also in the spawned ranks
 
-import benchmarl_decentral  # noqa: E402,F401  (registers decpg and coordsum)
+import benchmarl_decentral  # noqa: E402,F401  (registers decpg, dg_mappo and coordsum)
 from _common import experiment_config, machine_info, markdown_table, write_result  # noqa: E402
 
 TIMERS = ("iteration_time", "training_time", "collection_time")
-COMM = ("train_bytes_per_agent", "train_network_bytes_per_agent", "env_bytes_per_agent")
 
 
-def make_experiment(args: argparse.Namespace, n: int, save_folder: str):
-    """decpg on CoordSum with ``n`` agents, kNN ring k=2, the batch of ``args``; the same on every rank."""
-    from benchmarl.environments import task_config_registry
-    from benchmarl.experiment import Experiment
-    from benchmarl.models import MlpConfig
+@dataclass(frozen=True)
+class Measured:
+    """What differs between the algorithms: their config, ``comm/`` scalars and per-agent networks.
 
+    Attributes:
+        config: the algorithm's config, from its YAML, set to the kNN ring k=2.
+        comm: ``(scalar, table header)`` per ``comm/<scalar>`` the algorithm
+            logs (the env scalar comes from the action exchange of a
+            distributed run; 0 in one process).
+        networks: the per-agent networks of group ``agents`` by name, each
+            a list of stacked leaves ``(n, ...)`` (their bytes per agent are
+            the ``<name>_bytes`` of the results).
+    """
+
+    config: Callable[[], object]
+    comm: tuple[tuple[str, str], ...]
+    networks: Callable[[object], dict]
+
+
+def _decpg_config():
     from benchmarl_decentral.algorithms import DecpgConfig
 
-    task = task_config_registry["coordsum/8x15-100"].get_from_yaml()
-    task.config.update(n_agents=n, obs_agent_id=False)
     algo = DecpgConfig.get_from_yaml()
     algo.k = 2
     algo.topology = "knn_ring"
     algo.evaluation_mode = "local"  # no evaluation runs here; the distributed mode's setting
     algo.perturbed_evaluation = False
+    return algo
+
+
+def _dg_mappo_config():
+    from benchmarl_decentral.algorithms import DgMappoConfig
+
+    algo = DgMappoConfig.get_from_yaml()  # D-SGD of D-GAT, actor and critic on the D-GAT graph (eqs. 9-10)
+    algo.k = 2
+    algo.topology = "knn_ring"  # static, so every step's graph and mixing matrix is the ring
+    return algo
+
+
+#: per algorithm: decpg's train bytes are its mixing; dg_mappo's also its D-GAT messages of training and their
+#: gradients, and it sends D-GAT messages while acting (exec)
+ALGORITHMS = {
+    "decpg": Measured(
+        _decpg_config,
+        (("train_bytes_per_agent", "train bytes/agent"), ("train_network_bytes_per_agent", "network bytes/agent"),
+         ("env_bytes_per_agent", "env bytes/agent")),
+        lambda algo: {"actor": algo.actor_leaves("agents"), "critic": algo.critic_leaves("agents")},
+    ),
+    "dg_mappo": Measured(
+        _dg_mappo_config,
+        (("train_bytes_per_agent", "train bytes/agent"), ("train_network_bytes_per_agent", "train network bytes/agent"),
+         ("exec_bytes_per_agent", "exec bytes/agent"), ("exec_network_bytes_per_agent", "exec network bytes/agent"),
+         ("env_bytes_per_agent", "env bytes/agent")),
+        lambda algo: algo.network_leaves("agents"),  # dgat, actor, critic
+    ),
+}
+
+
+def comm_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``comm/`` scalars recorded for ``args.algorithm``."""
+    return tuple(name for name, _ in ALGORITHMS[args.algorithm].comm)
+
+
+def make_experiment(args: argparse.Namespace, n: int, save_folder: str):
+    """``args.algorithm`` on CoordSum with ``n`` agents, kNN ring k=2, the batch of ``args``; the same on every rank."""
+    from benchmarl.environments import task_config_registry
+    from benchmarl.experiment import Experiment
+    from benchmarl.models import MlpConfig
+
+    task = task_config_registry["coordsum/8x15-100"].get_from_yaml()
+    task.config.update(n_agents=n, obs_agent_id=False)
+    algo = ALGORITHMS[args.algorithm].config()
     model = MlpConfig.get_from_yaml()
     model.num_cells = list(args.num_cells)
     return Experiment(task=task, algorithm_config=algo, model_config=model, critic_model_config=model,
                       seed=args.seed, config=experiment_config(args, save_folder))
 
 
-def record(exp) -> list[dict]:
-    """Per iteration: BenchMARL's timers and the comm/ scalars, captured from ``experiment.logger.log``."""
+def record(exp, comm: tuple[str, ...]) -> list[dict]:
+    """Per iteration: BenchMARL's timers and the ``comm/`` scalars ``comm``, captured from ``experiment.logger.log``."""
     records: dict[int, dict] = {}
     log = exp.logger.log
 
@@ -99,7 +163,7 @@ def record(exp) -> list[dict]:
         it = records.setdefault(exp.n_iters_performed, {})
         for key, value in values.items():
             name = key.split("/", 1)[-1]
-            if key.startswith("timers/") and name in TIMERS or key.startswith("comm/") and name in COMM:
+            if key.startswith("timers/") and name in TIMERS or key.startswith("comm/") and name in comm:
                 it[name] = float(value)
         return log(values, step=step)
 
@@ -107,15 +171,16 @@ def record(exp) -> list[dict]:
     return records
 
 
-def sizes(exp) -> dict:
+def sizes(args: argparse.Namespace, exp) -> dict:
+    """Bytes of one agent's parameters per network, ``<network>_bytes``."""
     from benchmarl_decentral.distributed import bytes_per_agent
 
-    return {"actor_bytes": bytes_per_agent(exp.algorithm.actor_leaves("agents")),
-            "critic_bytes": bytes_per_agent(exp.algorithm.critic_leaves("agents"))}
+    networks = ALGORITHMS[args.algorithm].networks(exp.algorithm)
+    return {f"{name}_bytes": bytes_per_agent(leaves) for name, leaves in networks.items()}
 
 
-def train(exp) -> list[dict]:
-    records = record(exp)
+def train(args: argparse.Namespace, exp) -> list[dict]:
+    records = record(exp, comm_names(args))
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():  # tqdm bar, NaN-episode warnings
         warnings.simplefilter("ignore")
         exp.run()
@@ -126,18 +191,18 @@ def _rank(rank: int, world_size: int, args: argparse.Namespace, n: int, out: str
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
 
     with tempfile.TemporaryDirectory() as folder:
-        exp = build_rank_experiment(lambda: make_experiment(args, n, folder), algorithm="decpg",
+        exp = build_rank_experiment(lambda: make_experiment(args, n, folder), algorithm=args.algorithm,
                                     sizes={"agents": n})
-        iterations = train(exp)
-        Path(out, f"rank{rank}.json").write_text(json.dumps({"iterations": iterations, **sizes(exp)}))
+        iterations = train(args, exp)
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"iterations": iterations, **sizes(args, exp)}))
         exp.close()
 
 
 def run_single(args: argparse.Namespace, n: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         exp = make_experiment(args, n, folder)
-        iterations = train(exp)
-        result = {"iterations": iterations, **sizes(exp)}
+        iterations = train(args, exp)
+        result = {"iterations": iterations, **sizes(args, exp)}
         exp.close()
     return result
 
@@ -154,30 +219,31 @@ def run_distributed(args: argparse.Namespace, n: int, ranks: int) -> dict:
         for timer in TIMERS:
             row[timer] = max(it[timer] for it in its)
         iterations.append(row)
-    return {"iterations": iterations, "actor_bytes": per_rank[0]["actor_bytes"],
-            "critic_bytes": per_rank[0]["critic_bytes"]}
+    return {"iterations": iterations, **{k: v for k, v in per_rank[0].items() if k.endswith("_bytes")}}
 
 
-def summarise(result: dict, warmup: int) -> dict:
-    kept = result["iterations"][warmup:]
+def summarise(args: argparse.Namespace, result: dict) -> dict:
+    kept = result["iterations"][args.warmup:]
     out = {name: statistics.median(it[name] for it in kept) for name in TIMERS}
-    for name in COMM:
+    for name in comm_names(args):
         values = [it[name] for it in kept if name in it]
         out[name] = statistics.median(values) if values else 0.0
     out["n_iterations"] = len(kept)
-    out["actor_bytes"], out["critic_bytes"] = result["actor_bytes"], result["critic_bytes"]
+    out.update((k, v) for k, v in result.items() if k.endswith("_bytes"))
     return out
 
 
-def table(rows: list[dict]) -> str:
+def table(args: argparse.Namespace, rows: list[dict]) -> str:
     base = {r["n"]: r for r in rows if r["mode"] == "single"}
     first = {}  # per mode, its row at the smallest n
     for r in rows:
         first.setdefault(r["mode"], r)
+    measured = ALGORITHMS[args.algorithm]
+    networks = [key for key in rows[0] if key.endswith("_bytes")]  # actor_bytes, ... in the algorithm's order
     headers = [
         "n", "mode", "agents/rank", "iteration (s)", "/ single", "training (s)", "training per agent (ms)",
-        "iteration per agent (ms)", "per agent / smallest n's", "train bytes/agent", "network bytes/agent",
-        "env bytes/agent", "actor + critic bytes/agent",
+        "iteration per agent (ms)", "per agent / smallest n's", *(header for _, header in measured.comm),
+        " + ".join(key.removesuffix("_bytes") for key in networks) + " bytes/agent",
     ]
     cells = []
     for r in rows:
@@ -188,14 +254,14 @@ def table(rows: list[dict]) -> str:
             f"{r['iteration_time'] / b['iteration_time']:.2f}", f"{r['training_time']:.2f}",
             f"{1000 * r['training_time'] / r['n']:.0f}", f"{1000 * per_agent:.0f}",
             f"{per_agent / (f['iteration_time'] / f['n']):.2f}",
-            f"{r['train_bytes_per_agent']:,.0f}", f"{r['train_network_bytes_per_agent']:,.0f}",
-            f"{r['env_bytes_per_agent']:,.0f}", f"{int(r['actor_bytes'] + r['critic_bytes']):,}",
+            *(f"{r[name]:,.0f}" for name, _ in measured.comm), f"{int(sum(r[key] for key in networks)):,}",
         ])
     return markdown_table(headers, cells, left={"mode"})
 
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="decpg")
     parser.add_argument("--agents", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4], help="world sizes of the distributed runs")
     parser.add_argument("--frames", type=int, default=120, help="frames collected per iteration")
@@ -231,7 +297,7 @@ def main(argv=None) -> None:
             modes += [(f"dist {r}", r, lambda n=n, r=r: run_distributed(args, n, r)) for r in args.ranks]
             shift = round_ % len(modes)  # rotate the order: a slow spell of the machine hits every mode
             for mode, ranks, run in modes[shift:] + modes[:shift]:
-                summary = summarise(run(), args.warmup)
+                summary = summarise(args, run())
                 runs.setdefault((n, mode, ranks), []).append(summary)
                 print(f"round {round_} n={n} {mode}: iteration {summary['iteration_time']:.2f} s",
                       file=sys.stderr, flush=True)
@@ -251,8 +317,9 @@ def main(argv=None) -> None:
         "wall_s": time.time() - start,
         "rows": rows,
     }
-    path = write_result("distributed_scaling", result, quick=args.quick)
-    print(table(rows))
+    name = "distributed_scaling" + ("" if args.algorithm == "decpg" else f"_{args.algorithm}")
+    path = write_result(name, result, quick=args.quick)
+    print(table(args, rows))
     print(f"\nload average (1, 5, 15 min) before {load_before}, after {result['load_average_after']}; "
           f"{result['wall_s']:.0f} s; JSON: {path}")
 
