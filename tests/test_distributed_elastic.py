@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarl_decentral.distributed import partition_agents
 from benchmarl_decentral.distributed.checkpoint import (
+    KEY,
     LAUNCH_FILE,
     Launch,
     check_match,
@@ -36,9 +38,10 @@ EXPERIMENT = [
     f"experiment.checkpoint_interval={FRAMES}", "experiment.checkpoint_at_end=true",
     "experiment.keep_checkpoints_num=2", "experiment.render=false",  # rendering: most of a VMAS run's time
 ]
-#: the algorithms' elastic runs: 2 ranks of 4 agents (decpg: random link failures) or of 2 agents (dg_mappo: D-GAT
-#: messages and their gradients across the ranks on the radius graph of the agents' positions, value norms; 6 envs
-#: of 10 steps per batch, episodes of 6 steps: every batch has resets, VMAS's random state carries across the restart)
+#: the elastic runs: 2 ranks of 4 agents (decpg: random link failures) or of 2 agents (dg_mappo: D-GAT messages and
+#: their gradients across the ranks on the radius graph of the agents' positions, value norms; 6 envs of 10 steps
+#: per batch, episodes of 6 steps: every batch has resets, VMAS's random state carries across the restart); decpg on
+#: two agent groups (simple_tag: 4 adversaries, 2 good agents; each rank owns 2 adversaries and 1 good agent)
 ALGORITHMS = {
     "decpg": ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.link_failure=0.3",
               "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
@@ -46,8 +49,14 @@ ALGORITHMS = {
     "dg_mappo": ["algorithm=dg_mappo", "task=vmas/navigation", "task.n_agents=4", "task.max_steps=6",
                  "algorithm.hidden_channels=8", "algorithm.value_norm=true", "model.num_cells=[16]",
                  "critic_model.num_cells=[16]", "experiment.on_policy_n_envs_per_worker=6"],
+    "decpg_groups": ["algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4", "task.num_good_agents=2",
+                     "task.max_steps=6", "algorithm.link_failure=0.3", "algorithm.evaluation_mode=local",
+                     "algorithm.perturbed_evaluation=false", "model.num_cells=[16]", "critic_model.num_cells=[16]",
+                     "experiment.on_policy_n_envs_per_worker=2"],
 }
-LAUNCH = Launch(algorithm="decpg", task="coordsum/8x15-100", seed=0, world_size=2, group="agents", n_agents=8)
+#: agents per group of each elastic run
+GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "decpg_groups": {"adversary": 4, "agent": 2}}
+LAUNCH = Launch(algorithm="decpg", task="coordsum/8x15-100", seed=0, world_size=2, groups={"agents": 8})
 
 
 # ------------------------------------------------------------------ which checkpoint a launch resumes
@@ -90,11 +99,13 @@ def test_a_restart_resumes_the_newest_checkpoint_all_ranks_completed(tmp_path, m
         ("checkpoints_rank0/checkpoint_180.pt", LAUNCH,
          r"checkpoint at 180 frames of .* is incomplete: ranks \[1\] did not write theirs\. Resume a complete "
          r"one: \[60, 120\] frames"),
-        ("checkpoints_rank0/checkpoint_120.pt", Launch("decpg", "coordsum/8x15-100", 0, 4, "agents", 8),
+        ("checkpoints_rank0/checkpoint_120.pt", Launch("decpg", "coordsum/8x15-100", 0, 4, {"agents": 8}),
          r"do not fit this launch: world_size 2 \(this launch: 4\)\. Resume them with torchrun "
          r"--nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=decpg task=coordsum/8x15-100"),
-        ("checkpoints_rank0/checkpoint_120.pt", Launch("matrpo", "coordsum/4x15-100", 0, 2, "agents", 4),
-         r"algorithm 'decpg' \(this launch: 'matrpo'\), task .*, n_agents 8 \(this launch: 4\)"),
+        ("checkpoints_rank0/checkpoint_120.pt", Launch("matrpo", "coordsum/4x15-100", 0, 2, {"agents": 4}),
+         r"algorithm 'decpg' \(this launch: 'matrpo'\), task .*, groups \{'agents': 8\} \(this launch: "
+         r"\{'agents': 4\}\)\. Resume them with .* task=coordsum/8x15-100 \.\.\. with the run's agent groups "
+         r"\{'agents': 8\}, or start a new run"),
         ("checkpoints/checkpoint_120.pt", LAUNCH, r"is not a checkpoint of a distributed run: give one rank's file"),
     ],
 )
@@ -104,10 +115,30 @@ def test_a_checkpoint_that_does_not_fit_the_launch_is_refused(tmp_path, restore,
         plan_resume(str(run / restore), launch, save_folder=tmp_path, restarts=0, key="k")
     with pytest.raises(ValueError, match="do not fit this launch"):  # an elastic restart checks it too
         check_match(json.loads((run / LAUNCH_FILE).read_text()), Launch("decpg", "vmas/navigation", 0, 2,
-                                                                        "agents", 8), run)
+                                                                        {"agents": 8}), run)
 
 
-DG_LAUNCH = Launch(algorithm="dg_mappo", task="vmas/navigation", seed=0, world_size=2, group="agents", n_agents=4)
+def test_a_launch_file_written_before_several_groups_still_resumes(tmp_path):
+    """An older ``distributed.json`` (one ``group`` and its ``n_agents``, no config): its group is compared."""
+    run = _fake_run(tmp_path, {0: [60], 1: [60]})
+    (run / LAUNCH_FILE).write_text(json.dumps({"algorithm": "decpg", "task": "coordsum/8x15-100", "seed": 0,
+                                               "world_size": 2, "group": "agents", "n_agents": 8,
+                                               "launch_key": "job-1"}))
+    launch = Launch.of(algorithm="decpg", task="coordsum/8x15-100", seed=0, sizes={"agents": 8}, world_size=2,
+                       config={"model": {"num_cells": [32]}})  # not recorded there: not compared
+    for restore, restarts in ((str(rank_file(run, 1, 60)), 0), (None, 1)):  # by hand, and a torchrun restart
+        plan = plan_resume(restore, launch, save_folder=tmp_path, restarts=restarts, key="job-1")
+        assert (plan.run, plan.frames) == (run, 60)
+    with pytest.raises(ValueError, match=r"do not fit this launch: groups \{'agents': 8\} \(this launch: "
+                                         r"\{'agents': 4\}\)"):
+        plan_resume(str(rank_file(run, 1, 60)), Launch("decpg", "coordsum/8x15-100", 0, 2, {"agents": 4}),
+                    save_folder=tmp_path, restarts=0, key="k")
+
+
+DG_LAUNCH = Launch(algorithm="dg_mappo", task="vmas/navigation", seed=0, world_size=2, groups={"agents": 4})
+TAG_LAUNCH = Launch(algorithm="decpg", task="vmas/simple_tag", seed=0, world_size=2, groups={"adversary": 4, "agent": 2})
+TAG_ENTRY = ["algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4", "task.num_good_agents=2",
+             "experiment.evaluation=false"]
 DG_ENTRY = ["algorithm=dg_mappo", "task=vmas/navigation", "task.n_agents=4", "experiment.evaluation=false"]
 
 
@@ -119,10 +150,16 @@ DG_ENTRY = ["algorithm=dg_mappo", "task=vmas/navigation", "task.n_agents=4", "ex
          r"--nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=decpg task=coordsum/8x15-100"),
         (DG_LAUNCH, DG_ENTRY, 4, r"do not fit this launch: world_size 2 \(this launch: 4\)\. Resume them with "
                                  r"torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=dg_mappo"),
-        (DG_LAUNCH, [*DG_ENTRY[:2], "task.n_agents=2", *DG_ENTRY[3:]], 2, r"n_agents 4 \(this launch: 2\)"),
+        (DG_LAUNCH, [*DG_ENTRY[:2], "task.n_agents=2", *DG_ENTRY[3:]], 2,
+         r"groups \{'agents': 4\} \(this launch: \{'agents': 2\}\)"),
         (DG_LAUNCH, ["algorithm=decpg", *DG_ENTRY[1:]], 2, r"algorithm 'dg_mappo' \(this launch: 'decpg'\)"),
+        (TAG_LAUNCH, [*TAG_ENTRY[:2], "task.num_adversaries=2", *TAG_ENTRY[3:]], 2,
+         r"do not fit this launch: groups \{'adversary': 4, 'agent': 2\} \(this launch: \{'adversary': 2, "
+         r"'agent': 2\}\)\. Resume them with torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed "
+         r"algorithm=decpg task=vmas/simple_tag \.\.\. with the run's agent groups \{'adversary': 4, 'agent': 2\}"),
     ],
-    ids=["decpg_run_dg_mappo_launch", "dg_mappo_world_size", "dg_mappo_agents", "dg_mappo_run_decpg_launch"],
+    ids=["decpg_run_dg_mappo_launch", "dg_mappo_world_size", "dg_mappo_agents", "dg_mappo_run_decpg_launch",
+         "groups_sizes"],
 )
 def test_the_entry_point_refuses_a_checkpoint_that_does_not_fit_before_anything_is_built(
     tmp_path, monkeypatch, capsys, saved, overrides, world_size, match
@@ -143,6 +180,51 @@ def test_the_entry_point_refuses_a_checkpoint_that_does_not_fit_before_anything_
     err = capsys.readouterr().err
     assert re.search(match, err) and err.count("\n") == 1, err
     assert sorted(tmp_path.rglob("*")) == files and not dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "entry, saved_settings, settings, match",
+    [
+        (["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.evaluation_mode=local",
+          "algorithm.perturbed_evaluation=false"], ["model.num_cells=[16]"], ["model.num_cells=[32]"],
+         r"were written with other settings than this launch's: model\.num_cells=\[16\] \(this launch: \[32\]\); "
+         r"their networks and optimizer state are those settings'\. Resume them with the run's settings "
+         r"\(model\.num_cells=\[16\]\), or start a new run without experiment\.restore_file\."),
+        (DG_ENTRY, ["algorithm.hidden_channels=8", "critic_model.num_cells=[16,16]"],
+         ["algorithm.hidden_channels=16", "critic_model.num_cells=[16]"],
+         r"other settings than this launch's: algorithm\.hidden_channels=8 \(this launch: 16\), "
+         r"critic_model\.num_cells=\[16,16\] \(this launch: \[16\]\); .* Resume them with the run's settings "
+         r"\(algorithm\.hidden_channels=8 critic_model\.num_cells=\[16,16\]\)"),
+    ],
+    ids=["decpg_model", "dg_mappo_algorithm_and_critic"],
+)
+def test_a_checkpoint_of_other_network_settings_is_refused_before_anything_is_built(
+    tmp_path, monkeypatch, capsys, entry, saved_settings, settings, match
+):
+    """The run's algorithm / model / critic_model config (in its launch file) against the launch's: one line,
+    status 2, before the process group (BenchMARL would otherwise fail on the networks' sizes after it)."""
+    import torch.distributed as dist
+
+    from benchmarl_decentral.distributed.__main__ import compose, launch_config, main
+
+    cfg, task, algorithm = compose([*entry, *saved_settings])
+    saved = Launch.of(algorithm=algorithm, task=task, seed=0, sizes={"agents": 8 if algorithm == "decpg" else 4},
+                      world_size=2, config=launch_config(cfg))
+    run = _fake_run(tmp_path / "runs", {0: [60], 1: [60]}, saved)
+    files = sorted(tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_:
+        main([*entry, *settings, f"experiment.restore_file={rank_file(run, 0, 60)}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and err.count("\n") == 1, err
+    assert sorted(tmp_path.rglob("*")) == files and not dist.is_initialized()
+    # the same settings resume: the launch's config equals the one its launch file gives back
+    again = Launch.of(algorithm=algorithm, task=task, seed=0, sizes=saved.groups, world_size=2,
+                      config=launch_config(compose([*entry, *saved_settings])[0]))
+    assert plan_resume(str(rank_file(run, 0, 60)), again, save_folder=tmp_path, restarts=0, key="k").frames == 60
 
 
 # ------------------------------------------------------------------ a rank killed under torchrun
@@ -207,7 +289,8 @@ def _diff(a, b, path="") -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_nothing_lost(tmp_path, algorithm):
-    """torchrun --max-restarts 1, 2 ranks (:data:`ALGORITHMS`), 4 iterations; rank 1 SIGKILLed mid-run.
+    """torchrun --max-restarts 1, 2 ranks (:data:`ALGORITHMS`: one agent group or two), 4 iterations; rank 1
+    SIGKILLed mid-run.
 
     The run continues in the same folder from the newest complete checkpoint
     and ends with the uninterrupted distributed run's state, bit for bit
@@ -253,6 +336,8 @@ def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_no
     output = (tmp_path / "torchrun.log").read_text()
 
     (run,) = (tmp_path / "elastic").iterdir()  # the same run folder, continued
+    record = json.loads((run / LAUNCH_FILE).read_text())
+    assert record["groups"] == GROUPS[algorithm] and set(record["config"]) == {"algorithm", "model", "critic_model"}
     resumed = re.search(rf"restart 1: resuming {re.escape(str(run))} from the checkpoint at (\d+) frames", output)
     assert resumed, output
     assert 2 * FRAMES <= int(resumed.group(1)) < ITERS * FRAMES  # iterations were redone after the restart
@@ -265,6 +350,8 @@ def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_no
         want = torch.load(rank_file(ref, rank, final), weights_only=True)
         got["state"].pop("total_time"), want["state"].pop("total_time")  # wall clock
         assert got["state"]["n_iters_performed"] == ITERS
+        assert got[KEY]["agents"] == {group: torch.nonzero(partition_agents(n, 2) == rank).flatten().tolist()
+                                      for group, n in GROUPS[algorithm].items()}
         assert _diff(got, want) == []
     with pytest.raises(CheckpointError, match=r"is rank 1's part of a distributed checkpoint .* torchrun "
                                               r"--nproc-per-node 2 -m benchmarl_decentral.distributed"):

@@ -77,11 +77,11 @@ def test_one_transport_places_every_group_by_its_size():
 @pytest.mark.parametrize(
     "overrides, world_size, match",
     [
-        (["experiment.checkpoint_interval=6000"], 2,
-         r"distributed checkpoints and resume support tasks with one agent group; this task has \['adversary', "
-         r"'agent'\]: set experiment.checkpoint_interval=0 experiment.checkpoint_at_end=false"),
         ([], 4, r"world size 4 does not fit group 'agent' of 2 agents: 2 of the 4 ranks would own no agent\. .* "
                 r"N in \[1, 2\]\)\.$"),
+        # checkpoints of several groups are resumed like one group's: the same checks of the file given
+        (["experiment.checkpoint_interval=6000", "experiment.restore_file=runs/run/checkpoints/checkpoint_60.pt"], 2,
+         r"experiment.restore_file=runs/run/checkpoints/checkpoint_60.pt is not a checkpoint of a distributed run"),
     ],
 )
 def test_entry_point_refuses_a_multi_group_launch_it_cannot_run(tmp_path, monkeypatch, capsys, overrides,

@@ -606,7 +606,9 @@ class _DecpgCallback(Callback):
             self._metrics[f"decpg/{group}/average_degree"] = float(
                 average_degree(self.mixers[(group, "actor")].adjacency).mean()
             )
-        metrics = {k: v for k, v in self._metrics.items() if k.startswith(f"decpg/{group}/") or k == "decpg/lr"}
+        last = group == list(self.experiment.train_group_map)[-1]  # decpg/lr: one row per iteration, not per group
+        metrics = {k: v for k, v in self._metrics.items()
+                   if k.startswith(f"decpg/{group}/") or (k == "decpg/lr" and last)}
         metrics.update(self._comm_metrics(group))
         self.experiment.logger.log(metrics, step=self.experiment.n_iters_performed)
 

@@ -53,8 +53,9 @@ What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
   own experiment state into rank 0's run folder (atomically, no message to
   the other ranks); when a rank dies, ``torchrun --max-restarts K`` restarts
   the group and every rank resumes the newest checkpoint all ranks completed,
-  exactly (the uninterrupted run's parameters and logs). A task with several
-  groups refuses them (a checkpoint records one group's placement).
+  exactly (the uninterrupted run's parameters and logs), with one agent
+  group or several (the launch file records every group's size and the
+  algorithm / model settings a checkpoint must be resumed with).
 
 Ownership and messages, 4 agents on a ring, 2 ranks::
 

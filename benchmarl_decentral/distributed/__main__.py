@@ -44,10 +44,10 @@ import hydra
 import hydra.errors
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import benchmarl_decentral  # noqa: F401  (registers our algorithms, models and tasks)
-from benchmarl_decentral.distributed.launch import check_algorithm, partition_agents, plan_launch
+from benchmarl_decentral.distributed.launch import check_algorithm, plan_launch
 
 PROG = "benchmarl_decentral.distributed"
 CONF_DIR = str(Path(benchmarl.__file__).parent / "conf")
@@ -82,20 +82,16 @@ def check_config(cfg: DictConfig) -> None:
         check_dg_mappo(cfg)
 
 
-def check_checkpoint_groups(cfg: DictConfig, sizes: dict) -> None:
-    """Distributed checkpoints hold one agent group's placement: refuse them for a task with several.
+def launch_config(cfg: DictConfig) -> dict:
+    """The config entries a distributed checkpoint must have been written with, resolved to plain data.
 
-    Raises:
-        ValueError: ``experiment.checkpoint_interval``, ``checkpoint_at_end``
-            or ``restore_file`` on a task with more than one agent group.
+    :data:`~benchmarl_decentral.distributed.checkpoint.CONFIG_KEYS`: the
+    algorithm's, model's and critic model's settings (a checkpoint of other
+    network sizes would fail to load only once the ranks have joined).
     """
-    exp = cfg.experiment
-    if len(sizes) > 1 and (exp.checkpoint_interval or exp.checkpoint_at_end or exp.restore_file):
-        raise ValueError(
-            f"distributed checkpoints and resume support tasks with one agent group; this task has "
-            f"{sorted(sizes)}: set experiment.checkpoint_interval=0 experiment.checkpoint_at_end=false "
-            "experiment.restore_file=null (or run it in one process, benchmarl run ...)."
-        )
+    from benchmarl_decentral.distributed.checkpoint import CONFIG_KEYS
+
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) for key in CONFIG_KEYS if key in cfg}
 
 
 #: BenchMARL models whose per-agent copies read the other agents' inputs (a message outside the transport).
@@ -178,17 +174,16 @@ def main(overrides: list[str]) -> None:
         on_policy = load_algorithm_config_from_hydra(cfg.algorithm).on_policy()  # the algorithm's own checks
         load_experiment_config_from_hydra(cfg.experiment).validate(on_policy)  # e.g. checkpoint_interval
         sizes = group_sizes(load_task_config_from_hydra(cfg.task, task_name), seed=cfg.seed)
-        plan_launch(algorithm, sizes, world_size)
-        check_checkpoint_groups(cfg, sizes)
+        owners = plan_launch(algorithm, sizes, world_size)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
-                                world_size=world_size) if len(sizes) == 1 else None
+                                world_size=world_size, config=launch_config(cfg))
         save_folder = Path(  # where BenchMARL puts (or keeps) rank 0's run folder
             cfg.experiment.save_folder
             or (Path(cfg.experiment.restore_file).resolve().parent.parent.parent if cfg.experiment.restore_file
                 else os.getcwd())
         )
         plan = ckpt.plan_resume(cfg.experiment.restore_file, launch, save_folder=save_folder,
-                                restarts=ckpt.restart_count(), key=ckpt.launch_key()) if launch else ckpt.ResumePlan()
+                                restarts=ckpt.restart_count(), key=ckpt.launch_key())
     except (ValueError, hydra.errors.HydraException) as error:
         _refuse(rank, str(error))
     cfg.experiment.restore_file = plan.restore_file(rank)
@@ -220,7 +215,7 @@ def main(overrides: list[str]) -> None:
         saver = None
         if checkpoints or plan.run is not None:
             exchange = next((cb for cb in experiment.callbacks if isinstance(cb, ActionExchange)), None)
-            agents = torch.nonzero(partition_agents(launch.n_agents, world_size) == rank).flatten().tolist()
+            agents = {group: torch.nonzero(owner == rank).flatten().tolist() for group, owner in owners.items()}
             saver = ckpt.RankCheckpoints(experiment, Path(run), rank, launch, agents, exchange)
             if plan.run is not None:
                 saver.restore_extra(cfg.experiment.restore_file)

@@ -3,7 +3,8 @@
 Layout (inside rank 0's run folder, BenchMARL's ``<save_folder>/<run>/``; with
 several machines it must be on a filesystem every rank sees)::
 
-    <run>/distributed.json                     the launch: algorithm, task, seed, world size, agents
+    <run>/distributed.json                     the launch: algorithm, task, seed, world size, agents per
+                                               group, the algorithm / model / critic_model config
     <run>/checkpoints_rank<r>/checkpoint_<frames>.pt   rank r's experiment state at <frames>
 
 Every ``experiment.checkpoint_interval`` frames (and at the end with
@@ -34,9 +35,12 @@ the iterations after the checkpoint (the interrupted attempt logged them; the
 resumed one logs them again). ``experiment.restore_file`` set by hand to any
 rank's file of a complete checkpoint resumes the same way in a new launch.
 
-A checkpoint that does not fit the launch (another algorithm, task, number
-of agents or world size), or is not a distributed one, is refused by
-:func:`plan_resume` with one message before any process trains.
+A checkpoint that does not fit the launch (another algorithm, task, agent
+groups or group sizes, world size, or other ``algorithm`` / ``model`` /
+``critic_model`` settings), or is not a distributed one, is refused by
+:func:`plan_resume` with one message before any process trains. A launch file
+written before several groups (``group``, ``n_agents``) or without the config
+still loads: its one group is compared, its settings are not.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import re
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,10 @@ _FILE = re.compile(r"checkpoint_(\d+)\.pt")
 _RANK_DIR = re.compile(r"checkpoints_rank(\d+)")
 
 
+#: The hydra config entries a checkpoint must have been written with (:attr:`Launch.config`).
+CONFIG_KEYS: tuple[str, ...] = ("algorithm", "model", "critic_model")
+
+
 @dataclass(frozen=True)
 class Launch:
     """What a checkpoint must match to be resumed by a launch.
@@ -73,23 +81,43 @@ class Launch:
         task: ``task=...``.
         seed: the run's seed (a resume keeps the checkpoint's random streams).
         world_size: number of ranks.
-        group: the agent group.
-        n_agents: agents in it (rank ``r`` owns the block
+        groups: agents per group, in the task's order (rank ``r`` owns the
+            block of every group that
             :func:`~benchmarl_decentral.distributed.launch.partition_agents` gives).
+        config: the launch's :data:`CONFIG_KEYS` entries of the hydra config,
+            as plain JSON data (the networks' sizes, the algorithm's settings);
+            empty: not recorded (nothing to compare).
     """
 
     algorithm: str
     task: str
     seed: int
     world_size: int
-    group: str
-    n_agents: int
+    groups: dict[str, int]
+    config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, *, algorithm: str, task: str, seed: int, sizes: Mapping[str, int], world_size: int) -> Launch:
-        """The launch of ``algorithm`` on ``task`` with agents ``sizes`` (one group) over ``world_size`` ranks."""
-        (group, n), = sizes.items()
-        return cls(algorithm, task, int(seed), int(world_size), group, int(n))
+    def of(cls, *, algorithm: str, task: str, seed: int, sizes: Mapping[str, int], world_size: int,
+           config: Mapping[str, Any] | None = None) -> Launch:
+        """The launch of ``algorithm`` on ``task`` with agents ``sizes`` over ``world_size`` ranks.
+
+        ``config``: the hydra config's :data:`CONFIG_KEYS` entries (plain
+        containers); stored as its JSON round trip, the form a launch file
+        gives back.
+        """
+        plain = json.loads(json.dumps(dict(config or {}), default=str))
+        return cls(algorithm, task, int(seed), int(world_size), {str(g): int(n) for g, n in sizes.items()}, plain)
+
+
+def saved_groups(saved: Mapping[str, Any]) -> dict[str, int] | None:
+    """Agents per group of a launch record: its ``groups``; for a record written before several groups, its
+    ``group`` and ``n_agents``; None when it has neither."""
+    groups = saved.get("groups")
+    if isinstance(groups, Mapping):
+        return dict(groups)
+    if "group" in saved:
+        return {saved["group"]: saved.get("n_agents")}
+    return None
 
 
 def launch_key() -> str:
@@ -156,22 +184,78 @@ def find_run(save_folder: Path, key: str) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    """``{dotted key: value}`` of nested dicts (the hydra override names)."""
+    if isinstance(node, Mapping) and node:
+        return {key: value for k, v in node.items() for key, value in _flat(v, f"{prefix}.{k}").items()}
+    return {prefix: node}
+
+
+def _override(value: Any) -> str:
+    """``value`` as the right-hand side of a hydra override."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(_override, value)) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{_override(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+#: A setting one launch has and the other lacks (:func:`config_differences`).
+ABSENT = "(absent)"
+
+
+def config_differences(saved: Mapping[str, Any] | None, launch: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, launch value)`` of every setting in which two launches' :attr:`Launch.config` differ.
+
+    An entry that either side did not record (an older launch file, a
+    launch built without its config) is not compared. A key one side lacks
+    has the value :data:`ABSENT` there.
+    """
+    differ = []
+    for entry in CONFIG_KEYS:
+        if not isinstance(saved, Mapping) or entry not in saved or entry not in launch:
+            continue
+        a, b = _flat(saved[entry], entry), _flat(launch[entry], entry)
+        differ += [(key, a.get(key, ABSENT), b.get(key, ABSENT)) for key in [*a, *(k for k in b if k not in a)]
+                   if a.get(key, ABSENT) != b.get(key, ABSENT)]
+    return differ
+
+
 def check_match(saved: Mapping[str, Any], launch: Launch, run: Path) -> None:
     """Refuse a run whose launch differs from ``launch`` in what a rank's checkpoint depends on.
 
     Raises:
-        ValueError: another algorithm, task, agent group, number of agents or
-            world size; the message names the difference and the launch that fits.
+        ValueError: another algorithm, task, agent groups (names or sizes) or
+            world size: the message names the difference and the launch that
+            fits. Then, for the same algorithm: another setting of the
+            algorithm, model or critic model (:func:`config_differences`;
+            e.g. ``model.num_cells``, whose networks would not load): the
+            message names each and the overrides that resume the run.
     """
-    fields = ("algorithm", "task", "group", "n_agents", "world_size")
-    differ = [f"{name} {saved.get(name)!r} (this launch: {getattr(launch, name)!r})"
-              for name in fields if saved.get(name) != getattr(launch, name)]
+    mine = {"algorithm": launch.algorithm, "task": launch.task, "groups": launch.groups,
+            "world_size": launch.world_size}
+    theirs = {**{name: saved.get(name) for name in mine}, "groups": saved_groups(saved)}
+    differ = [f"{name} {theirs[name]!r} (this launch: {mine[name]!r})" for name in mine if theirs[name] != mine[name]]
     if differ:
+        groups = f" with the run's agent groups {theirs['groups']!r}" if theirs["groups"] != launch.groups else ""
         raise ValueError(
             f"the checkpoints of {run} do not fit this launch: {', '.join(differ)}. Resume them with "
             f"torchrun --nproc-per-node {saved.get('world_size')} -m benchmarl_decentral.distributed "
-            f"algorithm={saved.get('algorithm')} task={saved.get('task')} ..., or start a new run without "
-            "experiment.restore_file."
+            f"algorithm={saved.get('algorithm')} task={saved.get('task')} ...{groups}, or start a new run "
+            "without experiment.restore_file."
+        )
+    settings = config_differences(saved.get("config"), launch.config)
+    if settings:
+        what = ", ".join(f"{key}={_override(a)} (this launch: {_override(b)})" for key, a, b in settings)
+        fix = " ".join(f"{key}={_override(a)}" for key, a, _ in settings if a != ABSENT) or "the run's overrides"
+        raise ValueError(
+            f"the checkpoints of {run} were written with other settings than this launch's: {what}; their networks "
+            f"and optimizer state are those settings'. Resume them with the run's settings ({fix}), or start a "
+            "new run without experiment.restore_file."
         )
 
 
@@ -255,17 +339,18 @@ class RankCheckpoints:
         run: rank 0's run folder.
         rank: this rank.
         launch: the launch (recorded in every file).
-        agents: global indices of this rank's agents.
+        agents: this rank's agents, their indices in each group.
         exchange: the rank's :class:`~benchmarl_decentral.distributed.experiment.ActionExchange`
             (its byte count goes into the file).
     """
 
-    def __init__(self, experiment, run: Path, rank: int, launch: Launch, agents: list[int], exchange=None) -> None:
+    def __init__(self, experiment, run: Path, rank: int, launch: Launch, agents: Mapping[str, list[int]],
+                 exchange=None) -> None:
         self.experiment = experiment
         self.run = Path(run)
         self.rank = rank
         self.launch = launch
-        self.agents = [int(a) for a in agents]
+        self.agents = {group: [int(a) for a in indices] for group, indices in agents.items()}
         self.exchange = exchange
         self.folder = self.run / f"checkpoints_rank{rank}"
         self.written: int | None = None  # frames of this rank's last checkpoint
