@@ -232,9 +232,6 @@ _PARTS: Tuple[Part, ...] = (
          experiment_overrides=("experiment.on_policy_collected_frames_per_batch=1000",
                                "experiment.on_policy_n_envs_per_worker=10",
                                "experiment.on_policy_minibatch_size=250"),
-         rerun="the committed runs trained matrpo's critic on the experiment's schedule (4 epochs of 250 frames: "
-               "16 steps per iteration); matrpo's default is now 3 epochs of 64 frames (critic_epochs, "
-               "critic_minibatch_size)",
          claim_checks=(("matrpo", "better", "ippo"), ("matrpo", "level", "mappo"))),
     Part("magpo",
          "MAGPO (paper 003): a centralized autoregressive guider lets decentralized learners coordinate "
