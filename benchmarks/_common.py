@@ -23,6 +23,19 @@ def write_result(name: str, result: dict, quick: bool = False) -> Path:
     return out
 
 
+def publish(name: str, title: str, result: dict, table: str, quick: bool = False) -> Path:
+    """:func:`write_result`, then print ``# <title> (<machine>)``, ``table`` and the JSON's path.
+
+    ``result["machine"]`` is :func:`machine_info`'s dict. Returns the path.
+    """
+    out = write_result(name, result, quick)
+    m = result["machine"]
+    print(f"\n# {title} ({m['cpu']}, {m['nproc']} cores, torch threads {m['torch_threads']})\n")
+    print(table)
+    print(f"\nJSON: {out}")
+    return out
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, left: Collection[str] = ()) -> str:
     """A markdown table: a line of ``headers``, its alignment line, then a line per row.
 

@@ -50,7 +50,7 @@ import warnings
 
 import torch
 
-from _common import machine_info, write_result  # noqa: E402  (benchmarks/ is the script's folder)
+from _common import machine_info, publish  # noqa: E402  (benchmarks/ is the script's folder)
 
 #: (task, task config changes): a private-reward task where Definition 1 holds (every agent sees the
 #: target, only agent 0 is rewarded) and the navigation task of the committed matrpo suite part.
@@ -320,20 +320,12 @@ def main() -> None:
                    for t in args.tasks}
     if args.cost:
         result = run_cost(args)
-        out = write_result("matrpo_admm_cost", result, args.quick)
-        m = result["machine"]
-        print(f"\n# MATRPO ADMM cost per update ({m['cpu']}, {m['nproc']} cores, torch threads {m['torch_threads']})\n")
-        print(cost_table(result))
-        print(f"JSON: {out}")
+        publish("matrpo_admm_cost", "MATRPO ADMM cost per update", result, cost_table(result), args.quick)
         return
     if any(k % args.check_every for k in args.iterations):
         parser.error("every --iterations value must be a multiple of --check-every")
     result = run(args)
-    out = write_result("matrpo_admm_sweep", result, args.quick)
-    m = result["machine"]
-    print(f"\n# MATRPO ADMM sweep ({m['cpu']}, {m['nproc']} cores, torch threads {m['torch_threads']})\n")
-    print(table(result))
-    print(f"JSON: {out}")
+    publish("matrpo_admm_sweep", "MATRPO ADMM sweep", result, table(result), args.quick)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models import MlpConfig
 from benchmarl_decentral.algorithms import MatrpoConfig
-from _common import experiment_config as timing_config, machine_info, write_result  # noqa: E402  (benchmarks/ is the script's folder)
+from _common import experiment_config as timing_config, machine_info, publish  # noqa: E402  (benchmarks/ is the script's folder)
 
 GROUP = "agents"
 
@@ -209,11 +209,7 @@ def main() -> None:
         args.agents, args.admm_iterations, args.k_for_n = [3, 4], [2, 4], 2
         args.frames, args.n_envs, args.minibatch, args.minibatch_iters, args.rounds = 120, 4, 60, 2, 1
     result = run(args)
-    out = write_result("matrpo_update_cost", result, args.quick)
-    m = result["machine"]
-    print(f"# MATRPO update vs mappo training phase ({m['cpu']}, {m['nproc']} cores, torch threads {m['torch_threads']})\n")
-    print(table(result))
-    print(f"\nJSON: {out}")
+    publish("matrpo_update_cost", "MATRPO update vs mappo training phase", result, table(result), args.quick)
 
 
 if __name__ == "__main__":
