@@ -552,8 +552,59 @@ class RunInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+#: the SIGTERM received by the run of this process, if any (see :func:`_raise_interrupted`)
+_received_signal: Optional[int] = None
+
+
 def _raise_interrupted(signum, frame):  # noqa: ARG001  (signal handler signature)
+    """SIGTERM: remember it, then raise :class:`RunInterrupted` where the main thread is.
+
+    The exception can land in code that swallows it: a finaliser (``__del__``,
+    a weakref callback) prints "Exception ignored" and goes on. The flag makes
+    the run stop anyway, at its next iteration (:class:`_StopOnSignal`) or when
+    ``experiment.run()`` returns.
+    """
+    global _received_signal
+    _received_signal = signum
     raise RunInterrupted(signum)
+
+
+def _raise_if_signalled() -> None:
+    if _received_signal is not None:
+        raise RunInterrupted(_received_signal)
+
+
+class _StopOnSignal:
+    """Raises :class:`RunInterrupted` after every batch, training step and evaluation once a SIGTERM was
+    received (its first exception may have been swallowed where it landed).
+
+    A BenchMARL callback (``Experiment.callbacks`` calls these methods and sets ``experiment``); it
+    implements the interface of ``benchmarl.experiment.callback.Callback`` without importing BenchMARL
+    here, and lives at module level so that it pickles.
+    """
+
+    experiment = None
+
+    def on_setup(self):
+        pass
+
+    def on_load_state_dict(self, state_dict):
+        pass
+
+    def on_batch_collected(self, batch):
+        _raise_if_signalled()
+
+    def on_train_step(self, batch, group):
+        return None
+
+    def on_train_end(self, training_td, group):
+        _raise_if_signalled()
+
+    def on_evaluation_end(self, rollouts):
+        _raise_if_signalled()
+
+    def on_state_dict(self, state_dict):
+        pass
 
 
 def _write_yaml(path: Path, data: dict) -> None:
@@ -649,6 +700,8 @@ def run_job(cfg) -> dict:
               "run the same command again once it has ended", flush=True)
         return {"state": "busy", "run": label}
     main_thread = threading.current_thread() is threading.main_thread()
+    global _received_signal
+    _received_signal = None
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
     try:
         return _run_locked(cfg, hydra_cfg, run_dir, sweep_dir, label, overrides, plan)
@@ -697,8 +750,11 @@ def _run_locked(cfg, hydra_cfg, run_dir: Path, sweep_dir: Path, label: str, over
 
         status["torch_threads"] = torch.get_num_threads()
         experiment = load_experiment_from_hydra(cfg, task_name=task_name)
+        experiment.callbacks = [*experiment.callbacks, _StopOnSignal()]
         status["experiment_folder"] = os.path.relpath(experiment.folder_name, run_dir)
+        _raise_if_signalled()
         experiment.run()
+        _raise_if_signalled()  # a SIGTERM whose exception was swallowed in the last iteration
     except Exception as error:  # a failed run must not stop the sweep
         status.update(state="failed", error=f"{type(error).__name__}: {error}".strip(), ended=_now(),
                       seconds=round(time.perf_counter() - tic, 1))

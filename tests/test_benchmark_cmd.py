@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from benchmarl.experiment.callback import Callback
 
 from benchmarl_decentral import benchmark, cli
 from benchmarl_decentral.benchmark import BenchmarkError, plan_benchmark
-from conftest import TINY, run_cli
+from conftest import TINY, make_experiment, run_cli
 
 HAS_JOBLIB = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
 needs_joblib = pytest.mark.skipif(not HAS_JOBLIB, reason='needs pip install "benchmarl-decentral[launchers]"')
@@ -259,3 +262,40 @@ def test_suite_skips_a_part_whose_pieces_are_missing():
     assert suite.missing(part) == ["algorithm 'no_such_algorithm' is not registered",
                                    "task 'vmas/no_such_task' is not registered",
                                    "Python package 'no_such_module_xyz' is not installed"]
+
+
+
+class SwallowsTheSignal(Callback):
+    """Sends this process SIGTERM in the second collection, inside code that ignores every exception
+    (what a finaliser does with the handler's exception)."""
+
+    def __init__(self):
+        super().__init__()
+        self.swallowed = []
+
+    def on_batch_collected(self, batch):
+        if self.experiment.n_iters_performed == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # the handler runs between bytecodes
+                    pass
+            except BaseException as error:  # noqa: BLE001
+                self.swallowed.append(type(error))
+
+
+def test_a_sigterm_whose_exception_is_swallowed_still_stops_the_run(tmp_path, monkeypatch):
+    """The SIGTERM handler's exception can land in code that swallows it; the run stops at that iteration."""
+    swallower = SwallowsTheSignal()
+    experiment = make_experiment(tmp_path, algorithm="mappo", task="vmas/balance", task_overrides={"n_agents": 2},
+                                 callbacks=[swallower], max_n_iters=5)
+    monkeypatch.setattr(benchmark, "_received_signal", None)
+    previous = signal.signal(signal.SIGTERM, benchmark._raise_interrupted)
+    try:
+        experiment.callbacks = [*experiment.callbacks, benchmark._StopOnSignal()]
+        with pytest.raises(benchmark.RunInterrupted) as raised:
+            experiment.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert swallower.swallowed == [benchmark.RunInterrupted]  # the handler's own exception was lost
+    assert raised.value.signum == signal.SIGTERM
+    assert experiment.n_iters_performed == 1  # stopped in the iteration that received it, not after 5
