@@ -63,14 +63,16 @@ def test_in_process_transport_is_the_stacked_mixer_and_counts_degree_numel_eleme
 
 
 # ------------------------------------------------------------------ oracle: distributed == in-process
-#: (n_agents, topology, k, rule, link_failure), each run for several DSGD steps
+#: (n_agents, topology, k, rule, link_failure, link latency), each run for several DSGD steps
 SCENARIOS = [
-    (4, "ring", None, "uniform", 0.0),
-    (8, "knn_ring", 4, "metropolis", 0.0),
-    (4, "knn_ring", 2, "uniform", 0.4),  # failing links
-    (8, "ring", None, "row", 0.3),
+    (4, "ring", None, "uniform", 0.0, 0),
+    (8, "knn_ring", 4, "metropolis", 0.0, 0),
+    (4, "knn_ring", 2, "uniform", 0.4, 0),  # failing links
+    (8, "ring", None, "row", 0.3, 0),
+    (4, "knn_ring", 2, "uniform", 0.4, 2),  # latency: each rank mixes with what it received 2 steps ago
+    (8, "knn_ring", 4, "metropolis", 0.3, 3),
 ]
-STEPS = 4
+STEPS = 6
 
 
 def _no_collectives(*args, **kwargs):
@@ -82,7 +84,7 @@ def _oracle_worker(rank: int, world_size: int) -> None:
         setattr(dist, name, _no_collectives)  # neighbour-only point-to-point traffic, nothing else
     with pytest.raises(ValueError, match=r"every rank at least one agent, got \[0, 0"):
         TorchDistributedTransport(torch.zeros(world_size, dtype=torch.int64))
-    for s, (n, topology, k, rule, link_failure) in enumerate(SCENARIOS):
+    for s, (n, topology, k, rule, link_failure, latency) in enumerate(SCENARIOS):
         owner = partition_agents(n, world_size)
         transport = TorchDistributedTransport(owner)
         local = transport.local_agents(n)
@@ -98,7 +100,7 @@ def _oracle_worker(rank: int, world_size: int) -> None:
             mixer = ConsensusMixer(
                 params, adjacency=adj, rule=rule, link_failure=link_failure,
                 generator=torch.Generator().manual_seed(100 + s),
-                transport=None if mode == "in_process" else transport,
+                transport=None if mode == "in_process" else transport, latency=latency,
             )
             opt = torch.optim.SGD(params, lr=0.1)
             mixer.attach(opt, when="pre")  # decpg's order: theta_i <- sum_j W_ij theta_j - lr g_i
@@ -124,6 +126,10 @@ def _oracle_worker(rank: int, world_size: int) -> None:
         expected_network = sum(mixing_bytes(W, B, owner)[1] for W in used)
         assert torch.equal(dist_mixer.comm.network_bytes, expected_network[local])
         assert dist_mixer.comm.steps == ref_mixer.comm.steps == STEPS
+        if latency:  # what a rank keeps: its own agents' vectors and the ones it received, per step in flight
+            kept = dist_mixer.history.state_dict()["slots"]
+            assert len(kept) == latency and all(e["W"].shape == (local.numel(), n) for e in kept)
+            assert all(set(local.tolist()) <= set(e["agents"].tolist()) for e in kept)
         # per link: the rows of the senders held here, summing to their link bytes
         assert torch.equal(dist_mixer.comm.links, ref_mixer.comm.links[local])
         assert torch.equal(ref_mixer.comm.links.sum(1), ref_mixer.comm.link_bytes)
