@@ -95,7 +95,7 @@ def check_consensus_params(value, algorithm: str, allowed: tuple[str, ...] = CON
     return names
 
 
-def check_link_latency(value, algorithm: str, consensus_params) -> int:
+def check_link_latency(value, algorithm: str, consensus_params, networks: tuple[str, ...] = ("actor", "critic")) -> int:
     """Validate ``algorithm.link_latency``: an int ``d >= 0``, and 0 when ``consensus_params`` mixes nothing.
 
     Raises:
@@ -110,7 +110,7 @@ def check_link_latency(value, algorithm: str, consensus_params) -> int:
         raise ValueError(
             f"{algorithm}: link_latency={value} delays the DSGD mixing messages, but consensus_params is [] "
             "(nothing is mixed, so it would do nothing); set algorithm.link_latency=0 or mix a network, "
-            "e.g. algorithm.consensus_params=[actor,critic]"
+            f"e.g. algorithm.consensus_params=[{','.join(networks)}]"
         )
     return value
 

@@ -1305,7 +1305,7 @@ class DgMappoConfig(AlgorithmConfig):
     def _validate_consensus(self) -> None:
         """consensus_params, link_latency, mix_every, mixes_per_update, graph_kwargs, value_norm, actor_output_gain."""
         self.consensus_params = list(check_consensus_params(self.consensus_params, "dg_mappo", CONSENSUS_NETWORKS))
-        check_link_latency(self.link_latency, "dg_mappo", self.consensus_params)
+        check_link_latency(self.link_latency, "dg_mappo", self.consensus_params, CONSENSUS_NETWORKS)
         if self.mix_every not in MIX_EVERY:
             raise ValueError(
                 f"dg_mappo: unknown mix_every {self.mix_every!r}; choose one of {list(MIX_EVERY)} "
