@@ -183,7 +183,8 @@ class ConsensusMixer:
         self.enabled = True
         self.transport = InProcessTransport() if transport is None else transport
         self.comm = CommCounter()
-        self.history = LinkHistory(check_latency(latency)) if latency else None
+        latency = check_latency(latency)
+        self.history = LinkHistory(latency) if latency else None
         self.set_adjacency(adjacency)
 
     def set_adjacency(self, adjacency: Tensor) -> None:
