@@ -183,6 +183,34 @@ def test_topology_options_the_topology_does_not_read_are_refused(tmp_path):
     assert not list(tmp_path.rglob("config.pkl"))  # refused before any BenchMARL run folder is kept
 
 
+def test_bad_link_latency_is_one_line_before_anything_is_written(tmp_path):
+    """algorithm.link_latency: an int >= 0, refused where nothing is mixed; matrpo and magpo have no such key."""
+    tiny = [t for t in TINY if not t.startswith(("model.", "critic_model."))]
+    calls = [
+        ["run", "algorithm=decpg", "task=vmas/balance", "algorithm.link_latency=-1", *tiny],
+        ["run", "algorithm=decpg", "task=vmas/balance", "algorithm.link_latency=1.5", *tiny],
+        ["run", "algorithm=decpg", "task=vmas/balance", "algorithm.link_latency=2", "algorithm.consensus_params=[]",
+         *tiny],
+        ["run", "algorithm=dg_mappo", "task=vmas/balance", "algorithm.link_latency=2", "algorithm.consensus_params=[]",
+         *tiny],
+        ["run", "algorithm=matrpo", "task=vmas/balance", "algorithm.link_latency=2", *tiny],
+    ]
+    results = _calls(tmp_path, calls)
+    assert _one_line(results[0]) == (
+        "benchmarl run: decpg: link_latency must be an integer number of mixing steps >= 0, got -1; "
+        "set e.g. algorithm.link_latency=2 (0: the synchronous DSGD step)"
+    )
+    assert "algorithm.link_latency=1.5" in _one_line(results[1]) and "Integer" in _one_line(results[1])
+    for result, name, example in ((results[2], "decpg", "[actor,critic]"), (results[3], "dg_mappo", "[dgat,actor,critic]")):
+        assert _one_line(result) == (
+            f"benchmarl run: {name}: link_latency=2 delays the DSGD mixing messages, but consensus_params is [] "
+            "(nothing is mixed, so it would do nothing); set algorithm.link_latency=0 or mix a network, "
+            f"e.g. algorithm.consensus_params={example}"
+        )
+    assert "unknown key algorithm.link_latency" in _one_line(results[4])
+    assert _written(tmp_path) == []
+
+
 # ------------------------------------------------------------------ the pieces, in this process
 def test_suggest_finds_the_closest_name_or_none():
     from benchmarl_decentral.cli_checks import group_choices, suggest

@@ -29,6 +29,7 @@ from benchmarl_decentral.consensus import (
     knn_ring,
     metropolis,
     mix_,
+    mix_delayed_,
     radius,
     ring,
     row,
@@ -346,6 +347,110 @@ def test_link_failure(rule):
     assert mixer.spectral_gap == pytest.approx(spectral_gap(base))
 
 
+# ------------------------------------------------------------------ link latency
+
+LATENCY_N, LATENCY_STEPS, LATENCY_LR = 5, 7, 0.1
+
+
+def _latency_run(latency: int, steps: int = LATENCY_STEPS, mixer_state=None):
+    """SGD on agent i's sum(scale_i * sin(theta_i)) with decpg's pre-hook mixing on a ring with failing links.
+
+    Returns the parameters after each step, the W of each step and the mixer.
+    """
+    gen = torch.Generator().manual_seed(3)
+    theta = nn.Parameter(torch.randn(LATENCY_N, 3, generator=gen))
+    scale = torch.rand(LATENCY_N, 1, generator=gen) + 0.5
+    mixer = ConsensusMixer([theta], adjacency=ring(LATENCY_N), rule="uniform", link_failure=0.4,
+                           generator=torch.Generator().manual_seed(11), latency=latency)
+    opt = torch.optim.SGD([theta], lr=LATENCY_LR)
+    mixer.attach(opt, when="pre")
+    after, used = [theta.detach().clone()], []
+    for _ in range(steps):
+        opt.zero_grad()
+        (scale * torch.sin(theta)).sum().backward()
+        opt.step()
+        after.append(theta.detach().clone())
+        used.append(mixer.matrix().clone())
+    return after, used, mixer, scale
+
+
+@pytest.mark.parametrize("latency", [1, 2, 3])
+def test_link_latency_is_the_hand_written_delayed_dsgd_step(latency):
+    """theta_i(t+1) = W_s,ii theta_i(t) + sum_{j != i} W_s,ij theta_j(s) - lr g_i(theta_i(t)), s = max(t - d, 0)."""
+    after, used, mixer, scale = _latency_run(latency)
+    sync_after, sync_used, _, _ = _latency_run(0)
+    # the link failures are drawn as without latency: the same W at every step, some with failed links
+    assert all(torch.equal(W, V) for W, V in zip(used, sync_used))
+    assert any(not torch.equal(W, mixer._base_W) for W in used)
+    ref = [after[0].double()]
+    for t in range(LATENCY_STEPS):
+        s = max(t - latency, 0)
+        W, cur, old = used[s].double(), ref[t], ref[s]
+        nxt = torch.zeros_like(cur)
+        for i in range(LATENCY_N):
+            nxt[i] = W[i, i] * cur[i] - LATENCY_LR * scale[i].double() * torch.cos(cur[i])
+            for j in range(LATENCY_N):
+                if j != i:
+                    nxt[i] += W[i, j] * old[j]
+        ref.append(nxt)
+    for got, want in zip(after, ref):
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(after[-1], sync_after[-1], atol=1e-4)  # the delay changes the run
+    assert mixer.history.steps == LATENCY_STEPS
+
+
+def test_link_latency_zero_is_the_synchronous_step_bit_for_bit():
+    """latency=0 keeps no history and mixes with mix_ (the step before the key existed), bit for bit."""
+    after, used, mixer, scale = _latency_run(0)
+    assert mixer.history is None
+    theta = nn.Parameter(after[0].clone())
+    opt = torch.optim.SGD([theta], lr=LATENCY_LR)  # no mixer: the gradient, mix_, then the optimizer's step
+    for t in range(LATENCY_STEPS):
+        opt.zero_grad()
+        (scale * torch.sin(theta)).sum().backward()
+        mix_([theta], used[t])
+        opt.step()
+        assert torch.equal(after[t + 1], theta.detach())
+
+
+def test_mix_delayed_with_current_vectors_is_mix():
+    gen = torch.Generator().manual_seed(0)
+    p, W = torch.randn(6, 2, 3, generator=gen), metropolis(knn_ring(6, 4))
+    q = p.clone()
+    mix_([p], W)
+    mix_delayed_([q], [q.clone()], W)
+    torch.testing.assert_close(p, q)
+    with pytest.raises(ValueError, match="delayed vectors"):
+        mix_delayed_([q], [q[:, :1]], W)
+
+
+def test_link_history_round_trip_continues_exactly(tmp_path):
+    """A mixer restored from its saved history and link-failure state goes on as the one that never stopped."""
+    after, used, mixer, _ = _latency_run(3, steps=LATENCY_STEPS)
+    torch.save({"history": mixer.history.state_dict(), "generator": mixer.generator.get_state(),
+                "theta": after[2]}, tmp_path / "state.pt")
+    # a run stopped after 2 steps (its history: 2 entries, the ring not yet turned over), resumed
+    stopped, _, stopped_mixer, _ = _latency_run(3, steps=2)
+    torch.save({"history": stopped_mixer.history.state_dict(), "generator": stopped_mixer.generator.get_state(),
+                "theta": stopped[-1]}, tmp_path / "stopped.pt")
+    state = torch.load(tmp_path / "stopped.pt", weights_only=True)
+    _, _, fresh, scale = _latency_run(3, steps=0)
+    fresh.history.load_state_dict(state["history"])
+    fresh.generator.set_state(state["generator"])
+    with torch.no_grad():
+        fresh.leaves[0].copy_(state["theta"])
+    opt = torch.optim.SGD(fresh.leaves, lr=LATENCY_LR)
+    fresh.attach(opt, when="pre")
+    theta = fresh.leaves[0]
+    for t in range(2, LATENCY_STEPS):
+        opt.zero_grad()
+        (scale * torch.sin(theta)).sum().backward()
+        opt.step()
+        assert torch.equal(theta.detach(), after[t + 1]), t
+    with pytest.raises(ValueError, match="latency 3, this run 2"):
+        ConsensusMixer([theta], adjacency=ring(LATENCY_N), latency=2).history.load_state_dict(state["history"])
+
+
 def test_drop_links_symmetric_and_reproducible():
     adj = random_undirected(10, 3, 0.6)
     a = drop_links(adj, 0.5, generator=torch.Generator().manual_seed(7))
@@ -423,6 +528,9 @@ def test_update_variance():
         (lambda: drop_links(ring(4), 1.0), r"\[0, 1\)"),
         (lambda: drop_links(ring(4), -0.1), r"\[0, 1\)"),
         (lambda: ConsensusMixer([], adjacency=ring(4), link_failure=1.5), r"\[0, 1\)"),
+        (lambda: ConsensusMixer([], adjacency=ring(4), latency=-1), "latency must be an integer number of mixing steps >= 0.*got -1"),
+        (lambda: ConsensusMixer([], adjacency=ring(4), latency=1.5), "latency must be an integer .* got 1.5"),
+        (lambda: ConsensusMixer([], adjacency=ring(4), latency=True), "latency must be an integer .* got True"),
         (lambda: update_variance([torch.zeros(2)], []), "matching"),
         (lambda: consensus_distance([torch.zeros(2), torch.zeros(3)]), "3 agents"),
     ],

@@ -260,6 +260,11 @@ def test_discrete_actions_with_pettingzoo(tmp_path):
         ({"value_norm": "yes"}, r"decpg: value_norm must be true or false, got .yes."),
         ({"topology": "custom"}, "needs algorithm.adjacency"),
         ({"consensus_params": ["dgat"]}, r"decpg: consensus_params \['dgat'\] has unknown.*=\[actor,critic\]"),
+        ({"link_latency": -1}, r"decpg: link_latency must be an integer number of mixing steps >= 0, got -1"),
+        ({"link_latency": 2.0}, r"decpg: link_latency must be an integer .*got 2\.0"),
+        ({"link_latency": True}, r"decpg: link_latency must be an integer .*got True"),
+        ({"link_latency": 3, "consensus_params": []},
+         r"decpg: link_latency=3 delays .* consensus_params is \[\].*algorithm\.consensus_params=\[actor,critic\]"),
     ],
 )
 def test_config_errors(overrides, match):

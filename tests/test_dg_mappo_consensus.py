@@ -62,6 +62,42 @@ def test_consensus_over_the_chosen_networks(tmp_path, consensus_params, mix_ever
     exp.close()
 
 
+@pytest.mark.parametrize("mix_every, mixes_per_update", [("step", 1), ("update", 3)])
+def test_link_latency_mixes_with_the_neighbours_vectors_of_d_mixings_ago(tmp_path, mix_every, mixes_per_update):
+    """link_latency=2 on the radius graph (W changes every minibatch): every mixing t applies
+    x_i <- W_s,ii x_i(t) + sum_{j != i} W_s,ij x_j(s), s = max(t - 2, 0), with W_s and x(s) as mixing s got them."""
+    latency = 2
+    exp = make_experiment(
+        tmp_path, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": 3}, max_n_iters=3,
+        algorithm_overrides={"link_latency": latency, "mix_every": mix_every, "mixes_per_update": mixes_per_update},
+    )
+    callback = exp.algorithm.callback
+    mixed = callback._mixed[GROUP]
+    flat = lambda: torch.cat([p.detach().reshape(3, -1) for p in mixed], 1).double()  # noqa: E731
+    seen = []  # per mixing: (W, x before, x after)
+    mix_with = callback._mix_with
+
+    def recording(group, W):
+        before = flat()
+        mix_with(group, W)
+        seen.append((W.detach().double().clone(), before, flat()))
+
+    callback._mix_with = recording
+    exp.run()
+    per_iteration = 2 if mix_every == "step" else mixes_per_update  # 2 minibatches, or the update's mixings
+    assert len(seen) == 3 * per_iteration and callback.histories[GROUP].steps == len(seen)
+    assert any(not torch.equal(seen[0][0], W) for W, _, _ in seen)  # the graph changed between mixings
+    for t, (_, x, after) in enumerate(seen):
+        W_s, x_s, _ = seen[max(t - latency, 0)]
+        own = W_s.diagonal().unsqueeze(1)
+        expected = own * x + (W_s - torch.diag_embed(W_s.diagonal())) @ x_s
+        torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
+    # the delay is not a no-op: the synchronous step would have given another result
+    W, x, after = seen[-1]
+    assert not torch.allclose(after, W @ x, atol=1e-5)
+    exp.close()
+
+
 def test_next_observation_dgat_is_reused_exactly(tmp_path):
     """process_batch computes D-GAT only at the last step and episode ends; the result equals a full recompute."""
     exp = make_experiment(
@@ -137,6 +173,11 @@ def test_disconnected_custom_graph_is_refused_before_training(tmp_path):
         ({"graph_kwargs": "smax", "topology": "visibility"}, r"graph_kwargs must be a mapping.*algorithm\.graph_kwargs=\{layout:smax\}"),
         ({"actor_output_gain": 0.0}, r"actor_output_gain must be > 0, auto or null.*actor_output_gain=0\.01"),
         ({"actor_output_gain": "small"}, r"actor_output_gain must be > 0, auto or null.*got 'small'"),
+        ({"link_latency": -2}, r"dg_mappo: link_latency must be an integer number of mixing steps >= 0, got -2"),
+        ({"link_latency": 1.5}, r"dg_mappo: link_latency must be an integer .*got 1\.5; set e\.g\."),
+        ({"link_latency": 2, "consensus_params": []},
+         r"dg_mappo: link_latency=2 delays the DSGD mixing messages, but consensus_params is \[\].*"
+         r"algorithm\.link_latency=0 or .*consensus_params=\[dgat,actor,critic\]"),
     ],
 )
 def test_new_keys_are_validated_with_the_fix(overrides, match):

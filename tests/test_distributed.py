@@ -63,14 +63,16 @@ def test_in_process_transport_is_the_stacked_mixer_and_counts_degree_numel_eleme
 
 
 # ------------------------------------------------------------------ oracle: distributed == in-process
-#: (n_agents, topology, k, rule, link_failure), each run for several DSGD steps
+#: (n_agents, topology, k, rule, link_failure, link latency), each run for several DSGD steps
 SCENARIOS = [
-    (4, "ring", None, "uniform", 0.0),
-    (8, "knn_ring", 4, "metropolis", 0.0),
-    (4, "knn_ring", 2, "uniform", 0.4),  # failing links
-    (8, "ring", None, "row", 0.3),
+    (4, "ring", None, "uniform", 0.0, 0),
+    (8, "knn_ring", 4, "metropolis", 0.0, 0),
+    (4, "knn_ring", 2, "uniform", 0.4, 0),  # failing links
+    (8, "ring", None, "row", 0.3, 0),
+    (4, "knn_ring", 2, "uniform", 0.4, 2),  # latency: each rank mixes with what it received 2 steps ago
+    (8, "knn_ring", 4, "metropolis", 0.3, 3),
 ]
-STEPS = 4
+STEPS = 6
 
 
 def _no_collectives(*args, **kwargs):
@@ -82,7 +84,7 @@ def _oracle_worker(rank: int, world_size: int) -> None:
         setattr(dist, name, _no_collectives)  # neighbour-only point-to-point traffic, nothing else
     with pytest.raises(ValueError, match=r"every rank at least one agent, got \[0, 0"):
         TorchDistributedTransport(torch.zeros(world_size, dtype=torch.int64))
-    for s, (n, topology, k, rule, link_failure) in enumerate(SCENARIOS):
+    for s, (n, topology, k, rule, link_failure, latency) in enumerate(SCENARIOS):
         owner = partition_agents(n, world_size)
         transport = TorchDistributedTransport(owner)
         local = transport.local_agents(n)
@@ -98,7 +100,7 @@ def _oracle_worker(rank: int, world_size: int) -> None:
             mixer = ConsensusMixer(
                 params, adjacency=adj, rule=rule, link_failure=link_failure,
                 generator=torch.Generator().manual_seed(100 + s),
-                transport=None if mode == "in_process" else transport,
+                transport=None if mode == "in_process" else transport, latency=latency,
             )
             opt = torch.optim.SGD(params, lr=0.1)
             mixer.attach(opt, when="pre")  # decpg's order: theta_i <- sum_j W_ij theta_j - lr g_i
@@ -124,6 +126,10 @@ def _oracle_worker(rank: int, world_size: int) -> None:
         expected_network = sum(mixing_bytes(W, B, owner)[1] for W in used)
         assert torch.equal(dist_mixer.comm.network_bytes, expected_network[local])
         assert dist_mixer.comm.steps == ref_mixer.comm.steps == STEPS
+        if latency:  # what a rank keeps: its own agents' vectors and the ones it received, per step in flight
+            kept = dist_mixer.history.state_dict()["slots"]
+            assert len(kept) == latency and all(e["W"].shape == (local.numel(), n) for e in kept)
+            assert all(set(local.tolist()) <= set(e["agents"].tolist()) for e in kept)
         # per link: the rows of the senders held here, summing to their link bytes
         assert torch.equal(dist_mixer.comm.links, ref_mixer.comm.links[local])
         assert torch.equal(ref_mixer.comm.links.sum(1), ref_mixer.comm.link_bytes)
@@ -184,14 +190,16 @@ DECPG = dict(task="coordsum/8x15-100", algorithm_overrides={"k": 2, "link_failur
 NETS = (("actor", "loss_objective"), ("critic", "loss_critic"))
 
 
-def _decpg_run(folder, build=lambda make: make(), scrub=None):
+def _decpg_run(folder, build=lambda make: make(), scrub=None, latency=0):
     """decpg for ITERS iterations; returns the experiment and the W each optimizer step mixed with.
 
     ``scrub``: agents whose parameters are zeroed before training (the other
     ranks' agents: a rank must not depend on their parameters).
+    ``latency``: ``algorithm.link_latency``.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    exp = build(lambda: make_experiment(folder, **DECPG))
+    config = {**DECPG, "algorithm_overrides": {**DECPG["algorithm_overrides"], "link_latency": latency}}
+    exp = build(lambda: make_experiment(folder, **config))
     if scrub is not None:
         with torch.no_grad():
             for p in exp.algorithm.actor_leaves("agents") + exp.algorithm.critic_leaves("agents"):
@@ -212,14 +220,14 @@ def _logged(exp, name):
         return [float(row[1]) for row in csv.reader(f)]
 
 
-def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
+def _decpg_worker(rank: int, world_size: int, folder, reference, latency) -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
 
     ref = torch.load(reference)
     others = torch.tensor([i for i in range(8) if partition_agents(8, world_size)[i] != rank])
     exp, used = _decpg_run(
         folder / f"rank{rank}", lambda make: build_rank_experiment(make, algorithm="decpg", sizes={"agents": 8}),
-        scrub=others,
+        scrub=others, latency=latency,
     )
     mixer = exp.algorithm.callback.mixers[("agents", "actor")]
     owner, local = mixer.transport.owner, mixer.transport.local_agents(8)
@@ -258,16 +266,22 @@ def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
 
 
 @pytest.mark.slow
-def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path):
+@pytest.mark.parametrize("latency", [0, 2])
+def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path, latency):
     """2 ranks x 4 agents, 2 iterations of decpg (real losses, per-agent clip, mixing hooks, link failures).
 
     Every rank steps its own copy of the environment with the joint action
     (its agents' actions, the others' received) and trains only its block,
     mixing through the distributed transport; the other agents' rows of its
     networks are zeroed, so nothing may read them. Its block ends with the
-    single-process run's parameters, rewards and bytes.
+    single-process run's parameters, rewards and bytes. With
+    ``link_latency=2`` each rank mixes with the vectors it received two
+    mixing steps before (the in-process run: with every agent's of then),
+    and sends the same bytes.
     """
-    exp, used = _decpg_run(tmp_path / "single")
+    exp, used = _decpg_run(tmp_path / "single", latency=latency)
+    if latency:
+        assert all(m.history.steps == ITERS * STEPS_PER_ITER for m in exp.algorithm.callback.mixers.values())
     assert len(used["actor"]) == ITERS * STEPS_PER_ITER
     assert any(not torch.equal(W, used["actor"][0]) for W in used["actor"])  # links failed
     reference = {
@@ -285,7 +299,7 @@ def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path):
               for t in range(ITERS)]
     assert _logged(exp, "comm_train_bytes_per_agent") == pytest.approx(single)  # in-process: the formula
     torch.save(reference, tmp_path / "reference.pt")
-    spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+    spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", latency, start_method="fork", timeout_s=120)
 
 
 # ------------------------------------------------------------------ the entry point (as torchrun runs it)

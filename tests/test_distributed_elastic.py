@@ -38,16 +38,18 @@ EXPERIMENT = [
     f"experiment.checkpoint_interval={FRAMES}", "experiment.checkpoint_at_end=true",
     "experiment.keep_checkpoints_num=2", "experiment.render=false",  # rendering: most of a VMAS run's time
 ]
-#: the elastic runs: 2 ranks of 4 agents (decpg: random link failures) or of 2 agents (dg_mappo: D-GAT messages and
-#: their gradients across the ranks on the radius graph of the agents' positions, value norms; 6 envs of 10 steps
+#: the elastic runs: 2 ranks of 4 agents (decpg: random link failures, link latency 2: the vectors a rank received
+#: and has not mixed yet are in its checkpoint) or of 2 agents (dg_mappo: D-GAT messages and
+#: their gradients across the ranks on the radius graph of the agents' positions, value norms, link latency 1; 6 envs of 10 steps
 #: per batch, episodes of 6 steps: every batch has resets, VMAS's random state carries across the restart); decpg on
 #: two agent groups (simple_tag: 4 adversaries, 2 good agents; each rank owns 2 adversaries and 1 good agent)
 ALGORITHMS = {
     "decpg": ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.link_failure=0.3",
-              "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
+              "algorithm.link_latency=2", "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
               "experiment.on_policy_n_envs_per_worker=2"],
     "dg_mappo": ["algorithm=dg_mappo", "task=vmas/navigation", "task.n_agents=4", "task.max_steps=6",
-                 "algorithm.hidden_channels=8", "algorithm.value_norm=true", "model.num_cells=[16]",
+                 "algorithm.hidden_channels=8", "algorithm.value_norm=true", "algorithm.link_latency=1",
+                 "model.num_cells=[16]",
                  "critic_model.num_cells=[16]", "experiment.on_policy_n_envs_per_worker=6"],
     "decpg_groups": ["algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4", "task.num_good_agents=2",
                      "task.max_steps=6", "algorithm.link_failure=0.3", "algorithm.evaluation_mode=local",

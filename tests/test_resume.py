@@ -20,9 +20,10 @@ from conftest import make_experiment
 FRAMES = 60  # frames per iteration (tiny_experiment_config)
 N = 2  # resume from the checkpoint written after iteration N, run to N + 2
 SMALL = {
-    # each agent's running moments of its value targets continue too
-    "decpg": {"value_norm": True},
-    "dg_mappo": {"value_norm": True},
+    # each agent's running moments of its value targets continue too, and with link_latency the
+    # parameter vectors still in flight (with link failures, decpg: which messages were sent)
+    "decpg": {"value_norm": True, "link_latency": 2, "link_failure": 0.3},
+    "dg_mappo": {"value_norm": True, "link_latency": 2},
     # random links: the resumed run must continue the link-selection RNG
     "matrpo": {"num_cells": None, "activation": None, "admm_iterations": 3, "admm_mode": "random"},
     "magpo": {"embed_dim": 16},
@@ -128,6 +129,11 @@ def _assert_exact_continuation(straight, resumed):
 def test_resume_equals_the_uninterrupted_run_on_coordsum(tmp_path, algorithm):
     straight, resumed = _continuation(tmp_path, algorithm, "coordsum/3x10-30")
     _assert_exact_continuation(straight, resumed)
+    if SMALL[algorithm].get("link_latency"):  # the history is in the checkpoint, full (2 mixings per iteration)
+        last = f"checkpoint_{(N + 2) * FRAMES}.pt"
+        histories = torch.load(resumed.folder_name / "checkpoints" / last)[resume.KEY]["algorithm"]["link_history"]
+        assert histories and all(h["latency"] == 2 and len(h["slots"]) == 2 and h["steps"] == 2 * (N + 2)
+                                 for h in histories.values())
 
 
 def _csv_rows(exp):

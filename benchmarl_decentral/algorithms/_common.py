@@ -95,6 +95,26 @@ def check_consensus_params(value, algorithm: str, allowed: tuple[str, ...] = CON
     return names
 
 
+def check_link_latency(value, algorithm: str, consensus_params, networks: tuple[str, ...] = ("actor", "critic")) -> int:
+    """Validate ``algorithm.link_latency``: an int ``d >= 0``, and 0 when ``consensus_params`` mixes nothing.
+
+    Raises:
+        ValueError: one message naming the problem and the fix.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"{algorithm}: link_latency must be an integer number of mixing steps >= 0, got {value!r}; "
+            "set e.g. algorithm.link_latency=2 (0: the synchronous DSGD step)"
+        )
+    if value > 0 and not list(consensus_params):
+        raise ValueError(
+            f"{algorithm}: link_latency={value} delays the DSGD mixing messages, but consensus_params is [] "
+            "(nothing is mixed, so it would do nothing); set algorithm.link_latency=0 or mix a network, "
+            f"e.g. algorithm.consensus_params=[{','.join(networks)}]"
+        )
+    return value
+
+
 def layer_configs(config) -> list:
     """The layers of a model config: itself, or each layer of a (nested) ``SequenceModelConfig``."""
     layers = getattr(config, "model_configs", None)

@@ -62,6 +62,7 @@ from torchrl.data import Composite, Unbounded
 
 from benchmarl_decentral.algorithms._common import (
     check_consensus_params,
+    check_link_latency,
     config_error,
     gnn_dropout_conflict,
     visibility_layout,
@@ -126,6 +127,11 @@ class Decpg(Mappo):
             ``theta_i <- sum_j P_ij theta_j - eta g_i(theta_i)``;
             ``step_then_mix`` mixes after the local step (adapt then combine).
         link_failure: probability that each link is down at a given step.
+        link_latency: ``d``, mixing steps a parameter vector takes over a
+            link (asynchronous studies; 0: the synchronous step): each
+            neighbour term of the DSGD step reads ``theta_j`` as sent ``d``
+            mixing steps earlier, the agent's own term stays current
+            (:class:`~benchmarl_decentral.consensus.ConsensusMixer`).
         optimizer: ``sgd`` (the paper) or ``adam``.
         lr: initial learning rate (replaces ``experiment.lr``).
         min_lr: learning rate reached at the end of training (linear decay).
@@ -179,6 +185,7 @@ class Decpg(Mappo):
         evaluation_dropout: Optional[List[int]] = None,
         group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
         log_link_bytes: bool = False,
+        link_latency: int = 0,  # 0: configs pickled before the key
         **kwargs,
     ):
         super().__init__(share_param_critic=False, **kwargs)
@@ -194,6 +201,7 @@ class Decpg(Mappo):
         self.mixing = mixing
         self.mix_order = mix_order
         self.link_failure = link_failure
+        self.link_latency = link_latency
         self.optimizer = optimizer
         self.lr = lr
         self.min_lr = min_lr
@@ -355,12 +363,22 @@ class Decpg(Mappo):
 
     def resume_state(self) -> Dict[str, Any]:
         """What an exact resume needs beyond BenchMARL's state (:mod:`benchmarl_decentral.resume`): with
-        ``value_norm`` each agent's running moments of its value targets."""
-        return {"value_norms": value_norm_state(self.value_norms)}
+        ``value_norm`` each agent's running moments of its value targets; with ``link_latency`` the
+        parameter vectors still in flight (each mixer's :class:`~benchmarl_decentral.distributed.LinkHistory`,
+        in a distributed run what this rank received)."""
+        return {
+            "value_norms": value_norm_state(self.value_norms),
+            "link_history": {f"{g}/{net}": mixer.history.state_dict()
+                             for (g, net), mixer in self.callback.mixers.items() if mixer.history is not None},
+        }
 
     def load_resume_state(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`resume_state`."""
         load_value_norm_state(self.value_norms, state.get("value_norms", {}))
+        for name, history in state.get("link_history", {}).items():
+            mixer = self.callback.mixers.get(tuple(name.split("/")))
+            if mixer is not None and mixer.history is not None:
+                mixer.history.load_state_dict(history)
 
     def _get_critic(self, group: str) -> TensorDictModule:
         """One centralized critic per agent, stacked on the agent dim.
@@ -512,6 +530,7 @@ class _DecpgCallback(Callback):
                         int(torch.randint(2**31 - 1, (1,), generator=seed_gen))
                     ),
                     transport=transport,
+                    latency=algo.link_latency,
                 )
                 mixer.enabled = net in algo.consensus_params  # an unmixed network still logs its distance
                 self.mixers[key] = mixer
@@ -780,6 +799,8 @@ class DecpgConfig(AlgorithmConfig):
     log_link_bytes: bool = False
     # MAPPO backbone: per-agent value normalisation (a default: configs pickled before the key)
     value_norm: bool = False
+    # DSGD: mixing steps a parameter vector takes over a link (a default: configs pickled before the key)
+    link_latency: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -826,6 +847,7 @@ class DecpgConfig(AlgorithmConfig):
                 )
         if isinstance(self.link_failure, (int, float)) and not 0 <= self.link_failure < 1:
             raise ValueError(f"decpg: link_failure must be in [0, 1), got {self.link_failure}.")
+        check_link_latency(self.link_latency, "decpg", self.consensus_params)
         if not isinstance(self.value_norm, bool):
             raise ValueError(f"decpg: value_norm must be true or false, got {self.value_norm!r}.")
         if not isinstance(self.log_link_bytes, bool):

@@ -98,6 +98,7 @@ from torchrl.objectives import ClipPPOLoss, LossModule, ValueEstimators
 from benchmarl_decentral.algorithms._common import (
     CONSENSUS_NETWORKS,
     check_consensus_params,
+    check_link_latency,
     config_error,
     gnn_dropout_conflict,
     layer_configs,
@@ -112,7 +113,12 @@ from benchmarl_decentral.consensus import (
 )
 from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.stacking import AgentStack
-from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics, CommCounter, current_transport
+from benchmarl_decentral.distributed.transport import (
+    bytes_per_agent_metrics,
+    CommCounter,
+    current_transport,
+    LinkHistory,
+)
 from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
     check_dgat_options,
@@ -580,6 +586,13 @@ class DgMappo(Mappo):
             optimizer steps, over the collected batch's graphs; the public
             code mixes 3 times per update).
         mixes_per_update: mixings per update with ``mix_every="update"``.
+        link_latency: ``d``, mixing steps a parameter vector takes over a
+            link (asynchronous studies; 0: eq. 9's synchronous step): in
+            ``x_i <- sum_j c(i, j) x_j`` each neighbour's term reads ``x_j`` as
+            sent ``d`` mixing steps earlier (with that step's ``c``), the
+            agent's own term stays current; every mixing counts, the
+            ``mixes_per_update`` ones included. D-GAT's messages (eqs. 7-8,
+            collection and loss) are not delayed.
         group_topology: per-group D-GAT graph options (``topology``, ``k``,
             ``radius``, ``adjacency``, ``position_key``, ``position_dims``), e.g.
             ``{"adversary": {"topology": "ring"}}``; ``None`` or ``{}``: none.
@@ -620,6 +633,7 @@ class DgMappo(Mappo):
         actor_output_gain: Union[float, str, None] = None,
         evaluation_dropout: Optional[List[int]] = None,
         group_topology: Optional[Dict[str, Dict[str, Any]]] = None,  # None: configs pickled before the key
+        link_latency: int = 0,  # 0: configs pickled before the key
         **kwargs,
     ):
         dgat_options = {name: kwargs.pop(name) for name in DGAT_OPTIONS if name in kwargs}
@@ -645,6 +659,7 @@ class DgMappo(Mappo):
         self.consensus_params = tuple(consensus_params)
         self.mix_every = mix_every
         self.mixes_per_update = mixes_per_update
+        self.link_latency = link_latency
         self.value_norm = value_norm
         self.actor_output_gain = actor_output_gain
         self.value_norms: Dict[str, ValueNorm] = {}
@@ -913,11 +928,15 @@ class DgMappo(Mappo):
         with the next iteration's ``comm/exec_*`` bytes; and with
         ``value_norm`` each agent's running moments of its value targets
         (:class:`ValueNorm`, every row of the group: in a distributed run the
-        rows of the agents another rank holds are unread).
+        rows of the agents another rank holds are unread); with
+        ``link_latency`` each group's parameter vectors still in flight
+        (:class:`~benchmarl_decentral.distributed.LinkHistory`; in a
+        distributed run what this rank received).
         """
         return {
             "exec_comm": {group: dict(vars(comm.comm)) for group, comm in self.communication.items()},
             "value_norms": value_norm_state(self.value_norms),
+            "link_history": {group: history.state_dict() for group, history in self.callback.histories.items()},
         }
 
     def load_resume_state(self, state: Dict[str, Any]) -> None:
@@ -926,6 +945,9 @@ class DgMappo(Mappo):
             if group in self.communication:
                 vars(self.communication[group].comm).update(counter)
         load_value_norm_state(self.value_norms, state.get("value_norms", {}))
+        for group, history in state.get("link_history", {}).items():
+            if group in self.callback.histories:
+                self.callback.histories[group].load_state_dict(history)
 
     def network_leaves(self, group: str) -> Dict[str, List[torch.Tensor]]:
         """The group's per-agent parameters by network, ``dgat`` (psi), ``actor`` (theta), ``critic`` (phi).
@@ -1027,6 +1049,8 @@ class _DgMappoCallback(Callback):
         self._exec_comm: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # per group: D-GAT bytes of the collection
         self.sent: Dict[str, Dict[str, Any]] = {}
         self._comm: Dict[str, Tuple[int, Dict[str, int]]] = {}  # per group: (agents held, bytes by kind)
+        #: per group, with ``link_latency``: the parameter vectors in flight of its mixing steps
+        self.histories: Dict[str, LinkHistory] = {}
 
     def on_setup(self):
         algo, exp = self.algorithm, self.experiment
@@ -1042,6 +1066,8 @@ class _DgMappoCallback(Callback):
                 optimizer.register_step_pre_hook(self._clip(stacks, algo.max_grad_norm, algo))
             mixed = [p for name in algo.consensus_params for p in leaves[name]]
             self._mixed[group] = mixed
+            if mixed and algo.link_latency:
+                self.histories[group] = LinkHistory(algo.link_latency)
             if mixed and algo.mix_every == "step":
                 optimizer.register_step_post_hook(self._mix(group, mixed))
 
@@ -1078,10 +1104,14 @@ class _DgMappoCallback(Callback):
         return hook
 
     def _mix_with(self, group: str, W: torch.Tensor) -> None:
-        """``x_i <- sum_j W_ij x_j`` through the algorithm's transport (rows of the agents held here), bytes counted."""
+        """``x_i <- sum_j W_ij x_j`` through the algorithm's transport (rows of the agents held here), bytes counted.
+
+        With ``link_latency`` the neighbours' ``x_j`` (and ``W``) are those of
+        ``d`` mixing steps earlier (:meth:`Transport.mix_ <benchmarl_decentral.distributed.Transport.mix_>`).
+        """
         transport = self.algorithm.transport
         n = W.shape[-1]
-        record = transport.mix_(transport.local_rows(self._mixed[group], n), W)
+        record = transport.mix_(transport.local_rows(self._mixed[group], n), W, history=self.histories.get(group))
         self._mixing_comm.setdefault(group, CommCounter()).add(record)
 
     def _mix(self, group: str, leaves: List[torch.Tensor]):
@@ -1229,6 +1259,8 @@ class DgMappoConfig(AlgorithmConfig):
     evaluation_dropout: List[int] = field(default_factory=list)
     # per-group D-GAT graph options (benchmarl_decentral.consensus.groups)
     group_topology: Any = None  # Any: omegaconf merges a command-line dict into a null node
+    # D-SGD: mixing steps a parameter vector takes over a link (a default: configs pickled before the key)
+    link_latency: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -1271,8 +1303,9 @@ class DgMappoConfig(AlgorithmConfig):
         self._validate_consensus()
 
     def _validate_consensus(self) -> None:
-        """consensus_params, mix_every, mixes_per_update, graph_kwargs, value_norm, actor_output_gain."""
+        """consensus_params, link_latency, mix_every, mixes_per_update, graph_kwargs, value_norm, actor_output_gain."""
         self.consensus_params = list(check_consensus_params(self.consensus_params, "dg_mappo", CONSENSUS_NETWORKS))
+        check_link_latency(self.link_latency, "dg_mappo", self.consensus_params, CONSENSUS_NETWORKS)
         if self.mix_every not in MIX_EVERY:
             raise ValueError(
                 f"dg_mappo: unknown mix_every {self.mix_every!r}; choose one of {list(MIX_EVERY)} "

@@ -6,7 +6,7 @@ Pure torch: no BenchMARL, hydra or torchrl import, so the algorithms
 
 from __future__ import annotations
 
-from benchmarl_decentral.consensus.hook import ConsensusMixer, mix_
+from benchmarl_decentral.consensus.hook import ConsensusMixer, mix_, mix_delayed_
 from benchmarl_decentral.consensus.metrics import (
     consensus_distance,
     gradient_disagreement,
@@ -74,6 +74,7 @@ __all__ = [
     "is_row_stochastic",
     "drop_links",
     "mix_",
+    "mix_delayed_",
     "ConsensusMixer",
     "consensus_distance",
     "gradient_disagreement",

@@ -21,7 +21,13 @@ from benchmarl_decentral.consensus.mixing import (
     spectral_gap,
 )
 from benchmarl_decentral.consensus.topology import from_adjacency
-from benchmarl_decentral.distributed.transport import CommCounter, InProcessTransport, Transport
+from benchmarl_decentral.distributed.transport import (
+    CommCounter,
+    InProcessTransport,
+    LinkHistory,
+    Transport,
+    check_latency,
+)
 
 
 def _check_leaves(leaves: list[Tensor], n: int) -> None:
@@ -55,6 +61,40 @@ def mix_(leaves: Iterable[Tensor], W: Tensor) -> None:
             p.copy_((W.to(p) @ p.reshape(n, -1)).reshape_as(p))
 
 
+def mix_delayed_(leaves: Iterable[Tensor], delayed: Iterable[Tensor], W: Tensor) -> None:
+    """002 sec. 3 / 000 eq. (9) with per-link latency: ``theta_i <- W_ii theta_i + sum_{j != i} W_ij theta_j^delayed``.
+
+    The DSGD mixing step of :func:`mix_` where every neighbour term reads an
+    older vector (``delayed``, e.g. what the neighbours sent ``d`` mixing
+    steps ago; no paper file: the link-latency model of
+    :class:`~benchmarl_decentral.distributed.LinkHistory`) while each agent's
+    own term stays its current value. ``W`` is row stochastic, so the step is
+    still a convex combination. In place, under ``torch.no_grad``.
+
+    Args:
+        leaves: tensors of shape ``(n, ...)``, the current ``theta`` (overwritten).
+        delayed: the neighbours' vectors, one tensor per leaf, same shapes.
+        W: mixing matrix ``(n, n)`` whose weights the step applies.
+    """
+    if W.dim() != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"mixing matrix must be square (n, n), got shape {tuple(W.shape)}")
+    leaves, delayed = list(leaves), list(delayed)
+    n = W.shape[0]
+    _check_leaves(leaves, n)
+    if len(delayed) != len(leaves) or any(h.shape != p.shape for p, h in zip(leaves, delayed)):
+        raise ValueError(
+            f"the delayed vectors {[tuple(h.shape) for h in delayed]} do not match the leaves "
+            f"{[tuple(p.shape) for p in leaves]}"
+        )
+    own = W.diagonal()
+    others = W - torch.diag_embed(own)
+    with torch.no_grad():
+        for p, h in zip(leaves, delayed):
+            flat = p.reshape(n, -1)
+            mixed = own.to(p).unsqueeze(1) * flat + others.to(p) @ h.to(p).reshape(n, -1)
+            p.copy_(mixed.reshape_as(p))
+
+
 class ConsensusMixer:
     """002_4f291ba56d03e11d.txt sec. 3 / 000_ef718962e1e8f612.txt eq. (9): DSGD mixing of stacked leaves.
 
@@ -71,6 +111,25 @@ class ConsensusMixer:
     (``graph_mode``: ``"mean"`` of the per-sample matrices or the
     ``"majority"`` graph), and a failed link is down in every sample.
 
+    Link latency (``latency = d > 0``, for asynchronous studies): in step
+    ``t`` (the ``t``-th call of :meth:`step`, counting mixing steps, not
+    iterations) every agent still sends its current vector over the links of
+    ``W_t`` (the bytes per step do not change), but a message takes ``d``
+    steps to arrive, so the step applies the weights and neighbour vectors of
+    step ``s = max(t - d, 0)``::
+
+        theta_i(t+1) = W_s,ii theta_i(t) + sum_{j != i} W_s,ij theta_j(s)
+
+    (:func:`mix_delayed_`; before ``d`` steps exist, the oldest step there is,
+    the first one). The weights travel with their vectors: a link that failed
+    at step ``s`` carried no message, and its weight went to the others of
+    step ``s`` by the usual renormalisation, so the message-less link is
+    never read. With a static graph and no link failure ``W_s = W`` and this
+    is ``theta_i <- W_ii theta_i(t) + sum_{j != i} W_ij theta_j(t - d)``.
+    The transport keeps the history (:class:`~benchmarl_decentral.distributed.LinkHistory`,
+    :attr:`history`): ``d`` entries of the sent vectors, ``d x`` the
+    parameters per agent held here.
+
     Args:
         leaves: per-agent stacked tensors ``(n, ...)`` to keep in consensus.
         adjacency: bool ``(n, n)`` adjacency (or nested 0/1 lists).
@@ -86,12 +145,16 @@ class ConsensusMixer:
             :meth:`~benchmarl_decentral.distributed.Transport.local_agents`,
             stacked ``(n_local, ...)``, while ``adjacency`` and ``W`` stay
             ``n x n``. (default: None)
+        latency: ``d``, mixing steps a message takes over a link; 0 is the
+            synchronous step. (default: 0)
 
     Attributes:
         n_agents: number of agents ``n``.
         enabled: when False, :meth:`step` and the attached hooks do nothing.
         comm: bytes sent by the agents held here since the last
             ``comm.reset()`` (:class:`~benchmarl_decentral.distributed.CommCounter`).
+        history: the messages in flight with ``latency > 0`` (save and restore
+            it with the experiment: ``history.state_dict()``); ``None`` for ``latency = 0``.
     """
 
     def __init__(
@@ -104,6 +167,7 @@ class ConsensusMixer:
         generator: torch.Generator | None = None,
         graph_mode: str = "mean",
         transport: Transport | None = None,
+        latency: int = 0,
     ) -> None:
         if rule not in MIXING_RULES:
             raise ValueError(f"unknown mixing rule {rule!r}; choose one of {MIXING_RULES}")
@@ -119,6 +183,8 @@ class ConsensusMixer:
         self.enabled = True
         self.transport = InProcessTransport() if transport is None else transport
         self.comm = CommCounter()
+        latency = check_latency(latency)
+        self.history = LinkHistory(latency) if latency else None
         self.set_adjacency(adjacency)
 
     def set_adjacency(self, adjacency: Tensor) -> None:
@@ -151,7 +217,7 @@ class ConsensusMixer:
         return W.to(self.leaves[0].device) if self.leaves else W
 
     def matrix(self) -> Tensor:
-        """``W`` used by the last step (before any step: the link-failure-free ``W``)."""
+        """``W`` of the last step, whose links carried its messages (before any step: the link-failure-free ``W``)."""
         return self._W
 
     @property
@@ -160,10 +226,12 @@ class ConsensusMixer:
         return spectral_gap(self._base_W)
 
     def step(self) -> Tensor | None:
-        """Mix the leaves in place through the transport; returns the ``W`` used (None when disabled).
+        """Mix the leaves in place through the transport; returns this step's ``W`` (None when disabled).
 
         Every process of a distributed run draws the same link failures (same
-        ``generator`` seed), so all build the same ``W``.
+        ``generator`` seed), so all build the same ``W``. With ``latency`` the
+        returned ``W`` is the one this step's messages were sent over; the
+        weights applied are those of ``d`` steps earlier (see the class).
         """
         if not self.enabled:
             return None
@@ -171,7 +239,7 @@ class ConsensusMixer:
             union = self.adjacency.reshape(-1, self.n_agents, self.n_agents).any(0)
             up = drop_links(union, self.link_failure, generator=self.generator)
             self._W = self._build(self.adjacency & up)
-        self.comm.add(self.transport.mix_(self.leaves, self._W))
+        self.comm.add(self.transport.mix_(self.leaves, self._W, history=self.history))
         return self._W
 
     def attach(self, optimizer: torch.optim.Optimizer, *, when: str = "pre") -> RemovableHandle:

@@ -9,7 +9,11 @@ What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
   in every run: :class:`InProcessTransport` (the default, all agents stacked
   in one process) and :class:`TorchDistributedTransport` (each rank holds a
   block of agents; parameter vectors travel point to point to the ranks of
-  the neighbours in ``W``, nothing else);
+  the neighbours in ``W``, nothing else); with a per-link latency ``d``
+  (``algorithm.link_latency``) the caller passes the messages in flight,
+  :class:`LinkHistory`, to :meth:`Transport.mix_` (``history=``): in one
+  process every agent's vectors of the last ``d`` steps, across ranks what
+  each rank received (the bytes sent per step do not change);
 * D-GAT's messages (000 eqs. 7-8, and eq. 11's neighbour embeddings) as a
   second transport method, :meth:`Transport.exchange_rows`, which the D-GAT
   model calls before every hop: in one process it returns its input; across
@@ -109,9 +113,11 @@ from benchmarl_decentral.distributed.torch_dist import TorchDistributedTransport
 from benchmarl_decentral.distributed.transport import (
     CommCounter,
     InProcessTransport,
+    LinkHistory,
     MixRecord,
     Transport,
     bytes_per_agent,
+    check_latency,
     current_transport,
     link_end_bytes,
     message_bytes,
@@ -125,10 +131,12 @@ __all__ = [
     "DISTRIBUTED_ALGORITHMS",
     "CommCounter",
     "InProcessTransport",
+    "LinkHistory",
     "MixRecord",
     "TorchDistributedTransport",
     "Transport",
     "bytes_per_agent",
+    "check_latency",
     "check_algorithm",
     "current_transport",
     "free_port",

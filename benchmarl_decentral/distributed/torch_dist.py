@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from benchmarl_decentral.distributed.transport import MixRecord, Transport, _senders, link_end_bytes, sends
+from benchmarl_decentral.distributed.transport import LinkHistory, MixRecord, Transport, _senders, link_end_bytes, sends
 
 
 def _p2p(ops: list) -> None:
@@ -266,7 +266,16 @@ class TorchDistributedTransport(Transport):
         with torch.no_grad():
             return _RowExchange.apply(h, plan, local, None)
 
-    def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
+    def mix_(self, leaves: list[Tensor], W: Tensor, history: LinkHistory | None = None) -> MixRecord:
+        """Neighbour-only exchange of this step's vectors; with ``history`` (latency), the rank keeps what it received.
+
+        The history entry of a step holds the vectors this rank read in it
+        (its own agents' and the received ones, ``rows`` of ``agents``) and
+        the rows of ``W`` of its agents: the step then mixes its agents'
+        current vectors with the neighbour vectors of ``d`` steps ago, as
+        :class:`~benchmarl_decentral.distributed.InProcessTransport` does
+        with all of them. What is sent does not change.
+        """
         n = W.shape[0]
         local, owner = self.local_agents(n), self.owner_of(n)
         m = local.numel()
@@ -309,10 +318,23 @@ class TorchDistributedTransport(Transport):
         _p2p(ops)
 
         theta = torch.zeros(n, flat.shape[1], dtype=flat.dtype)
-        theta[local] = flat
-        for srcs, buf in received:
-            theta[srcs] = buf
-        mixed = W[local].to(theta) @ theta  # (m, D); W is 0 on every row of theta left empty
+        if history is None:
+            theta[local] = flat
+            for srcs, buf in received:
+                theta[srcs] = buf
+            mixed = W[local].to(theta) @ theta  # (m, D); W is 0 on every row of theta left empty
+        else:  # the vectors read in step max(t - d, 0), and that step's weights (m, n)
+            arrived = history.exchange({
+                "W": W[local].detach().cpu().clone(),
+                "agents": torch.cat([local, *(srcs for srcs, _ in received)]),
+                "rows": torch.cat([flat, *(buf for _, buf in received)]),
+            })
+            theta[arrived["agents"]] = arrived["rows"].to(theta)
+            W_s = arrived["W"].to(theta)
+            own = W_s[torch.arange(m), local]
+            others = W_s.clone()
+            others[torch.arange(m), local] = 0
+            mixed = own.unsqueeze(1) * flat + others @ theta  # mix_delayed_ on the rows held here
         with torch.no_grad():
             offset = 0
             for p in leaves:

@@ -15,6 +15,14 @@ transport, so the algorithms (``decpg``) never branch on the mode:
   parameter vectors point to point with the ranks of its neighbours in ``W``;
   bytes are counted from the tensors it sends.
 
+Per-link latency (``latency = d``, :class:`LinkHistory`): a message takes
+``d`` mixing steps to arrive; the caller passes the history of the messages
+in flight to :meth:`Transport.mix_` (``history=``), the same call in both
+modes. In one process the history is the last ``d`` stacked parameter vectors
+of every agent; across processes each rank keeps what it received (and its
+own agents' vectors), so one vector per link and step is still all that is
+sent. D-GAT messages (:meth:`Transport.exchange_rows`) are never delayed.
+
 A transport serves every agent group of a task: a call names the agents of
 one group by their index in it (``0..n-1``), and the group's size (``W`` is
 ``n x n``, ``h`` has ``n`` agent rows) is all a distributed transport needs to
@@ -55,6 +63,68 @@ class MixRecord:
     link_bytes: Tensor
     network_bytes: Tensor
     links: Tensor | None = None
+
+
+def check_latency(latency: object, owner: str = "latency") -> int:
+    """``latency`` as an int ``d >= 0`` (mixing steps a message takes over a link), else one ValueError."""
+    if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+        raise ValueError(
+            f"{owner} must be an integer number of mixing steps >= 0 (0: synchronous), got {latency!r}"
+        )
+    return latency
+
+
+class LinkHistory:
+    """The messages in flight of a DSGD mixing step with per-link latency ``d``: a ring of ``d`` entries.
+
+    One entry per mixing step: what the step sent (the transport decides its
+    form: in one process every agent's vectors, across processes what this
+    rank holds and received) and the weights ``W`` it was sent with.
+    :meth:`exchange` stores step ``t``'s entry and gives back step
+    ``max(t - d, 0)``'s: the message that arrives at step ``t``. Before ``d``
+    steps exist it gives back the first step's entry (the oldest there is:
+    the ring starts filled with it). Memory: ``d`` entries.
+
+    Part of the experiment state: :meth:`state_dict` / :meth:`load_state_dict`
+    (tensors, ints and lists: ``torch.load(..., weights_only=True)`` reads it).
+
+    Args:
+        latency: ``d >= 1``.
+
+    Attributes:
+        latency: ``d``.
+        steps: mixing steps taken so far (``t`` of the next one).
+    """
+
+    def __init__(self, latency: int) -> None:
+        if check_latency(latency, "LinkHistory latency") < 1:
+            raise ValueError("LinkHistory needs latency >= 1 (latency 0 keeps no history: pass history=None)")
+        self.latency = latency
+        self.steps = 0
+        self._slots: list[dict] = []
+
+    def exchange(self, entry: dict) -> dict:
+        """Keep the entry of step ``t = steps`` and return the one of step ``max(t - d, 0)``; ``steps += 1``."""
+        if self.steps == 0:
+            self._slots = [entry] * self.latency
+        slot = self.steps % self.latency  # written at step t - d, or at step 0 while t < d
+        arrived, self._slots[slot] = self._slots[slot], entry
+        self.steps += 1
+        return arrived
+
+    def state_dict(self) -> dict:
+        """``{"latency", "steps", "slots"}``: the ring as it is (entries of dicts of tensors)."""
+        return {"latency": self.latency, "steps": self.steps, "slots": list(self._slots)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (of the same latency)."""
+        if int(state["latency"]) != self.latency:
+            raise ValueError(
+                f"the saved link history has latency {int(state['latency'])}, this run {self.latency}: "
+                "resume with the run's link_latency"
+            )
+        self.steps = int(state["steps"])
+        self._slots = list(state["slots"])
 
 
 def sends(W: Tensor) -> Tensor:
@@ -183,8 +253,16 @@ class Transport(ABC):
         """Global indices (sorted, int64) of the agents whose leaves this process holds."""
 
     @abstractmethod
-    def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
-        """``theta_i <- sum_j W_ij theta_j`` in place for every agent held here; what was sent."""
+    def mix_(self, leaves: list[Tensor], W: Tensor, history: LinkHistory | None = None) -> MixRecord:
+        """``theta_i <- sum_j W_ij theta_j`` in place for every agent held here; what was sent.
+
+        With ``history`` (link latency ``d``): every agent sends its current
+        vector over the links of ``W`` as without it, the transport stores what
+        arrived here in ``history``, and the step applies the entry of ``d``
+        steps ago, ``theta_i <- W_s,ii theta_i + sum_{j != i} W_s,ij theta_j(s)``
+        (:func:`~benchmarl_decentral.consensus.mix_delayed_`). The record
+        counts this step's messages.
+        """
 
     @abstractmethod
     def exchange_link_ends(self, links: Tensor, values: Tensor, n_agents: int) -> tuple[Tensor, MixRecord]:
@@ -284,10 +362,15 @@ class InProcessTransport(Transport):
     def local_agents(self, n_agents: int) -> Tensor:
         return torch.arange(n_agents)
 
-    def mix_(self, leaves: list[Tensor], W: Tensor) -> MixRecord:
-        from benchmarl_decentral.consensus.hook import mix_  # the consensus core imports this module
+    def mix_(self, leaves: list[Tensor], W: Tensor, history: LinkHistory | None = None) -> MixRecord:
+        from benchmarl_decentral.consensus.hook import mix_, mix_delayed_  # the consensus core imports this module
 
-        mix_(leaves, W)
+        if history is None:
+            mix_(leaves, W)
+        else:  # the history: every agent's stacked vectors of the last d steps, with their W
+            sent = {"W": W.detach().clone(), "leaves": [p.detach().clone() for p in leaves]}
+            arrived = history.exchange(sent)
+            mix_delayed_(leaves, arrived["leaves"], arrived["W"])
         size = bytes_per_agent(leaves)
         link, network = mixing_bytes(W, size)
         return MixRecord(agents=torch.arange(W.shape[0]), link_bytes=link, network_bytes=network,
