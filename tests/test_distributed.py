@@ -191,7 +191,7 @@ def _decpg_run(folder, build=lambda make: make(), scrub=None):
     ranks' agents: a rank must not depend on their parameters).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    exp = build(lambda: make_experiment(folder, **DECPG))
+    exp = build(lambda wrap=None: make_experiment(folder, task_wrapper=wrap, **DECPG))
     if scrub is not None:
         with torch.no_grad():
             for p in exp.algorithm.actor_leaves("agents") + exp.algorithm.critic_leaves("agents"):
@@ -212,18 +212,30 @@ def _logged(exp, name):
         return [float(row[1]) for row in csv.reader(f)]
 
 
-def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
+def _decpg_worker(rank: int, world_size: int, folder, reference, agents) -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
 
     ref = torch.load(reference)
     others = torch.tensor([i for i in range(8) if partition_agents(8, world_size)[i] != rank])
     exp, used = _decpg_run(
-        folder / f"rank{rank}", lambda make: build_rank_experiment(make, algorithm="decpg", sizes={"agents": 8}),
-        scrub=others,
+        folder / f"rank{rank}",
+        lambda make: build_rank_experiment(make, algorithm="decpg", sizes={"agents": 8}, agents=agents),
+        scrub=others if agents == "all" else None,  # local: there are no other agents' rows to scrub
     )
     mixer = exp.algorithm.callback.mixers[("agents", "actor")]
     owner, local = mixer.transport.owner, mixer.transport.local_agents(8)
     assert isinstance(mixer.transport, TorchDistributedTransport) and mixer.leaves[0].shape[0] == local.numel()
+    if agents == "local":  # this rank built its block only: networks, optimizer state, replay buffer
+        assert exp.group_map == {"agents": [f"agent_{i}" for i in local.tolist()]}
+        stacked = exp.algorithm.actor_leaves("agents") + exp.algorithm.critic_leaves("agents")
+        optimized = [p for opt in exp.optimizers["agents"].values() for g in opt.param_groups for p in g["params"]]
+        assert {p.shape[0] for p in stacked + optimized} == {local.numel()}
+        assert sum(p.numel() for p in optimized) == sum(p.numel() for p in stacked)  # nothing else is trained
+        for opt in exp.optimizers["agents"].values():  # SGD: no state; any state would be the block's
+            assert all(t.shape[0] == local.numel() for st in opt.state.values() for t in st.values() if t.dim())
+        stored = exp.replay_buffers["agents"].storage._storage
+        assert stored.get(("agents", "observation")).shape[:2] == (60, local.numel())
+        assert stored.get(("agents", "action")).shape == (60, local.numel())
     # the same joint actions on every rank: the same episodes as the single-process run
     assert _logged(exp, "collection_reward_reward_mean") == ref["reward"]
     for net, _ in NETS:
@@ -231,7 +243,8 @@ def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
             assert torch.equal(W, W_ref)
         leaves = exp.algorithm.actor_leaves("agents") if net == "actor" else exp.algorithm.critic_leaves("agents")
         for p, q in zip(leaves, ref[net], strict=True):  # this rank's agents; the other rows are not its own
-            torch.testing.assert_close(p.detach()[local], q[local], rtol=1e-5, atol=1e-6)
+            mine = p.detach() if agents == "local" else p.detach()[local]
+            torch.testing.assert_close(mine, q[local], rtol=1e-5, atol=1e-6)
     # bytes per agent and iteration: counted from the sent tensors == the formula on the W each step used
     for key, which in (("comm_train_bytes_per_agent", 0), ("comm_train_network_bytes_per_agent", 1)):
         expected = [
@@ -258,14 +271,17 @@ def _decpg_worker(rank: int, world_size: int, folder, reference) -> None:
 
 
 @pytest.mark.slow
-def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path):
+@pytest.mark.parametrize("agents", ["all", "local"])
+def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path, agents):
     """2 ranks x 4 agents, 2 iterations of decpg (real losses, per-agent clip, mixing hooks, link failures).
 
     Every rank steps its own copy of the environment with the joint action
     (its agents' actions, the others' received) and trains only its block,
-    mixing through the distributed transport; the other agents' rows of its
-    networks are zeroed, so nothing may read them. Its block ends with the
-    single-process run's parameters, rewards and bytes.
+    mixing through the distributed transport. ``all``: the rank builds every
+    agent's networks and the other agents' rows are zeroed, so nothing may
+    read them; ``local``: it builds its 4 agents only (networks, optimizer,
+    buffer: leading dim 4) on the environment cut to them. Its block ends with
+    the single-process run's parameters, rewards and bytes.
     """
     exp, used = _decpg_run(tmp_path / "single")
     assert len(used["actor"]) == ITERS * STEPS_PER_ITER
@@ -285,7 +301,7 @@ def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path):
               for t in range(ITERS)]
     assert _logged(exp, "comm_train_bytes_per_agent") == pytest.approx(single)  # in-process: the formula
     torch.save(reference, tmp_path / "reference.pt")
-    spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+    spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", agents, start_method="fork", timeout_s=120)
 
 
 # ------------------------------------------------------------------ the entry point (as torchrun runs it)
@@ -308,8 +324,9 @@ def _entry_worker(rank: int, world_size: int, port: int, overrides: list, scratc
 
 
 @pytest.mark.slow
-def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
-    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed ...``'s main on 2 forked ranks."""
+@pytest.mark.parametrize("agents", [[], ["--agents", "local"]], ids=["all", "local"])
+def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents):
+    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed [--agents local] ...``'s main on 2 ranks."""
     import torch.multiprocessing as mp
     from benchmarl.hydra_config import load_experiment_from_hydra
 
@@ -323,7 +340,7 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
 
     (tmp_path / "dist").mkdir()
     (tmp_path / "scratch").mkdir()
-    overrides = [*ENTRY, f"experiment.save_folder={tmp_path / 'dist'}"]
+    overrides = [*agents, *ENTRY, f"experiment.save_folder={tmp_path / 'dist'}"]
     mp.start_processes(_entry_worker, args=(2, free_port(), overrides, tmp_path / "scratch"), nprocs=2,
                        start_method="fork")
 
@@ -385,6 +402,21 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
         (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.alpha_consensus=-1"], 2,
          r"dg_mappo: alpha_consensus must be >= 0"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100"], 3, r"world size 3 does not fit group 'agents' of 8 agents"),
+        # --agents local: what it cannot run yet
+        (["--agents", "both", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"unknown --agents both; choose one of all\|local"),
+        (["--agents"], 2, r"--agents needs a value: --agents all or --agents local"),
+        (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"--agents local supports algorithm=decpg only so far .* launch dg_mappo with --agents all"),
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "algorithm.topology=visibility"], 2,
+         r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "algorithm.max_grad_norm=null"], 2,
+         r"--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all agents .* "
+         r"set algorithm.max_grad_norm=10 \(per agent\) or experiment.clip_grad_val=null"),
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "experiment.checkpoint_at_end=true"], 2, r"--agents local does not write or restore checkpoints yet"),
     ],
 )
 def test_entry_point_refuses_before_anything_is_built(tmp_path, monkeypatch, capsys, overrides, world_size, match):

@@ -126,20 +126,46 @@ def group_sizes(task: Any, *, seed: int = 0) -> dict[str, int]:
         env.close()
 
 
-def build_rank_experiment(make: Callable[[], Experiment], *, algorithm: str, sizes: dict[str, int]) -> Experiment:
-    """This rank's experiment: checks, the transport installed while ``make()`` builds it, the action exchange.
+def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, sizes: dict[str, int],
+                          agents: str = "all") -> Experiment:
+    """This rank's experiment: checks, the transport installed while ``make`` builds it, the environment interface.
 
     Args:
-        make: builds the experiment (the same on every rank).
+        make: builds the experiment (the same on every rank). With
+            ``agents="all"`` it is called with no argument; with
+            ``agents="local"`` with a function that wraps a BenchMARL task
+            (``TaskClass``) into this rank's
+            :class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`,
+            which ``make`` must build the experiment on.
         algorithm: the algorithm's name, checked by :func:`plan_launch`.
         sizes: agents per group (:func:`group_sizes`).
+        agents: ``all``: every rank builds every agent's networks, steps its
+            copy of the environment with the joint action its
+            :class:`ActionExchange` assembles, trains its block; ``local``:
+            it builds its block only (networks, optimizer state, buffers),
+            its environment is the joint one cut to its agents
+            (:mod:`benchmarl_decentral.distributed.local`). (default: "all")
 
     Raises:
-        ValueError: from :func:`plan_launch` (one message, before ``make()``
-            builds anything).
+        ValueError: from :func:`plan_launch` (one message, before ``make``
+            builds anything), or an unknown ``agents``.
     """
+    from benchmarl_decentral.distributed.local import AGENT_MODES, EnvBytesLog, LocalAgentsTask, ReplicatedEnvs
+
+    if agents not in AGENT_MODES:
+        raise ValueError(f"unknown agents={agents!r}; choose one of {list(AGENT_MODES)}")
     owners = plan_launch(algorithm, sizes, dist.get_world_size())
     transport = TorchDistributedTransport(owners)
+    if agents == "local":
+        backend = ReplicatedEnvs(owners, transport.rank)
+        with use_transport(transport):
+            exp = make(lambda task: LocalAgentsTask(task, backend))
+        if not isinstance(exp.task, LocalAgentsTask):
+            raise ValueError("agents='local': make must build the experiment on the task it is given wrapped")
+        log = EnvBytesLog(backend)
+        log.experiment = exp
+        exp.callbacks = [*exp.callbacks, log]
+        return exp
     with use_transport(transport):
         exp = make()
     exchange = ActionExchange(exp, transport, list(owners))
