@@ -304,6 +304,64 @@ def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path, 
     spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", agents, start_method="fork", timeout_s=120)
 
 
+# ------------------------------------------------------------------ --agents local, a task without a state
+BALANCE = dict(task="vmas/balance", algorithm_overrides={"k": 1}, max_n_iters=2, on_policy_minibatch_size=30)
+
+
+def _balance_params(exp):
+    return {net: [p.detach().clone() for p in exp.algorithm.agent_stack("agents", net).leaves]
+            for net in ("actor", "critic")}
+
+
+def _balance_worker(rank: int, world_size: int, folder, reference) -> None:
+    from benchmarl_decentral.distributed.experiment import build_rank_experiment
+    from benchmarl_decentral.distributed.local import JOINT_OBSERVATION, LocalAgentsEnv
+
+    ref = torch.load(reference)
+    (folder / f"rank{rank}").mkdir()
+    exp = build_rank_experiment(
+        lambda wrap: make_experiment(folder / f"rank{rank}", task_wrapper=wrap, **BALANCE),
+        algorithm="decpg", sizes={"agents": 4}, agents="local",
+    )
+    local = slice(2 * rank, 2 * rank + 2)
+    assert exp.group_map == {"agents": [f"agent_{i}" for i in range(4)][local]}
+    assert exp.observation_spec["agents", "observation"].shape == (2, 16)  # this rank's agents' observations
+    assert JOINT_OBSERVATION not in exp.observation_spec.keys()  # the actors see what they see in one process
+    # the critic reads every agent's observation: (4 agents x 16) features, one copy per agent held here
+    critic_in = exp.algorithm.agent_stack("agents", "critic").leaves[0]
+    assert critic_in.shape == ref["critic"][0][local].shape == (2, 16, 64)
+    exp.run()
+    env = exp.test_env
+    while not isinstance(env, LocalAgentsEnv):
+        env = env.base_env
+    td = env.reset()
+    assert td.get((JOINT_OBSERVATION, "agents")).shape == (exp.config.evaluation_episodes, 64)
+    torch.testing.assert_close(td.get((JOINT_OBSERVATION, "agents")).view(-1, 4, 16)[:, local],
+                               td.get(("agents", "observation")), rtol=0, atol=0)
+    got = _balance_params(exp)
+    for net in ("actor", "critic"):
+        for p, q in zip(got[net], ref[net], strict=True):
+            assert p.shape[0] == 2
+            torch.testing.assert_close(p, q[local], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_critics(tmp_path):
+    """vmas/balance (no global state, continuous actions), 2 ranks x 2 agents, ``--agents local``.
+
+    Each rank's critic copies read the joint observation its environment adds
+    (every agent's 16 features); with an MLP this is MAPPO's centralized critic,
+    so after 2 iterations each rank's block equals the single-process run's
+    (same theta_0, same sampling noise: TanhNormal draws and the loss's
+    Monte-Carlo entropy sample the whole group and keep the block).
+    """
+    (tmp_path / "single").mkdir()
+    exp = make_experiment(tmp_path / "single", **BALANCE)
+    exp.run()
+    torch.save(_balance_params(exp), tmp_path / "reference.pt")
+    spawn_local(_balance_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+
+
 # ------------------------------------------------------------------ the entry point (as torchrun runs it)
 ENTRY = ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.evaluation_mode=local",
          "algorithm.perturbed_evaluation=false", "experiment.evaluation_interval=60", "experiment.evaluation_episodes=2",

@@ -56,6 +56,7 @@ import torch
 from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
 from benchmarl.algorithms.mappo import Mappo
 from benchmarl.experiment.callback import Callback
+from benchmarl.models import MlpConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.data import Composite, Unbounded
@@ -91,7 +92,13 @@ from benchmarl_decentral.consensus.groups import (
 from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
-from benchmarl_decentral.distributed.local import block_sampling, group_size, local_block, network_seed
+from benchmarl_decentral.distributed.local import (
+    block_sampling,
+    group_size,
+    joint_observation_spec,
+    local_block,
+    network_seed,
+)
 from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics, current_transport
 from benchmarl_decentral.environments.perturbation import PerturbedPolicy
 
@@ -397,11 +404,28 @@ class Decpg(Mappo):
         On a global state BenchMARL would build n separate MLPs (a ModuleList),
         which cannot be mixed as one tensor per leaf: instead the state is
         broadcast to every agent and read by a per-agent (stacked) model.
+
+        A distributed rank that builds its block of agents only
+        (:class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`) of a
+        task without a state reads every agent's observation from the joint
+        observation its environment offers (flat, agent-major), broadcast to
+        its agents and read by a per-agent model the same way: with an MLP
+        critic this is MAPPO's centralized MLP (each agent's copy reads the
+        concatenated observations of all agents), row for row.
         """
-        if self.state_spec is None:
+        joint = joint_observation_spec(self.experiment, group) if self.state_spec is None else None
+        if self.state_spec is None and joint is None:
             return super().get_critic(group)
+        if joint is not None and not isinstance(self.critic_model_config, MlpConfig):
+            raise config_error(
+                self.experiment,
+                f"decpg: with --agents local on a task without a global state, each agent's critic reads the "
+                f"concatenated observations of every agent, which is MAPPO's centralized critic for an MLP only; "
+                f"got critic model {type(self.critic_model_config).__name__}. Use model@critic_model=layers/mlp, "
+                f"or launch with --agents all.",
+            )
         n = len(self.group_map[group])
-        (state_key, state_leaf), = self.state_spec.items(True, True)
+        (state_key, state_leaf), = self.state_spec.items(True, True) if joint is None else (joint,)
         feature_dims = len(state_leaf.shape)
         expand = TensorDictModule(
             lambda state: state.unsqueeze(-feature_dims - 1).expand(

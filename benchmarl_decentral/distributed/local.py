@@ -44,10 +44,14 @@ from benchmarl.environments.common import TaskClass
 from benchmarl.experiment.callback import Callback
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
-from torchrl.data import Composite
+from torchrl.data import Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics
+
+#: Root key of the joint observations a :class:`LocalAgentsEnv` adds for a task without a global state:
+#: ``(JOINT_OBSERVATION, group)``, every agent's observation of the group, flat ``(*B, n * F)`` (agent-major).
+JOINT_OBSERVATION = "joint_observation"
 
 #: ``--agents`` of the entry point: ``all`` (every rank builds every agent's networks; its block trains) or
 #: ``local`` (every rank builds its block only).
@@ -153,12 +157,21 @@ class LocalAgentsEnv(EnvBase):
     completed to the joint action (:meth:`ReplicatedEnvs.joint_action`), the
     joint environment steps, and its output is cut to this rank's agents.
 
+    With ``joint``, it also observes every agent's observation of those
+    groups, as one flat vector per environment, under
+    ``(JOINT_OBSERVATION, group)``: what a centralized critic reads (a
+    task without a global state; decpg's critics, paper 002 sec. 3). With the
+    replicated backend it is the joint environment's own observation (no
+    message); its leaves (``joint[group]``, the task's observation keys of the
+    group, 1-D features each) are concatenated per agent, then the agents.
+
     Args:
         env: the joint environment (the task's own).
         backend: :class:`ReplicatedEnvs`.
+        joint: group to its observation leaves to offer jointly. (default: none)
     """
 
-    def __init__(self, env: EnvBase, backend: ReplicatedEnvs) -> None:
+    def __init__(self, env: EnvBase, backend: ReplicatedEnvs, joint: Mapping[str, list] | None = None) -> None:
         super().__init__(device=env.device, batch_size=env.batch_size)
         self.joint_env = env
         self.backend = backend
@@ -170,7 +183,17 @@ class LocalAgentsEnv(EnvBase):
                 f"--agents local: the environment has per-agent done flags in groups {sorted(set(done_groups))}, "
                 "whose partial resets the replicated backend does not carry yet; launch with --agents all."
             )
-        self.full_observation_spec = _narrow_spec(env.full_observation_spec.clone(), blocks, nb)
+        self.joint = {group: list(keys) for group, keys in (joint or {}).items()}
+        observation_spec = env.full_observation_spec.clone()
+        for group, keys in self.joint.items():
+            leaves = [observation_spec[group][key] for key in keys]
+            if not leaves or any(leaf.ndim != nb + 2 for leaf in leaves):
+                raise ValueError(f"--agents local: group '{group}' observes {keys} with shapes "
+                                 f"{[tuple(leaf.shape) for leaf in leaves]}; a joint observation needs 1-D features")
+            features = sum(leaf.shape[-1] for leaf in leaves) * leaves[0].shape[nb]
+            observation_spec[(JOINT_OBSERVATION, group)] = Unbounded(
+                shape=(*env.batch_size, features), dtype=leaves[0].dtype, device=env.device)
+        self.full_observation_spec = _narrow_spec(observation_spec, blocks, nb)
         self.full_action_spec = _narrow_spec(env.full_action_spec.clone(), blocks, nb)
         self.full_reward_spec = _narrow_spec(env.full_reward_spec.clone(), blocks, nb)
         self.full_done_spec = env.full_done_spec.clone()
@@ -191,7 +214,14 @@ class LocalAgentsEnv(EnvBase):
         if tensordict is not None and "_reset" in tensordict.keys():
             inner = TensorDict({"_reset": tensordict.get("_reset")}, batch_size=self.batch_size, device=self.device)
         out = self.joint_env.reset(inner)
-        return _narrow_td(out, self.backend.blocks, len(self.batch_size))
+        return _narrow_td(self._add_joint(out), self.backend.blocks, len(self.batch_size))
+
+    def _add_joint(self, td: TensorDictBase) -> TensorDictBase:
+        nb = len(self.batch_size)
+        for group, keys in self.joint.items():
+            obs = torch.cat([td.get(group).get(key) for key in keys], dim=-1)  # (*B, n, F)
+            td.set((JOINT_OBSERVATION, group), obs.reshape(*obs.shape[:nb], -1))
+        return td
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         nb = len(self.batch_size)
@@ -205,7 +235,7 @@ class LocalAgentsEnv(EnvBase):
                 value = self.backend.joint_action(key[0], value, nb)
             joint.set(key, value)
         out = self.joint_env.step(joint).get("next")
-        return _narrow_td(out, self.backend.blocks, nb)
+        return _narrow_td(self._add_joint(out), self.backend.blocks, nb)
 
     def close(self, *, raise_if_closed: bool = True) -> None:
         self.joint_env.close()
@@ -220,13 +250,24 @@ def _joint_env(env: EnvBase) -> EnvBase:
     return seen.joint_env if isinstance(seen, LocalAgentsEnv) else env
 
 
+def _without_joint(spec: Optional[Composite]) -> Optional[Composite]:
+    """A task's spec without the joint observations (the task's methods clone what the environment has)."""
+    if spec is not None and JOINT_OBSERVATION in spec.keys():
+        del spec[JOINT_OBSERVATION]
+    return spec
+
+
 class LocalAgentsTask(TaskClass):
     """A BenchMARL task whose groups are this rank's blocks (see the module docstring).
 
     Everything but :meth:`get_env_fun` and :meth:`group_map` is the wrapped
     task's, read from the narrowed environment, so the specs BenchMARL builds
     the networks from are those of this rank's agents. The run's name and
-    config are the task's (the run folder is named as in one process).
+    config are the task's (the run folder is named as in one process). A
+    task without a global state (:meth:`state_spec` None) gets every group's
+    joint observation in its environment (``(JOINT_OBSERVATION, group)``,
+    see :class:`LocalAgentsEnv`; read through :func:`joint_observation_spec`),
+    kept out of :meth:`observation_spec` so the actors see what they see in one process.
 
     Args:
         task: the task (BenchMARL's ``TaskClass``).
@@ -247,8 +288,17 @@ class LocalAgentsTask(TaskClass):
     def get_env_fun(self, num_envs: int, continuous_actions: bool, seed: Optional[int], device) -> Callable[[], EnvBase]:
         make = self.task.get_env_fun(num_envs=num_envs, continuous_actions=continuous_actions, seed=seed,
                                      device=device)
-        backend = self.backend
-        return lambda: LocalAgentsEnv(make(), backend)
+        backend, task = self.backend, self.task
+
+        def env() -> EnvBase:
+            joint_env = make()
+            joint = None
+            if task.state_spec(joint_env) is None:  # what a centralized critic reads instead
+                spec = task.observation_spec(joint_env)
+                joint = {g: list(spec[g].keys(True, True)) for g in backend.blocks if g in spec.keys()}
+            return LocalAgentsEnv(joint_env, backend, joint)
+
+        return env
 
     def group_map(self, env: EnvBase) -> Dict[str, List[str]]:
         full = self.task.group_map(_joint_env(env))
@@ -268,19 +318,19 @@ class LocalAgentsTask(TaskClass):
         return False  # a render reads the joint environment's scene; rank 0's copy would draw every agent
 
     def observation_spec(self, env: EnvBase) -> Composite:
-        return self.task.observation_spec(env)
+        return _without_joint(self.task.observation_spec(env))
 
     def info_spec(self, env: EnvBase) -> Optional[Composite]:
-        return self.task.info_spec(env)
+        return _without_joint(self.task.info_spec(env))
 
     def state_spec(self, env: EnvBase) -> Optional[Composite]:
-        return self.task.state_spec(env)
+        return _without_joint(self.task.state_spec(env))
 
     def action_spec(self, env: EnvBase) -> Composite:
         return self.task.action_spec(env)
 
     def action_mask_spec(self, env: EnvBase) -> Optional[Composite]:
-        return self.task.action_mask_spec(env)
+        return _without_joint(self.task.action_mask_spec(env))
 
     def env_name(self) -> str:  # an instance method: BenchMARL calls it on the task
         return self.task.env_name()
@@ -315,6 +365,19 @@ def local_block(experiment: Any, group: str) -> tuple[int, int] | None:
     """``(first, last)`` of the agents of ``group`` this process builds, None when it builds every agent."""
     task = experiment.task
     return task.blocks[group] if isinstance(task, LocalAgentsTask) else None
+
+
+def joint_observation_spec(experiment: Any, group: str) -> tuple[Any, Any] | None:
+    """``(key, spec)`` of the joint observation of ``group`` (flat, ``(n * F,)``), None where there is none.
+
+    Only a process that builds a block (:class:`LocalAgentsTask`) of a task
+    without a global state has one (:class:`LocalAgentsEnv`).
+    """
+    if not isinstance(experiment.task, LocalAgentsTask):
+        return None
+    spec = experiment.test_env.full_observation_spec_unbatched
+    key = (JOINT_OBSERVATION, group)
+    return (key, spec[key]) if key in spec.keys(True, True) else None
 
 
 # ------------------------------------------------------------------ the sampling noise of the whole group
