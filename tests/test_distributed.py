@@ -362,6 +362,35 @@ def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_crit
     spawn_local(_balance_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
 
 
+def test_local_agents_task_narrows_the_groups_and_refuses_a_critic_that_is_not_an_mlp(tmp_path):
+    """Building needs no process group (nothing steps): rank 1's view of vmas/balance, and the critic check."""
+    from benchmarl.algorithms import algorithm_config_registry
+    from benchmarl.environments import task_config_registry
+    from benchmarl.experiment import Experiment
+
+    from benchmarl_decentral.distributed.local import JOINT_OBSERVATION, LocalAgentsTask, ReplicatedEnvs
+    from conftest import deepsets_config, mlp_config, tiny_experiment_config
+
+    backend = ReplicatedEnvs({"agents": torch.tensor([0, 0, 1, 1])}, rank=1)
+    task = LocalAgentsTask(task_config_registry["vmas/balance"].get_from_yaml(), backend)
+    env = task.get_env_fun(num_envs=3, continuous_actions=True, seed=0, device="cpu")()
+    assert task.group_map(env) == {"agents": ["agent_2", "agent_3"]} == env.group_map
+    assert env.full_action_spec["agents", "action"].shape == (3, 2, 2)
+    assert env.full_observation_spec["agents", "observation"].shape == (3, 2, 16)
+    assert env.full_observation_spec[JOINT_OBSERVATION, "agents"].shape == (3, 64)
+    td = env.reset()
+    torch.testing.assert_close(td[JOINT_OBSERVATION, "agents"].view(3, 4, 16)[:, 2:], td["agents", "observation"],
+                               rtol=0, atol=0)
+    assert JOINT_OBSERVATION not in task.observation_spec(env).keys() and task.name == "BALANCE"  # as BenchMARL names it
+
+    algo = algorithm_config_registry["decpg"].get_from_yaml()
+    with pytest.raises(ValueError, match=r"decpg: with --agents local on a task without a global state, each "
+                                         r"agent's critic reads .* got critic model DeepsetsConfig\. Use "
+                                         r"model@critic_model=layers/mlp, or launch with --agents all"):
+        Experiment(task=task, algorithm_config=algo, model_config=mlp_config(), critic_model_config=deepsets_config(),
+                   seed=0, config=tiny_experiment_config(tmp_path))
+
+
 # ------------------------------------------------------------------ the entry point (as torchrun runs it)
 ENTRY = ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.evaluation_mode=local",
          "algorithm.perturbed_evaluation=false", "experiment.evaluation_interval=60", "experiment.evaluation_episodes=2",

@@ -20,6 +20,10 @@ own agents. This exchange is the only traffic outside the mixing; it goes to
 every rank, one message per rank, group and environment step (a central environment
 rank would replace it, see the plan in :mod:`benchmarl_decentral.distributed`).
 
+With ``agents="local"`` (:func:`build_rank_experiment`) the rank builds its
+block of agents only and the action exchange happens inside its
+environment's step instead (:mod:`benchmarl_decentral.distributed.local`).
+
 Left out (refused or documented): evaluation with the averaged model, and the
 cross-agent metrics (consensus distance, gradient disagreement), need every
 agent's parameters; they are computed here from the rows this rank holds.

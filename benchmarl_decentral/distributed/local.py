@@ -20,7 +20,7 @@ actions, would be a second backend behind the same two calls,
 :meth:`ReplicatedEnvs.joint_action` and the narrowing of the step's output.)
 
 Exactness. A rank in this mode reaches the single-process run's parameters
-for its agents (tests/test_distributed_local.py): its networks start from the
+for its agents (tests/test_distributed.py): its networks start from the
 same ``theta_0`` (decpg builds every network from a seed of its own, not from
 the global stream, so how many agents a process builds changes nothing:
 :func:`network_seed`), and it draws the same sampling noise: its policy's
