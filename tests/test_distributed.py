@@ -502,8 +502,6 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
           "algorithm.max_grad_norm=null"], 2,
          r"--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all agents .* "
          r"set algorithm.max_grad_norm=10 \(per agent\) or experiment.clip_grad_val=null"),
-        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "experiment.checkpoint_at_end=true"], 2, r"--agents local does not write or restore checkpoints yet"),
     ],
 )
 def test_entry_point_refuses_before_anything_is_built(tmp_path, monkeypatch, capsys, overrides, world_size, match):

@@ -9,7 +9,9 @@ builds the experiment for its block of agents
 and trains. ``--agents all`` (the default): every rank builds every agent's
 networks and trains its block; ``--agents local`` (decpg): every rank builds
 the networks, optimizer state and replay buffer of its block only
-(:mod:`benchmarl_decentral.distributed.local`; no checkpoints yet). Rank 0 writes the experiment folder, in ``experiment.save_folder``
+(:mod:`benchmarl_decentral.distributed.local`); its checkpoints hold its block
+only, and the launch file records the mode (a checkpoint is resumed in the
+mode it was written in). Rank 0 writes the experiment folder, in ``experiment.save_folder``
 or else the current directory (as BenchMARL's Python API does; there is no
 hydra ``outputs/`` folder): CSV, JSON. The other ranks write nothing that stays,
 except their checkpoints, which every rank writes into rank 0's run folder
@@ -64,8 +66,7 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
             D-GAT and graphs read every agent's observation); decpg's
             ``topology=visibility`` (its graph reads every agent's
             observation); BenchMARL's joint gradient clip
-            (``algorithm.max_grad_norm=null``), a norm over every agent; a
-            checkpoint to write or restore (not tried yet).
+            (``algorithm.max_grad_norm=null``), a norm over every agent.
     """
     from benchmarl_decentral.distributed.local import AGENT_MODES
 
@@ -85,10 +86,6 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
         raise ValueError("--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all "
                          "agents at once, which no rank can compute from its own agents; set "
                          "algorithm.max_grad_norm=10 (per agent) or experiment.clip_grad_val=null.")
-    if exp.checkpoint_interval or exp.checkpoint_at_end or exp.restore_file:
-        raise ValueError("--agents local does not write or restore checkpoints yet; set "
-                         "experiment.checkpoint_interval=0 experiment.checkpoint_at_end=false and no "
-                         "experiment.restore_file, or launch with --agents all.")
 
 
 def split_options(argv: list[str]) -> tuple[str, list[str]]:
@@ -237,6 +234,7 @@ def main(argv: list[str]) -> None:
 
     from benchmarl_decentral.distributed import checkpoint as ckpt
     from benchmarl_decentral.distributed.experiment import ActionExchange, build_rank_experiment, group_sizes
+    from benchmarl_decentral.distributed.local import EnvBytesLog
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         _refuse(0, f"launch it with torchrun, e.g. torchrun --nproc-per-node 2 -m {PROG} "
@@ -253,7 +251,7 @@ def main(argv: list[str]) -> None:
         sizes = group_sizes(load_task_config_from_hydra(cfg.task, task_name), seed=cfg.seed)
         owners = plan_launch(algorithm, sizes, world_size)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
-                                world_size=world_size, config=launch_config(cfg))
+                                world_size=world_size, config=launch_config(cfg), agent_mode=agents)
         save_folder = Path(  # where BenchMARL puts (or keeps) rank 0's run folder
             cfg.experiment.save_folder
             or (Path(cfg.experiment.restore_file).resolve().parent.parent.parent if cfg.experiment.restore_file
@@ -291,7 +289,7 @@ def main(argv: list[str]) -> None:
         (run,) = _broadcast([str(experiment.folder_name) if rank == 0 else None])
         saver = None
         if checkpoints or plan.run is not None:
-            exchange = next((cb for cb in experiment.callbacks if isinstance(cb, ActionExchange)), None)
+            exchange = next((cb for cb in experiment.callbacks if isinstance(cb, (ActionExchange, EnvBytesLog))), None)
             agents = {group: torch.nonzero(owner == rank).flatten().tolist() for group, owner in owners.items()}
             saver = ckpt.RankCheckpoints(experiment, Path(run), rank, launch, agents, exchange)
             if plan.run is not None:
