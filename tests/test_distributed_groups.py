@@ -106,8 +106,12 @@ GROUPS = {"adversary": 4, "agent": 2}  # of different sizes: each its own blocks
 ITERS, STEPS_PER_ITER = 2, 3  # 60 frames, minibatches of 20
 NETS = (("actor", "loss_objective"), ("critic", "loss_critic"))
 TAG = dict(task="vmas/simple_tag", task_overrides={"num_good_agents": 2, "num_adversaries": 4, "max_steps": 10},
-           algorithm_overrides={"link_failure": 0.3, "log_link_bytes": True},
-           max_n_iters=ITERS, on_policy_minibatch_size=20, loggers=["csv"])
+           algorithm_overrides={"link_failure": 0.3, "log_link_bytes": True, "evaluation_mode": "local",
+                                "perturbed_evaluation": False},
+           max_n_iters=ITERS, on_policy_minibatch_size=20, loggers=["csv"], evaluation=True)
+#: the returns every rank logs: the single-process run's (collection and evaluation, per group and over groups)
+RETURNS = tuple(f"{when}_{who}reward_episode_reward_mean" for when in ("collection", "eval")
+                for who in ("", "adversary_", "agent_")) + ("collection_reward_reward_mean",)
 
 
 def _leaves(exp, group, net):
@@ -167,12 +171,9 @@ def _tag_worker(rank: int, world_size: int, folder, reference, agents) -> None:
     assert isinstance(transport, TorchDistributedTransport)
     (exchange,) = [cb for cb in exp.callbacks if isinstance(cb, ActionExchange if agents == "all" else EnvBytesLog)]
     assert exchange.groups == list(GROUPS)
-    # the same joint actions of both groups on every rank: the single-process episodes (with --agents local a
-    # group's logged return is the mean over this rank's agents, not gathered: the test compares their mean)
-    logged = {name: _logged(exp, name) for name in ref["logged"]}
-    if agents == "all":
-        assert logged == ref["logged"]
-    torch.save(logged, folder / f"logged{rank}.pt")
+    # the same joint actions of both groups on every rank: the single-process episodes and returns (with
+    # --agents local from the joint rewards its environment also gives: the good agents' rewards differ)
+    assert {name: _logged(exp, name) for name in ref["logged"]} == ref["logged"]
     totals = {"train": [0.0] * ITERS, "train_network": [0.0] * ITERS}
     for group in GROUPS:
         local = transport.local_agents(GROUPS[group])
@@ -206,13 +207,14 @@ def _tag_worker(rank: int, world_size: int, folder, reference, agents) -> None:
             assert _logged(exp, f"comm_{group}_link_{i}_to_{j}_train_bytes") == expected
         scalars = exp.folder_name / exp.name / "scalars"
         assert len(list(scalars.glob(f"comm_{group}_link_*"))) == len(links)
-        # environment interface: each step, this rank's block of the group's float32 actions (2 dims, 2 envs)
-        env = 30 * 2 * 2 * 4 * (world_size - 1)
-        assert _logged(exp, f"comm_{group}_env_bytes_per_agent") == [env] * ITERS
+        # environment interface: each step, this rank's block of the group's float32 actions (2 dims, 2 envs): 30
+        # steps of collection, and from the second batch on the evaluation after the previous one (2 episodes of 10)
+        env = [(30 + 10 * (t > 0)) * 2 * 2 * 4 * (world_size - 1) for t in range(ITERS)]
+        assert _logged(exp, f"comm_{group}_env_bytes_per_agent") == env
     held = sum(GROUPS.values()) // world_size
     for kind in ("train", "train_network"):  # over every group: the mean over all agents of this rank
         assert _logged(exp, f"comm_{kind}_bytes_per_agent") == pytest.approx([t / held for t in totals[kind]])
-    assert _logged(exp, "comm_env_bytes_per_agent") == [30 * 2 * 2 * 4 * (world_size - 1)] * ITERS
+    assert _logged(exp, "comm_env_bytes_per_agent") == env
 
 
 @pytest.mark.slow
@@ -223,26 +225,20 @@ def test_decpg_with_two_agent_groups_on_two_ranks_equals_the_single_process_run(
     joint actions (its agents' own, the others' received), and its agents of both groups end with the
     single-process parameters and per-group bytes, while the other agents' rows are zeroed on it (``all``) or
     not built (``local``: each group's block only, both groups' critics on their joint observations). The
-    logged returns: the single-process ones on every rank (``all``); their mean over the ranks (``local``: a
-    rank logs the mean over its own agents, not gathered yet)."""
+    logged returns are the single-process ones on every rank (``local``: from every agent's reward, which its
+    environment gives beside its block's)."""
     exp, used = _tag_run(tmp_path / "single")
     assert all(len(steps) == ITERS * STEPS_PER_ITER for steps in used.values())
     assert any(not torch.equal(W, steps[0]) for steps in used.values() for W in steps)  # links failed
     reference = {
         "used": used,
-        "logged": {name: _logged(exp, name) for name in (
-            "collection_reward_reward_mean", "collection_adversary_reward_episode_reward_mean",
-            "collection_agent_reward_episode_reward_mean")},
+        "logged": {name: _logged(exp, name) for name in RETURNS},
         "leaves": {(g, net): [p.detach().clone() for p in _leaves(exp, g, net)] for g in GROUPS for net, _ in NETS},
         "bytes_per_agent": {(g, net): bytes_per_agent(_leaves(exp, g, net)) for g in GROUPS for net, _ in NETS},
     }
     assert reference["bytes_per_agent"]["adversary", "actor"] != reference["bytes_per_agent"]["agent", "actor"]
     torch.save(reference, tmp_path / "reference.pt")
     spawn_local(_tag_worker, 2, tmp_path, tmp_path / "reference.pt", agents, start_method="fork", timeout_s=120)
-    # every rank holds an equal block of every group: the mean of the ranks' means is the single-process mean
-    ranks = [torch.load(tmp_path / f"logged{rank}.pt") for rank in range(2)]
-    for name, values in reference["logged"].items():
-        assert [sum(r[name][t] for r in ranks) / 2 for t in range(ITERS)] == pytest.approx(values, rel=1e-6), name
 
 
 # ------------------------------------------------------------------ dg_mappo on the same task

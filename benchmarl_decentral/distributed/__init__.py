@@ -92,8 +92,8 @@ Plan for the rest:
 2. *Only local parameters*: done for decpg (``--agents local``, above);
    dg_mappo's D-GAT and dynamic graphs read every agent's observation (the
    joint observation of :class:`~benchmarl_decentral.distributed.local.LocalAgentsEnv`
-   would carry them) and episode returns gathered to rank 0 are left
-   (checkpoints and elastic restart work in that mode).
+   would carry them) is left (checkpoints, elastic restart and the run's
+   returns in rank 0's logs work in that mode).
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
    distance, ``theta_avg``, dg_mappo's ``evaluation_dropout``): a reduction
    outside training, on rank 0.

@@ -154,7 +154,13 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
         ValueError: from :func:`plan_launch` (one message, before ``make``
             builds anything), or an unknown ``agents``.
     """
-    from benchmarl_decentral.distributed.local import AGENT_MODES, EnvBytesLog, LocalAgentsTask, ReplicatedEnvs
+    from benchmarl_decentral.distributed.local import (
+        AGENT_MODES,
+        EnvBytesLog,
+        LocalAgentsTask,
+        ReplicatedEnvs,
+        log_joint_rewards,
+    )
 
     if agents not in AGENT_MODES:
         raise ValueError(f"unknown agents={agents!r}; choose one of {list(AGENT_MODES)}")
@@ -166,6 +172,7 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
             exp = make(lambda task: LocalAgentsTask(task, backend))
         if not isinstance(exp.task, LocalAgentsTask):
             raise ValueError("agents='local': make must build the experiment on the task it is given wrapped")
+        log_joint_rewards(exp.logger)  # the run's returns, every agent's
         log = EnvBytesLog(backend)
         log.experiment = exp
         exp.callbacks = [*exp.callbacks, log]

@@ -53,6 +53,10 @@ from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics
 #: ``(JOINT_OBSERVATION, group)``, every agent's observation of the group, flat ``(*B, n * F)`` (agent-major).
 JOINT_OBSERVATION = "joint_observation"
 
+#: Root key of the joint rewards a :class:`LocalAgentsEnv` adds for groups with per-agent rewards:
+#: ``(JOINT_REWARD, group, "reward")``, ``(*B, n, 1)``, every agent's; what rank 0 logs (:func:`log_joint_rewards`).
+JOINT_REWARD = "joint_reward"
+
 #: ``--agents`` of the entry point: ``all`` (every rank builds every agent's networks; its block trains) or
 #: ``local`` (every rank builds its block only).
 AGENT_MODES = ("all", "local")
@@ -165,6 +169,10 @@ class LocalAgentsEnv(EnvBase):
     message); its leaves (``joint[group]``, the task's observation keys of the
     group, 1-D features each) are concatenated per agent, then the agents.
 
+    It also rewards every agent of a group that has per-agent rewards under
+    ``(JOINT_REWARD, group, "reward")`` (not trained on: what the logs read,
+    so that rank 0's returns are the run's, :func:`log_joint_rewards`).
+
     Args:
         env: the joint environment (the task's own).
         backend: :class:`ReplicatedEnvs`.
@@ -195,7 +203,12 @@ class LocalAgentsEnv(EnvBase):
                 shape=(*env.batch_size, features), dtype=leaves[0].dtype, device=env.device)
         self.full_observation_spec = _narrow_spec(observation_spec, blocks, nb)
         self.full_action_spec = _narrow_spec(env.full_action_spec.clone(), blocks, nb)
-        self.full_reward_spec = _narrow_spec(env.full_reward_spec.clone(), blocks, nb)
+        reward_spec = env.full_reward_spec.clone()
+        #: groups whose every agent's reward this environment also gives (under JOINT_REWARD)
+        self.joint_rewards = [g for g in blocks if (g, "reward") in reward_spec.keys(True, True)]
+        for group in self.joint_rewards:
+            reward_spec[(JOINT_REWARD, group, "reward")] = reward_spec[(group, "reward")].clone()
+        self.full_reward_spec = _narrow_spec(reward_spec, blocks, nb)
         self.full_done_spec = env.full_done_spec.clone()
         self.full_state_spec = _narrow_spec(env.full_state_spec.clone(), blocks, nb)
 
@@ -221,6 +234,10 @@ class LocalAgentsEnv(EnvBase):
         for group, keys in self.joint.items():
             obs = torch.cat([td.get(group).get(key) for key in keys], dim=-1)  # (*B, n, F)
             td.set((JOINT_OBSERVATION, group), obs.reshape(*obs.shape[:nb], -1))
+        for group in self.joint_rewards:
+            reward = td.get((group, "reward"), None)
+            if reward is not None:  # a step (not a reset)
+                td.set((JOINT_REWARD, group, "reward"), reward)
         return td
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -339,7 +356,13 @@ class LocalAgentsTask(TaskClass):
         return self.task.log_info(batch)
 
     def get_reward_sum_transform(self, env: EnvBase):
-        return self.task.get_reward_sum_transform(env)
+        """The task's, or with joint rewards BenchMARL's ``RewardSum`` over every reward key (the dones are global)."""
+        if not any(isinstance(key, tuple) and key[0] == JOINT_REWARD for key in env.reward_keys):
+            return self.task.get_reward_sum_transform(env)
+        from torchrl.envs.transforms import RewardSum
+
+        keys = list(env.reward_keys)
+        return RewardSum(in_keys=keys, reset_keys=["_reset"] * len(keys))
 
     def get_env_transforms(self, env: EnvBase):
         return self.task.get_env_transforms(env)
@@ -446,6 +469,27 @@ def block_sampling(policy: Any, experiment: Any, group: str) -> Any:
             module.distribution_class = _block_distribution(module.distribution_class, n, block[0])
             module._block_sampling = True
     return policy
+
+
+def log_joint_rewards(logger: Any) -> None:
+    """BenchMARL's ``logger`` reads every agent's rewards where the batch has them (:data:`JOINT_REWARD`).
+
+    So the returns a rank logs (rank 0: the run's CSV / JSON) are the means
+    over all agents of a group, as in one process, not over its own block.
+    """
+    get_reward, get_episode_reward = logger._get_reward, logger._get_episode_reward
+
+    def joint(read, name):
+        def get(group, td, remove_agent_dim=False):
+            value = td.get(("next", JOINT_REWARD, group, name), None)
+            if value is None:
+                return read(group, td, remove_agent_dim)
+            return value.mean(-2) if remove_agent_dim else value
+
+        return get
+
+    logger._get_reward = joint(get_reward, "reward")
+    logger._get_episode_reward = joint(get_episode_reward, "episode_reward")
 
 
 class EnvBytesLog(Callback):
