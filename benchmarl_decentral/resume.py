@@ -181,10 +181,12 @@ def _base_env(env):
     """The environment under the transforms (and under a distributed rank's ``LocalAgentsEnv``, its joint copy)."""
     from torchrl.envs import TransformedEnv
 
+    from benchmarl_decentral.distributed.local import LocalAgentsEnv
+
     while True:
         if isinstance(env, TransformedEnv):
             env = env.base_env
-        elif hasattr(env, "joint_env"):  # distributed.local.LocalAgentsEnv
+        elif isinstance(env, LocalAgentsEnv):
             env = env.joint_env
         else:
             return env

@@ -498,6 +498,12 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
         (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
           "algorithm.topology=visibility"], 2,
          r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),
+        (["--agents", "local", "algorithm=decpg", "task=vmas/balance", "experiment.evaluation=false",
+          "model@critic_model=layers/deepsets"], 2,
+         r"--agents local: task vmas/balance has no global state, so each agent's critic reads the concatenated "
+         r"observations of every agent, .* got critic_model deepsets\. Use model@critic_model=layers/mlp"),
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "model@critic_model=layers/deepsets"], 3, r"world size 3 does not fit"),  # a state: any critic; sizes first
         (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
           "algorithm.max_grad_norm=null"], 2,
          r"--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all agents .* "

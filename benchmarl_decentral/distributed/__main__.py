@@ -233,7 +233,12 @@ def main(argv: list[str]) -> None:
     )
 
     from benchmarl_decentral.distributed import checkpoint as ckpt
-    from benchmarl_decentral.distributed.experiment import ActionExchange, build_rank_experiment, group_sizes
+    from benchmarl_decentral.distributed.experiment import (
+        ActionExchange,
+        build_rank_experiment,
+        group_sizes,
+        has_global_state,
+    )
     from benchmarl_decentral.distributed.local import EnvBytesLog
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -248,7 +253,15 @@ def main(argv: list[str]) -> None:
         check_agents(cfg, algorithm, agents)
         on_policy = load_algorithm_config_from_hydra(cfg.algorithm).on_policy()  # the algorithm's own checks
         load_experiment_config_from_hydra(cfg.experiment).validate(on_policy)  # e.g. checkpoint_interval
-        sizes = group_sizes(load_task_config_from_hydra(cfg.task, task_name), seed=cfg.seed)
+        task = load_task_config_from_hydra(cfg.task, task_name)
+        sizes = group_sizes(task, seed=cfg.seed)
+        critic = _model_names(cfg.critic_model)
+        if agents == "local" and critic != ["mlp"] and not has_global_state(task, seed=cfg.seed):
+            raise ValueError(
+                f"--agents local: task {task_name} has no global state, so each agent's critic reads the "
+                f"concatenated observations of every agent, MAPPO's centralized critic for an MLP only; got "
+                f"critic_model {'+'.join(critic)}. Use model@critic_model=layers/mlp, or launch with --agents all."
+            )
         owners = plan_launch(algorithm, sizes, world_size)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
                                 world_size=world_size, config=launch_config(cfg), agent_mode=agents)

@@ -130,6 +130,16 @@ def group_sizes(task: Any, *, seed: int = 0) -> dict[str, int]:
         env.close()
 
 
+def has_global_state(task: Any, *, seed: int = 0) -> bool:
+    """Whether a BenchMARL task config has a global state (its ``state_spec``), from one environment."""
+    continuous = task.supports_continuous_actions()
+    env = task.get_env_fun(num_envs=1, continuous_actions=continuous, seed=seed, device="cpu")()
+    try:
+        return task.state_spec(env) is not None
+    finally:
+        env.close()
+
+
 def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, sizes: dict[str, int],
                           agents: str = "all") -> Experiment:
     """This rank's experiment: checks, the transport installed while ``make`` builds it, the environment interface.
