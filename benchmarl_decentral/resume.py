@@ -178,11 +178,18 @@ def _td_from_state(state: Dict[str, Any]) -> TensorDict:
 
 # ------------------------------------------------------------ environment state
 def _base_env(env):
+    """The environment under the transforms (and under a distributed rank's ``LocalAgentsEnv``, its joint copy)."""
     from torchrl.envs import TransformedEnv
 
-    while isinstance(env, TransformedEnv):
-        env = env.base_env
-    return env
+    from benchmarl_decentral.distributed.local import LocalAgentsEnv
+
+    while True:
+        if isinstance(env, TransformedEnv):
+            env = env.base_env
+        elif isinstance(env, LocalAgentsEnv):
+            env = env.joint_env
+        else:
+            return env
 
 
 _TreePath = Tuple[Any, ...]

@@ -40,7 +40,8 @@ def tiny_experiment_config(tmp_path, **overrides):
 
 
 def make_experiment(tmp_path, *, algorithm="decpg", task="vmas/balance", task_overrides=None,
-                    algorithm_overrides=None, seed=0, callbacks=None, **experiment_overrides):
+                    algorithm_overrides=None, seed=0, callbacks=None, task_wrapper=None, **experiment_overrides):
+    """A tiny experiment; ``task_wrapper`` wraps the task first (e.g. a distributed rank's ``LocalAgentsTask``)."""
     from benchmarl.algorithms import algorithm_config_registry
     from benchmarl.environments import task_config_registry
     from benchmarl.experiment import Experiment
@@ -54,7 +55,7 @@ def make_experiment(tmp_path, *, algorithm="decpg", task="vmas/balance", task_ov
         setattr(algo_cfg, key, value)
     model = MlpConfig(num_cells=[16], layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
     return Experiment(
-        task=task_cfg,
+        task=task_cfg if task_wrapper is None else task_wrapper(task_cfg),
         algorithm_config=algo_cfg,
         model_config=model,
         critic_model_config=model,

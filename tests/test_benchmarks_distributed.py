@@ -71,3 +71,18 @@ def test_distributed_scaling_quick_mode(tmp_path, algorithm):
     assert rows[(4, "dist 2")]["train_network_bytes_per_agent"] > 0
     if "exec" in kinds:
         assert rows[(4, "dist 2")]["exec_network_bytes_per_agent"] > 0
+
+
+@pytest.mark.slow
+def test_distributed_local_memory_quick_mode(tmp_path):
+    """8 agents on 2 ranks: with --agents local rank 0 holds half the parameters and optimizer state, exactly."""
+    result = run_quick_benchmark("distributed_local_memory.py", tmp_path)
+    assert "| all / local |" in result.stdout
+    out = json.loads((REPO / "benchmarks" / "out" / "distributed_local_memory_quick.json").read_text())
+    runs = {r["agents"]: r for r in out["runs"]}
+    assert sorted(runs) == ["all", "local"] and {r["n_agents"] for r in out["runs"]} == {8}
+    full, block = runs["all"], runs["local"]
+    assert full["params"] == 2 * block["params"] > 0  # the rank's 4 agents of 8: actor and critic
+    # Adam: two moments per parameter, a step count per (stacked) tensor; the same number of tensors
+    assert full["optim"] - 2 * full["params"] == block["optim"] - 2 * block["params"] > 0
+    assert full["state_bytes"] > block["state_bytes"] and full["buffer_bytes"] > block["buffer_bytes"]

@@ -199,7 +199,7 @@ def _decpg_run(folder, build=lambda make: make(), scrub=None, latency=0):
     """
     folder.mkdir(parents=True, exist_ok=True)
     config = {**DECPG, "algorithm_overrides": {**DECPG["algorithm_overrides"], "link_latency": latency}}
-    exp = build(lambda: make_experiment(folder, **config))
+    exp = build(lambda wrap=None: make_experiment(folder, task_wrapper=wrap, **config))
     if scrub is not None:
         with torch.no_grad():
             for p in exp.algorithm.actor_leaves("agents") + exp.algorithm.critic_leaves("agents"):
@@ -220,18 +220,31 @@ def _logged(exp, name):
         return [float(row[1]) for row in csv.reader(f)]
 
 
-def _decpg_worker(rank: int, world_size: int, folder, reference, latency) -> None:
+def _decpg_worker(rank: int, world_size: int, folder, reference, agents, latency) -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
 
     ref = torch.load(reference)
     others = torch.tensor([i for i in range(8) if partition_agents(8, world_size)[i] != rank])
     exp, used = _decpg_run(
-        folder / f"rank{rank}", lambda make: build_rank_experiment(make, algorithm="decpg", sizes={"agents": 8}),
-        scrub=others, latency=latency,
+        folder / f"rank{rank}",
+        lambda make: build_rank_experiment(make, algorithm="decpg", sizes={"agents": 8}, agents=agents),
+        scrub=others if agents == "all" else None,  # local: there are no other agents' rows to scrub
+        latency=latency,
     )
     mixer = exp.algorithm.callback.mixers[("agents", "actor")]
     owner, local = mixer.transport.owner, mixer.transport.local_agents(8)
     assert isinstance(mixer.transport, TorchDistributedTransport) and mixer.leaves[0].shape[0] == local.numel()
+    if agents == "local":  # this rank built its block only: networks, optimizer state, replay buffer
+        assert exp.group_map == {"agents": [f"agent_{i}" for i in local.tolist()]}
+        stacked = exp.algorithm.actor_leaves("agents") + exp.algorithm.critic_leaves("agents")
+        optimized = [p for opt in exp.optimizers["agents"].values() for g in opt.param_groups for p in g["params"]]
+        assert {p.shape[0] for p in stacked + optimized} == {local.numel()}
+        assert sum(p.numel() for p in optimized) == sum(p.numel() for p in stacked)  # nothing else is trained
+        for opt in exp.optimizers["agents"].values():  # SGD: no state; any state would be the block's
+            assert all(t.shape[0] == local.numel() for st in opt.state.values() for t in st.values() if t.dim())
+        stored = exp.replay_buffers["agents"].storage._storage
+        assert stored.get(("agents", "observation")).shape[:2] == (60, local.numel())
+        assert stored.get(("agents", "action")).shape == (60, local.numel())
     # the same joint actions on every rank: the same episodes as the single-process run
     assert _logged(exp, "collection_reward_reward_mean") == ref["reward"]
     for net, _ in NETS:
@@ -239,7 +252,8 @@ def _decpg_worker(rank: int, world_size: int, folder, reference, latency) -> Non
             assert torch.equal(W, W_ref)
         leaves = exp.algorithm.actor_leaves("agents") if net == "actor" else exp.algorithm.critic_leaves("agents")
         for p, q in zip(leaves, ref[net], strict=True):  # this rank's agents; the other rows are not its own
-            torch.testing.assert_close(p.detach()[local], q[local], rtol=1e-5, atol=1e-6)
+            mine = p.detach() if agents == "local" else p.detach()[local]
+            torch.testing.assert_close(mine, q[local], rtol=1e-5, atol=1e-6)
     # bytes per agent and iteration: counted from the sent tensors == the formula on the W each step used
     for key, which in (("comm_train_bytes_per_agent", 0), ("comm_train_network_bytes_per_agent", 1)):
         expected = [
@@ -266,15 +280,17 @@ def _decpg_worker(rank: int, world_size: int, folder, reference, latency) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("latency", [0, 2])
-def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path, latency):
+@pytest.mark.parametrize(("agents", "latency"), [("all", 0), ("all", 2), ("local", 0), ("local", 2)])
+def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path, agents, latency):
     """2 ranks x 4 agents, 2 iterations of decpg (real losses, per-agent clip, mixing hooks, link failures).
 
     Every rank steps its own copy of the environment with the joint action
     (its agents' actions, the others' received) and trains only its block,
-    mixing through the distributed transport; the other agents' rows of its
-    networks are zeroed, so nothing may read them. Its block ends with the
-    single-process run's parameters, rewards and bytes. With
+    mixing through the distributed transport. ``all``: the rank builds every
+    agent's networks and the other agents' rows are zeroed, so nothing may
+    read them; ``local``: it builds its 4 agents only (networks, optimizer,
+    buffer: leading dim 4) on the environment cut to them. Its block ends with
+    the single-process run's parameters, rewards and bytes. With
     ``link_latency=2`` each rank mixes with the vectors it received two
     mixing steps before (the in-process run: with every agent's of then),
     and sends the same bytes.
@@ -299,7 +315,95 @@ def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path, 
               for t in range(ITERS)]
     assert _logged(exp, "comm_train_bytes_per_agent") == pytest.approx(single)  # in-process: the formula
     torch.save(reference, tmp_path / "reference.pt")
-    spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", latency, start_method="fork", timeout_s=120)
+    spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", agents, latency, start_method="fork",
+                timeout_s=120)
+
+
+# ------------------------------------------------------------------ --agents local, a task without a state
+BALANCE = dict(task="vmas/balance", algorithm_overrides={"k": 1}, max_n_iters=2, on_policy_minibatch_size=30)
+
+
+def _balance_params(exp):
+    return {net: [p.detach().clone() for p in exp.algorithm.agent_stack("agents", net).leaves]
+            for net in ("actor", "critic")}
+
+
+def _balance_worker(rank: int, world_size: int, folder, reference) -> None:
+    from benchmarl_decentral.distributed.experiment import build_rank_experiment
+    from benchmarl_decentral.distributed.local import JOINT_OBSERVATION, LocalAgentsEnv
+
+    ref = torch.load(reference)
+    (folder / f"rank{rank}").mkdir()
+    exp = build_rank_experiment(
+        lambda wrap: make_experiment(folder / f"rank{rank}", task_wrapper=wrap, **BALANCE),
+        algorithm="decpg", sizes={"agents": 4}, agents="local",
+    )
+    local = slice(2 * rank, 2 * rank + 2)
+    assert exp.group_map == {"agents": [f"agent_{i}" for i in range(4)][local]}
+    assert exp.observation_spec["agents", "observation"].shape == (2, 16)  # this rank's agents' observations
+    assert JOINT_OBSERVATION not in exp.observation_spec.keys()  # the actors see what they see in one process
+    # the critic reads every agent's observation: (4 agents x 16) features, one copy per agent held here
+    critic_in = exp.algorithm.agent_stack("agents", "critic").leaves[0]
+    assert critic_in.shape == ref["critic"][0][local].shape == (2, 16, 64)
+    exp.run()
+    env = exp.test_env
+    while not isinstance(env, LocalAgentsEnv):
+        env = env.base_env
+    td = env.reset()
+    assert td.get((JOINT_OBSERVATION, "agents")).shape == (exp.config.evaluation_episodes, 64)
+    torch.testing.assert_close(td.get((JOINT_OBSERVATION, "agents")).view(-1, 4, 16)[:, local],
+                               td.get(("agents", "observation")), rtol=0, atol=0)
+    got = _balance_params(exp)
+    for net in ("actor", "critic"):
+        for p, q in zip(got[net], ref[net], strict=True):
+            assert p.shape[0] == 2
+            torch.testing.assert_close(p, q[local], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_critics(tmp_path):
+    """vmas/balance (no global state, continuous actions), 2 ranks x 2 agents, ``--agents local``.
+
+    Each rank's critic copies read the joint observation its environment adds
+    (every agent's 16 features); with an MLP this is MAPPO's centralized critic,
+    so after 2 iterations each rank's block equals the single-process run's
+    (same theta_0, same sampling noise: TanhNormal draws and the loss's
+    Monte-Carlo entropy sample the whole group and keep the block).
+    """
+    (tmp_path / "single").mkdir()
+    exp = make_experiment(tmp_path / "single", **BALANCE)
+    exp.run()
+    torch.save(_balance_params(exp), tmp_path / "reference.pt")
+    spawn_local(_balance_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+
+
+def test_local_agents_task_narrows_the_groups_and_refuses_a_critic_that_is_not_an_mlp(tmp_path):
+    """Building needs no process group (nothing steps): rank 1's view of vmas/balance, and the critic check."""
+    from benchmarl.algorithms import algorithm_config_registry
+    from benchmarl.environments import task_config_registry
+    from benchmarl.experiment import Experiment
+
+    from benchmarl_decentral.distributed.local import JOINT_OBSERVATION, LocalAgentsTask, ReplicatedEnvs
+    from conftest import deepsets_config, mlp_config, tiny_experiment_config
+
+    backend = ReplicatedEnvs({"agents": torch.tensor([0, 0, 1, 1])}, rank=1)
+    task = LocalAgentsTask(task_config_registry["vmas/balance"].get_from_yaml(), backend)
+    env = task.get_env_fun(num_envs=3, continuous_actions=True, seed=0, device="cpu")()
+    assert task.group_map(env) == {"agents": ["agent_2", "agent_3"]} == env.group_map
+    assert env.full_action_spec["agents", "action"].shape == (3, 2, 2)
+    assert env.full_observation_spec["agents", "observation"].shape == (3, 2, 16)
+    assert env.full_observation_spec[JOINT_OBSERVATION, "agents"].shape == (3, 64)
+    td = env.reset()
+    torch.testing.assert_close(td[JOINT_OBSERVATION, "agents"].view(3, 4, 16)[:, 2:], td["agents", "observation"],
+                               rtol=0, atol=0)
+    assert JOINT_OBSERVATION not in task.observation_spec(env).keys() and task.name == "BALANCE"  # as BenchMARL names it
+
+    algo = algorithm_config_registry["decpg"].get_from_yaml()
+    with pytest.raises(ValueError, match=r"decpg: with --agents local on a task without a global state, each "
+                                         r"agent's critic reads .* got critic model DeepsetsConfig\. Use "
+                                         r"model@critic_model=layers/mlp, or launch with --agents all"):
+        Experiment(task=task, algorithm_config=algo, model_config=mlp_config(), critic_model_config=deepsets_config(),
+                   seed=0, config=tiny_experiment_config(tmp_path))
 
 
 # ------------------------------------------------------------------ the entry point (as torchrun runs it)
@@ -322,8 +426,9 @@ def _entry_worker(rank: int, world_size: int, port: int, overrides: list, scratc
 
 
 @pytest.mark.slow
-def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
-    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed ...``'s main on 2 forked ranks."""
+@pytest.mark.parametrize("agents", [[], ["--agents", "local"]], ids=["all", "local"])
+def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents):
+    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed [--agents local] ...``'s main on 2 ranks."""
     import torch.multiprocessing as mp
     from benchmarl.hydra_config import load_experiment_from_hydra
 
@@ -337,7 +442,7 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
 
     (tmp_path / "dist").mkdir()
     (tmp_path / "scratch").mkdir()
-    overrides = [*ENTRY, f"experiment.save_folder={tmp_path / 'dist'}"]
+    overrides = [*agents, *ENTRY, f"experiment.save_folder={tmp_path / 'dist'}"]
     mp.start_processes(_entry_worker, args=(2, free_port(), overrides, tmp_path / "scratch"), nprocs=2,
                        start_method="fork")
 
@@ -399,6 +504,25 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path):
         (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.alpha_consensus=-1"], 2,
          r"dg_mappo: alpha_consensus must be >= 0"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100"], 3, r"world size 3 does not fit group 'agents' of 8 agents"),
+        # --agents local: what it cannot run yet
+        (["--agents", "both", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"unknown --agents both; choose one of all\|local"),
+        (["--agents"], 2, r"--agents needs a value: --agents all or --agents local"),
+        (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"--agents local supports algorithm=decpg only so far .* launch dg_mappo with --agents all"),
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "algorithm.topology=visibility"], 2,
+         r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),
+        (["--agents", "local", "algorithm=decpg", "task=vmas/balance", "experiment.evaluation=false",
+          "model@critic_model=layers/deepsets"], 2,
+         r"--agents local: task vmas/balance has no global state, so each agent's critic reads the concatenated "
+         r"observations of every agent, .* got critic_model deepsets\. Use model@critic_model=layers/mlp"),
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "model@critic_model=layers/deepsets"], 3, r"world size 3 does not fit"),  # a state: any critic; sizes first
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "algorithm.max_grad_norm=null"], 2,
+         r"--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all agents .* "
+         r"set algorithm.max_grad_norm=10 \(per agent\) or experiment.clip_grad_val=null"),
     ],
 )
 def test_entry_point_refuses_before_anything_is_built(tmp_path, monkeypatch, capsys, overrides, world_size, match):

@@ -51,13 +51,20 @@ ALGORITHMS = {
                  "algorithm.hidden_channels=8", "algorithm.value_norm=true", "algorithm.link_latency=1",
                  "model.num_cells=[16]",
                  "critic_model.num_cells=[16]", "experiment.on_policy_n_envs_per_worker=6"],
+    # --agents local: each rank's checkpoint holds its block only; two groups, critics on the joint observations
+    "decpg_groups_local": ["--agents", "local", "algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4",
+                           "task.num_good_agents=2", "task.max_steps=6", "algorithm.link_failure=0.3",
+                           "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
+                           "model.num_cells=[16]", "critic_model.num_cells=[16]",
+                           "experiment.on_policy_n_envs_per_worker=2"],
     "decpg_groups": ["algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4", "task.num_good_agents=2",
                      "task.max_steps=6", "algorithm.link_failure=0.3", "algorithm.evaluation_mode=local",
                      "algorithm.perturbed_evaluation=false", "model.num_cells=[16]", "critic_model.num_cells=[16]",
                      "experiment.on_policy_n_envs_per_worker=2"],
 }
 #: agents per group of each elastic run
-GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "decpg_groups": {"adversary": 4, "agent": 2}}
+GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "decpg_groups": {"adversary": 4, "agent": 2},
+          "decpg_groups_local": {"adversary": 4, "agent": 2}}
 LAUNCH = Launch(algorithm="decpg", task="coordsum/8x15-100", seed=0, world_size=2, groups={"agents": 8})
 
 
@@ -118,6 +125,23 @@ def test_a_checkpoint_that_does_not_fit_the_launch_is_refused(tmp_path, restore,
     with pytest.raises(ValueError, match="do not fit this launch"):  # an elastic restart checks it too
         check_match(json.loads((run / LAUNCH_FILE).read_text()), Launch("decpg", "vmas/navigation", 0, 2,
                                                                         {"agents": 8}), run)
+
+
+@pytest.mark.parametrize("written, launched", [("local", "all"), ("all", "local")])
+def test_a_checkpoint_is_resumed_in_the_agent_mode_it_was_written_in(tmp_path, written, launched):
+    """``--agents local`` checkpoints hold a rank's block only, ``all`` every agent: neither loads in the other."""
+    run = _fake_run(tmp_path, {0: [60], 1: [60]}, Launch.of(algorithm="decpg", task="coordsum/8x15-100", seed=0,
+                                                            sizes={"agents": 8}, world_size=2, agent_mode=written))
+    launch = Launch.of(algorithm="decpg", task="coordsum/8x15-100", seed=0, sizes={"agents": 8}, world_size=2,
+                       agent_mode=launched)
+    fix = "distributed --agents local algorithm=decpg" if written == "local" else "distributed algorithm=decpg"
+    with pytest.raises(ValueError, match=rf"do not fit this launch: agent_mode '{written}' \(this launch: "
+                                         rf"'{launched}'\)\. Resume them with torchrun --nproc-per-node 2 -m "
+                                         rf"benchmarl_decentral\.{fix}"):
+        plan_resume(str(rank_file(run, 0, 60)), launch, save_folder=tmp_path, restarts=0, key="k")
+    same = Launch.of(algorithm="decpg", task="coordsum/8x15-100", seed=0, sizes={"agents": 8}, world_size=2,
+                     agent_mode=written)
+    assert plan_resume(str(rank_file(run, 0, 60)), same, save_folder=tmp_path, restarts=0, key="k").frames == 60
 
 
 def test_a_launch_file_written_before_several_groups_still_resumes(tmp_path):
@@ -340,6 +364,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_no
     (run,) = (tmp_path / "elastic").iterdir()  # the same run folder, continued
     record = json.loads((run / LAUNCH_FILE).read_text())
     assert record["groups"] == GROUPS[algorithm] and set(record["config"]) == {"algorithm", "model", "critic_model"}
+    assert record["agent_mode"] == ("local" if algorithm.endswith("_local") else "all")
     resumed = re.search(rf"restart 1: resuming {re.escape(str(run))} from the checkpoint at (\d+) frames", output)
     assert resumed, output
     assert 2 * FRAMES <= int(resumed.group(1)) < ITERS * FRAMES  # iterations were redone after the restart
@@ -355,6 +380,11 @@ def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_no
         assert got[KEY]["agents"] == {group: torch.nonzero(partition_agents(n, 2) == rank).flatten().tolist()
                                       for group, n in GROUPS[algorithm].items()}
         assert _diff(got, want) == []
+        if algorithm.endswith("_local"):  # the rank's networks in its checkpoint: its block of each group only
+            for group, n in GROUPS[algorithm].items():
+                stacked = {name: t.shape[0] for name, t in got[f"loss_{group}"].items()
+                           if "_network_params." in name and isinstance(t, torch.Tensor)}
+                assert stacked and set(stacked.values()) == {n // 2}, (group, stacked)
     with pytest.raises(CheckpointError, match=r"is rank 1's part of a distributed checkpoint .* torchrun "
                                               r"--nproc-per-node 2 -m benchmarl_decentral.distributed"):
         check_checkpoint(rank_file(run, 1, final))  # not resumable in one process

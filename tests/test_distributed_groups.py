@@ -106,23 +106,28 @@ GROUPS = {"adversary": 4, "agent": 2}  # of different sizes: each its own blocks
 ITERS, STEPS_PER_ITER = 2, 3  # 60 frames, minibatches of 20
 NETS = (("actor", "loss_objective"), ("critic", "loss_critic"))
 TAG = dict(task="vmas/simple_tag", task_overrides={"num_good_agents": 2, "num_adversaries": 4, "max_steps": 10},
-           algorithm_overrides={"link_failure": 0.3, "log_link_bytes": True},
-           max_n_iters=ITERS, on_policy_minibatch_size=20, loggers=["csv"])
+           algorithm_overrides={"link_failure": 0.3, "log_link_bytes": True, "evaluation_mode": "local",
+                                "perturbed_evaluation": False},
+           max_n_iters=ITERS, on_policy_minibatch_size=20, loggers=["csv"], evaluation=True)
+#: the returns every rank logs: the single-process run's (collection and evaluation, per group and over groups)
+RETURNS = tuple(f"{when}_{who}reward_episode_reward_mean" for when in ("collection", "eval")
+                for who in ("", "adversary_", "agent_")) + ("collection_reward_reward_mean",)
 
 
 def _leaves(exp, group, net):
     return exp.algorithm.actor_leaves(group) if net == "actor" else exp.algorithm.critic_leaves(group)
 
 
-def _tag_run(folder, build=lambda make: make(), scrub=None):
+def _tag_run(folder, build=lambda make: make(), scrub=None, local=None):
     """decpg on simple_tag for ITERS iterations; the experiment and the W of every (group, net) optimizer step.
 
     ``scrub``: per group, the agents whose parameters are zeroed before training
-    (the other ranks' agents: this rank must not depend on them).
+    (the other ranks' agents: this rank must not depend on them). ``local``: the
+    agents per group the experiment builds (``--agents local``), None: all.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    exp = build(lambda: make_experiment(folder, **TAG))
-    assert {g: len(a) for g, a in exp.group_map.items()} == GROUPS
+    exp = build(lambda wrap=None: make_experiment(folder, task_wrapper=wrap, **TAG))
+    assert {g: len(a) for g, a in exp.group_map.items()} == (GROUPS if local is None else local)
     if scrub is not None:
         with torch.no_grad():
             for group, others in scrub.items():
@@ -150,23 +155,25 @@ def _iteration(steps, t):
     return steps[t * STEPS_PER_ITER:(t + 1) * STEPS_PER_ITER]
 
 
-def _tag_worker(rank: int, world_size: int, folder, reference) -> None:
+def _tag_worker(rank: int, world_size: int, folder, reference, agents) -> None:
     from benchmarl_decentral.distributed.experiment import ActionExchange, build_rank_experiment
+    from benchmarl_decentral.distributed.local import EnvBytesLog
 
     ref = torch.load(reference)
     owners = {g: partition_agents(n, world_size) for g, n in GROUPS.items()}
     exp, used = _tag_run(
-        folder / f"rank{rank}", lambda make: build_rank_experiment(make, algorithm="decpg", sizes=dict(GROUPS)),
-        scrub={g: torch.nonzero(owner != rank).flatten() for g, owner in owners.items()},
+        folder / f"rank{rank}",
+        lambda make: build_rank_experiment(make, algorithm="decpg", sizes=dict(GROUPS), agents=agents),
+        scrub={g: torch.nonzero(owner != rank).flatten() for g, owner in owners.items()} if agents == "all" else None,
+        local=None if agents == "all" else {g: n // world_size for g, n in GROUPS.items()},
     )
     transport = exp.algorithm.callback.mixers[("agent", "actor")].transport
     assert isinstance(transport, TorchDistributedTransport)
-    (exchange,) = [cb for cb in exp.callbacks if isinstance(cb, ActionExchange)]
+    (exchange,) = [cb for cb in exp.callbacks if isinstance(cb, ActionExchange if agents == "all" else EnvBytesLog)]
     assert exchange.groups == list(GROUPS)
-    # the same joint actions of both groups on every rank: the single-process episodes
-    for name in ("collection_reward_reward_mean", "collection_adversary_reward_episode_reward_mean",
-                 "collection_agent_reward_episode_reward_mean"):
-        assert _logged(exp, name) == ref["logged"][name], name
+    # the same joint actions of both groups on every rank: the single-process episodes and returns (with
+    # --agents local from the joint rewards its environment also gives: the good agents' rewards differ)
+    assert {name: _logged(exp, name) for name in ref["logged"]} == ref["logged"]
     totals = {"train": [0.0] * ITERS, "train_network": [0.0] * ITERS}
     for group in GROUPS:
         local = transport.local_agents(GROUPS[group])
@@ -176,7 +183,8 @@ def _tag_worker(rank: int, world_size: int, folder, reference) -> None:
             for W, W_ref in zip(used[group, net], ref["used"][group, net], strict=True):
                 assert torch.equal(W, W_ref)
             for p, q in zip(_leaves(exp, group, net), ref["leaves"][group, net], strict=True):
-                torch.testing.assert_close(p.detach()[local], q[local], rtol=1e-5, atol=1e-6)
+                mine = p.detach()[local] if agents == "all" else p.detach()
+                torch.testing.assert_close(mine, q[local], rtol=1e-5, atol=1e-6)
         # this group's bytes per agent: counted from the sent tensors == the formula, with the group's owners
         for kind, which in (("train", 0), ("train_network", 1)):
             expected = [
@@ -199,35 +207,38 @@ def _tag_worker(rank: int, world_size: int, folder, reference) -> None:
             assert _logged(exp, f"comm_{group}_link_{i}_to_{j}_train_bytes") == expected
         scalars = exp.folder_name / exp.name / "scalars"
         assert len(list(scalars.glob(f"comm_{group}_link_*"))) == len(links)
-        # environment interface: each step, this rank's block of the group's float32 actions (2 dims, 2 envs)
-        env = 30 * 2 * 2 * 4 * (world_size - 1)
-        assert _logged(exp, f"comm_{group}_env_bytes_per_agent") == [env] * ITERS
+        # environment interface: each step, this rank's block of the group's float32 actions (2 dims, 2 envs): 30
+        # steps of collection, and from the second batch on the evaluation after the previous one (2 episodes of 10)
+        env = [(30 + 10 * (t > 0)) * 2 * 2 * 4 * (world_size - 1) for t in range(ITERS)]
+        assert _logged(exp, f"comm_{group}_env_bytes_per_agent") == env
     held = sum(GROUPS.values()) // world_size
     for kind in ("train", "train_network"):  # over every group: the mean over all agents of this rank
         assert _logged(exp, f"comm_{kind}_bytes_per_agent") == pytest.approx([t / held for t in totals[kind]])
-    assert _logged(exp, "comm_env_bytes_per_agent") == [30 * 2 * 2 * 4 * (world_size - 1)] * ITERS
+    assert _logged(exp, "comm_env_bytes_per_agent") == env
 
 
 @pytest.mark.slow
-def test_decpg_with_two_agent_groups_on_two_ranks_equals_the_single_process_run(tmp_path):
+@pytest.mark.parametrize("agents", ["all", "local"])
+def test_decpg_with_two_agent_groups_on_two_ranks_equals_the_single_process_run(tmp_path, agents):
     """vmas/simple_tag with 4 adversaries and 2 good agents, 2 gloo ranks, 2 iterations of decpg (link
     failures): each rank owns a block of each group (2 adversaries, 1 good agent), steps its copy of the environment with both groups'
     joint actions (its agents' own, the others' received), and its agents of both groups end with the
-    single-process parameters, rewards and per-group bytes, while the other agents' rows are zeroed on it."""
+    single-process parameters and per-group bytes, while the other agents' rows are zeroed on it (``all``) or
+    not built (``local``: each group's block only, both groups' critics on their joint observations). The
+    logged returns are the single-process ones on every rank (``local``: from every agent's reward, which its
+    environment gives beside its block's)."""
     exp, used = _tag_run(tmp_path / "single")
     assert all(len(steps) == ITERS * STEPS_PER_ITER for steps in used.values())
     assert any(not torch.equal(W, steps[0]) for steps in used.values() for W in steps)  # links failed
     reference = {
         "used": used,
-        "logged": {name: _logged(exp, name) for name in (
-            "collection_reward_reward_mean", "collection_adversary_reward_episode_reward_mean",
-            "collection_agent_reward_episode_reward_mean")},
+        "logged": {name: _logged(exp, name) for name in RETURNS},
         "leaves": {(g, net): [p.detach().clone() for p in _leaves(exp, g, net)] for g in GROUPS for net, _ in NETS},
         "bytes_per_agent": {(g, net): bytes_per_agent(_leaves(exp, g, net)) for g in GROUPS for net, _ in NETS},
     }
     assert reference["bytes_per_agent"]["adversary", "actor"] != reference["bytes_per_agent"]["agent", "actor"]
     torch.save(reference, tmp_path / "reference.pt")
-    spawn_local(_tag_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+    spawn_local(_tag_worker, 2, tmp_path, tmp_path / "reference.pt", agents, start_method="fork", timeout_s=120)
 
 
 # ------------------------------------------------------------------ dg_mappo on the same task

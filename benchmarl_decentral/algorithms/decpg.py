@@ -56,6 +56,7 @@ import torch
 from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
 from benchmarl.algorithms.mappo import Mappo
 from benchmarl.experiment.callback import Callback
+from benchmarl.models import MlpConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.data import Composite, Unbounded
@@ -92,6 +93,13 @@ from benchmarl_decentral.consensus.groups import (
 from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
+from benchmarl_decentral.distributed.local import (
+    block_sampling,
+    group_size,
+    joint_observation_spec,
+    local_block,
+    network_seed,
+)
 from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics, current_transport
 from benchmarl_decentral.environments.perturbation import PerturbedPolicy
 
@@ -225,16 +233,26 @@ class Decpg(Mappo):
         if topology == "visibility":
             self.visibility_layout = visibility_layout(self, "decpg")
         task = self.experiment.task.name.lower()
+        if topology == "visibility" and any(local_block(self.experiment, g) is not None for g in self.group_map):
+            raise config_error(
+                self.experiment,
+                "decpg: topology=visibility reads every agent's observation to build the mixing graph; a distributed "
+                "run with --agents local holds only its own agents'. Launch with --agents all, or use a static "
+                "topology (algorithm.topology=knn_ring).",
+            )
+        #: every group's agents in the joint task (a process may build a block of them only,
+        #: :class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`); the graphs are over all of them
+        self.joint_group_map = {g: list(range(group_size(self.experiment, g))) for g in self.group_map}
         try:
             #: per group: topology, k and adjacency after group_topology and the small-group rules
             self.group_topologies = resolve_static_group_topologies(
-                owner="decpg", task=task, group_map=self.group_map, topology=topology, k=k, adjacency=adjacency,
+                owner="decpg", task=task, group_map=self.joint_group_map, topology=topology, k=k, adjacency=adjacency,
                 group_topology=group_topology, keys=DECPG_GROUP_KEYS, option_uses=DECPG_TOPOLOGY_OPTIONS,
                 default_k=algorithm_defaults("decpg")["k"],
             )
         except ValueError as err:
             raise config_error(self.experiment, str(err)) from None
-        for group, agents in self.group_map.items():
+        for group, agents in self.joint_group_map.items():
             n = len(agents)
             if self.visibility_layout is not None:
                 # no link until the first minibatch brings its graphs (W = I)
@@ -270,15 +288,31 @@ class Decpg(Mappo):
         self.callback.experiment = self.experiment
 
     # ------------------------------------------------------------------ networks
+    @contextlib.contextmanager
+    def _network_rng(self, group: str, net: str) -> Iterator[None]:
+        """Build a network from a seed of its own (:func:`~benchmarl_decentral.distributed.local.network_seed`).
+
+        Its first agent's parameters, ``theta_0`` (sec. 3), are then the same
+        whatever number of agents a process builds (every agent, or a
+        distributed rank's block), and the global random stream (action
+        sampling, minibatches) is left where it was.
+        """
+        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(network_seed(self.experiment.seed, group, net))
+            yield
+
     def _get_policy_for_loss(self, group, model_config, continuous) -> TensorDictModule:
         shared = self.experiment_config.share_policy_params
         self.experiment_config.share_policy_params = False  # one actor per agent
         try:
-            return super()._get_policy_for_loss(
-                group=group, model_config=model_config, continuous=continuous
-            )
+            with self._network_rng(group, "actor"):
+                policy = super()._get_policy_for_loss(
+                    group=group, model_config=model_config, continuous=continuous
+                )
         finally:
             self.experiment_config.share_policy_params = shared
+        return block_sampling(policy, self.experiment, group)  # a rank's block: the group's noise, its rows
 
     def _get_loss(self, group, policy_for_loss, continuous):
         loss, use_target = super()._get_loss(group, policy_for_loss, continuous)
@@ -354,7 +388,8 @@ class Decpg(Mappo):
 
     def get_critic(self, group: str) -> TensorDictModule:
         """The agents' critics (:meth:`_get_critic`), with ``value_norm`` each agent's :class:`ValueNorm` after it."""
-        critic = self._get_critic(group)
+        with self._network_rng(group, "critic"):
+            critic = self._get_critic(group)
         if not self.value_norm:
             return critic
         norm = self.value_norms.setdefault(group, ValueNorm(len(self.group_map[group])))
@@ -387,11 +422,28 @@ class Decpg(Mappo):
         On a global state BenchMARL would build n separate MLPs (a ModuleList),
         which cannot be mixed as one tensor per leaf: instead the state is
         broadcast to every agent and read by a per-agent (stacked) model.
+
+        A distributed rank that builds its block of agents only
+        (:class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`) of a
+        task without a state reads every agent's observation from the joint
+        observation its environment offers (flat, agent-major), broadcast to
+        its agents and read by a per-agent model the same way: with an MLP
+        critic this is MAPPO's centralized MLP (each agent's copy reads the
+        concatenated observations of all agents), row for row.
         """
-        if self.state_spec is None:
+        joint = joint_observation_spec(self.experiment, group) if self.state_spec is None else None
+        if self.state_spec is None and joint is None:
             return super().get_critic(group)
+        if joint is not None and not isinstance(self.critic_model_config, MlpConfig):
+            raise config_error(
+                self.experiment,
+                f"decpg: with --agents local on a task without a global state, each agent's critic reads the "
+                f"concatenated observations of every agent, which is MAPPO's centralized critic for an MLP only; "
+                f"got critic model {type(self.critic_model_config).__name__}. Use model@critic_model=layers/mlp, "
+                f"or launch with --agents all.",
+            )
         n = len(self.group_map[group])
-        (state_key, state_leaf), = self.state_spec.items(True, True)
+        (state_key, state_leaf), = self.state_spec.items(True, True) if joint is None else (joint,)
         feature_dims = len(state_leaf.shape)
         expand = TensorDictModule(
             lambda state: state.unsqueeze(-feature_dims - 1).expand(
@@ -521,7 +573,7 @@ class _DecpgCallback(Callback):
                     exp.optimizers[group][loss_name] = optimizer
                 key = (group, net)
                 mixer = ConsensusMixer(
-                    transport.local_rows(leaves, len(exp.group_map[group])),
+                    transport.local_rows(leaves, group_size(exp, group)),
                     adjacency=algo.adjacencies[group],
                     rule=algo.mixing,
                     link_failure=algo.link_failure,

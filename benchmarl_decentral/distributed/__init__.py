@@ -42,6 +42,15 @@ What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
   of the environment and the ranks exchange their agents' actions) and the
   entry point ``torchrun --nproc-per-node N -m benchmarl_decentral.distributed
   algorithm=decpg|dg_mappo task=...`` (:mod:`benchmarl_decentral.distributed.__main__`);
+* only the rank's agents (``--agents local``, decpg;
+  :mod:`benchmarl_decentral.distributed.local`): the experiment is built on
+  :class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`, whose
+  groups list the rank's block and whose environment has those agents'
+  specs, so the rank's networks, optimizer state and replay buffer are its
+  block's; the joint environment is stepped by a backend
+  (:class:`~benchmarl_decentral.distributed.local.ReplicatedEnvs`: a copy per
+  rank, the action blocks exchanged in the step); a task without a global
+  state offers the joint observation decpg's centralized critics read;
 * several agent groups: every rank owns an equal block of every group
   (:func:`plan_launch`: the world size must divide every group's size); one
   :class:`TorchDistributedTransport` serves them all, finding a group's
@@ -84,9 +93,11 @@ Plan for the rest:
    observations and gather its actions, one message per rank and step
    (dg_mappo's radius and visibility graphs, rebuilt today by every rank from
    its copy of every observation, would then come with the observations).
-2. *Only local parameters*: a rank still builds every agent's networks (the
-   rows of other agents are stale and unread); building ``n_local`` agents
-   needs BenchMARL's model to take a subset of the group.
+2. *Only local parameters*: done for decpg (``--agents local``, above);
+   dg_mappo's D-GAT and dynamic graphs read every agent's observation (the
+   joint observation of :class:`~benchmarl_decentral.distributed.local.LocalAgentsEnv`
+   would carry them) is left (checkpoints, elastic restart and the run's
+   returns in rank 0's logs work in that mode).
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
    distance, ``theta_avg``, dg_mappo's ``evaluation_dropout``): a reduction
    outside training, on rank 0.

@@ -1,4 +1,4 @@
-"""``torchrun --nproc-per-node N -m benchmarl_decentral.distributed algorithm=decpg task=... [overrides]``.
+"""``torchrun --nproc-per-node N -m benchmarl_decentral.distributed [--agents all|local] algorithm=decpg task=... [overrides]``.
 
 Every rank composes the same hydra config as ``benchmarl run`` and checks it
 (:func:`check_config`, :func:`~benchmarl_decentral.distributed.plan_launch`)
@@ -6,7 +6,12 @@ before it joins the process group or builds anything; a refused launch prints
 one message (rank 0) and exits with status 2 on every rank. Then each rank
 builds the experiment for its block of agents
 (:func:`~benchmarl_decentral.distributed.experiment.build_rank_experiment`)
-and trains. Rank 0 writes the experiment folder, in ``experiment.save_folder``
+and trains. ``--agents all`` (the default): every rank builds every agent's
+networks and trains its block; ``--agents local`` (decpg): every rank builds
+the networks, optimizer state and replay buffer of its block only
+(:mod:`benchmarl_decentral.distributed.local`); its checkpoints hold its block
+only, and the launch file records the mode (a checkpoint is resumed in the
+mode it was written in). Rank 0 writes the experiment folder, in ``experiment.save_folder``
 or else the current directory (as BenchMARL's Python API does; there is no
 hydra ``outputs/`` folder): CSV, JSON. The other ranks write nothing that stays,
 except their checkpoints, which every rank writes into rank 0's run folder
@@ -51,6 +56,52 @@ from benchmarl_decentral.distributed.launch import check_algorithm, plan_launch
 
 PROG = "benchmarl_decentral.distributed"
 CONF_DIR = str(Path(benchmarl.__file__).parent / "conf")
+
+
+def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
+    """What ``--agents local`` cannot run yet, refused with the fix (nothing to check for ``--agents all``).
+
+    Raises:
+        ValueError: an unknown mode; an algorithm other than decpg (dg_mappo's
+            D-GAT and graphs read every agent's observation); decpg's
+            ``topology=visibility`` (its graph reads every agent's
+            observation); BenchMARL's joint gradient clip
+            (``algorithm.max_grad_norm=null``), a norm over every agent.
+    """
+    from benchmarl_decentral.distributed.local import AGENT_MODES
+
+    if agents not in AGENT_MODES:
+        raise ValueError(f"unknown --agents {agents}; choose one of {'|'.join(AGENT_MODES)}.")
+    if agents == "all":
+        return
+    algo, exp = cfg.algorithm, cfg.experiment
+    if not algorithm.startswith("decpg"):
+        raise ValueError(f"--agents local supports algorithm=decpg only so far ({algorithm}'s D-GAT and graphs read "
+                         f"every agent's observation); launch {algorithm} with --agents all.")
+    if algo.get("topology", None) == "visibility":
+        raise ValueError("--agents local: algorithm.topology=visibility builds its graph from every agent's "
+                         "observation, which a rank does not hold; use a static topology (algorithm.topology="
+                         "knn_ring) or --agents all.")
+    if algo.get("max_grad_norm", None) is None and exp.clip_grad_norm and exp.clip_grad_val is not None:
+        raise ValueError("--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all "
+                         "agents at once, which no rank can compute from its own agents; set "
+                         "algorithm.max_grad_norm=10 (per agent) or experiment.clip_grad_val=null.")
+
+
+def split_options(argv: list[str]) -> tuple[str, list[str]]:
+    """``--agents all|local`` (or ``--agents=...``) and the hydra overrides, from the command line."""
+    agents, overrides, rest = "all", [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--agents":
+            if not rest:
+                raise ValueError("--agents needs a value: --agents all or --agents local.")
+            agents = rest.pop(0)
+        elif arg.startswith("--agents="):
+            agents = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    return agents, overrides
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -151,32 +202,69 @@ def compose(overrides: list[str]) -> tuple[DictConfig, str, str]:
     return cfg, choices.task, choices.algorithm
 
 
-def main(overrides: list[str]) -> None:
+def _experiment(cfg: DictConfig, task_name: str, wrap=None):
+    """BenchMARL's ``load_experiment_from_hydra``, with the task wrapped by ``wrap`` (``--agents local``)."""
+    from benchmarl.experiment import Experiment
+    from benchmarl.hydra_config import (
+        load_algorithm_config_from_hydra,
+        load_experiment_config_from_hydra,
+        load_model_config_from_hydra,
+        load_task_config_from_hydra,
+    )
+
+    task = load_task_config_from_hydra(cfg.task, task_name)
+    return Experiment(
+        task=task if wrap is None else wrap(task),
+        algorithm_config=load_algorithm_config_from_hydra(cfg.algorithm),
+        model_config=load_model_config_from_hydra(cfg.model),
+        critic_model_config=load_model_config_from_hydra(cfg.critic_model),
+        seed=cfg.seed,
+        config=load_experiment_config_from_hydra(cfg.experiment),
+        callbacks=(),
+    )
+
+
+def main(argv: list[str]) -> None:
     """One rank of a distributed run (see the module docstring); ``RANK`` / ``WORLD_SIZE`` from torchrun."""
     from benchmarl.hydra_config import (
         load_algorithm_config_from_hydra,
         load_experiment_config_from_hydra,
-        load_experiment_from_hydra,
         load_task_config_from_hydra,
     )
 
     from benchmarl_decentral.distributed import checkpoint as ckpt
-    from benchmarl_decentral.distributed.experiment import ActionExchange, build_rank_experiment, group_sizes
+    from benchmarl_decentral.distributed.experiment import (
+        ActionExchange,
+        build_rank_experiment,
+        group_sizes,
+        has_global_state,
+    )
+    from benchmarl_decentral.distributed.local import EnvBytesLog
 
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         _refuse(0, f"launch it with torchrun, e.g. torchrun --nproc-per-node 2 -m {PROG} "
                    "algorithm=decpg task=coordsum/8x15-100 experiment.evaluation=false")
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
+        agents, overrides = split_options(argv)
         cfg, task_name, algorithm = compose(overrides)
         check_algorithm(algorithm)  # first: no environment built for nothing
         check_config(cfg)
+        check_agents(cfg, algorithm, agents)
         on_policy = load_algorithm_config_from_hydra(cfg.algorithm).on_policy()  # the algorithm's own checks
         load_experiment_config_from_hydra(cfg.experiment).validate(on_policy)  # e.g. checkpoint_interval
-        sizes = group_sizes(load_task_config_from_hydra(cfg.task, task_name), seed=cfg.seed)
+        task = load_task_config_from_hydra(cfg.task, task_name)
+        sizes = group_sizes(task, seed=cfg.seed)
+        critic = _model_names(cfg.critic_model)
+        if agents == "local" and critic != ["mlp"] and not has_global_state(task, seed=cfg.seed):
+            raise ValueError(
+                f"--agents local: task {task_name} has no global state, so each agent's critic reads the "
+                f"concatenated observations of every agent, MAPPO's centralized critic for an MLP only; got "
+                f"critic_model {'+'.join(critic)}. Use model@critic_model=layers/mlp, or launch with --agents all."
+            )
         owners = plan_launch(algorithm, sizes, world_size)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
-                                world_size=world_size, config=launch_config(cfg))
+                                world_size=world_size, config=launch_config(cfg), agent_mode=agents)
         save_folder = Path(  # where BenchMARL puts (or keeps) rank 0's run folder
             cfg.experiment.save_folder
             or (Path(cfg.experiment.restore_file).resolve().parent.parent.parent if cfg.experiment.restore_file
@@ -209,12 +297,12 @@ def main(overrides: list[str]) -> None:
         if rank == 0 and plan.note:
             ckpt.say(plan.note)
         experiment = build_rank_experiment(
-            lambda: load_experiment_from_hydra(cfg, task_name=task_name), algorithm=algorithm, sizes=sizes
+            lambda wrap=None: _experiment(cfg, task_name, wrap), algorithm=algorithm, sizes=sizes, agents=agents
         )
         (run,) = _broadcast([str(experiment.folder_name) if rank == 0 else None])
         saver = None
         if checkpoints or plan.run is not None:
-            exchange = next((cb for cb in experiment.callbacks if isinstance(cb, ActionExchange)), None)
+            exchange = next((cb for cb in experiment.callbacks if isinstance(cb, (ActionExchange, EnvBytesLog))), None)
             agents = {group: torch.nonzero(owner == rank).flatten().tolist() for group, owner in owners.items()}
             saver = ckpt.RankCheckpoints(experiment, Path(run), rank, launch, agents, exchange)
             if plan.run is not None:

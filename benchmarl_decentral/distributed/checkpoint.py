@@ -87,6 +87,9 @@ class Launch:
         config: the launch's :data:`CONFIG_KEYS` entries of the hydra config,
             as plain JSON data (the networks' sizes, the algorithm's settings);
             empty: not recorded (nothing to compare).
+        agent_mode: ``--agents``: ``all`` (a rank's checkpoint holds every
+            agent's networks) or ``local`` (its block's only); a launch file
+            without it was written by an ``all`` launch.
     """
 
     algorithm: str
@@ -95,10 +98,11 @@ class Launch:
     world_size: int
     groups: dict[str, int]
     config: dict[str, Any] = field(default_factory=dict)
+    agent_mode: str = "all"
 
     @classmethod
     def of(cls, *, algorithm: str, task: str, seed: int, sizes: Mapping[str, int], world_size: int,
-           config: Mapping[str, Any] | None = None) -> Launch:
+           config: Mapping[str, Any] | None = None, agent_mode: str = "all") -> Launch:
         """The launch of ``algorithm`` on ``task`` with agents ``sizes`` over ``world_size`` ranks.
 
         ``config``: the hydra config's :data:`CONFIG_KEYS` entries (plain
@@ -106,7 +110,8 @@ class Launch:
         gives back.
         """
         plain = json.loads(json.dumps(dict(config or {}), default=str))
-        return cls(algorithm, task, int(seed), int(world_size), {str(g): int(n) for g, n in sizes.items()}, plain)
+        return cls(algorithm, task, int(seed), int(world_size), {str(g): int(n) for g, n in sizes.items()}, plain,
+                   str(agent_mode))
 
 
 def saved_groups(saved: Mapping[str, Any]) -> dict[str, int] | None:
@@ -237,14 +242,16 @@ def check_match(saved: Mapping[str, Any], launch: Launch, run: Path) -> None:
             message names each and the overrides that resume the run.
     """
     mine = {"algorithm": launch.algorithm, "task": launch.task, "groups": launch.groups,
-            "world_size": launch.world_size}
-    theirs = {**{name: saved.get(name) for name in mine}, "groups": saved_groups(saved)}
+            "world_size": launch.world_size, "agent_mode": launch.agent_mode}
+    theirs = {**{name: saved.get(name) for name in mine}, "groups": saved_groups(saved),
+              "agent_mode": saved.get("agent_mode", "all")}
     differ = [f"{name} {theirs[name]!r} (this launch: {mine[name]!r})" for name in mine if theirs[name] != mine[name]]
     if differ:
         groups = f" with the run's agent groups {theirs['groups']!r}" if theirs["groups"] != launch.groups else ""
         raise ValueError(
             f"the checkpoints of {run} do not fit this launch: {', '.join(differ)}. Resume them with "
             f"torchrun --nproc-per-node {saved.get('world_size')} -m benchmarl_decentral.distributed "
+            f"{'--agents local ' if theirs['agent_mode'] == 'local' else ''}"
             f"algorithm={saved.get('algorithm')} task={saved.get('task')} ...{groups}, or start a new run "
             "without experiment.restore_file."
         )

@@ -20,6 +20,10 @@ own agents. This exchange is the only traffic outside the mixing; it goes to
 every rank, one message per rank, group and environment step (a central environment
 rank would replace it, see the plan in :mod:`benchmarl_decentral.distributed`).
 
+With ``agents="local"`` (:func:`build_rank_experiment`) the rank builds its
+block of agents only and the action exchange happens inside its
+environment's step instead (:mod:`benchmarl_decentral.distributed.local`).
+
 Left out (refused or documented): evaluation with the averaged model, and the
 cross-agent metrics (consensus distance, gradient disagreement), need every
 agent's parameters; they are computed here from the rows this rank holds.
@@ -126,20 +130,63 @@ def group_sizes(task: Any, *, seed: int = 0) -> dict[str, int]:
         env.close()
 
 
-def build_rank_experiment(make: Callable[[], Experiment], *, algorithm: str, sizes: dict[str, int]) -> Experiment:
-    """This rank's experiment: checks, the transport installed while ``make()`` builds it, the action exchange.
+def has_global_state(task: Any, *, seed: int = 0) -> bool:
+    """Whether a BenchMARL task config has a global state (its ``state_spec``), from one environment."""
+    continuous = task.supports_continuous_actions()
+    env = task.get_env_fun(num_envs=1, continuous_actions=continuous, seed=seed, device="cpu")()
+    try:
+        return task.state_spec(env) is not None
+    finally:
+        env.close()
+
+
+def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, sizes: dict[str, int],
+                          agents: str = "all") -> Experiment:
+    """This rank's experiment: checks, the transport installed while ``make`` builds it, the environment interface.
 
     Args:
-        make: builds the experiment (the same on every rank).
+        make: builds the experiment (the same on every rank). With
+            ``agents="all"`` it is called with no argument; with
+            ``agents="local"`` with a function that wraps a BenchMARL task
+            (``TaskClass``) into this rank's
+            :class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`,
+            which ``make`` must build the experiment on.
         algorithm: the algorithm's name, checked by :func:`plan_launch`.
         sizes: agents per group (:func:`group_sizes`).
+        agents: ``all``: every rank builds every agent's networks, steps its
+            copy of the environment with the joint action its
+            :class:`ActionExchange` assembles, trains its block; ``local``:
+            it builds its block only (networks, optimizer state, buffers),
+            its environment is the joint one cut to its agents
+            (:mod:`benchmarl_decentral.distributed.local`). (default: "all")
 
     Raises:
-        ValueError: from :func:`plan_launch` (one message, before ``make()``
-            builds anything).
+        ValueError: from :func:`plan_launch` (one message, before ``make``
+            builds anything), or an unknown ``agents``.
     """
+    from benchmarl_decentral.distributed.local import (
+        AGENT_MODES,
+        EnvBytesLog,
+        LocalAgentsTask,
+        ReplicatedEnvs,
+        log_joint_rewards,
+    )
+
+    if agents not in AGENT_MODES:
+        raise ValueError(f"unknown agents={agents!r}; choose one of {list(AGENT_MODES)}")
     owners = plan_launch(algorithm, sizes, dist.get_world_size())
     transport = TorchDistributedTransport(owners)
+    if agents == "local":
+        backend = ReplicatedEnvs(owners, transport.rank)
+        with use_transport(transport):
+            exp = make(lambda task: LocalAgentsTask(task, backend))
+        if not isinstance(exp.task, LocalAgentsTask):
+            raise ValueError("agents='local': make must build the experiment on the task it is given wrapped")
+        log_joint_rewards(exp.logger)  # the run's returns, every agent's
+        log = EnvBytesLog(backend)
+        log.experiment = exp
+        exp.callbacks = [*exp.callbacks, log]
+        return exp
     with use_transport(transport):
         exp = make()
     exchange = ActionExchange(exp, transport, list(owners))

@@ -1,0 +1,520 @@
+"""Local agents only (``--agents local``): a rank builds the networks, optimizer state and buffers of its block.
+
+BenchMARL builds one network per agent of every group its task's ``group_map``
+lists, on the specs the task reads from its environment. :class:`LocalAgentsTask`
+wraps a task so that every group lists the rank's block of agents only and the
+environment it builds (:class:`LocalAgentsEnv`) has the specs of those agents:
+their observations, action masks, actions, and (when the environment has
+them per agent) rewards and dones; everything outside the groups (a global
+``state``, a shared reward, the dones, ``info``) is the joint environment's.
+So the experiment BenchMARL builds on it has networks, optimizers and replay
+buffers of ``n / world_size`` agents per group, and nothing of the others.
+
+Stepping the joint environment goes to a *backend*. The one that exists,
+:class:`ReplicatedEnvs`, is today's: every rank steps its own copy of the
+joint environment; before each step the ranks exchange their blocks of the
+action (point to point, each rank's block to every other rank), so every copy
+sees the same joint action, observations and rewards. (A central
+environment rank, which would scatter each rank's observations and gather its
+actions, would be a second backend behind the same two calls,
+:meth:`ReplicatedEnvs.joint_action` and the narrowing of the step's output.)
+
+Exactness. A rank in this mode reaches the single-process run's parameters
+for its agents (tests/test_distributed.py): its networks start from the
+same ``theta_0`` (decpg builds every network from a seed of its own, not from
+the global stream, so how many agents a process builds changes nothing:
+:func:`network_seed`), and it draws the same sampling noise: its policy's
+distribution draws the noise of the whole group and keeps its block's
+(:func:`block_sampling`), so the global random stream advances as in one
+process and its agents' actions are the single-process run's.
+
+Pure BenchMARL/TorchRL around the transport: the exchange runs on the default
+process group (torch.distributed, gloo on one machine).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from benchmarl.environments.common import TaskClass
+from benchmarl.experiment.callback import Callback
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor
+from torchrl.data import Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics
+
+#: Root key of the joint observations a :class:`LocalAgentsEnv` adds for a task without a global state:
+#: ``(JOINT_OBSERVATION, group)``, every agent's observation of the group, flat ``(*B, n * F)`` (agent-major).
+JOINT_OBSERVATION = "joint_observation"
+
+#: Root key of the joint rewards a :class:`LocalAgentsEnv` adds for groups with per-agent rewards:
+#: ``(JOINT_REWARD, group, "reward")``, ``(*B, n, 1)``, every agent's; what rank 0 logs (:func:`log_joint_rewards`).
+JOINT_REWARD = "joint_reward"
+
+#: ``--agents`` of the entry point: ``all`` (every rank builds every agent's networks; its block trains) or
+#: ``local`` (every rank builds its block only).
+AGENT_MODES = ("all", "local")
+
+
+def blocks_of(owners: Mapping[str, Tensor], rank: int) -> dict[str, tuple[int, int]]:
+    """``(first, last)`` (end excluded) of this rank's contiguous block of every group."""
+    out = {}
+    for group, owner in owners.items():
+        rows = torch.nonzero(owner == rank).flatten()
+        first, last = int(rows[0]), int(rows[-1]) + 1
+        if last - first != rows.numel():
+            raise ValueError(f"rank {rank}'s agents of group '{group}', {rows.tolist()}, are not one block")
+        out[group] = (first, last)
+    return out
+
+
+def network_seed(seed: int, group: str, net: str) -> int:
+    """The seed a network of ``group`` is built from: the same in every process, whatever agents it builds."""
+    return zlib.crc32(f"{int(seed)}/{group}/{net}".encode()) & 0x7FFFFFFF
+
+
+class ReplicatedEnvs:
+    """Backend: every rank steps its own copy of the joint environment; the ranks exchange their action blocks.
+
+    :meth:`joint_action` sends this rank's block of a group's action to every
+    other rank and receives theirs, one message per rank pair, group and
+    step, in one ``batch_isend_irecv``. Every rank must step its environments
+    the same number of times and in the same order (same config). Counts, per
+    group, the bytes each agent of this rank sent (:attr:`sent`; read and reset by
+    :class:`EnvBytesLog`).
+
+    Args:
+        owners: group to the rank of each of its agents (:func:`~benchmarl_decentral.distributed.plan_launch`).
+        rank: this process's rank.
+    """
+
+    name = "replicated"
+
+    def __init__(self, owners: Mapping[str, Tensor], rank: int) -> None:
+        self.owners = {group: owner.cpu().long() for group, owner in owners.items()}
+        self.rank = rank
+        self.world_size = int(max(int(o.max()) for o in self.owners.values())) + 1
+        self.blocks = blocks_of(self.owners, rank)
+        self.groups = list(self.owners)
+        #: bytes each agent of this rank sent since the last batch, per group (the same for every agent of a block)
+        self.sent = {group: 0 for group in self.groups}
+
+    def joint_action(self, group: str, local: Tensor, agent_dim: int) -> Tensor:
+        """The group's joint action ``(*B, n, ...)`` from this rank's block ``local`` ``(*B, n_local, ...)``."""
+        owner = self.owners[group]
+        n = owner.numel()
+        first, last = self.blocks[group]
+        if local.shape[agent_dim] != last - first:
+            raise ValueError(f"group '{group}': got {local.shape[agent_dim]} agents' actions, rank {self.rank} "
+                             f"holds {last - first}")
+        shape = list(local.shape)
+        shape[agent_dim] = n
+        joint = local.new_empty(shape)
+        joint.narrow(agent_dim, first, last - first).copy_(local)
+        sent = local.detach().contiguous().cpu()
+        ops, received = [], []
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            ops.append(dist.P2POp(dist.isend, sent, r))
+            rows = torch.nonzero(owner == r).flatten()
+            shape[agent_dim] = rows.numel()
+            buf = torch.empty(shape, dtype=sent.dtype)
+            ops.append(dist.P2POp(dist.irecv, buf, r))
+            received.append((int(rows[0]), buf))
+        if ops:
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
+        for start, buf in received:
+            joint.narrow(agent_dim, start, buf.shape[agent_dim]).copy_(buf.to(joint.device))
+        self.sent[group] += (self.world_size - 1) * sent.numel() * sent.element_size() // (last - first)
+        return joint
+
+
+def _narrow_spec(spec: Composite, blocks: Mapping[str, tuple[int, int]], batch_dims: int) -> Composite:
+    """``spec`` with every group's sub-spec cut to its block (the agent dim follows the batch dims)."""
+    for group, (first, last) in blocks.items():
+        if group in spec.keys():
+            index = (slice(None),) * batch_dims + (slice(first, last),)
+            spec[group] = spec[group][index]
+    return spec
+
+
+def _narrow_td(td: TensorDictBase, blocks: Mapping[str, tuple[int, int]], batch_dims: int) -> TensorDictBase:
+    for group, (first, last) in blocks.items():
+        sub = td.get(group, None)
+        if sub is not None:
+            td.set(group, sub[(slice(None),) * batch_dims + (slice(first, last),)])
+    return td
+
+
+class LocalAgentsEnv(EnvBase):
+    """The rank's view of a joint environment: its agents' entries of every group, the rest as they are.
+
+    Steps go to the backend: the actions of the agents of this rank are
+    completed to the joint action (:meth:`ReplicatedEnvs.joint_action`), the
+    joint environment steps, and its output is cut to this rank's agents.
+
+    With ``joint``, it also observes every agent's observation of those
+    groups, as one flat vector per environment, under
+    ``(JOINT_OBSERVATION, group)``: what a centralized critic reads (a
+    task without a global state; decpg's critics, paper 002 sec. 3). With the
+    replicated backend it is the joint environment's own observation (no
+    message); its leaves (``joint[group]``, the task's observation keys of the
+    group, 1-D features each) are concatenated per agent, then the agents.
+
+    It also rewards every agent of a group that has per-agent rewards under
+    ``(JOINT_REWARD, group, "reward")`` (not trained on: what the logs read,
+    so that rank 0's returns are the run's, :func:`log_joint_rewards`).
+
+    Args:
+        env: the joint environment (the task's own).
+        backend: :class:`ReplicatedEnvs`.
+        joint: group to its observation leaves to offer jointly. (default: none)
+    """
+
+    def __init__(self, env: EnvBase, backend: ReplicatedEnvs, joint: Mapping[str, list] | None = None) -> None:
+        super().__init__(device=env.device, batch_size=env.batch_size)
+        self.joint_env = env
+        self.backend = backend
+        self._batch_locked = env.batch_locked
+        blocks, nb = backend.blocks, len(env.batch_size)
+        done_groups = [key[0] for key in env.full_done_spec.keys(True, True) if isinstance(key, tuple)]
+        if any(group in blocks for group in done_groups):
+            raise ValueError(
+                f"--agents local: the environment has per-agent done flags in groups {sorted(set(done_groups))}, "
+                "whose partial resets the replicated backend does not carry yet; launch with --agents all."
+            )
+        self.joint = {group: list(keys) for group, keys in (joint or {}).items()}
+        observation_spec = env.full_observation_spec.clone()
+        for group, keys in self.joint.items():
+            leaves = [observation_spec[group][key] for key in keys]
+            if not leaves or any(leaf.ndim != nb + 2 for leaf in leaves):
+                raise ValueError(f"--agents local: group '{group}' observes {keys} with shapes "
+                                 f"{[tuple(leaf.shape) for leaf in leaves]}; a joint observation needs 1-D features")
+            features = sum(leaf.shape[-1] for leaf in leaves) * leaves[0].shape[nb]
+            observation_spec[(JOINT_OBSERVATION, group)] = Unbounded(
+                shape=(*env.batch_size, features), dtype=leaves[0].dtype, device=env.device)
+        self.full_observation_spec = _narrow_spec(observation_spec, blocks, nb)
+        self.full_action_spec = _narrow_spec(env.full_action_spec.clone(), blocks, nb)
+        reward_spec = env.full_reward_spec.clone()
+        #: groups whose every agent's reward this environment also gives (under JOINT_REWARD)
+        self.joint_rewards = [g for g in blocks if (g, "reward") in reward_spec.keys(True, True)]
+        for group in self.joint_rewards:
+            reward_spec[(JOINT_REWARD, group, "reward")] = reward_spec[(group, "reward")].clone()
+        self.full_reward_spec = _narrow_spec(reward_spec, blocks, nb)
+        self.full_done_spec = env.full_done_spec.clone()
+        self.full_state_spec = _narrow_spec(env.full_state_spec.clone(), blocks, nb)
+
+    @property
+    def group_map(self) -> dict[str, list[str]]:
+        """The joint environment's ``group_map`` (when it has one) cut to this rank's agents."""
+        full = self.joint_env.group_map
+        return {g: list(agents[slice(*self.backend.blocks[g])]) if g in self.backend.blocks else list(agents)
+                for g, agents in full.items()}
+
+    def _set_seed(self, seed: Optional[int]) -> None:
+        self.joint_env.set_seed(seed, static_seed=True)
+
+    def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDictBase:
+        inner = None
+        if tensordict is not None and "_reset" in tensordict.keys():
+            inner = TensorDict({"_reset": tensordict.get("_reset")}, batch_size=self.batch_size, device=self.device)
+        out = self.joint_env.reset(inner)
+        return _narrow_td(self._add_joint(out), self.backend.blocks, len(self.batch_size))
+
+    def _add_joint(self, td: TensorDictBase) -> TensorDictBase:
+        nb = len(self.batch_size)
+        for group, keys in self.joint.items():
+            obs = torch.cat([td.get(group).get(key) for key in keys], dim=-1)  # (*B, n, F)
+            td.set((JOINT_OBSERVATION, group), obs.reshape(*obs.shape[:nb], -1))
+        for group in self.joint_rewards:
+            reward = td.get((group, "reward"), None)
+            if reward is not None:  # a step (not a reset)
+                td.set((JOINT_REWARD, group, "reward"), reward)
+        return td
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        nb = len(self.batch_size)
+        joint = TensorDict({}, batch_size=self.joint_env.batch_size, device=self.device)
+        inputs = [*self.joint_env.full_action_spec.keys(True, True), *self.joint_env.full_state_spec.keys(True, True)]
+        for key in inputs:
+            value = tensordict.get(key, None)
+            if value is None:
+                continue
+            if isinstance(key, tuple) and key[0] in self.backend.blocks:
+                value = self.backend.joint_action(key[0], value, nb)
+            joint.set(key, value)
+        out = self.joint_env.step(joint).get("next")
+        return _narrow_td(self._add_joint(out), self.backend.blocks, nb)
+
+    def close(self, *, raise_if_closed: bool = True) -> None:
+        self.joint_env.close()
+        super().close(raise_if_closed=raise_if_closed)
+
+
+def _joint_env(env: EnvBase) -> EnvBase:
+    """The :class:`LocalAgentsEnv` under BenchMARL's transforms (``env`` itself if none), else ``env``."""
+    seen = env
+    while not isinstance(seen, LocalAgentsEnv) and hasattr(seen, "base_env"):
+        seen = seen.base_env
+    return seen.joint_env if isinstance(seen, LocalAgentsEnv) else env
+
+
+def _without_joint(spec: Optional[Composite]) -> Optional[Composite]:
+    """A task's spec without the joint observations (the task's methods clone what the environment has)."""
+    if spec is not None and JOINT_OBSERVATION in spec.keys():
+        del spec[JOINT_OBSERVATION]
+    return spec
+
+
+class LocalAgentsTask(TaskClass):
+    """A BenchMARL task whose groups are this rank's blocks (see the module docstring).
+
+    Everything but :meth:`get_env_fun` and :meth:`group_map` is the wrapped
+    task's, read from the narrowed environment, so the specs BenchMARL builds
+    the networks from are those of this rank's agents. The run's name and
+    config are the task's (the run folder is named as in one process). A
+    task without a global state (:meth:`state_spec` None) gets every group's
+    joint observation in its environment (``(JOINT_OBSERVATION, group)``,
+    see :class:`LocalAgentsEnv`; read through :func:`joint_observation_spec`),
+    kept out of :meth:`observation_spec` so the actors see what they see in one process.
+
+    Args:
+        task: the task (BenchMARL's ``TaskClass``).
+        backend: :class:`ReplicatedEnvs`.
+
+    Attributes:
+        sizes: agents per group of the joint task.
+        blocks: ``(first, last)`` of this rank's agents per group.
+    """
+
+    def __init__(self, task: TaskClass, backend: ReplicatedEnvs) -> None:
+        super().__init__(name=task.name, config=task.config)
+        self.task = task
+        self.backend = backend
+        self.blocks = dict(backend.blocks)
+        self.sizes = {group: owner.numel() for group, owner in backend.owners.items()}
+
+    def get_env_fun(self, num_envs: int, continuous_actions: bool, seed: Optional[int], device) -> Callable[[], EnvBase]:
+        make = self.task.get_env_fun(num_envs=num_envs, continuous_actions=continuous_actions, seed=seed,
+                                     device=device)
+        backend, task = self.backend, self.task
+
+        def env() -> EnvBase:
+            joint_env = make()
+            joint = None
+            if task.state_spec(joint_env) is None:  # what a centralized critic reads instead
+                spec = task.observation_spec(joint_env)
+                joint = {g: list(spec[g].keys(True, True)) for g in backend.blocks if g in spec.keys()}
+            return LocalAgentsEnv(joint_env, backend, joint)
+
+        return env
+
+    def group_map(self, env: EnvBase) -> Dict[str, List[str]]:
+        full = self.task.group_map(_joint_env(env))
+        return {g: list(agents[slice(*self.blocks[g])]) if g in self.blocks else list(agents)
+                for g, agents in full.items()}
+
+    def supports_continuous_actions(self) -> bool:
+        return self.task.supports_continuous_actions()
+
+    def supports_discrete_actions(self) -> bool:
+        return self.task.supports_discrete_actions()
+
+    def max_steps(self, env: EnvBase) -> int:
+        return self.task.max_steps(env)
+
+    def has_render(self, env: EnvBase) -> bool:
+        return False  # a render reads the joint environment's scene; rank 0's copy would draw every agent
+
+    def observation_spec(self, env: EnvBase) -> Composite:
+        return _without_joint(self.task.observation_spec(env))
+
+    def info_spec(self, env: EnvBase) -> Optional[Composite]:
+        return _without_joint(self.task.info_spec(env))
+
+    def state_spec(self, env: EnvBase) -> Optional[Composite]:
+        return _without_joint(self.task.state_spec(env))
+
+    def action_spec(self, env: EnvBase) -> Composite:
+        return self.task.action_spec(env)
+
+    def action_mask_spec(self, env: EnvBase) -> Optional[Composite]:
+        return _without_joint(self.task.action_mask_spec(env))
+
+    def env_name(self) -> str:  # an instance method: BenchMARL calls it on the task
+        return self.task.env_name()
+
+    def log_info(self, batch: TensorDictBase) -> Dict[str, float]:
+        return self.task.log_info(batch)
+
+    def get_reward_sum_transform(self, env: EnvBase):
+        """The task's, or with joint rewards BenchMARL's ``RewardSum`` over every reward key (the dones are global)."""
+        if not any(isinstance(key, tuple) and key[0] == JOINT_REWARD for key in env.reward_keys):
+            return self.task.get_reward_sum_transform(env)
+        from torchrl.envs.transforms import RewardSum
+
+        keys = list(env.reward_keys)
+        return RewardSum(in_keys=keys, reset_keys=["_reset"] * len(keys))
+
+    def get_env_transforms(self, env: EnvBase):
+        return self.task.get_env_transforms(env)
+
+    def get_replay_buffer_transforms(self, env: EnvBase, group: str):
+        return self.task.get_replay_buffer_transforms(env, group)
+
+    def __getattr__(self, name: str) -> Any:  # what a task class adds (e.g. CoordSum's mode) is the task's
+        if name == "task":
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
+
+def group_size(experiment: Any, group: str) -> int:
+    """Agents of ``group`` in the joint task: every agent, also where this process builds only its block."""
+    task = experiment.task
+    if isinstance(task, LocalAgentsTask):
+        return task.sizes[group]
+    return len(experiment.group_map[group])
+
+
+def local_block(experiment: Any, group: str) -> tuple[int, int] | None:
+    """``(first, last)`` of the agents of ``group`` this process builds, None when it builds every agent."""
+    task = experiment.task
+    return task.blocks[group] if isinstance(task, LocalAgentsTask) else None
+
+
+def joint_observation_spec(experiment: Any, group: str) -> tuple[Any, Any] | None:
+    """``(key, spec)`` of the joint observation of ``group`` (flat, ``(n * F,)``), None where there is none.
+
+    Only a process that builds a block (:class:`LocalAgentsTask`) of a task
+    without a global state has one (:class:`LocalAgentsEnv`).
+    """
+    if not isinstance(experiment.task, LocalAgentsTask):
+        return None
+    spec = experiment.test_env.full_observation_spec_unbatched
+    key = (JOINT_OBSERVATION, group)
+    return (key, spec[key]) if key in spec.keys(True, True) else None
+
+
+# ------------------------------------------------------------------ the sampling noise of the whole group
+def _block_distribution(base: type, n: int, first: int) -> type:
+    """A subclass of ``base`` whose ``sample`` / ``rsample`` draw the noise of ``n`` agents and keep its block.
+
+    Built with this rank's block of parameters ``(*B, n_local, ...)``; a
+    draw pads every parameter shaped like the batch to ``n`` agents (the
+    block's first row in the others' place), samples the padded distribution
+    and cuts the block: the random stream advances as in a process that
+    holds every agent, and each agent of the block gets the noise it gets there.
+    """
+
+    class Block(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._block_args = (args, kwargs)
+
+        def _padded(self) -> tuple[Any, int]:
+            batch = self.batch_shape
+            dim = len(batch) - 1  # the agent dim
+            local = batch[dim]
+
+            def pad(value):
+                if not isinstance(value, Tensor) or value.dim() < len(batch) or value.shape[: len(batch)] != batch:
+                    return value
+                fill = value.narrow(dim, 0, 1)
+                before = fill.expand(*batch[:dim], first, *value.shape[dim + 1:])
+                after = fill.expand(*batch[:dim], n - first - local, *value.shape[dim + 1:])
+                return torch.cat([before, value, after], dim)
+
+            args, kwargs = self._block_args
+            full = base(*[pad(a) for a in args], **{k: pad(v) for k, v in kwargs.items()})
+            return full, dim
+
+        def _cut(self, value: Tensor, sample_shape, dim: int) -> Tensor:
+            return value.narrow(len(torch.Size(sample_shape)) + dim, first, self.batch_shape[dim])
+
+        def sample(self, sample_shape=torch.Size()):
+            full, dim = self._padded()
+            return self._cut(full.sample(sample_shape), sample_shape, dim)
+
+        def rsample(self, sample_shape=torch.Size()):
+            full, dim = self._padded()
+            return self._cut(full.rsample(sample_shape), sample_shape, dim)
+
+    Block.__name__ = Block.__qualname__ = f"Block{base.__name__}"
+    return Block
+
+
+def block_sampling(policy: Any, experiment: Any, group: str) -> Any:
+    """``policy`` (a group's actor) drawing the whole group's sampling noise in a process that builds a block.
+
+    A no-op when the process builds every agent of the group. Sets the
+    ``distribution_class`` of every probabilistic module of ``policy`` to
+    :func:`_block_distribution` of it (before any copy of the policy is made).
+    """
+    block = local_block(experiment, group)
+    if block is None:
+        return policy
+    from tensordict.nn import ProbabilisticTensorDictModule
+
+    n = group_size(experiment, group)
+    for module in policy.modules():
+        if isinstance(module, ProbabilisticTensorDictModule) and not getattr(module, "_block_sampling", False):
+            module.distribution_class = _block_distribution(module.distribution_class, n, block[0])
+            module._block_sampling = True
+    return policy
+
+
+def log_joint_rewards(logger: Any) -> None:
+    """BenchMARL's ``logger`` reads every agent's rewards where the batch has them (:data:`JOINT_REWARD`).
+
+    So the returns a rank logs (rank 0: the run's CSV / JSON) are the means
+    over all agents of a group, as in one process, not over its own block.
+    """
+    get_reward, get_episode_reward = logger._get_reward, logger._get_episode_reward
+
+    def joint(read, name):
+        def get(group, td, remove_agent_dim=False):
+            value = td.get(("next", JOINT_REWARD, group, name), None)
+            if value is None:
+                return read(group, td, remove_agent_dim)
+            return value.mean(-2) if remove_agent_dim else value
+
+        return get
+
+    logger._get_reward = joint(get_reward, "reward")
+    logger._get_episode_reward = joint(get_episode_reward, "episode_reward")
+
+
+class EnvBytesLog(Callback):
+    """Logs ``comm/<group>/env_bytes_per_agent`` and ``comm/env_bytes_per_agent`` of the backend each batch.
+
+    What each agent of this rank sent for the environment interface since the
+    previous batch (its collection, and any evaluation run in between), as
+    :class:`~benchmarl_decentral.distributed.experiment.ActionExchange` logs it
+    for ``--agents all``. Has the exchange's ``sent`` and ``groups`` (what a
+    rank's checkpoint keeps).
+    """
+
+    def __init__(self, backend: ReplicatedEnvs) -> None:
+        super().__init__()
+        self.backend = backend
+        self.groups = backend.groups
+        self.sent = backend.sent
+
+    def on_batch_collected(self, batch: TensorDictBase) -> None:
+        totals: dict = {}
+        metrics: dict[str, float] = {}
+        for group in self.groups:
+            first, last = self.backend.blocks[group]
+            held = last - first
+            metrics.update(bytes_per_agent_metrics(totals, group, self.groups[-1], held,
+                                                   {"env": float(self.sent[group] * held)}))
+            self.sent[group] = 0
+        self.experiment.logger.log(metrics, step=self.experiment.n_iters_performed)
