@@ -194,3 +194,35 @@ def test_claim_verdicts_follow_the_probability_of_improvement_ci(tmp_path):
     # neither learned: not a verdict on the claim
     assert lines[7] == ("- b competitive with d: **not tested at this budget: neither b nor d beat the random policy "
                         "(95%)**, P(b > d) = 0.33 [0.00, 1.00]")
+
+
+def test_report_only_keeps_a_committed_report_whose_archive_lost_its_run_json(tmp_path):
+    """An archive committed while .gitignore kept BenchMARL's run folders out (status.yaml and .hydra/ only):
+    --report-only keeps the committed report as it is and says the part must be rerun to regenerate it."""
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs" / "results" / "magpo", docs / "magpo")
+    for json_file in (docs / "magpo" / "runs").rglob("*.json"):
+        json_file.unlink()
+    assert list((docs / "magpo" / "runs").rglob("status.yaml"))
+    before = {p.relative_to(docs): p.read_bytes() for p in (docs / "magpo").rglob("*") if p.is_file()}
+    proc = _run(["--report-only", "--out", str(tmp_path / "out"), "--docs", str(docs), "--reps", "100"], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "magpo/runs holds no run JSON" in proc.stdout and "Rerun the part (--part magpo)" in proc.stdout
+    after = {p.relative_to(docs): p.read_bytes() for p in (docs / "magpo").rglob("*") if p.is_file()}
+    assert after == before
+    row = next(line for line in (docs / "report.md").read_text().splitlines() if line.startswith("| magpo |"))
+    assert "**run JSONs not in the archive: rerun to regenerate the report**" in row
+
+
+def test_git_keeps_the_archived_run_folders_and_ignores_the_others():
+    """.gitignore's rule for BenchMARL run folders (``*_mlp__*/``) must not reach docs/results*/: the archive's
+    JSON and scalars are what --report-only reads in a fresh clone."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    run = "mappo_balance_mlp__0123abcd_26_12_07-00_00_00"
+    archived = [f"docs/results/magpo/runs/coordsum/3x10-30/mappo/seed=0/{run}/{run}.json",
+                f"docs/results-gpu/magpo/runs/coordsum/3x10-30/mappo/seed=0/{run}/{run}/scalars/x.csv"]
+    elsewhere = [f"{run}/{run}.json", f"examples/{run}/{run}.json"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *archived, *elsewhere], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.stdout.split() == elsewhere

@@ -70,6 +70,10 @@ VARIANTS = {
     "exact_cg30": [*EXACT, "algorithm.cg_rtol=0.0"],
     "exact_center": [*EXACT, "algorithm.cg_rtol=0.3", "algorithm.advantage_norm=center"],
     "default_center": ["algorithm=matrpo", "algorithm.advantage_norm=center"],
+    # 3x the per-agent KL bound (delta/N 0.009): does the exact step learn less because, at consensus, the
+    # trust region binds on the joint step? (default_delta3 is the control: a larger step for Table III)
+    "exact_delta3": [*EXACT, "algorithm.cg_rtol=0.3", "algorithm.delta=0.009"],
+    "default_delta3": ["algorithm=matrpo", "algorithm.delta=0.009"],
 }
 #: Evaluations averaged into a run's score (the results suite's final score averages the last 5 of its curve;
 #: at 150k frames and one evaluation per 30k there are 6, so the last 3 here).
@@ -110,12 +114,17 @@ def score(run_dir: Path, group: str = "agents") -> dict:
     admm_iters = _csv(run_dir, f"matrpo_{group}_admm_iterations.csv")
     cg = [_csv(run_dir, f"matrpo_{group}_agent_{i}_cg_iterations.csv") for i in range(8)]
     cg = [c for c in cg if c]
+    per_agent = {}  # the median over updates of each agent's KL after the update and line-search step fraction
+    for name in ("kl", "step_fraction"):
+        curves = [_csv(run_dir, f"matrpo_{group}_agent_{i}_{name}.csv") for i in range(8)]
+        per_agent[name] = [statistics.median(v for _, v in c) for c in curves if c]
     return {
         "hit_rate": _mean_last(hit), "hit_rate_last": hit[-1][1] if hit else None, "hit_curve": hit,
         "return": _mean_last(ret), "return_last": ret[-1][1] if ret else None, "return_curve": ret,
         "residual_per_update": [v for _, v in residual],
         "admm_iterations_per_update": [v for _, v in admm_iters],
         "cg_iterations_per_update": [statistics.fmean(vs) for vs in zip(*[[v for _, v in c] for c in cg])] if cg else [],
+        "kl_median_per_agent": per_agent["kl"], "step_fraction_median_per_agent": per_agent["step_fraction"],
     }
 
 

@@ -200,6 +200,7 @@ _PARTS: Tuple[Part, ...] = (
          paper_budget="paper 002 gives no step count for simple spread in its text",
          gpu_sampling=False,
          reward="every agent its own simple-spread reward (PettingZoo's per-agent rewards), for all three",
+         rerun="the committed decpg runs predate decpg building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          claim_checks=(("decpg", "level", "mappo"),)),
     Part("dg_mappo",
          "DG-MAPPO (paper 000): per-agent D-GAT inference of the global state, fully decentralized, "
@@ -293,6 +294,7 @@ _PARTS: Tuple[Part, ...] = (
              # moves the policy far too slowly for this budget, issue 15), constant lr = COMMON's experiment.lr
              "algorithm.optimizer=adam", "algorithm.lr=0.0005", "algorithm.min_lr=0.0005",
          ),
+         rerun="the committed runs (all decpg presets) predate decpg building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          claim_checks=(("decpg_shared", "level", "decpg"), ("decpg", "level", "decpg_k0"))),
 )
 
@@ -482,6 +484,16 @@ def reevaluate_part(part: Part, part_out: Path, docs: Path, smoke: bool) -> int:
     for note in result.notes:
         print(f"=== part {part.name}: {note}", flush=True)
     return len(result.rows)
+
+
+def archive_has_results(archive: Path) -> bool:
+    """Whether a part's archive holds BenchMARL JSON results (``<job>/<exp>/<exp>.json``).
+
+    Archives committed before ``.gitignore`` excluded ``docs/results*/`` from its
+    ``*_mlp__*/`` rule (BenchMARL's run folders) hold only ``status.yaml`` and
+    ``.hydra/`` per run in a fresh clone: ``benchmarl report`` cannot read them.
+    """
+    return any(json_file.parent.name == json_file.stem for json_file in archive.rglob("*.json"))
 
 
 def report_part(part: Part, archive: Path, docs: Path, reps: int) -> Optional[str]:
@@ -834,6 +846,8 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
                 f"{n} {s}" for s, n in sorted((record.get("runs") or {}).items()))
             if not (part_docs / "runs").is_dir():
                 status += "; **run files not kept: rerun needed**"
+            elif not archive_has_results(part_docs / "runs"):
+                status += "; **run JSONs not in the archive: rerun to regenerate the report**"
         else:
             status = "not run yet"
         wall = f"{runs[part.name]['minutes']} min" if part.name in runs else ""
@@ -1002,7 +1016,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 rows = reevaluate_part(part, part_out, docs, options.smoke)
                 print(f"=== part {part.name}: {rows} re-evaluation row(s) (final and best checkpoints, greedy and "
                       f"sampled) in {part_docs / 'reevaluation.csv'}", flush=True)
-        if archive.is_dir():
+        if archive.is_dir() and not archive_has_results(archive):
+            # archived before .gitignore let the run folders in: the committed report stays as it is
+            print(f"=== part {part.name}: {archive} holds no run JSON (archived before the repository kept the "
+                  "run folders); its committed report is kept. Rerun the part (--part "
+                  f"{part.name}) to regenerate it.", flush=True)
+        elif archive.is_dir():
             error = report_part(part, archive, docs, options.reps)
             if error:
                 report_errors[part.name] = error
