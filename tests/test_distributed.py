@@ -509,7 +509,15 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
          r"unknown --agents both; choose one of all\|local"),
         (["--agents"], 2, r"--agents needs a value: --agents all or --agents local"),
         (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
-         r"--agents local supports algorithm=decpg only so far .* launch dg_mappo with --agents all"),
+         r"--agents local: dg_mappo's topology=auto builds the D-GAT graph from every agent's observation, which a "
+         r"rank does not hold; set algorithm.topology=ring .* or launch with --agents all"),
+        (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "algorithm.topology=ring", "algorithm.group_topology={agents: {topology: radius}}"], 2,
+         r"--agents local: dg_mappo's topology=radius builds the D-GAT graph"),
+        (["--agents=local", "algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "algorithm.topology=ring"], 2,
+         r"--agents local: dg_mappo_paper with algorithm.consensus_params=\['dgat'\] lets every agent start from "
+         r"its own actor and critic, .* set algorithm.consensus_params=\[dgat,actor,critic\]"),
         (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
           "algorithm.topology=visibility"], 2,
          r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),

@@ -157,8 +157,8 @@ def _dg_mappo_run(folder, graph: str, build=lambda make: make(), scrub=None):
     from conftest import make_experiment
 
     folder.mkdir(parents=True, exist_ok=True)
-    exp = build(lambda: make_experiment(
-        folder, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": N, "max_steps": 10},
+    exp = build(lambda wrap=None: make_experiment(
+        folder, task_wrapper=wrap, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": N, "max_steps": 10},
         algorithm_overrides={**DG_GRAPHS[graph], "hidden_channels": 8, "num_hops": 2},
         max_n_iters=ITERS, on_policy_collected_frames_per_batch=40, on_policy_minibatch_size=20, loggers=["csv"],
     ))
@@ -188,23 +188,31 @@ def _logged(exp, name):
         return [float(row[1]) for row in csv.reader(f)]
 
 
-def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference) -> None:
+def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference, agents: str = "all") -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
 
     ref = torch.load(reference)
     owner = partition_agents(N, world_size)
     exp, leaves, sent = _dg_mappo_run(
         folder / f"rank{rank}", graph,
-        lambda make: build_rank_experiment(make, algorithm="dg_mappo", sizes={GROUP: N}),
-        scrub=torch.nonzero(owner != rank).flatten(),
+        lambda make: build_rank_experiment(make, algorithm="dg_mappo", sizes={GROUP: N}, agents=agents),
+        scrub=torch.nonzero(owner != rank).flatten() if agents == "all" else None,  # local: no other rows
     )
     local = exp.algorithm.transport.local_agents(N)
     assert isinstance(exp.algorithm.transport, TorchDistributedTransport) and local.numel() == N // world_size
+    if agents == "local":  # this rank built its block only: D-GAT, actor, critic, Adam's state, replay buffer
+        assert exp.group_map == {GROUP: [f"agent_{i}" for i in local.tolist()]}
+        optimized = [p for opt in exp.optimizers[GROUP].values() for g in opt.param_groups for p in g["params"]]
+        assert {p.shape[0] for ps in leaves.values() for p in ps} | {p.shape[0] for p in optimized} == {local.numel()}
+        assert all(t.shape[0] == local.numel() for opt in exp.optimizers[GROUP].values()
+                   for st in opt.state.values() for t in st.values() if t.dim())
+        assert exp.replay_buffers[GROUP].storage._storage.get((GROUP, "action")).shape[1] == local.numel()
     # the same joint actions on every rank: the same episodes as the single-process run
     assert _logged(exp, "collection_reward_reward_mean") == ref["reward"]
     for net, ps in leaves.items():
         for p, q in zip(ps, ref["leaves"][net], strict=True):
-            torch.testing.assert_close(p.detach()[local], q[local], rtol=1e-4, atol=1e-5, msg=net)
+            mine = p.detach() if agents == "local" else p.detach()[local]
+            torch.testing.assert_close(mine, q[local], rtol=1e-4, atol=1e-5, msg=net)
     # bytes per agent held here, counted from what was sent: every link's messages as in one process
     for got, want in zip(sent, ref["sent"], strict=True):
         for kind in ("train", "exec"):
@@ -216,12 +224,14 @@ def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("graph", list(DG_GRAPHS))
-def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_path, graph):
+@pytest.mark.parametrize(("graph", "agents"), [("ring", "all"), ("radius", "all"), ("ring", "local")])
+def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_path, graph, agents):
     """2 ranks x 2 agents of vmas/navigation, 2 iterations of dg_mappo (K=2 D-GAT hops, eq. 11, D-SGD of
     D-GAT, actor and critic after every step): each rank trains its block with the D-GAT messages and
     their gradients exchanged point to point, and ends with the single-process parameters, rewards and
-    per-agent bytes, while the other agents' rows of its networks are zeroed."""
+    per-agent bytes. ``all``: the other agents' rows of its networks are zeroed; ``local``: it builds its
+    2 agents only (D-GAT, actor, critic, Adam's state, buffer: leading dim 2), its D-GAT placing its rows
+    and the received ones by global index on the ring of 4."""
     exp, leaves, sent = _dg_mappo_run(tmp_path / "single", graph)
     assert len(sent) == ITERS and all(int(s["exec"][0].sum()) > 0 and int(s["train"][0].sum()) > 0 for s in sent)
     reference = {
@@ -230,7 +240,7 @@ def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_pat
         "sent": sent,
     }
     torch.save(reference, tmp_path / "reference.pt")
-    spawn_local(_dg_mappo_worker, 2, tmp_path, graph, tmp_path / "reference.pt", start_method="fork",
+    spawn_local(_dg_mappo_worker, 2, tmp_path, graph, tmp_path / "reference.pt", agents, start_method="fork",
                 timeout_s=120)
 
 

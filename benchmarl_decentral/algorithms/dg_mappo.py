@@ -80,9 +80,10 @@ gives eq. 10 on it either way):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field, MISSING
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple, Type, Union
 
 import torch
 from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
@@ -113,6 +114,13 @@ from benchmarl_decentral.consensus import (
 )
 from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.stacking import AgentStack
+from benchmarl_decentral.distributed.local import (
+    block_sampling,
+    group_size,
+    JOINT_REWARD,
+    local_block,
+    network_seed,
+)
 from benchmarl_decentral.distributed.transport import (
     bytes_per_agent_metrics,
     CommCounter,
@@ -121,6 +129,7 @@ from benchmarl_decentral.distributed.transport import (
 )
 from benchmarl_decentral.consensus.visibility import task_layout, with_layout
 from benchmarl_decentral.models.dgat import (
+    agent_block,
     check_dgat_options,
     DGAT_OPTIONS,
     DGAT_TOPOLOGIES,
@@ -374,7 +383,8 @@ def _example_input(network: nn.Module) -> TensorDictBase:
     return td
 
 
-def _orthogonal_output_layer_(network: nn.Module, stack: AgentStack, gain: float) -> None:
+def _orthogonal_output_layer_(network: nn.Module, stack: AgentStack, gain: float,
+                               rng: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
     """000_ef718962e1e8f612.txt A.3: the actor's output layer initialised orthogonally with ``gain``, bias 0.
 
     The output layer is the last per-agent linear map of the actor network
@@ -385,7 +395,9 @@ def _orthogonal_output_layer_(network: nn.Module, stack: AgentStack, gain: float
     network must output exactly 0 (true for an MLP, the MLP heads of
     ``layers/gru`` / ``layers/lstm`` and any sequence ending in one; not for
     ``layers/gnn``, whose output sums two linear maps, or a final activation
-    that is not 0 at 0). Every agent's slice is drawn on its own.
+    that is not 0 at 0). Every agent's slice is drawn on its own, in agent
+    order, inside ``rng()`` (:meth:`DgMappo._network_rng`: the first agent's
+    slice is then the same whatever number of agents a process builds).
 
     Raises:
         ValueError: no such layer, naming the reason and the nearest choice.
@@ -424,7 +436,7 @@ def _orthogonal_output_layer_(network: nn.Module, stack: AgentStack, gain: float
             refusal + " (with its last (n, out, in) weight zeroed the output is not 0: e.g. layers/gnn adds a "
             "second linear map of the neighbours)" + nearest
         )
-    with torch.no_grad():
+    with torch.no_grad(), rng():
         for agent_weight in weight:
             nn.init.orthogonal_(agent_weight, gain=gain)
         if bias is not None:
@@ -540,6 +552,30 @@ class DgMappoLoss(ClipPPOLoss):
 
 #: Optimizers whose fused kernel :meth:`DgMappo.set_optimizer_fast_path` runs (PyTorch has it on CPU and CUDA).
 _FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def _common_start_(dgat: nn.Module) -> None:
+    """Every agent's D-GAT parameters set to one agent's draw of them (the common ``psi_0`` of eq. 9).
+
+    Each layer's initialisation (:meth:`~benchmarl_decentral.nn.dgat_conv.DGATConv.reset_parameters`)
+    is drawn for one agent, then copied to every agent: the draw does not
+    depend on how many agents the module stacks (its stacked draw would:
+    each leaf's rows follow all agents' rows of the previous leaf).
+    """
+    for conv in dgat.convs:
+        leaves = {name: p for name, p in conv.named_parameters(recurse=False)}
+        full = {name: p.data for name, p in leaves.items()}
+        try:
+            for name, p in leaves.items():
+                p.data = full[name][:1].clone()
+            conv.reset_parameters()
+            one = {name: p.data for name, p in leaves.items()}
+        finally:
+            for name, p in leaves.items():
+                p.data = full[name]
+        with torch.no_grad():
+            for name, p in leaves.items():
+                p.copy_(one[name].expand_as(p))
 
 
 def _takes_fused(optimizer: torch.optim.Optimizer) -> bool:
@@ -691,10 +727,14 @@ class DgMappo(Mappo):
                 task = f"{self.experiment.task.env_name()}/{self.experiment.task.name.lower()}"
                 raise config_error(self.experiment, not_smac_message("dg_mappo", "algorithm", task))
 
+        #: every group's agents in the joint task (a process may build a block of them only,
+        #: :class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`); the graphs are over all of them
+        self.joint_group_map = {g: list(range(group_size(self.experiment, g))) for g in self.group_map}
+        self._check_local_agents()
         try:
             #: per group: the D-GAT's graph options after group_topology and the small-group rules
             self.group_topologies = resolve_group_topologies(
-                owner="dg_mappo", task=self.experiment.task.name.lower(), group_map=self.group_map,
+                owner="dg_mappo", task=self.experiment.task.name.lower(), group_map=self.joint_group_map,
                 options={key: dgat_options[key] for key in DGMAPPO_GROUP_KEYS},
                 overrides=check_group_topology(
                     group_topology, owner="dg_mappo", keys=DGMAPPO_GROUP_KEYS, topologies=DGMAPPO_GROUP_TOPOLOGIES,
@@ -730,6 +770,49 @@ class DgMappo(Mappo):
         self.experiment.callbacks = [*self.experiment.callbacks, self.callback]
         self.callback.experiment = self.experiment
 
+    def _check_local_agents(self) -> None:
+        """What a process that builds a block of agents only (``--agents local``) cannot run, refused with the fix.
+
+        Its networks must start as in one process: every agent from the same
+        actor and critic (``consensus_params`` with ``actor`` and ``critic``,
+        which copies the first agent's draw to all), since a block cannot draw
+        the per-agent initial networks of the agents before it; its D-GAT graph
+        must be static (a radius or visibility graph reads every agent's
+        observation); and the dropout evaluation silences agents it does not hold.
+        """
+        if all(local_block(self.experiment, g) is None for g in self.group_map):
+            return
+        missing = [net for net in ("actor", "critic") if net not in self.consensus_params]
+        if missing:
+            raise config_error(
+                self.experiment,
+                f"dg_mappo with --agents local: algorithm.consensus_params={list(self.consensus_params)} lets every "
+                f"agent start from its own {' and '.join(missing)}, which a rank cannot draw for its agents without "
+                "drawing the others'; set algorithm.consensus_params=[dgat,actor,critic] (dg_mappo's default) or "
+                "launch with --agents all.",
+            )
+        if self.evaluation_dropout:
+            raise config_error(
+                self.experiment,
+                "dg_mappo with --agents local: algorithm.evaluation_dropout silences agents across the group, which "
+                "a rank holding its block only does not run; set algorithm.evaluation_dropout=null or launch with "
+                "--agents all.",
+            )
+
+    @contextlib.contextmanager
+    def _network_rng(self, group: str, net: str) -> Iterator[None]:
+        """Draw a network's initial parameters from a seed of its own (:func:`~benchmarl_decentral.distributed.local.network_seed`).
+
+        The first agent's draw, which every agent starts from (eq. 9's common
+        point, :meth:`_get_loss`), is then the same whatever number of agents a
+        process builds (every agent, or a distributed rank's block), and the
+        global random stream (action sampling, minibatches) is left where it was.
+        """
+        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(network_seed(self.experiment.seed, group, net))
+            yield
+
     def set_fast_paths(self, on: bool) -> None:
         """Switch the profile's speed-ups (:attr:`fast_paths`) on or off, in the D-GAT modules and optimizers too."""
         self.fast_paths = on
@@ -764,11 +847,12 @@ class DgMappo(Mappo):
         comm = self.communication[group]
         if self.group_topologies[group]["topology"] != "custom" or bool(strongly_connected(comm.static_adjacency)):
             return
-        adj = comm.static_adjacency | torch.eye(comm.n_agents, dtype=torch.bool, device=comm.static_adjacency.device)
+        n = comm.joint_agents
+        adj = comm.static_adjacency | torch.eye(n, dtype=torch.bool, device=comm.static_adjacency.device)
         reach = adj.float()
-        for _ in range(comm.n_agents):
+        for _ in range(n):
             reach = ((reach @ adj.float()) > 0).float()
-        cut = [(i, j) for i in range(comm.n_agents) for j in range(comm.n_agents) if not reach[i, j]][:3]
+        cut = [(i, j) for i in range(n) for j in range(n) if not reach[i, j]][:3]
         raise config_error(
             self.experiment,
             f"dg_mappo: the custom adjacency is not connected for group '{group}' (Assumption 1 of paper 000: "
@@ -785,46 +869,50 @@ class DgMappo(Mappo):
         opts = {**self.dgat_options, **self.group_topologies[group]}
         tilde = features + (features if opts["value"] == "identity" else opts["hidden_channels"])
         config = DgatConfig(**opts, num_cells=None, activation_class=None)
-        comm = config.get_model(
-            input_spec=Composite({group: obs_spec.clone().to(self.device)}),
-            output_spec=Composite(
-                {group: Composite({DGAT_KEY: Unbounded(shape=(n, tilde))}, shape=(n,))}
-            ),
-            agent_group=group,
-            input_has_agent_dim=True,
-            n_agents=n,
-            centralised=False,
-            share_params=False,
-            device=self.device,
-            action_spec=self.action_spec,
-        )
-        with torch.no_grad():  # D-SGD from a common psi_0 (sec. 3.1, eq. 9)
-            for p in comm.dgat.parameters():
-                p.copy_(p[:1].expand_as(p))
+        block = local_block(self.experiment, group)  # this process holds agents block[0] .. block[1] - 1
+        joint = agent_block(len(self.joint_group_map[group]), block[0]) if block else contextlib.nullcontext()
+        with joint, self._network_rng(group, "dgat_stack"):  # the stacked draw, replaced below
+            comm = config.get_model(
+                input_spec=Composite({group: obs_spec.clone().to(self.device)}),
+                output_spec=Composite(
+                    {group: Composite({DGAT_KEY: Unbounded(shape=(n, tilde))}, shape=(n,))}
+                ),
+                agent_group=group,
+                input_has_agent_dim=True,
+                n_agents=n,
+                centralised=False,
+                share_params=False,
+                device=self.device,
+                action_spec=self.action_spec,
+            )
+        with self._network_rng(group, "dgat"):  # D-SGD from a common psi_0 (sec. 3.1, eq. 9)
+            _common_start_(comm.dgat)
         return comm
 
     def _get_policy_for_loss(self, group, model_config, continuous) -> TensorDictModule:
         adapter = _OnCommunication(model_config, self.communication[group])
-        policy = super()._get_policy_for_loss(group=group, model_config=adapter, continuous=continuous)
+        with self._network_rng(group, "actor"):
+            policy = super()._get_policy_for_loss(group=group, model_config=adapter, continuous=continuous)
         self._actor_networks[group] = adapter.network
-        return policy
+        return block_sampling(policy, self.experiment, group)  # a rank's block: the group's noise, its rows
 
     def get_critic(self, group: str) -> TensorDictModule:
         """Agent i's critic ``V_i(õ_i)`` (eq. 14): per agent, on ``õ_i`` only, never a global state."""
         n = len(self.group_map[group])
-        critic = self.critic_model_config.get_model(
-            input_spec=self.communication[group].output_spec,
-            output_spec=Composite(
-                {group: Composite({"state_value": Unbounded(shape=(n, 1))}, shape=(n,))}
-            ),
-            agent_group=group,
-            input_has_agent_dim=True,
-            n_agents=n,
-            centralised=False,
-            share_params=False,
-            device=self.device,
-            action_spec=self.action_spec,
-        )
+        with self._network_rng(group, "critic"):
+            critic = self.critic_model_config.get_model(
+                input_spec=self.communication[group].output_spec,
+                output_spec=Composite(
+                    {group: Composite({"state_value": Unbounded(shape=(n, 1))}, shape=(n,))}
+                ),
+                agent_group=group,
+                input_has_agent_dim=True,
+                n_agents=n,
+                centralised=False,
+                share_params=False,
+                device=self.device,
+                action_spec=self.action_spec,
+            )
         if not self.value_norm:
             return critic
         norm = self.value_norms.setdefault(group, ValueNorm(n))
@@ -863,7 +951,8 @@ class DgMappo(Mappo):
         if self.actor_output_gain is not None:  # A.3, drawn per agent before the common start
             gain = AUTO_OUTPUT_GAIN if self.actor_output_gain == "auto" else self.actor_output_gain
             try:
-                _orthogonal_output_layer_(self._actor_networks[group], self._stacks[(group, "actor")], gain)
+                _orthogonal_output_layer_(self._actor_networks[group], self._stacks[(group, "actor")], gain,
+                                          rng=lambda: self._network_rng(group, "actor_output_gain"))
             except ValueError as err:
                 if self.actor_output_gain != "auto":
                     raise config_error(self.experiment, f"dg_mappo: {err}") from None
@@ -974,7 +1063,9 @@ class DgMappo(Mappo):
         reward_key = ("next", group, "reward")
         if reward_key in batch.keys(True, True):  # per-agent rewards: their mean (sec. 2.1)
             reward = batch.get(reward_key)
-            batch.set(reward_key, reward.mean(-2, keepdim=True).expand_as(reward).clone())
+            # a process holding a block of agents: the mean over every agent's (the joint rewards its env gives)
+            every = batch.get(("next", JOINT_REWARD, group, "reward"), reward)
+            batch.set(reward_key, every.mean(-2, keepdim=True).expand_as(reward).clone())
         comm = self.communication[group]
         with torch.no_grad():  # õ of the batch and of its next observations, for GAE only
             self._next_dgat_observation(group, batch)
@@ -1190,7 +1281,7 @@ class _DgMappoCallback(Callback):
         :func:`~benchmarl_decentral.distributed.mixing_bytes`).
         """
         comm = self.algorithm.communication[group]
-        agents = self.algorithm.transport.local_agents(comm.n_agents)
+        agents = self.algorithm.transport.local_agents(comm.joint_agents)
         held = agents.numel()
         zeros = torch.zeros(held, dtype=torch.int64)
         counters = [c for c in (comm.comm, self._mixing_comm.pop(group, CommCounter())) if c.steps]

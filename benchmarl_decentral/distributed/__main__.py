@@ -62,10 +62,12 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
     """What ``--agents local`` cannot run yet, refused with the fix (nothing to check for ``--agents all``).
 
     Raises:
-        ValueError: an unknown mode; an algorithm other than decpg (dg_mappo's
-            D-GAT and graphs read every agent's observation); decpg's
-            ``topology=visibility`` (its graph reads every agent's
-            observation); BenchMARL's joint gradient clip
+        ValueError: an unknown mode; an algorithm other than decpg and
+            dg_mappo; a graph rebuilt from every agent's observation (decpg's
+            ``topology=visibility``; dg_mappo's topologies other than ring,
+            knn_ring, full and custom); dg_mappo's per-agent initial actor or
+            critic (``consensus_params`` without them) or
+            ``evaluation_dropout``; BenchMARL's joint gradient clip
             (``algorithm.max_grad_norm=null``), a norm over every agent.
     """
     from benchmarl_decentral.distributed.local import AGENT_MODES
@@ -75,10 +77,12 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
     if agents == "all":
         return
     algo, exp = cfg.algorithm, cfg.experiment
-    if not algorithm.startswith("decpg"):
-        raise ValueError(f"--agents local supports algorithm=decpg only so far ({algorithm}'s D-GAT and graphs read "
-                         f"every agent's observation); launch {algorithm} with --agents all.")
-    if algo.get("topology", None) == "visibility":
+    if not algorithm.startswith(("decpg", "dg_mappo")):
+        raise ValueError(f"--agents local supports algorithm=decpg|dg_mappo|dg_mappo_paper so far; launch {algorithm} "
+                         "with --agents all.")
+    if algorithm.startswith("dg_mappo"):
+        _check_dg_mappo_local(algo, algorithm)
+    elif algo.get("topology", None) == "visibility":
         raise ValueError("--agents local: algorithm.topology=visibility builds its graph from every agent's "
                          "observation, which a rank does not hold; use a static topology (algorithm.topology="
                          "knn_ring) or --agents all.")
@@ -86,6 +90,31 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
         raise ValueError("--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all "
                          "agents at once, which no rank can compute from its own agents; set "
                          "algorithm.max_grad_norm=10 (per agent) or experiment.clip_grad_val=null.")
+
+
+def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
+    """dg_mappo's settings a rank holding its block of agents only cannot run (see :func:`check_agents`)."""
+    topologies = [algo.get("topology", None)] + [
+        (options or {}).get("topology", None) for options in (algo.get("group_topology", None) or {}).values()]
+    dynamic = [t for t in topologies if t is not None and t not in STATIC_DGAT_TOPOLOGIES]
+    if dynamic:
+        raise ValueError(f"--agents local: {algorithm}'s topology={dynamic[0]} builds the D-GAT graph from every "
+                         "agent's observation, which a rank does not hold; set algorithm.topology=ring (or knn_ring, "
+                         "full, custom) or launch with --agents all.")
+    missing = [net for net in ("actor", "critic") if net not in list(algo.get("consensus_params", []))]
+    if missing:
+        raise ValueError(f"--agents local: {algorithm} with algorithm.consensus_params={list(algo.consensus_params)} "
+                         f"lets every agent start from its own {' and '.join(missing)}, which a rank cannot draw for its "
+                         "agents without drawing the others'; set algorithm.consensus_params=[dgat,actor,critic] or "
+                         "launch with --agents all.")
+    if algo.get("evaluation_dropout", None):
+        raise ValueError("--agents local: algorithm.evaluation_dropout silences agents across the group, which a rank "
+                         "holding its block only does not run; set algorithm.evaluation_dropout=null or launch with "
+                         "--agents all.")
+
+
+#: dg_mappo's D-GAT topologies whose graph needs no observation (``--agents local``)
+STATIC_DGAT_TOPOLOGIES = ("ring", "knn_ring", "full", "custom")
 
 
 def split_options(argv: list[str]) -> tuple[str, list[str]]:
@@ -256,7 +285,8 @@ def main(argv: list[str]) -> None:
         task = load_task_config_from_hydra(cfg.task, task_name)
         sizes = group_sizes(task, seed=cfg.seed)
         critic = _model_names(cfg.critic_model)
-        if agents == "local" and critic != ["mlp"] and not has_global_state(task, seed=cfg.seed):
+        if (agents == "local" and algorithm.startswith("decpg") and critic != ["mlp"]
+                and not has_global_state(task, seed=cfg.seed)):
             raise ValueError(
                 f"--agents local: task {task_name} has no global state, so each agent's critic reads the "
                 f"concatenated observations of every agent, MAPPO's centralized critic for an MLP only; got "

@@ -255,12 +255,34 @@ GRAPH_BUILDERS: Dict[str, GraphBuilder] = {
 }
 
 
+# ------------------------------------------------------------ a block of the agents
+_BLOCK: list = []
+
+
+@contextlib.contextmanager
+def agent_block(n_agents: int, first: int):
+    """:class:`Dgat` modules built within hold agents ``first .. first + m - 1`` of a group of ``n_agents``.
+
+    ``m`` is the module's ``n_agents`` (``--agents local``: a process builds
+    its block only). The module's inputs, parameters and outputs are the
+    block's rows; its graph spans the whole group (static topologies only:
+    a graph rebuilt from every agent's positions reads observations the
+    process does not hold), and each hop's messages reach the block by global
+    index (:meth:`Dgat.neighbour_rows`).
+    """
+    _BLOCK.append((int(n_agents), int(first)))
+    try:
+        yield
+    finally:
+        _BLOCK.pop()
+
+
 # ------------------------------------------------------------ dense fallback
 #: Largest group for which :class:`Dgat` runs the dense form (:func:`dense_dgat_conv`) without gradient.
 DENSE_MAX_AGENTS = 16
 
 
-def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
+def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor, block: Optional[Tuple[int, int]] = None) -> Tensor:
     r"""000_ef718962e1e8f612.txt eqs. 7-8 on dense masks: :class:`DGATConv`'s output without its edge list.
 
     Same parameters and same result as ``conv(x, adj)``, computed for all
@@ -272,35 +294,44 @@ def dense_dgat_conv(conv: DGATConv, x: Tensor, adj: Tensor) -> Tensor:
     edge list (issue 14 profile); with gradient the sparse layer is used. A
     layer with one parameter set (shared parameters) is applied to every agent.
 
+    With ``block = (first, m)`` only the receivers ``first .. first + m - 1``
+    are computed, with the layer's ``m`` per-agent parameter sets (a process
+    that holds that block of agents only, ``--agents local``): ``x`` and
+    ``adj`` still span all ``n`` senders.
+
     Args:
         conv: the layer whose parameters are used.
         x: node features ``(*B, n, F)``.
         adj: bool adjacency ``(*B, n, n)`` or ``(n, n)``.
+        block: ``(first, m)``, the receivers to compute. (default: all ``n``)
 
     Returns:
-        ``(*B, n, conv.out_dim)``, with ``conv.activation`` applied as in ``forward``.
+        ``(*B, n, conv.out_dim)`` (``(*B, m, conv.out_dim)`` with ``block``),
+        with ``conv.activation`` applied as in ``forward``.
     """
     n, heads, c = x.shape[-2], conv.heads, conv.out_channels
+    first, m = (0, n) if block is None else block
     hc = heads * c
 
     def agents(p: Tensor | None) -> Tensor | None:  # shared parameters: one set for every agent
-        return None if p is None else p.expand(n, *p.shape[1:])
+        return None if p is None else p.expand(m, *p.shape[1:])
 
     w_l, b_l = agents(conv.lin_l_weight), agents(conv.lin_l_bias)
     w_r, b_r = (w_l, b_l) if conv.share_weights else (agents(conv.lin_r_weight), agents(conv.lin_r_bias))
-    query = torch.einsum("...if,iof->...io", x, w_r)  # Theta_r^i h_i
+    receivers = x if block is None else x.narrow(-2, first, m)
+    query = torch.einsum("...if,iof->...io", receivers, w_r)  # Theta_r^i h_i
     # Theta_l^i h_j, receiver-specific, for every (i, j): one matmul over all receivers' weights
-    key = x @ w_l.reshape(n * hc, -1).T  # (..., j, i * hc)
+    key = x @ w_l.reshape(m * hc, -1).T  # (..., j, i * hc)
     if b_r is not None:
         query = query + b_r
     if b_l is not None:
-        key = key + b_l.reshape(n * hc)
-    key = key.unflatten(-1, (n, hc)).transpose(-3, -2)  # (..., i, j, hc)
+        key = key + b_l.reshape(m * hc)
+    key = key.unflatten(-1, (m, hc)).transpose(-3, -2)  # (..., i, j, hc)
     z = F.leaky_relu(query.unsqueeze(-2) + key, conv.negative_slope).unflatten(-1, (heads, c))
     e = (z * agents(conv.att)[:, None]).sum(-1)  # eq. 7: (..., i, j, H)
-    mask = adj.bool()
+    mask = adj.bool() if block is None else adj.bool().narrow(-2, first, m)
     if conv.add_self_loops:
-        mask = mask | torch.eye(n, dtype=torch.bool, device=adj.device)
+        mask = mask | torch.eye(n, dtype=torch.bool, device=adj.device).narrow(0, first, m)
     mask = mask.unsqueeze(-1)
     alpha = torch.softmax(e.masked_fill(~mask, float("-inf")), dim=-2)  # eq. 8, over N(i)
     alpha = torch.where(mask, alpha, alpha.new_zeros(()))  # no neighbour at all: sum over the empty set
@@ -448,11 +479,25 @@ class Dgat(Model):
                 f"(ally visibility comes with benchmarl_decentral.consensus.visibility); choose one of "
                 f"{tuple(GRAPH_BUILDERS)}"
             )
+        #: agents of the group (every agent, also where this process builds a block of them only: :func:`agent_block`)
+        self.joint_agents = n
+        #: ``(first, m)``: the block of the group's agents this module holds (:func:`agent_block`); ``None``: all
+        self.block: Optional[Tuple[int, int]] = None
+        if _BLOCK:
+            joint, first = _BLOCK[-1]
+            if topology not in _STATIC:
+                raise ValueError(
+                    f"topology {topology!r} is rebuilt from every agent's observation, which a process holding a "
+                    "block of agents does not have; use a static topology (ring, knn_ring, full, custom)"
+                )
+            if not 0 <= first <= joint - n:
+                raise ValueError(f"a block of {n} agents from agent {first} does not fit a group of {joint}")
+            self.joint_agents, self.block = joint, (first, n)
         if topology in _STATIC:
             try:
-                adj = build_topology(topology, n, k=k, adjacency=adjacency)
+                adj = build_topology(topology, self.joint_agents, k=k, adjacency=adjacency)
             except ValueError as err:
-                raise ValueError(f"D-GAT: topology {topology!r} does not fit {n} agents: {err}") from None
+                raise ValueError(f"D-GAT: topology {topology!r} does not fit {self.joint_agents} agents: {err}") from None
             self.register_buffer("static_adjacency", adj.to(self.device))
         else:
             self.static_adjacency = None
@@ -493,6 +538,14 @@ class Dgat(Model):
                 num_cells=list(num_cells),
                 activation_class=activation_class,
             )
+
+    def _place(self, h: Tensor) -> Tensor:
+        """The block's rows ``(*B, m, F)`` at their global indices of ``(*B, n, F)``, zeros elsewhere (gradient flows)."""
+        first, m = self.block
+        shape = list(h.shape)
+        before, after = list(shape), list(shape)
+        before[-2], after[-2] = first, self.joint_agents - first - m
+        return torch.cat([h.new_zeros(before), h, h.new_zeros(after)], dim=-2)
 
     # ------------------------------------------------------------- checks
     def _perform_checks(self):
@@ -552,7 +605,7 @@ class Dgat(Model):
         """
         adj = GRAPH_BUILDERS[self.topology](self, tensordict, features)
         if _SILENCED:  # evaluation dropout: no agent receives from a silenced one
-            adj = adj & ~_sender_mask(self.n_agents, _SILENCED, adj.device)
+            adj = adj & ~_sender_mask(self.joint_agents, _SILENCED, adj.device)
         if not self.add_self_loops and not bool(adj.diagonal(dim1=-2, dim2=-1).all()):
             raise ValueError(
                 f"D-GAT: eq. 8 aggregates over N^i including agent i, but the {self.topology!r} graph "
@@ -568,6 +621,8 @@ class Dgat(Model):
     def embed(self, x: Tensor, adj: Tensor) -> Tensor:
         """``ô`` ``(*B, n, out_dim)``: K D-GAT hops over ``adj`` (eqs. 7-8)."""
         dgat, n = self.dgat, self.n_agents
+        if self.block is not None:
+            return self._embed_block(x, adj)
         # inside torch.vmap there is no edge list for a batched graph; without gradient the dense form is cheaper
         dense = _is_batched(adj) or (
             self.dense_without_grad and n <= DENSE_MAX_AGENTS and not torch.is_grad_enabled()
@@ -596,14 +651,33 @@ class Dgat(Model):
         # what this process computed for agents held elsewhere is not theirs: no loss may train through it
         return self.transport.own_rows(h.reshape(*x.shape[:-1], dgat.out_dim))
 
+    def _embed_block(self, x: Tensor, adj: Tensor) -> Tensor:
+        """:meth:`embed` of a process that holds a block (:func:`agent_block`): ``x`` and the output are its rows.
+
+        Every hop places the block's rows at their global indices, exchanges
+        them (:meth:`neighbour_rows`: the neighbours' rows arrive, and their
+        gradients go back) and runs eqs. 7-8 for the block's receivers only
+        (:func:`dense_dgat_conv` with ``block``, with or without gradient).
+        """
+        dgat, h = self.dgat, x
+        for hop, conv in enumerate(dgat.convs):
+            h = dense_dgat_conv(conv, self.neighbour_rows(h, adj), adj, block=self.block)
+            if dgat.act_last or hop < dgat.num_hops - 1:
+                h = dgat.act(h)
+        return h
+
     def neighbour_rows(self, h: Tensor, adj: Tensor) -> Tensor:
         """``h`` ``(*B, n, F)`` with every agent's neighbours' rows as they computed them (000 eqs. 7-8, 11).
 
         :meth:`~benchmarl_decentral.distributed.Transport.exchange_rows` over
         ``adj`` (``adj[..., i, j]``: ``i`` reads ``j``'s row): in one process
         ``h`` itself; across processes the rows travel point to point, and
-        their gradients back. The bytes go to :attr:`comm`.
+        their gradients back. The bytes go to :attr:`comm`. A process that
+        holds a block (:func:`agent_block`) passes its rows ``(*B, m, F)`` and
+        gets ``(*B, n, F)``.
         """
+        if self.block is not None and h.shape[-2] != self.joint_agents:
+            h = self._place(h)
         return self.transport.exchange_rows(h, adj, self.comm.add)
 
     def local_mean(self, per_agent: Tensor) -> Tensor:
@@ -614,6 +688,8 @@ class Dgat(Model):
         gradients into this process's agents through their messages.
         """
         n = per_agent.shape[-1]
+        if self.block is not None:  # the block's terms (per_agent spans the group: neighbour_rows' output)
+            return per_agent.narrow(-1, self.block[0], self.block[1]).mean()
         held = self.transport.holds(torch.arange(n, device=per_agent.device), n)
         if bool(held.all()):
             return per_agent.mean()
@@ -623,7 +699,7 @@ class Dgat(Model):
         """The graph the D-GAT hops run over: ``adj``, or with ``dgat_messages="zero"`` self loops only."""
         if self.dgat_messages == "on":
             return adj
-        return torch.eye(self.n_agents, dtype=torch.bool, device=adj.device)
+        return torch.eye(self.joint_agents, dtype=torch.bool, device=adj.device)
 
     #: Set by a caller (DG-MAPPO's loss, around its actor) that will need the graph of the next forward:
     #: the forward then keeps ``(õ, graph)`` in :attr:`last_graph` (without a head only) for :meth:`graph_of`.
