@@ -512,8 +512,13 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
          r"--agents local: dg_mappo's topology=auto builds the D-GAT graph from every agent's observation, which a "
          r"rank does not hold; set algorithm.topology=ring .* or launch with --agents all"),
         (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "algorithm.topology=ring", "algorithm.group_topology={agents: {topology: radius}}"], 2,
-         r"--agents local: dg_mappo's topology=radius builds the D-GAT graph"),
+          "algorithm.topology=ring", "algorithm.group_topology={agents: {topology: visibility}}"], 2,
+         r"--agents local: dg_mappo's topology=visibility builds the D-GAT graph"),
+        (["--agents=local", "algorithm=dg_mappo", "task=vmas/navigation", "experiment.evaluation=false",
+          "algorithm.topology=radius", "algorithm.radius=1", "algorithm.position_key=pos",
+          "algorithm.position_dims=[0,2]"], 2,
+         r"--agents local: dg_mappo's radius graph reads every agent's position from the joint observation, not "
+         r"from algorithm.position_key=pos; set algorithm.position_key=null"),
         (["--agents=local", "algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "experiment.evaluation=false",
           "algorithm.topology=ring"], 2,
          r"--agents local: dg_mappo_paper with algorithm.consensus_params=\['dgat'\] lets every agent start from "

@@ -224,14 +224,16 @@ def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("graph", "agents"), [("ring", "all"), ("radius", "all"), ("ring", "local")])
+@pytest.mark.parametrize(("graph", "agents"), [("ring", "all"), ("radius", "all"), ("ring", "local"),
+                                               ("radius", "local")])
 def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_path, graph, agents):
     """2 ranks x 2 agents of vmas/navigation, 2 iterations of dg_mappo (K=2 D-GAT hops, eq. 11, D-SGD of
     D-GAT, actor and critic after every step): each rank trains its block with the D-GAT messages and
     their gradients exchanged point to point, and ends with the single-process parameters, rewards and
     per-agent bytes. ``all``: the other agents' rows of its networks are zeroed; ``local``: it builds its
     2 agents only (D-GAT, actor, critic, Adam's state, buffer: leading dim 2), its D-GAT placing its rows
-    and the received ones by global index on the ring of 4."""
+    and the received ones by global index; the radius graph is built from every agent's positions in the
+    joint observation its environment gives (navigation has no global state)."""
     exp, leaves, sent = _dg_mappo_run(tmp_path / "single", graph)
     assert len(sent) == ITERS and all(int(s["exec"][0].sum()) > 0 and int(s["train"][0].sum()) > 0 for s in sent)
     reference = {
@@ -246,9 +248,10 @@ def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_pat
 
 # ------------------------------------------------------------------ the entry point, and benchmarl report
 @pytest.mark.slow
-def test_entry_point_trains_dg_mappo_on_two_ranks_like_one_process(tmp_path):
-    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed algorithm=dg_mappo ...``'s main on 2
-    forked ranks: the single-process rewards and evaluation, and a report whose communication row has
+@pytest.mark.parametrize("agents", ["all", "local"])
+def test_entry_point_trains_dg_mappo_on_two_ranks_like_one_process(tmp_path, agents):
+    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed [--agents local] algorithm=dg_mappo ...``'s
+    main on 2 forked ranks: the single-process rewards and evaluation, and a report whose communication row has
     dg_mappo's execution and network bytes."""
     import torch.multiprocessing as mp
     from benchmarl.hydra_config import load_experiment_from_hydra
@@ -271,7 +274,8 @@ def test_entry_point_trains_dg_mappo_on_two_ranks_like_one_process(tmp_path):
 
     for folder in ("dist", "scratch"):
         (tmp_path / folder).mkdir()
-    mp.start_processes(_entry_worker, args=(2, free_port(), [*entry, f"experiment.save_folder={tmp_path / 'dist'}"],
+    mp.start_processes(_entry_worker, args=(2, free_port(), [f"--agents={agents}", *entry,
+                                                             f"experiment.save_folder={tmp_path / 'dist'}"],
                                             tmp_path / "scratch"), nprocs=2, start_method="fork")
     (run,) = (tmp_path / "dist").iterdir()
     assert list((tmp_path / "scratch").iterdir()) == []

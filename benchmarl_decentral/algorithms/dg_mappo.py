@@ -117,6 +117,7 @@ from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.distributed.local import (
     block_sampling,
     group_size,
+    joint_observation_spec,
     JOINT_REWARD,
     local_block,
     network_seed,
@@ -870,7 +871,13 @@ class DgMappo(Mappo):
         tilde = features + (features if opts["value"] == "identity" else opts["hidden_channels"])
         config = DgatConfig(**opts, num_cells=None, activation_class=None)
         block = local_block(self.experiment, group)  # this process holds agents block[0] .. block[1] - 1
-        joint = agent_block(len(self.joint_group_map[group]), block[0]) if block else contextlib.nullcontext()
+        joint = contextlib.nullcontext()
+        if block is not None:
+            n_joint, joint_obs = len(self.joint_group_map[group]), joint_observation_spec(self.experiment, group)
+            if joint_obs is not None and joint_obs[1].shape[-1] != n_joint * features:
+                raise ValueError(f"the joint observation {joint_obs[0]} has {joint_obs[1].shape[-1]} features, not "
+                                 f"{n_joint} agents x {features}")
+            joint = agent_block(n_joint, block[0], None if joint_obs is None else joint_obs[0])
         with joint, self._network_rng(group, "dgat_stack"):  # the stacked draw, replaced below
             comm = config.get_model(
                 input_spec=Composite({group: obs_spec.clone().to(self.device)}),

@@ -96,11 +96,16 @@ def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
     """dg_mappo's settings a rank holding its block of agents only cannot run (see :func:`check_agents`)."""
     topologies = [algo.get("topology", None)] + [
         (options or {}).get("topology", None) for options in (algo.get("group_topology", None) or {}).values()]
-    dynamic = [t for t in topologies if t is not None and t not in STATIC_DGAT_TOPOLOGIES]
+    dynamic = [t for t in topologies if t is not None and t not in LOCAL_DGAT_TOPOLOGIES]
     if dynamic:
         raise ValueError(f"--agents local: {algorithm}'s topology={dynamic[0]} builds the D-GAT graph from every "
                          "agent's observation, which a rank does not hold; set algorithm.topology=ring (or knn_ring, "
-                         "full, custom) or launch with --agents all.")
+                         "full, custom, radius) or launch with --agents all.")
+    if "radius" in topologies and algo.get("position_key", None) is not None:
+        raise ValueError(f"--agents local: {algorithm}'s radius graph reads every agent's position from the joint "
+                         f"observation, not from algorithm.position_key={algo.position_key}; set "
+                         "algorithm.position_key=null (positions from the observation, algorithm.position_dims) or "
+                         "launch with --agents all.")
     missing = [net for net in ("actor", "critic") if net not in list(algo.get("consensus_params", []))]
     if missing:
         raise ValueError(f"--agents local: {algorithm} with algorithm.consensus_params={list(algo.consensus_params)} "
@@ -113,8 +118,9 @@ def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
                          "--agents all.")
 
 
-#: dg_mappo's D-GAT topologies whose graph needs no observation (``--agents local``)
-STATIC_DGAT_TOPOLOGIES = ("ring", "knn_ring", "full", "custom")
+#: dg_mappo's D-GAT topologies a rank holding its block can build (``--agents local``): the static ones,
+#: and the radius graph from the joint observation of a task without a global state
+LOCAL_DGAT_TOPOLOGIES = ("ring", "knn_ring", "full", "custom", "radius")
 
 
 def split_options(argv: list[str]) -> tuple[str, list[str]]:

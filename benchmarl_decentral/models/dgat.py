@@ -260,17 +260,21 @@ _BLOCK: list = []
 
 
 @contextlib.contextmanager
-def agent_block(n_agents: int, first: int):
+def agent_block(n_agents: int, first: int, joint_key: Any = None):
     """:class:`Dgat` modules built within hold agents ``first .. first + m - 1`` of a group of ``n_agents``.
 
     ``m`` is the module's ``n_agents`` (``--agents local``: a process builds
     its block only). The module's inputs, parameters and outputs are the
-    block's rows; its graph spans the whole group (static topologies only:
-    a graph rebuilt from every agent's positions reads observations the
-    process does not hold), and each hop's messages reach the block by global
-    index (:meth:`Dgat.neighbour_rows`).
+    block's rows; its graph spans the whole group, and each hop's messages
+    reach the block by global index (:meth:`Dgat.neighbour_rows`). A static
+    topology needs nothing more; ``topology="radius"`` (positions read from
+    the model's input features, ``position_key`` unset) reads every agent's
+    positions from ``joint_key``, the group's joint observation ``(*B, n * F)``
+    (agent-major, each agent's ``F`` features in the model's input order;
+    :data:`~benchmarl_decentral.distributed.local.JOINT_OBSERVATION`). Other
+    topologies are refused.
     """
-    _BLOCK.append((int(n_agents), int(first)))
+    _BLOCK.append((int(n_agents), int(first), joint_key))
     try:
         yield
     finally:
@@ -483,12 +487,20 @@ class Dgat(Model):
         self.joint_agents = n
         #: ``(first, m)``: the block of the group's agents this module holds (:func:`agent_block`); ``None``: all
         self.block: Optional[Tuple[int, int]] = None
+        #: the group's joint observation, where a block reads every agent's positions from (:func:`agent_block`)
+        self.joint_key = None
         if _BLOCK:
-            joint, first = _BLOCK[-1]
-            if topology not in _STATIC:
+            joint, first, joint_key = _BLOCK[-1]
+            if topology == "radius" and joint_key is not None and position_key is None:
+                self.joint_key = joint_key
+                self.in_keys = [*self.in_keys, joint_key]
+            elif topology not in _STATIC:
                 raise ValueError(
                     f"topology {topology!r} is rebuilt from every agent's observation, which a process holding a "
-                    "block of agents does not have; use a static topology (ring, knn_ring, full, custom)"
+                    "block of agents does not have"
+                    + (" (a radius graph reads the joint observation of a task without a global state, with "
+                       "positions from the model's input: position_key unset)" if topology == "radius" else "")
+                    + "; use a static topology (ring, knn_ring, full, custom)"
                 )
             if not 0 <= first <= joint - n:
                 raise ValueError(f"a block of {n} agents from agent {first} does not fit a group of {joint}")
@@ -586,7 +598,9 @@ class Dgat(Model):
                 f"D-GAT: topology {self.topology!r} reads agent positions, but position_dims is not set; "
                 "set position_dims=[start,stop]"
             )
-        if self.position_key is None:
+        if self.joint_key is not None:  # a block: every agent's input features, from the joint observation
+            source = tensordict.get(self.joint_key).unflatten(-1, (self.joint_agents, -1))
+        elif self.position_key is None:
             source = self.features(tensordict) if features is None else features
         else:
             source = tensordict.get((self.agent_group, self.position_key))
