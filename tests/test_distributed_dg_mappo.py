@@ -296,3 +296,49 @@ def test_entry_point_trains_dg_mappo_on_two_ranks_like_one_process(tmp_path, age
     (comm,) = build_report([run], reps=50, reference=False).communication
     assert comm["algorithm"] == "dgmappo" and comm["exec"] > 0 and comm["train_network"] > 0 and comm["env"] > 0
     assert comm["total"] == pytest.approx(comm["train"] + comm["exec"] + comm["env"])
+
+
+# ------------------------------------------------------------------ --agents local: a block's D-GAT, its start
+@pytest.mark.parametrize(("first", "m"), [(0, 2), (2, 2), (1, 3)])
+def test_dense_dgat_of_a_block_of_receivers_equals_those_rows_of_the_whole_group(first, m):
+    """``dense_dgat_conv(..., block=(first, m))`` with the block's parameter sets: the rows of the whole
+    group's layer, forward and gradient, on a batch of random graphs (eqs. 7-8, self loops added)."""
+    from benchmarl_decentral.models.dgat import dense_dgat_conv
+    from benchmarl_decentral.nn.dgat_conv import DGATConv
+
+    torch.manual_seed(0)
+    full = DGATConv(F, 3, N, heads=2, value="linear")
+    part = DGATConv(F, 3, m, heads=2, value="linear")
+    with torch.no_grad():
+        for p, q in zip(part.parameters(), full.parameters(), strict=True):
+            p.copy_(q[first:first + m])
+    x = torch.randn(*BATCH, N, F, requires_grad=True)
+    adj = torch.rand(*BATCH, N, N) < 0.5
+    want = dense_dgat_conv(full, x, adj)[..., first:first + m, :]
+    got = dense_dgat_conv(part, x, adj, block=(first, m))
+    torch.testing.assert_close(got, want)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_dg_mappo_starts_every_agent_from_the_same_draw_whatever_agents_a_process_builds(tmp_path):
+    """The common psi_0, actor and critic (eq. 9) do not depend on the number of agents built: 2 and 4
+    agents of vmas/navigation under the same seed start from the same parameters (each network drawn
+    from a seed of its own, the D-GAT's for one agent)."""
+    from conftest import make_experiment
+
+    starts = {}
+    for n in (2, 4):
+        (tmp_path / str(n)).mkdir()
+        exp = make_experiment(
+            tmp_path / str(n), algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": n},
+            algorithm_overrides={"topology": "ring", "hidden_channels": 8}, max_n_iters=1,
+        )
+        leaves = exp.algorithm.network_leaves(GROUP)
+        for net, ps in leaves.items():
+            assert all(torch.equal(p[i], p[0]) for p in ps for i in range(n)), net  # a common start
+        starts[n] = {net: [p[0].detach().clone() for p in ps] for net, ps in leaves.items()}
+    for net in starts[2]:
+        for p, q in zip(starts[2][net], starts[4][net], strict=True):
+            assert torch.equal(p, q), net

@@ -58,7 +58,12 @@ D-SGD mixing (:meth:`~benchmarl_decentral.distributed.Transport.mix_`), the
 D-GAT messages of every hop and eq. 11's neighbour embeddings
 (:meth:`~benchmarl_decentral.models.dgat.Dgat.neighbour_rows`, with their
 gradients in the backward pass), so the same code trains one block of agents
-per rank in a distributed run. The bytes are logged each iteration with
+per rank in a distributed run. A rank that builds its block only
+(``--agents local``) builds its D-GAT inside
+:func:`~benchmarl_decentral.models.dgat.agent_block` (rows placed by global
+index; the radius graph from the joint observation) and draws every network
+from a seed of its own (:meth:`DgMappo._network_rng`), so its agents start
+from the single-process parameters. The bytes are logged each iteration with
 decpg's keys, ``comm/train_bytes_per_agent`` (mixing, training messages and
 their gradients) and ``comm/exec_bytes_per_agent`` (D-GAT messages while
 acting), with their ``*_network_*`` parts (0 in one process).

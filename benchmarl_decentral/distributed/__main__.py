@@ -7,7 +7,7 @@ one message (rank 0) and exits with status 2 on every rank. Then each rank
 builds the experiment for its block of agents
 (:func:`~benchmarl_decentral.distributed.experiment.build_rank_experiment`)
 and trains. ``--agents all`` (the default): every rank builds every agent's
-networks and trains its block; ``--agents local`` (decpg): every rank builds
+networks and trains its block; ``--agents local`` (decpg, dg_mappo): every rank builds
 the networks, optimizer state and replay buffer of its block only
 (:mod:`benchmarl_decentral.distributed.local`); its checkpoints hold its block
 only, and the launch file records the mode (a checkpoint is resumed in the

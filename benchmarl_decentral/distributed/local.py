@@ -21,7 +21,7 @@ actions, would be a second backend behind the same two calls,
 
 Exactness. A rank in this mode reaches the single-process run's parameters
 for its agents (tests/test_distributed.py): its networks start from the
-same ``theta_0`` (decpg builds every network from a seed of its own, not from
+same ``theta_0`` (decpg and dg_mappo build every network from a seed of its own, not from
 the global stream, so how many agents a process builds changes nothing:
 :func:`network_seed`), and it draws the same sampling noise: its policy's
 distribution draws the noise of the whole group and keeps its block's
@@ -164,7 +164,7 @@ class LocalAgentsEnv(EnvBase):
     With ``joint``, it also observes every agent's observation of those
     groups, as one flat vector per environment, under
     ``(JOINT_OBSERVATION, group)``: what a centralized critic reads (a
-    task without a global state; decpg's critics, paper 002 sec. 3). With the
+    task without a global state; decpg's critics, paper 002 sec. 3; dg_mappo's radius graph). With the
     replicated backend it is the joint environment's own observation (no
     message); its leaves (``joint[group]``, the task's observation keys of the
     group, 1-D features each) are concatenated per agent, then the agents.
