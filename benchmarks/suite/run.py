@@ -215,6 +215,7 @@ _PARTS: Tuple[Part, ...] = (
          reward="the shared team reward (task.shared_rew=true) for all three: dg_mappo's team rule "
                 "(mean over agents) leaves it unchanged",
          variants=(("dg_mappo", "algorithm.dgat_messages=zero"),),
+         rerun="the committed dg_mappo runs predate dg_mappo building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          claim_checks=(("dgmappo", "level", "mappo"), ("dgmappo", "level", "ippo"),
                        ("dgmappo", "better", "dgmappo[dgat_messages=zero]"))),
     Part("matrpo",
@@ -262,6 +263,7 @@ _PARTS: Tuple[Part, ...] = (
          gpu_sampling=False,  # JAX simulates on the CPU (jax without CUDA); training on CUDA
          paper_frames=2_000_000, paper_budget="paper 000, Table 3: 2e6 steps on SMAC 3m",
          reward="SMAX's shared team reward for all three",
+         rerun="the committed dg_mappo runs predate dg_mappo building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          claim_checks=(("dgmappo", "level", "mappo"), ("dgmappo", "level", "ippo"))),
     Part("smax_2s3z",
          "DG-MAPPO (paper 000) on SMAX 2s3z (2 stalkers + 3 zealots, heterogeneous units, heuristic enemy): "
@@ -273,6 +275,7 @@ _PARTS: Tuple[Part, ...] = (
          paper_frames=3_000_000,
          paper_budget="paper 000 has no 2s3z run; paper 001 trains SMAC maps (2s3z among them) for 3e6 steps",
          reward="SMAX's shared team reward for all",
+         rerun="the committed dg_mappo runs predate dg_mappo building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          variants=(("dg_mappo", "algorithm.clip_epsilon=0.05"),),
          claim_checks=(("dgmappo", "level", "mappo"), ("dgmappo", "level", "ippo"))),
     Part("decpg_k",
