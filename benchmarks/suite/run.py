@@ -200,7 +200,6 @@ _PARTS: Tuple[Part, ...] = (
          paper_budget="paper 002 gives no step count for simple spread in its text",
          gpu_sampling=False,
          reward="every agent its own simple-spread reward (PettingZoo's per-agent rewards), for all three",
-         rerun="the committed decpg runs predate decpg building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          claim_checks=(("decpg", "level", "mappo"),)),
     Part("dg_mappo",
          "DG-MAPPO (paper 000): per-agent D-GAT inference of the global state, fully decentralized, "
