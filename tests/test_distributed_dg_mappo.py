@@ -152,14 +152,15 @@ DG_GRAPHS = {
 }
 
 
-def _dg_mappo_run(folder, graph: str, build=lambda make: make(), scrub=None):
-    """dg_mappo for ITERS iterations (2 minibatches each), all networks mixed after every step."""
+def _dg_mappo_run(folder, graph: str, build=lambda make: make(), scrub=None, options=None):
+    """dg_mappo for ITERS iterations (2 minibatches each), all networks mixed after every step (``options``: more
+    algorithm keys, e.g. ``link_latency`` or ``mix_every``)."""
     from conftest import make_experiment
 
     folder.mkdir(parents=True, exist_ok=True)
     exp = build(lambda wrap=None: make_experiment(
         folder, task_wrapper=wrap, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": N, "max_steps": 10},
-        algorithm_overrides={**DG_GRAPHS[graph], "hidden_channels": 8, "num_hops": 2},
+        algorithm_overrides={**DG_GRAPHS[graph], "hidden_channels": 8, "num_hops": 2, **(options or {})},
         max_n_iters=ITERS, on_policy_collected_frames_per_batch=40, on_policy_minibatch_size=20, loggers=["csv"],
     ))
     leaves = exp.algorithm.network_leaves(GROUP)
@@ -169,7 +170,15 @@ def _dg_mappo_run(folder, graph: str, build=lambda make: make(), scrub=None):
                 for p in net:
                     p[scrub] = 0.0
     sent = []
-    exp.algorithm.callback.on_train_end = _record(exp.algorithm.callback.on_train_end, exp.algorithm.callback, sent)
+    callback = exp.algorithm.callback
+    callback.on_train_end = _record(callback.on_train_end, callback, sent)
+    callback.mixed_with = []  # the matrix of every mixing step, in order
+
+    def mix_with(group, W, mix=callback._mix_with):
+        callback.mixed_with.append(W.clone())
+        mix(group, W)
+
+    callback._mix_with = mix_with
     exp.run()
     return exp, leaves, sent
 
@@ -188,7 +197,8 @@ def _logged(exp, name):
         return [float(row[1]) for row in csv.reader(f)]
 
 
-def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference, agents: str = "all") -> None:
+def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference, agents: str = "all",
+                     options=None) -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
 
     ref = torch.load(reference)
@@ -197,9 +207,16 @@ def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference, 
         folder / f"rank{rank}", graph,
         lambda make: build_rank_experiment(make, algorithm="dg_mappo", sizes={GROUP: N}, agents=agents),
         scrub=torch.nonzero(owner != rank).flatten() if agents == "all" else None,  # local: no other rows
+        options=options,
     )
     local = exp.algorithm.transport.local_agents(N)
     assert isinstance(exp.algorithm.transport, TorchDistributedTransport) and local.numel() == N // world_size
+    assert len(exp.algorithm.callback.mixed_with) == ref["mixings"]
+    latency = (options or {}).get("link_latency", 0)
+    if latency:  # what this rank keeps: its agents' vectors and the ones it received, with its rows of W
+        kept = exp.algorithm.callback.histories[GROUP].state_dict()["slots"]
+        assert len(kept) == latency and all(e["W"].shape == (local.numel(), N) for e in kept)
+        assert all(set(local.tolist()) <= set(e["agents"].tolist()) for e in kept)
     if agents == "local":  # this rank built its block only: D-GAT, actor, critic, Adam's state, replay buffer
         assert exp.group_map == {GROUP: [f"agent_{i}" for i in local.tolist()]}
         optimized = [p for opt in exp.optimizers[GROUP].values() for g in opt.param_groups for p in g["params"]]
@@ -223,27 +240,46 @@ def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference, 
         float(s["exec"][1].sum()) / local.numel() for s in sent]
 
 
+#: more algorithm keys of some runs: a neighbour's vector read 2 mixing steps late (D-SGD with link latency,
+#: the radius graph's matrices of those steps), and the mixings after each update (the public code's)
+OPTIONS = {"latency": {"link_latency": 2}, "update": {"mix_every": "update", "mixes_per_update": 3}}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("graph", "agents"), [("ring", "all"), ("radius", "all"), ("ring", "local"),
-                                               ("radius", "local")])
-def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_path, graph, agents):
+@pytest.mark.parametrize(("graph", "agents", "options"), [
+    ("ring", "all", None), ("radius", "all", None), ("ring", "local", None), ("radius", "local", None),
+    ("radius", "local", "latency"), ("ring", "local", "update"),
+], ids=["ring-all", "radius-all", "ring-local", "radius-local", "radius-local-latency", "ring-local-update"])
+def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_path, graph, agents, options):
     """2 ranks x 2 agents of vmas/navigation, 2 iterations of dg_mappo (K=2 D-GAT hops, eq. 11, D-SGD of
     D-GAT, actor and critic after every step): each rank trains its block with the D-GAT messages and
     their gradients exchanged point to point, and ends with the single-process parameters, rewards and
     per-agent bytes. ``all``: the other agents' rows of its networks are zeroed; ``local``: it builds its
     2 agents only (D-GAT, actor, critic, Adam's state, buffer: leading dim 2), its D-GAT placing its rows
     and the received ones by global index; the radius graph is built from every agent's positions in the
-    joint observation its environment gives (navigation has no global state)."""
-    exp, leaves, sent = _dg_mappo_run(tmp_path / "single", graph)
+    joint observation its environment gives (navigation has no global state). ``latency``:
+    ``link_latency=2``, each rank mixes with the neighbours' vectors (and the radius graph's matrices) of 2
+    mixing steps earlier, which it received and kept; ``update``: ``mix_every=update``, 3 mixings with the
+    collected batch's matrix after each update instead of one after every step."""
+    options = OPTIONS.get(options)
+    exp, leaves, sent = _dg_mappo_run(tmp_path / "single", graph, options=options)
     assert len(sent) == ITERS and all(int(s["exec"][0].sum()) > 0 and int(s["train"][0].sum()) > 0 for s in sent)
+    mixed_with = exp.algorithm.callback.mixed_with
+    cfg = exp.config
+    steps = cfg.on_policy_n_minibatch_iters * cfg.on_policy_collected_frames_per_batch // cfg.on_policy_minibatch_size
+    assert len(mixed_with) == ITERS * (3 if (options or {}).get("mix_every") == "update" else steps)
+    if (options or {}).get("link_latency"):  # every mixing went through the history; the graph changed meanwhile
+        assert exp.algorithm.callback.histories[GROUP].steps == len(mixed_with)
+        assert any(not torch.equal(W, mixed_with[0]) for W in mixed_with)
     reference = {
+        "mixings": len(mixed_with),
         "reward": _logged(exp, "collection_reward_reward_mean"),
         "leaves": {net: [p.detach().clone() for p in ps] for net, ps in leaves.items()},
         "sent": sent,
     }
     torch.save(reference, tmp_path / "reference.pt")
-    spawn_local(_dg_mappo_worker, 2, tmp_path, graph, tmp_path / "reference.pt", agents, start_method="fork",
-                timeout_s=120)
+    spawn_local(_dg_mappo_worker, 2, tmp_path, graph, tmp_path / "reference.pt", agents, options,
+                start_method="fork", timeout_s=120)
 
 
 # ------------------------------------------------------------------ the entry point, and benchmarl report
