@@ -51,7 +51,13 @@ ALGORITHMS = {
                  "algorithm.hidden_channels=8", "algorithm.value_norm=true", "algorithm.link_latency=1",
                  "model.num_cells=[16]",
                  "critic_model.num_cells=[16]", "experiment.on_policy_n_envs_per_worker=6"],
-    # --agents local: each rank's checkpoint holds its block only; two groups, critics on the joint observations
+    # --agents local: each rank's checkpoint holds its block only (dg_mappo: its D-GAT, actor, critic, value norms
+    # and the vectors in flight it received); two groups, critics on the joint observations
+    "dg_mappo_local": ["--agents", "local", "algorithm=dg_mappo", "task=vmas/navigation", "task.n_agents=4",
+                       "task.max_steps=6", "algorithm.topology=radius", "algorithm.radius=1.5",
+                       "algorithm.position_dims=[0,2]", "algorithm.hidden_channels=8", "algorithm.value_norm=true",
+                       "algorithm.link_latency=1", "model.num_cells=[16]", "critic_model.num_cells=[16]",
+                       "experiment.on_policy_n_envs_per_worker=6"],
     "decpg_groups_local": ["--agents", "local", "algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4",
                            "task.num_good_agents=2", "task.max_steps=6", "algorithm.link_failure=0.3",
                            "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
@@ -63,7 +69,8 @@ ALGORITHMS = {
                      "experiment.on_policy_n_envs_per_worker=2"],
 }
 #: agents per group of each elastic run
-GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "decpg_groups": {"adversary": 4, "agent": 2},
+GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "dg_mappo_local": {"agents": 4},
+          "decpg_groups": {"adversary": 4, "agent": 2},
           "decpg_groups_local": {"adversary": 4, "agent": 2}}
 LAUNCH = Launch(algorithm="decpg", task="coordsum/8x15-100", seed=0, world_size=2, groups={"agents": 8})
 
@@ -291,6 +298,15 @@ def _scalars(run: Path) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+def _find(tree, key: str) -> list:
+    """Every value under ``key`` in nested dicts and lists."""
+    if isinstance(tree, dict):
+        return [*([tree[key]] if key in tree else []), *(v for x in tree.values() for v in _find(x, key))]
+    if isinstance(tree, (list, tuple)):
+        return [v for x in tree for v in _find(x, key)]
+    return []
+
+
 def _diff(a, b, path="") -> list[str]:
     """Paths where two checkpoints differ (tensors bitwise, numbers and strings exactly)."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -385,6 +401,10 @@ def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_no
                 stacked = {name: t.shape[0] for name, t in got[f"loss_{group}"].items()
                            if "_network_params." in name and isinstance(t, torch.Tensor)}
                 assert stacked and set(stacked.values()) == {n // 2}, (group, stacked)
+        if algorithm.startswith("dg_mappo"):  # link_latency=1: the vectors in flight, this rank's rows of W
+            (history,) = _find(got, "link_history")
+            (slot,) = history["agents"]["slots"]
+            assert slot["W"].shape == (2, 4) and set(got[KEY]["agents"]["agents"]) <= set(slot["agents"].tolist())
     with pytest.raises(CheckpointError, match=r"is rank 1's part of a distributed checkpoint .* torchrun "
                                               r"--nproc-per-node 2 -m benchmarl_decentral.distributed"):
         check_checkpoint(rank_file(run, 1, final))  # not resumable in one process
