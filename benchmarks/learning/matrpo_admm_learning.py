@@ -74,6 +74,9 @@ VARIANTS = {
     # trust region binds on the joint step? (default_delta3 is the control: a larger step for Table III)
     "exact_delta3": [*EXACT, "algorithm.cg_rtol=0.3", "algorithm.delta=0.009"],
     "default_delta3": ["algorithm=matrpo", "algorithm.delta=0.009"],
+    # Table III's ADMM (beta 1, one random link, 100 iterations: not at consensus) with the exact step's metric
+    # (1/M sum J^T J, eq. 46) instead of the true-KL Hessian (eq. 47): separates the metric from the consensus
+    "gn_inexact": ["algorithm=matrpo", "algorithm.admm_metric=gauss_newton"],
 }
 #: Evaluations averaged into a run's score (the results suite's final score averages the last 5 of its curve;
 #: at 150k frames and one evaluation per 30k there are 6, so the last 3 here).
