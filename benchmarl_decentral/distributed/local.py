@@ -57,6 +57,10 @@ JOINT_OBSERVATION = "joint_observation"
 #: ``(JOINT_REWARD, group, "reward")``, ``(*B, n, 1)``, every agent's; what rank 0 logs (:func:`log_joint_rewards`).
 JOINT_REWARD = "joint_reward"
 
+#: ``--env`` of the entry point (``--agents local``): every rank steps its copy of the joint environment
+#: (:class:`ReplicatedEnvs`), or rank 0 steps the only one (:class:`CentralEnv`).
+ENV_BACKENDS = ("replicated", "central")
+
 #: ``--agents`` of the entry point: ``all`` (every rank builds every agent's networks; its block trains) or
 #: ``local`` (every rank builds its block only).
 AGENT_MODES = ("all", "local")
@@ -137,6 +141,181 @@ class ReplicatedEnvs:
         return joint
 
 
+def _group_of(key: Any, groups: list) -> str:
+    """The group a leaf's bytes are counted for: its group, ``(JOINT_*, group, ...)``'s, else the first group."""
+    if isinstance(key, tuple):
+        if key[0] in groups:
+            return key[0]
+        if key[0] in (JOINT_OBSERVATION, JOINT_REWARD) and len(key) > 1 and key[1] in groups:
+            return key[1]
+    return groups[0]
+
+
+class CentralEnv:
+    """Backend: rank 0 steps the only joint environment; every other rank sends its actions, receives its part.
+
+    Each step, every rank other than 0 sends rank 0 its block of every
+    group's action (one tensor per action key, in the joint environment's
+    action-spec order); rank 0 assembles the joint action, steps the joint
+    environment and sends every rank its part of the output: for every key of
+    the rank's :class:`LocalAgentsEnv` output specs (observations, then
+    rewards, then dones, in spec order) the leaf, cut to that rank's block
+    where the key is a group's; what is outside the groups (a global state,
+    a shared reward, the dones, ``info``, the joint observation and every
+    agent's reward, :data:`JOINT_OBSERVATION` / :data:`JOINT_REWARD`) whole.
+    A reset sends nothing to rank 0 (the ``_reset`` mask follows from the
+    dones every rank received) and the same part back. All point to point,
+    in an order every rank derives from the specs. The other ranks build the
+    joint environment object (its specs and group map) but never reset or
+    step it.
+
+    Counts, per group, the bytes each agent of this rank sent
+    (:attr:`sent`): a rank other than 0 its block's actions; rank 0 the
+    parts it sent, a leaf counted for its group (``JOINT_*`` leaves for the
+    group they name, the rest for the first group), divided by rank 0's
+    agents of that group.
+
+    Exactness: only rank 0 resets and steps the environment, so the other
+    ranks reach the single-process run only where the environment draws
+    from a random generator of its own (coordsum: its ``torch.Generator``);
+    one that draws from the global torch stream (VMAS's resets) advances
+    that stream on rank 0 only, and the other ranks' sampling noise then
+    differs from the single-process run's.
+
+    Args:
+        owners: group to the rank of each of its agents.
+        rank: this process's rank.
+    """
+
+    name = "central"
+    #: the rank that steps the environment
+    central = 0
+
+    def __init__(self, owners: Mapping[str, Tensor], rank: int) -> None:
+        self.owners = {group: owner.cpu().long() for group, owner in owners.items()}
+        self.rank = rank
+        self.world_size = int(max(int(o.max()) for o in self.owners.values())) + 1
+        self.blocks = blocks_of(self.owners, rank)
+        self.rank_blocks = {r: blocks_of(self.owners, r) for r in range(self.world_size)}
+        self.groups = list(self.owners)
+        self.sent = {group: 0 for group in self.groups}
+        #: joint steps and resets rank 0 ran for the other ranks (every rank counts its calls)
+        self.steps = self.resets = 0
+
+    @property
+    def is_central(self) -> bool:
+        return self.rank == self.central
+
+    def _count(self, key: Any, tensor: Tensor) -> None:
+        group = _group_of(key, self.groups)
+        first, last = self.blocks[group]
+        self.sent[group] += tensor.numel() * tensor.element_size() / (last - first)
+
+    @staticmethod
+    def _wait(ops: list) -> None:
+        if ops:
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
+
+    def _action_keys(self, env: "LocalAgentsEnv") -> list:
+        return [key for key in env.joint_env.full_action_spec.keys(True, True)
+                if isinstance(key, tuple) and key[0] in self.blocks]
+
+    def step(self, env: "LocalAgentsEnv", tensordict: TensorDictBase) -> TensorDictBase:
+        """The step's output for this rank's agents (rank 0 steps the joint environment)."""
+        nb = len(env.batch_size)
+        self.steps += 1
+        actions = self._action_keys(env)
+        if not self.is_central:
+            ops = []
+            for key in actions:
+                value = tensordict.get(key).detach().contiguous().cpu()
+                ops.append(dist.P2POp(dist.isend, value, self.central))
+                self._count(key, value)
+            self._wait(ops)
+            return self._receive(env, reset=False)
+        joint = TensorDict({}, batch_size=env.joint_env.batch_size, device=env.device)
+        ops, received = [], []
+        for key in actions:
+            local = tensordict.get(key)
+            n = self.owners[key[0]].numel()
+            shape = list(local.shape)
+            shape[nb] = n
+            value = local.new_empty(shape)
+            first, last = self.blocks[key[0]]
+            value.narrow(nb, first, last - first).copy_(local)
+            for r in range(self.world_size):
+                if r == self.rank:
+                    continue
+                a, b = self.rank_blocks[r][key[0]]
+                shape[nb] = b - a
+                buf = torch.empty(shape, dtype=local.dtype)
+                ops.append(dist.P2POp(dist.irecv, buf, r))
+                received.append((value, a, buf))
+            joint.set(key, value)
+        self._wait(ops)
+        for value, a, buf in received:
+            value.narrow(nb, a, buf.shape[nb]).copy_(buf.to(value.device))
+        for key in env.joint_env.full_state_spec.keys(True, True):  # inputs outside the groups: rank 0's own
+            value = tensordict.get(key, None)
+            if value is not None:
+                joint.set(key, value)
+        #: the last joint action rank 0's environment stepped with (what the tests read)
+        self.last_joint_action = joint
+        out = env._add_joint(env.joint_env.step(joint).get("next"))
+        return self._scatter(env, out, reset=False)
+
+    def reset(self, env: "LocalAgentsEnv", inner: Optional[TensorDictBase]) -> TensorDictBase:
+        """The reset's output for this rank's agents (rank 0 resets the joint environment)."""
+        self.resets += 1
+        if not self.is_central:
+            return self._receive(env, reset=True)
+        return self._scatter(env, env._add_joint(env.joint_env.reset(inner)), reset=True)
+
+    def _scatter(self, env: "LocalAgentsEnv", out: TensorDictBase, reset: bool) -> TensorDictBase:
+        nb = len(env.batch_size)
+        keys = env.output_keys(reset)
+        ops = []
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            for key in keys:
+                value = out.get(key)
+                if isinstance(key, tuple) and key[0] in self.rank_blocks[r]:
+                    a, b = self.rank_blocks[r][key[0]]
+                    value = value.narrow(nb, a, b - a)
+                value = value.detach().contiguous().cpu()
+                ops.append(dist.P2POp(dist.isend, value, r))
+                self._count(key, value)
+        self._wait(ops)
+        mine = self._empty(env, keys)
+        for key in keys:
+            value = out.get(key)
+            if isinstance(key, tuple) and key[0] in self.blocks:
+                a, b = self.blocks[key[0]]
+                value = value.narrow(nb, a, b - a)
+            mine.set(key, value)
+        return mine
+
+    def _empty(self, env: "LocalAgentsEnv", keys: list) -> TensorDictBase:
+        """An output tensordict whose groups have this rank's agent dim (filled leaf by leaf)."""
+        out = TensorDict({}, batch_size=env.batch_size, device=env.device)
+        for group, (first, last) in self.blocks.items():
+            if any(isinstance(key, tuple) and key[0] == group for key in keys):
+                out.set(group, TensorDict({}, batch_size=(*env.batch_size, last - first), device=env.device))
+        return out
+
+    def _receive(self, env: "LocalAgentsEnv", reset: bool) -> TensorDictBase:
+        specs = env.output_specs()
+        keys = env.output_keys(reset)
+        bufs = [specs[key].zero().cpu().contiguous() for key in keys]
+        self._wait([dist.P2POp(dist.irecv, buf, self.central) for buf in bufs])
+        out = self._empty(env, keys)
+        for key, buf in zip(keys, bufs):
+            out.set(key, buf.to(env.device))
+        return out
+
+
 def _narrow_spec(spec: Composite, blocks: Mapping[str, tuple[int, int]], batch_dims: int) -> Composite:
     """``spec`` with every group's sub-spec cut to its block (the agent dim follows the batch dims)."""
     for group, (first, last) in blocks.items():
@@ -189,8 +368,13 @@ class LocalAgentsEnv(EnvBase):
         if any(group in blocks for group in done_groups):
             raise ValueError(
                 f"--agents local: the environment has per-agent done flags in groups {sorted(set(done_groups))}, "
-                "whose partial resets the replicated backend does not carry yet; launch with --agents all."
+                f"whose partial resets the {backend.name} backend does not carry yet; launch with --agents all."
             )
+        grouped_inputs = [key for key in env.full_state_spec.keys(True, True)
+                          if isinstance(key, tuple) and key[0] in blocks]
+        if backend.name == "central" and grouped_inputs:
+            raise ValueError(f"--env central: the environment takes per-agent inputs {grouped_inputs} besides the "
+                             "actions, which the central backend does not send yet; launch with --env replicated.")
         self.joint = {group: list(keys) for group, keys in (joint or {}).items()}
         observation_spec = env.full_observation_spec.clone()
         for group, keys in self.joint.items():
@@ -222,10 +406,27 @@ class LocalAgentsEnv(EnvBase):
     def _set_seed(self, seed: Optional[int]) -> None:
         self.joint_env.set_seed(seed, static_seed=True)
 
+    def output_specs(self) -> Composite:
+        """This rank's observation, reward and done specs in one ``Composite`` (what a step outputs)."""
+        specs = self.full_observation_spec.clone()
+        for spec in (self.full_reward_spec, self.full_done_spec):
+            for key in spec.keys(True, True):
+                specs[key] = spec[key].clone()
+        return specs
+
+    def output_keys(self, reset: bool) -> list:
+        """The leaves of a step's (``reset``: a reset's) output, in spec order: observations, rewards, dones."""
+        keys = list(self.full_observation_spec.keys(True, True))
+        if not reset:
+            keys += list(self.full_reward_spec.keys(True, True))
+        return keys + list(self.full_done_spec.keys(True, True))
+
     def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDictBase:
         inner = None
         if tensordict is not None and "_reset" in tensordict.keys():
             inner = TensorDict({"_reset": tensordict.get("_reset")}, batch_size=self.batch_size, device=self.device)
+        if isinstance(self.backend, CentralEnv):
+            return self.backend.reset(self, inner)
         out = self.joint_env.reset(inner)
         return _narrow_td(self._add_joint(out), self.backend.blocks, len(self.batch_size))
 
@@ -241,6 +442,8 @@ class LocalAgentsEnv(EnvBase):
         return td
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if isinstance(self.backend, CentralEnv):
+            return self.backend.step(self, tensordict)
         nb = len(self.batch_size)
         joint = TensorDict({}, batch_size=self.joint_env.batch_size, device=self.device)
         inputs = [*self.joint_env.full_action_spec.keys(True, True), *self.joint_env.full_state_spec.keys(True, True)]
