@@ -506,9 +506,13 @@ def _entry_worker(rank: int, world_size: int, port: int, overrides: list, scratc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agents", [[], ["--agents", "local"]], ids=["all", "local"])
+@pytest.mark.parametrize("agents", [[], ["--agents", "local"], ["--agents", "local", "--env", "central"]],
+                         ids=["all", "local", "central"])
 def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents):
-    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed [--agents local] ...``'s main on 2 ranks."""
+    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed [--agents local [--env central]] ...``.
+
+    Its main on 2 ranks; ``--env central``: rank 0 steps the only environment (training and evaluation).
+    """
     import torch.multiprocessing as mp
     from benchmarl.hydra_config import load_experiment_from_hydra
 
@@ -588,6 +592,12 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
         (["--agents", "both", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
          r"unknown --agents both; choose one of all\|local"),
         (["--agents"], 2, r"--agents needs a value: --agents all or --agents local"),
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "--env"], 2,
+         r"--env needs a value: --env replicated or --env central"),
+        (["--agents", "local", "--env=both", "algorithm=decpg", "task=coordsum/8x15-100"], 2,
+         r"unknown --env both; choose one of replicated\|central"),
+        (["--env", "central", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"--env central steps the environment for ranks that build their agents only; add --agents local"),
         (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
          r"--agents local: dg_mappo's topology=auto builds the D-GAT graph from every agent's observation, which a "
          r"rank does not hold; set algorithm.topology=ring .* or launch with --agents all"),
