@@ -10,14 +10,15 @@ them per agent) rewards and dones; everything outside the groups (a global
 So the experiment BenchMARL builds on it has networks, optimizers and replay
 buffers of ``n / world_size`` agents per group, and nothing of the others.
 
-Stepping the joint environment goes to a *backend*. The one that exists,
-:class:`ReplicatedEnvs`, is today's: every rank steps its own copy of the
-joint environment; before each step the ranks exchange their blocks of the
-action (point to point, each rank's block to every other rank), so every copy
-sees the same joint action, observations and rewards. (A central
-environment rank, which would scatter each rank's observations and gather its
-actions, would be a second backend behind the same two calls,
-:meth:`ReplicatedEnvs.joint_action` and the narrowing of the step's output.)
+Stepping the joint environment goes to a *backend* (``--env``).
+:class:`ReplicatedEnvs` (``replicated``, the default): every rank steps its
+own copy of the joint environment; before each step the ranks exchange their
+blocks of the action (point to point, each rank's block to every other
+rank), so every copy sees the same joint action, observations and rewards.
+:class:`CentralEnv` (``central``): rank 0 alone resets and steps the joint
+environment; every other rank sends it its block of the action and receives
+its part of the output (its agents' entries, the rest whole), point to point
+in an order derived from the specs.
 
 Exactness. A rank in this mode reaches the single-process run's parameters
 for its agents (tests/test_distributed.py): its networks start from the
@@ -26,7 +27,10 @@ the global stream, so how many agents a process builds changes nothing:
 :func:`network_seed`), and it draws the same sampling noise: its policy's
 distribution draws the noise of the whole group and keeps its block's
 (:func:`block_sampling`), so the global random stream advances as in one
-process and its agents' actions are the single-process run's.
+process and its agents' actions are the single-process run's. With
+:class:`CentralEnv` this needs an environment that draws from a generator of
+its own (coordsum), not from the global torch stream (VMAS's resets): only
+rank 0 runs the environment, so only rank 0's global stream would advance.
 
 Pure BenchMARL/TorchRL around the transport: the exchange runs on the default
 process group (torch.distributed, gloo on one machine).
@@ -336,16 +340,20 @@ def _narrow_td(td: TensorDictBase, blocks: Mapping[str, tuple[int, int]], batch_
 class LocalAgentsEnv(EnvBase):
     """The rank's view of a joint environment: its agents' entries of every group, the rest as they are.
 
-    Steps go to the backend: the actions of the agents of this rank are
-    completed to the joint action (:meth:`ReplicatedEnvs.joint_action`), the
-    joint environment steps, and its output is cut to this rank's agents.
+    Steps go to the backend: with :class:`ReplicatedEnvs` the actions of the
+    agents of this rank are completed to the joint action
+    (:meth:`ReplicatedEnvs.joint_action`), the joint environment steps, and
+    its output is cut to this rank's agents; with :class:`CentralEnv`
+    (:meth:`CentralEnv.step` / :meth:`CentralEnv.reset`) rank 0 does that
+    for every rank and sends each its cut (:meth:`output_keys`), and the
+    other ranks never reset or step their ``joint_env`` (built for its specs).
 
     With ``joint``, it also observes every agent's observation of those
     groups, as one flat vector per environment, under
     ``(JOINT_OBSERVATION, group)``: what a centralized critic reads (a
     task without a global state; decpg's critics, paper 002 sec. 3; dg_mappo's radius graph). With the
     replicated backend it is the joint environment's own observation (no
-    message); its leaves (``joint[group]``, the task's observation keys of the
+    message; with the central backend rank 0 sends it to every rank whole); its leaves (``joint[group]``, the task's observation keys of the
     group, 1-D features each) are concatenated per agent, then the agents.
 
     It also rewards every agent of a group that has per-agent rewards under
@@ -354,7 +362,7 @@ class LocalAgentsEnv(EnvBase):
 
     Args:
         env: the joint environment (the task's own).
-        backend: :class:`ReplicatedEnvs`.
+        backend: :class:`ReplicatedEnvs` or :class:`CentralEnv`.
         joint: group to its observation leaves to offer jointly. (default: none)
     """
 
@@ -491,7 +499,7 @@ class LocalAgentsTask(TaskClass):
 
     Args:
         task: the task (BenchMARL's ``TaskClass``).
-        backend: :class:`ReplicatedEnvs`.
+        backend: :class:`ReplicatedEnvs` or :class:`CentralEnv`.
 
     Attributes:
         sizes: agents per group of the joint task.
