@@ -408,7 +408,7 @@ def _balance_params(exp):
             for net in ("actor", "critic")}
 
 
-def _balance_worker(rank: int, world_size: int, folder, reference) -> None:
+def _balance_worker(rank: int, world_size: int, folder, reference, env_backend="replicated") -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
     from benchmarl_decentral.distributed.local import JOINT_OBSERVATION, LocalAgentsEnv
 
@@ -416,8 +416,9 @@ def _balance_worker(rank: int, world_size: int, folder, reference) -> None:
     (folder / f"rank{rank}").mkdir()
     exp = build_rank_experiment(
         lambda wrap: make_experiment(folder / f"rank{rank}", task_wrapper=wrap, **BALANCE),
-        algorithm="decpg", sizes={"agents": 4}, agents="local",
+        algorithm="decpg", sizes={"agents": 4}, agents="local", env=env_backend,
     )
+    assert exp.task.backend.name == env_backend
     local = slice(2 * rank, 2 * rank + 2)
     assert exp.group_map == {"agents": [f"agent_{i}" for i in range(4)][local]}
     assert exp.observation_spec["agents", "observation"].shape == (2, 16)  # this rank's agents' observations
@@ -441,8 +442,13 @@ def _balance_worker(rank: int, world_size: int, folder, reference) -> None:
 
 
 @pytest.mark.slow
-def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_critics(tmp_path):
+@pytest.mark.parametrize("env_backend", ["replicated", "central"])
+def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_critics(tmp_path, env_backend):
     """vmas/balance (no global state, continuous actions), 2 ranks x 2 agents, ``--agents local``.
+
+    ``central``: rank 0 alone steps VMAS and sends rank 1 its agents' part and
+    the joint observation; exact too, since VMAS (1.5) draws from a random
+    state of its own (``local_seed``), not from the global torch stream.
 
     Each rank's critic copies read the joint observation its environment adds
     (every agent's 16 features); with an MLP this is MAPPO's centralized critic,
@@ -454,7 +460,8 @@ def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_crit
     exp = make_experiment(tmp_path / "single", **BALANCE)
     exp.run()
     torch.save(_balance_params(exp), tmp_path / "reference.pt")
-    spawn_local(_balance_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+    spawn_local(_balance_worker, 2, tmp_path, tmp_path / "reference.pt", env_backend, start_method="fork",
+                timeout_s=120)
 
 
 def test_local_agents_task_narrows_the_groups_and_refuses_a_critic_that_is_not_an_mlp(tmp_path):

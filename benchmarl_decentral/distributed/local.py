@@ -29,8 +29,9 @@ distribution draws the noise of the whole group and keeps its block's
 (:func:`block_sampling`), so the global random stream advances as in one
 process and its agents' actions are the single-process run's. With
 :class:`CentralEnv` this needs an environment that draws from a generator of
-its own (coordsum), not from the global torch stream (VMAS's resets): only
-rank 0 runs the environment, so only rank 0's global stream would advance.
+its own (coordsum's generator; VMAS 1.5 swaps its own random state in around
+every reset and step), not from the global torch stream: only rank 0 runs the
+environment, so only rank 0's global stream would advance.
 
 Pure BenchMARL/TorchRL around the transport: the exchange runs on the default
 process group (torch.distributed, gloo on one machine).
@@ -181,10 +182,10 @@ class CentralEnv:
 
     Exactness: only rank 0 resets and steps the environment, so the other
     ranks reach the single-process run only where the environment draws
-    from a random generator of its own (coordsum: its ``torch.Generator``);
-    one that draws from the global torch stream (VMAS's resets) advances
-    that stream on rank 0 only, and the other ranks' sampling noise then
-    differs from the single-process run's.
+    from a random state of its own (coordsum: its ``torch.Generator``; VMAS
+    1.5: ``local_seed`` around every reset, step and seed); one that drew
+    from the global torch stream would advance it on rank 0 only, and the
+    other ranks' sampling noise would then differ from the single-process run's.
 
     Args:
         owners: group to the rank of each of its agents.
