@@ -220,21 +220,58 @@ def _logged(exp, name):
         return [float(row[1]) for row in csv.reader(f)]
 
 
+def _record_central(records: dict) -> None:
+    """Wraps the central backend's calls (in this forked rank): what it sent and got, rank 0's joint action and output."""
+    from benchmarl_decentral.distributed.local import CentralEnv
+
+    step, reset, scatter = CentralEnv.step, CentralEnv.reset, CentralEnv._scatter
+
+    def on_step(self, env, td):
+        records["calls"].append("step")
+        records["local_action"].append(td.get(("agents", "action")).clone())
+        out = step(self, env, td)
+        if self.is_central:
+            records["joint_action"].append(self.last_joint_action.get(("agents", "action")).clone())
+        records["got"].append(out.clone())
+        return out
+
+    def on_reset(self, env, inner):
+        records["calls"].append("reset")
+        out = reset(self, env, inner)
+        records["got"].append(out.clone())
+        return out
+
+    def on_scatter(self, env, out, reset):
+        records["joint_output"].append(out.clone())
+        return scatter(self, env, out, reset)
+
+    CentralEnv.step, CentralEnv.reset, CentralEnv._scatter = on_step, on_reset, on_scatter
+
+
 def _decpg_worker(rank: int, world_size: int, folder, reference, agents, latency) -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
 
     ref = torch.load(reference)
     others = torch.tensor([i for i in range(8) if partition_agents(8, world_size)[i] != rank])
+    records = {key: [] for key in ("calls", "local_action", "joint_action", "got", "joint_output")}
+    if agents == "central":
+        _record_central(records)
+
+    def build(make):
+        exp = build_rank_experiment(make, algorithm="decpg", sizes={"agents": 8},
+                                    agents="all" if agents == "all" else "local",
+                                    env="central" if agents == "central" else "replicated")
+        return exp
+
     exp, used = _decpg_run(
-        folder / f"rank{rank}",
-        lambda make: build_rank_experiment(make, algorithm="decpg", sizes={"agents": 8}, agents=agents),
+        folder / f"rank{rank}", build,
         scrub=others if agents == "all" else None,  # local: there are no other agents' rows to scrub
         latency=latency,
     )
     mixer = exp.algorithm.callback.mixers[("agents", "actor")]
     owner, local = mixer.transport.owner, mixer.transport.local_agents(8)
     assert isinstance(mixer.transport, TorchDistributedTransport) and mixer.leaves[0].shape[0] == local.numel()
-    if agents == "local":  # this rank built its block only: networks, optimizer state, replay buffer
+    if agents != "all":  # this rank built its block only: networks, optimizer state, replay buffer
         assert exp.group_map == {"agents": [f"agent_{i}" for i in local.tolist()]}
         stacked = exp.algorithm.actor_leaves("agents") + exp.algorithm.critic_leaves("agents")
         optimized = [p for opt in exp.optimizers["agents"].values() for g in opt.param_groups for p in g["params"]]
@@ -252,7 +289,7 @@ def _decpg_worker(rank: int, world_size: int, folder, reference, agents, latency
             assert torch.equal(W, W_ref)
         leaves = exp.algorithm.actor_leaves("agents") if net == "actor" else exp.algorithm.critic_leaves("agents")
         for p, q in zip(leaves, ref[net], strict=True):  # this rank's agents; the other rows are not its own
-            mine = p.detach() if agents == "local" else p.detach()[local]
+            mine = p.detach()[local] if agents == "all" else p.detach()
             torch.testing.assert_close(mine, q[local], rtol=1e-5, atol=1e-6)
     # bytes per agent and iteration: counted from the sent tensors == the formula on the W each step used
     for key, which in (("comm_train_bytes_per_agent", 0), ("comm_train_network_bytes_per_agent", 1)):
@@ -275,12 +312,16 @@ def _decpg_worker(rank: int, world_size: int, folder, reference, agents, latency
             assert _logged(exp, f"comm_agents_link_{i}_to_{j}_train_bytes") == expected
     scalars = exp.folder_name / exp.name / "scalars"
     assert len(list(scalars.glob("comm_agents_link_*"))) == 2 * local.numel()
+    if agents == "central":  # checked across ranks by the test
+        torch.save({**records, "env_bytes": _logged(exp, "comm_env_bytes_per_agent")}, folder / f"records{rank}.pt")
+        return
     # environment interface: each step, this rank's block of int64 actions (2 envs) to the other rank
     assert _logged(exp, "comm_env_bytes_per_agent") == [30 * 2 * 8 * (world_size - 1)] * ITERS
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("agents", "latency"), [("all", 0), ("all", 2), ("local", 0), ("local", 2)])
+@pytest.mark.parametrize(("agents", "latency"),
+                         [("all", 0), ("all", 2), ("local", 0), ("local", 2), ("central", 0)])
 def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path, agents, latency):
     """2 ranks x 4 agents, 2 iterations of decpg (real losses, per-agent clip, mixing hooks, link failures).
 
@@ -317,6 +358,45 @@ def test_decpg_training_on_agent_blocks_equals_the_single_process_run(tmp_path, 
     torch.save(reference, tmp_path / "reference.pt")
     spawn_local(_decpg_worker, 2, tmp_path, tmp_path / "reference.pt", agents, latency, start_method="fork",
                 timeout_s=120)
+    if agents == "central":
+        _check_central(*(torch.load(tmp_path / f"records{r}.pt", weights_only=False) for r in range(2)))
+
+
+#: coordsum/8x15-100's step output for 4 agents of 2 envs, bytes: the agents' observations (4 x 109 float32)
+#: and action masks (4 x 15 bool); the global state (101 float32), info (2 bool, 1 int64), the shared
+#: reward (float32), done / terminated / truncated (bool); a reset's has no reward
+CENTRAL_STEP_BYTES = 2 * (4 * 109 * 4 + 4 * 15 + 101 * 4 + 2 + 8 + 4 + 3)
+CENTRAL_RESET_BYTES = CENTRAL_STEP_BYTES - 2 * 4
+
+
+def _check_central(r0: dict, r1: dict) -> None:
+    """``--env central`` on 2 ranks: rank 0 steps the joint action of both blocks and sends rank 1 its part."""
+    assert r0["calls"] == r1["calls"] and r0["calls"].count("step") == ITERS * 30
+    assert r1["joint_action"] == [] and r1["joint_output"] == []  # rank 1 never stepped an environment
+    # (i) rank 0's environment stepped exactly the joint action assembled from both ranks' blocks
+    for joint, a0, a1 in zip(r0["joint_action"], r0["local_action"], r1["local_action"], strict=True):
+        assert torch.equal(joint, torch.cat([a0, a1], dim=1))  # (2 envs, 8 agents)
+    # (ii) each rank got exactly rank 0's output, its block of the agents' entries, the rest whole
+    assert len(r0["joint_output"]) == len(r0["calls"])
+    for full, got0, got1 in zip(r0["joint_output"], r0["got"], r1["got"], strict=True):
+        assert set(got0.keys(True, True)) == set(got1.keys(True, True))
+        for key in got1.keys(True, True):
+            whole = full.get(key)
+            if key[0] == "agents":
+                assert whole.shape[1] == 8
+                assert torch.equal(got0.get(key), whole[:, :4]) and torch.equal(got1.get(key), whole[:, 4:])
+            else:
+                assert torch.equal(got0.get(key), whole) and torch.equal(got1.get(key), whole)
+    # (iii) bytes: rank 1 sends its 4 int64 actions (2 envs) a step; rank 0 sends rank 1's part of every
+    # step and reset, per agent of its 4
+    assert r1["env_bytes"] == [30 * 2 * 8] * ITERS
+    calls, per_iter = r0["calls"], []
+    for t in range(ITERS):
+        upto = [i for i, c in enumerate(calls) if c == "step"][30 * (t + 1) - 1] + 1
+        since = [i for i, c in enumerate(calls) if c == "step"][30 * t - 1] + 1 if t else 0
+        resets = calls[since:upto].count("reset")
+        per_iter.append((30 * CENTRAL_STEP_BYTES + resets * CENTRAL_RESET_BYTES) / 4)
+    assert calls[0] == "reset" and r0["env_bytes"] == pytest.approx(per_iter)
 
 
 # ------------------------------------------------------------------ --agents local, a task without a state
@@ -328,7 +408,7 @@ def _balance_params(exp):
             for net in ("actor", "critic")}
 
 
-def _balance_worker(rank: int, world_size: int, folder, reference) -> None:
+def _balance_worker(rank: int, world_size: int, folder, reference, env_backend="replicated") -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
     from benchmarl_decentral.distributed.local import JOINT_OBSERVATION, LocalAgentsEnv
 
@@ -336,8 +416,9 @@ def _balance_worker(rank: int, world_size: int, folder, reference) -> None:
     (folder / f"rank{rank}").mkdir()
     exp = build_rank_experiment(
         lambda wrap: make_experiment(folder / f"rank{rank}", task_wrapper=wrap, **BALANCE),
-        algorithm="decpg", sizes={"agents": 4}, agents="local",
+        algorithm="decpg", sizes={"agents": 4}, agents="local", env=env_backend,
     )
+    assert exp.task.backend.name == env_backend
     local = slice(2 * rank, 2 * rank + 2)
     assert exp.group_map == {"agents": [f"agent_{i}" for i in range(4)][local]}
     assert exp.observation_spec["agents", "observation"].shape == (2, 16)  # this rank's agents' observations
@@ -361,8 +442,13 @@ def _balance_worker(rank: int, world_size: int, folder, reference) -> None:
 
 
 @pytest.mark.slow
-def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_critics(tmp_path):
+@pytest.mark.parametrize("env_backend", ["replicated", "central"])
+def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_critics(tmp_path, env_backend):
     """vmas/balance (no global state, continuous actions), 2 ranks x 2 agents, ``--agents local``.
+
+    ``central``: rank 0 alone steps VMAS and sends rank 1 its agents' part and
+    the joint observation; exact too, since VMAS (1.5) draws from a random
+    state of its own (``local_seed``), not from the global torch stream.
 
     Each rank's critic copies read the joint observation its environment adds
     (every agent's 16 features); with an MLP this is MAPPO's centralized critic,
@@ -374,7 +460,8 @@ def test_decpg_local_agents_read_the_joint_observation_in_their_centralized_crit
     exp = make_experiment(tmp_path / "single", **BALANCE)
     exp.run()
     torch.save(_balance_params(exp), tmp_path / "reference.pt")
-    spawn_local(_balance_worker, 2, tmp_path, tmp_path / "reference.pt", start_method="fork", timeout_s=120)
+    spawn_local(_balance_worker, 2, tmp_path, tmp_path / "reference.pt", env_backend, start_method="fork",
+                timeout_s=120)
 
 
 def test_local_agents_task_narrows_the_groups_and_refuses_a_critic_that_is_not_an_mlp(tmp_path):
@@ -426,9 +513,13 @@ def _entry_worker(rank: int, world_size: int, port: int, overrides: list, scratc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agents", [[], ["--agents", "local"]], ids=["all", "local"])
+@pytest.mark.parametrize("agents", [[], ["--agents", "local"], ["--agents", "local", "--env", "central"]],
+                         ids=["all", "local", "central"])
 def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents):
-    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed [--agents local] ...``'s main on 2 ranks."""
+    """``torchrun --nproc-per-node 2 -m benchmarl_decentral.distributed [--agents local [--env central]] ...``.
+
+    Its main on 2 ranks; ``--env central``: rank 0 steps the only environment (training and evaluation).
+    """
     import torch.multiprocessing as mp
     from benchmarl.hydra_config import load_experiment_from_hydra
 
@@ -508,6 +599,12 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
         (["--agents", "both", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
          r"unknown --agents both; choose one of all\|local"),
         (["--agents"], 2, r"--agents needs a value: --agents all or --agents local"),
+        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "--env"], 2,
+         r"--env needs a value: --env replicated or --env central"),
+        (["--agents", "local", "--env=both", "algorithm=decpg", "task=coordsum/8x15-100"], 2,
+         r"unknown --env both; choose one of replicated\|central"),
+        (["--env", "central", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"--env central steps the environment for ranks that build their agents only; add --agents local"),
         (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
          r"--agents local: dg_mappo's topology=auto builds the D-GAT graph from every agent's observation, which a "
          r"rank does not hold; set algorithm.topology=ring .* or launch with --agents all"),

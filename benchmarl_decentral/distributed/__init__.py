@@ -48,8 +48,12 @@ What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
   groups list the rank's block and whose environment has those agents'
   specs, so the rank's networks, optimizer state and replay buffer are its
   block's; the joint environment is stepped by a backend
-  (:class:`~benchmarl_decentral.distributed.local.ReplicatedEnvs`: a copy per
-  rank, the action blocks exchanged in the step); a task without a global
+  (``--env replicated``,
+  :class:`~benchmarl_decentral.distributed.local.ReplicatedEnvs`: a copy per
+  rank, the action blocks exchanged in the step; ``--env central``,
+  :class:`~benchmarl_decentral.distributed.local.CentralEnv`: rank 0 steps
+  the only copy, gets the other ranks' action blocks and sends each its part
+  of the output, point to point); a task without a global
   state offers the joint observation decpg's centralized critics read;
 * several agent groups: every rank owns an equal block of every group
   (:func:`plan_launch`: the world size must divide every group's size); one
@@ -87,12 +91,13 @@ Ownership and messages, 4 agents on a ring, 2 ranks::
 
 Plan for the rest:
 
-1. *Environment interface that scales*: today every rank steps a full copy of
-   the environment and sends its actions to every rank (traffic grows with
-   the ranks). A central environment rank would scatter each rank's
-   observations and gather its actions, one message per rank and step
-   (dg_mappo's radius and visibility graphs, rebuilt today by every rank from
-   its copy of every observation, would then come with the observations).
+1. *Environment interface that scales*: ``--env central`` (above) steps one
+   copy on rank 0, which sends each rank its part of every step; rank 0
+   then sends every other rank's observations, so its traffic grows with the
+   ranks and is larger than the replicated backend's action exchange (see
+   the README). Left: the other ranks still build the joint environment
+   object (for its specs), and rank 0 could send the joint rewards (logs
+   only) to nobody.
 2. *Only local parameters*: done for decpg (``--agents local``, above);
    dg_mappo's D-GAT and dynamic graphs read every agent's observation (the
    joint observation of :class:`~benchmarl_decentral.distributed.local.LocalAgentsEnv`

@@ -1,4 +1,4 @@
-"""``torchrun --nproc-per-node N -m benchmarl_decentral.distributed [--agents all|local] algorithm=decpg task=... [overrides]``.
+"""``torchrun --nproc-per-node N -m benchmarl_decentral.distributed [--agents all|local] [--env replicated|central] algorithm=decpg task=... [overrides]``.
 
 Every rank composes the same hydra config as ``benchmarl run`` and checks it
 (:func:`check_config`, :func:`~benchmarl_decentral.distributed.plan_launch`)
@@ -9,7 +9,10 @@ builds the experiment for its block of agents
 and trains. ``--agents all`` (the default): every rank builds every agent's
 networks and trains its block; ``--agents local`` (decpg, dg_mappo): every rank builds
 the networks, optimizer state and replay buffer of its block only
-(:mod:`benchmarl_decentral.distributed.local`); its checkpoints hold its block
+(:mod:`benchmarl_decentral.distributed.local`), and ``--env`` picks who steps
+the joint environment: ``replicated`` (the default: every rank its copy) or
+``central`` (rank 0 alone, the other ranks send it their actions and receive
+their part of its output); its checkpoints hold its block
 only, and the launch file records the mode (a checkpoint is resumed in the
 mode it was written in). Rank 0 writes the experiment folder, in ``experiment.save_folder``
 or else the current directory (as BenchMARL's Python API does; there is no
@@ -123,20 +126,29 @@ def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
 LOCAL_DGAT_TOPOLOGIES = ("ring", "knn_ring", "full", "custom", "radius")
 
 
-def split_options(argv: list[str]) -> tuple[str, list[str]]:
-    """``--agents all|local`` (or ``--agents=...``) and the hydra overrides, from the command line."""
-    agents, overrides, rest = "all", [], list(argv)
+def split_options(argv: list[str]) -> tuple[str, str, list[str]]:
+    """``--agents all|local``, ``--env replicated|central`` (or ``--x=...``) and the hydra overrides."""
+    from benchmarl_decentral.distributed.local import ENV_BACKENDS
+
+    options, overrides, rest = {"agents": "all", "env": "replicated"}, [], list(argv)
+    choices = {"agents": "--agents all or --agents local", "env": "--env replicated or --env central"}
     while rest:
         arg = rest.pop(0)
-        if arg == "--agents":
-            if not rest:
-                raise ValueError("--agents needs a value: --agents all or --agents local.")
-            agents = rest.pop(0)
-        elif arg.startswith("--agents="):
-            agents = arg.split("=", 1)[1]
-        else:
+        name = next((n for n in options if arg == f"--{n}" or arg.startswith(f"--{n}=")), None)
+        if name is None:
             overrides.append(arg)
-    return agents, overrides
+        elif "=" in arg:
+            options[name] = arg.split("=", 1)[1]
+        elif not rest:
+            raise ValueError(f"--{name} needs a value: {choices[name]}.")
+        else:
+            options[name] = rest.pop(0)
+    if options["env"] not in ENV_BACKENDS:
+        raise ValueError(f"unknown --env {options['env']}; choose one of {'|'.join(ENV_BACKENDS)}.")
+    if options["env"] != "replicated" and options["agents"] != "local":
+        raise ValueError(f"--env {options['env']} steps the environment for ranks that build their agents only; "
+                         "add --agents local (with --agents all every rank steps its copy).")
+    return options["agents"], options["env"], overrides
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -281,7 +293,7 @@ def main(argv: list[str]) -> None:
                    "algorithm=decpg task=coordsum/8x15-100 experiment.evaluation=false")
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
-        agents, overrides = split_options(argv)
+        agents, env_backend, overrides = split_options(argv)
         cfg, task_name, algorithm = compose(overrides)
         check_algorithm(algorithm)  # first: no environment built for nothing
         check_config(cfg)
@@ -333,7 +345,8 @@ def main(argv: list[str]) -> None:
         if rank == 0 and plan.note:
             ckpt.say(plan.note)
         experiment = build_rank_experiment(
-            lambda wrap=None: _experiment(cfg, task_name, wrap), algorithm=algorithm, sizes=sizes, agents=agents
+            lambda wrap=None: _experiment(cfg, task_name, wrap), algorithm=algorithm, sizes=sizes, agents=agents,
+            env=env_backend,
         )
         (run,) = _broadcast([str(experiment.folder_name) if rank == 0 else None])
         saver = None

@@ -141,7 +141,7 @@ def has_global_state(task: Any, *, seed: int = 0) -> bool:
 
 
 def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, sizes: dict[str, int],
-                          agents: str = "all") -> Experiment:
+                          agents: str = "all", env: str = "replicated") -> Experiment:
     """This rank's experiment: checks, the transport installed while ``make`` builds it, the environment interface.
 
     Args:
@@ -159,6 +159,12 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
             it builds its block only (networks, optimizer state, buffers),
             its environment is the joint one cut to its agents
             (:mod:`benchmarl_decentral.distributed.local`). (default: "all")
+        env: with ``agents="local"``, who steps the joint environment:
+            ``replicated`` (every rank its copy,
+            :class:`~benchmarl_decentral.distributed.local.ReplicatedEnvs`)
+            or ``central`` (rank 0 alone,
+            :class:`~benchmarl_decentral.distributed.local.CentralEnv`).
+            (default: "replicated")
 
     Raises:
         ValueError: from :func:`plan_launch` (one message, before ``make``
@@ -166,6 +172,8 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
     """
     from benchmarl_decentral.distributed.local import (
         AGENT_MODES,
+        ENV_BACKENDS,
+        CentralEnv,
         EnvBytesLog,
         LocalAgentsTask,
         ReplicatedEnvs,
@@ -174,10 +182,14 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
 
     if agents not in AGENT_MODES:
         raise ValueError(f"unknown agents={agents!r}; choose one of {list(AGENT_MODES)}")
+    if env not in ENV_BACKENDS:
+        raise ValueError(f"unknown env={env!r}; choose one of {list(ENV_BACKENDS)}")
+    if env != "replicated" and agents != "local":
+        raise ValueError(f"env={env!r} needs agents='local' (with agents='all' every rank steps its copy)")
     owners = plan_launch(algorithm, sizes, dist.get_world_size())
     transport = TorchDistributedTransport(owners)
     if agents == "local":
-        backend = ReplicatedEnvs(owners, transport.rank)
+        backend = (CentralEnv if env == "central" else ReplicatedEnvs)(owners, transport.rank)
         with use_transport(transport):
             exp = make(lambda task: LocalAgentsTask(task, backend))
         if not isinstance(exp.task, LocalAgentsTask):

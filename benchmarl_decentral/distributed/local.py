@@ -10,14 +10,15 @@ them per agent) rewards and dones; everything outside the groups (a global
 So the experiment BenchMARL builds on it has networks, optimizers and replay
 buffers of ``n / world_size`` agents per group, and nothing of the others.
 
-Stepping the joint environment goes to a *backend*. The one that exists,
-:class:`ReplicatedEnvs`, is today's: every rank steps its own copy of the
-joint environment; before each step the ranks exchange their blocks of the
-action (point to point, each rank's block to every other rank), so every copy
-sees the same joint action, observations and rewards. (A central
-environment rank, which would scatter each rank's observations and gather its
-actions, would be a second backend behind the same two calls,
-:meth:`ReplicatedEnvs.joint_action` and the narrowing of the step's output.)
+Stepping the joint environment goes to a *backend* (``--env``).
+:class:`ReplicatedEnvs` (``replicated``, the default): every rank steps its
+own copy of the joint environment; before each step the ranks exchange their
+blocks of the action (point to point, each rank's block to every other
+rank), so every copy sees the same joint action, observations and rewards.
+:class:`CentralEnv` (``central``): rank 0 alone resets and steps the joint
+environment; every other rank sends it its block of the action and receives
+its part of the output (its agents' entries, the rest whole), point to point
+in an order derived from the specs.
 
 Exactness. A rank in this mode reaches the single-process run's parameters
 for its agents (tests/test_distributed.py): its networks start from the
@@ -26,7 +27,11 @@ the global stream, so how many agents a process builds changes nothing:
 :func:`network_seed`), and it draws the same sampling noise: its policy's
 distribution draws the noise of the whole group and keeps its block's
 (:func:`block_sampling`), so the global random stream advances as in one
-process and its agents' actions are the single-process run's.
+process and its agents' actions are the single-process run's. With
+:class:`CentralEnv` this needs an environment that draws from a generator of
+its own (coordsum's generator; VMAS 1.5 swaps its own random state in around
+every reset and step), not from the global torch stream: only rank 0 runs the
+environment, so only rank 0's global stream would advance.
 
 Pure BenchMARL/TorchRL around the transport: the exchange runs on the default
 process group (torch.distributed, gloo on one machine).
@@ -56,6 +61,10 @@ JOINT_OBSERVATION = "joint_observation"
 #: Root key of the joint rewards a :class:`LocalAgentsEnv` adds for groups with per-agent rewards:
 #: ``(JOINT_REWARD, group, "reward")``, ``(*B, n, 1)``, every agent's; what rank 0 logs (:func:`log_joint_rewards`).
 JOINT_REWARD = "joint_reward"
+
+#: ``--env`` of the entry point (``--agents local``): every rank steps its copy of the joint environment
+#: (:class:`ReplicatedEnvs`), or rank 0 steps the only one (:class:`CentralEnv`).
+ENV_BACKENDS = ("replicated", "central")
 
 #: ``--agents`` of the entry point: ``all`` (every rank builds every agent's networks; its block trains) or
 #: ``local`` (every rank builds its block only).
@@ -137,6 +146,181 @@ class ReplicatedEnvs:
         return joint
 
 
+def _group_of(key: Any, groups: list) -> str:
+    """The group a leaf's bytes are counted for: its group, ``(JOINT_*, group, ...)``'s, else the first group."""
+    if isinstance(key, tuple):
+        if key[0] in groups:
+            return key[0]
+        if key[0] in (JOINT_OBSERVATION, JOINT_REWARD) and len(key) > 1 and key[1] in groups:
+            return key[1]
+    return groups[0]
+
+
+class CentralEnv:
+    """Backend: rank 0 steps the only joint environment; every other rank sends its actions, receives its part.
+
+    Each step, every rank other than 0 sends rank 0 its block of every
+    group's action (one tensor per action key, in the joint environment's
+    action-spec order); rank 0 assembles the joint action, steps the joint
+    environment and sends every rank its part of the output: for every key of
+    the rank's :class:`LocalAgentsEnv` output specs (observations, then
+    rewards, then dones, in spec order) the leaf, cut to that rank's block
+    where the key is a group's; what is outside the groups (a global state,
+    a shared reward, the dones, ``info``, the joint observation and every
+    agent's reward, :data:`JOINT_OBSERVATION` / :data:`JOINT_REWARD`) whole.
+    A reset sends nothing to rank 0 (the ``_reset`` mask follows from the
+    dones every rank received) and the same part back. All point to point,
+    in an order every rank derives from the specs. The other ranks build the
+    joint environment object (its specs and group map) but never reset or
+    step it.
+
+    Counts, per group, the bytes each agent of this rank sent
+    (:attr:`sent`): a rank other than 0 its block's actions; rank 0 the
+    parts it sent, a leaf counted for its group (``JOINT_*`` leaves for the
+    group they name, the rest for the first group), divided by rank 0's
+    agents of that group.
+
+    Exactness: only rank 0 resets and steps the environment, so the other
+    ranks reach the single-process run only where the environment draws
+    from a random state of its own (coordsum: its ``torch.Generator``; VMAS
+    1.5: ``local_seed`` around every reset, step and seed); one that drew
+    from the global torch stream would advance it on rank 0 only, and the
+    other ranks' sampling noise would then differ from the single-process run's.
+
+    Args:
+        owners: group to the rank of each of its agents.
+        rank: this process's rank.
+    """
+
+    name = "central"
+    #: the rank that steps the environment
+    central = 0
+
+    def __init__(self, owners: Mapping[str, Tensor], rank: int) -> None:
+        self.owners = {group: owner.cpu().long() for group, owner in owners.items()}
+        self.rank = rank
+        self.world_size = int(max(int(o.max()) for o in self.owners.values())) + 1
+        self.blocks = blocks_of(self.owners, rank)
+        self.rank_blocks = {r: blocks_of(self.owners, r) for r in range(self.world_size)}
+        self.groups = list(self.owners)
+        self.sent = {group: 0 for group in self.groups}
+        #: joint steps and resets rank 0 ran for the other ranks (every rank counts its calls)
+        self.steps = self.resets = 0
+
+    @property
+    def is_central(self) -> bool:
+        return self.rank == self.central
+
+    def _count(self, key: Any, tensor: Tensor) -> None:
+        group = _group_of(key, self.groups)
+        first, last = self.blocks[group]
+        self.sent[group] += tensor.numel() * tensor.element_size() / (last - first)
+
+    @staticmethod
+    def _wait(ops: list) -> None:
+        if ops:
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
+
+    def _action_keys(self, env: "LocalAgentsEnv") -> list:
+        return [key for key in env.joint_env.full_action_spec.keys(True, True)
+                if isinstance(key, tuple) and key[0] in self.blocks]
+
+    def step(self, env: "LocalAgentsEnv", tensordict: TensorDictBase) -> TensorDictBase:
+        """The step's output for this rank's agents (rank 0 steps the joint environment)."""
+        nb = len(env.batch_size)
+        self.steps += 1
+        actions = self._action_keys(env)
+        if not self.is_central:
+            ops = []
+            for key in actions:
+                value = tensordict.get(key).detach().contiguous().cpu()
+                ops.append(dist.P2POp(dist.isend, value, self.central))
+                self._count(key, value)
+            self._wait(ops)
+            return self._receive(env, reset=False)
+        joint = TensorDict({}, batch_size=env.joint_env.batch_size, device=env.device)
+        ops, received = [], []
+        for key in actions:
+            local = tensordict.get(key)
+            n = self.owners[key[0]].numel()
+            shape = list(local.shape)
+            shape[nb] = n
+            value = local.new_empty(shape)
+            first, last = self.blocks[key[0]]
+            value.narrow(nb, first, last - first).copy_(local)
+            for r in range(self.world_size):
+                if r == self.rank:
+                    continue
+                a, b = self.rank_blocks[r][key[0]]
+                shape[nb] = b - a
+                buf = torch.empty(shape, dtype=local.dtype)
+                ops.append(dist.P2POp(dist.irecv, buf, r))
+                received.append((value, a, buf))
+            joint.set(key, value)
+        self._wait(ops)
+        for value, a, buf in received:
+            value.narrow(nb, a, buf.shape[nb]).copy_(buf.to(value.device))
+        for key in env.joint_env.full_state_spec.keys(True, True):  # inputs outside the groups: rank 0's own
+            value = tensordict.get(key, None)
+            if value is not None:
+                joint.set(key, value)
+        #: the last joint action rank 0's environment stepped with (what the tests read)
+        self.last_joint_action = joint
+        out = env._add_joint(env.joint_env.step(joint).get("next"))
+        return self._scatter(env, out, reset=False)
+
+    def reset(self, env: "LocalAgentsEnv", inner: Optional[TensorDictBase]) -> TensorDictBase:
+        """The reset's output for this rank's agents (rank 0 resets the joint environment)."""
+        self.resets += 1
+        if not self.is_central:
+            return self._receive(env, reset=True)
+        return self._scatter(env, env._add_joint(env.joint_env.reset(inner)), reset=True)
+
+    def _scatter(self, env: "LocalAgentsEnv", out: TensorDictBase, reset: bool) -> TensorDictBase:
+        nb = len(env.batch_size)
+        keys = env.output_keys(reset)
+        ops = []
+        for r in range(self.world_size):
+            if r == self.rank:
+                continue
+            for key in keys:
+                value = out.get(key)
+                if isinstance(key, tuple) and key[0] in self.rank_blocks[r]:
+                    a, b = self.rank_blocks[r][key[0]]
+                    value = value.narrow(nb, a, b - a)
+                value = value.detach().contiguous().cpu()
+                ops.append(dist.P2POp(dist.isend, value, r))
+                self._count(key, value)
+        self._wait(ops)
+        mine = self._empty(env, keys)
+        for key in keys:
+            value = out.get(key)
+            if isinstance(key, tuple) and key[0] in self.blocks:
+                a, b = self.blocks[key[0]]
+                value = value.narrow(nb, a, b - a)
+            mine.set(key, value)
+        return mine
+
+    def _empty(self, env: "LocalAgentsEnv", keys: list) -> TensorDictBase:
+        """An output tensordict whose groups have this rank's agent dim (filled leaf by leaf)."""
+        out = TensorDict({}, batch_size=env.batch_size, device=env.device)
+        for group, (first, last) in self.blocks.items():
+            if any(isinstance(key, tuple) and key[0] == group for key in keys):
+                out.set(group, TensorDict({}, batch_size=(*env.batch_size, last - first), device=env.device))
+        return out
+
+    def _receive(self, env: "LocalAgentsEnv", reset: bool) -> TensorDictBase:
+        specs = env.output_specs()
+        keys = env.output_keys(reset)
+        bufs = [specs[key].zero().cpu().contiguous() for key in keys]
+        self._wait([dist.P2POp(dist.irecv, buf, self.central) for buf in bufs])
+        out = self._empty(env, keys)
+        for key, buf in zip(keys, bufs):
+            out.set(key, buf.to(env.device))
+        return out
+
+
 def _narrow_spec(spec: Composite, blocks: Mapping[str, tuple[int, int]], batch_dims: int) -> Composite:
     """``spec`` with every group's sub-spec cut to its block (the agent dim follows the batch dims)."""
     for group, (first, last) in blocks.items():
@@ -157,16 +341,20 @@ def _narrow_td(td: TensorDictBase, blocks: Mapping[str, tuple[int, int]], batch_
 class LocalAgentsEnv(EnvBase):
     """The rank's view of a joint environment: its agents' entries of every group, the rest as they are.
 
-    Steps go to the backend: the actions of the agents of this rank are
-    completed to the joint action (:meth:`ReplicatedEnvs.joint_action`), the
-    joint environment steps, and its output is cut to this rank's agents.
+    Steps go to the backend: with :class:`ReplicatedEnvs` the actions of the
+    agents of this rank are completed to the joint action
+    (:meth:`ReplicatedEnvs.joint_action`), the joint environment steps, and
+    its output is cut to this rank's agents; with :class:`CentralEnv`
+    (:meth:`CentralEnv.step` / :meth:`CentralEnv.reset`) rank 0 does that
+    for every rank and sends each its cut (:meth:`output_keys`), and the
+    other ranks never reset or step their ``joint_env`` (built for its specs).
 
     With ``joint``, it also observes every agent's observation of those
     groups, as one flat vector per environment, under
     ``(JOINT_OBSERVATION, group)``: what a centralized critic reads (a
     task without a global state; decpg's critics, paper 002 sec. 3; dg_mappo's radius graph). With the
     replicated backend it is the joint environment's own observation (no
-    message); its leaves (``joint[group]``, the task's observation keys of the
+    message; with the central backend rank 0 sends it to every rank whole); its leaves (``joint[group]``, the task's observation keys of the
     group, 1-D features each) are concatenated per agent, then the agents.
 
     It also rewards every agent of a group that has per-agent rewards under
@@ -175,7 +363,7 @@ class LocalAgentsEnv(EnvBase):
 
     Args:
         env: the joint environment (the task's own).
-        backend: :class:`ReplicatedEnvs`.
+        backend: :class:`ReplicatedEnvs` or :class:`CentralEnv`.
         joint: group to its observation leaves to offer jointly. (default: none)
     """
 
@@ -189,8 +377,13 @@ class LocalAgentsEnv(EnvBase):
         if any(group in blocks for group in done_groups):
             raise ValueError(
                 f"--agents local: the environment has per-agent done flags in groups {sorted(set(done_groups))}, "
-                "whose partial resets the replicated backend does not carry yet; launch with --agents all."
+                f"whose partial resets the {backend.name} backend does not carry yet; launch with --agents all."
             )
+        grouped_inputs = [key for key in env.full_state_spec.keys(True, True)
+                          if isinstance(key, tuple) and key[0] in blocks]
+        if backend.name == "central" and grouped_inputs:
+            raise ValueError(f"--env central: the environment takes per-agent inputs {grouped_inputs} besides the "
+                             "actions, which the central backend does not send yet; launch with --env replicated.")
         self.joint = {group: list(keys) for group, keys in (joint or {}).items()}
         observation_spec = env.full_observation_spec.clone()
         for group, keys in self.joint.items():
@@ -222,10 +415,27 @@ class LocalAgentsEnv(EnvBase):
     def _set_seed(self, seed: Optional[int]) -> None:
         self.joint_env.set_seed(seed, static_seed=True)
 
+    def output_specs(self) -> Composite:
+        """This rank's observation, reward and done specs in one ``Composite`` (what a step outputs)."""
+        specs = self.full_observation_spec.clone()
+        for spec in (self.full_reward_spec, self.full_done_spec):
+            for key in spec.keys(True, True):
+                specs[key] = spec[key].clone()
+        return specs
+
+    def output_keys(self, reset: bool) -> list:
+        """The leaves of a step's (``reset``: a reset's) output, in spec order: observations, rewards, dones."""
+        keys = list(self.full_observation_spec.keys(True, True))
+        if not reset:
+            keys += list(self.full_reward_spec.keys(True, True))
+        return keys + list(self.full_done_spec.keys(True, True))
+
     def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDictBase:
         inner = None
         if tensordict is not None and "_reset" in tensordict.keys():
             inner = TensorDict({"_reset": tensordict.get("_reset")}, batch_size=self.batch_size, device=self.device)
+        if isinstance(self.backend, CentralEnv):
+            return self.backend.reset(self, inner)
         out = self.joint_env.reset(inner)
         return _narrow_td(self._add_joint(out), self.backend.blocks, len(self.batch_size))
 
@@ -241,6 +451,8 @@ class LocalAgentsEnv(EnvBase):
         return td
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        if isinstance(self.backend, CentralEnv):
+            return self.backend.step(self, tensordict)
         nb = len(self.batch_size)
         joint = TensorDict({}, batch_size=self.joint_env.batch_size, device=self.device)
         inputs = [*self.joint_env.full_action_spec.keys(True, True), *self.joint_env.full_state_spec.keys(True, True)]
@@ -288,7 +500,7 @@ class LocalAgentsTask(TaskClass):
 
     Args:
         task: the task (BenchMARL's ``TaskClass``).
-        backend: :class:`ReplicatedEnvs`.
+        backend: :class:`ReplicatedEnvs` or :class:`CentralEnv`.
 
     Attributes:
         sizes: agents per group of the joint task.
