@@ -616,6 +616,16 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
           "algorithm.position_dims=[0,2]"], 2,
          r"--agents local: dg_mappo's radius graph reads every agent's position from the joint observation, not "
          r"from algorithm.position_key=pos; set algorithm.position_key=null"),
+        (["--agents=local", "algorithm=dg_mappo", "task=vmas/navigation", "experiment.evaluation=false",
+          "algorithm.topology=radius", "algorithm.radius=1", "algorithm.position_dims=[0,2]",
+          "algorithm.group_topology={agents: {position_key: pos}}", "task.n_agents=4"], 2,
+         r"--agents local: dg_mappo's radius graph reads every agent's position from the joint observation, not "
+         r"from algorithm.position_key=pos; set algorithm.position_key=null \(also in algorithm.group_topology"),
+        (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "algorithm.topology=radius", "algorithm.radius=1", "algorithm.position_dims=[0,2]"], 2,
+         r"--agents local: dg_mappo's radius graph reads every agent's position from the joint observation, which "
+         r"a rank's environment offers on a task without a global state only; task coordsum/8x15-100 has one\. "
+         r"Set algorithm.topology=ring"),
         (["--agents=local", "algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "experiment.evaluation=false",
           "algorithm.topology=ring"], 2,
          r"--agents local: dg_mappo_paper with algorithm.consensus_params=\['dgat'\] lets every agent start from "

@@ -68,7 +68,10 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
         ValueError: an unknown mode; an algorithm other than decpg and
             dg_mappo; a graph rebuilt from every agent's observation (decpg's
             ``topology=visibility``; dg_mappo's topologies other than ring,
-            knn_ring, full and custom); dg_mappo's per-agent initial actor or
+            knn_ring, full, custom and radius; the radius graph with a
+            ``position_key``; on a task with a global state, whose ranks get
+            no joint observation, :func:`main` refuses the radius graph once
+            the task is loaded); dg_mappo's per-agent initial actor or
             critic (``consensus_params`` without them) or
             ``evaluation_dropout``; BenchMARL's joint gradient clip
             (``algorithm.max_grad_norm=null``), a norm over every agent.
@@ -95,20 +98,26 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
                          "algorithm.max_grad_norm=10 (per agent) or experiment.clip_grad_val=null.")
 
 
+def _dgat_options(algo: DictConfig, key: str) -> list:
+    """``algorithm.<key>`` and every ``algorithm.group_topology.<group>.<key>`` (None where unset)."""
+    return [algo.get(key, None)] + [
+        (options or {}).get(key, None) for options in (algo.get("group_topology", None) or {}).values()]
+
+
 def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
     """dg_mappo's settings a rank holding its block of agents only cannot run (see :func:`check_agents`)."""
-    topologies = [algo.get("topology", None)] + [
-        (options or {}).get("topology", None) for options in (algo.get("group_topology", None) or {}).values()]
+    topologies = _dgat_options(algo, "topology")
     dynamic = [t for t in topologies if t is not None and t not in LOCAL_DGAT_TOPOLOGIES]
     if dynamic:
         raise ValueError(f"--agents local: {algorithm}'s topology={dynamic[0]} builds the D-GAT graph from every "
                          "agent's observation, which a rank does not hold; set algorithm.topology=ring (or knn_ring, "
                          "full, custom, radius) or launch with --agents all.")
-    if "radius" in topologies and algo.get("position_key", None) is not None:
+    position_key = next((key for key in _dgat_options(algo, "position_key") if key is not None), None)
+    if "radius" in topologies and position_key is not None:
         raise ValueError(f"--agents local: {algorithm}'s radius graph reads every agent's position from the joint "
-                         f"observation, not from algorithm.position_key={algo.position_key}; set "
-                         "algorithm.position_key=null (positions from the observation, algorithm.position_dims) or "
-                         "launch with --agents all.")
+                         f"observation, not from algorithm.position_key={position_key}; set "
+                         "algorithm.position_key=null (also in algorithm.group_topology; positions from the "
+                         "observation, algorithm.position_dims) or launch with --agents all.")
     missing = [net for net in ("actor", "critic") if net not in list(algo.get("consensus_params", []))]
     if missing:
         raise ValueError(f"--agents local: {algorithm} with algorithm.consensus_params={list(algo.consensus_params)} "
@@ -309,6 +318,13 @@ def main(argv: list[str]) -> None:
                 f"--agents local: task {task_name} has no global state, so each agent's critic reads the "
                 f"concatenated observations of every agent, MAPPO's centralized critic for an MLP only; got "
                 f"critic_model {'+'.join(critic)}. Use model@critic_model=layers/mlp, or launch with --agents all."
+            )
+        if (agents == "local" and algorithm.startswith("dg_mappo")
+                and "radius" in _dgat_options(cfg.algorithm, "topology") and has_global_state(task, seed=cfg.seed)):
+            raise ValueError(
+                f"--agents local: {algorithm}'s radius graph reads every agent's position from the joint observation, "
+                f"which a rank's environment offers on a task without a global state only; task {task_name} has "
+                "one. Set algorithm.topology=ring (or knn_ring, full, custom) or launch with --agents all."
             )
         owners = plan_launch(algorithm, sizes, world_size)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
