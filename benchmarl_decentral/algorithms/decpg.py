@@ -98,7 +98,7 @@ from benchmarl_decentral.distributed.local import (
     group_size,
     joint_observation_spec,
     local_block,
-    network_seed,
+    network_rng,
 )
 from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics, current_transport
 from benchmarl_decentral.environments.perturbation import PerturbedPolicy
@@ -288,19 +288,10 @@ class Decpg(Mappo):
         self.callback.experiment = self.experiment
 
     # ------------------------------------------------------------------ networks
-    @contextlib.contextmanager
-    def _network_rng(self, group: str, net: str) -> Iterator[None]:
-        """Build a network from a seed of its own (:func:`~benchmarl_decentral.distributed.local.network_seed`).
-
-        Its first agent's parameters, ``theta_0`` (sec. 3), are then the same
-        whatever number of agents a process builds (every agent, or a
-        distributed rank's block), and the global random stream (action
-        sampling, minibatches) is left where it was.
-        """
-        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(network_seed(self.experiment.seed, group, net))
-            yield
+    def _network_rng(self, group: str, net: str) -> contextlib.AbstractContextManager:
+        """Build a network from a seed of its own (:func:`~benchmarl_decentral.distributed.local.network_rng`):
+        its first agent's parameters, ``theta_0`` (sec. 3), are the same whatever number of agents a process builds."""
+        return network_rng(self.experiment.seed, group, net, self.device)
 
     def _get_policy_for_loss(self, group, model_config, continuous) -> TensorDictModule:
         shared = self.experiment_config.share_policy_params

@@ -88,7 +88,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field, MISSING
-from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 import torch
 from benchmarl.algorithms.common import Algorithm, AlgorithmConfig
@@ -125,7 +125,7 @@ from benchmarl_decentral.distributed.local import (
     joint_observation_spec,
     JOINT_REWARD,
     local_block,
-    network_seed,
+    network_rng,
 )
 from benchmarl_decentral.distributed.transport import (
     bytes_per_agent_metrics,
@@ -805,19 +805,14 @@ class DgMappo(Mappo):
                 "--agents all.",
             )
 
-    @contextlib.contextmanager
-    def _network_rng(self, group: str, net: str) -> Iterator[None]:
-        """Draw a network's initial parameters from a seed of its own (:func:`~benchmarl_decentral.distributed.local.network_seed`).
+    def _network_rng(self, group: str, net: str) -> ContextManager:
+        """Draw a network's initial parameters from a seed of its own (:func:`~benchmarl_decentral.distributed.local.network_rng`).
 
         The first agent's draw, which every agent starts from (eq. 9's common
         point, :meth:`_get_loss`), is then the same whatever number of agents a
-        process builds (every agent, or a distributed rank's block), and the
-        global random stream (action sampling, minibatches) is left where it was.
+        process builds, and the global random stream is left where it was.
         """
-        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(network_seed(self.experiment.seed, group, net))
-            yield
+        return network_rng(self.experiment.seed, group, net, self.device)
 
     def set_fast_paths(self, on: bool) -> None:
         """Switch the profile's speed-ups (:attr:`fast_paths`) on or off, in the D-GAT modules and optimizers too."""

@@ -39,8 +39,9 @@ process group (torch.distributed, gloo on one machine).
 
 from __future__ import annotations
 
+import contextlib
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -86,6 +87,23 @@ def blocks_of(owners: Mapping[str, Tensor], rank: int) -> dict[str, tuple[int, i
 def network_seed(seed: int, group: str, net: str) -> int:
     """The seed a network of ``group`` is built from: the same in every process, whatever agents it builds."""
     return zlib.crc32(f"{int(seed)}/{group}/{net}".encode()) & 0x7FFFFFFF
+
+
+@contextlib.contextmanager
+def network_rng(seed: int, group: str, net: str, device: Any = "cpu") -> Iterator[None]:
+    """Draw a network's initial parameters from :func:`network_seed` (``torch.random.fork_rng``).
+
+    The first agent's draw, which every agent starts from (decpg's
+    ``theta_0``, paper 002 sec. 3; dg_mappo's common point of 000 eq. 9), is
+    then the same whatever number of agents a process builds (every agent,
+    or a distributed rank's block), and the global random stream (action
+    sampling, minibatches) is left where it was. ``device``: a CUDA device's
+    stream is forked and seeded too.
+    """
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(network_seed(seed, group, net))
+        yield
 
 
 class ReplicatedEnvs:
