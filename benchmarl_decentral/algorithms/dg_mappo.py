@@ -782,9 +782,11 @@ class DgMappo(Mappo):
         Its networks must start as in one process: every agent from the same
         actor and critic (``consensus_params`` with ``actor`` and ``critic``,
         which copies the first agent's draw to all), since a block cannot draw
-        the per-agent initial networks of the agents before it; its D-GAT graph
-        must be static (a radius or visibility graph reads every agent's
-        observation); and the dropout evaluation silences agents it does not hold.
+        the per-agent initial networks of the agents before it; and the dropout
+        evaluation silences agents it does not hold. Its D-GAT graph (static,
+        or the radius graph from the joint observation) is checked by
+        :class:`~benchmarl_decentral.models.dgat.Dgat` inside
+        :func:`~benchmarl_decentral.models.dgat.agent_block`.
         """
         if all(local_block(self.experiment, g) is None for g in self.group_map):
             return

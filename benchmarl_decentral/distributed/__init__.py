@@ -42,7 +42,7 @@ What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
   of the environment and the ranks exchange their agents' actions) and the
   entry point ``torchrun --nproc-per-node N -m benchmarl_decentral.distributed
   algorithm=decpg|dg_mappo task=...`` (:mod:`benchmarl_decentral.distributed.__main__`);
-* only the rank's agents (``--agents local``, decpg;
+* only the rank's agents (``--agents local``, decpg and dg_mappo;
   :mod:`benchmarl_decentral.distributed.local`): the experiment is built on
   :class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`, whose
   groups list the rank's block and whose environment has those agents'
@@ -98,11 +98,14 @@ Plan for the rest:
    the README). Left: the other ranks still build the joint environment
    object (for its specs), and rank 0 could send the joint rewards (logs
    only) to nobody.
-2. *Only local parameters*: done for decpg (``--agents local``, above);
-   dg_mappo's D-GAT and dynamic graphs read every agent's observation (the
-   joint observation of :class:`~benchmarl_decentral.distributed.local.LocalAgentsEnv`
-   would carry them) is left (checkpoints, elastic restart and the run's
-   returns in rank 0's logs work in that mode).
+2. *Only local parameters*: done (``--agents local``, above) for decpg and
+   for dg_mappo on static D-GAT topologies and the radius graph (read from
+   the joint observation of
+   :class:`~benchmarl_decentral.distributed.local.LocalAgentsEnv`, tasks
+   without a global state); left: the graphs still rebuilt from every
+   agent's observation (decpg's and dg_mappo's visibility, dg_mappo's
+   ``auto``), and per-agent initial networks (a rank cannot draw its
+   agents' without drawing the others').
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
    distance, ``theta_avg``, dg_mappo's ``evaluation_dropout``): a reduction
    outside training, on rank 0.
