@@ -421,3 +421,27 @@ def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_no
     curve = json.loads((run / f"{run.name}.json").read_text())
     reference_curve = json.loads((ref / f"{ref.name}.json").read_text())
     assert json.dumps(curve, sort_keys=True) == json.dumps(reference_curve, sort_keys=True)
+
+
+def test_a_checkpoint_keeps_the_central_backends_fractional_env_bytes(tmp_path):
+    """--env central counts rank 0's bytes per agent as a fraction (its parts over its agents); a rank's
+    checkpoint gives them back as they were, not truncated to an int."""
+    from benchmarl_decentral.distributed.checkpoint import RankCheckpoints
+    from benchmarl_decentral.distributed.local import CentralEnv, EnvBytesLog
+    from conftest import make_experiment
+
+    experiment = make_experiment(tmp_path, algorithm="mappo", task="vmas/balance", task_overrides={"n_agents": 4})
+    log = EnvBytesLog(CentralEnv({"agents": partition_agents(4, 2)}, 0))
+    launch = Launch.of(algorithm="decpg", task="vmas/balance", seed=0, sizes={"agents": 4}, world_size=2,
+                       agent_mode="local")
+    saver = RankCheckpoints(experiment, tmp_path / "run", 0, launch, {"agents": [0, 1]}, log)
+    (tmp_path / "run").mkdir()
+    log.sent["agents"] = 556.25  # coordsum/8x15-100's step, README
+    path = saver.save()
+    log.sent["agents"] = 0
+    saver.restore_extra(str(path))
+    assert log.sent["agents"] == 556.25 and log.backend.sent is log.sent
+    log.sent["agents"] = 16  # the replicated backend's (and a rank other than 0's) whole bytes stay ints
+    path = saver.save()
+    saver.restore_extra(str(path))
+    assert log.sent["agents"] == 16 and isinstance(log.sent["agents"], int)

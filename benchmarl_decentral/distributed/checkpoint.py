@@ -348,7 +348,9 @@ class RankCheckpoints:
         launch: the launch (recorded in every file).
         agents: this rank's agents, their indices in each group.
         exchange: the rank's :class:`~benchmarl_decentral.distributed.experiment.ActionExchange`
-            (its byte count goes into the file).
+            or, with ``--agents local``, its
+            :class:`~benchmarl_decentral.distributed.local.EnvBytesLog` (its
+            byte count goes into the file).
     """
 
     def __init__(self, experiment, run: Path, rank: int, launch: Launch, agents: Mapping[str, list[int]],
@@ -411,7 +413,9 @@ class RankCheckpoints:
             saved = extra.get("env_bytes_sent", {})
             if not isinstance(saved, dict):  # written before the per-group counts: one group's
                 saved = {self.exchange.groups[0]: saved}
-            self.exchange.sent.update({group: int(value) for group, value in saved.items()})
+            # --env central counts fractional bytes per agent (rank 0's parts over its agents): kept as they are
+            self.exchange.sent.update({group: value if isinstance(value, float) else int(value)
+                                       for group, value in saved.items()})
 
 
 def say(message: str) -> None:
