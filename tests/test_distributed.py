@@ -493,6 +493,27 @@ def test_local_agents_task_narrows_the_groups_and_refuses_a_critic_that_is_not_a
                    seed=0, config=tiny_experiment_config(tmp_path))
 
 
+@pytest.mark.parametrize("overrides, match", [
+    ({"consensus_params": ["dgat"]},
+     r"--agents local: dg_mappo with algorithm.consensus_params=\['dgat'\] lets every agent start from its own "
+     r"actor and critic, .* set algorithm.consensus_params=\[dgat,actor,critic\]"),
+    ({"evaluation_dropout": [1]},
+     r"--agents local: dg_mappo's algorithm.evaluation_dropout silences agents across the group, .* set "
+     r"algorithm.evaluation_dropout=null"),
+])
+def test_python_api_refuses_what_a_dg_mappo_block_cannot_run(tmp_path, overrides, match):
+    """The same refusals as the entry point's (dg_mappo.local_agents_refusal) when a LocalAgentsTask is built
+    through the Python API, before any network (no process group: nothing steps)."""
+    from benchmarl_decentral.distributed.local import ReplicatedEnvs, LocalAgentsTask
+    from conftest import make_experiment
+
+    backend = ReplicatedEnvs({"agents": torch.tensor([0, 0, 1, 1])}, rank=0)
+    with pytest.raises(ValueError, match=match):
+        make_experiment(tmp_path, algorithm="dg_mappo", task="vmas/navigation", task_overrides={"n_agents": 4},
+                        algorithm_overrides={"topology": "ring", **overrides},
+                        task_wrapper=lambda task: LocalAgentsTask(task, backend))
+
+
 # ------------------------------------------------------------------ the entry point (as torchrun runs it)
 ENTRY = ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.evaluation_mode=local",
          "algorithm.perturbed_evaluation=false", "experiment.evaluation_interval=60", "experiment.evaluation_episodes=2",

@@ -560,6 +560,31 @@ class DgMappoLoss(ClipPPOLoss):
 _FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 
 
+def local_agents_refusal(algorithm: str, consensus_params: Iterable[str], evaluation_dropout) -> Optional[str]:
+    """Why a process that builds a block of agents only (``--agents local``) cannot run these settings, or None.
+
+    Its networks must start as in one process: every agent from the same
+    actor and critic (``consensus_params`` with ``actor`` and ``critic``,
+    which copies the first agent's draw to all), since a block cannot draw
+    the per-agent initial networks of the agents before it; and the dropout
+    evaluation silences agents it does not hold. One message for the
+    entry point (before the ranks join) and the Python API (when the
+    experiment is built).
+    """
+    consensus_params = list(consensus_params)
+    missing = [net for net in ("actor", "critic") if net not in consensus_params]
+    if missing:
+        return (f"--agents local: {algorithm} with algorithm.consensus_params={consensus_params} lets every agent "
+                f"start from its own {' and '.join(missing)}, which a rank cannot draw for its agents without drawing "
+                "the others'; set algorithm.consensus_params=[dgat,actor,critic] (dg_mappo's default) or launch "
+                "with --agents all.")
+    if evaluation_dropout:
+        return (f"--agents local: {algorithm}'s algorithm.evaluation_dropout silences agents across the group, which "
+                "a rank holding its block only does not run; set algorithm.evaluation_dropout=null or launch with "
+                "--agents all.")
+    return None
+
+
 def _common_start_(dgat: nn.Module) -> None:
     """Every agent's D-GAT parameters set to one agent's draw of them (the common ``psi_0`` of eq. 9).
 
@@ -777,35 +802,15 @@ class DgMappo(Mappo):
         self.callback.experiment = self.experiment
 
     def _check_local_agents(self) -> None:
-        """What a process that builds a block of agents only (``--agents local``) cannot run, refused with the fix.
-
-        Its networks must start as in one process: every agent from the same
-        actor and critic (``consensus_params`` with ``actor`` and ``critic``,
-        which copies the first agent's draw to all), since a block cannot draw
-        the per-agent initial networks of the agents before it; and the dropout
-        evaluation silences agents it does not hold. Its D-GAT graph (static,
-        or the radius graph from the joint observation) is checked by
-        :class:`~benchmarl_decentral.models.dgat.Dgat` inside
-        :func:`~benchmarl_decentral.models.dgat.agent_block`.
-        """
+        """What a process that builds a block of agents only (``--agents local``) cannot run, refused with the fix
+        (:func:`local_agents_refusal`). Its D-GAT graph (static, or the radius graph from the joint observation)
+        is checked by :class:`~benchmarl_decentral.models.dgat.Dgat` inside
+        :func:`~benchmarl_decentral.models.dgat.agent_block`."""
         if all(local_block(self.experiment, g) is None for g in self.group_map):
             return
-        missing = [net for net in ("actor", "critic") if net not in self.consensus_params]
-        if missing:
-            raise config_error(
-                self.experiment,
-                f"dg_mappo with --agents local: algorithm.consensus_params={list(self.consensus_params)} lets every "
-                f"agent start from its own {' and '.join(missing)}, which a rank cannot draw for its agents without "
-                "drawing the others'; set algorithm.consensus_params=[dgat,actor,critic] (dg_mappo's default) or "
-                "launch with --agents all.",
-            )
-        if self.evaluation_dropout:
-            raise config_error(
-                self.experiment,
-                "dg_mappo with --agents local: algorithm.evaluation_dropout silences agents across the group, which "
-                "a rank holding its block only does not run; set algorithm.evaluation_dropout=null or launch with "
-                "--agents all.",
-            )
+        error = local_agents_refusal("dg_mappo", self.consensus_params, self.evaluation_dropout)
+        if error is not None:
+            raise config_error(self.experiment, error)
 
     def _network_rng(self, group: str, net: str) -> ContextManager:
         """Draw a network's initial parameters from a seed of its own (:func:`~benchmarl_decentral.distributed.local.network_rng`).

@@ -106,6 +106,8 @@ def _dgat_options(algo: DictConfig, key: str) -> list:
 
 def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
     """dg_mappo's settings a rank holding its block of agents only cannot run (see :func:`check_agents`)."""
+    from benchmarl_decentral.algorithms.dg_mappo import local_agents_refusal
+
     topologies = _dgat_options(algo, "topology")
     dynamic = [t for t in topologies if t is not None and t not in LOCAL_DGAT_TOPOLOGIES]
     if dynamic:
@@ -118,16 +120,9 @@ def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
                          f"observation, not from algorithm.position_key={position_key}; set "
                          "algorithm.position_key=null (also in algorithm.group_topology; positions from the "
                          "observation, algorithm.position_dims) or launch with --agents all.")
-    missing = [net for net in ("actor", "critic") if net not in list(algo.get("consensus_params", []))]
-    if missing:
-        raise ValueError(f"--agents local: {algorithm} with algorithm.consensus_params={list(algo.consensus_params)} "
-                         f"lets every agent start from its own {' and '.join(missing)}, which a rank cannot draw for its "
-                         "agents without drawing the others'; set algorithm.consensus_params=[dgat,actor,critic] or "
-                         "launch with --agents all.")
-    if algo.get("evaluation_dropout", None):
-        raise ValueError("--agents local: algorithm.evaluation_dropout silences agents across the group, which a rank "
-                         "holding its block only does not run; set algorithm.evaluation_dropout=null or launch with "
-                         "--agents all.")
+    error = local_agents_refusal(algorithm, algo.get("consensus_params", []), algo.get("evaluation_dropout", None))
+    if error is not None:
+        raise ValueError(error)
 
 
 #: dg_mappo's D-GAT topologies a rank holding its block can build (``--agents local``): the static ones,
