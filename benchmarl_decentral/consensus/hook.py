@@ -126,9 +126,10 @@ class ConsensusMixer:
     step ``s`` by the usual renormalisation, so the message-less link is
     never read. With a static graph and no link failure ``W_s = W`` and this
     is ``theta_i <- W_ii theta_i(t) + sum_{j != i} W_ij theta_j(t - d)``.
-    The transport keeps the history (:class:`~benchmarl_decentral.distributed.LinkHistory`,
-    :attr:`history`): ``d`` entries of the sent vectors, ``d x`` the
-    parameters per agent held here.
+    The mixer keeps the history (:class:`~benchmarl_decentral.distributed.LinkHistory`,
+    :attr:`history`) and passes it to the transport, which decides what an
+    entry holds: ``d`` entries of the sent vectors, ``d x`` the parameters
+    per agent held here.
 
     Args:
         leaves: per-agent stacked tensors ``(n, ...)`` to keep in consensus.

@@ -17,12 +17,14 @@ agents of that group to every other rank and takes theirs for the other agents
 (:class:`ActionExchange`), so all copies see the same joint action, the same
 observations and rewards, and collect the single-process run's batch for their
 own agents. This exchange is the only traffic outside the mixing; it goes to
-every rank, one message per rank, group and environment step (a central environment
-rank would replace it, see the plan in :mod:`benchmarl_decentral.distributed`).
+every rank, one message per rank, group and environment step.
 
 With ``agents="local"`` (:func:`build_rank_experiment`) the rank builds its
-block of agents only and the action exchange happens inside its
-environment's step instead (:mod:`benchmarl_decentral.distributed.local`).
+block of agents only and the environment interface is its environment's
+step instead (:mod:`benchmarl_decentral.distributed.local`): the same action
+exchange (``env="replicated"``), or rank 0 stepping the only copy and
+sending each rank its part (``env="central"``; more bytes, since the parts
+are observations, see the plan in :mod:`benchmarl_decentral.distributed`).
 
 Left out (refused or documented): evaluation with the averaged model, and the
 cross-agent metrics (consensus distance, gradient disagreement), need every
