@@ -1031,7 +1031,8 @@ class DgMappo(Mappo):
         with the next iteration's ``comm/exec_*`` bytes; and with
         ``value_norm`` each agent's running moments of its value targets
         (:class:`ValueNorm`, every row of the group: in a distributed run the
-        rows of the agents another rank holds are unread); with
+        rows of the agents another rank holds are unread; with ``--agents
+        local`` the block's rows only); with
         ``link_latency`` each group's parameter vectors still in flight
         (:class:`~benchmarl_decentral.distributed.LinkHistory`; in a
         distributed run what this rank received).
