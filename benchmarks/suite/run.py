@@ -214,7 +214,6 @@ _PARTS: Tuple[Part, ...] = (
          reward="the shared team reward (task.shared_rew=true) for all three: dg_mappo's team rule "
                 "(mean over agents) leaves it unchanged",
          variants=(("dg_mappo", "algorithm.dgat_messages=zero"),),
-         rerun="the committed dg_mappo runs predate dg_mappo building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          claim_checks=(("dgmappo", "level", "mappo"), ("dgmappo", "level", "ippo"),
                        ("dgmappo", "better", "dgmappo[dgat_messages=zero]"))),
     Part("matrpo",
@@ -262,7 +261,6 @@ _PARTS: Tuple[Part, ...] = (
          gpu_sampling=False,  # JAX simulates on the CPU (jax without CUDA); training on CUDA
          paper_frames=2_000_000, paper_budget="paper 000, Table 3: 2e6 steps on SMAC 3m",
          reward="SMAX's shared team reward for all three",
-         rerun="the committed dg_mappo runs predate dg_mappo building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          claim_checks=(("dgmappo", "level", "mappo"), ("dgmappo", "level", "ippo"))),
     Part("smax_2s3z",
          "DG-MAPPO (paper 000) on SMAX 2s3z (2 stalkers + 3 zealots, heterogeneous units, heuristic enemy): "
@@ -274,7 +272,6 @@ _PARTS: Tuple[Part, ...] = (
          paper_frames=3_000_000,
          paper_budget="paper 000 has no 2s3z run; paper 001 trains SMAC maps (2s3z among them) for 3e6 steps",
          reward="SMAX's shared team reward for all",
-         rerun="the committed dg_mappo runs predate dg_mappo building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          variants=(("dg_mappo", "algorithm.clip_epsilon=0.05"),),
          claim_checks=(("dgmappo", "level", "mappo"), ("dgmappo", "level", "ippo"))),
     Part("decpg_k",
@@ -296,7 +293,6 @@ _PARTS: Tuple[Part, ...] = (
              # moves the policy far too slowly for this budget, issue 15), constant lr = COMMON's experiment.lr
              "algorithm.optimizer=adam", "algorithm.lr=0.0005", "algorithm.min_lr=0.0005",
          ),
-         rerun="the committed runs (all decpg presets) predate decpg building each network from a seed of its own (network_seed, CHANGELOG): a rerun draws other initial parameters from the same initialisation, so its numbers differ (same distribution)",
          claim_checks=(("decpg_shared", "level", "decpg"), ("decpg", "level", "decpg_k0"))),
 )
 
