@@ -33,7 +33,8 @@ agent's parameters; they are computed here from the rows this rank holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -122,24 +123,27 @@ class ActionExchange(Callback):
         self.experiment.logger.log(metrics, step=self.experiment.n_iters_performed)
 
 
-def group_sizes(task: Any, *, seed: int = 0) -> dict[str, int]:
-    """Agents per group of a BenchMARL task config, from one environment (no experiment, no folder)."""
+@contextlib.contextmanager
+def _one_env(task: Any, seed: int) -> Iterator[Any]:
+    """One environment of a BenchMARL task config (no experiment, no folder), closed on exit."""
     continuous = task.supports_continuous_actions()
     env = task.get_env_fun(num_envs=1, continuous_actions=continuous, seed=seed, device="cpu")()
     try:
-        return {group: len(agents) for group, agents in task.group_map(env).items()}
+        yield env
     finally:
         env.close()
+
+
+def group_sizes(task: Any, *, seed: int = 0) -> dict[str, int]:
+    """Agents per group of a BenchMARL task config, from one environment (no experiment, no folder)."""
+    with _one_env(task, seed) as env:
+        return {group: len(agents) for group, agents in task.group_map(env).items()}
 
 
 def has_global_state(task: Any, *, seed: int = 0) -> bool:
     """Whether a BenchMARL task config has a global state (its ``state_spec``), from one environment."""
-    continuous = task.supports_continuous_actions()
-    env = task.get_env_fun(num_envs=1, continuous_actions=continuous, seed=seed, device="cpu")()
-    try:
+    with _one_env(task, seed) as env:
         return task.state_spec(env) is not None
-    finally:
-        env.close()
 
 
 def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, sizes: dict[str, int],

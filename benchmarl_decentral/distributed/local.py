@@ -106,7 +106,27 @@ def network_rng(seed: int, group: str, net: str, device: Any = "cpu") -> Iterato
         yield
 
 
-class ReplicatedEnvs:
+class _EnvBackend:
+    """What both environment backends hold: the agents' owners, this rank's blocks, the bytes sent.
+
+    Args:
+        owners: group to the rank of each of its agents (:func:`~benchmarl_decentral.distributed.plan_launch`).
+        rank: this process's rank.
+    """
+
+    name = ""
+
+    def __init__(self, owners: Mapping[str, Tensor], rank: int) -> None:
+        self.owners = {group: owner.cpu().long() for group, owner in owners.items()}
+        self.rank = rank
+        self.world_size = int(max(int(o.max()) for o in self.owners.values())) + 1
+        self.blocks = blocks_of(self.owners, rank)
+        self.groups = list(self.owners)
+        #: bytes each agent of this rank sent since the last batch, per group (the same for every agent of a block)
+        self.sent = {group: 0 for group in self.groups}
+
+
+class ReplicatedEnvs(_EnvBackend):
     """Backend: every rank steps its own copy of the joint environment; the ranks exchange their action blocks.
 
     :meth:`joint_action` sends this rank's block of a group's action to every
@@ -122,15 +142,6 @@ class ReplicatedEnvs:
     """
 
     name = "replicated"
-
-    def __init__(self, owners: Mapping[str, Tensor], rank: int) -> None:
-        self.owners = {group: owner.cpu().long() for group, owner in owners.items()}
-        self.rank = rank
-        self.world_size = int(max(int(o.max()) for o in self.owners.values())) + 1
-        self.blocks = blocks_of(self.owners, rank)
-        self.groups = list(self.owners)
-        #: bytes each agent of this rank sent since the last batch, per group (the same for every agent of a block)
-        self.sent = {group: 0 for group in self.groups}
 
     def joint_action(self, group: str, local: Tensor, agent_dim: int) -> Tensor:
         """The group's joint action ``(*B, n, ...)`` from this rank's block ``local`` ``(*B, n_local, ...)``."""
@@ -174,7 +185,7 @@ def _group_of(key: Any, groups: list) -> str:
     return groups[0]
 
 
-class CentralEnv:
+class CentralEnv(_EnvBackend):
     """Backend: rank 0 steps the only joint environment; every other rank sends its actions, receives its part.
 
     Each step, every rank other than 0 sends rank 0 its block of every
@@ -215,13 +226,8 @@ class CentralEnv:
     central = 0
 
     def __init__(self, owners: Mapping[str, Tensor], rank: int) -> None:
-        self.owners = {group: owner.cpu().long() for group, owner in owners.items()}
-        self.rank = rank
-        self.world_size = int(max(int(o.max()) for o in self.owners.values())) + 1
-        self.blocks = blocks_of(self.owners, rank)
+        super().__init__(owners, rank)
         self.rank_blocks = {r: blocks_of(self.owners, r) for r in range(self.world_size)}
-        self.groups = list(self.owners)
-        self.sent = {group: 0 for group in self.groups}
         #: joint steps and resets rank 0 ran for the other ranks (every rank counts its calls)
         self.steps = self.resets = 0
 
@@ -339,6 +345,11 @@ class CentralEnv:
         return out
 
 
+def _cut_group_map(full: Mapping[str, list], blocks: Mapping[str, tuple[int, int]]) -> dict[str, list]:
+    """A ``group_map`` with every group of ``blocks`` cut to its block (other groups whole)."""
+    return {g: list(agents[slice(*blocks[g])]) if g in blocks else list(agents) for g, agents in full.items()}
+
+
 def _narrow_spec(spec: Composite, blocks: Mapping[str, tuple[int, int]], batch_dims: int) -> Composite:
     """``spec`` with every group's sub-spec cut to its block (the agent dim follows the batch dims)."""
     for group, (first, last) in blocks.items():
@@ -426,9 +437,7 @@ class LocalAgentsEnv(EnvBase):
     @property
     def group_map(self) -> dict[str, list[str]]:
         """The joint environment's ``group_map`` (when it has one) cut to this rank's agents."""
-        full = self.joint_env.group_map
-        return {g: list(agents[slice(*self.backend.blocks[g])]) if g in self.backend.blocks else list(agents)
-                for g, agents in full.items()}
+        return _cut_group_map(self.joint_env.group_map, self.backend.blocks)
 
     def _set_seed(self, seed: Optional[int]) -> None:
         self.joint_env.set_seed(seed, static_seed=True)
@@ -548,9 +557,7 @@ class LocalAgentsTask(TaskClass):
         return env
 
     def group_map(self, env: EnvBase) -> Dict[str, List[str]]:
-        full = self.task.group_map(_joint_env(env))
-        return {g: list(agents[slice(*self.blocks[g])]) if g in self.blocks else list(agents)
-                for g, agents in full.items()}
+        return _cut_group_map(self.task.group_map(_joint_env(env)), self.blocks)
 
     def supports_continuous_actions(self) -> bool:
         return self.task.supports_continuous_actions()
