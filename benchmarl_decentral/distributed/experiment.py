@@ -40,42 +40,39 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from benchmarl.experiment import Experiment
-from benchmarl.experiment.callback import Callback
 from tensordict import TensorDictBase
 
 from benchmarl_decentral.distributed.launch import plan_launch
+from benchmarl_decentral.distributed.local import EnvBytesLog, ReplicatedEnvs
 from benchmarl_decentral.distributed.torch_dist import TorchDistributedTransport
-from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics, use_transport
+from benchmarl_decentral.distributed.transport import use_transport
 
 
-class ActionExchange(Callback):
+class ActionExchange(EnvBytesLog):
     """Joint action on every rank: send this rank's agents' actions, take the others' (point to point).
 
     Registered as a forward hook on every group's collection policy; every call
     (collection and evaluation alike) exchanges that group's ``(group, "action")``
-    rows, this rank's block of the group to every other rank, so every rank must
-    call the policies the same number of times and in the same order (same
-    config: every rank evaluates when one does).
+    rows, this rank's block of the group to every other rank
+    (:meth:`~benchmarl_decentral.distributed.local.ReplicatedEnvs.joint_action`,
+    the exchange of ``--agents local``), and writes the others' rows in place,
+    so every rank must call the policies the same number of times and in the
+    same order (same config: every rank evaluates when one does).
     Logs ``comm/<group>/env_bytes_per_agent`` and, over every group,
-    ``comm/env_bytes_per_agent``: bytes each agent of this rank sent for the
-    environment interface since the previous batch (its collection, and any
-    evaluation run in between).
+    ``comm/env_bytes_per_agent`` (:class:`~benchmarl_decentral.distributed.local.EnvBytesLog`):
+    bytes each agent of this rank sent for the environment interface since
+    the previous batch (its collection, and any evaluation run in between).
 
     Args:
         experiment: the experiment of this rank (already built).
-        transport: the transport its mixers use (its
-            :meth:`~TorchDistributedTransport.owner_of` places the agents).
+        transport: the transport its mixers use (its ``owners`` place the agents).
         groups: the agent groups whose actions travel (the task's groups).
     """
 
     def __init__(self, experiment: Experiment, transport: TorchDistributedTransport, groups: list[str]) -> None:
-        super().__init__()
+        super().__init__(ReplicatedEnvs({group: transport.owners[group] for group in groups}, transport.rank))
         self.experiment = experiment
         self.transport = transport
-        self.groups = list(groups)
-        #: bytes each agent of this rank sent since the previous batch, per group (every agent of a block
-        #: sends the same)
-        self.sent = {group: 0 for group in self.groups}
         self._handles = [
             experiment.group_policies[group].register_forward_hook(self._hook(group)) for group in self.groups
         ]
@@ -90,37 +87,10 @@ class ActionExchange(Callback):
     def _exchange(self, group: str, group_td: TensorDictBase) -> None:
         action = group_td.get("action")
         dim = group_td.batch_dims - 1  # the agent dim
-        rank, world_size = self.transport.rank, self.transport.world_size
-        owner = self.transport.owner_of(action.shape[dim])
-        ops, received = [], []
-        for r in range(world_size):
-            rows = torch.nonzero(owner == r).flatten()
-            block = action.narrow(dim, int(rows[0]), rows.numel())
-            if r == rank:
-                sent = block.contiguous()
-                peers = [peer for peer in range(world_size) if peer != rank]
-                ops += [dist.P2POp(dist.isend, sent, peer) for peer in peers]
-                self.sent[group] += len(peers) * sent.numel() * sent.element_size() // rows.numel()
-            else:
-                buf = torch.empty_like(block.contiguous())
-                ops.append(dist.P2POp(dist.irecv, buf, r))
-                received.append((block, buf))
-        if ops:
-            for request in dist.batch_isend_irecv(ops):
-                request.wait()
+        first, last = self.backend.blocks[group]
+        joint = self.backend.joint_action(group, action.narrow(dim, first, last - first), dim)
         with torch.no_grad():
-            for block, buf in received:
-                block.copy_(buf)  # a view of the action: writes the joint action in place
-
-    def on_batch_collected(self, batch: TensorDictBase) -> None:
-        totals: dict = {}
-        metrics: dict[str, float] = {}
-        for group in self.groups:
-            held = self.transport.local_agents(self.transport.owners[group].numel()).numel()
-            metrics.update(bytes_per_agent_metrics(totals, group, self.groups[-1], held,
-                                                   {"env": float(self.sent[group] * held)}))
-            self.sent[group] = 0
-        self.experiment.logger.log(metrics, step=self.experiment.n_iters_performed)
+            action.copy_(joint)  # the others' rows written in place (this rank's are its own)
 
 
 @contextlib.contextmanager
@@ -180,9 +150,7 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
         AGENT_MODES,
         ENV_BACKENDS,
         CentralEnv,
-        EnvBytesLog,
         LocalAgentsTask,
-        ReplicatedEnvs,
         log_joint_rewards,
     )
 
