@@ -1,4 +1,4 @@
-"""Scaling of decpg or dg_mappo with the number of agents: one process vs the distributed mode on 1, 2 and 4 ranks.
+"""Scaling of decpg, dg_mappo or matrpo with the number of agents: one process vs the distributed mode on 1, 2 and 4 ranks.
 
 What is measured (issue 18, item 5): for ``n`` agents on a fixed-degree
 topology (kNN ring, ``k=2``: every agent mixes with 2 neighbours, whatever
@@ -6,7 +6,9 @@ topology (kNN ring, ``k=2``: every agent mixes with 2 neighbours, whatever
 ``task.n_agents=n``, ``obs_agent_id=false`` so that an agent's observation,
 hence its actor, does not grow with ``n``), the algorithm (``--algorithm``:
 decpg, or dg_mappo with its YAML defaults and the same static ring as its
-D-GAT communication graph and D-SGD graph, eqs. 7-10) trains for
+D-GAT communication graph and D-SGD graph, eqs. 7-10, or matrpo with its
+Table III defaults on the same ring as its ADMM links: 100 asynchronous
+iterations, one random link each) trains for
 ``--warmup + --iters`` iterations in each mode:
 
 * ``single``: the normal run, every agent stacked in one process
@@ -22,7 +24,7 @@ D-GAT communication graph and D-SGD graph, eqs. 7-10) trains for
 Recorded per iteration: BenchMARL's ``timers/iteration_time`` (collection +
 training), ``timers/training_time`` and the ``comm/`` scalars (bytes per agent:
 ``train`` = mixing (dg_mappo: also the D-GAT messages of training and their
-gradients), ``train_network`` = of those across processes, dg_mappo's
+gradients; matrpo: its ADMM link values, eq. 22), ``train_network`` = of those across processes, dg_mappo's
 ``exec`` = its D-GAT messages while acting and ``exec_network`` = of those
 across processes, ``env`` = the action exchange). For a distributed run an
 iteration's time is the slowest rank's (the ranks wait on each other's
@@ -45,9 +47,10 @@ Usage::
     python benchmarks/distributed_scaling.py                 # n = 4, 8, 16, 32; single, dist 1, 2, 4
     python benchmarks/distributed_scaling.py --quick         # smoke test: n = 4, 8; single, dist 2
     python benchmarks/distributed_scaling.py --algorithm dg_mappo [--quick]
+    python benchmarks/distributed_scaling.py --algorithm matrpo [--quick]
 
 Writes a markdown table to stdout and JSON to
-``benchmarks/out/distributed_scaling[_dg_mappo][_quick].json``.
+``benchmarks/out/distributed_scaling[_dg_mappo|_matrpo][_quick].json``.
 """
 
 from __future__ import annotations
@@ -115,8 +118,22 @@ def _dg_mappo_config():
     return algo
 
 
+def _matrpo_config():
+    from benchmarl_decentral.algorithms import MatrpoConfig
+
+    algo = MatrpoConfig.get_from_yaml()  # Table III: asynchronous ADMM, one random link per iteration, 100 of them
+    algo.k = 2
+    algo.topology = "knn_ring"
+    return algo
+
+
+def _matrpo_networks(algo) -> dict:
+    """matrpo's per-agent networks: the joint policy model (its output grows with n: a head per agent) and the critic."""
+    return {"actor": list(algo.policy_parameters("agents").values()), "critic": algo._critic_stacks["agents"].leaves}
+
+
 #: per algorithm: decpg's train bytes are its mixing; dg_mappo's also its D-GAT messages of training and their
-#: gradients, and it sends D-GAT messages while acting (exec)
+#: gradients, and it sends D-GAT messages while acting (exec); matrpo's its ADMM link values (eq. 22)
 ALGORITHMS = {
     "decpg": Measured(
         _decpg_config,
@@ -130,6 +147,12 @@ ALGORITHMS = {
          ("exec_bytes_per_agent", "exec bytes/agent"), ("exec_network_bytes_per_agent", "exec network bytes/agent"),
          ("env_bytes_per_agent", "env bytes/agent")),
         lambda algo: algo.network_leaves("agents"),  # dgat, actor, critic
+    ),
+    "matrpo": Measured(
+        _matrpo_config,
+        (("train_bytes_per_agent", "ADMM bytes/agent"), ("train_network_bytes_per_agent", "ADMM network bytes/agent"),
+         ("env_bytes_per_agent", "env bytes/agent")),
+        _matrpo_networks,
     ),
 }
 

@@ -86,3 +86,26 @@ def test_distributed_local_memory_quick_mode(tmp_path):
     # Adam: two moments per parameter, a step count per (stacked) tensor; the same number of tensors
     assert full["optim"] - 2 * full["params"] == block["optim"] - 2 * block["params"] > 0
     assert full["state_bytes"] > block["state_bytes"] and full["buffer_bytes"] > block["buffer_bytes"]
+
+
+@pytest.mark.slow
+def test_distributed_scaling_quick_mode_matrpo(tmp_path):
+    """matrpo, n = 4, 8, one process and 2 gloo ranks: Table III's asynchronous ADMM sends two (M, K) float32
+    values per activated link (K = n heads), 100 activations per update, so the mean over all n agents is
+    2 x 100 x M x 4 bytes whatever n (the joint model's heads grow with n, each agent's share of the links
+    shrinks as 1/n); on 2 ranks, rank 0's agents sent a part of theirs to the other rank."""
+    result = run_quick_benchmark("distributed_scaling.py", tmp_path, "--algorithm", "matrpo")
+    assert "| ADMM bytes/agent | ADMM network bytes/agent | env bytes/agent | actor + critic bytes/agent |" in (
+        result.stdout)
+    out = json.loads((REPO / "benchmarks" / "out" / "distributed_scaling_matrpo_quick.json").read_text())
+    rows = {(r["n"], r["mode"]): r for r in out["rows"]}
+    assert sorted(rows) == [(n, m) for n in (4, 8) for m in ("dist 2", "single")]
+    frames = out["config"]["frames"]
+    for (n, mode), r in rows.items():
+        assert r["iteration_time"] > 0 and r["actor_bytes"] == rows[(n, "single")]["actor_bytes"] > 0
+        if mode == "single":
+            assert r["train_bytes_per_agent"] == 2 * 100 * frames * 4 and r["train_network_bytes_per_agent"] == 0
+        else:  # rank 0's agents: the random schedule decides how many of the activations are theirs
+            assert 0 < r["train_network_bytes_per_agent"] < r["train_bytes_per_agent"]
+        assert r["env_bytes_per_agent"] == (0 if mode == "single" else frames * 8 * (r["ranks"] - 1))
+    assert rows[(8, "single")]["actor_bytes"] > rows[(4, "single")]["actor_bytes"]  # a head per agent

@@ -616,6 +616,12 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
         (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.alpha_consensus=-1"], 2,
          r"dg_mappo: alpha_consensus must be >= 0"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100"], 3, r"world size 3 does not fit group 'agents' of 8 agents"),
+        (["algorithm=matrpo", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.admm_tol=0.05"], 2,
+         r"matrpo with algorithm.admm_tol=0.05 stops a link on its far end's current log-ratios, .* set "
+         r"algorithm.admm_tol=0"),
+        (["algorithm=matrpo_paper", "task=coordsum/8x15-100", "model@critic_model=layers/deepsets"], 2,
+         r"matrpo's critic_model=deepsets reads the other agents' inputs .* use model@critic_model=layers/mlp"),
+        (["algorithm=matrpo", "task=coordsum/8x15-100", "algorithm.beta=-1"], 2, r"matrpo: .*beta"),
         # --agents local: what it cannot run yet
         (["--agents", "both", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
          r"unknown --agents both; choose one of all\|local"),
@@ -651,6 +657,8 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
           "algorithm.topology=ring"], 2,
          r"--agents local: dg_mappo_paper with algorithm.consensus_params=\['dgat'\] lets every agent start from "
          r"its own actor and critic, .* set algorithm.consensus_params=\[dgat,actor,critic\]"),
+        (["--agents", "local", "algorithm=matrpo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"--agents local supports algorithm=decpg\|dg_mappo\|dg_mappo_paper so far; launch matrpo with --agents all"),
         (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
           "algorithm.topology=visibility"], 2,
          r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),
@@ -710,14 +718,14 @@ def test_world_size_that_does_not_divide_the_agents(n_agents, world_size, match)
     "algorithm, match",
     [
         ("magpo", r"algorithm=magpo has no distributed support: its guider is centralized by design"),
-        ("matrpo", r"algorithm=matrpo has no distributed support: its ADMM exchange"),
         ("mappo", r"algorithm=mappo has no distributed support: it has no consensus step"),
     ],
 )
 def test_algorithm_without_distributed_support(algorithm, match):
-    with pytest.raises(ValueError, match=match + r".*support algorithm=decpg\|dg_mappo\|dg_mappo_paper; run .* in one process"):
+    with pytest.raises(ValueError, match=match + r".*support algorithm=decpg\|dg_mappo\|dg_mappo_paper\|matrpo\|"
+                                               r"matrpo_paper; run .* in one process"):
         plan_launch(algorithm, {"agents": 4}, 2)  # refused before the world size is even looked at
-    for supported in ("decpg", "dg_mappo", "dg_mappo_paper"):
+    for supported in ("decpg", "dg_mappo", "dg_mappo_paper", "matrpo", "matrpo_paper"):
         check_algorithm(supported)
 
 

@@ -63,13 +63,18 @@ ALGORITHMS = {
                            "algorithm.evaluation_mode=local", "algorithm.perturbed_evaluation=false",
                            "model.num_cells=[16]", "critic_model.num_cells=[16]",
                            "experiment.on_policy_n_envs_per_worker=2"],
+    # matrpo: Algorithm 1's random link schedule with failures (its generator is in the checkpoint), the ADMM
+    # link values across the ranks, per-agent critics (Adam moments)
+    "matrpo": ["algorithm=matrpo", "task=coordsum/8x15-100", "algorithm.admm_iterations=8",
+               "algorithm.link_failure=0.3", "model.num_cells=[16]", "critic_model.num_cells=[16]",
+               "experiment.on_policy_n_envs_per_worker=2"],
     "decpg_groups": ["algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4", "task.num_good_agents=2",
                      "task.max_steps=6", "algorithm.link_failure=0.3", "algorithm.evaluation_mode=local",
                      "algorithm.perturbed_evaluation=false", "model.num_cells=[16]", "critic_model.num_cells=[16]",
                      "experiment.on_policy_n_envs_per_worker=2"],
 }
 #: agents per group of each elastic run
-GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "dg_mappo_local": {"agents": 4},
+GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "dg_mappo_local": {"agents": 4}, "matrpo": {"agents": 8},
           "decpg_groups": {"adversary": 4, "agent": 2},
           "decpg_groups_local": {"adversary": 4, "agent": 2}}
 LAUNCH = Launch(algorithm="decpg", task="coordsum/8x15-100", seed=0, world_size=2, groups={"agents": 8})

@@ -139,7 +139,12 @@ from benchmarl_decentral.consensus.topology import (
 )
 from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
-from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics
+from benchmarl_decentral.distributed.transport import (
+    InProcessTransport,
+    Transport,
+    bytes_per_agent_metrics,
+    current_transport,
+)
 from benchmarl_decentral.objectives import ADMM_METRICS, ADMM_MODES, links_from_adjacency
 # the linearisation operators and the update live in objectives/ (math); re-exported here
 from benchmarl_decentral.objectives.matrpo import (  # noqa: F401
@@ -686,6 +691,10 @@ class Matrpo(Algorithm):
         self.force_general_path = False
         self.link_stats: Dict[str, Dict[str, float]] = {}  # topology=visibility: links, components
         self._comm: Dict[str, tuple] = {}  # per group, this iteration: (agents, ADMM bytes sent by kind)
+        #: how the ADMM link values travel: in this process, unless a distributed launcher installed a
+        #: transport while the experiment was built (then this process updates the agents it holds)
+        transport = current_transport()
+        self.transport: Optional[Transport] = None if isinstance(transport, InProcessTransport) else transport
 
         changes: Dict[str, Any] = {}
         if self.experiment_config.clip_grad_val is not None:
@@ -879,7 +888,7 @@ class Matrpo(Algorithm):
         if logger is None:
             return
         to_log = {}
-        for i, agent in enumerate(self.group_map[group]):
+        for i, agent in self._logged_agents(group):
             for name, v in self.critic_stats[group].items():
                 if torch.isfinite(v[i]):
                     to_log[f"matrpo/{group}/{agent}/critic_{name}"] = float(v[i])
@@ -1085,18 +1094,36 @@ class Matrpo(Algorithm):
             generator=loss.generator, round_robin_offset=loss.round_robin_offset, tol=self.admm_tol or None,
             exact_kkt=self.exact_kkt, cg_iters=self.cg_iters, backtrack_ratio=self.backtrack_ratio,
             max_backtracks=self.max_backtracks, require_improvement=self.line_search_improvement,
-            metric=self.admm_metric, cg_rtol=self.cg_rtol,
+            metric=self.admm_metric, cg_rtol=self.cg_rtol, transport=self.transport,
         )
         lin.release()
         with torch.no_grad():
             live = self.policy_parameters(group)
+            mine = self.held_agents(group)
             for name, value in params_new.items():
-                live[name].copy_(value)
+                if mine is None:
+                    live[name].copy_(value)
+                else:  # the agents of other processes are theirs to update (here their step is 0)
+                    live[name][mine] = value[mine]
         self.last_stats[group] = stats
         self._log(group, stats, loss)
         return stats
 
+    def held_agents(self, group: str) -> Optional[Tensor]:
+        """The agents of ``group`` this process updates (a distributed run), or ``None``: all of them."""
+        if self.transport is None:
+            return None
+        return self.transport.local_agents(len(self.group_map[group]))
+
+    def _logged_agents(self, group: str) -> List[Tuple[int, str]]:
+        """``(index, name)`` of the agents whose statistics this process logs: all, or the ones it holds."""
+        names = self.group_map[group]
+        mine = self.held_agents(group)
+        return list(enumerate(names)) if mine is None else [(i, names[i]) for i in mine.tolist()]
+
     def _log(self, group: str, stats: MatrpoStats, loss: MatrpoLoss) -> None:
+        mine = self.held_agents(group)
+        pick = (lambda v: v) if mine is None else (lambda v: v[mine.to(v.device)])
         per_agent = {
             "kl": stats.kl,
             "primal_residual": stats.primal_residual,
@@ -1109,14 +1136,15 @@ class Matrpo(Algorithm):
             "converged_links": stats.converged_links,
             "cg_iterations": stats.cg_iterations.float(),
         }
+        per_agent = {name: pick(v) for name, v in per_agent.items()}  # (held,): the agents updated here
         loss.stats = {name: float(v.mean()) for name, v in per_agent.items()}
         loss.stats["admm_iterations"] = float(stats.iterations)
-        loss.stats["kl_max"] = float(stats.kl.max())
+        loss.stats["kl_max"] = float(per_agent["kl"].max())
         loss.stats.update(self.link_stats.get(group, {}))
         to_log = {}
-        for i, agent in enumerate(self.group_map[group]):
+        for k, (_, agent) in enumerate(self._logged_agents(group)):
             for name, v in per_agent.items():
-                to_log[f"matrpo/{group}/{agent}/{name}"] = float(v[i])
+                to_log[f"matrpo/{group}/{agent}/{name}"] = float(v[k])
         to_log[f"matrpo/{group}/admm_iterations"] = float(stats.iterations)
         if stats.primal_residual_rel_max is not None:  # the largest over the links (the admm_tol test's quantity)
             to_log[f"matrpo/{group}/primal_residual_rel_max"] = stats.primal_residual_rel_max
@@ -1135,12 +1163,18 @@ class Matrpo(Algorithm):
         """Bytes each agent sent in this update's ADMM (eq. 22), mean over the group; over all groups at the last.
 
         The keys of decpg's (``comm/...``), so ``benchmarl report`` shows them:
-        ``train`` is the ADMM link traffic, ``network`` 0 (one process).
+        ``train`` is the ADMM link traffic, ``train_network`` the part of it
+        that left the process (0 in one process); in a distributed run the
+        mean is over the agents this process holds, from the tensors it sent.
         """
-        sent = stats.bytes_sent if stats.bytes_sent is not None else torch.zeros(len(self.group_map[group]))
+        held = self.held_agents(group)
+        held = len(self.group_map[group]) if held is None else held.numel()
+        sent, network = stats.bytes_sent, stats.network_bytes_sent
         last = list(getattr(self.experiment, "train_group_map", self.group_map))[-1]
-        return bytes_per_agent_metrics(self._comm, group, last, sent.numel(),
-                                       {"train": float(sent.sum()), "train_network": 0.0})
+        return bytes_per_agent_metrics(self._comm, group, last, held, {
+            "train": 0.0 if sent is None else float(sent.sum()),
+            "train_network": 0.0 if network is None else float(network.sum()),
+        })
 
 
 class _JointDist:

@@ -1,6 +1,6 @@
 """Distributed mode (preview): agents as separate processes on torch.distributed.
 
-What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
+What exists today (issue 18; decpg, dg_mappo and matrpo, single machine, gloo):
 
 * a transport interface for the DSGD mixing step
   (:class:`~benchmarl_decentral.distributed.transport.Transport`) that
@@ -30,7 +30,11 @@ What exists today (issue 18; decpg and dg_mappo, single machine, gloo):
   sends ``y + beta C J x`` (one ``(M, K)`` value) to the other end and
   updates its own ``z``, ``y``
   (:func:`~benchmarl_decentral.objectives.admm.dual_update` with a
-  ``transport``); a building block, matrpo's training is not split yet;
+  ``transport``); matrpo trains on ranks with it (``--agents all``:
+  :func:`~benchmarl_decentral.objectives.run_admm` steps the rank's agents,
+  in the asynchronous modes on a link schedule every rank draws alike from
+  the run's seed, and the far ends' ``J x`` come back from the values they
+  sent);
 * byte accounting in both modes (:class:`MixRecord`, :func:`mixing_bytes`,
   :func:`message_bytes`), logged as ``comm/train_bytes_per_agent`` and
   ``comm/train_network_bytes_per_agent`` (decpg: mixing; dg_mappo: mixing,
@@ -109,10 +113,9 @@ Plan for the rest:
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
    distance, ``theta_avg``, dg_mappo's ``evaluation_dropout``): a reduction
    outside training, on rank 0.
-4. matrpo's training on ranks (its ADMM link exchange already goes through
-   :meth:`Transport.exchange_link_ends`, see
-   :func:`~benchmarl_decentral.objectives.admm.synchronous_iteration`);
-   faults (dropped messages are already real for the mixing; a dead rank is
+4. matrpo with ``--agents local`` (a rank still builds every agent's joint
+   policy model and critic, and computes the linearisation and line search
+   of all of them, keeping its own); faults (dropped messages are already real for the mixing; a dead rank is
    restarted from the last checkpoint, see above; checkpoints of tasks with
    several groups: the launch record and the rank's agent list hold one
    group today).

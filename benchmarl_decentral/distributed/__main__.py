@@ -182,6 +182,8 @@ def check_config(cfg: DictConfig) -> None:
             )
     if "alpha_consensus" in algo:  # dg_mappo, dg_mappo_paper
         check_dg_mappo(cfg)
+    if "admm_iterations" in algo:  # matrpo, matrpo_paper
+        check_matrpo(cfg)
 
 
 def launch_config(cfg: DictConfig) -> dict:
@@ -232,6 +234,34 @@ def check_dg_mappo(cfg: DictConfig) -> None:
                 f"dg_mappo's {key}={crossing[0]} reads the other agents' inputs inside the network, a message the "
                 f"distributed transport does not carry (D-GAT is dg_mappo's communication); use "
                 f"{'model' if key == 'model' else 'model@critic_model'}=layers/mlp (or layers/gru, layers/lstm)."
+            )
+
+
+def check_matrpo(cfg: DictConfig) -> None:
+    """matrpo's settings a distributed run cannot reproduce, refused with the fix.
+
+    Raises:
+        ValueError: ``algorithm.admm_tol`` above 0 (the per-link stop tests a
+            link on its far end's current ``J x``, which only arrives with
+            the link's update; :func:`~benchmarl_decentral.objectives.run_admm`),
+            or an actor / critic model whose copies read the other agents
+            (``layers/gnn``, ``layers/deepsets``: MATRPO's only messages are
+            the ADMM link values).
+    """
+    algo = cfg.algorithm
+    tol = algo.get("admm_tol", 0.0)
+    if tol:
+        raise ValueError(
+            f"matrpo with algorithm.admm_tol={tol} stops a link on its far end's current log-ratios, which a rank "
+            "receives only with the link's update; set algorithm.admm_tol=0 (run all algorithm.admm_iterations)."
+        )
+    for key in ("model", "critic_model"):
+        crossing = [name for name in _model_names(cfg[key]) if name in CROSS_AGENT_MODELS]
+        if crossing:
+            raise ValueError(
+                f"matrpo's {key}={crossing[0]} reads the other agents' inputs inside the network, a message the "
+                f"distributed transport does not carry (MATRPO's messages are the ADMM link values); use "
+                f"{'model' if key == 'model' else 'model@critic_model'}=layers/mlp."
             )
 
 

@@ -19,11 +19,8 @@ from torch import Tensor
 
 #: Algorithms whose training traffic the distributed transport can carry, and what is still missing
 #: for the others (the message of :func:`check_algorithm`).
-DISTRIBUTED_ALGORITHMS: tuple[str, ...] = ("decpg", "dg_mappo", "dg_mappo_paper")
+DISTRIBUTED_ALGORITHMS: tuple[str, ...] = ("decpg", "dg_mappo", "dg_mappo_paper", "matrpo", "matrpo_paper")
 _NOT_SUPPORTED: dict[str, str] = {
-    "matrpo": "its ADMM exchange of per-sample log-ratios and dual variables runs over the transport only "
-              "as a building block (objectives.admm.synchronous_iteration(transport=...)); its training is not "
-              "split across ranks yet",
     "magpo": "its guider is centralized by design (one network reads every agent), so it cannot be split by agent",
 }
 

@@ -514,6 +514,12 @@ def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: T
     agents (link ends) of this process only, and only those are updated; links
     with no end here are skipped. Bytes sent go to ``state.comm``.
 
+    The far end's ``J x`` (a link to an agent of another process) is
+    recovered from the value it sent, ``C (u - y) / beta`` (both ends hold the
+    same ``y``), and written into its row of ``state.Jx``, so the residuals of
+    the links at this process's agents (:func:`primal_residual`,
+    :func:`relative_residuals`) read what one process would, up to rounding.
+
     Args:
         transport: how the link ends reach each other. (default: in one process)
     """
@@ -546,6 +552,10 @@ def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: T
             mask = held[:, :, None, None]
             z_new = torch.where(mask, z_new, z_old)
             nu = torch.where(mask, nu.expand_as(y), y)
+            # the far end's log-ratios, from what it sent: J^{jn} x^j = C_e^j (u_e^{jn} - y_e^{jn}) / beta,
+            # where y_e^{jn} = y_e^{in} (both ends set y to the same nu; 0 at the start), the near end's
+            far = ~held
+            state.Jx[ends[far]] = (C.expand_as(u) * (u - y.flip(1)) / beta)[far]
         state.dz_rms[link_ids] = dz_rms
         state.dual_residual[link_ids] = beta * dz_rms
         state.z[link_ids] = z_new
@@ -567,6 +577,7 @@ def activate_link(
     cg_rtol: float = 0.0,
     exact_kkt: bool = False,
     metric: str = "kl",
+    transport: Transport | None = None,
 ) -> AdmmState:
     """001 Algorithm 1 inner loop, eq. (22): activate link ``e``; its two agents step, then z, y of ``e``.
 
@@ -574,13 +585,23 @@ def activate_link(
     batched 2-agent call), then ``z_e^{qn}`` and ``y_e^{qn}`` of that link only
     are updated. Other links' variables and other agents' ``theta`` are
     untouched. Updates ``state`` in place and returns it.
+
+    Args:
+        transport: ``None`` (one process) or a distributed transport: only the
+            endpoints held by this process step, and the link's two values
+            travel through it (:func:`dual_update`); a process holding
+            neither endpoint does nothing. (default: None)
     """
     if not 0 <= link < state.n_links:
         raise ValueError(f"link must be in [0, {state.n_links}), got {link}")
     agents = state.links[link]
+    if transport is not None:
+        agents = agents[transport.holds(agents.cpu(), state.n_agents).to(agents.device)]
+        if agents.numel() == 0:
+            return state
     primal_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
                 residual_tol=residual_tol, cg_rtol=cg_rtol, exact_kkt=exact_kkt, metric=metric)
-    return dual_update(state, torch.tensor([link], device=state.links.device), beta=beta)
+    return dual_update(state, torch.tensor([link], device=state.links.device), beta=beta, transport=transport)
 
 
 def synchronous_iteration(
@@ -754,6 +775,7 @@ def run_admm(
     isolated: str = "error",
     metric: str = "kl",
     cg_rtol: float = 0.0,
+    transport: Transport | None = None,
 ) -> AdmmState:
     """001 Algorithm 1: ``iterations`` ADMM iterations of one policy update; returns the final state.
 
@@ -803,6 +825,18 @@ def run_admm(
         metric: trust-region metric of the primal step, ``"kl"`` or
             ``"gauss_newton"`` (see :func:`primal_step`); an agent without a
             link (no penalty) always takes the ``"kl"`` step, TRPO's. (default: "kl")
+        transport: ``None`` (one process) or a distributed transport
+            (:class:`~benchmarl_decentral.distributed.TorchDistributedTransport`):
+            this process steps the agents it holds and sends their link values
+            to the other ends' processes (:func:`dual_update`), nothing else.
+            Every process must pass the same ``generator`` state (the link
+            choice and failures are then the same everywhere, with no
+            message: a shared schedule); asynchronous modes activate one link
+            at a time, so only the processes of its two ends work in an
+            iteration. ``state.history`` is the largest residual over the
+            links at this process's agents; ``tol`` is refused (a link's
+            stop test reads its far end's current ``J x``, which only
+            arrives with an update). (default: None)
 
     Returns:
         The :class:`AdmmState`; ``state.iteration`` is the number of iterations used.
@@ -831,6 +865,12 @@ def run_admm(
     kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, cg_rtol=cg_rtol,
               exact_kkt=exact_kkt, metric=metric)
 
+    if transport is not None and tol:
+        raise ValueError(
+            f"tol={tol}: the per-link stop needs each link's far end's current J x, which a distributed run "
+            "receives only with the link's update; run all iterations (tol=0 / admm_tol=0)"
+        )
+    local = None if transport is None else transport.local_agents(lin.n_agents).to(state.x.device)
     degree = torch.bincount(links.reshape(-1), minlength=lin.n_agents)
     alone = (degree == 0).nonzero().flatten()
     if lin.n_agents > 1 and alone.numel() and isolated == "error":
@@ -842,12 +882,17 @@ def run_admm(
     # TRPO's step with the true-KL Hessian whatever ``metric`` says
     alone_kw = {**kw, "metric": "kl"}
     if state.n_links == 0:  # a single agent (or no link at all): plain TRPO, one step is the answer
-        primal_step(lin, state, advantages, None, **alone_kw)
+        primal_step(lin, state, advantages, local, **alone_kw)
         state.iteration += 1
         state.history.append(0.0)
         return state
+    if local is not None:
+        alone = alone[torch.isin(alone, local.to(alone.device))]
     if alone.numel():  # isolated="local": V^q has no link term and never changes
         primal_step(lin, state, advantages, alone.to(state.x.device), **alone_kw)
+    # the links whose residual this process can measure (one end here)
+    mine = slice(None) if transport is None else transport.holds(state.links.cpu(), lin.n_agents).any(1).to(
+        state.links.device)
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0 or None (0/None: no early stop), got {tol}")
     per_link_stop = bool(tol)
@@ -862,7 +907,7 @@ def run_admm(
             if per_link_stop:
                 _synchronous_with_stop(lin, state, advantages, working, tol, kw)
             else:
-                synchronous_iteration(lin, state, advantages, working=working, **kw)
+                synchronous_iteration(lin, state, advantages, working=working, transport=transport, **kw)
         else:
             link = select_link(state, mode, generator=generator)
             failed = link_failure_prob > 0 and float(torch.rand((), generator=generator)) < link_failure_prob
@@ -871,11 +916,11 @@ def run_admm(
                 if per_link_stop and bool(link_converged(state, tol, torch.tensor([link]).to(state.links.device))):
                     state.converged[link] = True  # the link idles
                 else:
-                    activate_link(lin, state, advantages, link, **kw)
+                    activate_link(lin, state, advantages, link, transport=transport, **kw)
                     _invalidate(state, state.links[link])
         state.iteration += 1
-        r_primal = primal_residual(state)
-        state.history.append(float(r_primal.max()))
+        r_primal = primal_residual(state)[mine]
+        state.history.append(float(r_primal.max()) if r_primal.numel() else 0.0)
         if per_link_stop and bool(state.converged.all()):
             break
     return state

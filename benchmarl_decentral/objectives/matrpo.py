@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, kl_divergence
 
+from benchmarl_decentral.distributed.transport import Transport
 from benchmarl_decentral.objectives.admm import (
     init_state,
     per_agent_relative_residuals,
@@ -38,6 +39,7 @@ from benchmarl_decentral.objectives.admm import (
 )
 from benchmarl_decentral.objectives.trust_region import (
     Linearisation,
+    LineSearchResult,
     backtracking_line_search,
     flat_params,
     unflatten,
@@ -503,7 +505,10 @@ class MatrpoStats:
         bytes_sent: bytes each agent sent over its links in the ADMM (one
             ``(M, K)`` value ``y + beta C J x`` per link end and z/y update,
             eq. 22; :attr:`~benchmarl_decentral.objectives.admm.AdmmState.comm`),
-            int64.
+            int64; with a distributed transport, of the agents held here only
+            (``(n_local,)``, in the order of ``transport.local_agents``).
+        network_bytes_sent: the part of ``bytes_sent`` that left the process
+            (links to agents of other processes; zeros in one process), int64.
     """
 
     kl: Tensor
@@ -521,6 +526,42 @@ class MatrpoStats:
     bytes_sent: Optional[Tensor] = None
     cg_iterations: Optional[Tensor] = None
     primal_residual_rel_max: Optional[float] = None
+    network_bytes_sent: Optional[Tensor] = None
+
+
+def _line_search(lin: Linearisation, x: Tensor, advantages: Tensor, transport: Transport | None, *, bound: float,
+                 require_improvement: bool, backtrack_ratio: float, max_backtracks: int) -> LineSearchResult:
+    """The per-agent line search of :func:`matrpo_update`; with a distributed transport, of the agents held here.
+
+    Every agent's search reads its own parameters, observations, actions and
+    advantages only, so the held agents' results are the all-agent call's
+    rows; the others keep ``theta_old`` (fraction, KL and improvement 0).
+    """
+    rows = None if transport is None else transport.local_agents(lin.n_agents).to(x.device)
+
+    def cut(t: Tensor) -> Tensor:
+        return t if rows is None else t[rows.to(t.device)]
+
+    ls = backtracking_line_search(
+        lin.policy, {k: cut(v) for k, v in lin.params_old.items()}, cut(x), cut(lin.obs), bound=bound,
+        actions=cut(lin.actions) if require_improvement else None,
+        advantages=cut(advantages).to(lin.dtype) if require_improvement else None,
+        backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
+    )
+    if rows is None:
+        return ls
+
+    def place(held: Tensor, base: Tensor) -> Tensor:
+        out = base.clone()
+        out[rows.to(out.device)] = held.to(out)
+        return out
+
+    zeros = x.new_zeros(lin.n_agents)
+    return LineSearchResult(
+        params={k: place(ls.params[k], v.detach()) for k, v in lin.params_old.items()},
+        fraction=place(ls.fraction, zeros), kl=place(ls.kl, zeros), improvement=place(ls.improvement, zeros),
+        accepted=place(ls.accepted, torch.zeros(lin.n_agents, dtype=torch.bool, device=x.device)),
+    )
 
 
 def matrpo_update(
@@ -544,6 +585,7 @@ def matrpo_update(
     require_improvement: bool = True,
     metric: str = "kl",
     cg_rtol: float = 0.0,
+    transport: Transport | None = None,
 ) -> Tuple[Dict[str, Tensor], MatrpoStats, int]:
     """001 Algorithm 1 (one policy iteration): ADMM (eqs. 21-22, 40) then the per-agent line search.
 
@@ -581,6 +623,13 @@ def matrpo_update(
             ``"gauss_newton"`` (:func:`~benchmarl_decentral.objectives.primal_step`). (default: "kl")
         cg_rtol: relative CG stop of every primal step
             (:func:`~benchmarl_decentral.objectives.primal_step`). (default: 0, off)
+        transport: ``None`` (one process) or a distributed transport
+            (:func:`~benchmarl_decentral.objectives.run_admm`): the ADMM steps
+            the agents this process holds and exchanges their link values;
+            only their entries of ``params_new`` and of the per-agent
+            statistics are this update's (the others keep ``theta_old``:
+            their step is 0 here), and ``primal_residual_rel_max`` is over
+            their links. (default: None)
 
     Returns:
         ``(params_new, stats, next_round_robin_offset)``.
@@ -591,21 +640,24 @@ def matrpo_update(
     state = run_admm(
         lin, advantages, links, delta=delta, beta=beta, iterations=iterations, mode=mode,
         link_failure_prob=link_failure, generator=generator, tol=tol, exact_kkt=exact_kkt,
-        cg_iters=cg_iters, state=state, isolated=isolated, metric=metric, cg_rtol=cg_rtol,
+        cg_iters=cg_iters, state=state, isolated=isolated, metric=metric, cg_rtol=cg_rtol, transport=transport,
     )
     used = state.iteration - int(round_robin_offset)
     # eq. (8): the linearised model puts each step on the quadratic KL boundary;
     # the true KL is only second-order close, so enforce it by backtracking.
     # With require_improvement a fraction is accepted only if the agent's true
     # surrogate (eq. 8, the exact ratio, not its linearisation) also went up.
-    ls = backtracking_line_search(
-        lin.policy, lin.params_old, state.x, lin.obs, bound=delta,
-        actions=lin.actions if require_improvement else None,
-        advantages=advantages.to(lin.dtype) if require_improvement else None,
-        backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
-    )
+    ls = _line_search(lin, state.x, advantages, transport, bound=delta, require_improvement=require_improvement,
+                      backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks)
     primal, dual = per_agent_residuals(state)
+    held = state.n_agents if transport is None else transport.local_agents(state.n_agents).numel()
+    if state.comm.link_bytes is not None:
+        sent, network = state.comm.link_bytes.clone(), state.comm.network_bytes.clone()
+    else:  # nothing sent (no link, or none of this process's links was activated)
+        sent, network = (torch.zeros(held, dtype=torch.int64) for _ in range(2))
     rel_links = relative_residuals(state)[0]
+    if transport is not None:  # the links this process can measure: one end here
+        rel_links = rel_links[transport.holds(state.links.cpu(), state.n_agents).any(1).to(rel_links.device)]
     primal_rel, dual_rel, converged = per_agent_relative_residuals(state)
     # one link activated per iteration (random, round_robin), every link (synchronous)
     attempts = used * (state.n_links if mode == "synchronous" else 1)
@@ -616,8 +668,8 @@ def matrpo_update(
         converged_links=converged, cg_iterations=state.cg_iterations.clone(),
         primal_residual_rel_max=float(rel_links.max()) if rel_links.numel() else None,
         links_up=1.0 - state.link_failures / attempts if state.n_links and attempts else None,
-        bytes_sent=(state.comm.link_bytes.clone() if state.comm.link_bytes is not None
-                    else torch.zeros(state.n_agents, dtype=torch.int64)),
+        bytes_sent=sent,
+        network_bytes_sent=network,
     )
     next_offset = state.iteration % max(state.n_links, 1)
     return ls.params, stats, next_offset
