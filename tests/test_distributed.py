@@ -522,6 +522,19 @@ ENTRY = ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorith
          "experiment.on_policy_minibatch_size=20", "experiment.on_policy_n_minibatch_iters=1"]
 
 
+def single_run(overrides: list, folder):
+    """The single-process run of the entry point's ``overrides`` (BenchMARL's hydra path), in ``folder``."""
+    from benchmarl.hydra_config import load_experiment_from_hydra
+
+    from benchmarl_decentral.distributed.__main__ import compose
+
+    cfg, task_name, _ = compose([*overrides, f"experiment.save_folder={folder}"])
+    folder.mkdir()
+    single = load_experiment_from_hydra(cfg, task_name=task_name)
+    single.run()
+    return single
+
+
 def _entry_worker(rank: int, world_size: int, port: int, overrides: list, scratch) -> None:
     import tempfile
 
@@ -542,15 +555,10 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
     Its main on 2 ranks; ``--env central``: rank 0 steps the only environment (training and evaluation).
     """
     import torch.multiprocessing as mp
-    from benchmarl.hydra_config import load_experiment_from_hydra
 
     from benchmarl_decentral.distributed import free_port
-    from benchmarl_decentral.distributed.__main__ import compose
 
-    cfg, task_name, _ = compose([*ENTRY, f"experiment.save_folder={tmp_path / 'single'}"])
-    (tmp_path / "single").mkdir()
-    single = load_experiment_from_hydra(cfg, task_name=task_name)
-    single.run()
+    single = single_run(ENTRY, tmp_path / "single")
 
     (tmp_path / "dist").mkdir()
     (tmp_path / "scratch").mkdir()

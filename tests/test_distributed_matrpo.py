@@ -195,17 +195,12 @@ def test_entry_point_trains_matrpo_on_two_ranks_like_one_process(tmp_path):
     the run folder, JSON and CSV of a normal run, the single process's returns, and ``benchmarl report`` reads
     its ADMM bytes, the part sent to the other rank among them."""
     import torch.multiprocessing as mp
-    from benchmarl.hydra_config import load_experiment_from_hydra
 
     from benchmarl_decentral.distributed import free_port
-    from benchmarl_decentral.distributed.__main__ import compose
     from benchmarl_decentral.reporting import build_report
-    from test_distributed import _entry_worker
+    from test_distributed import _entry_worker, single_run
 
-    cfg, task_name, _ = compose([*ENTRY, f"experiment.save_folder={tmp_path / 'single'}"])
-    (tmp_path / "single").mkdir()
-    single = load_experiment_from_hydra(cfg, task_name=task_name)
-    single.run()
+    single = single_run(ENTRY, tmp_path / "single")
 
     (tmp_path / "dist").mkdir()
     (tmp_path / "scratch").mkdir()

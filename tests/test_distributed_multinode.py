@@ -34,16 +34,10 @@ def _logged(run, name):
     test_distributed_matrpo.ENTRY,  # matrpo: ADMM link values between the nodes
 ], ids=["decpg_local", "matrpo"])
 def test_two_torchrun_nodes_joined_by_a_c10d_rendezvous_train_like_one_process(tmp_path, launch):
-    from benchmarl.hydra_config import load_experiment_from_hydra
-
     from benchmarl_decentral.distributed import free_port
-    from benchmarl_decentral.distributed.__main__ import compose
 
-    overrides = [arg for arg in launch if not arg.startswith("--") and arg != "local"]
-    cfg, task_name, _ = compose([*overrides, f"experiment.save_folder={tmp_path / 'single'}"])
-    (tmp_path / "single").mkdir()
-    single = load_experiment_from_hydra(cfg, task_name=task_name)
-    single.run()
+    single = test_distributed.single_run([arg for arg in launch if not arg.startswith("--") and arg != "local"],
+                                         tmp_path / "single")
 
     for name in ("dist", "scratch"):
         (tmp_path / name).mkdir()

@@ -227,14 +227,7 @@ def check_dg_mappo(cfg: DictConfig) -> None:
             "once, which no rank can compute from its own agents; set algorithm.max_grad_norm=10 (per agent) or "
             "experiment.clip_grad_val=null."
         )
-    for key in ("model", "critic_model"):
-        crossing = [name for name in _model_names(cfg[key]) if name in CROSS_AGENT_MODELS]
-        if crossing:
-            raise ValueError(
-                f"dg_mappo's {key}={crossing[0]} reads the other agents' inputs inside the network, a message the "
-                f"distributed transport does not carry (D-GAT is dg_mappo's communication); use "
-                f"{'model' if key == 'model' else 'model@critic_model'}=layers/mlp (or layers/gru, layers/lstm)."
-            )
+    _refuse_cross_agent_models(cfg, "dg_mappo", "D-GAT is dg_mappo's communication", " (or layers/gru, layers/lstm)")
 
 
 def check_matrpo(cfg: DictConfig) -> None:
@@ -255,13 +248,18 @@ def check_matrpo(cfg: DictConfig) -> None:
             f"matrpo with algorithm.admm_tol={tol} stops a link on its far end's current log-ratios, which a rank "
             "receives only with the link's update; set algorithm.admm_tol=0 (run all algorithm.admm_iterations)."
         )
+    _refuse_cross_agent_models(cfg, "matrpo", "MATRPO's messages are the ADMM link values", "")
+
+
+def _refuse_cross_agent_models(cfg: DictConfig, algorithm: str, messages: str, others: str) -> None:
+    """Refuse an actor or critic model whose per-agent copies read the other agents (:data:`CROSS_AGENT_MODELS`)."""
     for key in ("model", "critic_model"):
         crossing = [name for name in _model_names(cfg[key]) if name in CROSS_AGENT_MODELS]
         if crossing:
             raise ValueError(
-                f"matrpo's {key}={crossing[0]} reads the other agents' inputs inside the network, a message the "
-                f"distributed transport does not carry (MATRPO's messages are the ADMM link values); use "
-                f"{'model' if key == 'model' else 'model@critic_model'}=layers/mlp."
+                f"{algorithm}'s {key}={crossing[0]} reads the other agents' inputs inside the network, a message the "
+                f"distributed transport does not carry ({messages}); use "
+                f"{'model' if key == 'model' else 'model@critic_model'}=layers/mlp{others}."
             )
 
 
