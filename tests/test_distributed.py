@@ -665,8 +665,19 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
           "algorithm.topology=ring"], 2,
          r"--agents local: dg_mappo_paper with algorithm.consensus_params=\['dgat'\] lets every agent start from "
          r"its own actor and critic, .* set algorithm.consensus_params=\[dgat,actor,critic\]"),
-        (["--agents", "local", "algorithm=matrpo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
-         r"--agents local supports algorithm=decpg\|dg_mappo\|dg_mappo_paper so far; launch matrpo with --agents all"),
+        (["--agents", "local", "algorithm=magpo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
+         r"algorithm=magpo has no distributed support"),
+        (["--agents", "local", "--env", "central", "algorithm=matrpo", "task=coordsum/8x15-100",
+          "experiment.evaluation=false"], 2,
+         r"--agents local --env central: matrpo's joint policy models score every agent's action and action mask, "
+         r"which the central environment rank does not send yet; use --env replicated"),
+        (["--agents", "local", "algorithm=matrpo_paper", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "model=layers/gru"], 2,
+         r"--agents local: matrpo builds a rank's block of joint policy models and critics from stacked per-agent "
+         r"MLPs only; got model gru, critic_model mlp\. Use model=layers/mlp"),
+        (["--agents", "local", "algorithm=matrpo", "task=smax/8m", "experiment.evaluation=false",
+          "algorithm.topology=visibility"], 2,
+         r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),
         (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
           "algorithm.topology=visibility"], 2,
          r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),

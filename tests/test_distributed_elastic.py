@@ -68,13 +68,17 @@ ALGORITHMS = {
     "matrpo": ["algorithm=matrpo", "task=coordsum/8x15-100", "algorithm.admm_iterations=8",
                "algorithm.link_failure=0.3", "model.num_cells=[16]", "critic_model.num_cells=[16]",
                "experiment.on_policy_n_envs_per_worker=2"],
+    # --agents local: each rank's checkpoint holds its block of joint policy models and critics
+    "matrpo_local": ["--agents", "local", "algorithm=matrpo", "task=coordsum/8x15-100",
+                     "algorithm.admm_iterations=8", "algorithm.link_failure=0.3", "model.num_cells=[16]",
+                     "critic_model.num_cells=[16]", "experiment.on_policy_n_envs_per_worker=2"],
     "decpg_groups": ["algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4", "task.num_good_agents=2",
                      "task.max_steps=6", "algorithm.link_failure=0.3", "algorithm.evaluation_mode=local",
                      "algorithm.perturbed_evaluation=false", "model.num_cells=[16]", "critic_model.num_cells=[16]",
                      "experiment.on_policy_n_envs_per_worker=2"],
 }
 #: agents per group of each elastic run
-GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "dg_mappo_local": {"agents": 4}, "matrpo": {"agents": 8},
+GROUPS = {"decpg": {"agents": 8}, "dg_mappo": {"agents": 4}, "dg_mappo_local": {"agents": 4}, "matrpo": {"agents": 8}, "matrpo_local": {"agents": 8},
           "decpg_groups": {"adversary": 4, "agent": 2},
           "decpg_groups_local": {"adversary": 4, "agent": 2}}
 LAUNCH = Launch(algorithm="decpg", task="coordsum/8x15-100", seed=0, world_size=2, groups={"agents": 8})
@@ -403,8 +407,9 @@ def test_a_killed_rank_is_restarted_by_torchrun_from_the_last_checkpoint_with_no
         assert _diff(got, want) == []
         if algorithm.endswith("_local"):  # the rank's networks in its checkpoint: its block of each group only
             for group, n in GROUPS[algorithm].items():
-                stacked = {name: t.shape[0] for name, t in got[f"loss_{group}"].items()
-                           if "_network_params." in name and isinstance(t, torch.Tensor)}
+                stacked = {name: t.shape[0] for name, t in got[f"loss_{group}"].items()  # matrpo: its MLPs' params
+                           if ("_network_params." in name or ".mlp.params." in name and "__" not in name)
+                           and isinstance(t, torch.Tensor)}
                 assert stacked and set(stacked.values()) == {n // 2}, (group, stacked)
         if algorithm.startswith("dg_mappo"):  # link_latency=1: the vectors in flight, this rank's rows of W
             (history,) = _find(got, "link_history")

@@ -51,8 +51,9 @@ def _params(exp) -> dict:
     return {name: p.detach().clone() for name, p in exp.algorithm.policy_parameters("agents").items()}
 
 
-def _critic(exp) -> list:
-    return [p.detach().clone() for p in exp.algorithm._critic_stacks["agents"].leaves]
+def _critic(exp, live: bool = False) -> list:
+    leaves = exp.algorithm._critic_stacks["agents"].leaves
+    return list(leaves) if live else [p.detach().clone() for p in leaves]
 
 
 def _logged(exp, name):
@@ -66,7 +67,7 @@ STATS = ("kl", "step_fraction", "primal_residual", "dual_residual", "admm_update
 FAR_END_STATS = ("primal_residual", "primal_residual_rel")
 
 
-def _worker(rank: int, world_size: int, folder, reference, config) -> None:
+def _worker(rank: int, world_size: int, folder, reference, config, agents="all") -> None:
     from benchmarl_decentral.distributed.experiment import build_rank_experiment
 
     ref = torch.load(reference, weights_only=False)
@@ -77,21 +78,39 @@ def _worker(rank: int, world_size: int, folder, reference, config) -> None:
     _record_link_updates(updates, ring=config["task"].startswith("coordsum"))
     (folder / f"rank{rank}").mkdir(parents=True, exist_ok=True)
     general = config.pop("general")
-    exp = build_rank_experiment(lambda: make_experiment(folder / f"rank{rank}", **config), algorithm="matrpo",
-                                sizes={"agents": N})
+    exp = build_rank_experiment(lambda wrap=None: make_experiment(folder / f"rank{rank}", task_wrapper=wrap, **config),
+                                algorithm="matrpo", sizes={"agents": N}, agents=agents)
     exp.algorithm.force_general_path = general
     assert exp.algorithm.transport is not None and torch.equal(exp.algorithm.held_agents("agents"), local)
-    with torch.no_grad():  # what this rank does not own: zeros, which nothing here may read
-        for p in list(exp.algorithm.policy_parameters("agents").values()) + exp.algorithm._critic_stacks["agents"].leaves:
-            p[others] = 0.0
+    if agents == "all":
+        with torch.no_grad():  # what this rank does not own: zeros, which nothing here may read
+            for p in list(exp.algorithm.policy_parameters("agents").values()) + _critic(exp, live=True):
+                p[others] = 0.0
+    else:  # this rank built its block only: networks (the joint models' heads: every agent), optimizer, buffer
+        assert exp.group_map == {"agents": [f"agent_{i}" for i in local.tolist()]}
+        stacked = list(exp.algorithm.policy_parameters("agents").values()) + _critic(exp, live=True)
+        assert {p.shape[0] for p in stacked} == {local.numel()}
+        out_bias = [p for name, p in exp.algorithm.policy_parameters("agents").items() if name.endswith("bias")][-1]
+        assert out_bias.shape[-1] == N * 15  # the output layer: a head for every agent of the group
+        for name, p in exp.algorithm.policy_parameters("agents").items():  # theta_0: one process's draw
+            torch.testing.assert_close(p, ref["policy0"][name][local], rtol=0, atol=0)
     exp.run()
 
     assert _logged(exp, "collection_reward_reward_mean") == ref["reward"]  # the same joint actions, episodes
     for name, p in _params(exp).items():
-        torch.testing.assert_close(p[local], ref["policy"][name][local], rtol=1e-5, atol=1e-6)
-        assert torch.count_nonzero(p[others]) == 0  # never updated here: their owner's
+        mine = p[local] if agents == "all" else p
+        torch.testing.assert_close(mine, ref["policy"][name][local], rtol=1e-5, atol=1e-6)
+        if agents == "all":
+            assert torch.count_nonzero(p[others]) == 0  # never updated here: their owner's
     for p, q in zip(_critic(exp), ref["critic"], strict=True):
-        torch.testing.assert_close(p[local], q[local], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p[local] if agents == "all" else p, q[local], rtol=1e-5, atol=1e-6)
+    if agents == "local":
+        optimized = [p for g in exp.optimizers["agents"]["loss_critic"].param_groups for p in g["params"]]
+        state = exp.optimizers["agents"]["loss_critic"].state
+        assert state and all(t.shape[0] == local.numel() for st in state.values() for t in st.values() if t.dim())
+        assert {p.shape[0] for p in optimized} == {local.numel()}
+        stored = exp.replay_buffers["agents"].storage._storage
+        assert stored.get(("agents", "observation")).shape[:2] == (60, local.numel())
     # per-agent statistics: this rank's agents, as the single process logged them (residuals from the
     # far ends' log-ratios recovered from what they sent)
     algo = config["algorithm_overrides"]
@@ -155,21 +174,32 @@ def test_matrpo_training_on_agent_blocks_equals_the_single_process_run(tmp_path,
         config = _config("random", failure, metric, general, task=mode)
     else:
         config = _config(mode, failure, metric, general)
+    _reference(tmp_path, config, ring=not mode.startswith("smax/"))
+    # jax (SMAX) does not survive a fork of a process that has run it: spawn fresh ranks there
+    spawn_local(_worker, 2, tmp_path, tmp_path / "reference.pt", config,
+                start_method="spawn" if mode.startswith("smax/") else "fork", timeout_s=120)
+
+
+def _reference(tmp_path, config: dict, ring: bool = True) -> None:
+    """The single-process run of ``config``: what every rank's agents must end with (``reference.pt``)."""
+    general = config["general"]
     updates: list = []
     run_admm = matrpo_objectives.run_admm
-    _record_link_updates(updates, ring=not mode.startswith("smax/"))
+    _record_link_updates(updates, ring=ring)
     try:
         (tmp_path / "single").mkdir()
         exp = make_experiment(tmp_path / "single", **{k: v for k, v in config.items() if k != "general"})
         exp.algorithm.force_general_path = general
+        policy0 = _params(exp)
         exp.run()
     finally:
         matrpo_objectives.run_admm = run_admm
     assert len(updates) == ITERS
-    if failure:
+    if config["algorithm_overrides"]["link_failure"]:
         assert exp.algorithm.last_stats["agents"].links_up < 1.0
     reference = {
         "reward": _logged(exp, "collection_reward_reward_mean"),
+        "policy0": policy0,
         "policy": _params(exp),
         "critic": _critic(exp),
         "stats": {(i, stat): _logged(exp, f"matrpo_agents_agent_{i}_{stat}") for i in range(N) for stat in STATS},
@@ -177,9 +207,25 @@ def test_matrpo_training_on_agent_blocks_equals_the_single_process_run(tmp_path,
     }
     assert any(float(v.abs().sum()) > 0 for v in reference["policy"].values())
     torch.save(reference, tmp_path / "reference.pt")
-    # jax (SMAX) does not survive a fork of a process that has run it: spawn fresh ranks there
-    spawn_local(_worker, 2, tmp_path, tmp_path / "reference.pt", config,
-                start_method="spawn" if mode.startswith("smax/") else "fork", timeout_s=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "failure"), [("random", 0.3), ("synchronous", 0.0)])
+def test_matrpo_on_ranks_that_build_their_agents_only_equals_the_single_process_run(tmp_path, mode, failure):
+    """``--agents local``: 2 ranks x 4 agents of coordsum/8x15-100, each building its block only.
+
+    The rank's joint policy models (a head for each of the 8 agents), critics,
+    the critics' Adam state and its replay buffer have leading dim 4; each
+    agent starts from the single-process draw (the group's networks drawn
+    as one process draws them, the block kept), the policy draws the whole
+    group's sampling noise and keeps its block's, and the environment offers
+    the joint action and every agent's action mask (what the joint models
+    score). The block ends with the single-process parameters, returns,
+    statistics and ADMM bytes.
+    """
+    config = _config(mode, failure, "kl")
+    _reference(tmp_path, config)
+    spawn_local(_worker, 2, tmp_path, tmp_path / "reference.pt", config, "local", start_method="fork", timeout_s=120)
 
 
 ENTRY = ["algorithm=matrpo", "task=coordsum/8x15-100", "algorithm.admm_iterations=8",

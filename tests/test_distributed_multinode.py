@@ -31,8 +31,8 @@ def _logged(run, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("launch", [
     ["--agents", "local", *test_distributed.ENTRY],  # decpg, each node building its 4 agents only
-    test_distributed_matrpo.ENTRY,  # matrpo: ADMM link values between the nodes
-], ids=["decpg_local", "matrpo"])
+    ["--agents", "local", *test_distributed_matrpo.ENTRY],  # matrpo: ADMM link values between the nodes
+], ids=["decpg_local", "matrpo_local"])
 def test_two_torchrun_nodes_joined_by_a_c10d_rendezvous_train_like_one_process(tmp_path, launch):
     from benchmarl_decentral.distributed import free_port
 

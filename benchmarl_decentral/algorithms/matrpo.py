@@ -139,6 +139,15 @@ from benchmarl_decentral.consensus.topology import (
 )
 from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
+from benchmarl_decentral.distributed.local import (
+    JOINT_ACTION,
+    JOINT_ACTION_MASK,
+    block_of_group_draw,
+    block_sampling,
+    group_size,
+    grown,
+    local_block,
+)
 from benchmarl_decentral.distributed.transport import (
     InProcessTransport,
     Transport,
@@ -223,13 +232,18 @@ def joint_distribution(
     return Categorical(logits=blocks)
 
 
-def own_component(joint: Tensor, n_agents: int) -> Tensor:
+def own_component(joint: Tensor, n_agents: int, first: int = 0) -> Tensor:
     """Decentralised execution: agent ``i`` keeps head ``i`` of its joint output.
 
     ``joint`` is ``(..., n, n * F)`` (agent ``i``'s output in row ``i``);
-    returns ``(..., n, F)`` with row ``i`` = block ``i`` of row ``i``.
+    returns ``(..., n, F)`` with row ``i`` = block ``i`` of row ``i``. A
+    process holding agents ``first .. first + m - 1`` of the ``n_agents``
+    only passes ``(..., m, n_agents * F)``: row ``r`` keeps head ``first + r``.
     """
     blocks = joint.unflatten(-1, (n_agents, -1))  # (..., i, n, F)
+    rows = blocks.shape[-3]
+    if rows != n_agents or first:
+        blocks = blocks.narrow(-2, first, rows)
     return torch.diagonal(blocks, dim1=-3, dim2=-2).movedim(-1, -2)
 
 
@@ -286,14 +300,15 @@ def value_fit(values: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 class _OwnComponent(nn.Module):
-    """TensorDictModule body: ``(..., n, n F)`` joint output -> ``(..., n, F)`` own head."""
+    """TensorDictModule body: ``(..., n, n F)`` joint output -> ``(..., n, F)`` own head (a block: from ``first``)."""
 
-    def __init__(self, n_agents: int) -> None:
+    def __init__(self, n_agents: int, first: int = 0) -> None:
         super().__init__()
         self.n_agents = n_agents
+        self.first = first
 
     def forward(self, joint: Tensor) -> Tensor:
-        return own_component(joint, self.n_agents)
+        return own_component(joint, self.n_agents, self.first)
 
 
 class _ClipActions(Transform):
@@ -338,6 +353,7 @@ class MatrpoLoss(LossModule):
         loss_critic_type: str,
         critic_coef: float,
         seed: int,
+        agent_share: float = 1.0,
     ) -> None:
         super().__init__()
         self.actor_network = actor_network
@@ -345,6 +361,9 @@ class MatrpoLoss(LossModule):
         self.group = group
         self.loss_critic_type = loss_critic_type
         self.critic_coef = critic_coef
+        #: the share of the group's agents whose critics this loss trains (a distributed rank's block: m / n):
+        #: the loss is the group's mean over every agent and sample, of which a block computes its part
+        self.agent_share = agent_share
         self.generator = torch.Generator().manual_seed(int(seed))
         self.round_robin_offset = 0
         self.stats: Dict[str, float] = {}
@@ -355,7 +374,7 @@ class MatrpoLoss(LossModule):
         td = self.critic_network(tensordict.select(*self.critic_network.in_keys, strict=False).clone())
         value = td.get(value_key)
         target = tensordict.get(target_key).to(value)
-        loss = distance_loss(value, target, self.loss_critic_type).mean() * self.critic_coef
+        loss = distance_loss(value, target, self.loss_critic_type).mean() * self.critic_coef * self.agent_share
         out = TensorDict({"loss_critic": loss}, batch_size=[], device=loss.device)
         for key, val in self.stats.items():
             out.set(f"matrpo_{key}", torch.tensor(val, device=loss.device))
@@ -619,16 +638,18 @@ class Matrpo(Algorithm):
         self.visibility_layout: Optional[str] = None
         if topology == "visibility":
             self.visibility_layout = visibility_layout(self, "matrpo")
+        #: every agent of each group (a distributed rank that builds its block only still links them all)
+        self.joint_group_map = {g: list(range(group_size(self.experiment, g))) for g in self.group_map}
         try:
             #: per group: topology, k and adjacency after group_topology and the small-group rules
             self.group_topologies = resolve_static_group_topologies(
-                owner="matrpo", task=task, group_map=self.group_map, topology=topology, k=k, adjacency=adjacency,
+                owner="matrpo", task=task, group_map=self.joint_group_map, topology=topology, k=k, adjacency=adjacency,
                 group_topology=group_topology, keys=MATRPO_GROUP_KEYS, option_uses=MATRPO_TOPOLOGY_OPTIONS,
                 default_k=algorithm_defaults("matrpo")["k"],
             )
         except ValueError as err:
             raise config_error(self.experiment, str(err)) from None
-        for group, agents in self.group_map.items():
+        for group, agents in self.joint_group_map.items():
             n = len(agents)
             if self.visibility_layout is not None:
                 self.links[group] = None
@@ -739,22 +760,25 @@ class Matrpo(Algorithm):
         return 2 * spec.shape[-1] if continuous else spec.space.n
 
     def _get_policy_for_loss(self, group: str, model_config: ModelConfig, continuous: bool) -> TensorDictModule:
-        n = len(self.group_map[group])
+        n = len(self.group_map[group])  # the agents built here (a distributed rank's block with --agents local)
+        K = group_size(self.experiment, group)  # heads: every agent of the group (eq. 8)
         F = self._head_size(group, continuous)
-        joint_spec = Composite(
-            {group: Composite({JOINT_KEY: Unbounded(shape=(n, n * F))}, shape=(n,))}
-        )
-        joint_model = self._mlp_config(model_config).get_model(
-            input_spec=Composite({group: self.observation_spec[group].clone().to(self.device)}),
-            output_spec=joint_spec,
-            agent_group=group,
-            input_has_agent_dim=True,
-            n_agents=n,
-            centralised=False,
-            share_params=False,  # one joint model per agent, never shared
-            device=self.device,
-            action_spec=self.action_spec,
-        )
+        first = (local_block(self.experiment, group) or (0, n))[0]
+
+        def build(m: int) -> nn.Module:
+            return self._mlp_config(model_config).get_model(
+                input_spec=Composite({group: grown(self.observation_spec[group], m).clone().to(self.device)}),
+                output_spec=Composite({group: Composite({JOINT_KEY: Unbounded(shape=(m, K * F))}, shape=(m,))}),
+                agent_group=group,
+                input_has_agent_dim=True,
+                n_agents=m,
+                centralised=False,
+                share_params=False,  # one joint model per agent, never shared
+                device=self.device,
+                action_spec=self.action_spec,
+            )
+
+        joint_model = block_of_group_draw(self.experiment, group, build)
         try:  # stacked leaves as they are, n per-agent copies (gnn, deepsets) gathered
             self._joint_stacks[group] = AgentStack(
                 TensorDict.from_module(joint_model).flatten_keys("."), joint_model, n, "policy"
@@ -766,7 +790,7 @@ class Matrpo(Algorithm):
             chain = None
         self._joint_models[group] = joint_model
         self._joint_chains[group] = chain
-        own = TensorDictModule(_OwnComponent(n), in_keys=[(group, JOINT_KEY)], out_keys=[(group, "logits")])
+        own = TensorDictModule(_OwnComponent(K, first), in_keys=[(group, JOINT_KEY)], out_keys=[(group, "logits")])
         if continuous:
             extractor = TensorDictModule(
                 NormalParamExtractor(scale_mapping=self.scale_mapping),
@@ -783,7 +807,7 @@ class Matrpo(Algorithm):
         else:
             module = TensorDictSequential(joint_model, own)
             in_keys, distribution_class = [(group, "logits")], Categorical
-        return ProbabilisticActor(
+        actor = ProbabilisticActor(
             module=module,
             spec=self.action_spec[group, "action"],
             in_keys=in_keys,
@@ -792,6 +816,7 @@ class Matrpo(Algorithm):
             return_log_prob=True,
             log_prob_key=(group, "log_prob"),
         )
+        return block_sampling(actor, self.experiment, group)  # a rank's block: the group's noise, its rows
 
     def _get_policy_for_collection(self, policy_for_loss, group, continuous) -> TensorDictModule:
         # executes each agent's own head only; evaluation uses this policy too
@@ -799,20 +824,23 @@ class Matrpo(Algorithm):
 
     def get_critic(self, group: str) -> TensorDictModule:
         """Agent i's value net ``V^i(o^i)`` (eq. 19): per-agent, own observation only."""
-        n = len(self.group_map[group])
-        return self._mlp_config(self.critic_model_config).get_model(
-            input_spec=Composite({group: self.observation_spec[group].clone().to(self.device)}),
-            output_spec=Composite(
-                {group: Composite({"state_value": Unbounded(shape=(n, 1))}, shape=(n,))}
-            ),
-            n_agents=n,
-            centralised=False,
-            input_has_agent_dim=True,
-            agent_group=group,
-            share_params=False,
-            device=self.device,
-            action_spec=self.action_spec,
-        )
+
+        def build(m: int) -> nn.Module:
+            return self._mlp_config(self.critic_model_config).get_model(
+                input_spec=Composite({group: grown(self.observation_spec[group], m).clone().to(self.device)}),
+                output_spec=Composite(
+                    {group: Composite({"state_value": Unbounded(shape=(m, 1))}, shape=(m,))}
+                ),
+                n_agents=m,
+                centralised=False,
+                input_has_agent_dim=True,
+                agent_group=group,
+                share_params=False,
+                device=self.device,
+                action_spec=self.action_spec,
+            )
+
+        return block_of_group_draw(self.experiment, group, build)
 
     def _get_loss(self, group: str, policy_for_loss: TensorDictModule, continuous: bool) -> Tuple[LossModule, bool]:
         critic = self.get_critic(group)
@@ -843,6 +871,7 @@ class Matrpo(Algorithm):
         loss = MatrpoLoss(
             policy_for_loss, critic, group=group, loss_critic_type=self.loss_critic_type,
             critic_coef=self.critic_coef, seed=int(self.experiment.seed) * 1000 + group_index,
+            agent_share=n / group_size(self.experiment, group),
         )
         return loss, False
 
@@ -960,6 +989,10 @@ class Matrpo(Algorithm):
         td = batch.reshape(-1)
         samples = self.update_samples(group, batch)
         n = len(self.group_map[group])
+        block = local_block(self.experiment, group)
+        if block is not None and self.general_path(group):
+            raise ValueError(f"matrpo: group '{group}': a process that builds a block of agents runs the stacked-MLP "
+                             "path only; use model=layers/mlp (or launch with --agents all)")
         if self.general_path(group):
             M_all = td.shape[0]
             rows = torch.arange(M_all, device=td.device) if samples is None else samples
@@ -975,10 +1008,23 @@ class Matrpo(Algorithm):
         if samples is not None:
             td = td[samples]
         M = td.shape[0]
-        action = td.get((group, "action"))  # (M, n, ...): the joint action
-        actions = action.unsqueeze(0).expand(n, *action.shape)  # every agent scores all heads
+        params = self.policy_parameters(group)
         advantages = td.get((group, "matrpo_advantage")).reshape(M, n).T
-        return self.policy_parameters(group), obs, actions, advantages
+        if block is None:
+            action = td.get((group, "action"))  # (M, n, ...): the joint action
+        else:  # a block of agents: its rows in a stack of every agent's (the others' rows are zeros, never read)
+            action = td.get(("next", JOINT_ACTION, group))  # the joint action taken at each sample
+            K, (first, last) = group_size(self.experiment, group), block
+
+            def pad(t: Tensor) -> Tensor:
+                out = t.new_zeros(K, *t.shape[1:])
+                out[first:last] = t
+                return out
+
+            params = {name: pad(p.detach()) for name, p in params.items()}
+            obs, advantages = pad(obs), pad(advantages)
+        actions = action.unsqueeze(0).expand(action.shape[1], *action.shape)  # every agent scores all heads
+        return params, obs, actions, advantages
 
     def joint_masks(self, group: str, batch: TensorDictBase) -> Optional[Tensor]:
         """The batch's action masks as the joint heads need them, ``(M, K, F)`` bool, or ``None``.
@@ -990,8 +1036,9 @@ class Matrpo(Algorithm):
         """
         if self.action_mask_spec is None:
             return None
-        # the collection policy masked the own head with it, so every batch has it
-        mask = batch.get((group, "action_mask"))
+        # the collection policy masked the own head with it, so every batch has it; a block: every agent's
+        key = (group, "action_mask") if local_block(self.experiment, group) is None else (JOINT_ACTION_MASK, group)
+        mask = batch.get(key)
         mask = mask.reshape(-1, *mask.shape[-2:]).to(torch.bool)  # (M, n, F): row n is agent n's mask
         samples = self.update_samples(group, batch)
         return mask if samples is None else mask[samples]
@@ -1024,7 +1071,8 @@ class Matrpo(Algorithm):
         (:class:`GatheredJointNetwork`, ``template`` None) needs the ``batch``;
         the stacked-MLP path reads the observations in ``obs``.
         """
-        make_dist = _JointDist(len(self.group_map[group]), self.experiment.continuous_actions, self.scale_mapping)
+        make_dist = _JointDist(group_size(self.experiment, group), self.experiment.continuous_actions,
+                               self.scale_mapping)
         if self.general_path(group):
             if batch is None:
                 raise ValueError(f"matrpo: group '{group}' runs its joint model on a batch; pass batch=")
@@ -1099,10 +1147,12 @@ class Matrpo(Algorithm):
         lin.release()
         with torch.no_grad():
             live = self.policy_parameters(group)
-            mine = self.held_agents(group)
+            mine, block = self.held_agents(group), local_block(self.experiment, group)
             for name, value in params_new.items():
                 if mine is None:
                     live[name].copy_(value)
+                elif block is not None:  # this process's stack is its block
+                    live[name].copy_(value[block[0]:block[1]])
                 else:  # the agents of other processes are theirs to update (here their step is 0)
                     live[name][mine] = value[mine]
         self.last_stats[group] = stats
@@ -1113,13 +1163,16 @@ class Matrpo(Algorithm):
         """The agents of ``group`` this process updates (a distributed run), or ``None``: all of them."""
         if self.transport is None:
             return None
-        return self.transport.local_agents(len(self.group_map[group]))
+        return self.transport.local_agents(group_size(self.experiment, group))
 
     def _logged_agents(self, group: str) -> List[Tuple[int, str]]:
-        """``(index, name)`` of the agents whose statistics this process logs: all, or the ones it holds."""
+        """``(row, name)`` of the agents whose statistics this process logs (all, or the ones it holds), ``row``
+        their index in this process's stacks (the group's index, or in a block's stack, from its first agent)."""
         names = self.group_map[group]
         mine = self.held_agents(group)
-        return list(enumerate(names)) if mine is None else [(i, names[i]) for i in mine.tolist()]
+        if mine is None or local_block(self.experiment, group) is not None:
+            return list(enumerate(names))
+        return [(i, names[i]) for i in mine.tolist()]
 
     def _log(self, group: str, stats: MatrpoStats, loss: MatrpoLoss) -> None:
         mine = self.held_agents(group)

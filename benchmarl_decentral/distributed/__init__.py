@@ -46,7 +46,7 @@ What exists today (issue 18; decpg, dg_mappo and matrpo, single machine, gloo):
   of the environment and the ranks exchange their agents' actions) and the
   entry point ``torchrun --nproc-per-node N -m benchmarl_decentral.distributed
   algorithm=decpg|dg_mappo task=...`` (:mod:`benchmarl_decentral.distributed.__main__`);
-* only the rank's agents (``--agents local``, decpg and dg_mappo;
+* only the rank's agents (``--agents local``, decpg, dg_mappo and matrpo;
   :mod:`benchmarl_decentral.distributed.local`): the experiment is built on
   :class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`, whose
   groups list the rank's block and whose environment has those agents'
@@ -113,9 +113,8 @@ Plan for the rest:
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
    distance, ``theta_avg``, dg_mappo's ``evaluation_dropout``): a reduction
    outside training, on rank 0.
-4. matrpo with ``--agents local`` (a rank still builds every agent's joint
-   policy model and critic, and computes the linearisation and line search
-   of all of them, keeping its own); faults (dropped messages are already real for the mixing; a dead rank is
+4. matrpo with ``--agents local`` on the central environment rank (the
+   joint actions and masks its models score are not sent yet); faults (dropped messages are already real for the mixing; a dead rank is
    restarted from the last checkpoint, see above; checkpoints of tasks with
    several groups: the launch record and the rank's agent list hold one
    group today).

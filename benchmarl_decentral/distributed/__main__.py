@@ -7,7 +7,7 @@ one message (rank 0) and exits with status 2 on every rank. Then each rank
 builds the experiment for its block of agents
 (:func:`~benchmarl_decentral.distributed.experiment.build_rank_experiment`)
 and trains. ``--agents all`` (the default): every rank builds every agent's
-networks and trains its block; ``--agents local`` (decpg, dg_mappo): every rank builds
+networks and trains its block; ``--agents local`` (decpg, dg_mappo, matrpo): every rank builds
 the networks, optimizer state and replay buffer of its block only
 (:mod:`benchmarl_decentral.distributed.local`), and ``--env`` picks who steps
 the joint environment: ``replicated`` (the default: every rank its copy) or
@@ -61,20 +61,22 @@ PROG = "benchmarl_decentral.distributed"
 CONF_DIR = str(Path(benchmarl.__file__).parent / "conf")
 
 
-def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
+def check_agents(cfg: DictConfig, algorithm: str, agents: str, env: str = "replicated") -> None:
     """What ``--agents local`` cannot run yet, refused with the fix (nothing to check for ``--agents all``).
 
     Raises:
-        ValueError: an unknown mode; an algorithm other than decpg and
-            dg_mappo; a graph rebuilt from every agent's observation (decpg's
-            ``topology=visibility``; dg_mappo's topologies other than ring,
+        ValueError: an unknown mode; an algorithm other than decpg,
+            dg_mappo and matrpo; a graph rebuilt from every agent's observation (decpg's
+            and matrpo's ``topology=visibility``; dg_mappo's topologies other than ring,
             knn_ring, full, custom and radius; the radius graph with a
             ``position_key``; on a task with a global state, whose ranks get
             no joint observation, :func:`main` refuses the radius graph once
             the task is loaded); dg_mappo's per-agent initial actor or
             critic (``consensus_params`` without them) or
             ``evaluation_dropout``; BenchMARL's joint gradient clip
-            (``algorithm.max_grad_norm=null``), a norm over every agent.
+            (``algorithm.max_grad_norm=null``), a norm over every agent;
+            matrpo with ``env`` other than replicated or a model other than
+            stacked MLPs.
     """
     from benchmarl_decentral.distributed.local import AGENT_MODES
 
@@ -83,16 +85,28 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str) -> None:
     if agents == "all":
         return
     algo, exp = cfg.algorithm, cfg.experiment
-    if not algorithm.startswith(("decpg", "dg_mappo")):
-        raise ValueError(f"--agents local supports algorithm=decpg|dg_mappo|dg_mappo_paper so far; launch {algorithm} "
-                         "with --agents all.")
+    if not algorithm.startswith(("decpg", "dg_mappo", "matrpo")):
+        raise ValueError(f"--agents local supports algorithm=decpg|dg_mappo|dg_mappo_paper|matrpo|matrpo_paper so far; "
+                         f"launch {algorithm} with --agents all.")
     if algorithm.startswith("dg_mappo"):
         _check_dg_mappo_local(algo, algorithm)
     elif algo.get("topology", None) == "visibility":
         raise ValueError("--agents local: algorithm.topology=visibility builds its graph from every agent's "
                          "observation, which a rank does not hold; use a static topology (algorithm.topology="
                          "knn_ring) or --agents all.")
-    if algo.get("max_grad_norm", None) is None and exp.clip_grad_norm and exp.clip_grad_val is not None:
+    if algorithm.startswith("matrpo"):
+        if env != "replicated":
+            raise ValueError(f"--agents local --env {env}: matrpo's joint policy models score every agent's action and "
+                             "action mask, which the central environment rank does not send yet; use --env replicated.")
+        models = _model_names(cfg.model) + _model_names(cfg.critic_model)
+        if any(name != "mlp" for name in models):
+            raise ValueError(f"--agents local: matrpo builds a rank's block of joint policy models and critics from "
+                             f"stacked per-agent MLPs only; got model {'+'.join(_model_names(cfg.model))}, critic_model "
+                             f"{'+'.join(_model_names(cfg.critic_model))}. Use model=layers/mlp "
+                             "model@critic_model=layers/mlp, or launch with --agents all.")
+    # (matrpo turns BenchMARL's joint clip off itself: each agent's critic is clipped alone, critic_max_grad_norm)
+    if (not algorithm.startswith("matrpo") and algo.get("max_grad_norm", None) is None and exp.clip_grad_norm
+            and exp.clip_grad_val is not None):
         raise ValueError("--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all "
                          "agents at once, which no rank can compute from its own agents; set "
                          "algorithm.max_grad_norm=10 (per agent) or experiment.clip_grad_val=null.")
@@ -329,7 +343,7 @@ def main(argv: list[str]) -> None:
         cfg, task_name, algorithm = compose(overrides)
         check_algorithm(algorithm)  # first: no environment built for nothing
         check_config(cfg)
-        check_agents(cfg, algorithm, agents)
+        check_agents(cfg, algorithm, agents, env_backend)
         on_policy = load_algorithm_config_from_hydra(cfg.algorithm).on_policy()  # the algorithm's own checks
         load_experiment_config_from_hydra(cfg.experiment).validate(on_policy)  # e.g. checkpoint_interval
         task = load_task_config_from_hydra(cfg.task, task_name)

@@ -165,7 +165,8 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
     if agents == "local":
         backend = (CentralEnv if env == "central" else ReplicatedEnvs)(owners, transport.rank)
         with use_transport(transport):
-            exp = make(lambda task: LocalAgentsTask(task, backend))
+            # matrpo's joint policy models score every agent's action (eq. 8): the environment offers them
+            exp = make(lambda task: LocalAgentsTask(task, backend, joint_actions=algorithm.startswith("matrpo")))
         if not isinstance(exp.task, LocalAgentsTask):
             raise ValueError("agents='local': make must build the experiment on the task it is given wrapped")
         log_joint_rewards(exp.logger)  # the run's returns, every agent's

@@ -63,6 +63,14 @@ JOINT_OBSERVATION = "joint_observation"
 #: ``(JOINT_REWARD, group, "reward")``, ``(*B, n, 1)``, every agent's; what rank 0 logs (:func:`log_joint_rewards`).
 JOINT_REWARD = "joint_reward"
 
+#: Root keys of the joint actions and action masks a :class:`LocalAgentsEnv` adds with ``joint_actions``
+#: (matrpo: every agent's joint policy model scores the joint action, paper 001 eq. 8):
+#: ``(JOINT_ACTION, group)``, ``(*B, n, ...)``, the joint action that led to this observation (zeros after a
+#: reset), so ``("next", JOINT_ACTION, group)`` of a transition is the joint action taken in it; and
+#: ``(JOINT_ACTION_MASK, group)``, ``(*B, n, F)``, every agent's legal actions at this observation.
+JOINT_ACTION = "joint_action"
+JOINT_ACTION_MASK = "joint_action_mask"
+
 #: ``--env`` of the entry point (``--agents local``): every rank steps its copy of the joint environment
 #: (:class:`ReplicatedEnvs`), or rank 0 steps the only one (:class:`CentralEnv`).
 ENV_BACKENDS = ("replicated", "central")
@@ -390,13 +398,22 @@ class LocalAgentsEnv(EnvBase):
     ``(JOINT_REWARD, group, "reward")`` (not trained on: what the logs read,
     so that rank 0's returns are the run's, :func:`log_joint_rewards`).
 
+    With ``joint_actions`` it observes every group's joint action (the one
+    that led here, :data:`JOINT_ACTION`) and, where the group has action
+    masks, every agent's mask (:data:`JOINT_ACTION_MASK`): what matrpo's
+    joint policy models score (paper 001 eq. 8). With the replicated
+    backend both are on the rank already (the exchanged actions, its copy's
+    masks): no message.
+
     Args:
         env: the joint environment (the task's own).
         backend: :class:`ReplicatedEnvs` or :class:`CentralEnv`.
         joint: group to its observation leaves to offer jointly. (default: none)
+        joint_actions: offer the joint actions and masks. (default: False)
     """
 
-    def __init__(self, env: EnvBase, backend: ReplicatedEnvs, joint: Mapping[str, list] | None = None) -> None:
+    def __init__(self, env: EnvBase, backend: ReplicatedEnvs, joint: Mapping[str, list] | None = None,
+                 joint_actions: bool = False) -> None:
         super().__init__(device=env.device, batch_size=env.batch_size)
         self.joint_env = env
         self.backend = backend
@@ -423,6 +440,17 @@ class LocalAgentsEnv(EnvBase):
             features = sum(leaf.shape[-1] for leaf in leaves) * leaves[0].shape[nb]
             observation_spec[(JOINT_OBSERVATION, group)] = Unbounded(
                 shape=(*env.batch_size, features), dtype=leaves[0].dtype, device=env.device)
+        if joint_actions and backend.name == "central":
+            raise ValueError("--env central does not send the joint actions and masks matrpo's joint policy models "
+                             "score yet; launch with --env replicated.")
+        #: groups whose joint actions (and masks, where they have them) this environment observes
+        self.joint_actions = {}
+        for group in blocks if joint_actions else ():
+            mask = (group, "action_mask") in observation_spec.keys(True, True)
+            self.joint_actions[group] = mask
+            observation_spec[(JOINT_ACTION, group)] = env.full_action_spec[group, "action"].clone()
+            if mask:
+                observation_spec[(JOINT_ACTION_MASK, group)] = observation_spec[group, "action_mask"].clone()
         self.full_observation_spec = _narrow_spec(observation_spec, blocks, nb)
         self.full_action_spec = _narrow_spec(env.full_action_spec.clone(), blocks, nb)
         reward_spec = env.full_reward_spec.clone()
@@ -464,10 +492,15 @@ class LocalAgentsEnv(EnvBase):
         if isinstance(self.backend, CentralEnv):
             return self.backend.reset(self, inner)
         out = self.joint_env.reset(inner)
+        for group in self.joint_actions:  # no action led here
+            out.set((JOINT_ACTION, group), self.full_observation_spec[JOINT_ACTION, group].zero())
         return _narrow_td(self._add_joint(out), self.backend.blocks, len(self.batch_size))
 
     def _add_joint(self, td: TensorDictBase) -> TensorDictBase:
         nb = len(self.batch_size)
+        for group, mask in self.joint_actions.items():
+            if mask:
+                td.set((JOINT_ACTION_MASK, group), td.get((group, "action_mask")).clone())
         for group, keys in self.joint.items():
             obs = torch.cat([td.get(group).get(key) for key in keys], dim=-1)  # (*B, n, F)
             td.set((JOINT_OBSERVATION, group), obs.reshape(*obs.shape[:nb], -1))
@@ -491,6 +524,8 @@ class LocalAgentsEnv(EnvBase):
                 value = self.backend.joint_action(key[0], value, nb)
             joint.set(key, value)
         out = self.joint_env.step(joint).get("next")
+        for group in self.joint_actions:
+            out.set((JOINT_ACTION, group), joint.get((group, "action")))
         return _narrow_td(self._add_joint(out), self.backend.blocks, nb)
 
     def close(self, *, raise_if_closed: bool = True) -> None:
@@ -507,9 +542,11 @@ def _joint_env(env: EnvBase) -> EnvBase:
 
 
 def _without_joint(spec: Optional[Composite]) -> Optional[Composite]:
-    """A task's spec without the joint observations (the task's methods clone what the environment has)."""
-    if spec is not None and JOINT_OBSERVATION in spec.keys():
-        del spec[JOINT_OBSERVATION]
+    """A task's spec without the joint observations, actions and masks (the task's methods clone what the
+    environment has)."""
+    for key in (JOINT_OBSERVATION, JOINT_ACTION, JOINT_ACTION_MASK):
+        if spec is not None and key in spec.keys():
+            del spec[key]
     return spec
 
 
@@ -528,23 +565,26 @@ class LocalAgentsTask(TaskClass):
     Args:
         task: the task (BenchMARL's ``TaskClass``).
         backend: :class:`ReplicatedEnvs` or :class:`CentralEnv`.
+        joint_actions: its environments offer every group's joint action and masks
+            (:class:`LocalAgentsEnv`; matrpo). (default: False)
 
     Attributes:
         sizes: agents per group of the joint task.
         blocks: ``(first, last)`` of this rank's agents per group.
     """
 
-    def __init__(self, task: TaskClass, backend: ReplicatedEnvs) -> None:
+    def __init__(self, task: TaskClass, backend: ReplicatedEnvs, joint_actions: bool = False) -> None:
         super().__init__(name=task.name, config=task.config)
         self.task = task
         self.backend = backend
+        self.joint_actions = joint_actions
         self.blocks = dict(backend.blocks)
         self.sizes = {group: owner.numel() for group, owner in backend.owners.items()}
 
     def get_env_fun(self, num_envs: int, continuous_actions: bool, seed: Optional[int], device) -> Callable[[], EnvBase]:
         make = self.task.get_env_fun(num_envs=num_envs, continuous_actions=continuous_actions, seed=seed,
                                      device=device)
-        backend, task = self.backend, self.task
+        backend, task, joint_actions = self.backend, self.task, self.joint_actions
 
         def env() -> EnvBase:
             joint_env = make()
@@ -552,7 +592,7 @@ class LocalAgentsTask(TaskClass):
             if task.state_spec(joint_env) is None:  # what a centralized critic reads instead
                 spec = task.observation_spec(joint_env)
                 joint = {g: list(spec[g].keys(True, True)) for g in backend.blocks if g in spec.keys()}
-            return LocalAgentsEnv(joint_env, backend, joint)
+            return LocalAgentsEnv(joint_env, backend, joint, joint_actions=joint_actions)
 
         return env
 
@@ -638,6 +678,48 @@ def joint_observation_spec(experiment: Any, group: str) -> tuple[Any, Any] | Non
     spec = experiment.test_env.full_observation_spec_unbatched
     key = (JOINT_OBSERVATION, group)
     return (key, spec[key]) if key in spec.keys(True, True) else None
+
+
+def grown(spec: Composite, n: int) -> Composite:
+    """A group's spec ``(m, ...)`` (its agents' entries) for ``n`` agents of the same entries (``spec`` when ``m == n``)."""
+    if spec.shape[0] == n:
+        return spec
+    one = spec[0]
+    return one.expand(n, *one.shape)
+
+
+def block_of_group_draw(experiment: Any, group: str, build: Callable[[int], Any]) -> Any:
+    """``build(m)``'s network of this process's ``m`` agents of ``group``, initialised as one process draws it.
+
+    ``build(m)`` builds the group's network for ``m`` agents (stacked per-agent
+    parameters, leading dim ``m``). Where this process builds every agent it
+    is ``build(m)``. Where it builds a block (:class:`LocalAgentsTask`) the
+    network of every agent of the group is drawn first, from the global
+    random stream as one process draws it (so the stream ends where it would
+    there, and what is drawn after it is the same), and the block's network,
+    built without advancing the stream, takes its rows ``first .. last - 1``
+    of every leaf: each agent starts from its single-process parameters,
+    whatever per-agent initialisation the model has.
+
+    Raises:
+        ValueError: the block's network has a leaf whose leading dim is not its agents (not per agent).
+    """
+    block = local_block(experiment, group)
+    m = len(experiment.group_map[group])
+    if block is None:
+        return build(m)
+    first, last = block
+    full = build(group_size(experiment, group))
+    with torch.random.fork_rng(devices=[]):
+        mine = build(m)
+    theirs = TensorDict.from_module(full)
+    with torch.no_grad():
+        for key, leaf in TensorDict.from_module(mine).items(True, True):
+            if leaf.dim() == 0 or leaf.shape[0] != m:
+                raise ValueError(f"--agents local: {key} of group '{group}''s network is not stacked per agent "
+                                 f"(shape {tuple(leaf.shape)}); use a per-agent model (layers/mlp)")
+            leaf.copy_(theirs.get(key)[first:last])
+    return mine
 
 
 # ------------------------------------------------------------------ the sampling noise of the whole group
