@@ -494,9 +494,6 @@ def test_local_agents_task_narrows_the_groups_and_refuses_a_critic_that_is_not_a
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"consensus_params": ["dgat"]},
-     r"--agents local: dg_mappo with algorithm.consensus_params=\['dgat'\] lets every agent start from its own "
-     r"actor and critic, .* set algorithm.consensus_params=\[dgat,actor,critic\]"),
     ({"evaluation_dropout": [1]},
      r"--agents local: dg_mappo's algorithm.evaluation_dropout silences agents across the group, .* set "
      r"algorithm.evaluation_dropout=null"),
@@ -661,10 +658,9 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
          r"--agents local: dg_mappo's radius graph reads every agent's position from the joint observation, which "
          r"a rank's environment offers on a task without a global state only; task coordsum/8x15-100 has one\. "
          r"Set algorithm.topology=ring"),
-        (["--agents=local", "algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "algorithm.topology=ring"], 2,
-         r"--agents local: dg_mappo_paper with algorithm.consensus_params=\['dgat'\] lets every agent start from "
-         r"its own actor and critic, .* set algorithm.consensus_params=\[dgat,actor,critic\]"),
+        (["--agents=local", "algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "algorithm.topology=ring",
+          "algorithm.evaluation_dropout=[1]", "experiment.evaluation=false"], 2,
+         r"--agents local: dg_mappo_paper's algorithm.evaluation_dropout silences agents across the group"),
         (["--agents", "local", "algorithm=magpo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
          r"algorithm=magpo has no distributed support"),
         (["--agents", "local", "--env", "central", "algorithm=matrpo", "task=coordsum/8x15-100",

@@ -243,15 +243,18 @@ def _dg_mappo_worker(rank: int, world_size: int, folder, graph: str, reference, 
 #: more algorithm keys of some runs: a neighbour's vector read 2 mixing steps late (D-SGD with link latency,
 #: the radius graph's matrices of those steps), the mixings after each update (the public code's), and both
 OPTIONS = {"latency": {"link_latency": 2}, "update": {"mix_every": "update", "mixes_per_update": 3},
-           "both": {"link_latency": 2, "mix_every": "update", "mixes_per_update": 3}}
+           "both": {"link_latency": 2, "mix_every": "update", "mixes_per_update": 3},
+           # dg_mappo_paper's: D-SGD of the D-GAT only, each agent its own actor and critic (with A.3's output gain)
+           "paper": {"consensus_params": ["dgat"], "actor_output_gain": 0.01}}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("graph", "agents", "options"), [
     ("ring", "all", None), ("radius", "all", None), ("ring", "local", None), ("radius", "local", None),
     ("radius", "local", "latency"), ("ring", "local", "update"), ("radius", "local", "both"),
+    ("ring", "local", "paper"),
 ], ids=["ring-all", "radius-all", "ring-local", "radius-local", "radius-local-latency", "ring-local-update",
-        "radius-local-update-latency"])
+        "radius-local-update-latency", "ring-local-per-agent-starts"])
 def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_path, graph, agents, options):
     """2 ranks x 2 agents of vmas/navigation, 2 iterations of dg_mappo (K=2 D-GAT hops, eq. 11, D-SGD of
     D-GAT, actor and critic after every step): each rank trains its block with the D-GAT messages and
@@ -263,7 +266,9 @@ def test_dg_mappo_training_on_agent_blocks_equals_the_single_process_run(tmp_pat
     ``link_latency=2``, each rank mixes with the neighbours' vectors (and the radius graph's matrices) of 2
     mixing steps earlier, which it received and kept; ``update``: ``mix_every=update``, 3 mixings with the
     collected batch's matrix after each update instead of one after every step; ``both``: the two together on
-    the radius graph (each mixing of an update reads the vectors of 2 mixings earlier)."""
+    the radius graph (each mixing of an update reads the vectors of 2 mixings earlier); ``paper``:
+    ``dg_mappo_paper``'s per-agent starts (D-SGD of the D-GAT only), each rank's actor and critic taken
+    from the group's draw (its rows), its output layers' orthogonal slices drawn after the agents before it."""
     options = OPTIONS.get(options)
     exp, leaves, sent = _dg_mappo_run(tmp_path / "single", graph, options=options)
     assert len(sent) == ITERS and all(int(s["exec"][0].sum()) > 0 and int(s["train"][0].sum()) > 0 for s in sent)

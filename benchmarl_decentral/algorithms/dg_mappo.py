@@ -120,8 +120,10 @@ from benchmarl_decentral.consensus import (
 from benchmarl_decentral.consensus.groups import STATIC_TOPOLOGIES, check_group_topology, resolve_group_topologies
 from benchmarl_decentral.consensus.stacking import AgentStack
 from benchmarl_decentral.distributed.local import (
+    block_of_group_draw,
     block_sampling,
     group_size,
+    grown,
     joint_observation_spec,
     JOINT_REWARD,
     local_block,
@@ -390,7 +392,7 @@ def _example_input(network: nn.Module) -> TensorDictBase:
 
 
 def _orthogonal_output_layer_(network: nn.Module, stack: AgentStack, gain: float,
-                               rng: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+                               rng: Callable[[], ContextManager] = contextlib.nullcontext, first: int = 0) -> None:
     """000_ef718962e1e8f612.txt A.3: the actor's output layer initialised orthogonally with ``gain``, bias 0.
 
     The output layer is the last per-agent linear map of the actor network
@@ -403,7 +405,10 @@ def _orthogonal_output_layer_(network: nn.Module, stack: AgentStack, gain: float
     ``layers/gnn``, whose output sums two linear maps, or a final activation
     that is not 0 at 0). Every agent's slice is drawn on its own, in agent
     order, inside ``rng()`` (:meth:`DgMappo._network_rng`: the first agent's
-    slice is then the same whatever number of agents a process builds).
+    slice is then the same whatever number of agents a process builds); a
+    process whose stack starts at agent ``first`` of the group draws (and
+    drops) the slices of the agents before it first, so each of its agents
+    gets its single-process slice.
 
     Raises:
         ValueError: no such layer, naming the reason and the nearest choice.
@@ -443,6 +448,8 @@ def _orthogonal_output_layer_(network: nn.Module, stack: AgentStack, gain: float
             "second linear map of the neighbours)" + nearest
         )
     with torch.no_grad(), rng():
+        for _ in range(first):  # the agents before this process's block, drawn as one process draws them
+            nn.init.orthogonal_(torch.empty_like(weight[0]), gain=gain)
         for agent_weight in weight:
             nn.init.orthogonal_(agent_weight, gain=gain)
         if bias is not None:
@@ -457,24 +464,30 @@ class _OnCommunication:
     The user's network is kept in :attr:`network` (for ``actor_output_gain``).
     """
 
-    def __init__(self, inner: ModelConfig, communication: Dgat):
+    def __init__(self, inner: ModelConfig, communication: Dgat,
+                 draw: Callable[[Callable[[int], nn.Module]], nn.Module] = lambda build: build(0)):
         self.inner = inner
         self.communication = communication
         self.network: Optional[nn.Module] = None
+        self.draw = draw  # how the network of the process's agents is drawn (below)
 
     def get_model(self, *, output_spec, agent_group, n_agents, device, action_spec, model_index=0, **_):
-        self.network = self.inner.get_model(
-            input_spec=self.communication.output_spec,
-            output_spec=output_spec,
-            agent_group=agent_group,
-            input_has_agent_dim=True,
-            n_agents=n_agents,
-            centralised=False,  # agent i reads only õ_i
-            share_params=False,  # no parameter sharing (sec. 3.2)
-            device=device,
-            action_spec=action_spec,
-            model_index=model_index,
-        )
+        def build(m: int) -> nn.Module:  # m agents (0: the process's own n_agents)
+            m = m or n_agents
+            return self.inner.get_model(
+                input_spec=Composite({agent_group: grown(self.communication.output_spec[agent_group], m)}),
+                output_spec=Composite({agent_group: grown(output_spec[agent_group], m)}),
+                agent_group=agent_group,
+                input_has_agent_dim=True,
+                n_agents=m,
+                centralised=False,  # agent i reads only õ_i
+                share_params=False,  # no parameter sharing (sec. 3.2)
+                device=device,
+                action_spec=action_spec,
+                model_index=model_index,
+            )
+
+        self.network = self.draw(build)
         return TensorDictSequential(self.communication, self.network)
 
 
@@ -563,21 +576,13 @@ _FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 def local_agents_refusal(algorithm: str, consensus_params: Iterable[str], evaluation_dropout) -> Optional[str]:
     """Why a process that builds a block of agents only (``--agents local``) cannot run these settings, or None.
 
-    Its networks must start as in one process: every agent from the same
-    actor and critic (``consensus_params`` with ``actor`` and ``critic``,
-    which copies the first agent's draw to all), since a block cannot draw
-    the per-agent initial networks of the agents before it; and the dropout
-    evaluation silences agents it does not hold. One message for the
+    The dropout evaluation silences agents it does not hold. (Its networks
+    start as in one process whatever ``consensus_params`` says: a network in
+    consensus from the first agent's draw, any other from the group's draw,
+    the block's rows kept, :meth:`DgMappo._draw`.) One message for the
     entry point (before the ranks join) and the Python API (when the
     experiment is built).
     """
-    consensus_params = list(consensus_params)
-    missing = [net for net in ("actor", "critic") if net not in consensus_params]
-    if missing:
-        return (f"--agents local: {algorithm} with algorithm.consensus_params={consensus_params} lets every agent "
-                f"start from its own {' and '.join(missing)}, which a rank cannot draw for its agents without drawing "
-                "the others'; set algorithm.consensus_params=[dgat,actor,critic] (dg_mappo's default) or launch "
-                "with --agents all.")
     if evaluation_dropout:
         return (f"--agents local: {algorithm}'s algorithm.evaluation_dropout silences agents across the group, which "
                 "a rank holding its block only does not run; set algorithm.evaluation_dropout=null or launch with "
@@ -812,6 +817,20 @@ class DgMappo(Mappo):
         if error is not None:
             raise config_error(self.experiment, error)
 
+    def _draw(self, group: str, net: str) -> Callable[[Callable[[int], nn.Module]], nn.Module]:
+        """How ``net`` (``actor`` / ``critic``) of ``group`` is drawn from ``build(m)`` (the network of ``m`` agents).
+
+        Every agent's own draw when the network is not kept in consensus
+        (``dg_mappo_paper``'s actor and critic): in a process that builds a
+        block, the group's network drawn as one process draws it and the
+        block's rows kept (:func:`~benchmarl_decentral.distributed.local.block_of_group_draw`);
+        a network in ``consensus_params`` starts from the first agent's draw
+        on every agent (eq. 9), the same whatever agents a process builds.
+        """
+        if net in self.consensus_params:
+            return lambda build: build(0)
+        return lambda build: block_of_group_draw(self.experiment, group, build)
+
     def _network_rng(self, group: str, net: str) -> ContextManager:
         """Draw a network's initial parameters from a seed of its own (:func:`~benchmarl_decentral.distributed.local.network_rng`).
 
@@ -904,7 +923,7 @@ class DgMappo(Mappo):
         return comm
 
     def _get_policy_for_loss(self, group, model_config, continuous) -> TensorDictModule:
-        adapter = _OnCommunication(model_config, self.communication[group])
+        adapter = _OnCommunication(model_config, self.communication[group], self._draw(group, "actor"))
         with self._network_rng(group, "actor"):
             policy = super()._get_policy_for_loss(group=group, model_config=adapter, continuous=continuous)
         self._actor_networks[group] = adapter.network
@@ -913,20 +932,25 @@ class DgMappo(Mappo):
     def get_critic(self, group: str) -> TensorDictModule:
         """Agent i's critic ``V_i(õ_i)`` (eq. 14): per agent, on ``õ_i`` only, never a global state."""
         n = len(self.group_map[group])
-        with self._network_rng(group, "critic"):
-            critic = self.critic_model_config.get_model(
-                input_spec=self.communication[group].output_spec,
+
+        def build(m: int) -> nn.Module:
+            m = m or n
+            return self.critic_model_config.get_model(
+                input_spec=Composite({group: grown(self.communication[group].output_spec[group], m)}),
                 output_spec=Composite(
-                    {group: Composite({"state_value": Unbounded(shape=(n, 1))}, shape=(n,))}
+                    {group: Composite({"state_value": Unbounded(shape=(m, 1))}, shape=(m,))}
                 ),
                 agent_group=group,
                 input_has_agent_dim=True,
-                n_agents=n,
+                n_agents=m,
                 centralised=False,
                 share_params=False,
                 device=self.device,
                 action_spec=self.action_spec,
             )
+
+        with self._network_rng(group, "critic"):
+            critic = self._draw(group, "critic")(build)
         if not self.value_norm:
             return critic
         norm = self.value_norms.setdefault(group, ValueNorm(n))
@@ -965,8 +989,11 @@ class DgMappo(Mappo):
         if self.actor_output_gain is not None:  # A.3, drawn per agent before the common start
             gain = AUTO_OUTPUT_GAIN if self.actor_output_gain == "auto" else self.actor_output_gain
             try:
+                block = local_block(self.experiment, group)
+                # agents that do not start from one draw (eq. 9) get their own slices: a block's from its first agent
+                first = block[0] if block is not None and "actor" not in self.consensus_params else 0
                 _orthogonal_output_layer_(self._actor_networks[group], self._stacks[(group, "actor")], gain,
-                                          rng=lambda: self._network_rng(group, "actor_output_gain"))
+                                          rng=lambda: self._network_rng(group, "actor_output_gain"), first=first)
             except ValueError as err:
                 if self.actor_output_gain != "auto":
                     raise config_error(self.experiment, f"dg_mappo: {err}") from None

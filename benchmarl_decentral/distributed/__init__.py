@@ -108,8 +108,7 @@ Plan for the rest:
    :class:`~benchmarl_decentral.distributed.local.LocalAgentsEnv`, tasks
    without a global state); left: the graphs still rebuilt from every
    agent's observation (decpg's and dg_mappo's visibility, dg_mappo's
-   ``auto``), and per-agent initial networks (a rank cannot draw its
-   agents' without drawing the others').
+   ``auto``).
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
    distance, ``theta_avg``, dg_mappo's ``evaluation_dropout``): a reduction
    outside training, on rank 0.

@@ -71,9 +71,7 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str, env: str = "repli
             knn_ring, full, custom and radius; the radius graph with a
             ``position_key``; on a task with a global state, whose ranks get
             no joint observation, :func:`main` refuses the radius graph once
-            the task is loaded); dg_mappo's per-agent initial actor or
-            critic (``consensus_params`` without them) or
-            ``evaluation_dropout``; BenchMARL's joint gradient clip
+            the task is loaded); dg_mappo's ``evaluation_dropout``; BenchMARL's joint gradient clip
             (``algorithm.max_grad_norm=null``), a norm over every agent;
             matrpo with ``env`` other than replicated or a model other than
             stacked MLPs.
