@@ -637,12 +637,6 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
          r"unknown --env both; choose one of replicated\|central"),
         (["--env", "central", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
          r"--env central steps the environment for ranks that build their agents only; add --agents local"),
-        (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
-         r"--agents local: dg_mappo's topology=auto builds the D-GAT graph from every agent's observation, which a "
-         r"rank does not hold; set algorithm.topology=ring .* or launch with --agents all"),
-        (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "algorithm.topology=ring", "algorithm.group_topology={agents: {topology: visibility}}"], 2,
-         r"--agents local: dg_mappo's topology=visibility builds the D-GAT graph"),
         (["--agents=local", "algorithm=dg_mappo", "task=vmas/navigation", "experiment.evaluation=false",
           "algorithm.topology=radius", "algorithm.radius=1", "algorithm.position_key=pos",
           "algorithm.position_dims=[0,2]"], 2,
@@ -653,16 +647,15 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
           "algorithm.group_topology={agents: {position_key: pos}}", "task.n_agents=4"], 2,
          r"--agents local: dg_mappo's radius graph reads every agent's position from the joint observation, not "
          r"from algorithm.position_key=pos; set algorithm.position_key=null \(also in algorithm.group_topology"),
-        (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "algorithm.topology=radius", "algorithm.radius=1", "algorithm.position_dims=[0,2]"], 2,
-         r"--agents local: dg_mappo's radius graph reads every agent's position from the joint observation, which "
-         r"a rank's environment offers on a task without a global state only; task coordsum/8x15-100 has one\. "
-         r"Set algorithm.topology=ring"),
         (["--agents=local", "algorithm=dg_mappo_paper", "task=coordsum/8x15-100", "algorithm.topology=ring",
           "algorithm.evaluation_dropout=[1]", "experiment.evaluation=false"], 2,
          r"--agents local: dg_mappo_paper's algorithm.evaluation_dropout silences agents across the group"),
         (["--agents", "local", "algorithm=magpo", "task=coordsum/8x15-100", "experiment.evaluation=false"], 2,
          r"algorithm=magpo has no distributed support"),
+        (["--agents=local", "algorithm=dg_mappo", "task=coordsum/8x15-100", "experiment.evaluation=false",
+          "algorithm.topology=star"], 2,
+         r"--agents local: dg_mappo's topology=star has no graph a rank holding its block can build; set "
+         r"algorithm.topology=ring \(or knn_ring, full, custom, radius, visibility, auto\) or launch with --agents all"),
         (["--agents", "local", "--env", "central", "algorithm=matrpo", "task=coordsum/8x15-100",
           "experiment.evaluation=false"], 2,
          r"--agents local --env central: matrpo's joint policy models score every agent's action and action mask, "
@@ -671,12 +664,6 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
           "model=layers/gru"], 2,
          r"--agents local: matrpo builds a rank's block of joint policy models and critics from stacked per-agent "
          r"MLPs only; got model gru, critic_model mlp\. Use model=layers/mlp"),
-        (["--agents", "local", "algorithm=matrpo", "task=smax/8m", "experiment.evaluation=false",
-          "algorithm.topology=visibility"], 2,
-         r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),
-        (["--agents", "local", "algorithm=decpg", "task=coordsum/8x15-100", "experiment.evaluation=false",
-          "algorithm.topology=visibility"], 2,
-         r"--agents local: algorithm.topology=visibility builds its graph from every agent's observation"),
         (["--agents", "local", "algorithm=decpg", "task=vmas/balance", "experiment.evaluation=false",
           "model@critic_model=layers/deepsets"], 2,
          r"--agents local: task vmas/balance has no global state, so each agent's critic reads the concatenated "

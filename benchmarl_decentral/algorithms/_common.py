@@ -49,9 +49,12 @@ def visibility_layout(algorithm, name: str) -> str:
         key = (group, "observation")
         if key not in algorithm.observation_spec.keys(True, True):
             raise config_error(experiment, f"{name}: topology=visibility needs {key} in task {task}'s observations.")
+        from benchmarl_decentral.distributed.local import group_size
+
+        n = group_size(experiment, group)  # every agent of the group (a distributed rank may build a block of them)
         shape = algorithm.observation_spec[key].shape
         try:
-            visibility_adjacency(torch.zeros(shape), layout=layout, n_agents=len(agents))
+            visibility_adjacency(torch.zeros(n, *shape[1:]), layout=layout, n_agents=n)
         except ValueError as err:
             raise config_error(
                 experiment,

@@ -95,6 +95,7 @@ from benchmarl_decentral.consensus.topology import check_topology_options
 from benchmarl_decentral.consensus.visibility import visibility_adjacency
 from benchmarl_decentral.distributed.local import (
     block_sampling,
+    every_agent_observation,
     group_size,
     joint_observation_spec,
     local_block,
@@ -233,13 +234,6 @@ class Decpg(Mappo):
         if topology == "visibility":
             self.visibility_layout = visibility_layout(self, "decpg")
         task = self.experiment.task.name.lower()
-        if topology == "visibility" and any(local_block(self.experiment, g) is not None for g in self.group_map):
-            raise config_error(
-                self.experiment,
-                "decpg: topology=visibility reads every agent's observation to build the mixing graph; a distributed "
-                "run with --agents local holds only its own agents'. Launch with --agents all, or use a static "
-                "topology (algorithm.topology=knn_ring).",
-            )
         #: every group's agents in the joint task (a process may build a block of them only,
         #: :class:`~benchmarl_decentral.distributed.local.LocalAgentsTask`); the graphs are over all of them
         self.joint_group_map = {g: list(range(group_size(self.experiment, g))) for g in self.group_map}
@@ -358,9 +352,9 @@ class Decpg(Mappo):
         (``A | A^T``) for ``metropolis``, which needs a symmetric graph.
         """
         return visibility_adjacency(
-            tensordict.get((group, "observation")),
+            every_agent_observation(self.experiment, group, tensordict),  # a block: the joint observation's
             layout=self.visibility_layout,
-            n_agents=len(self.group_map[group]),
+            n_agents=group_size(self.experiment, group),
             self_loops=False,
             symmetric=self.mixing == "metropolis",
         )

@@ -144,6 +144,7 @@ from benchmarl_decentral.distributed.local import (
     JOINT_ACTION_MASK,
     block_of_group_draw,
     block_sampling,
+    every_agent_observation,
     group_size,
     grown,
     local_block,
@@ -1106,8 +1107,8 @@ class Matrpo(Algorithm):
         their observations, :func:`~benchmarl_decentral.consensus.visibility.visibility_adjacency`).
         On the CPU, where the links live (:func:`matrpo_update`).
         """
-        obs = batch.get((group, "observation"))
-        n = len(self.group_map[group])
+        obs = every_agent_observation(self.experiment, group, batch)  # a block: the joint observation's
+        n = group_size(self.experiment, group)
         seen = visibility_adjacency(obs, layout=self.visibility_layout, n_agents=n, self_loops=False, symmetric=True)
         return seen.reshape(-1, n, n).float().mean(0).cpu() > self.visibility_min_fraction
 

@@ -423,8 +423,10 @@ def visibility_graph_builder(model: Any, tensordict: Any, features: Tensor | Non
     (default False), e.g. ``model.graph_kwargs={layout: smax}``.
 
     Args:
-        model: the D-GAT model (``agent_group``, ``n_agents``, ``graph_kwargs``).
-        tensordict: holds ``(agent_group, "observation")`` ``(..., n, obs_dim)``.
+        model: the D-GAT model (``agent_group``, ``n_agents``, ``graph_kwargs``; a block of the group's
+            agents, :func:`~benchmarl_decentral.models.dgat.agent_block`: ``joint_key``, ``joint_agents``).
+        tensordict: holds ``(agent_group, "observation")`` ``(..., n, obs_dim)`` (a block: the group's joint
+            observation ``joint_key``, ``(..., n * obs_dim)``).
         features: the model's input features (unused: they may not be the raw observation).
 
     Returns:
@@ -439,11 +441,16 @@ def visibility_graph_builder(model: Any, tensordict: Any, features: Tensor | Non
     unknown = set(kwargs) - {"layout", "symmetric"}
     if unknown:
         raise ValueError(f"unknown visibility graph_kwargs {sorted(unknown)}; allowed: layout, symmetric")
-    observation = tensordict.get((model.agent_group, "observation"))
+    joint_key = getattr(model, "joint_key", None)
+    n = getattr(model, "joint_agents", model.n_agents)  # every agent of the group
+    if joint_key is None:
+        observation = tensordict.get((model.agent_group, "observation"))
+    else:  # a block of the group's agents (a distributed rank): every agent's, from the joint observation
+        observation = tensordict.get(joint_key).unflatten(-1, (n, -1))
     return visibility_adjacency(
         observation,
         layout=kwargs["layout"],
-        n_agents=model.n_agents,
+        n_agents=n,
         self_loops=False,
         symmetric=bool(kwargs.get("symmetric", False)),
     )

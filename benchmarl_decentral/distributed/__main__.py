@@ -88,10 +88,6 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str, env: str = "repli
                          f"launch {algorithm} with --agents all.")
     if algorithm.startswith("dg_mappo"):
         _check_dg_mappo_local(algo, algorithm)
-    elif algo.get("topology", None) == "visibility":
-        raise ValueError("--agents local: algorithm.topology=visibility builds its graph from every agent's "
-                         "observation, which a rank does not hold; use a static topology (algorithm.topology="
-                         "knn_ring) or --agents all.")
     if algorithm.startswith("matrpo"):
         if env != "replicated":
             raise ValueError(f"--agents local --env {env}: matrpo's joint policy models score every agent's action and "
@@ -123,9 +119,9 @@ def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
     topologies = _dgat_options(algo, "topology")
     dynamic = [t for t in topologies if t is not None and t not in LOCAL_DGAT_TOPOLOGIES]
     if dynamic:
-        raise ValueError(f"--agents local: {algorithm}'s topology={dynamic[0]} builds the D-GAT graph from every "
-                         "agent's observation, which a rank does not hold; set algorithm.topology=ring (or knn_ring, "
-                         "full, custom, radius) or launch with --agents all.")
+        raise ValueError(f"--agents local: {algorithm}'s topology={dynamic[0]} has no graph a rank holding its "
+                         "block can build; set algorithm.topology=ring (or knn_ring, full, custom, radius, visibility, "
+                         "auto) or launch with --agents all.")
     position_key = next((key for key in _dgat_options(algo, "position_key") if key is not None), None)
     if "radius" in topologies and position_key is not None:
         raise ValueError(f"--agents local: {algorithm}'s radius graph reads every agent's position from the joint "
@@ -137,9 +133,25 @@ def _check_dg_mappo_local(algo: DictConfig, algorithm: str) -> None:
         raise ValueError(error)
 
 
-#: dg_mappo's D-GAT topologies a rank holding its block can build (``--agents local``): the static ones,
-#: and the radius graph from the joint observation of a task without a global state
-LOCAL_DGAT_TOPOLOGIES = ("ring", "knn_ring", "full", "custom", "radius")
+#: dg_mappo's D-GAT topologies a rank holding its block can build (``--agents local``): the static ones, and
+#: the graphs of every agent's observation (radius, ally visibility, auto's choice of them) from the joint
+#: observation its environment offers (:func:`needs_joint_observation`)
+LOCAL_DGAT_TOPOLOGIES = ("ring", "knn_ring", "full", "custom", "radius", "visibility", "auto")
+
+
+def needs_joint_observation(cfg: DictConfig, algorithm: str) -> bool:
+    """Whether a rank that builds its block of agents needs every agent's observation for a graph.
+
+    decpg's and matrpo's ``topology=visibility`` (ally visibility of every
+    batch), dg_mappo's radius, visibility and ``auto`` D-GAT graphs (rebuilt
+    every step). Its environment then offers the joint observation also on a
+    task with a global state (with ``--env replicated`` its own copy's: no
+    message; with ``--env central`` rank 0 sends it whole).
+    """
+    if algorithm.startswith("dg_mappo"):
+        return any(t in ("radius", "visibility", "auto") for t in _dgat_options(cfg.algorithm, "topology"))
+    return cfg.algorithm.get("topology", None) == "visibility"
+
 
 
 def split_options(argv: list[str]) -> tuple[str, str, list[str]]:
@@ -354,13 +366,6 @@ def main(argv: list[str]) -> None:
                 f"concatenated observations of every agent, MAPPO's centralized critic for an MLP only; got "
                 f"critic_model {'+'.join(critic)}. Use model@critic_model=layers/mlp, or launch with --agents all."
             )
-        if (agents == "local" and algorithm.startswith("dg_mappo")
-                and "radius" in _dgat_options(cfg.algorithm, "topology") and has_global_state(task, seed=cfg.seed)):
-            raise ValueError(
-                f"--agents local: {algorithm}'s radius graph reads every agent's position from the joint observation, "
-                f"which a rank's environment offers on a task without a global state only; task {task_name} has "
-                "one. Set algorithm.topology=ring (or knn_ring, full, custom) or launch with --agents all."
-            )
         owners = plan_launch(algorithm, sizes, world_size)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
                                 world_size=world_size, config=launch_config(cfg), agent_mode=agents)
@@ -397,7 +402,7 @@ def main(argv: list[str]) -> None:
             ckpt.say(plan.note)
         experiment = build_rank_experiment(
             lambda wrap=None: _experiment(cfg, task_name, wrap), algorithm=algorithm, sizes=sizes, agents=agents,
-            env=env_backend,
+            env=env_backend, joint_observation=agents == "local" and needs_joint_observation(cfg, algorithm),
         )
         (run,) = _broadcast([str(experiment.folder_name) if rank == 0 else None])
         saver = None

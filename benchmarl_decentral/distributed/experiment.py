@@ -117,7 +117,7 @@ def has_global_state(task: Any, *, seed: int = 0) -> bool:
 
 
 def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, sizes: dict[str, int],
-                          agents: str = "all", env: str = "replicated") -> Experiment:
+                          agents: str = "all", env: str = "replicated", joint_observation: bool = False) -> Experiment:
     """This rank's experiment: checks, the transport installed while ``make`` builds it, the environment interface.
 
     Args:
@@ -141,6 +141,10 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
             or ``central`` (rank 0 alone,
             :class:`~benchmarl_decentral.distributed.local.CentralEnv`).
             (default: "replicated")
+        joint_observation: with ``agents="local"``, the environment offers
+            every group's joint observation also on a task with a global state
+            (a graph rebuilt from every agent's observation: ally visibility, a
+            radius graph). (default: False)
 
     Raises:
         ValueError: from :func:`plan_launch` (one message, before ``make``
@@ -166,7 +170,8 @@ def build_rank_experiment(make: Callable[..., Experiment], *, algorithm: str, si
         backend = (CentralEnv if env == "central" else ReplicatedEnvs)(owners, transport.rank)
         with use_transport(transport):
             # matrpo's joint policy models score every agent's action (eq. 8): the environment offers them
-            exp = make(lambda task: LocalAgentsTask(task, backend, joint_actions=algorithm.startswith("matrpo")))
+            exp = make(lambda task: LocalAgentsTask(task, backend, joint_actions=algorithm.startswith("matrpo"),
+                                                    joint_observation=joint_observation))
         if not isinstance(exp.task, LocalAgentsTask):
             raise ValueError("agents='local': make must build the experiment on the task it is given wrapped")
         log_joint_rewards(exp.logger)  # the run's returns, every agent's

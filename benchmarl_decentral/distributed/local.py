@@ -567,29 +567,36 @@ class LocalAgentsTask(TaskClass):
         backend: :class:`ReplicatedEnvs` or :class:`CentralEnv`.
         joint_actions: its environments offer every group's joint action and masks
             (:class:`LocalAgentsEnv`; matrpo). (default: False)
+        joint_observation: its environments offer every group's joint observation also on a task with a
+            global state (graphs read from every agent's observation: ally visibility, a radius graph;
+            :func:`every_agent_observation`). (default: False)
 
     Attributes:
         sizes: agents per group of the joint task.
         blocks: ``(first, last)`` of this rank's agents per group.
     """
 
-    def __init__(self, task: TaskClass, backend: ReplicatedEnvs, joint_actions: bool = False) -> None:
+    def __init__(self, task: TaskClass, backend: ReplicatedEnvs, joint_actions: bool = False,
+                 joint_observation: bool = False) -> None:
         super().__init__(name=task.name, config=task.config)
         self.task = task
         self.backend = backend
         self.joint_actions = joint_actions
+        self.joint_observation = joint_observation
         self.blocks = dict(backend.blocks)
         self.sizes = {group: owner.numel() for group, owner in backend.owners.items()}
 
     def get_env_fun(self, num_envs: int, continuous_actions: bool, seed: Optional[int], device) -> Callable[[], EnvBase]:
         make = self.task.get_env_fun(num_envs=num_envs, continuous_actions=continuous_actions, seed=seed,
                                      device=device)
-        backend, task, joint_actions = self.backend, self.task, self.joint_actions
+        backend, task, joint_actions, joint_observation = self.backend, self.task, self.joint_actions, \
+            self.joint_observation
 
         def env() -> EnvBase:
             joint_env = make()
             joint = None
-            if task.state_spec(joint_env) is None:  # what a centralized critic reads instead
+            # what a centralized critic reads instead of a state; what a graph of every agent's observation reads
+            if joint_observation or task.state_spec(joint_env) is None:
                 spec = task.observation_spec(joint_env)
                 joint = {g: list(spec[g].keys(True, True)) for g in backend.blocks if g in spec.keys()}
             return LocalAgentsEnv(joint_env, backend, joint, joint_actions=joint_actions)
@@ -720,6 +727,32 @@ def block_of_group_draw(experiment: Any, group: str, build: Callable[[int], Any]
                                  f"(shape {tuple(leaf.shape)}); use a per-agent model (layers/mlp)")
             leaf.copy_(theirs.get(key)[first:last])
     return mine
+
+
+def every_agent_observation(experiment: Any, group: str, td: TensorDictBase) -> Tensor:
+    """Every agent's ``(group, "observation")`` ``(..., n, F)``: the group's own, or a block's joint observation.
+
+    What a graph rebuilt from every agent's observation reads (ally
+    visibility): in a process that builds every agent, the group's
+    observation in ``td``; in a block (:class:`LocalAgentsTask` with
+    ``joint_observation``), the joint observation ``(JOINT_OBSERVATION,
+    group)`` cut per agent, which holds every agent's observation when it is
+    the group's only observation leaf.
+
+    Raises:
+        ValueError: a block without the joint observation, or whose group has other observation leaves.
+    """
+    if local_block(experiment, group) is None:
+        return td.get((group, "observation"))
+    joint = td.get((JOINT_OBSERVATION, group), None)
+    spec = experiment.observation_spec[group]
+    if joint is None or list(spec.keys(True, True)) != ["observation"]:
+        raise ValueError(
+            f"--agents local: group '{group}''s graph reads every agent's observation, which needs its joint "
+            f"observation with 'observation' as the group's only leaf (has {list(spec.keys(True, True))}, joint "
+            f"observation {'present' if joint is not None else 'absent'}); launch with --agents all"
+        )
+    return joint.unflatten(-1, (group_size(experiment, group), -1))
 
 
 # ------------------------------------------------------------------ the sampling noise of the whole group

@@ -271,8 +271,10 @@ def agent_block(n_agents: int, first: int, joint_key: Any = None):
     the model's input features, ``position_key`` unset) reads every agent's
     positions from ``joint_key``, the group's joint observation ``(*B, n * F)``
     (agent-major, each agent's ``F`` features in the model's input order;
-    :data:`~benchmarl_decentral.distributed.local.JOINT_OBSERVATION`). Other
-    topologies are refused.
+    :data:`~benchmarl_decentral.distributed.local.JOINT_OBSERVATION`), and
+    ``topology="visibility"`` every agent's observation from it
+    (:func:`~benchmarl_decentral.consensus.visibility.visibility_graph_builder`).
+    Without ``joint_key`` both are refused.
     """
     _BLOCK.append((int(n_agents), int(first), joint_key))
     try:
@@ -491,16 +493,15 @@ class Dgat(Model):
         self.joint_key = None
         if _BLOCK:
             joint, first, joint_key = _BLOCK[-1]
-            if topology == "radius" and joint_key is not None and position_key is None:
-                self.joint_key = joint_key
+            if topology in ("radius", "visibility") and joint_key is not None and position_key is None:
+                self.joint_key = joint_key  # every agent's observation (positions, ally visibility)
                 self.in_keys = [*self.in_keys, joint_key]
             elif topology not in _STATIC:
                 raise ValueError(
                     f"topology {topology!r} is rebuilt from every agent's observation, which a process holding a "
-                    "block of agents does not have"
-                    + (" (a radius graph reads the joint observation of a task without a global state, with "
-                       "positions from the model's input: position_key unset)" if topology == "radius" else "")
-                    + "; use a static topology (ring, knn_ring, full, custom)"
+                    "block of agents reads from the group's joint observation only (LocalAgentsTask(..., "
+                    "joint_observation=True); a radius graph with positions from the model's input: position_key "
+                    "unset); use a static topology (ring, knn_ring, full, custom)"
                 )
             if not 0 <= first <= joint - n:
                 raise ValueError(f"a block of {n} agents from agent {first} does not fit a group of {joint}")
