@@ -102,13 +102,11 @@ Plan for the rest:
    the README). Left: the other ranks still build the joint environment
    object (for its specs), and rank 0 could send the joint rewards (logs
    only) to nobody.
-2. *Only local parameters*: done (``--agents local``, above) for decpg and
-   for dg_mappo on static D-GAT topologies and the radius graph (read from
-   the joint observation of
-   :class:`~benchmarl_decentral.distributed.local.LocalAgentsEnv`, tasks
-   without a global state); left: the graphs still rebuilt from every
-   agent's observation (decpg's and dg_mappo's visibility, dg_mappo's
-   ``auto``).
+2. *Only local parameters*: done (``--agents local``, above) for decpg,
+   dg_mappo and matrpo, static graphs and the graphs of every agent's
+   observation (ally visibility, radius: read from the joint observation of
+   :class:`~benchmarl_decentral.distributed.local.LocalAgentsEnv`, offered
+   on tasks without a global state or on demand).
 3. *Cross-agent metrics and the averaged evaluation model* (consensus
    distance, ``theta_avg``, dg_mappo's ``evaluation_dropout``): a reduction
    outside training, on rank 0.
