@@ -511,6 +511,19 @@ def test_python_api_refuses_what_a_dg_mappo_block_cannot_run(tmp_path, overrides
                         task_wrapper=lambda task: LocalAgentsTask(task, backend))
 
 
+def test_python_api_refuses_matrpo_blocks_on_continuous_actions(tmp_path):
+    """The entry point's refusal, when a LocalAgentsTask is built through the Python API (nothing steps)."""
+    from benchmarl_decentral.distributed.local import ReplicatedEnvs, LocalAgentsTask
+    from conftest import make_experiment
+
+    backend = ReplicatedEnvs({"agents": torch.tensor([0, 0, 1, 1])}, rank=0)
+    with pytest.raises(ValueError, match=r"matrpo with --agents local on continuous actions: .* clipped to the action "
+                                         r"bounds .* launch with --agents all"):
+        make_experiment(tmp_path, algorithm="matrpo", task="vmas/balance",
+                        task_wrapper=lambda task: LocalAgentsTask(task, backend, joint_actions=True))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
 # ------------------------------------------------------------------ the entry point (as torchrun runs it)
 ENTRY = ["algorithm=decpg", "task=coordsum/8x15-100", "algorithm.k=2", "algorithm.evaluation_mode=local",
          "algorithm.perturbed_evaluation=false", "experiment.evaluation_interval=60", "experiment.evaluation_episodes=2",
@@ -656,6 +669,9 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
           "algorithm.topology=star"], 2,
          r"--agents local: dg_mappo's topology=star has no graph a rank holding its block can build; set "
          r"algorithm.topology=ring \(or knn_ring, full, custom, radius, visibility, auto\) or launch with --agents all"),
+        (["--agents", "local", "algorithm=matrpo", "task=vmas/balance", "experiment.evaluation=false"], 2,
+         r"--agents local: matrpo with --agents local on continuous actions: each agent's joint policy model scores "
+         r"every agent's sampled action, .* launch with --agents all"),
         (["--agents", "local", "--env", "central", "algorithm=matrpo", "task=coordsum/8x15-100",
           "experiment.evaluation=false"], 2,
          r"--agents local --env central: matrpo's joint policy models score every agent's action and action mask, "

@@ -333,6 +333,15 @@ class _ClipActions(Transform):
         return tensordict
 
 
+#: Why matrpo cannot yet run a block of agents (``--agents local``) on continuous actions.
+LOCAL_CONTINUOUS_REFUSAL = (
+    "matrpo with --agents local on continuous actions: each agent's joint policy model scores every agent's "
+    "sampled action, but a rank receives the others' actions as they reach the environment, clipped to the "
+    "action bounds (matrpo's clip transform), not as sampled; launch with --agents all (or use a task with "
+    "discrete actions, experiment.prefer_continuous_actions=false)."
+)
+
+
 class MatrpoLoss(LossModule):
     """Value loss of MATRPO's per-agent critics; holds the actor and the ADMM RNG for checkpoints.
 
@@ -641,6 +650,9 @@ class Matrpo(Algorithm):
             self.visibility_layout = visibility_layout(self, "matrpo")
         #: every agent of each group (a distributed rank that builds its block only still links them all)
         self.joint_group_map = {g: list(range(group_size(self.experiment, g))) for g in self.group_map}
+        if self.experiment.continuous_actions and any(local_block(self.experiment, g) is not None
+                                                      for g in self.group_map):
+            raise config_error(self.experiment, LOCAL_CONTINUOUS_REFUSAL)
         try:
             #: per group: topology, k and adjacency after group_topology and the small-group rules
             self.group_topologies = resolve_static_group_topologies(

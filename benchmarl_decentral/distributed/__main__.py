@@ -366,6 +366,11 @@ def main(argv: list[str]) -> None:
                 f"concatenated observations of every agent, MAPPO's centralized critic for an MLP only; got "
                 f"critic_model {'+'.join(critic)}. Use model@critic_model=layers/mlp, or launch with --agents all."
             )
+        if (agents == "local" and algorithm.startswith("matrpo") and cfg.experiment.prefer_continuous_actions
+                and task.supports_continuous_actions()):
+            from benchmarl_decentral.algorithms.matrpo import LOCAL_CONTINUOUS_REFUSAL
+
+            raise ValueError(f"--agents local: {LOCAL_CONTINUOUS_REFUSAL}")
         owners = plan_launch(algorithm, sizes, world_size)
         launch = ckpt.Launch.of(algorithm=algorithm, task=task_name, seed=cfg.seed, sizes=sizes,
                                 world_size=world_size, config=launch_config(cfg), agent_mode=agents)
