@@ -465,15 +465,14 @@ class _OnCommunication:
     """
 
     def __init__(self, inner: ModelConfig, communication: Dgat,
-                 draw: Callable[[Callable[[int], nn.Module]], nn.Module] = lambda build: build(0)):
+                 draw: Optional[Callable[[Callable[[int], nn.Module]], nn.Module]] = None):
         self.inner = inner
         self.communication = communication
         self.network: Optional[nn.Module] = None
-        self.draw = draw  # how the network of the process's agents is drawn (below)
+        self.draw = draw  # how the network of the process's agents is drawn from build(m); None: build(n_agents)
 
     def get_model(self, *, output_spec, agent_group, n_agents, device, action_spec, model_index=0, **_):
-        def build(m: int) -> nn.Module:  # m agents (0: the process's own n_agents)
-            m = m or n_agents
+        def build(m: int) -> nn.Module:  # the network of m agents
             return self.inner.get_model(
                 input_spec=Composite({agent_group: grown(self.communication.output_spec[agent_group], m)}),
                 output_spec=Composite({agent_group: grown(output_spec[agent_group], m)}),
@@ -487,7 +486,7 @@ class _OnCommunication:
                 model_index=model_index,
             )
 
-        self.network = self.draw(build)
+        self.network = build(n_agents) if self.draw is None else self.draw(build)
         return TensorDictSequential(self.communication, self.network)
 
 
@@ -808,8 +807,8 @@ class DgMappo(Mappo):
 
     def _check_local_agents(self) -> None:
         """What a process that builds a block of agents only (``--agents local``) cannot run, refused with the fix
-        (:func:`local_agents_refusal`). Its D-GAT graph (static, or the radius graph from the joint observation)
-        is checked by :class:`~benchmarl_decentral.models.dgat.Dgat` inside
+        (:func:`local_agents_refusal`). Its D-GAT graph (static, or a radius or visibility graph read from the
+        joint observation) is checked by :class:`~benchmarl_decentral.models.dgat.Dgat` inside
         :func:`~benchmarl_decentral.models.dgat.agent_block`."""
         if all(local_block(self.experiment, g) is None for g in self.group_map):
             return
@@ -828,7 +827,7 @@ class DgMappo(Mappo):
         on every agent (eq. 9), the same whatever agents a process builds.
         """
         if net in self.consensus_params:
-            return lambda build: build(0)
+            return lambda build: build(len(self.group_map[group]))
         return lambda build: block_of_group_draw(self.experiment, group, build)
 
     def _network_rng(self, group: str, net: str) -> ContextManager:
@@ -934,7 +933,6 @@ class DgMappo(Mappo):
         n = len(self.group_map[group])
 
         def build(m: int) -> nn.Module:
-            m = m or n
             return self.critic_model_config.get_model(
                 input_spec=Composite({group: grown(self.communication[group].output_spec[group], m)}),
                 output_spec=Composite(

@@ -778,20 +778,8 @@ class Matrpo(Algorithm):
         F = self._head_size(group, continuous)
         first = (local_block(self.experiment, group) or (0, n))[0]
 
-        def build(m: int) -> nn.Module:
-            return self._mlp_config(model_config).get_model(
-                input_spec=Composite({group: grown(self.observation_spec[group], m).clone().to(self.device)}),
-                output_spec=Composite({group: Composite({JOINT_KEY: Unbounded(shape=(m, K * F))}, shape=(m,))}),
-                agent_group=group,
-                input_has_agent_dim=True,
-                n_agents=m,
-                centralised=False,
-                share_params=False,  # one joint model per agent, never shared
-                device=self.device,
-                action_spec=self.action_spec,
-            )
-
-        joint_model = block_of_group_draw(self.experiment, group, build)
+        joint_model = block_of_group_draw(  # one joint model per agent, never shared
+            self.experiment, group, lambda m: self._per_agent_network(model_config, group, m, JOINT_KEY, K * F))
         try:  # stacked leaves as they are, n per-agent copies (gnn, deepsets) gathered
             self._joint_stacks[group] = AgentStack(
                 TensorDict.from_module(joint_model).flatten_keys("."), joint_model, n, "policy"
@@ -837,23 +825,24 @@ class Matrpo(Algorithm):
 
     def get_critic(self, group: str) -> TensorDictModule:
         """Agent i's value net ``V^i(o^i)`` (eq. 19): per-agent, own observation only."""
+        return block_of_group_draw(
+            self.experiment, group,
+            lambda m: self._per_agent_network(self.critic_model_config, group, m, "state_value", 1))
 
-        def build(m: int) -> nn.Module:
-            return self._mlp_config(self.critic_model_config).get_model(
-                input_spec=Composite({group: grown(self.observation_spec[group], m).clone().to(self.device)}),
-                output_spec=Composite(
-                    {group: Composite({"state_value": Unbounded(shape=(m, 1))}, shape=(m,))}
-                ),
-                n_agents=m,
-                centralised=False,
-                input_has_agent_dim=True,
-                agent_group=group,
-                share_params=False,
-                device=self.device,
-                action_spec=self.action_spec,
-            )
-
-        return block_of_group_draw(self.experiment, group, build)
+    def _per_agent_network(self, config: ModelConfig, group: str, m: int, key: str, features: int) -> nn.Module:
+        """``config``'s network of ``m`` agents of ``group``, each reading its own observation and writing
+        ``features`` values under ``(group, key)``; no parameter shared between agents."""
+        return self._mlp_config(config).get_model(
+            input_spec=Composite({group: grown(self.observation_spec[group], m).clone().to(self.device)}),
+            output_spec=Composite({group: Composite({key: Unbounded(shape=(m, features))}, shape=(m,))}),
+            agent_group=group,
+            input_has_agent_dim=True,
+            n_agents=m,
+            centralised=False,
+            share_params=False,
+            device=self.device,
+            action_spec=self.action_spec,
+        )
 
     def _get_loss(self, group: str, policy_for_loss: TensorDictModule, continuous: bool) -> Tuple[LossModule, bool]:
         critic = self.get_critic(group)

@@ -66,15 +66,15 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str, env: str = "repli
 
     Raises:
         ValueError: an unknown mode; an algorithm other than decpg,
-            dg_mappo and matrpo; a graph rebuilt from every agent's observation (decpg's
-            and matrpo's ``topology=visibility``; dg_mappo's topologies other than ring,
-            knn_ring, full, custom and radius; the radius graph with a
-            ``position_key``; on a task with a global state, whose ranks get
-            no joint observation, :func:`main` refuses the radius graph once
-            the task is loaded); dg_mappo's ``evaluation_dropout``; BenchMARL's joint gradient clip
+            dg_mappo and matrpo; dg_mappo's topologies other than
+            :data:`LOCAL_DGAT_TOPOLOGIES`, its radius graph with a
+            ``position_key`` (the graphs of every agent's observation are read
+            from the joint observation, :func:`needs_joint_observation`), its
+            ``evaluation_dropout``; BenchMARL's joint gradient clip
             (``algorithm.max_grad_norm=null``), a norm over every agent;
             matrpo with ``env`` other than replicated or a model other than
-            stacked MLPs.
+            stacked MLPs (:func:`main` refuses its continuous actions once the
+            task is loaded).
     """
     from benchmarl_decentral.distributed.local import AGENT_MODES
 
@@ -98,8 +98,8 @@ def check_agents(cfg: DictConfig, algorithm: str, agents: str, env: str = "repli
                              f"stacked per-agent MLPs only; got model {'+'.join(_model_names(cfg.model))}, critic_model "
                              f"{'+'.join(_model_names(cfg.critic_model))}. Use model=layers/mlp "
                              "model@critic_model=layers/mlp, or launch with --agents all.")
-    # (matrpo turns BenchMARL's joint clip off itself: each agent's critic is clipped alone, critic_max_grad_norm)
-    if (not algorithm.startswith("matrpo") and algo.get("max_grad_norm", None) is None and exp.clip_grad_norm
+    # (matrpo has no max_grad_norm: it turns BenchMARL's joint clip off itself, critic_max_grad_norm clips each agent)
+    if ("max_grad_norm" in algo and algo.max_grad_norm is None and exp.clip_grad_norm
             and exp.clip_grad_val is not None):
         raise ValueError("--agents local: algorithm.max_grad_norm=null clips with BenchMARL's gradient norm over all "
                          "agents at once, which no rank can compute from its own agents; set "

@@ -102,6 +102,7 @@ __all__ = [
     "link_signs",
     "links_from_adjacency",
     "link_converged",
+    "measured_links",
     "per_agent_relative_residuals",
     "per_agent_residuals",
     "primal_residual",
@@ -641,6 +642,16 @@ def synchronous_iteration(
 # -------------------------------------------------------------------- residuals
 
 
+def measured_links(state: AdmmState, transport: Transport | None = None) -> Tensor | slice:
+    """The links whose residuals this process can measure: every link in one process, else those with an end here.
+
+    An index into the ``(L,)`` per-link tensors (:func:`primal_residual`, :func:`relative_residuals`).
+    """
+    if transport is None:
+        return slice(None)
+    return transport.holds(state.links.cpu(), state.n_agents).any(1).to(state.links.device)
+
+
 def primal_residual(state: AdmmState) -> Tensor:
     """Per-link disagreement of the linearised log-ratios, ``RMS_{m,n}(J^{in}x^i - J^{jn}x^j)``, ``(L,)``.
 
@@ -890,9 +901,7 @@ def run_admm(
         alone = alone[torch.isin(alone, local.to(alone.device))]
     if alone.numel():  # isolated="local": V^q has no link term and never changes
         primal_step(lin, state, advantages, alone.to(state.x.device), **alone_kw)
-    # the links whose residual this process can measure (one end here)
-    mine = slice(None) if transport is None else transport.holds(state.links.cpu(), lin.n_agents).any(1).to(
-        state.links.device)
+    mine = measured_links(state, transport)
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol must be >= 0 or None (0/None: no early stop), got {tol}")
     per_link_stop = bool(tol)

@@ -32,6 +32,7 @@ from torch.distributions import Distribution, kl_divergence
 from benchmarl_decentral.distributed.transport import Transport
 from benchmarl_decentral.objectives.admm import (
     init_state,
+    measured_links,
     per_agent_relative_residuals,
     per_agent_residuals,
     relative_residuals,
@@ -655,9 +656,7 @@ def matrpo_update(
         sent, network = state.comm.link_bytes.clone(), state.comm.network_bytes.clone()
     else:  # nothing sent (no link, or none of this process's links was activated)
         sent, network = (torch.zeros(held, dtype=torch.int64) for _ in range(2))
-    rel_links = relative_residuals(state)[0]
-    if transport is not None:  # the links this process can measure: one end here
-        rel_links = rel_links[transport.holds(state.links.cpu(), state.n_agents).any(1).to(rel_links.device)]
+    rel_links = relative_residuals(state)[0][measured_links(state, transport)]
     primal_rel, dual_rel, converged = per_agent_relative_residuals(state)
     # one link activated per iteration (random, round_robin), every link (synchronous)
     attempts = used * (state.n_links if mode == "synchronous" else 1)
