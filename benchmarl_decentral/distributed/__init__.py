@@ -1,6 +1,6 @@
 """Distributed mode (preview): agents as separate processes on torch.distributed.
 
-What exists today (issue 18; decpg, dg_mappo and matrpo, single machine, gloo):
+What exists today (issue 18; decpg, dg_mappo and matrpo, single machine, gloo; nccl untried):
 
 * a transport interface for the DSGD mixing step
   (:class:`~benchmarl_decentral.distributed.transport.Transport`) that
@@ -69,6 +69,16 @@ What exists today (issue 18; decpg, dg_mappo and matrpo, single machine, gloo):
 * the launch checks (:func:`plan_launch`: algorithm support, world size vs
   every group's agents; the entry point's ``check_config``) and a local
   spawner for tests (:func:`spawn_local`);
+* the process-group backend, ``--backend gloo|nccl`` (``spawn_local(...,
+  backend=)``): gloo, the default, is the tested path (on CPU; with the
+  experiment on one GPU the transport moves what it sends to the host);
+  nccl needs one CUDA GPU per rank (refused before the ranks join where the
+  node has fewer, :func:`~benchmarl_decentral.distributed.launch.check_backend`),
+  sets ``cuda:LOCAL_RANK`` as the rank's device and sends and receives there
+  (:mod:`benchmarl_decentral.distributed.wire`: every send and receive buffer
+  goes through ``to_wire`` / ``wire_device``, ``Tensor.cpu()`` under gloo).
+  nccl has not been run: no machine with several GPUs was available (its
+  test, nccl against gloo, skips with fewer than 2 GPUs);
 * checkpoints and torchrun's elastic restart, decpg and dg_mappo
   (:mod:`benchmarl_decentral.distributed.checkpoint`): every rank writes its
   own experiment state into rank 0's run folder (atomically, no message to

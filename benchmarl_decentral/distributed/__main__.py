@@ -1,4 +1,4 @@
-"""``torchrun --nproc-per-node N -m benchmarl_decentral.distributed [--agents all|local] [--env replicated|central] algorithm=decpg task=... [overrides]``.
+"""``torchrun --nproc-per-node N -m benchmarl_decentral.distributed [--agents all|local] [--env replicated|central] [--backend gloo|nccl] algorithm=decpg task=... [overrides]``.
 
 Every rank composes the same hydra config as ``benchmarl run`` and checks it
 (:func:`check_config`, :func:`~benchmarl_decentral.distributed.plan_launch`)
@@ -32,11 +32,18 @@ collectives run at setup, never in training: rank 0's choice of checkpoint
 and its run folder, broadcast to the other ranks; with
 ``experiment.keep_checkpoints_num`` a barrier after training lets every rank
 delete its files behind the last complete checkpoint. torchrun's agent keeps one
-store across restarts, so each attempt's gloo keys go under a prefix of its
+store across restarts, so each attempt's process-group keys go under a prefix of its
 own (``TORCHELASTIC_RESTART_COUNT``). That needs every agent of the group
 at the same count: true on one machine; across machines an agent that
 restarts for a change of membership rather than a failure keeps its count
 (not tried; the ranks would then wait on each other until the timeout).
+
+``--backend gloo`` (the default, the tested path) or ``nccl``: nccl needs one
+CUDA GPU per rank of the node and is refused before the ranks join
+(:func:`~benchmarl_decentral.distributed.launch.check_backend`) where there
+are fewer; each rank then sets ``cuda:LOCAL_RANK`` as its device and sends
+and receives there (:mod:`benchmarl_decentral.distributed.wire`). Not run
+yet: no machine with several GPUs was available.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 import benchmarl_decentral  # noqa: F401  (registers our algorithms, models and tasks)
-from benchmarl_decentral.distributed.launch import check_algorithm, plan_launch
+from benchmarl_decentral.distributed.launch import BACKENDS, check_algorithm, check_backend, plan_launch
 
 PROG = "benchmarl_decentral.distributed"
 CONF_DIR = str(Path(benchmarl.__file__).parent / "conf")
@@ -154,12 +161,16 @@ def needs_joint_observation(cfg: DictConfig, algorithm: str) -> bool:
 
 
 
-def split_options(argv: list[str]) -> tuple[str, str, list[str]]:
-    """``--agents all|local``, ``--env replicated|central`` (or ``--x=...``) and the hydra overrides."""
+def split_options(argv: list[str]) -> tuple[str, str, str, list[str]]:
+    """``--agents all|local``, ``--env replicated|central``, ``--backend gloo|nccl`` (or ``--x=...``), the overrides.
+
+    Returns ``(agents, env, backend, overrides)`` (the hydra overrides: every other argument).
+    """
     from benchmarl_decentral.distributed.local import ENV_BACKENDS
 
-    options, overrides, rest = {"agents": "all", "env": "replicated"}, [], list(argv)
-    choices = {"agents": "--agents all or --agents local", "env": "--env replicated or --env central"}
+    options, overrides, rest = {"agents": "all", "env": "replicated", "backend": "gloo"}, [], list(argv)
+    choices = {"agents": "--agents all or --agents local", "env": "--env replicated or --env central",
+               "backend": "--backend gloo or --backend nccl"}
     while rest:
         arg = rest.pop(0)
         name = next((n for n in options if arg == f"--{n}" or arg.startswith(f"--{n}=")), None)
@@ -171,12 +182,14 @@ def split_options(argv: list[str]) -> tuple[str, str, list[str]]:
             raise ValueError(f"--{name} needs a value: {choices[name]}.")
         else:
             options[name] = rest.pop(0)
+    if options["backend"] not in BACKENDS:
+        raise ValueError(f"unknown --backend {options['backend']}; choose one of {'|'.join(BACKENDS)}.")
     if options["env"] not in ENV_BACKENDS:
         raise ValueError(f"unknown --env {options['env']}; choose one of {'|'.join(ENV_BACKENDS)}.")
     if options["env"] != "replicated" and options["agents"] != "local":
         raise ValueError(f"--env {options['env']} steps the environment for ranks that build their agents only; "
                          "add --agents local (with --agents all every rank steps its copy).")
-    return options["agents"], options["env"], overrides
+    return options["agents"], options["env"], options["backend"], overrides
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -349,7 +362,9 @@ def main(argv: list[str]) -> None:
                    "algorithm=decpg task=coordsum/8x15-100 experiment.evaluation=false")
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
-        agents, env_backend, overrides = split_options(argv)
+        agents, env_backend, backend, overrides = split_options(argv)
+        # nccl: one GPU per rank of this node, checked before anything is composed or joined
+        check_backend(backend, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
         cfg, task_name, algorithm = compose(overrides)
         check_algorithm(algorithm)  # first: no environment built for nothing
         check_config(cfg)
@@ -394,7 +409,7 @@ def main(argv: list[str]) -> None:
         # exchanged), so the others keep the JSON, in a folder removed at the end
         cfg.experiment.create_json = True
         cfg.experiment.save_folder = scratch
-    _init_process_group(ckpt.restart_count())
+    _init_process_group(ckpt.restart_count(), backend)
     try:
         # setup, outside training: every rank resumes what rank 0 resumes (one filesystem for the run folder)
         (first,) = _broadcast([(plan.run.name if plan.run else None, plan.frames)])
@@ -428,17 +443,21 @@ def main(argv: list[str]) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _init_process_group(restarts: int) -> None:
-    """gloo on torchrun's store (``env://``), its keys under a prefix of their own per restart.
+def _init_process_group(restarts: int, backend: str = "gloo") -> None:
+    """gloo (or nccl) on torchrun's store (``env://``), its keys under a prefix of their own per restart.
 
     torchrun's agent keeps one store across restarts: without the prefix, a
     restarted rank can read the address a dead rank of the previous attempt
-    published and fail to connect to it.
+    published and fail to connect to it. nccl: the rank's GPU is
+    ``cuda:LOCAL_RANK`` (:func:`~benchmarl_decentral.distributed.launch.check_backend`
+    has checked there is one per rank), set before the group is joined.
     """
     from torch.distributed.rendezvous import rendezvous
 
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     store, rank, world_size = next(rendezvous("env://"))
-    dist.init_process_group("gloo", store=dist.PrefixStore(f"benchmarl_decentral/restart_{restarts}", store),
+    dist.init_process_group(backend, store=dist.PrefixStore(f"benchmarl_decentral/restart_{restarts}", store),
                             rank=rank, world_size=world_size)
 
 

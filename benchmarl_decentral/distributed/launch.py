@@ -25,6 +25,36 @@ _NOT_SUPPORTED: dict[str, str] = {
 }
 
 
+#: Process-group backends of a distributed launch (``--backend``): gloo (the default, tested on CPU; on a
+#: GPU what is sent is moved to the host) and nccl (one CUDA GPU per rank; not run yet).
+BACKENDS: tuple[str, ...] = ("gloo", "nccl")
+
+
+def check_backend(backend: str, local_world_size: int) -> None:
+    """Refuse a backend this machine cannot run, before any process group is joined.
+
+    Args:
+        backend: ``gloo`` or ``nccl``.
+        local_world_size: ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``).
+
+    Raises:
+        ValueError: an unknown backend; nccl without CUDA, or with fewer CUDA
+            devices than ranks on the node (NCCL needs one GPU per rank).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown --backend {backend}; choose one of {'|'.join(BACKENDS)}.")
+    if backend != "nccl":
+        return
+    fix = "launch with --backend gloo, which runs on CPU and with one GPU."
+    if not torch.cuda.is_available():
+        raise ValueError(f"--backend nccl needs one CUDA GPU per rank, and CUDA is not available here; {fix}")
+    devices = torch.cuda.device_count()
+    if devices < local_world_size:
+        raise ValueError(f"--backend nccl needs one CUDA GPU per rank: {local_world_size} ranks on this node, "
+                         f"{devices} CUDA device(s); launch one rank per GPU (torchrun --nproc-per-node {devices}) "
+                         f"or {fix}")
+
+
 def check_algorithm(name: str) -> None:
     """Refuse an algorithm the distributed mode cannot run, naming why and what to use instead.
 
@@ -121,12 +151,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bootstrap(rank: int, fn: Callable, world_size: int, port: int, timeout_s: float, args: tuple) -> None:
+def _bootstrap(rank: int, fn: Callable, world_size: int, port: int, timeout_s: float, args: tuple,
+               backend: str = "gloo") -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
+    if backend == "nccl":  # one GPU per rank, the rank's wire device (distributed.wire)
+        os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+        torch.cuda.set_device(rank)
     dist.init_process_group(
-        "gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+        backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
     )
+    if backend == "nccl":  # a collective of every rank first: NCCL's batch_isend_irecv wants one before any p2p
+        dist.barrier()
     try:
         fn(rank, world_size, *args)
     finally:
@@ -140,11 +176,14 @@ def spawn_local(
     port: int | None = None,
     start_method: str = "spawn",
     timeout_s: float = 60.0,
+    backend: str = "gloo",
 ) -> None:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` local processes joined by a gloo group.
 
     The single-machine counterpart of ``torchrun --nproc-per-node world_size``
-    for tests and examples: ``MASTER_ADDR=127.0.0.1``, a free port, CPU gloo.
+    for tests and examples: ``MASTER_ADDR=127.0.0.1``, a free port, CPU gloo
+    (``backend="nccl"``: rank ``r`` on GPU ``r``, not run yet; start them with
+    ``spawn``: a forked process cannot use CUDA once its parent has).
     An exception in any process is raised here.
 
     Args:
@@ -156,11 +195,14 @@ def spawn_local(
             in the children). (default: "spawn")
         timeout_s: process-group timeout, after which a rank waiting on a
             message that never comes fails instead of hanging. (default: 60.0)
+        backend: ``gloo`` or ``nccl`` (refused here, before any process starts,
+            without a GPU per process: :func:`check_backend`). (default: "gloo")
     """
+    check_backend(backend, world_size)
     port = free_port() if port is None else port
     mp.start_processes(
         _bootstrap,
-        args=(fn, world_size, port, timeout_s, args),
+        args=(fn, world_size, port, timeout_s, args, backend),
         nprocs=world_size,
         join=True,
         start_method=start_method,

@@ -54,6 +54,7 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from benchmarl_decentral.distributed.transport import bytes_per_agent_metrics
+from benchmarl_decentral.distributed.wire import to_wire, wire_device
 
 #: Root key of the joint observations a :class:`LocalAgentsEnv` adds for a task without a global state:
 #: ``(JOINT_OBSERVATION, group)``, every agent's observation of the group, flat ``(*B, n * F)`` (agent-major).
@@ -163,7 +164,7 @@ class ReplicatedEnvs(_EnvBackend):
         shape[agent_dim] = n
         joint = local.new_empty(shape)
         joint.narrow(agent_dim, first, last - first).copy_(local)
-        sent = local.detach().contiguous().cpu()
+        sent = to_wire(local.detach().contiguous())
         ops, received = [], []
         for r in range(self.world_size):
             if r == self.rank:
@@ -171,7 +172,7 @@ class ReplicatedEnvs(_EnvBackend):
             ops.append(dist.P2POp(dist.isend, sent, r))
             rows = torch.nonzero(owner == r).flatten()
             shape[agent_dim] = rows.numel()
-            buf = torch.empty(shape, dtype=sent.dtype)
+            buf = torch.empty(shape, dtype=sent.dtype, device=wire_device())
             ops.append(dist.P2POp(dist.irecv, buf, r))
             received.append((int(rows[0]), buf))
         if ops:
@@ -266,7 +267,7 @@ class CentralEnv(_EnvBackend):
         if not self.is_central:
             ops = []
             for key in actions:
-                value = tensordict.get(key).detach().contiguous().cpu()
+                value = to_wire(tensordict.get(key).detach().contiguous())
                 ops.append(dist.P2POp(dist.isend, value, self.central))
                 self._count(key, value)
             self._wait(ops)
@@ -286,7 +287,7 @@ class CentralEnv(_EnvBackend):
                     continue
                 a, b = self.rank_blocks[r][key[0]]
                 shape[nb] = b - a
-                buf = torch.empty(shape, dtype=local.dtype)
+                buf = torch.empty(shape, dtype=local.dtype, device=wire_device())
                 ops.append(dist.P2POp(dist.irecv, buf, r))
                 received.append((value, a, buf))
             joint.set(key, value)
@@ -321,7 +322,7 @@ class CentralEnv(_EnvBackend):
                 if isinstance(key, tuple) and key[0] in self.rank_blocks[r]:
                     a, b = self.rank_blocks[r][key[0]]
                     value = value.narrow(nb, a, b - a)
-                value = value.detach().contiguous().cpu()
+                value = to_wire(value.detach().contiguous())
                 ops.append(dist.P2POp(dist.isend, value, r))
                 self._count(key, value)
         self._wait(ops)
@@ -345,7 +346,7 @@ class CentralEnv(_EnvBackend):
     def _receive(self, env: "LocalAgentsEnv", reset: bool) -> TensorDictBase:
         specs = env.output_specs()
         keys = env.output_keys(reset)
-        bufs = [specs[key].zero().cpu().contiguous() for key in keys]
+        bufs = [to_wire(specs[key].zero()).contiguous() for key in keys]
         self._wait([dist.P2POp(dist.irecv, buf, self.central) for buf in bufs])
         out = self._empty(env, keys)
         for key, buf in zip(keys, bufs):

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from benchmarl_decentral.distributed.transport import LinkHistory, MixRecord, Transport, _senders, link_end_bytes, sends
+from benchmarl_decentral.distributed.wire import to_wire, wire_device
 
 
 def _p2p(ops: list) -> None:
@@ -41,14 +42,15 @@ def _p2p(ops: list) -> None:
 def _swap_rows(rows: Tensor, pairs: list) -> list:
     """Point to point with each ``(rank, outgoing, incoming)``: send ``rows[outgoing]``, receive ``len(incoming)`` rows.
 
-    Returns ``[(incoming, received rows)]`` for the pairs that receive anything.
+    Returns ``[(incoming, received rows)]`` for the pairs that receive anything, the rows on the wire device
+    (:func:`~benchmarl_decentral.distributed.wire.wire_device`: the caller moves them where it computes).
     """
     ops, received = [], []
     for r, outgoing, incoming in pairs:
         if outgoing.numel():
-            ops.append(dist.P2POp(dist.isend, rows[outgoing].contiguous(), r))
+            ops.append(dist.P2POp(dist.isend, to_wire(rows[outgoing].contiguous()), r))
         if incoming.numel():
-            buf = torch.empty(incoming.numel(), rows.shape[-1], dtype=rows.dtype)
+            buf = torch.empty(incoming.numel(), rows.shape[-1], dtype=rows.dtype, device=wire_device())
             ops.append(dist.P2POp(dist.irecv, buf, r))
             received.append((incoming, buf))
     _p2p(ops)
@@ -82,7 +84,7 @@ class _RowExchange(torch.autograd.Function):
         out[ctx.local] = g[ctx.local]  # rows held elsewhere: their gradient is their owner's (sent below)
         # dL/dh_j of the rows read here go back to j's rank; the gradients of the rows sent come back
         for send, buf in _swap_rows(g, [(r, recv, send) for r, send, recv in ctx.plan]):
-            out.index_add_(0, send, buf)
+            out.index_add_(0, send, buf.to(out.device))
         if ctx.on_backward is not None:
             ctx.on_backward()
         return out.reshape(ctx.shape).to(grad.device), None, None, None
@@ -201,7 +203,7 @@ class TorchDistributedTransport(Transport):
             if not ids.numel():
                 continue
             side = (ends[ids, 1] == self.rank).long()  # the endpoint held here: 0 (i) or 1 (j)
-            buf = values[ids, side].contiguous().cpu()
+            buf = to_wire(values[ids, side].contiguous())
             ops.append(dist.P2POp(dist.isend, buf, r))
             incoming = torch.empty_like(buf)
             ops.append(dist.P2POp(dist.irecv, incoming, r))
@@ -305,17 +307,18 @@ class TorchDistributedTransport(Transport):
                 continue
             out_rows = torch.nonzero(readers[local, r] > 0).flatten()  # rows of flat that rank r reads
             if out_rows.numel():
-                buf = flat[out_rows].contiguous()
+                buf = to_wire(flat[out_rows].contiguous())
                 ops.append(dist.P2POp(dist.isend, buf, r))
                 sent = buf[0].numel() * buf.element_size()  # bytes of each row actually sent
                 network_bytes[out_rows] += sent
                 link_bytes[out_rows] += readers[local[out_rows], r] * sent
             srcs = torch.nonzero((owner == r) & (readers[:, self.rank] > 0)).flatten()
             if srcs.numel():
-                buf = torch.empty(srcs.numel(), flat.shape[1], dtype=flat.dtype)
+                buf = torch.empty(srcs.numel(), flat.shape[1], dtype=flat.dtype, device=wire_device())
                 ops.append(dist.P2POp(dist.irecv, buf, r))
                 received.append((srcs, buf))
         _p2p(ops)
+        received = [(srcs, buf.to(flat.device)) for srcs, buf in received]  # off the wire, beside flat
 
         theta = torch.zeros(n, flat.shape[1], dtype=flat.dtype)
         if history is None:
