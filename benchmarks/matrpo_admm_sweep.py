@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--exact-kkt", nargs="+", choices=["false", "true"], default=["false"],
                         help="primal step: the paper's closed form on the KL boundary (false, matrpo.yaml) or its "
                              "multiplier clipped at 0 (true); see objectives/admm.py")
-    parser.add_argument("--metrics", nargs="+", choices=["kl", "gauss_newton"], default=["kl", "gauss_newton"],
+    parser.add_argument("--metrics", nargs="+", choices=["kl", "gauss_newton", "kl_exact"], default=["kl", "gauss_newton"],
                         help="trust-region metric of the primal step (objectives/admm.py): the true-KL Hessian (kl) "
                              "or the penalty's 1/M sum_n J^T J (gauss_newton, the exact ADMM step)")
     parser.add_argument("--cg-iters", type=int, default=None, help="CG iterations per primal step (default: the YAML's)")

@@ -156,6 +156,7 @@ def _worker(rank: int, world_size: int, folder, reference, config, agents="all")
     ("random", 0.3, "kl", False),  # Algorithm 1: one random link per iteration, failing links
     ("round_robin", 0.0, "kl", False),
     ("synchronous", 0.3, "gauss_newton", False),  # every link each iteration; the exact step's metric
+    ("random", 0.3, "kl_exact", False),  # the exact step with the true-KL metric (per-agent multipliers)
     ("synchronous", 0.0, "kl", False),  # every link exchanges every iteration: the far ends' residuals are exact
     ("random", 0.0, "kl", True),  # the joint model through GatheredJointNetwork (any BenchMARL model's path)
     ("smax/8m", 0.0, "kl", False),  # a dynamic graph: SMAC ally visibility of each batch (random links)

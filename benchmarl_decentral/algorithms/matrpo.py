@@ -521,8 +521,10 @@ class Matrpo(Algorithm):
         exact_kkt: clip the trust-region multiplier at 0 in the primal step
             (see :mod:`benchmarl_decentral.objectives.admm`); ``False`` is the paper's formula.
         admm_metric: trust-region metric of the primal step: ``kl`` (the true-KL
-            Hessian) or ``gauss_newton`` (``1/M sum_n J^T J``, eq. 46, with which
-            the closed form is the exact ADMM step; :func:`~benchmarl_decentral.objectives.primal_step`).
+            Hessian in the paper's closed form), ``gauss_newton`` (``1/M sum_n J^T J``,
+            eq. 46, with which the closed form is the exact ADMM step) or ``kl_exact``
+            (eq. 42 minimised exactly with the true-KL Hessian, its multiplier found
+            along the ADMM iterations; :func:`~benchmarl_decentral.objectives.primal_step`).
         topology: communication graph: ``ring`` (sec. VI), ``knn_ring`` (``k``),
             ``full``, ``custom`` (``adjacency``) or ``visibility`` (SMAC-family
             tasks: rebuilt from every batch); links are undirected.
@@ -1381,7 +1383,8 @@ class MatrpoConfig(AlgorithmConfig):
         if isinstance(self.admm_metric, str) and self.admm_metric not in ADMM_METRICS:
             raise ValueError(
                 f"matrpo: unknown admm_metric '{self.admm_metric}'; choose one of {list(ADMM_METRICS)} "
-                "(gauss_newton: the exact ADMM primal step, benchmarks/README.md section 9)."
+                "(gauss_newton / kl_exact: the exact ADMM primal step with the Gauss-Newton / true-KL metric, "
+                "benchmarks/README.md section 9)."
             )
         if isinstance(self.advantage_norm, str) and self.advantage_norm not in ADVANTAGE_NORMS:
             raise ValueError(

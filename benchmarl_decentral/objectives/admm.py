@@ -47,8 +47,13 @@ Decisions where the paper leaves room (each repeated where it applies):
   (zero at a fixed point), so the primal step is the closed form with
   ``V^q + |E(q)| beta damping x^{q(k)}`` and, with ``exact_kkt``, the exact
   minimiser: proximal ADMM on a convex problem, which converges for any
-  ``beta > 0`` (up to the CG accuracy). The true KL bound is enforced by the
-  line search after the ADMM either way.
+  ``beta > 0`` (up to the CG accuracy). ``metric="kl_exact"`` keeps the
+  paper's true-KL ``H^q`` and solves eq. (42) itself: ``(lambda H^q + |E(q)|
+  beta G^q) x = V^q`` with the trust-region multiplier ``lambda >= 0`` carried
+  per agent and updated after every primal step (``_kl_exact_step``), so the
+  iteration's fixed point is the consensus optimum of eq. (21) with the
+  paper's KL trust regions (tested against a dense oracle). The true KL bound
+  is enforced by the line search after the ADMM in every metric.
 * The closed form (eq. 50-51) always lands on the trust-region boundary; it
   silently assumes ``lambda* = sqrt(V^T H^-1 V / (2 delta/N)) - |E(q)| beta >= 0``.
   ``exact_kkt=True`` clips ``lambda*`` at 0 (step ``H^-1 V / (|E(q)| beta)``
@@ -115,8 +120,9 @@ __all__ = [
 
 ADMM_MODES: tuple[str, ...] = ("random", "round_robin", "synchronous")
 #: Trust-region metric of the primal step (:func:`primal_step`): ``kl`` the Hessian of the true
-#: sample-average KL (eq. 14), ``gauss_newton`` the empirical Fisher ``1/M sum_n J^T J`` (eq. 46).
-ADMM_METRICS: tuple[str, ...] = ("kl", "gauss_newton")
+#: sample-average KL (eq. 14), ``gauss_newton`` the empirical Fisher ``1/M sum_n J^T J`` (eq. 46),
+#: ``kl_exact`` the true-KL Hessian with the penalty's curvature kept (the exact minimiser of eq. 42).
+ADMM_METRICS: tuple[str, ...] = ("kl", "gauss_newton", "kl_exact")
 
 
 # ------------------------------------------------------------------------- links
@@ -125,8 +131,9 @@ ADMM_METRICS: tuple[str, ...] = ("kl", "gauss_newton")
 def _check_metric(metric: str) -> None:
     if metric not in ADMM_METRICS:
         raise ValueError(
-            f"metric must be one of {ADMM_METRICS}, got {metric!r}; 'gauss_newton' makes the closed-form "
-            "primal step of eq. (22) the exact minimiser of eq. (42), 'kl' is the true-KL Hessian"
+            f"metric must be one of {ADMM_METRICS}, got {metric!r}; 'kl' is the paper's closed form with the "
+            "true-KL Hessian, 'gauss_newton' makes that closed form the exact minimiser of eq. (42), 'kl_exact' "
+            "solves eq. (42) exactly with the true-KL Hessian"
         )
 
 
@@ -211,6 +218,8 @@ class AdmmState:
         jdirection: ``J direction`` of the agents whose last step was a
             ``gauss_newton`` one (the warm start's image, so that the next step
             needs no product for it), ``(n, M, K)``; ``gn_warm`` marks those agents, ``(n,)`` bool.
+        multiplier: the trust-region multiplier ``lambda^q`` of each agent's last
+            ``kl_exact`` step, carried to its next one (NaN: none yet), ``(n,)``.
         link_updates: z/y updates per link, ``(L,)``.
         link_failures: link activations lost to ``link_failure_prob``
             (the link was picked but did not go through).
@@ -238,6 +247,7 @@ class AdmmState:
     cg_iterations: Tensor | None = None
     jdirection: Tensor | None = None
     gn_warm: Tensor | None = None
+    multiplier: Tensor | None = None
     link_failures: int = 0
     comm: CommCounter = field(default_factory=CommCounter)
 
@@ -252,6 +262,8 @@ class AdmmState:
             self.jdirection = torch.zeros_like(self.Jx)
         if self.gn_warm is None:
             self.gn_warm = torch.zeros(self.x.shape[0], dtype=torch.bool, device=self.x.device)
+        if self.multiplier is None:
+            self.multiplier = torch.full_like(self.scale, float("nan"))
 
     @property
     def n_agents(self) -> int:
@@ -412,7 +424,10 @@ def primal_step(
             (default: 0)
         exact_kkt: clip the trust-region multiplier at 0 (module docstring);
             ``False`` is the paper's always-on-the-boundary step. (default: False)
-        metric: ``"kl"``: ``H^q`` is the true-KL Hessian (:meth:`Linearisation.fvp`),
+        metric: ``"kl_exact"``: the exact minimiser of eq. (42) with the true-KL ``H^q``
+            (``_kl_exact_step``; the agent's first step of a policy iteration is the closed
+            form, ``exact_kkt`` has no effect: the multiplier is never negative);
+            ``"kl"``: ``H^q`` is the true-KL Hessian (:meth:`Linearisation.fvp`),
             the closed form is then only approximately the minimiser of eq. (42);
             ``"gauss_newton"``: ``H^q`` is ``G^q + damping I`` with ``G^q = 1/M
             sum_n J^{qnT} J^{qn}`` (:meth:`Linearisation.gnvp`), the matrix of the
@@ -437,7 +452,11 @@ def primal_step(
             max_scale = torch.where(degree > 0, 1.0 / (beta * degree.clamp(min=1)),
                                     torch.full_like(degree, float("inf")))
         counts = torch.zeros(x0.shape[0], dtype=torch.long, device=x0.device)
-        if metric == "gauss_newton":
+        if metric == "kl_exact":
+            nat, Jx = _kl_exact_step(lin, state, advantages, agents, degree, delta=delta, beta=beta,
+                                     cg_iters=cg_iters, residual_tol=residual_tol, cg_rtol=cg_rtol, counts=counts)
+            state.gn_warm[idx] = False
+        elif metric == "gauss_newton":
             nat, Jd = _gauss_newton_step(lin, state, advantages, agents, degree, delta=delta, beta=beta,
                                          cg_iters=cg_iters, residual_tol=residual_tol, cg_rtol=cg_rtol,
                                          max_scale=max_scale, counts=counts)
@@ -495,6 +514,90 @@ def _gauss_newton_step(lin: Linearisation, state: AdmmState, advantages: Tensor,
     quad = Jd.pow(2).flatten(1).sum(1) / M + eps * d.pow(2).sum(1)
     scale = boundary_scale(quad, delta, max_scale)
     return NaturalStep(step=scale[:, None] * d, direction=d, quad=quad, scale=scale), Jd
+
+
+def _kl_exact_step(lin: Linearisation, state: AdmmState, advantages: Tensor, agents: Tensor | None,
+                   degree: Tensor, *, delta: float, beta: float, cg_iters: int, residual_tol: float,
+                   cg_rtol: float, counts: Tensor) -> tuple[NaturalStep, Tensor]:
+    """The ``metric="kl_exact"`` primal step of :func:`primal_step`; returns it and ``J x`` of the step.
+
+    eq. (42) minimised with the paper's metric: its KKT conditions (eq. 44) with ``H^q`` the damped true-KL
+    Hessian (eq. 14) *and* the penalty's own curvature ``c G^q`` kept (``c = |E(q)| beta``, ``G^q = 1/M
+    sum_n J^{qnT} J^{qn}``, eq. 46), which the closed form of eqs. (47)-(51) drops:
+
+    ``(lambda H + c (G + eps I)) x = V + c eps x^(k)``, ``lambda >= 0``, ``1/2 x^T H x <= delta``,
+    ``lambda (1/2 x^T H x - delta) = 0``
+
+    (the damping of ``G`` matched by the proximal term ``c eps / 2 ||x - x^(k)||^2``, zero at a fixed point,
+    as in the ``gauss_newton`` step). For a given ``lambda`` that is one SPD solve: CG warm-started at the
+    agent's previous step; each product computes ``J p`` and ``H p``, so CG carries ``J x`` and ``H x`` along
+    and neither the residuals nor ``x^T H x`` need another product.
+
+    The multiplier is found along the ADMM iterations, one update per primal step, not by a search per step:
+    an agent's first step of a policy iteration is the paper's closed form (eq. 51, ``x = H^-1 V / mu``, ``mu
+    = sqrt(V^T H^-1 V / 2 delta)``, on the boundary); after every step, with ``gamma = x^T (G + eps I) x / x^T
+    H x`` the ratio of the two curvatures along the step,
+
+    ``lambda <- max(0, (lambda + c gamma) sqrt(x^T H x / 2 delta) - c gamma)``
+
+    for the agent's next step: Newton's step on ``1 / sqrt(x^T H x) = 1 / sqrt(2 delta)`` for a step along
+    one generalised eigenvector of ``(G, H)``, where ``x^T H x`` is proportional to ``(lambda + c gamma)^-2``
+    (so exact when ``G = H`` and for an agent without links, ``c = 0``). Its fixed points are the KKT points
+    above: ``x^T H x = 2 delta`` with ``lambda > 0``, or ``lambda = 0`` with the step inside the region. So the
+    ADMM's fixed point is the exact one of eq. (21) with the true-KL trust region; between fixed points a step
+    can leave the region (the true KL is enforced by the line search after the ADMM in every metric).
+    """
+    ids = torch.arange(state.n_agents, device=state.x.device) if agents is None else agents
+    M, eps = lin.n_samples, lin.damping
+    c = beta * degree
+    lam = state.multiplier[ids]
+    first = torch.isnan(lam)
+    x = torch.empty_like(state.x[ids])
+    Jx = torch.empty_like(state.Jx[ids])
+    mu = torch.empty_like(lam)  # lambda + c gamma of the closed form's steps
+    quad = torch.empty_like(lam)  # x^T H x of the step taken
+    if bool(first.any()):  # the paper's closed form (eq. 51)
+        sub, n_cg = ids[first], torch.zeros(int(first.sum()), dtype=counts.dtype, device=counts.device)
+        V = consensus_gradient(lin, state, advantages, beta=beta, agents=sub)
+        nat = natural_step(lin.fvp(sub), V, delta=delta, cg_iters=cg_iters, residual_tol=residual_tol,
+                           x0=state.direction[sub], cg_rtol=cg_rtol, cg_counts=n_cg)
+        counts[first] += n_cg
+        x[first], Jx[first] = nat.step, lin.jvp(nat.step, sub)
+        pos = nat.scale > 0
+        mu[first] = torch.where(pos, 1.0 / torch.where(pos, nat.scale, torch.ones_like(nat.scale)),
+                                torch.zeros_like(nat.scale))
+        quad[first] = nat.scale.pow(2) * nat.quad
+    rest = ~first
+    if bool(rest.any()):
+        sub, n_cg = ids[rest], torch.zeros(int(rest.sum()), dtype=counts.dtype, device=counts.device)
+        lam_s, c_s = lam[rest], c[rest]
+        fvp = lin.fvp(sub)
+        x0, Jx0 = state.x[sub], state.Jx[sub]
+        Hx0 = fvp(x0)
+        u = _consensus_weights(state, advantages, beta, sub)
+        r0 = lin.vjp(u - c_s[:, None, None] * Jx0, sub) / M - lam_s[:, None] * Hx0
+        mk = Jx0[0].numel()
+
+        def avp(p: Tensor) -> tuple[Tensor, Tensor]:
+            Jp, Hp = lin.jvp(p, sub), fvp(p)
+            Ap = lam_s[:, None] * Hp + c_s[:, None] * (lin.vjp(Jp, sub) / M + eps * p)
+            return Ap, torch.cat([Jp.flatten(1), Hp], dim=1)
+
+        xs, _, images = cg_iterations(avp, x0.clone(), r0, cg_iters, residual_tol, rtol=cg_rtol, counts=n_cg,
+                                      aux=torch.cat([Jx0.flatten(1), Hx0], dim=1))
+        counts[rest] += n_cg
+        x[rest], Jx[rest] = xs, images[:, :mk].reshape(Jx0.shape)
+        quad[rest] = (xs * images[:, mk:]).sum(1)
+    # gamma = x^T (G + eps I) x / x^T H x along the step taken
+    pos = quad > 0
+    gquad = Jx.pow(2).flatten(1).sum(1) / M + eps * x.pow(2).sum(1)
+    gamma = torch.where(pos, gquad / torch.where(pos, quad, torch.ones_like(quad)), torch.ones_like(quad))
+    mu = torch.where(first, mu, lam + c * gamma)  # lambda + c gamma of the step taken
+    delta_t = torch.as_tensor(delta, dtype=quad.dtype, device=quad.device)
+    lam_next = (mu * torch.sqrt(quad.clamp(min=0) / (2 * delta_t)) - c * gamma).clamp(min=0)
+    state.multiplier[ids] = torch.where(pos, lam_next, torch.where(first, torch.zeros_like(lam), lam))
+    scale = torch.ones_like(quad)
+    return NaturalStep(step=x, direction=x, quad=quad, scale=scale), Jx
 
 
 def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: Transport | None = None) -> AdmmState:
@@ -833,8 +936,8 @@ def run_admm(
         state: continue from this state. (default: fresh :func:`init_state`)
         isolated: ``"error"`` or ``"local"``: what an agent without a link
             does when there are several agents (see above). (default: "error")
-        metric: trust-region metric of the primal step, ``"kl"`` or
-            ``"gauss_newton"`` (see :func:`primal_step`); an agent without a
+        metric: trust-region metric of the primal step, ``"kl"``, ``"gauss_newton"``
+            or ``"kl_exact"`` (see :func:`primal_step`); an agent without a
             link (no penalty) always takes the ``"kl"`` step, TRPO's. (default: "kl")
         transport: ``None`` (one process) or a distributed transport
             (:class:`~benchmarl_decentral.distributed.TorchDistributedTransport`):

@@ -620,8 +620,8 @@ def matrpo_update(
             with ``L^i(theta) = 1/M sum_m prod_n Upsilon^n_m(theta^i) A^i_m``
             (``L^i(theta_old) = mean_m A^i_m``), as the public TF2 code and
             OpenAI Baselines' TRPO do; ``False`` checks the KL bound only. (default: True)
-        metric: trust-region metric of the ADMM primal step, ``"kl"`` or
-            ``"gauss_newton"`` (:func:`~benchmarl_decentral.objectives.primal_step`). (default: "kl")
+        metric: trust-region metric of the ADMM primal step, ``"kl"``, ``"gauss_newton"`` or
+            ``"kl_exact"`` (:func:`~benchmarl_decentral.objectives.primal_step`). (default: "kl")
         cg_rtol: relative CG stop of every primal step
             (:func:`~benchmarl_decentral.objectives.primal_step`). (default: 0, off)
         transport: ``None`` (one process) or a distributed transport
