@@ -44,7 +44,7 @@ def test_matrpo_admm_cost_quick_mode(tmp_path):
     assert "| ADMM CPU s |" in result.stdout
     rows = json.loads((REPO / "benchmarks" / "out" / "matrpo_admm_cost_quick.json").read_text())["cost"][
         "coordsum_private/3x5-12"]["rows"]
-    assert list(rows) == ["table_iii", "exact_cg30", "exact_rtol0.3"]
+    assert list(rows) == ["table_iii", "exact_cg30", "kl_exact", "exact_rtol0.3"]
     for r in rows.values():
         assert 1 <= r["iterations_used"] <= 4 and r["cpu_admm"] > 0 and r["kl_over_bound"] <= 1 + 1e-4
         assert sum(r["cg_iterations"]) <= sum(r["primal_steps"]) * r["cg_iters"]  # counted CG iterations, capped
