@@ -6,6 +6,7 @@ import shutil
 from typing import Optional
 
 import torch
+from torchrl.data import Composite, Unbounded
 
 from benchmarl_decentral.consensus.visibility import task_layout, visibility_adjacency
 
@@ -139,3 +140,20 @@ def gnn_dropout_conflict(owner: str, evaluation_dropout, model_config, silenced:
             "observations to the others; use an actor without gnn (model=layers/mlp, gru or lstm) or "
             "algorithm.evaluation_dropout=[]")
 
+
+def per_agent_model(config, group: str, input_spec, key: str, n_agents: int, features: int, *, device,
+                    action_spec) -> torch.nn.Module:
+    """BenchMARL ``config``'s network of ``n_agents`` agents of ``group`` with no parameter shared between them,
+    each reading its own row of ``input_spec`` (agent dim included) and writing ``features`` values under
+    ``(group, key)``: the per-agent actor, critic and message networks of matrpo and dg_mappo."""
+    return config.get_model(
+        input_spec=Composite({group: input_spec}),
+        output_spec=Composite({group: Composite({key: Unbounded(shape=(n_agents, features))}, shape=(n_agents,))}),
+        agent_group=group,
+        input_has_agent_dim=True,
+        n_agents=n_agents,
+        centralised=False,
+        share_params=False,
+        device=device,
+        action_spec=action_spec,
+    )

@@ -98,7 +98,7 @@ from benchmarl.models.common import ModelConfig
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
-from torchrl.data import Composite, Unbounded
+from torchrl.data import Composite
 from torchrl.objectives import ClipPPOLoss, LossModule, ValueEstimators
 
 from benchmarl_decentral.algorithms._common import (
@@ -108,6 +108,7 @@ from benchmarl_decentral.algorithms._common import (
     config_error,
     gnn_dropout_conflict,
     layer_configs,
+    per_agent_model,
 )
 from benchmarl_decentral.algorithms._yaml import load_algorithm_yaml
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
@@ -904,19 +905,8 @@ class DgMappo(Mappo):
                                  f"{n_joint} agents x {features}")
             joint = agent_block(n_joint, block[0], None if joint_obs is None else joint_obs[0])
         with joint, self._network_rng(group, "dgat_stack"):  # the stacked draw, replaced below
-            comm = config.get_model(
-                input_spec=Composite({group: obs_spec.clone().to(self.device)}),
-                output_spec=Composite(
-                    {group: Composite({DGAT_KEY: Unbounded(shape=(n, tilde))}, shape=(n,))}
-                ),
-                agent_group=group,
-                input_has_agent_dim=True,
-                n_agents=n,
-                centralised=False,
-                share_params=False,
-                device=self.device,
-                action_spec=self.action_spec,
-            )
+            comm = per_agent_model(config, group, obs_spec.clone().to(self.device), DGAT_KEY, n, tilde,
+                                   device=self.device, action_spec=self.action_spec)
         with self._network_rng(group, "dgat"):  # D-SGD from a common psi_0 (sec. 3.1, eq. 9)
             _common_start_(comm.dgat)
         return comm
@@ -933,19 +923,9 @@ class DgMappo(Mappo):
         n = len(self.group_map[group])
 
         def build(m: int) -> nn.Module:
-            return self.critic_model_config.get_model(
-                input_spec=Composite({group: grown(self.communication[group].output_spec[group], m)}),
-                output_spec=Composite(
-                    {group: Composite({"state_value": Unbounded(shape=(m, 1))}, shape=(m,))}
-                ),
-                agent_group=group,
-                input_has_agent_dim=True,
-                n_agents=m,
-                centralised=False,
-                share_params=False,
-                device=self.device,
-                action_spec=self.action_spec,
-            )
+            return per_agent_model(self.critic_model_config, group,
+                                   grown(self.communication[group].output_spec[group], m), "state_value", m, 1,
+                                   device=self.device, action_spec=self.action_spec)
 
         with self._network_rng(group, "critic"):
             critic = self._draw(group, "critic")(build)

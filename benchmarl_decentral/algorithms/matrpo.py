@@ -115,14 +115,13 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from tensordict.nn.distributions import NormalParamExtractor
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
-from torchrl.data import Composite, Unbounded
 from torchrl.envs import Transform, TransformedEnv
 from torchrl.modules import IndependentNormal, MaskedCategorical, ProbabilisticActor
 from torchrl.objectives import LossModule
 from torchrl.objectives.utils import distance_loss
 from torchrl.objectives.value import GAE
 
-from benchmarl_decentral.algorithms._common import config_error, visibility_layout
+from benchmarl_decentral.algorithms._common import config_error, per_agent_model, visibility_layout
 from benchmarl_decentral.algorithms._yaml import algorithm_defaults, load_algorithm_yaml
 from benchmarl_decentral.evaluation_dropout import check_evaluation_dropout
 from benchmarl_decentral.consensus.groups import (
@@ -834,17 +833,9 @@ class Matrpo(Algorithm):
     def _per_agent_network(self, config: ModelConfig, group: str, m: int, key: str, features: int) -> nn.Module:
         """``config``'s network of ``m`` agents of ``group``, each reading its own observation and writing
         ``features`` values under ``(group, key)``; no parameter shared between agents."""
-        return self._mlp_config(config).get_model(
-            input_spec=Composite({group: grown(self.observation_spec[group], m).clone().to(self.device)}),
-            output_spec=Composite({group: Composite({key: Unbounded(shape=(m, features))}, shape=(m,))}),
-            agent_group=group,
-            input_has_agent_dim=True,
-            n_agents=m,
-            centralised=False,
-            share_params=False,
-            device=self.device,
-            action_spec=self.action_spec,
-        )
+        return per_agent_model(self._mlp_config(config), group,
+                               grown(self.observation_spec[group], m).clone().to(self.device), key, m, features,
+                               device=self.device, action_spec=self.action_spec)
 
     def _get_loss(self, group: str, policy_for_loss: TensorDictModule, continuous: bool) -> Tuple[LossModule, bool]:
         critic = self.get_critic(group)

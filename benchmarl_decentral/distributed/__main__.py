@@ -62,7 +62,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 import benchmarl_decentral  # noqa: F401  (registers our algorithms, models and tasks)
-from benchmarl_decentral.distributed.launch import BACKENDS, check_algorithm, check_backend, plan_launch
+from benchmarl_decentral.distributed.launch import check_algorithm, check_backend, check_backend_name, plan_launch
 
 PROG = "benchmarl_decentral.distributed"
 CONF_DIR = str(Path(benchmarl.__file__).parent / "conf")
@@ -182,8 +182,7 @@ def split_options(argv: list[str]) -> tuple[str, str, str, list[str]]:
             raise ValueError(f"--{name} needs a value: {choices[name]}.")
         else:
             options[name] = rest.pop(0)
-    if options["backend"] not in BACKENDS:
-        raise ValueError(f"unknown --backend {options['backend']}; choose one of {'|'.join(BACKENDS)}.")
+    check_backend_name(options["backend"])
     if options["env"] not in ENV_BACKENDS:
         raise ValueError(f"unknown --env {options['env']}; choose one of {'|'.join(ENV_BACKENDS)}.")
     if options["env"] != "replicated" and options["agents"] != "local":

@@ -30,6 +30,12 @@ _NOT_SUPPORTED: dict[str, str] = {
 BACKENDS: tuple[str, ...] = ("gloo", "nccl")
 
 
+def check_backend_name(backend: str) -> None:
+    """Refuse a ``--backend`` that is not one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown --backend {backend}; choose one of {'|'.join(BACKENDS)}.")
+
+
 def check_backend(backend: str, local_world_size: int) -> None:
     """Refuse a backend this machine cannot run, before any process group is joined.
 
@@ -41,8 +47,7 @@ def check_backend(backend: str, local_world_size: int) -> None:
         ValueError: an unknown backend; nccl without CUDA, or with fewer CUDA
             devices than ranks on the node (NCCL needs one GPU per rank).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown --backend {backend}; choose one of {'|'.join(BACKENDS)}.")
+    check_backend_name(backend)
     if backend != "nccl":
         return
     fix = "launch with --backend gloo, which runs on CPU and with one GPU."

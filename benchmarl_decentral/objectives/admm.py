@@ -464,10 +464,9 @@ def primal_step(
             state.jdirection[idx] = Jd
             state.gn_warm[idx] = True
         else:
-            V = consensus_gradient(lin, state, advantages, beta=beta, agents=agents)
-            nat = natural_step(lin.fvp(agents), V, delta=delta, cg_iters=cg_iters, residual_tol=residual_tol, x0=x0,
-                               max_scale=max_scale, cg_rtol=cg_rtol, cg_counts=counts)
-            Jx = lin.jvp(nat.step, agents)
+            nat, Jx = _closed_form_step(lin, state, advantages, agents, delta=delta, beta=beta, cg_iters=cg_iters,
+                                        residual_tol=residual_tol, cg_rtol=cg_rtol, max_scale=max_scale,
+                                        counts=counts)
             state.gn_warm[idx] = False
         state.x[idx] = nat.step
         state.direction[idx] = nat.direction
@@ -476,6 +475,18 @@ def primal_step(
         state.agent_updates[idx] += 1
         state.cg_iterations[idx] += counts.to(state.cg_iterations.device)
     return nat
+
+
+def _closed_form_step(lin: Linearisation, state: AdmmState, advantages: Tensor, agents: Tensor | None, *,
+                      delta: float, beta: float, cg_iters: int, residual_tol: float, cg_rtol: float,
+                      max_scale: Tensor | None, counts: Tensor) -> tuple[NaturalStep, Tensor]:
+    """The paper's closed-form primal step with the true-KL ``H`` (eqs. 22, 51), CG warm-started at the agents'
+    previous direction; returns it and its ``J x`` (the ``metric="kl"`` step, and ``kl_exact``'s first one)."""
+    V = consensus_gradient(lin, state, advantages, beta=beta, agents=agents)
+    x0 = state.direction[slice(None) if agents is None else agents]
+    nat = natural_step(lin.fvp(agents), V, delta=delta, cg_iters=cg_iters, residual_tol=residual_tol, x0=x0,
+                       max_scale=max_scale, cg_rtol=cg_rtol, cg_counts=counts)
+    return nat, lin.jvp(nat.step, agents)
 
 
 def _gauss_newton_step(lin: Linearisation, state: AdmmState, advantages: Tensor, agents: Tensor | None,
@@ -558,11 +569,10 @@ def _kl_exact_step(lin: Linearisation, state: AdmmState, advantages: Tensor, age
     quad = torch.empty_like(lam)  # x^T H x of the step taken
     if bool(first.any()):  # the paper's closed form (eq. 51)
         sub, n_cg = ids[first], torch.zeros(int(first.sum()), dtype=counts.dtype, device=counts.device)
-        V = consensus_gradient(lin, state, advantages, beta=beta, agents=sub)
-        nat = natural_step(lin.fvp(sub), V, delta=delta, cg_iters=cg_iters, residual_tol=residual_tol,
-                           x0=state.direction[sub], cg_rtol=cg_rtol, cg_counts=n_cg)
+        nat, Jx[first] = _closed_form_step(lin, state, advantages, sub, delta=delta, beta=beta, cg_iters=cg_iters,
+                                           residual_tol=residual_tol, cg_rtol=cg_rtol, max_scale=None, counts=n_cg)
         counts[first] += n_cg
-        x[first], Jx[first] = nat.step, lin.jvp(nat.step, sub)
+        x[first] = nat.step
         pos = nat.scale > 0
         mu[first] = torch.where(pos, 1.0 / torch.where(pos, nat.scale, torch.ones_like(nat.scale)),
                                 torch.zeros_like(nat.scale))
