@@ -7,15 +7,18 @@ experiment overrides: ``coordsum_private/3x5-12``, 150,000 frames in batches of
 1,000 from 10 envs, minibatch 250, an evaluation every 30,000 frames;
 ``--frames`` shortens it) and the CSV logger. Variants (``--variants``):
 
-* ``default``: ``algorithm=matrpo`` as shipped (Table III's ADMM: the true-KL
-  step, beta 1, one random link per iteration, 100 iterations, 10 CG iterations);
+* ``table3``: Table III's ADMM (the paper's closed-form true-KL step, beta 1, one
+  random link per iteration, 100 iterations, 10 CG iterations), matrpo's default
+  until 2026-12-07 (``default`` in the committed tables; ``default_*`` there are
+  ``table3_*`` here);
+* ``default``: ``algorithm=matrpo`` as shipped (today the ``kl_exact`` variant);
 * ``exact``: the exact ADMM step of benchmarks/README.md section 9
   (``admm_metric=gauss_newton``, ``exact_kkt``, beta 10, synchronous, per-link
   stop ``admm_tol=0.05`` with at most 200 iterations, at most 30 CG iterations)
   with the relative CG stop ``cg_rtol=0.3`` (same fixed point, about a third of
   the CPU time of 30 fixed CG iterations);
 * ``exact_cg30``: ``exact`` with every primal step's 30 CG iterations (``cg_rtol=0``);
-* ``exact_center`` and ``default_center``: ``exact`` and ``default`` with the advantages
+* ``exact_center`` and ``table3_center``: ``exact`` and ``table3`` with the advantages
   centred per agent but not scaled (``advantage_norm=center``), so the unrewarded agents'
   critic noise is not blown up to unit variance (issue 15, items 3-4).
 
@@ -30,7 +33,7 @@ policy iteration.
 
 Usage::
 
-    python benchmarks/learning/matrpo_admm_learning.py                       # default + exact, seeds 0 1 2
+    python benchmarks/learning/matrpo_admm_learning.py                       # table3 + exact, seeds 0 1 2
     python benchmarks/learning/matrpo_admm_learning.py --variants exact --seeds 0
     python benchmarks/learning/matrpo_admm_learning.py --summary-only        # the table of the finished runs
     python benchmarks/learning/matrpo_admm_learning.py --summary-only --include-partial  # and unfinished runs' curves
@@ -64,26 +67,31 @@ PART = PARTS["matrpo"]
 EXACT = ["algorithm=matrpo", "algorithm.admm_metric=gauss_newton", "algorithm.exact_kkt=true", "algorithm.beta=10",
          "algorithm.admm_mode=synchronous", "algorithm.admm_tol=0.05", "algorithm.admm_iterations=200",
          "algorithm.cg_iters=30"]
+#: Table III's ADMM (the paper's closed-form true-KL step, beta 1, one random link per iteration, 100 iterations):
+#: matrpo's default until 2026-12-07 (the committed tables call it ``default``), ``algorithm=matrpo_paper``'s ADMM
+TABLE3 = ["algorithm=matrpo", "algorithm.admm_metric=kl", "algorithm.beta=1.0", "algorithm.admm_mode=random",
+          "algorithm.admm_tol=0.0", "algorithm.admm_iterations=100"]
 VARIANTS = {
-    "default": ["algorithm=matrpo"],
+    "table3": TABLE3,
+    "default": ["algorithm=matrpo"],  # as shipped: the kl_exact variant below
     "exact": [*EXACT, "algorithm.cg_rtol=0.3"],
     "exact_cg30": [*EXACT, "algorithm.cg_rtol=0.0"],
     "exact_center": [*EXACT, "algorithm.cg_rtol=0.3", "algorithm.advantage_norm=center"],
-    "default_center": ["algorithm=matrpo", "algorithm.advantage_norm=center"],
+    "table3_center": [*TABLE3, "algorithm.advantage_norm=center"],
     # 3x the per-agent KL bound (delta/N 0.009): does the exact step learn less because, at consensus, the
-    # trust region binds on the joint step? (default_delta3 is the control: a larger step for Table III)
+    # trust region binds on the joint step? (table3_delta3 is the control: a larger step for Table III)
     "exact_delta3": [*EXACT, "algorithm.cg_rtol=0.3", "algorithm.delta=0.009"],
-    "default_delta3": ["algorithm=matrpo", "algorithm.delta=0.009"],
+    "table3_delta3": [*TABLE3, "algorithm.delta=0.009"],
     # Table III's ADMM (beta 1, one random link, 100 iterations: not at consensus) with the exact step's metric
     # (1/M sum J^T J, eq. 46) instead of the true-KL Hessian (eq. 47): separates the metric from the consensus
-    "gn_inexact": ["algorithm=matrpo", "algorithm.admm_metric=gauss_newton"],
+    "gn_inexact": [*TABLE3[:1], "algorithm.admm_metric=gauss_newton", *TABLE3[2:]],
     # the exact step with the paper's metric (admm_metric kl_exact: eq. 42 minimised with the true-KL Hessian,
     # objectives/admm.py): consensus (the per-link stop at 0.05) without the Gauss-Newton metric
     "kl_exact": ["algorithm=matrpo", "algorithm.admm_metric=kl_exact", "algorithm.beta=10",
                  "algorithm.admm_mode=synchronous", "algorithm.admm_tol=0.05", "algorithm.admm_iterations=200"],
     # the same exact step on Table III's ADMM schedule (beta 1, one random link, 100 iterations, no stop): not at
     # consensus (separates the consensus from the step)
-    "kl_exact_table3": ["algorithm=matrpo", "algorithm.admm_metric=kl_exact"],
+    "kl_exact_table3": [*TABLE3[:1], "algorithm.admm_metric=kl_exact", *TABLE3[2:]],
 }
 #: Evaluations averaged into a run's score (the results suite's final score averages the last 5 of its curve;
 #: at 150k frames and one evaluation per 30k there are 6, so the last 3 here).
@@ -140,7 +148,7 @@ def score(run_dir: Path, group: str = "agents") -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", nargs="+", default=["default", "exact"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["table3", "exact"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--task", default=PART.task)
     p.add_argument("--frames", type=int, default=PART.frames, help=f"training frames per run (default: the suite part's, {PART.frames})")
