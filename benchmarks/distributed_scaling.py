@@ -119,9 +119,13 @@ def _dg_mappo_config():
 
 
 def _matrpo_config():
-    from benchmarl_decentral.algorithms import MatrpoConfig
+    from benchmarl_decentral.algorithms import TABLE_III_ADMM, MatrpoConfig
 
-    algo = MatrpoConfig.get_from_yaml()  # Table III: asynchronous ADMM, one random link per iteration, 100 of them
+    # Table III's ADMM: asynchronous, one random link per iteration, 100 of them (a fixed traffic per update;
+    # matrpo's default stops each link at its residual tolerance, so its traffic depends on the batch)
+    algo = MatrpoConfig.get_from_yaml()
+    for key, value in TABLE_III_ADMM.items():
+        setattr(algo, key, value)
     algo.k = 2
     algo.topology = "knn_ring"
     return algo

@@ -8,7 +8,8 @@ own critic, ``advantage_norm`` of the YAML). Then, for every ``beta`` and
 ``theta_old`` (paper 001 Algorithm 1: linearisation, ADMM eqs. 21-22, the
 per-agent KL / improvement line search), with the ring topology of the YAML,
 no ``admm_tol`` early stop, the primal step's trust-region metric ``--metrics`` (``kl``: the true-KL Hessian, the step before the fix; ``gauss_newton``: the exact ADMM step) and ``--exact-kkt`` (default
-``false``: the paper's closed form on the KL boundary, matrpo_paper's; matrpo.yaml has ``true``). The ADMM run is read at iterations ``--iterations``
+``false``: the paper's closed form on the KL boundary, matrpo_paper's; ``kl_exact``, matrpo.yaml's default
+metric, ignores it). The ADMM run is read at iterations ``--iterations``
 (one run of the largest value, read on the way: with the same link-selection
 seed, the first ``K`` iterations of a longer run are exactly a ``K``-iteration
 run), and at each read-out the script records:
@@ -143,15 +144,15 @@ def one_update(exp, group: str, batch, *, beta: float, mode: str, exact_kkt: boo
             "first_below": first_below, "checkpoints": rows}
 
 
-#: ``--cost``: the ADMM settings timed on the same batch; (label, run_admm keywords). Table III's (``algorithm=matrpo``
-#: today) and the exact step of section 9 with every primal step's 30 CG iterations; ``--cg-rtols`` adds the exact
+#: ``--cost``: the ADMM settings timed on the same batch; (label, run_admm keywords). Table III's (``algorithm=matrpo_paper``;
+#: ``algorithm=matrpo`` until 2026-12-07) and the exact step of section 9 with every primal step's 30 CG iterations; ``--cg-rtols`` adds the exact
 #: step with the relative CG stop.
 COST_SETTINGS = {
     "table_iii": dict(metric="kl", exact_kkt=False, beta=1.0, mode="random", iterations=100, tol=None, cg_iters=10,
                       cg_rtol=0.0),
     "exact_cg30": dict(metric="gauss_newton", exact_kkt=True, beta=10.0, mode="synchronous", iterations=200, tol=0.05,
                        cg_iters=30, cg_rtol=0.0),
-    # the exact step with the true-KL metric (stop 30): Table III's 10 CG iterations per primal step
+    # the exact step with the true-KL metric (algorithm=matrpo's default): Table III's 10 CG iterations per primal step
     "kl_exact": dict(metric="kl_exact", exact_kkt=False, beta=10.0, mode="synchronous", iterations=200, tol=0.05,
                      cg_iters=10, cg_rtol=0.0),
 }

@@ -135,10 +135,14 @@ def run(task_name: str, overrides: dict, epochs, minibatch, seed: int, iters: in
     from benchmarl.models import MlpConfig
 
     import benchmarl_decentral  # noqa: F401  (registers the algorithms and tasks)
+    from benchmarl_decentral.algorithms import TABLE_III_ADMM
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _experiment_config(overrides, tmp, iters, frames)
         algo = algorithm_config_registry["matrpo"].get_from_yaml()
+        # Table III's ADMM, with which the committed figures were taken (matrpo's default until 2026-12-07)
+        for key, value in TABLE_III_ADMM.items():
+            setattr(algo, key, value)
         algo.critic_epochs, algo.critic_minibatch_size = epochs, minibatch
         model = MlpConfig.get_from_yaml()  # matrpo's num_cells / activation replace its layers
         recorder = Recorder()

@@ -51,7 +51,7 @@ from benchmarl.algorithms import MappoConfig
 from benchmarl.environments import VmasTask
 from benchmarl.experiment import Experiment, ExperimentConfig
 from benchmarl.models import MlpConfig
-from benchmarl_decentral.algorithms import MatrpoConfig
+from benchmarl_decentral.algorithms import TABLE_III_ADMM, MatrpoConfig
 from _common import experiment_config as timing_config, machine_info, publish  # noqa: E402  (benchmarks/ is the script's folder)
 
 GROUP = "agents"
@@ -64,8 +64,8 @@ def experiment_config(args, save_folder: str) -> ExperimentConfig:
 
 def build(algorithm: str, n: int, args, save_folder: str, **algo_changes) -> Experiment:
     algo = MatrpoConfig.get_from_yaml() if algorithm == "matrpo" else MappoConfig.get_from_yaml()
-    if algorithm == "matrpo":
-        algo_changes = {"admm_mode": args.admm_mode, **algo_changes}
+    if algorithm == "matrpo":  # Table III's ADMM, the committed figures' (matrpo's default until 2026-12-07)
+        algo_changes = {**TABLE_III_ADMM, "admm_mode": args.admm_mode, **algo_changes}
     for key, value in algo_changes.items():
         setattr(algo, key, value)
     model = MlpConfig(num_cells=[128, 128], layer_class=torch.nn.Linear, activation_class=torch.nn.SELU)

@@ -5,11 +5,11 @@ from benchmarl_decentral.algorithms.decpg import (
 )
 from benchmarl_decentral.algorithms.dg_mappo import DgMappo, DgMappoConfig, DgMappoPaper, DgMappoPaperConfig
 from benchmarl_decentral.algorithms.magpo import Magpo, MagpoConfig, MagpoPaper, MagpoPaperConfig
-from benchmarl_decentral.algorithms.matrpo import Matrpo, MatrpoConfig, MatrpoPaper, MatrpoPaperConfig
+from benchmarl_decentral.algorithms.matrpo import TABLE_III_ADMM, Matrpo, MatrpoConfig, MatrpoPaper, MatrpoPaperConfig
 
 __all__ = [
     "Decpg", "DecpgConfig", "DecpgK0", "DecpgK0Config", "DecpgShared", "DecpgSharedConfig",
     "DgMappo", "DgMappoConfig", "DgMappoPaper", "DgMappoPaperConfig",
     "Magpo", "MagpoConfig", "MagpoPaper", "MagpoPaperConfig",
-    "Matrpo", "MatrpoConfig", "MatrpoPaper", "MatrpoPaperConfig",
+    "Matrpo", "MatrpoConfig", "MatrpoPaper", "MatrpoPaperConfig", "TABLE_III_ADMM",
 ]

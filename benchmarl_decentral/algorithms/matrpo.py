@@ -1487,6 +1487,14 @@ class MatrpoPaper(Matrpo):
 MatrpoPaper.__name__ = "Matrpo_paper"  # run name "matrpo_paper", the hydra name (pickling uses __qualname__)
 
 
+#: Paper 001 Table III's ADMM (Cooperative Navigation N = 3): the paper's closed-form true-KL primal step
+#: (eq. 51), beta 1.0, 100 iterations of one random link each (Algorithm 1), no residual stop, 10 CG iterations.
+#: ``algorithm=matrpo_paper``'s ADMM, and ``algorithm=matrpo``'s until 2026-12-07: the measurement scripts in
+#: ``benchmarks/`` whose committed numbers were taken with it set these fields.
+TABLE_III_ADMM = {"admm_metric": "kl", "exact_kkt": False, "beta": 1.0, "admm_mode": "random", "admm_iterations": 100,
+                  "admm_tol": 0.0, "cg_iters": 10, "cg_rtol": 0.0}
+
+
 @dataclass
 class MatrpoPaperConfig(MatrpoConfig):
     """``algorithm=matrpo_paper``: paper 001 Table III's ADMM (beta 1.0, 100 iterations, one random
