@@ -77,14 +77,14 @@ def test_matrpo_admm_learning_quick_mode(tmp_path):
     result = run_quick_benchmark("learning/matrpo_admm_learning.py", tmp_path, "--out", tmp_path / "runs")
     assert "| variant | seeds | hit rate" in result.stdout
     out = json.loads((tmp_path / "runs" / "results.json").read_text())
-    assert set(out["summary"]) == {"default", "exact"}
+    assert set(out["summary"]) == {"table3", "exact"}
     for name, run in out["runs"].items():
         assert len(run["hit_curve"]) >= 2 and 0 <= run["hit_rate"] <= 1  # the team metric, every evaluation
         assert len(run["residual_per_update"]) == 2  # two policy iterations of 200 frames, one residual each
         assert run["cpu_per_iteration"] > 0
-    exact, default = out["runs"]["exact/seed0"], out["runs"]["default/seed0"]
+    exact, table3 = out["runs"]["exact/seed0"], out["runs"]["table3/seed0"]
     # the exact step stops every update at admm_tol = 0.05 (its 200-iteration cap not reached); Table III's 100
     # random-link iterations do not get there
     assert max(exact["residual_per_update"]) < 0.05 and all(k < 200 for k in exact["admm_iterations_per_update"])
-    assert default["admm_iterations_per_update"] == [100.0, 100.0]
+    assert table3["admm_iterations_per_update"] == [100.0, 100.0]
     assert exact["cg_iterations_per_update"] and all(c > 0 for c in exact["cg_iterations_per_update"])

@@ -634,9 +634,13 @@ def test_entry_point_trains_decpg_on_two_ranks_like_one_process(tmp_path, agents
         (["algorithm=dg_mappo", "task=coordsum/8x15-100", "algorithm.alpha_consensus=-1"], 2,
          r"dg_mappo: alpha_consensus must be >= 0"),
         (["algorithm=dg_mappo", "task=coordsum/8x15-100"], 3, r"world size 3 does not fit group 'agents' of 8 agents"),
-        (["algorithm=matrpo", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.admm_tol=0.05"], 2,
-         r"matrpo with algorithm.admm_tol=0.05 stops a link on its far end's current log-ratios, .* set "
+        (["algorithm=matrpo", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.admm_mode=random"], 2,
+         r"matrpo with algorithm.admm_tol=0.05, algorithm.admm_mode=random and algorithm.link_failure=0.0 stops a "
+         r"link on its far end's current log-ratios, which a rank receives every iteration only in synchronous mode "
+         r"without link failures; set algorithm.admm_mode=synchronous algorithm.link_failure=0 .* or "
          r"algorithm.admm_tol=0"),
+        (["algorithm=matrpo", "task=coordsum/8x15-100", "experiment.evaluation=false", "algorithm.link_failure=0.1"],
+         2, r"matrpo with algorithm.admm_tol=0.05, algorithm.admm_mode=synchronous and algorithm.link_failure=0.1"),
         (["algorithm=matrpo_paper", "task=coordsum/8x15-100", "model@critic_model=layers/deepsets"], 2,
          r"matrpo's critic_model=deepsets reads the other agents' inputs .* use model@critic_model=layers/mlp"),
         (["algorithm=matrpo", "task=coordsum/8x15-100", "algorithm.beta=-1"], 2, r"matrpo: .*beta"),
@@ -832,6 +836,69 @@ def _admm_worker(rank: int, world_size: int) -> None:
         assert torch.equal(got.comm.link_bytes, link_bytes[local])
         assert torch.equal(got.comm.network_bytes, network[local]) and int(network[local].sum()) > 0
         assert got.comm.steps == ref.comm.steps == ADMM_ITERS
+
+
+def _admm_stop_worker(rank: int, world_size: int) -> None:
+    from test_admm import random_problem
+
+    from benchmarl_decentral.objectives.admm import links_from_adjacency, run_admm
+    from benchmarl_decentral.objectives.trust_region import Linearisation
+
+    for name in ("all_reduce", "all_gather", "broadcast", "reduce", "all_to_all", "barrier"):
+        setattr(dist, name, _no_collectives)  # verdicts and link values travel point to point, nothing else
+    torch.set_default_dtype(torch.float64)
+    iterations, tol = 40, 0.3
+    for s, (n, kind, k, metric) in enumerate([(4, "categorical", 2, "kl_exact"), (8, "gaussian", 4, "gauss_newton")]):
+        net, make_dist, policy, params, obs, actions, adv = random_problem(n, kind=kind, m=6, seed=s)
+        owner = partition_agents(n, world_size)
+        transport = TorchDistributedTransport(owner)
+        local, others = transport.local_agents(n), torch.nonzero(owner != rank).flatten()
+        edges = links_from_adjacency(knn_ring(n, k))
+        kw = dict(delta=0.01, beta=3.0, iterations=iterations, mode="synchronous", tol=tol, metric=metric,
+                  cg_iters=30, residual_tol=1e-24)
+        states = {}
+        for mode in ("in_process", "distributed"):
+            p, o, a = {key: v.clone() for key, v in params.items()}, obs.clone(), adv.clone()
+            if mode == "distributed":  # what this rank does not own is noise: it must not be read
+                gen = torch.Generator().manual_seed(1000 + rank)
+                for v in p.values():
+                    v[others] = torch.randn(v[others].shape, generator=gen)
+                o[others] = torch.randn(o[others].shape, generator=gen)
+                a[others] = torch.randn(a[others].shape, generator=gen)
+            lin = Linearisation(policy, p, o, actions, damping=1e-2)
+            states[mode] = run_admm(lin, a, edges, transport=None if mode == "in_process" else transport, **kw)
+        ref, got = states["in_process"], states["distributed"]
+        # the stop acted, link by link: links idled after different numbers of updates, before the last iteration
+        assert ref.iteration < iterations and len(set(ref.link_updates.tolist())) > 1
+        assert got.iteration == iterations  # a rank sees its own links only: it runs on, and nothing moves
+        held = owner[ref.links] == rank
+        touching = held.any(1)
+        assert torch.equal(got.link_updates[touching], ref.link_updates[touching])
+        assert torch.equal(got.converged[touching], ref.converged[touching]) and bool(ref.converged.all())
+        for name in ("x", "Jx", "direction", "scale"):
+            torch.testing.assert_close(getattr(got, name)[local], getattr(ref, name)[local], rtol=1e-7, atol=1e-10)
+        for name in ("z", "y"):
+            torch.testing.assert_close(getattr(got, name)[held], getattr(ref, name)[held], rtol=1e-7, atol=1e-10)
+        # bytes: every iteration, each link end sends its (M, K) value and its verdict (1 byte), idle or not
+        value = lin.n_samples * lin.n_components * 8
+        degree = torch.bincount(ref.links.reshape(-1), minlength=n)
+        assert torch.equal(got.comm.link_bytes, (iterations * (value + 1) * degree)[local])
+        crossing = torch.zeros(n, dtype=torch.int64)
+        for i, j in ref.links.tolist():
+            if owner[i] != owner[j]:
+                crossing[i] += 1
+                crossing[j] += 1
+        assert torch.equal(got.comm.network_bytes, (iterations * (value + 1) * crossing)[local])
+        assert int(crossing[local].sum()) > 0
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_admm_per_link_stop_over_the_transport_equals_the_single_process_admm(world_size):
+    """Oracle: synchronous ADMM with the per-link stop (``tol``) on ranks: each link's two ends test it on what
+    they hold (the far end's ``J x`` from the value it sent that iteration), swap verdicts point to point and idle
+    only when both agree; idle links still send their values. The rank's agents reach the single-process x, J x,
+    z, y, link updates and idle flags, with the true-KL exact step (4 agents) and the Gauss-Newton one (8, Gaussian)."""
+    spawn_local(_admm_stop_worker, world_size, start_method="fork", timeout_s=300)
 
 
 @pytest.mark.parametrize("world_size", [2, 4])

@@ -66,11 +66,12 @@ ALGORITHMS = {
     # matrpo: Algorithm 1's random link schedule with failures (its generator is in the checkpoint), the ADMM
     # link values across the ranks, per-agent critics (Adam moments)
     "matrpo": ["algorithm=matrpo", "task=coordsum/8x15-100", "algorithm.admm_iterations=8",
-               "algorithm.link_failure=0.3", "model.num_cells=[16]", "critic_model.num_cells=[16]",
+               "algorithm.admm_mode=random", "algorithm.admm_tol=0", "algorithm.link_failure=0.3", "model.num_cells=[16]", "critic_model.num_cells=[16]",
                "experiment.on_policy_n_envs_per_worker=2"],
     # --agents local: each rank's checkpoint holds its block of joint policy models and critics
     "matrpo_local": ["--agents", "local", "algorithm=matrpo", "task=coordsum/8x15-100",
-                     "algorithm.admm_iterations=8", "algorithm.link_failure=0.3", "model.num_cells=[16]",
+                     "algorithm.admm_iterations=8", "algorithm.admm_mode=random", "algorithm.admm_tol=0",
+                     "algorithm.link_failure=0.3", "model.num_cells=[16]",
                      "critic_model.num_cells=[16]", "experiment.on_policy_n_envs_per_worker=2"],
     "decpg_groups": ["algorithm=decpg", "task=vmas/simple_tag", "task.num_adversaries=4", "task.num_good_agents=2",
                      "task.max_steps=6", "algorithm.link_failure=0.3", "algorithm.evaluation_mode=local",

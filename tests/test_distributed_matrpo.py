@@ -23,13 +23,15 @@ ITERS, N = 2, 8
 LINKS = torch.tensor([[i, i + 1] for i in range(N - 1)] + [[0, N - 1]])  # the ring, canonical (i < j)
 
 
-def _config(mode: str, failure: float, metric: str, general: bool = False, task: str = "coordsum/8x15-100") -> dict:
+def _config(mode: str, failure: float, metric: str, general: bool = False, task: str = "coordsum/8x15-100",
+            tol: float = 0.0, beta: float = 1.0) -> dict:
     topology = {"topology": "visibility"} if task.startswith("smax/") else {}
     return dict(general=general,
         algorithm="matrpo", task=task, max_n_iters=ITERS, on_policy_minibatch_size=20,
         loggers=["csv"],
-        algorithm_overrides={"admm_mode": mode, "link_failure": failure, "admm_metric": metric,
-                             "admm_iterations": 12, "exact_kkt": metric == "gauss_newton", **topology},
+        algorithm_overrides={"admm_mode": mode, "link_failure": failure, "admm_metric": metric, "beta": beta,
+                             "admm_iterations": 12, "admm_tol": tol, "exact_kkt": metric == "gauss_newton",
+                             **topology},
     )
 
 
@@ -134,7 +136,11 @@ def _worker(rank: int, world_size: int, folder, reference, config, agents="all")
     train, network = [], []
     for links, counts in ref["link_updates"]:
         ends = links.reshape(-1)
-        per_end = (counts[:, None].expand(-1, 2).reshape(-1) * value)
+        if algo["admm_tol"]:  # the per-link stop: every link's ends send their value and a verdict byte every
+            # iteration, idle or not (the loop runs all admm_iterations on ranks)
+            per_end = torch.full((ends.numel(),), algo["admm_iterations"] * (value + 1))
+        else:
+            per_end = (counts[:, None].expand(-1, 2).reshape(-1) * value)
         mine = torch.isin(ends, local)
         crossing = (owner[links[:, 0]] != owner[links[:, 1]])[:, None].expand(-1, 2).reshape(-1)
         train.append(float(per_end[mine].sum()) / local.numel())
@@ -179,6 +185,26 @@ def test_matrpo_training_on_agent_blocks_equals_the_single_process_run(tmp_path,
     # jax (SMAX) does not survive a fork of a process that has run it: spawn fresh ranks there
     spawn_local(_worker, 2, tmp_path, tmp_path / "reference.pt", config,
                 start_method="spawn" if mode.startswith("smax/") else "fork", timeout_s=120)
+
+
+@pytest.mark.slow
+def test_matrpo_per_link_stop_on_agent_blocks_equals_the_single_process_run(tmp_path):
+    """matrpo's default ADMM (kl_exact, beta 10, synchronous, per-link stop admm_tol = 0.05) on 2 ranks x 4 agents.
+
+    Each link's two ends run its stop test on what they hold (the far end's
+    ``J x`` recovered from the value it sent that iteration), swap verdicts
+    and idle only when both agree; idle links still send their values. The
+    links idle after different numbers of z/y updates (8 to 11 of 12 here,
+    checked on the single-process run), and every rank's agents end with the
+    single-process parameters, statistics and z/y updates per link; bytes:
+    every iteration, one value and one verdict byte per link end.
+    """
+    config = _config("synchronous", 0.0, "kl_exact", tol=0.05, beta=10.0)
+    _reference(tmp_path, config)
+    counts = [c for _, c in torch.load(tmp_path / "reference.pt", weights_only=False)["link_updates"]]
+    assert any(bool((c < 12).any()) for c in counts)  # the stop acted: some links idled
+    assert len({int(v) for c in counts for v in c}) > 1  # at different times
+    spawn_local(_worker, 2, tmp_path, tmp_path / "reference.pt", config, start_method="fork", timeout_s=300)
 
 
 def _reference(tmp_path, config: dict, ring: bool = True) -> None:

@@ -26,7 +26,8 @@ N, ITERS = 8, 2
 OVERRIDES = {
     "decpg": {"topology": "visibility", "evaluation_mode": "local", "perturbed_evaluation": False,
               "link_failure": 0.2},
-    "matrpo": {"topology": "visibility", "admm_iterations": 12, "link_failure": 0.2},
+    "matrpo": {"topology": "visibility", "admm_iterations": 12, "admm_mode": "random", "admm_tol": 0.0,
+               "link_failure": 0.2},
     "dg_mappo": {"topology": "auto", "hidden_channels": 8},  # auto: ally visibility on SMAX
 }
 

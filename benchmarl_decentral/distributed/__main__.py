@@ -270,19 +270,22 @@ def check_matrpo(cfg: DictConfig) -> None:
     """matrpo's settings a distributed run cannot reproduce, refused with the fix.
 
     Raises:
-        ValueError: ``algorithm.admm_tol`` above 0 (the per-link stop tests a
-            link on its far end's current ``J x``, which only arrives with
-            the link's update; :func:`~benchmarl_decentral.objectives.run_admm`),
-            or an actor / critic model whose copies read the other agents
-            (``layers/gnn``, ``layers/deepsets``: MATRPO's only messages are
-            the ADMM link values).
+        ValueError: ``algorithm.admm_tol`` above 0 with an asynchronous
+            ``admm_mode`` or ``link_failure`` above 0 (the per-link stop tests
+            a link on its far end's current ``J x``, which arrives every
+            iteration only in synchronous mode without failures;
+            :func:`~benchmarl_decentral.objectives.run_admm`), or an actor /
+            critic model whose copies read the other agents (``layers/gnn``,
+            ``layers/deepsets``: MATRPO's only messages are the ADMM link values).
     """
     algo = cfg.algorithm
-    tol = algo.get("admm_tol", 0.0)
-    if tol:
+    tol, mode, failure = algo.get("admm_tol", 0.0), algo.get("admm_mode"), algo.get("link_failure", 0.0)
+    if tol and (mode != "synchronous" or failure):
         raise ValueError(
-            f"matrpo with algorithm.admm_tol={tol} stops a link on its far end's current log-ratios, which a rank "
-            "receives only with the link's update; set algorithm.admm_tol=0 (run all algorithm.admm_iterations)."
+            f"matrpo with algorithm.admm_tol={tol}, algorithm.admm_mode={mode} and algorithm.link_failure={failure} "
+            "stops a link on its far end's current log-ratios, which a rank receives every iteration only in "
+            "synchronous mode without link failures; set algorithm.admm_mode=synchronous algorithm.link_failure=0 "
+            "(matrpo's defaults), or algorithm.admm_tol=0 (run all algorithm.admm_iterations)."
         )
     _refuse_cross_agent_models(cfg, "matrpo", "MATRPO's messages are the ADMM link values", "")
 

@@ -610,7 +610,8 @@ def _kl_exact_step(lin: Linearisation, state: AdmmState, advantages: Tensor, age
     return NaturalStep(step=x, direction=x, quad=quad, scale=scale), Jx
 
 
-def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: Transport | None = None) -> AdmmState:
+def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: Transport | None = None,
+                idle: Tensor | None = None) -> AdmmState:
     """001 eq. (22) / (40), (60)-(63): z and y of the links ``link_ids`` from the agents' current ``J x``.
 
     ``nu_e^n = 1/2 sum_q [y_e^{qn} + beta C_e^q J^{qn} x^q]``,
@@ -636,6 +637,10 @@ def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: T
 
     Args:
         transport: how the link ends reach each other. (default: in one process)
+        idle: bool ``(len(link_ids),)``: links whose values travel (so that
+            each end holds the other's current ``J x``) but whose ``z``, ``y``
+            are not updated; the distributed per-link stop
+            (:func:`run_admm` with ``tol``). (default: None, none)
     """
     _check_beta(beta)
     if link_ids.numel() == 0:
@@ -647,6 +652,7 @@ def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: T
         touching = held.any(1)
         if not bool(touching.all()):
             link_ids, ends, held = link_ids[touching], ends[touching], held[touching]
+            idle = None if idle is None else idle[touching.to(idle.device)]
             if link_ids.numel() == 0:
                 return state
         C = link_signs(state.z.dtype, state.z.device)[None, :, None, None]
@@ -670,6 +676,9 @@ def dual_update(state: AdmmState, link_ids: Tensor, *, beta: float, transport: T
             # where y_e^{jn} = y_e^{in} (both ends set y to the same nu; 0 at the start), the near end's
             far = ~held
             state.Jx[ends[far]] = (C.expand_as(u) * (u - y.flip(1)) / beta)[far]
+        if idle is not None and bool(idle.any()):  # their values travelled; their z, y stay
+            keep = ~idle.to(link_ids.device)
+            link_ids, dz_rms, z_new, nu, y = link_ids[keep], dz_rms[keep], z_new[keep], nu[keep], y[keep]
         state.dz_rms[link_ids] = dz_rms
         state.dual_residual[link_ids] = beta * dz_rms
         state.z[link_ids] = z_new
@@ -958,9 +967,11 @@ def run_admm(
             message: a shared schedule); asynchronous modes activate one link
             at a time, so only the processes of its two ends work in an
             iteration. ``state.history`` is the largest residual over the
-            links at this process's agents; ``tol`` is refused (a link's
-            stop test reads its far end's current ``J x``, which only
-            arrives with an update). (default: None)
+            links at this process's agents. ``tol`` needs ``mode="synchronous"``
+            and no link failures (a link's stop test reads its far end's
+            current ``J x``, which then arrives every iteration); a link's two
+            ends swap their verdicts and it idles only when both agree, and
+            the loop runs all ``iterations`` (no process sees every link). (default: None)
 
     Returns:
         The :class:`AdmmState`; ``state.iteration`` is the number of iterations used.
@@ -989,10 +1000,12 @@ def run_admm(
     kw = dict(delta=delta, beta=beta, cg_iters=cg_iters, residual_tol=residual_tol, cg_rtol=cg_rtol,
               exact_kkt=exact_kkt, metric=metric)
 
-    if transport is not None and tol:
+    if transport is not None and tol and (mode != "synchronous" or link_failure_prob > 0):
         raise ValueError(
-            f"tol={tol}: the per-link stop needs each link's far end's current J x, which a distributed run "
-            "receives only with the link's update; run all iterations (tol=0 / admm_tol=0)"
+            f"tol={tol} with mode={mode!r} and link_failure_prob={link_failure_prob}: in a distributed run the "
+            "per-link stop tests a link on its far end's current J x, which arrives every iteration only in "
+            "synchronous mode without link failures; use mode='synchronous' and link_failure_prob=0, or tol=0 "
+            "(admm_mode=synchronous, link_failure=0 or admm_tol=0)"
         )
     local = None if transport is None else transport.local_agents(lin.n_agents).to(state.x.device)
     degree = torch.bincount(links.reshape(-1), minlength=lin.n_agents)
@@ -1027,7 +1040,7 @@ def run_admm(
                 state.link_failures += int((~working).sum())
                 working = working.to(state.links.device)
             if per_link_stop:
-                _synchronous_with_stop(lin, state, advantages, working, tol, kw)
+                _synchronous_with_stop(lin, state, advantages, working, tol, kw, transport)
             else:
                 synchronous_iteration(lin, state, advantages, working=working, transport=transport, **kw)
         else:
@@ -1043,22 +1056,60 @@ def run_admm(
         state.iteration += 1
         r_primal = primal_residual(state)[mine]
         state.history.append(float(r_primal.max()) if r_primal.numel() else 0.0)
-        if per_link_stop and bool(state.converged.all()):
+        # a process sees its own links only, so a distributed run goes on to ``iterations`` (nothing moves once
+        # every link idles: the same result, with no collective)
+        if per_link_stop and transport is None and bool(state.converged.all()):
             break
     return state
 
 
-def _synchronous_with_stop(lin, state: AdmmState, advantages: Tensor, working, tol: float, kw) -> None:
-    """One synchronous iteration with the per-link stop of :func:`run_admm`."""
+def _synchronous_with_stop(lin, state: AdmmState, advantages: Tensor, working, tol: float, kw,
+                           transport: Transport | None = None) -> None:
+    """One synchronous iteration with the per-link stop of :func:`run_admm`.
+
+    Distributed (``transport``): each end runs the link's test on what it holds
+    (its own ``J x``, the far end's recovered from its last value, the link's
+    ``z`` and dual residual), the two ends swap their verdicts (one byte each
+    way) and the link idles only when both say so, so its ``z``, ``y`` stay the
+    same at both ends even where rounding splits a test at the threshold. Every
+    link's values travel every iteration, idle or not (:func:`dual_update`'s
+    ``idle``): an end may move through another link, and the next test reads
+    its current ``J x``.
+    """
     ok = link_converged(state, tol)
     if working is not None:  # a failed link cannot run its test this iteration
         ok = ok & working
-    state.converged = ok
+    if transport is not None:
+        ok = _both_ends_agree(state, ok, transport)
+    state.converged = ok.clone()  # cleared below for the links of the agents that move
     active_links = ~ok if working is None else (~ok & working)
     busy = torch.zeros(state.n_agents, dtype=torch.bool, device=state.links.device)
     busy[state.links[~ok].reshape(-1)] = True  # an agent idles only when all its links are converged
+    if transport is not None:
+        busy &= transport.holds(torch.arange(state.n_agents), state.n_agents).to(busy.device)
     agents = busy.nonzero().flatten()
     if agents.numel():
         primal_step(lin, state, advantages, agents.to(state.x.device), **kw)
         _invalidate(state, agents)
-    dual_update(state, active_links.nonzero().flatten(), beta=kw["beta"])
+    if transport is None:
+        dual_update(state, active_links.nonzero().flatten(), beta=kw["beta"])
+    else:  # no failures here (run_admm): every link sends, the converged ones without a z/y update
+        dual_update(state, torch.arange(state.n_links, device=ok.device), beta=kw["beta"], transport=transport,
+                    idle=ok)
+
+
+def _both_ends_agree(state: AdmmState, ok: Tensor, transport: Transport) -> Tensor:
+    """The per-link stop verdicts of a link's two ends ANDed (one byte each way per link; bytes to ``state.comm``).
+
+    Links with no end in this process come back ``False`` (not tested here).
+    """
+    ends = state.links
+    touching = transport.holds(ends.cpu(), state.n_agents).any(1).to(ok.device)
+    ids = touching.nonzero().flatten()
+    agreed = torch.zeros_like(ok)
+    if ids.numel():
+        verdicts = ok[ids][:, None].expand(-1, 2).to(torch.uint8).contiguous()
+        got, record = transport.exchange_link_ends(ends[ids], verdicts, state.n_agents)
+        state.comm.add(record)
+        agreed[ids] = got.bool().all(1).to(ok.device)
+    return agreed
