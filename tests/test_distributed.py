@@ -774,6 +774,19 @@ ADMM_SCENARIOS = [(4, "categorical", 2, 0.0), (8, "gaussian", 4, 0.3)]
 ADMM_ITERS = 5
 
 
+def _rank_copy(params: dict, obs, adv, others, rank: int):
+    """Copies of an ADMM problem's parameters, observations and advantages; with ``others``, those agents' rows
+    are noise (what this rank does not own: it must not be read)."""
+    p, o, a = {key: v.clone() for key, v in params.items()}, obs.clone(), adv.clone()
+    if others is not None:
+        gen = torch.Generator().manual_seed(1000 + rank)
+        for v in p.values():
+            v[others] = torch.randn(v[others].shape, generator=gen)
+        o[others] = torch.randn(o[others].shape, generator=gen)
+        a[others] = torch.randn(a[others].shape, generator=gen)
+    return p, o, a
+
+
 def _admm_worker(rank: int, world_size: int) -> None:
     from test_admm import random_problem
 
@@ -794,13 +807,7 @@ def _admm_worker(rank: int, world_size: int) -> None:
 
         states = {}
         for mode in ("in_process", "distributed"):
-            p, o, a = {key: v.clone() for key, v in params.items()}, obs.clone(), adv.clone()
-            if mode == "distributed":  # what this rank does not own is noise: it must not be read
-                gen = torch.Generator().manual_seed(1000 + rank)
-                for v in p.values():
-                    v[others] = torch.randn(v[others].shape, generator=gen)
-                o[others] = torch.randn(o[others].shape, generator=gen)
-                a[others] = torch.randn(a[others].shape, generator=gen)
+            p, o, a = _rank_copy(params, obs, adv, others if mode == "distributed" else None, rank)
             lin = Linearisation(policy, p, o, actions, damping=1e-2)
             state = init_state(edges, lin.n_samples, n_params=lin.n_params, n_agents=n, n_components=lin.n_components)
             failures = torch.Generator().manual_seed(50 + s)  # the same links fail on every rank
@@ -858,13 +865,7 @@ def _admm_stop_worker(rank: int, world_size: int) -> None:
                   cg_iters=30, residual_tol=1e-24)
         states = {}
         for mode in ("in_process", "distributed"):
-            p, o, a = {key: v.clone() for key, v in params.items()}, obs.clone(), adv.clone()
-            if mode == "distributed":  # what this rank does not own is noise: it must not be read
-                gen = torch.Generator().manual_seed(1000 + rank)
-                for v in p.values():
-                    v[others] = torch.randn(v[others].shape, generator=gen)
-                o[others] = torch.randn(o[others].shape, generator=gen)
-                a[others] = torch.randn(a[others].shape, generator=gen)
+            p, o, a = _rank_copy(params, obs, adv, others if mode == "distributed" else None, rank)
             lin = Linearisation(policy, p, o, actions, damping=1e-2)
             states[mode] = run_admm(lin, a, edges, transport=None if mode == "in_process" else transport, **kw)
         ref, got = states["in_process"], states["distributed"]
