@@ -223,7 +223,7 @@ _PARTS: Tuple[Part, ...] = (
          "rate of 1.0), against BenchMARL's mappo and ippo as users get them: one policy network shared by "
          "the agents, which carries agent 0's reward to the others (matrpo_indep: per-agent baselines)",
          ("matrpo", "mappo", "ippo"), "coordsum_private/3x5-12", (),
-         frames=150_000, evaluation_interval=30_000, est_minutes=26, paper_frames=5_000_000,
+         frames=150_000, evaluation_interval=30_000, est_minutes=42, paper_frames=5_000_000,
          paper_budget="paper 001: 5 million timesteps on MPE (sec. VI-B); 150 policy iterations of 1,000 frames "
                       "here, the paper runs 500 of 10,000",
          gpu_sampling=True,
