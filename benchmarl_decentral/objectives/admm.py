@@ -1103,13 +1103,11 @@ def _both_ends_agree(state: AdmmState, ok: Tensor, transport: Transport) -> Tens
 
     Links with no end in this process come back ``False`` (not tested here).
     """
-    ends = state.links
-    touching = transport.holds(ends.cpu(), state.n_agents).any(1).to(ok.device)
-    ids = touching.nonzero().flatten()
+    ids = measured_links(state, transport).to(ok.device).nonzero().flatten()  # the links with an end here
     agreed = torch.zeros_like(ok)
     if ids.numel():
         verdicts = ok[ids][:, None].expand(-1, 2).to(torch.uint8).contiguous()
-        got, record = transport.exchange_link_ends(ends[ids], verdicts, state.n_agents)
+        got, record = transport.exchange_link_ends(state.links[ids], verdicts, state.n_agents)
         state.comm.add(record)
         agreed[ids] = got.bool().all(1).to(ok.device)
     return agreed
