@@ -38,10 +38,11 @@ def model_configs() -> dict:
 def task_configs() -> dict:
     """``"family/task"`` -> task enum member for every task this plugin adds."""
     from benchmarl_decentral.environments.coordsum import CoordSumTask
+    from benchmarl_decentral.environments.mpe import MpeTask
     from benchmarl_decentral.environments.smax import SmaxTask
 
     tasks = {}
-    for member in (*CoordSumTask, *SmaxTask):
+    for member in (*CoordSumTask, *SmaxTask, *MpeTask):
         tasks[f"{member.env_name()}/{member.name.lower()}"] = member
     from benchmarl_decentral.environments.reward_modes import private_task_configs
 
@@ -52,9 +53,10 @@ def task_configs() -> dict:
 def task_schemas() -> dict:
     """``"family_task"`` -> TaskConfig dataclass, for hydra type checking."""
     from benchmarl_decentral.environments.coordsum import CoordSumTask, CoordSumTaskConfig
+    from benchmarl_decentral.environments.mpe import MpeSimpleSpreadConfig, MpeTask
     from benchmarl_decentral.environments.smax import SmaxTask, SmaxTaskConfig
 
-    schemas = {}
+    schemas = {f"{member.env_name()}_{member.name.lower()}": MpeSimpleSpreadConfig for member in MpeTask}
     for member in CoordSumTask:
         schemas[f"{member.env_name()}_{member.name.lower()}"] = CoordSumTaskConfig
     for member in SmaxTask:

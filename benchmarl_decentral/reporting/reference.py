@@ -229,6 +229,12 @@ def _coordsum_policies() -> Dict[str, Tuple[PolicyFactory, str]]:
             for name in teams}
 
 
+def _nearest_landmark(env, task_name, group_map):
+    from benchmarl_decentral.environments.mpe import GROUP, NearestLandmarkPolicy
+
+    return NearestLandmarkPolicy(continuous=not _is_discrete(env.full_action_spec[GROUP, "action"]))
+
+
 #: Scripted policies per task: key ``"<env>/<task>"`` or ``"<env>"`` (a whole family); value: a
 #: function returning ``{name: (factory(env, task_name, group_map) -> policy, description)}``.
 SCRIPTED_POLICIES: Dict[str, Callable[[], Dict[str, Tuple[PolicyFactory, str]]]] = {
@@ -238,6 +244,8 @@ SCRIPTED_POLICIES: Dict[str, Callable[[], Dict[str, Tuple[PolicyFactory, str]]]]
     "vmas_private/navigation_individual": lambda: {
         "go_to_goal": (_go_to_goal, "scripted go-to-goal with lidar repulsion")},
     "coordsum": _coordsum_policies,
+    "mpe/simple_spread": lambda: {"nearest_landmark": (
+        _nearest_landmark, "scripted: every agent heads for its nearest landmark (greedy, uncoordinated)")},
 }
 
 

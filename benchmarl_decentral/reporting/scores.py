@@ -196,6 +196,8 @@ def task_reward(task_name: str, task_config: dict) -> Tuple[str, bool]:
             return f"per-agent rewards ({switch}=false)", True
     if family == "pettingzoo":
         return "per-agent rewards (PettingZoo)", True
+    if family == "mpe":
+        return "per-agent rewards (MPE: (1 - local_ratio) x team distance term + local_ratio x own collisions)", True
     return "the task's reward", True
 
 
