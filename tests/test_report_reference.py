@@ -252,6 +252,20 @@ def test_coordsum_scripted_policies_are_reference_rows():
     assert best.mean() > random.mean()  # a team that always reaches reachable targets beats random picks
 
 
+def test_mpe_simple_spread_reference_rows_rank_nearest_landmark_zero_random():
+    """The report's reference rows of mpe/simple_spread, built through BenchMARL's task like the runs' envs."""
+    assert policy_names("mpe/simple_spread") == ["random", "zero", "nearest_landmark"]
+    means = {}
+    for continuous in (False, True):
+        setup = TaskSetup("mpe/simple_spread", {"N": 8, "local_ratio": 0.5, "max_cycles": 25},
+                          continuous_actions=continuous)
+        means[continuous] = {policy: np.mean(evaluate_policy(setup, policy, seed=0, episodes=40))
+                             for policy in policy_names("mpe/simple_spread")}
+        assert means[continuous]["nearest_landmark"] > means[continuous]["zero"] + 5, means
+        assert means[continuous]["zero"] > means[continuous]["random"], means
+    assert means[False]["zero"] == means[True]["zero"]  # standing still is the same with either action kind
+
+
 def test_episode_returns_are_benchmarl_evaluation_returns():
     """Oracle: reward summed step by step up to the first done, mean over agents. The rollout runs
     past max_steps (auto-reset), so the steps after the first done must be left out."""

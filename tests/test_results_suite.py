@@ -196,6 +196,42 @@ def test_claim_verdicts_follow_the_probability_of_improvement_ci(tmp_path):
                         "(95%)**, P(b > d) = 0.33 [0.00, 1.00]")
 
 
+def test_scalar_claims_read_each_archived_run_and_compare_with_mann_whitney():
+    """decpg_k's scalar checks (generalization gap, perturbed return) on its committed archive, against a plain
+    re-reading of every run's CSV (its last values, the report's window) and P(x > y) counted pair by pair."""
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("suite_run_scalars", SUITE)
+        suite = importlib.util.module_from_spec(spec)
+        sys.modules["suite_run_scalars"] = suite
+        spec.loader.exec_module(suite)
+    finally:
+        sys.path.remove(str(SUITE.parent))
+    part = suite.PARTS["decpg_k"]
+    docs = REPO / "docs" / "results" / "decpg_k"
+    k = suite._last_k(part)
+    lines = suite.claim_verdicts(part, docs, reps=200)
+    for scalar in ("eval_generalization_gap", "eval_perturbed_reward_episode_reward_mean"):
+        expected = {}
+        for path in sorted((docs / "runs").rglob(f"scalars/{scalar}.csv")):
+            algorithm = path.relative_to(docs / "runs").parts[2]
+            values = [float(line.split(",")[1]) for line in path.read_text().split()]
+            expected.setdefault(algorithm, []).append(sum(values[-k:]) / k)
+        got = suite.scalar_scores(part, docs / "runs", scalar)
+        assert sorted(got) == sorted(expected) == sorted(part.algorithms)
+        for algorithm in expected:
+            assert sorted(got[algorithm]) == pytest.approx(sorted(expected[algorithm]), rel=1e-12)
+        for checked, x, relation, y in part.scalar_checks:
+            if checked != scalar:
+                continue
+            wins = sum((a > b) + 0.5 * (a == b) for a in expected[x] for b in expected[y])
+            p = wins / (len(expected[x]) * len(expected[y]))
+            line = next(l for l in lines if l.startswith(f"- {x} ") and f" {y} on `{scalar}`" in l)
+            assert f"P({x} > {y}) = {p:.2f} [" in line
+
+
 def test_report_only_keeps_a_committed_report_whose_archive_lost_its_run_json(tmp_path):
     """An archive committed while .gitignore kept BenchMARL's run folders out (status.yaml and .hydra/ only):
     --report-only keeps the committed report as it is and says the part must be rerun to regenerate it."""

@@ -112,6 +112,10 @@ class Part:
     #: the paper's claim as comparisons (x, relation, y) in the report's algorithm names: "better" (x above y)
     #: or "level" (x competitive with y: not worse); each gets a verdict from P(x > y) and its 95% CI
     claim_checks: Sequence[Tuple[str, str, str]] = field(default_factory=tuple)
+    #: the same on a CSV scalar the runs log at every evaluation (``(scalar, x, relation, y)``, the scalar's file
+    #: stem, e.g. ``eval_generalization_gap``): each run's score is its mean over the same last evaluations as the
+    #: return's final score, higher is better
+    scalar_checks: Sequence[Tuple[str, str, str, str]] = field(default_factory=tuple)
     #: keep a checkpoint at every evaluation (experiment.checkpoint_interval = the evaluation interval,
     #: all kept, no replay buffer), for re-evaluating the final and the best checkpoint after the runs
     checkpoints: bool = False
@@ -299,7 +303,12 @@ _PARTS: Tuple[Part, ...] = (
              # 5e-3 the one that learned fastest without collapsing (benchmarks/learning/decpg_k_probe.md)
              "algorithm.optimizer=adam", "algorithm.lr=0.002", "algorithm.min_lr=0.002",
          ),
-         claim_checks=(("decpg_shared", "level", "decpg"), ("decpg", "level", "decpg_k0"))),
+         claim_checks=(("decpg_shared", "level", "decpg"), ("decpg", "level", "decpg_k0")),
+         # n = 8 is the paper's exception for the returns (parameter sharing not beaten, Figs. 2-3), not for the
+         # gap (perturbed minus clean return; higher = less lost to the perturbations), which shrinks with k (Fig. 4)
+         scalar_checks=(("eval_perturbed_reward_episode_reward_mean", "decpg_shared", "level", "decpg"),
+                        ("eval_generalization_gap", "decpg", "better", "decpg_shared"),
+                        ("eval_generalization_gap", "decpg_k0", "better", "decpg"))),
 )
 
 
@@ -734,47 +743,93 @@ def _legacy_trained_on(part: Part, alg: str) -> str:
     return reward_used(part.task, "dg_mappo" if alg == "dgmappo" else alg, setup.task_config, {})
 
 
-def claim_verdicts(part: Part, part_docs: Path) -> List[str]:
+def _verdict(x: str, relation: str, y: str, row: Optional[dict], learned: Dict[str, str], what: str = "") -> str:
+    """One claim line from the P(x > y) row of a probability_of_improvement table (see :func:`claim_verdicts`)."""
+    if row is None:
+        return f"- {x} vs {y}{what}: no comparison in this report"
+    p = float(row["probability"])
+    low = float(row["ci_low"]) if row.get("ci_low") not in (None, "") else None
+    high = float(row["ci_high"]) if row.get("ci_high") not in (None, "") else None
+    stated = f"P({x} > {y}) = {_fmt(row['probability'])}" + (
+        f" [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if low is not None else " (no CI)")
+    if relation == "better":
+        claim = f"{x} better than {y}{what}"
+        said = ("confirmed" if low is not None and low > 0.5 else
+                "contradicted" if high is not None and high < 0.5 else "not confirmed at this budget")
+    else:
+        claim = f"{x} competitive with {y}{what}"
+        said = ("contradicted" if high is not None and high < 0.5 else
+                f"not contradicted ({x} better)" if low is not None and low > 0.5 else
+                "not contradicted (not told apart)")
+    if p < 0.5 and said.startswith("not"):
+        said += f"; {y} ahead on average"
+    if learned.get(x) == "no" and learned.get(y) == "no":
+        # neither learned: whatever P says compares two untrained policies
+        return (f"- {claim}: **not tested at this budget: neither {x} nor {y} beat the random policy "
+                f"(95%)**, {stated}")
+    notes = [f"{alg} did not beat random (95%)" for alg in (x, y) if learned.get(alg) == "no"]
+    return f"- {claim}: **{said}**, {stated}" + (f"; {', '.join(notes)}" if notes else "")
+
+
+def claim_verdicts(part: Part, part_docs: Path, reps: int = 2000) -> List[str]:
     """One line per comparison of the part's claim: which way it went at this budget, from P(x > y).
 
     ``better``: confirmed when the 95% CI of P(x > y) is above 0.5, contradicted when it is below 0.5,
     otherwise not confirmed at this budget. ``level`` (x competitive with y): contradicted when the CI is
     below 0.5 (y better), otherwise not contradicted (x better when the CI is above 0.5). An algorithm that
     did not beat the random policy with 95% confidence is said so: its comparison shows little; when neither
-    did, the comparison is "not tested at this budget".
+    did, the comparison is "not tested at this budget". The part's :attr:`Part.scalar_checks` follow, on
+    their scalars (:func:`scalar_scores`).
     """
+    import numpy as np
+
     pairs = {(r["x"], r["y"]): r for r in _read_csv(part_docs / "probability_of_improvement.csv")}
     learned = {r["algorithm"]: r.get("above_random_95", "") for r in _read_csv(part_docs / "task_scores.csv")}
-    lines = []
-    for x, relation, y in part.claim_checks:
-        row = pairs.get((x, y))
-        if row is None:
-            lines.append(f"- {x} vs {y}: no comparison in this report")
+    lines = [_verdict(x, relation, y, pairs.get((x, y)), learned) for x, relation, y in part.claim_checks]
+    if not part.scalar_checks:
+        return lines
+    from benchmarl_decentral.reporting.stats import probability_of_improvement
+
+    for scalar in dict.fromkeys(c[0] for c in part.scalar_checks):
+        scores = scalar_scores(part, part_docs / "runs", scalar)
+        if not scores:
+            lines.append(f"- `{scalar}`: not logged by the archived runs")
             continue
-        p = float(row["probability"])
-        low = float(row["ci_low"]) if row.get("ci_low") else None
-        high = float(row["ci_high"]) if row.get("ci_high") else None
-        stated = f"P({x} > {y}) = {_fmt(row['probability'])}" + (
-            f" [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]" if low is not None else " (no CI)")
-        if relation == "better":
-            claim = f"{x} better than {y}"
-            said = ("confirmed" if low is not None and low > 0.5 else
-                    "contradicted" if high is not None and high < 0.5 else "not confirmed at this budget")
-        else:
-            claim = f"{x} competitive with {y}"
-            said = ("contradicted" if high is not None and high < 0.5 else
-                    f"not contradicted ({x} better)" if low is not None and low > 0.5 else
-                    "not contradicted (not told apart)")
-        if p < 0.5 and said.startswith("not"):
-            said += f"; {y} ahead on average"
-        if learned.get(x) == "no" and learned.get(y) == "no":
-            # neither learned: whatever P says compares two untrained policies
-            lines.append(f"- {claim}: **not tested at this budget: neither {x} nor {y} beat the random policy "
-                         f"(95%)**, {stated}")
-            continue
-        notes = [f"{alg} did not beat random (95%)" for alg in (x, y) if learned.get(alg) == "no"]
-        lines.append(f"- {claim}: **{said}**, {stated}" + (f"; {', '.join(notes)}" if notes else ""))
+        rows = {(r["x"], r["y"]): r for r in probability_of_improvement(
+            {alg: np.asarray(v, dtype=float).reshape(-1, 1) for alg, v in scores.items()}, reps=reps)}
+        means = "; ".join(f"{alg} {_fmt(str(np.mean(v)))} ± {_fmt(str(np.std(v, ddof=1) if len(v) > 1 else 0.0))}"
+                          for alg, v in sorted(scores.items()))
+        for _, x, relation, y in (c for c in part.scalar_checks if c[0] == scalar):
+            lines.append(_verdict(x, relation, y, rows.get((x, y)), learned, what=f" on `{scalar}`"))
+        lines.append(f"  (`{scalar}`, mean ± std over seeds of each run's mean over its last "
+                     f"{_last_k(part)} evaluations: {means})")
     return lines
+
+
+def _last_k(part: Part) -> int:
+    """Evaluations in the final-score window of ``part`` (the report's default for its episodes per evaluation)."""
+    from benchmarl_decentral.reporting.scores import default_last_k
+
+    key = "experiment.evaluation_episodes="
+    return default_last_k(int(next(o for o in part.common() if o.startswith(key))[len(key):]))
+
+
+def scalar_scores(part: Part, archive: Path, scalar: str) -> Dict[str, List[float]]:
+    """Per algorithm, each archived run's mean of ``scalar`` over its last :func:`_last_k` logged values."""
+    import numpy as np
+
+    from benchmarl_decentral.reporting.loading import load_runs, read_scalar_steps
+
+    if not archive.is_dir():
+        return {}
+    scores: Dict[str, List[float]] = {}
+    for run in sorted(load_runs([archive]).runs, key=lambda r: (r.algorithm, r.seed)):
+        path = None if run.scalars_dir is None else run.scalars_dir / f"{scalar}.csv"
+        steps = read_scalar_steps(path, finite_only=True) if path is not None and path.is_file() else {}
+        if steps:
+            tail = [steps[s] for s in sorted(steps)[-_last_k(part):]]
+            scores.setdefault(run.algorithm, []).append(float(np.mean(tail)))
+    return scores
 
 
 def _archived_section(part_docs: Path) -> List[str]:
@@ -883,7 +938,7 @@ def write_index(docs: Path, out_root: Path, argv: Sequence[str], runs: Dict[str,
             if part.rerun:  # archived runs that no longer match the part's definition
                 lines += [f"**Rerun needed:** {part.rerun}; the runs below are the committed ones.", ""]
             lines += _archived_section(part_docs)
-            verdicts = claim_verdicts(part, part_docs)
+            verdicts = claim_verdicts(part, part_docs, reps)
             if verdicts:
                 lines += ["", "Which way the paper's claim went at this budget (3 seeds; P(x > y) over runs, "
                           "95% bootstrap CI):", *verdicts]
