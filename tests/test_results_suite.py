@@ -15,6 +15,21 @@ from conftest import REPO
 SUITE = REPO / "benchmarks" / "suite" / "run.py"
 
 
+def _load_suite(name):
+    """benchmarks/suite/run.py as module ``name`` (registered in sys.modules: dataclasses look their module up)."""
+    import importlib.util
+
+    sys.path.insert(0, str(SUITE.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(name, SUITE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SUITE.parent))
+    return module
+
+
 def _run(args, cwd, timeout=900):
     return subprocess.run([sys.executable, str(SUITE), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
@@ -158,16 +173,7 @@ def test_report_only_on_a_committed_part_without_run_files(tmp_path):
 
 def test_claim_verdicts_follow_the_probability_of_improvement_ci(tmp_path):
     """Confirmed / contradicted / not confirmed from P(x > y) and its CI; "did not learn" is said."""
-    sys.path.insert(0, str(SUITE.parent))
-    try:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("suite_run_claims", SUITE)
-        suite = importlib.util.module_from_spec(spec)
-        sys.modules["suite_run_claims"] = suite
-        spec.loader.exec_module(suite)
-    finally:
-        sys.path.remove(str(SUITE.parent))
+    suite = _load_suite("suite_run_claims")
     rows = [("a", "b", 0.9, 0.6, 1.0), ("b", "a", 0.1, 0.0, 0.4), ("a", "c", 0.3, 0.0, 0.45),
             ("c", "a", 0.7, 0.55, 1.0), ("b", "c", 0.6, 0.2, 0.9), ("c", "b", 0.4, 0.1, 0.8),
             ("b", "d", 0.33, 0.0, 1.0), ("d", "b", 0.67, 0.0, 1.0)]
@@ -199,16 +205,7 @@ def test_claim_verdicts_follow_the_probability_of_improvement_ci(tmp_path):
 def test_scalar_claims_read_each_archived_run_and_compare_with_mann_whitney():
     """decpg_k's scalar checks (generalization gap, perturbed return) on its committed archive, against a plain
     re-reading of every run's CSV (its last values, the report's window) and P(x > y) counted pair by pair."""
-    sys.path.insert(0, str(SUITE.parent))
-    try:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("suite_run_scalars", SUITE)
-        suite = importlib.util.module_from_spec(spec)
-        sys.modules["suite_run_scalars"] = suite
-        spec.loader.exec_module(suite)
-    finally:
-        sys.path.remove(str(SUITE.parent))
+    suite = _load_suite("suite_run_scalars")
     part = suite.PARTS["decpg_k"]
     docs = REPO / "docs" / "results" / "decpg_k"
     k = suite._last_k(part)
