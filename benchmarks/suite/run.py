@@ -182,10 +182,16 @@ class Part:
                                     for alg, *settings in self.variants)]
 
     def variant_overrides(self, variant: Sequence[str], smoke: bool, profile: str = "cpu") -> List[str]:
-        """:meth:`overrides` for one of :attr:`variants`: its algorithm, its settings in place of the part's."""
+        """:meth:`overrides` for one of :attr:`variants`: its algorithm, its settings in place of the part's.
+
+        A variant of an algorithm that is not one of the part's (a baseline beside them) does not get the
+        part's ``algorithm.*`` settings, which are keys of the part's algorithms' configs.
+        """
         algorithm, *settings = variant
         keys = {o.split("=", 1)[0] for o in settings}
-        rest = [o for o in self.overrides(smoke, profile)[1:] if o.split("=", 1)[0] not in keys]
+        foreign = algorithm not in self.algorithms
+        rest = [o for o in self.overrides(smoke, profile)[1:] if o.split("=", 1)[0] not in keys
+                and not (foreign and o.startswith("algorithm."))]
         return [f"algorithm={algorithm}", *rest, *settings]
 
 
@@ -289,7 +295,7 @@ _PARTS: Tuple[Part, ...] = (
          # (environments/mpe.py): BenchMARL's pettingzoo/simple_spread steps one Python world per env,
          # 3.7 ms per step at N = 8, hours per part on 2 cores
          # at 360k frames decpg_k0 was still below the random policy (benchmarks/learning/decpg_k_probe.md)
-         frames=1_200_000, evaluation_interval=60_000, est_minutes=50,
+         frames=1_200_000, evaluation_interval=60_000, est_minutes=30,
          paper_budget="paper 002 gives no step count for simple spread in its text",
          reward="MPE simple spread's per-agent rewards (PettingZoo's simple_spread_v3, local_ratio 0.5: half the "
                 "team's landmark-distance term, half the agent's own collisions), for all three",
@@ -303,6 +309,9 @@ _PARTS: Tuple[Part, ...] = (
              # 5e-3 the one that learned fastest without collapsing (benchmarks/learning/decpg_k_probe.md)
              "algorithm.optimizer=adam", "algorithm.lr=0.002", "algorithm.min_lr=0.002",
          ),
+         # BenchMARL's mappo and ippo beside them (one policy shared by the agents, as users get them), with the
+         # same Adam learning rate: experiment.lr is theirs (decpg's is algorithm.lr)
+         variants=(("mappo", "experiment.lr=0.002"), ("ippo", "experiment.lr=0.002")),
          claim_checks=(("decpg_shared", "level", "decpg"), ("decpg", "level", "decpg_k0")),
          # n = 8 is the paper's exception for the returns (parameter sharing not beaten, Figs. 2-3), not for the
          # gap (perturbed minus clean return; higher = less lost to the perturbations), which shrinks with k (Fig. 4)
