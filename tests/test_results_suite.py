@@ -80,6 +80,16 @@ def test_an_ablation_variant_runs_as_a_second_sweep_with_its_settings_last(tmp_p
     assert set(magpo[1:]) - set(main) == {"algorithm.entropy_coef=0.01"}
     assert mappo[0] == "algorithm=mappo" and mappo[-1] == "algorithm.clip_epsilon=0.1"
     assert part.names() == ["magpo", "mappo", "ippo", "magpo[entropy_coef=0.01]", "mappo[clip_epsilon=0.1]"]
+    # a baseline beside the part's algorithms does not get their algorithm.* settings (keys it may not have)
+    decpg_k = PARTS["decpg_k"]
+    commands = benchmark_commands(decpg_k, tmp_path, jobs=2, smoke=False)
+    main, mappo, ippo = (c[2:-6] for c in commands)
+    assert "algorithm.optimizer=adam" in main and "experiment.lr=0.0005" in main
+    for baseline, name in ((mappo, "mappo"), (ippo, "ippo")):
+        assert baseline[0] == f"algorithm={name}" and baseline[-1] == "experiment.lr=0.002"
+        assert set(main[1:]) - set(baseline) == {"experiment.lr=0.0005", "algorithm.optimizer=adam",
+                                                 "algorithm.lr=0.002", "algorithm.min_lr=0.002"}
+        assert set(baseline[1:]) - set(main) == {"experiment.lr=0.002"}
 
 
 @pytest.mark.slow
