@@ -295,7 +295,7 @@ _PARTS: Tuple[Part, ...] = (
          # (environments/mpe.py): BenchMARL's pettingzoo/simple_spread steps one Python world per env,
          # 3.7 ms per step at N = 8, hours per part on 2 cores
          # at 360k frames decpg_k0 was still below the random policy (benchmarks/learning/decpg_k_probe.md)
-         frames=1_200_000, evaluation_interval=60_000, est_minutes=30,
+         frames=1_200_000, evaluation_interval=60_000, est_minutes=45,
          paper_budget="paper 002 gives no step count for simple spread in its text",
          reward="MPE simple spread's per-agent rewards (PettingZoo's simple_spread_v3, local_ratio 0.5: half the "
                 "team's landmark-distance term, half the agent's own collisions), for all three",
