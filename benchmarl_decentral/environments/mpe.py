@@ -27,11 +27,11 @@ World (PettingZoo's ``World`` defaults and the scenario's settings):
 * **Reward** of agent ``i`` after the step, with ``local_ratio = l``:
   ``(1 - l) * global + l * local_i``, ``global = - sum_landmarks min_agents distance``,
   ``local_i = -`` (number of other agents closer than 0.3 to agent ``i``).
-* **Observation** of agent ``i`` (float32, ``6 N`` features): own velocity, own position, every landmark's position relative to
-  ``i`` (landmark order), every other agent's position relative to ``i`` (agent order
-  without ``i``), and the other agents' communication states, which are always 0 in
-  simple spread (silent agents; kept so that the observation is PettingZoo's, and a
-  policy trained here runs on ``pettingzoo/simple_spread`` unchanged).
+* **Observation** of agent ``i`` (float32, ``6 N`` features): own velocity, own position,
+  every landmark's position relative to ``i`` (landmark order), every other agent's
+  position relative to ``i`` (agent order without ``i``), and the other agents'
+  communication states, which are always 0 in simple spread (silent agents; kept so that
+  the observation is PettingZoo's, feature for feature).
 * **Episode**: ``max_cycles`` steps (PettingZoo's default 25, the MPE episode length);
   the last step is a truncation. ``"state"`` is the agents' observations concatenated
   (PettingZoo's ``state()``).
