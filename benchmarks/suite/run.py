@@ -294,7 +294,7 @@ _PARTS: Tuple[Part, ...] = (
          # the paper's MPE task (PettingZoo's simple_spread_v3, 25-step episodes) in the batched port
          # (environments/mpe.py): BenchMARL's pettingzoo/simple_spread steps one Python world per env,
          # 3.7 ms per step at N = 8, hours per part on 2 cores
-         # at 360k frames decpg_k0 was still below the random policy (benchmarks/learning/decpg_k_probe.md)
+         # at 360k frames decpg_k0 was still below the random policy (benchmarks/learning/decpg_k_mpe.md)
          frames=1_200_000, evaluation_interval=60_000, est_minutes=45,
          paper_budget="paper 002 gives no step count for simple spread in its text",
          reward="MPE simple spread's per-agent rewards (PettingZoo's simple_spread_v3, local_ratio 0.5: half the "
@@ -306,7 +306,7 @@ _PARTS: Tuple[Part, ...] = (
              "experiment.evaluation_episodes=32",
              # one optimizer for all three (Adam for the CPU budget; the paper: SGD, lr 1e-2 -> 1e-3, which
              # moves the policy far too slowly for this budget, issue 15), constant lr 2e-3: of 5e-4, 2e-3 and
-             # 5e-3 the one that learned fastest without collapsing (benchmarks/learning/decpg_k_probe.md)
+             # 5e-3 the one that learned fastest without collapsing (benchmarks/learning/decpg_k_mpe.md)
              "algorithm.optimizer=adam", "algorithm.lr=0.002", "algorithm.min_lr=0.002",
          ),
          # BenchMARL's mappo and ippo beside them (one policy shared by the agents, as users get them), with the
