@@ -196,7 +196,7 @@ def test_readme_command_runs_with_the_perturbed_evaluation(tmp_path):
     command = re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip()
     words = shlex.split(command)
     assert words[:2] == ["benchmarl", "run"] and "task.N=8" in words
-    proc = run_cli([*words[2:], *TINY], cwd=tmp_path)
+    proc = run_cli([*words[1:], *TINY], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     gaps = list(tmp_path.rglob("eval_generalization_gap.csv"))
     assert len(gaps) == 1 and gaps[0].read_text().strip()
