@@ -136,9 +136,10 @@ class MpeSimpleSpreadEnv(EnvBase):
         self.agent_vel = torch.zeros_like(self.agent_pos)
         self.landmark_pos = torch.zeros_like(self.agent_pos)
         self._steps = torch.zeros(num_envs, dtype=torch.long, device=dev)
-        # index of the other agents of each agent, in agent order without itself
+        # pairs of distinct agents, and the other agents of each agent in agent order without itself
+        self._off_diagonal = ~torch.eye(N, dtype=torch.bool, device=dev)
         others = torch.arange(N, device=dev).expand(N, N)
-        self._others = others[~torch.eye(N, dtype=torch.bool, device=dev)].reshape(N, N - 1)
+        self._others = others[self._off_diagonal].reshape(N, N - 1)
         self._rng = torch.Generator(device=dev)
         self._make_specs()
         if seed is None:
@@ -212,9 +213,9 @@ class MpeSimpleSpreadEnv(EnvBase):
             dist = delta.norm(dim=-1, keepdim=True)
             k = CONTACT_MARGIN
             penetration = torch.nn.functional.softplus(-(dist - 2 * AGENT_SIZE) / k) * k
-            off_diagonal = ~torch.eye(self.N, dtype=torch.bool, device=self.device)
-            contact = CONTACT_FORCE * delta / dist.masked_fill(~off_diagonal.unsqueeze(-1), 1.0) * penetration
-            force = force + (contact * off_diagonal.unsqueeze(-1)).sum(2)
+            pairs = self._off_diagonal.unsqueeze(-1)
+            contact = CONTACT_FORCE * delta / dist.masked_fill(~pairs, 1.0) * penetration
+            force = force + (contact * pairs).sum(2)
         return force
 
     def _observe(self, reward: Optional[torch.Tensor] = None, info: Optional[Dict] = None) -> TensorDict:
@@ -267,8 +268,7 @@ class MpeSimpleSpreadEnv(EnvBase):
         global_reward = -closest.sum(-1, keepdim=True)  # (n, 1)
         if self.N > 1:
             d = (self.agent_pos.unsqueeze(2) - self.agent_pos.unsqueeze(1)).norm(dim=-1)
-            off_diagonal = ~torch.eye(self.N, dtype=torch.bool, device=self.device)
-            touching = (d < 2 * AGENT_SIZE) & off_diagonal
+            touching = (d < 2 * AGENT_SIZE) & self._off_diagonal
         else:
             touching = torch.zeros(self.num_envs, 1, 1, dtype=torch.bool, device=self.device)
         local = -touching.sum(-1, keepdim=True).to(self.dtype)  # (n, N, 1)
