@@ -226,7 +226,7 @@ def test_scalar_claims_read_each_archived_run_and_compare_with_mann_whitney():
             algorithm = path.relative_to(docs / "runs").parts[2]
             values = [float(line.split(",")[1]) for line in path.read_text().split()]
             expected.setdefault(algorithm, []).append(sum(values[-k:]) / k)
-        got = suite.scalar_scores(part, docs / "runs", scalar)
+        got = suite.scalar_scores(part, docs / "runs", [scalar])[scalar]
         assert sorted(got) == sorted(expected) == sorted(part.algorithms)
         for algorithm in expected:
             assert sorted(got[algorithm]) == pytest.approx(sorted(expected[algorithm]), rel=1e-12)

@@ -799,8 +799,8 @@ def claim_verdicts(part: Part, part_docs: Path, reps: int = 2000) -> List[str]:
         return lines
     from benchmarl_decentral.reporting.stats import probability_of_improvement
 
-    for scalar in dict.fromkeys(c[0] for c in part.scalar_checks):
-        scores = scalar_scores(part, part_docs / "runs", scalar)
+    all_scores = scalar_scores(part, part_docs / "runs", [c[0] for c in part.scalar_checks])
+    for scalar, scores in all_scores.items():
         if not scores:
             lines.append(f"- `{scalar}`: not logged by the archived runs")
             continue
@@ -823,21 +823,24 @@ def _last_k(part: Part) -> int:
     return default_last_k(int(next(o for o in part.common() if o.startswith(key))[len(key):]))
 
 
-def scalar_scores(part: Part, archive: Path, scalar: str) -> Dict[str, List[float]]:
-    """Per algorithm, each archived run's mean of ``scalar`` over its last :func:`_last_k` logged values."""
+def scalar_scores(part: Part, archive: Path, scalars: Sequence[str]) -> Dict[str, Dict[str, List[float]]]:
+    """Per scalar (in the given order, once each) and algorithm, each archived run's mean of the scalar over its
+    last :func:`_last_k` logged values; the archive is read once."""
     import numpy as np
 
     from benchmarl_decentral.reporting.loading import load_runs, read_scalar_steps
 
+    scores: Dict[str, Dict[str, List[float]]] = {scalar: {} for scalar in scalars}
     if not archive.is_dir():
-        return {}
-    scores: Dict[str, List[float]] = {}
+        return scores
+    k = _last_k(part)
     for run in sorted(load_runs([archive]).runs, key=lambda r: (r.algorithm, r.seed)):
-        path = None if run.scalars_dir is None else run.scalars_dir / f"{scalar}.csv"
-        steps = read_scalar_steps(path, finite_only=True) if path is not None and path.is_file() else {}
-        if steps:
-            tail = [steps[s] for s in sorted(steps)[-_last_k(part):]]
-            scores.setdefault(run.algorithm, []).append(float(np.mean(tail)))
+        for scalar, per_algorithm in scores.items():
+            path = None if run.scalars_dir is None else run.scalars_dir / f"{scalar}.csv"
+            steps = read_scalar_steps(path, finite_only=True) if path is not None and path.is_file() else {}
+            if steps:
+                tail = [steps[s] for s in sorted(steps)[-k:]]
+                per_algorithm.setdefault(run.algorithm, []).append(float(np.mean(tail)))
     return scores
 
 
