@@ -225,3 +225,18 @@ def test_nearest_landmark_reference_beats_standing_still_and_random(continuous):
             td = td["next"].exclude("agent").update({"agent": td["next", "agent"].exclude("reward")})
         returns[name] = total.item()
     assert returns["nearest"] > returns["zero"] + 5 and returns["zero"] > returns["random"], returns
+
+
+@pytest.mark.slow
+def test_mpe_step_benchmark_quick_mode(tmp_path):
+    """benchmarks/mpe_step.py runs (its --quick mode) and reports both rates and their ratio."""
+    import json
+
+    from conftest import run_quick_benchmark
+
+    out = tmp_path / "mpe_step_quick.json"
+    result = run_quick_benchmark("mpe_step.py", tmp_path, "--out", out)
+    assert "| 8 |" in result.stdout
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["pettingzoo_steps_per_s"] > 0 and row["port_steps_per_s"] > 0
+    assert row["ratio_port_pettingzoo"] == pytest.approx(row["port_steps_per_s"] / row["pettingzoo_steps_per_s"])

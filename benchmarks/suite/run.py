@@ -293,7 +293,7 @@ _PARTS: Tuple[Part, ...] = (
          ("decpg_shared", "decpg", "decpg_k0"), "mpe/simple_spread", ("task.N=8",),
          # the paper's MPE task (PettingZoo's simple_spread_v3, 25-step episodes) in the batched port
          # (environments/mpe.py): BenchMARL's pettingzoo/simple_spread steps one Python world per env,
-         # 3.7 ms per step at N = 8, hours per part on 2 cores
+         # 2.6 ms per step at N = 8 (benchmarks/mpe_step.py), hours per part on 2 cores
          # at 360k frames decpg_k0 was still below the random policy (benchmarks/learning/decpg_k_mpe.md)
          frames=1_200_000, evaluation_interval=60_000, est_minutes=45,
          paper_budget="paper 002 gives no step count for simple spread in its text",
